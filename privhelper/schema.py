@@ -1,0 +1,108 @@
+"""Messages between the supervisor and the privileged helper.
+
+The supervisor sends requests; the helper answers each with exactly one reply
+carrying the request's ``seq``. Types and size limits are declared here; what
+is *allowed* (address classes, phases, once-only) is the helper's policy.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, ClassVar, Literal
+
+from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
+
+_frozen = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+
+Seq = Annotated[int, Range(0, 2**31 - 1)]
+Mtu = Annotated[int, Range(576, 9000)]
+# Syntax only; policy.py parses with ipaddress and applies the semantic rules.
+Ipv4Interface = Annotated[str, Length(9, 18), Match(r"[0-9.]+/[0-9]{1,2}")]
+Ipv6Interface = Annotated[str, Length(4, 43), Match(r"[0-9a-fA-F:.]+/[0-9]{1,3}")]
+Prefix = Annotated[str, Length(4, 43), Match(r"[0-9a-fA-F:.]+/[0-9]{1,3}")]
+IpAddress = Annotated[str, Length(2, 39), Match(r"[0-9a-fA-F:.]+")]
+Reason = Annotated[str, Length(1, 200)]
+
+
+@_frozen
+class Hello(Message):
+    """First message; the helper refuses everything before it."""
+
+    op: ClassVar[str] = "hello"
+    seq: Seq
+    proto: Annotated[int, Range(1, 1)]
+    role: Literal["supervisor"]
+
+
+@_frozen
+class CreateTun(Message):
+    """Open /dev/net/tun and create the device (the helper picks the name)."""
+
+    op: ClassVar[str] = "create_tun"
+    seq: Seq
+    mtu: Mtu
+
+
+@_frozen
+class NetConfig(Message):
+    """The whole desired network state of the tun (declarative, idempotent).
+
+    ``routes`` go through the tun; ``0.0.0.0/0`` and ``::/0`` mean "everything
+    of that family". ``exclude`` prefixes keep the path they had before the
+    tunnel. ``gateway`` is the VPN server's address: whenever a route through
+    the tun would cover it, the helper pins a host route to it along the
+    original path, so the tunnel can never carry its own packets.
+    """
+
+    op: ClassVar[str] = "net_config"
+    seq: Seq
+    mtu: Mtu
+    ipv4: Ipv4Interface | None
+    ipv6: Ipv6Interface | None
+    routes: tuple[Prefix, ...]
+    exclude: tuple[Prefix, ...]
+    gateway: IpAddress
+
+
+@_frozen
+class Teardown(Message):
+    """Remove everything installed, close the tun, reply, and exit."""
+
+    op: ClassVar[str] = "teardown"
+    seq: Seq
+
+
+@_frozen
+class Done(Message):
+    """The request was carried out."""
+
+    op: ClassVar[str] = "done"
+    seq: Seq
+
+
+@_frozen
+class TunCreated(Message):
+    """Reply to CreateTun; the only message that carries an fd (the tun)."""
+
+    op: ClassVar[str] = "tun_created"
+    seq: Seq
+    ifname: Annotated[str, Length(1, 15), Match(r"[A-Za-z0-9_.-]+")]
+    ifindex: Annotated[int, Range(1, 2**31 - 1)]
+
+
+@_frozen
+class Refused(Message):
+    """The request was refused; nothing was changed."""
+
+    op: ClassVar[str] = "refused"
+    seq: Seq
+    reason: Reason
+
+
+REQUESTS = Codec(Hello, CreateTun, NetConfig, Teardown)
+"""What the helper accepts."""
+
+REPLIES = Codec(Done, TunCreated, Refused)
+"""What the supervisor accepts from the helper."""
+
+FD_REPLIES = frozenset({TunCreated.op})
