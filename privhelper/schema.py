@@ -12,8 +12,6 @@ from typing import Annotated, ClassVar, Literal
 
 from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
 
-_frozen = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-
 Seq = Annotated[int, Range(0, 2**31 - 1)]
 Mtu = Annotated[int, Range(576, 9000)]
 # Syntax only; policy.py parses with ipaddress and applies the semantic rules.
@@ -24,7 +22,7 @@ IpAddress = Annotated[str, Length(2, 39), Match(r"[0-9a-fA-F:.]+")]
 Reason = Annotated[str, Length(1, 200)]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Message):
     """First message; the helper refuses everything before it."""
 
@@ -34,7 +32,7 @@ class Hello(Message):
     role: Literal["supervisor"]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class CreateTun(Message):
     """Open /dev/net/tun and create the device (the helper picks the name)."""
 
@@ -43,7 +41,7 @@ class CreateTun(Message):
     mtu: Mtu
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NetConfig(Message):
     """The whole desired network state of the tun (declarative, idempotent).
 
@@ -64,7 +62,7 @@ class NetConfig(Message):
     gateway: IpAddress
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Teardown(Message):
     """Remove everything installed, close the tun, reply, and exit."""
 
@@ -72,7 +70,7 @@ class Teardown(Message):
     seq: Seq
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Done(Message):
     """The request was carried out."""
 
@@ -80,7 +78,7 @@ class Done(Message):
     seq: Seq
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TunCreated(Message):
     """Reply to CreateTun; the only message that carries an fd (the tun)."""
 
@@ -90,7 +88,7 @@ class TunCreated(Message):
     ifindex: Annotated[int, Range(1, 2**31 - 1)]
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Refused(Message):
     """The request was refused; nothing was changed."""
 

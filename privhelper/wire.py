@@ -304,19 +304,33 @@ def _close_all(fds: Iterable[int]) -> None:
 
 
 class Channel:
-    """One end of a SOCK_SEQPACKET socketpair speaking one Codec.
+    """One end of a SOCK_SEQPACKET socketpair.
 
-    ``fd_ops`` names the only messages that carry a file descriptor: each of
-    them must carry exactly one, and any other message carrying one is rejected
-    after the descriptor is closed.
+    ``codec`` decodes what arrives; ``send_codec`` (default: the same) encodes
+    what we send, so each direction accepts only its own message types.
+
+    ``fd_ops`` names the only incoming messages that carry a file descriptor:
+    each of them must carry exactly one, and any other message carrying one is
+    rejected after the descriptor is closed. ``send_fd_ops`` (default: the
+    same) is that rule for what we send.
     """
 
-    def __init__(self, sock: socket.socket, codec: Codec, fd_ops: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        codec: Codec,
+        fd_ops: Iterable[str] = (),
+        *,
+        send_codec: Codec | None = None,
+        send_fd_ops: Iterable[str] | None = None,
+    ) -> None:
         if sock.type != socket.SOCK_SEQPACKET:
             raise ValueError("a Channel needs a SOCK_SEQPACKET socket")
         self.sock = sock
         self.codec = codec
+        self.send_codec = codec if send_codec is None else send_codec
         self.fd_ops = frozenset(fd_ops)
+        self.send_fd_ops = self.fd_ops if send_fd_ops is None else frozenset(send_fd_ops)
         self.last_sender: tuple[int, int, int] | None = None
         """(pid, uid, gid) of the last message's sender, when SO_PASSCRED is set on ``sock``."""
 
@@ -332,9 +346,9 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, msg: Message, fd: int | None = None) -> None:
-        if (fd is not None) != (msg.op in self.fd_ops):
+        if (fd is not None) != (msg.op in self.send_fd_ops):
             raise WireError(f"{msg.op}: fd presence does not match the schema")
-        data = self.codec.encode(msg)
+        data = self.send_codec.encode(msg)
         if fd is None:
             self.sock.sendmsg([data])
         else:
@@ -382,7 +396,10 @@ def _parse_ancillary(
             fds.extend(array.array("i", payload[:usable]))
         elif kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
             pid, uid, gid = _UCRED.unpack_from(payload)
-            sender = (pid, uid, gid)
+            # pid 0: the kernel recorded no credentials (neither end had
+            # SO_PASSCRED when the message was sent) and reports the overflow
+            # uid/gid, 65534 — which is also "nobody". That is not a sender.
+            sender = (pid, uid, gid) if pid > 0 else None
     return fds, sender
 
 

@@ -1,0 +1,132 @@
+"""The unprivileged side's stubs for talking to the helper (cf. OpenSSH monitor_wrap.c).
+
+Each call sends one request, waits (with a timeout) for the one reply, and
+checks it: same ``seq``, exactly the expected type, an fd only on
+``TunCreated``. ``Refused`` raises :class:`HelperRefused`; anything else
+unexpected raises :class:`WireError`, after which the channel is not used
+again (the helper treats the session as over too).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from collections.abc import Iterable
+from typing import TypeVar
+
+from sepconnect.privhelper.schema import (
+    FD_REPLIES,
+    REPLIES,
+    REQUESTS,
+    CreateTun,
+    Done,
+    Hello,
+    NetConfig,
+    Refused,
+    Teardown,
+    TunCreated,
+)
+from sepconnect.privhelper.wire import PROTO_VERSION, Channel, Message, WireError
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds to wait for a reply; the helper answers in milliseconds."""
+
+_R = TypeVar("_R", Done, TunCreated)
+
+
+class HelperRefused(Exception):
+    """The helper refused the request and changed nothing; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class HelperClient:
+    """Blocking calls to the privileged helper over our end of its socketpair."""
+
+    def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.channel = Channel(sock, REPLIES, FD_REPLIES, send_codec=REQUESTS, send_fd_ops=())
+        # The kernel attaches our credentials to a message only if one of the two
+        # ends has SO_PASSCRED when it is *sent*; the helper may not have set it
+        # yet when our Hello goes out, so we set it on our end too.
+        self.channel.pass_credentials()
+        self.timeout = timeout
+        self._seq = 0
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def close(self) -> None:
+        self.channel.sock.close()
+
+    def hello(self) -> None:
+        self._call(Hello(seq=self._next_seq(), proto=PROTO_VERSION, role="supervisor"), Done)
+
+    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+        """Have the helper create the tun; return (ifname, ifindex, fd). The fd is ours to close."""
+        reply, fd = self._call(CreateTun(seq=self._next_seq(), mtu=mtu), TunCreated)
+        if fd is None:  # the Channel guarantees one; this only keeps the types honest
+            raise WireError("tun_created: no fd")
+        return reply.ifname, reply.ifindex, fd
+
+    def net_config(
+        self,
+        *,
+        mtu: int,
+        ipv4: str | None,
+        ipv6: str | None,
+        routes: Iterable[str],
+        exclude: Iterable[str],
+        gateway: str,
+    ) -> None:
+        """Make the tunnel's whole network state this (declarative: repeat freely)."""
+        request = NetConfig(
+            seq=self._next_seq(),
+            mtu=mtu,
+            ipv4=ipv4,
+            ipv6=ipv6,
+            routes=tuple(routes),
+            exclude=tuple(exclude),
+            gateway=gateway,
+        )
+        self._call(request, Done)
+
+    def teardown(self) -> None:
+        """Have the helper remove everything it installed and exit."""
+        self._call(Teardown(seq=self._next_seq()), Done)
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % (2**31 - 1) + 1
+        return self._seq
+
+    def _call(
+        self, request: Hello | CreateTun | NetConfig | Teardown, expect: type[_R]
+    ) -> tuple[_R, int | None]:
+        self.channel.send(request)
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLIN)
+        if not poller.poll(int(self.timeout * 1000)):
+            raise WireError(f"{request.op}: no reply from the helper within {self.timeout:g} s")
+        reply, fd = self.channel.recv()
+        try:
+            return self._check(request, reply, expect), fd
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+
+    @staticmethod
+    def _check(
+        request: Hello | CreateTun | NetConfig | Teardown, reply: Message, expect: type[_R]
+    ) -> _R:
+        if not isinstance(reply, Done | TunCreated | Refused):
+            raise WireError(f"{request.op}: unexpected reply {reply.op!r}")
+        if reply.seq != request.seq:
+            raise WireError(f"{request.op}: reply seq {reply.seq}, expected {request.seq}")
+        if isinstance(reply, Refused):
+            raise HelperRefused(reply.reason)
+        if not isinstance(reply, expect):
+            raise WireError(f"{request.op}: expected {expect.op!r}, got {reply.op!r}")
+        return reply

@@ -1,0 +1,431 @@
+"""The tunnel's network state: desired state → plan (pure) → netlink (thin executor).
+
+In the manner of tailscale's ``Router.Set``: each NetConfig is the *whole*
+desired state. :func:`target` turns it into a :class:`State` (the exact
+addresses and routes we want installed), :func:`diff` compares that with the
+state we installed before and yields a *plan*: the few netlink operations that
+make up the difference, and nothing else. An identical NetConfig gives an
+empty plan and touches nothing.
+
+:class:`Router` keeps what the helper installed (in memory; only the helper
+changes it) and applies plans through :class:`Netlink`, a thin wrapper of
+pyroute2's synchronous ``IPRoute``. If an operation fails midway, the
+operations already done are undone in reverse order and the request is
+refused with the kernel's error.
+
+What the helper ever installs:
+
+* the tun's MTU, its "up" state, one IPv4 and/or one IPv6 address (IPv6 with
+  IFA_F_NODAD so it is usable at once);
+* routes through the tun (``oif`` = our ifindex);
+* *bypass* routes on other devices, and only these: a host route to the VPN
+  gateway, and the ``exclude`` prefixes, each via the path ``route get``
+  reported *before* any of our routes covered it. A bypass route is added
+  only while some route through the tun covers it; otherwise it would change
+  nothing but the host's table.
+
+Every route is ``proto static``, ``metric`` :data:`METRIC`, table main, and
+is deleted by exactly those attributes at teardown, so a route of anyone
+else's is never removed.
+
+Limits: the original paths are looked up once per prefix and remembered for
+the session. If the host's uplink changes during the session they go stale,
+and a prefix first needed while our routes already cover it (say, a new
+gateway while 0.0.0.0/0 goes through the tunnel) is refused, because the only
+path the kernel can report then is our own tun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Final, Protocol
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from sepconnect.privhelper.policy import Address, Interface, Network, Refusal, Wanted
+
+METRIC: Final = 50
+"""Priority of every route we add (NetworkManager's default for VPN routes): it
+beats DHCP defaults (100+) for equal prefixes and stays clear of metric 0."""
+
+RTPROT_STATIC: Final = 4
+RT_TABLE_MAIN: Final = 254
+RTN_UNICAST: Final = 1
+RT_SCOPE_LINK: Final = 253
+RT_SCOPE_UNIVERSE: Final = 0
+IFA_F_NODAD: Final = 0x02
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    """One route we install: ``dst`` via ``oif`` (and ``gateway``, if any)."""
+
+    dst: Network
+    oif: int
+    gateway: Address | None = None
+
+    def __str__(self) -> str:
+        via = f" via {self.gateway}" if self.gateway is not None else ""
+        return f"{self.dst}{via} oif {self.oif}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Path:
+    """Where the host sent a destination before the tunnel: ``route get``'s answer."""
+
+    oif: int
+    gateway: Address | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    """What is installed (or wanted) on the system, as far as the helper is concerned."""
+
+    mtu: int | None = None
+    up: bool = False
+    addresses: frozenset[Interface] = frozenset()
+    routes: frozenset[Route] = frozenset()
+
+
+# The operations a plan is made of. Each knows its inverse, for rollback.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetMtu:
+    mtu: int
+    previous: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetUp:
+    up: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddAddress:
+    address: Interface
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DelAddress:
+    address: Interface
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddRoute:
+    route: Route
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DelRoute:
+    route: Route
+
+
+Op = SetMtu | SetUp | AddAddress | DelAddress | AddRoute | DelRoute
+Plan = tuple[Op, ...]
+
+
+def inverse(op: Op) -> Op | None:
+    """The operation undoing ``op`` (None: nothing to undo)."""
+    match op:
+        case SetMtu(mtu, previous):
+            return None if previous is None else SetMtu(previous, mtu)
+        case SetUp(up):
+            return SetUp(not up)
+        case AddAddress(a):
+            return DelAddress(a)
+        case DelAddress(a):
+            return AddAddress(a)
+        case AddRoute(r):
+            return DelRoute(r)
+        case DelRoute(r):
+            return AddRoute(r)
+
+
+def after(state: State, op: Op) -> State:
+    """The state once ``op`` has been done."""
+    match op:
+        case SetMtu(mtu, _):
+            return dataclasses.replace(state, mtu=mtu)
+        case SetUp(up):
+            return dataclasses.replace(state, up=up)
+        case AddAddress(a):
+            return dataclasses.replace(state, addresses=state.addresses | {a})
+        case DelAddress(a):
+            return dataclasses.replace(state, addresses=state.addresses - {a})
+        case AddRoute(r):
+            return dataclasses.replace(state, routes=state.routes | {r})
+        case DelRoute(r):
+            return dataclasses.replace(state, routes=state.routes - {r})
+
+
+def _host(addr: Address) -> Network:
+    return ipaddress.ip_network(addr)
+
+
+def _covered(net: Network, routes: Iterable[Network]) -> bool:
+    return any(
+        net.version == r.version and net.network_address in r and net.broadcast_address in r
+        for r in routes
+    )
+
+
+def bypass_needed(wanted: Wanted) -> tuple[Network, ...]:
+    """The prefixes that need a bypass route: the gateway and each exclude that
+    some route through the tun covers."""
+    candidates = (_host(wanted.gateway), *wanted.exclude)
+    return tuple(dict.fromkeys(n for n in candidates if _covered(n, wanted.routes)))
+
+
+def target(wanted: Wanted, ifindex: int, paths: Mapping[Network, Path]) -> State:
+    """The exact state to install for ``wanted``; ``paths`` must hold every
+    prefix of :func:`bypass_needed`."""
+    routes = {Route(net, ifindex) for net in wanted.routes}
+    for net in bypass_needed(wanted):
+        path = paths[net]
+        routes.add(Route(net, path.oif, path.gateway))
+    return State(
+        mtu=wanted.mtu, up=True, addresses=frozenset(wanted.addresses), routes=frozenset(routes)
+    )
+
+
+def is_tun_route(route: Route, ifindex: int) -> bool:
+    return route.oif == ifindex and route.gateway is None
+
+
+def _order(routes: Iterable[Route]) -> list[Route]:
+    return sorted(
+        routes,
+        key=lambda r: (r.dst.version, int(r.dst.network_address), r.dst.prefixlen, r.oif),
+    )
+
+
+def diff(have: State, want: State, ifindex: int) -> Plan:
+    """The operations turning ``have`` into ``want``; empty when they are equal.
+
+    Order: the link first; stale addresses go before new ones are added (an
+    IPv6 address can change its prefix length only that way); bypass routes
+    are in place before the tun routes that cover them; stale routes go last,
+    so a route being replaced is made before it is broken.
+
+    One exception to "only the difference": when the IPv4 address changes, our
+    IPv4 routes through the tun are deleted before it and added back after,
+    because the kernel flushes a device's IPv4 routes when its last IPv4
+    address goes, and the plan must say what really happens.
+    """
+    plan: list[Op] = []
+    if want.mtu is not None and want.mtu != have.mtu:
+        plan.append(SetMtu(want.mtu, have.mtu))
+    if want.up and not have.up:
+        plan.append(SetUp(True))
+    have_routes = have.routes
+    old_v4 = {a for a in have.addresses if a.version == 4}
+    if old_v4 and old_v4 != {a for a in want.addresses if a.version == 4}:
+        flushed = {r for r in have.routes if r.dst.version == 4 and is_tun_route(r, ifindex)}
+        plan += [DelRoute(r) for r in _order(flushed)]
+        have_routes = have.routes - flushed
+    plan += [DelAddress(a) for a in sorted(have.addresses - want.addresses, key=str)]
+    plan += [AddAddress(a) for a in sorted(want.addresses - have.addresses, key=str)]
+    new = _order(want.routes - have_routes)
+    stale = _order(have_routes - want.routes)
+    plan += [AddRoute(r) for r in new if not is_tun_route(r, ifindex)]
+    plan += [AddRoute(r) for r in new if is_tun_route(r, ifindex)]
+    plan += [DelRoute(r) for r in stale if is_tun_route(r, ifindex)]
+    plan += [DelRoute(r) for r in stale if not is_tun_route(r, ifindex)]
+    return tuple(plan)
+
+
+def teardown_plan(have: State, ifindex: int) -> Plan:
+    """Remove everything we installed: tun routes, bypass routes, addresses."""
+    routes = _order(have.routes)
+    return (
+        *(DelRoute(r) for r in routes if is_tun_route(r, ifindex)),
+        *(DelRoute(r) for r in routes if not is_tun_route(r, ifindex)),
+        *(DelAddress(a) for a in sorted(have.addresses, key=str)),
+    )
+
+
+def describe(op: Op) -> str:
+    match op:
+        case SetMtu(mtu, _):
+            return f"set mtu {mtu}"
+        case SetUp(up):
+            return "set link up" if up else "set link down"
+        case AddAddress(a):
+            return f"add address {a}"
+        case DelAddress(a):
+            return f"delete address {a}"
+        case AddRoute(r):
+            return f"add route {r}"
+        case DelRoute(r):
+            return f"delete route {r}"
+
+
+# ---------------------------------------------------------------------------
+# Executing plans
+
+
+class KernelError(Refusal):
+    """The kernel refused an operation; ``code`` is its errno."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Kernel(Protocol):
+    """The netlink operations a plan needs (:class:`Netlink`; a fake in unit tests)."""
+
+    def route_get(self, dst: Address) -> Path:
+        """The host's current path to ``dst``; Refusal if it has no usable one."""
+
+    def apply(self, op: Op, ifindex: int) -> None:
+        """Do one operation on the system; Refusal (with the kernel's error) on failure."""
+
+
+class Netlink:
+    """:class:`Kernel` over pyroute2's synchronous ``IPRoute`` (never NDB, no netns)."""
+
+    def __init__(self, ipr: IPRoute) -> None:
+        self.ipr = ipr
+
+    def index_of(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if len(found) != 1:
+            raise Refusal(f"interface {ifname}: not found after creation")
+        return int(found[0])
+
+    def route_get(self, dst: Address) -> Path:
+        try:
+            (msg,) = self.ipr.route("get", dst=str(dst))
+        except NetlinkError as exc:
+            raise Refusal(f"route lookup of {dst}: {os.strerror(exc.code)}") from None
+        kind = int(msg["type"])
+        oif = int(msg.get("RTA_OIF") or 0)
+        if kind != RTN_UNICAST or oif <= 0 or msg.get("RTA_VIA") is not None:
+            raise Refusal(f"route lookup of {dst}: no usable unicast path (type {kind})")
+        gateway = msg.get("RTA_GATEWAY")
+        return Path(oif, None if gateway is None else ipaddress.ip_address(str(gateway)))
+
+    def apply(self, op: Op, ifindex: int) -> None:
+        try:
+            self._apply(op, ifindex)
+        except NetlinkError as exc:
+            raise KernelError(f"{describe(op)}: {os.strerror(exc.code)}", exc.code) from None
+
+    def _apply(self, op: Op, ifindex: int) -> None:
+        match op:
+            case SetMtu(mtu, _):
+                self.ipr.link("set", index=ifindex, mtu=mtu)
+            case SetUp(up):
+                self.ipr.link("set", index=ifindex, state="up" if up else "down")
+            case AddAddress(a) | DelAddress(a):
+                self.ipr.addr(
+                    "add" if isinstance(op, AddAddress) else "del",
+                    index=ifindex,
+                    family=socket.AF_INET if a.version == 4 else socket.AF_INET6,
+                    address=str(a.ip),
+                    prefixlen=a.network.prefixlen,
+                    flags=IFA_F_NODAD if a.version == 6 else 0,
+                )
+            case AddRoute(r) | DelRoute(r):
+                self.ipr.route("add" if isinstance(op, AddRoute) else "del", **route_spec(r))
+
+
+def route_spec(route: Route) -> dict[str, int | str]:
+    """The exact netlink attributes of one of our routes (for both add and delete)."""
+    spec: dict[str, int | str] = {
+        "family": socket.AF_INET if route.dst.version == 4 else socket.AF_INET6,
+        "dst": str(route.dst.network_address),
+        "dst_len": route.dst.prefixlen,
+        "oif": route.oif,
+        "table": RT_TABLE_MAIN,
+        "proto": RTPROT_STATIC,
+        "priority": METRIC,
+        "type": RTN_UNICAST,
+    }
+    if route.gateway is not None:
+        spec["gateway"] = str(route.gateway)
+        spec["scope"] = RT_SCOPE_UNIVERSE
+    else:
+        spec["scope"] = RT_SCOPE_LINK if route.dst.version == 4 else RT_SCOPE_UNIVERSE
+    return spec
+
+
+_GONE = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL})
+
+
+class Router:
+    """The tunnel's network state: what we installed, and the original paths."""
+
+    def __init__(self, kernel: Kernel, ifindex: int, mtu: int) -> None:
+        self.kernel = kernel
+        self.ifindex = ifindex
+        self.state = State(mtu=mtu)
+        self.paths: dict[Network, Path] = {}
+        """Each bypass prefix's original path, looked up before we first covered it."""
+
+    def configure(self, wanted: Wanted) -> Plan:
+        """Make the system match ``wanted``; return the plan carried out.
+
+        Raises Refusal (with nothing changed, as far as rollback could manage).
+        """
+        for net in bypass_needed(wanted):
+            if net in self.paths:
+                continue
+            what = "gateway" if net == _host(wanted.gateway) else "exclude"
+            path = self.kernel.route_get(net.network_address)
+            if path.oif == self.ifindex:
+                raise Refusal(f"{what} {net}: its path already goes through the tunnel")
+            self.paths[net] = path
+        plan = diff(self.state, target(wanted, self.ifindex, self.paths), self.ifindex)
+        self._run(plan)
+        return plan
+
+    def _run(self, plan: Plan) -> None:
+        done: list[Op] = []
+        for op in plan:
+            try:
+                self.kernel.apply(op, self.ifindex)
+            except Refusal as exc:
+                undone = self._undo(done)
+                note = "nothing was changed" if undone else "ROLLBACK INCOMPLETE"
+                raise Refusal(f"{exc} ({note})") from None
+            done.append(op)
+            self.state = after(self.state, op)
+
+    def _undo(self, done: list[Op]) -> bool:
+        complete = True
+        for op in reversed(done):
+            undo = inverse(op)
+            if undo is None:
+                continue
+            try:
+                self.kernel.apply(undo, self.ifindex)
+            except Refusal:
+                complete = False
+                continue
+            self.state = after(self.state, undo)
+        return complete
+
+    def clear(self) -> list[str]:
+        """Remove everything we installed, carrying on past errors; return them.
+
+        Something already gone (the kernel removed it with a device) counts as removed.
+        """
+        errors: list[str] = []
+        for op in teardown_plan(self.state, self.ifindex):
+            try:
+                self.kernel.apply(op, self.ifindex)
+            except Refusal as exc:
+                if not (isinstance(exc, KernelError) and exc.code in _GONE):
+                    errors.append(str(exc))
+                    continue
+            self.state = after(self.state, op)
+        return errors

@@ -1,0 +1,362 @@
+"""What the privileged helper allows: the request table and the value rules.
+
+Two layers decide whether a request is carried out (STYLE.md §6.3):
+
+1. The *request table* :data:`POLICY`, in the manner of OpenSSH's monitor:
+   request type → (handler, phases in which it is permitted, once-only flag,
+   phase after success). A request missing from the table, arriving in the
+   wrong phase or repeating a once-only request is a *protocol violation*
+   (:class:`ProtocolViolation`): the helper removes what it installed and
+   exits. It never skips a message and carries on.
+
+2. The *value rules* (:func:`check_net_config` and friends): syntactically
+   valid requests whose values are out of policy (a loopback route, a gateway
+   inside the tunnel's own subnet, …) raise :class:`Refusal` with a one-line,
+   human-readable reason. The helper replies ``Refused``, changes nothing and
+   keeps running.
+
+Everything here is pure: the handlers reach the system only through the
+:class:`Host` they are given, so the table is unit-tested without root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+from typing import Final, Protocol, TypeVar
+
+from sepconnect.privhelper.schema import (
+    CreateTun,
+    Done,
+    Hello,
+    NetConfig,
+    Refused,
+    Teardown,
+    TunCreated,
+)
+from sepconnect.privhelper.wire import Message
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol; the helper cleans up and exits non-zero."""
+
+
+class Refusal(Exception):
+    """A request is out of policy or the kernel refused it; nothing was changed.
+
+    ``str(exc)`` is the one-line reason sent back in ``Refused``.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Value rules
+
+
+MAX_ROUTES: Final = 256
+"""At most this many ``routes`` and, separately, this many ``exclude`` prefixes."""
+
+IPV6_MIN_MTU: Final = 1280
+"""RFC 8200 §5: a link carrying IPv6 must have at least this MTU."""
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+# Address ranges that never belong on, or behind, a VPN tunnel. An address in
+# one of them, or a prefix lying entirely inside one, is refused with the label.
+_FORBIDDEN: Final[tuple[tuple[Network, str], ...]] = tuple(
+    (ipaddress.ip_network(net), label)
+    for net, label in (
+        ("0.0.0.0/8", "unspecified ('this network', 0.0.0.0/8)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved or broadcast (240.0.0.0/4)"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("::ffff:0:0/96", "IPv4-mapped"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    )
+)
+
+DEFAULT_ROUTES: Final[MappingProxyType[Network, tuple[Network, Network]]] = MappingProxyType(
+    {
+        ipaddress.ip_network("0.0.0.0/0"): (
+            ipaddress.ip_network("0.0.0.0/1"),
+            ipaddress.ip_network("128.0.0.0/1"),
+        ),
+        ipaddress.ip_network("::/0"): (
+            ipaddress.ip_network("::/1"),
+            ipaddress.ip_network("8000::/1"),
+        ),
+    }
+)
+"""The only /0 prefixes allowed, in ``routes`` only, and the two halves each is
+installed as: more specific than any default route, so the host's own default
+route is never touched and comes back untouched when the halves go."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wanted:
+    """A NetConfig after the value rules: the whole desired state of the tunnel.
+
+    ``routes`` are the prefixes to send through the tun (a /0 already split in
+    halves); ``exclude`` the prefixes that keep their original path. Both are
+    deduplicated and sorted, so equal requests give equal values.
+    """
+
+    mtu: int
+    addresses: tuple[Interface, ...]
+    routes: tuple[Network, ...]
+    exclude: tuple[Network, ...]
+    gateway: Address
+
+
+def check_ifname(name: str) -> str:
+    """An interface name given on the command line (root's argv, still checked)."""
+    if _IFNAME.fullmatch(name) is None or name in (".", ".."):
+        raise ValueError(f"invalid interface name {name[:40]!r}")
+    return name
+
+
+def _forbidden(value: Address | Network) -> str | None:
+    """The label of the forbidden range holding an address or a whole prefix."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        first, last = value.network_address, value.broadcast_address
+    else:
+        first = last = value
+    for net, label in _FORBIDDEN:
+        if first in net and last in net:
+            return label
+    return None
+
+
+def check_interface(text: str, version: int) -> Interface:
+    """A tun address with its prefix length (``198.18.0.2/24``, ``2001:2::2/64``)."""
+    what = f"ipv{version} address {text}"
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise Refusal(f"{what}: not a valid IPv{version} address/prefixlen") from None
+    if iface.version != version:
+        raise Refusal(f"{what}: not an IPv{version} address")
+    if iface.network.prefixlen == 0:
+        raise Refusal(f"{what}: a /0 address prefix is not allowed")
+    label = _forbidden(iface.ip)
+    if label is not None:
+        raise Refusal(f"{what}: {label} is not allowed")
+    if (
+        isinstance(iface, ipaddress.IPv4Interface)
+        and iface.network.prefixlen <= 30
+        and iface.ip in (iface.network.network_address, iface.network.broadcast_address)
+    ):
+        raise Refusal(f"{what}: the subnet's network or broadcast address is not allowed")
+    return iface
+
+
+def check_gateway(text: str) -> Address:
+    """The VPN server's address: a unicast address the host reaches today."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise Refusal(f"gateway {text}: not a valid IP address") from None
+    label = _forbidden(addr)
+    if label is not None:
+        raise Refusal(f"gateway {text}: {label} is not allowed")
+    return addr
+
+
+def check_prefix(text: str, what: str) -> Network:
+    """A route or exclude prefix. Host bits must be zero: we refuse rather than
+    guess what a prefix like ``198.18.0.1/16`` was meant to be."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Refusal(f"{what} {text}: not a valid prefix") from None
+    if net.network_address != ipaddress.ip_interface(text).ip:
+        raise Refusal(f"{what} {text}: host bits are set (did you mean {net}?)")
+    if net.prefixlen == 0:
+        if what == "route":
+            return net  # the two /0 are the only ones, and they are allowed here
+        raise Refusal(f"{what} {text}: a /0 prefix is not allowed")
+    label = _forbidden(net)
+    if label is not None:
+        raise Refusal(f"{what} {text}: {label} is not allowed")
+    return net
+
+
+def _sorted(nets: Iterable[Network]) -> tuple[Network, ...]:
+    """Deduplicated, IPv4 first, by address then prefix length."""
+    return tuple(sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
+
+
+def check_net_config(msg: NetConfig) -> Wanted:
+    """Apply every value rule to a NetConfig; raise :class:`Refusal` on the first one broken."""
+    ipv4 = None if msg.ipv4 is None else check_interface(msg.ipv4, 4)
+    ipv6 = None if msg.ipv6 is None else check_interface(msg.ipv6, 6)
+    if ipv4 is None and ipv6 is None:
+        raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
+    if ipv6 is not None and msg.mtu < IPV6_MIN_MTU:
+        raise Refusal(f"mtu {msg.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
+    gateway = check_gateway(msg.gateway)
+    for iface in (ipv4, ipv6):
+        if iface is not None and gateway in iface.network:
+            raise Refusal(f"gateway {gateway}: inside the tunnel's own subnet {iface.network}")
+    if len(msg.routes) > MAX_ROUTES or len(msg.exclude) > MAX_ROUTES:
+        raise Refusal(f"too many routes: at most {MAX_ROUTES} routes and {MAX_ROUTES} excludes")
+
+    has_family = {4: ipv4 is not None, 6: ipv6 is not None}
+    routes: list[Network] = []
+    for text in msg.routes:
+        net = check_prefix(text, "route")
+        if not has_family[net.version]:
+            raise Refusal(f"route {text}: the tunnel has no IPv{net.version} address")
+        if net.prefixlen == net.max_prefixlen and net.network_address == gateway:
+            raise Refusal(f"route {text}: would send the tunnel's own packets into it")
+        routes.extend(DEFAULT_ROUTES.get(net, (net,)))
+    exclude = [check_prefix(text, "exclude") for text in msg.exclude]
+    clash = set(routes) & set(exclude)
+    if clash:
+        raise Refusal(f"exclude {min(clash, key=str)}: also listed as a route")
+    return Wanted(
+        mtu=msg.mtu,
+        addresses=tuple(i for i in (ipv4, ipv6) if i is not None),
+        routes=_sorted(routes),
+        exclude=_sorted(exclude),
+        gateway=gateway,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The request table
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # nothing received yet: only Hello
+    READY = "ready"  # peer said hello: CreateTun (or Teardown)
+    TUN_UP = "tun_up"  # the tun exists: NetConfig, Teardown
+    CLOSED = "closed"  # torn down: the helper exits
+
+
+Reply = tuple[Message, int | None]
+"""A reply and the fd it carries (the helper closes that fd once it is sent)."""
+
+
+class Host(Protocol):
+    """The system operations the handlers may use (main.Helper; a fake in tests)."""
+
+    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+        """Create the tun; return its name, its ifindex and a dup of its fd to send."""
+
+    def net_config(self, wanted: Wanted) -> None:
+        """Make the tunnel's network state equal to ``wanted``; raise Refusal on failure."""
+
+    def teardown(self) -> None:
+        """Remove everything installed and close the tun."""
+
+
+Handler = Callable[[Host, Message], Reply]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    handler: Handler
+    phases: frozenset[Phase]
+    once: bool = False
+    then: Phase | None = None  # the phase after the handler succeeds
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _as(msg: Message, cls: type[_M]) -> _M:
+    if not isinstance(msg, cls):  # only a mistake in POLICY can get here
+        raise TypeError(f"{type(msg).__name__} routed to the {cls.__name__} handler")
+    return msg
+
+
+def on_hello(host: Host, msg: Message) -> Reply:
+    # The schema already pinned proto == PROTO_VERSION and role == "supervisor".
+    return Done(seq=_as(msg, Hello).seq), None
+
+
+def on_create_tun(host: Host, msg: Message) -> Reply:
+    req = _as(msg, CreateTun)
+    ifname, ifindex, fd = host.create_tun(req.mtu)
+    return TunCreated(seq=req.seq, ifname=ifname, ifindex=ifindex), fd
+
+
+def on_net_config(host: Host, msg: Message) -> Reply:
+    req = _as(msg, NetConfig)
+    host.net_config(check_net_config(req))
+    return Done(seq=req.seq), None
+
+
+def on_teardown(host: Host, msg: Message) -> Reply:
+    host.teardown()
+    return Done(seq=_as(msg, Teardown).seq), None
+
+
+POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
+    {
+        Hello: Rule(on_hello, frozenset({Phase.NEW}), once=True, then=Phase.READY),
+        CreateTun: Rule(on_create_tun, frozenset({Phase.READY}), once=True, then=Phase.TUN_UP),
+        NetConfig: Rule(on_net_config, frozenset({Phase.TUN_UP})),
+        Teardown: Rule(
+            on_teardown, frozenset({Phase.READY, Phase.TUN_UP}), once=True, then=Phase.CLOSED
+        ),
+    }
+)
+"""Every request the helper executes. Anything else is a protocol violation.
+
+A once-only request is used up when it is *handled*, whatever the outcome
+(OpenSSH's MON_ONCE): a refused CreateTun is not retried, and the peer can
+only Teardown. Teardown is also permitted in READY so that a session that
+never got a tun can end cleanly.
+"""
+
+
+class Monitor:
+    """The dispatcher: checks each request against :data:`POLICY` and tracks the phase."""
+
+    def __init__(self, policy: MappingProxyType[type[Message], Rule] = POLICY) -> None:
+        self.policy = policy
+        self.phase = Phase.NEW
+        self.used: set[type[Message]] = set()
+
+    def check(self, msg: Message) -> Rule:
+        """The rule permitting ``msg`` now, or raise :class:`ProtocolViolation`."""
+        rule = self.policy.get(type(msg))
+        if rule is None:
+            raise ProtocolViolation(f"unsupported request {msg.op!r}")
+        if self.phase not in rule.phases:
+            raise ProtocolViolation(f"{msg.op} is not permitted in phase {self.phase.value}")
+        if type(msg) in self.used:
+            raise ProtocolViolation(f"{msg.op} is permitted only once")
+        return rule
+
+    def handle(self, host: Host, msg: Message) -> Reply:
+        """Run the request's handler; out-of-policy values become a ``Refused`` reply."""
+        rule = self.check(msg)
+        if rule.once:
+            self.used.add(type(msg))
+        try:
+            reply = rule.handler(host, msg)
+        except Refusal as exc:
+            seq = getattr(msg, "seq", 0)
+            return Refused(seq=seq, reason=_one_line(str(exc))), None
+        if rule.then is not None:
+            self.phase = rule.then
+        return reply
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split()) or "refused"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

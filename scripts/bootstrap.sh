@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what sepconnect, its tests and its demo need on a Debian machine (run as root):
+# the Debian packages, then a venv with sepconnect installed (non-editable, as in production).
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${SEPCONNECT_VENV:-/opt/sepconnect-venv}
+
+# ocserv is the real server of the test lab; openconnect the reference client;
+# python3-venv because the worker runs as an unprivileged user and needs an
+# interpreter it can read (Debian's, not a root-only one under /root).
+packages=(python3 python3-venv ocserv openconnect iperf3 gnutls-bin iproute2 nftables iputils-ping procps)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bootstrap: run as root (it installs Debian packages and creates $venv)" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts ocserv as a system service on install; the lab runs its own instances only.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ocserv 2>/dev/null; then
+  systemctl disable --now ocserv >/dev/null 2>&1 || true
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "bootstrap: creating $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip setuptools
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check "$here[test,lint]"
+# Reinstall our own code every time: the processes run from the installed copy.
+"$venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$here"

@@ -1,0 +1,40 @@
+"""Exit codes of `sepconnect connect`, one per failure a user must tell apart.
+
+docs/usage.md documents them; the worker reports failures by kind and the
+supervisor maps each kind to its code here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # internal error: a bug, or an unexpected local failure
+    USAGE = 2  # bad command line or configuration, or not started as root
+    AUTH_FAILED = 3  # wrong username or password
+    ACCOUNT_LOCKED = 4
+    UNKNOWN_GROUP = 5  # --authgroup is not offered by the server
+    CERT_INVALID = 6  # server certificate failed verification or the pin
+    UNREACHABLE = 7  # name resolution, TCP or TLS connection failed
+    PROTOCOL = 8  # the server sent something malformed or unexpected
+    HELPER_REFUSED = 9  # the privileged helper refused the network configuration
+    SERVER_DISCONNECTED = 10  # the server ended the session, or it went silent (DPD)
+    COOKIE_REJECTED = 11  # the session cookie is no longer valid
+    NEED_INPUT = 12  # the server asked for more input than was given non-interactively
+
+
+FAILURE_KINDS: dict[str, ExitCode] = {
+    "error": ExitCode.ERROR,
+    "auth_failed": ExitCode.AUTH_FAILED,
+    "account_locked": ExitCode.ACCOUNT_LOCKED,
+    "unknown_group": ExitCode.UNKNOWN_GROUP,
+    "cert_invalid": ExitCode.CERT_INVALID,
+    "unreachable": ExitCode.UNREACHABLE,
+    "protocol": ExitCode.PROTOCOL,
+    "helper_refused": ExitCode.HELPER_REFUSED,
+    "server_disconnected": ExitCode.SERVER_DISCONNECTED,
+    "cookie_rejected": ExitCode.COOKIE_REJECTED,
+    "need_input": ExitCode.NEED_INPUT,
+}

@@ -1,0 +1,101 @@
+"""Messages between the supervisor and the worker.
+
+The worker is the untrusted side: everything it sends is validated here by
+type and size, and again semantically before anything reaches the helper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, ClassVar, Literal
+
+from sepconnect.privhelper.schema import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
+from sepconnect.privhelper.wire import Codec, Length, Message, Range
+
+Text = Annotated[str, Length(0, 1024)]
+FailureKind = Literal[
+    "error",
+    "auth_failed",
+    "account_locked",
+    "unknown_group",
+    "cert_invalid",
+    "unreachable",
+    "protocol",
+    "server_disconnected",
+    "cookie_rejected",
+    "need_input",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Start(Message):
+    """Supervisor → worker, first message: what to connect to and how."""
+
+    op: ClassVar[str] = "start"
+    proto: Annotated[int, Range(1, 1)]
+    url: Annotated[str, Length(9, 2048)]
+    username: Annotated[str, Length(0, 256)]
+    passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)]
+    group: Annotated[str, Length(1, 256)] | None
+    servercert: Annotated[str, Length(8, 200)] | None
+    cafile_pem: Annotated[bytes, Length(1, 60_000)] | None
+    base_mtu: Annotated[int, Range(1280, 9000)] | None
+    mtu: Annotated[int, Range(576, 9000)] | None
+    disable_ipv6: bool
+    hostname: Annotated[str, Length(1, 64)]
+    verbose: Annotated[int, Range(0, 4)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TunnelUp(Message):
+    """Worker → supervisor: the server accepted the tunnel with this configuration."""
+
+    op: ClassVar[str] = "tunnel_up"
+    server: Annotated[str, Length(1, 255)]
+    gateway: IpAddress
+    mtu: Mtu
+    ipv4: Ipv4Interface | None
+    ipv6: Ipv6Interface | None
+    split_include: tuple[Prefix, ...]
+    split_exclude: tuple[Prefix, ...]
+    dns: tuple[IpAddress, ...]
+    banner: Annotated[str, Length(0, 4096)] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TunHandoff(Message):
+    """Supervisor → worker: the tun device; the only message carrying an fd."""
+
+    op: ClassVar[str] = "tun"
+    ifname: Annotated[str, Length(1, 15)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Failed(Message):
+    """Worker → supervisor: the session cannot go on; the worker exits next."""
+
+    op: ClassVar[str] = "failed"
+    kind: FailureKind
+    message: Annotated[str, Length(1, 500)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Stop(Message):
+    """Supervisor → worker: end the session; log off (invalidate the cookie) or detach."""
+
+    op: ClassVar[str] = "stop"
+    logoff: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Stopped(Message):
+    """Worker → supervisor: the session is closed; the worker exits next."""
+
+    op: ClassVar[str] = "stopped"
+    tx_bytes: Annotated[int, Range(0, 2**63 - 1)]
+    rx_bytes: Annotated[int, Range(0, 2**63 - 1)]
+
+
+TO_WORKER = Codec(Start, TunHandoff, Stop)
+FROM_WORKER = Codec(TunnelUp, Failed, Stopped)
+FD_TO_WORKER = frozenset({TunHandoff.op})

@@ -1,0 +1,859 @@
+"""The privileged helper without root: value rules, plans, the request table, the loop."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import errno
+import ipaddress
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path as FsPath
+
+import pytest
+
+from sepconnect.privhelper import audit as audit_mod
+from sepconnect.privhelper import main as helper_main
+from sepconnect.privhelper.netconf import (
+    AddAddress,
+    AddRoute,
+    DelAddress,
+    DelRoute,
+    KernelError,
+    Op,
+    Path,
+    Route,
+    Router,
+    SetMtu,
+    SetUp,
+    State,
+    after,
+    bypass_needed,
+    diff,
+    inverse,
+    target,
+    teardown_plan,
+)
+from sepconnect.privhelper.policy import (
+    MAX_ROUTES,
+    POLICY,
+    Address,
+    Monitor,
+    Phase,
+    ProtocolViolation,
+    Refusal,
+    Wanted,
+    check_ifname,
+    check_net_config,
+)
+from sepconnect.privhelper.schema import (
+    REPLIES,
+    REQUESTS,
+    CreateTun,
+    Done,
+    Hello,
+    NetConfig,
+    Refused,
+    Teardown,
+    TunCreated,
+)
+from sepconnect.privhelper.wire import Channel, Message, socketpair
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+iface = ipaddress.ip_interface
+
+BASE = NetConfig(
+    seq=1,
+    mtu=1400,
+    ipv4="198.18.10.2/24",
+    ipv6="2001:2:0:10::2/64",
+    routes=("198.19.0.0/17", "2001:2:0:20::/64"),
+    exclude=(),
+    gateway="198.19.200.7",
+)
+
+
+def nc(**changes: object) -> NetConfig:
+    return dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
+
+
+# -- value rules -----------------------------------------------------------------------
+
+REFUSED_CASES = [
+    # tun addresses
+    (nc(ipv4="127.0.0.2/8"), r"^ipv4 address 127\.0\.0\.2/8: loopback is not allowed$"),
+    (nc(ipv4="224.0.0.5/24"), "multicast is not allowed"),
+    (nc(ipv4="169.254.1.2/16"), "link-local is not allowed"),
+    (nc(ipv4="0.0.0.0/8"), "unspecified"),
+    (nc(ipv4="0.0.0.1/32"), "unspecified"),
+    (nc(ipv4="255.255.255.255/32"), "broadcast"),
+    (nc(ipv4="240.0.0.1/24"), "reserved"),
+    (nc(ipv4="198.18.10.2/0"), "/0 address prefix"),
+    (nc(ipv4="198.18.10.0/24"), "network or broadcast address"),
+    (nc(ipv4="198.18.10.255/24"), "network or broadcast address"),
+    (nc(ipv4="198.18.10.2/33"), "not a valid IPv4"),
+    (nc(ipv4="2001:2::1/64"), "not an IPv4 address"),
+    (nc(ipv6="::1/128"), "loopback"),
+    (nc(ipv6="::/64"), "unspecified"),
+    (nc(ipv6="fe80::1/64"), "link-local"),
+    (nc(ipv6="ff02::1/64"), "multicast"),
+    (nc(ipv6="::ffff:198.18.0.1/128"), "IPv4-mapped"),
+    (nc(ipv6="2001:2::1/0"), "/0 address prefix"),
+    (nc(ipv6="2001:2::1/129"), "not a valid IPv6"),
+    (nc(ipv6="198.18.10.2/24"), "not an IPv6 address"),
+    (nc(ipv4=None, ipv6=None, routes=()), "no address"),
+    # MTU
+    (nc(mtu=1279), "mtu 1279: IPv6 needs at least 1280"),
+    (nc(mtu=576), "IPv6 needs at least 1280"),
+    # gateway
+    (nc(gateway="127.0.0.1"), r"^gateway 127\.0\.0\.1: loopback is not allowed$"),
+    (nc(gateway="::1"), "loopback"),
+    (nc(gateway="0.0.0.0"), "unspecified"),
+    (nc(gateway="::"), "unspecified"),
+    (nc(gateway="224.0.0.1"), "multicast"),
+    (nc(gateway="ff02::1"), "multicast"),
+    (nc(gateway="169.254.0.1"), "link-local"),
+    (nc(gateway="fe80::1"), "link-local"),
+    (nc(gateway="255.255.255.255"), "broadcast"),
+    (nc(gateway="1.2.3"), "not a valid IP address"),
+    (nc(gateway="198.18.10.77"), "inside the tunnel's own subnet 198.18.10.0/24"),
+    (nc(gateway="2001:2:0:10::99"), "inside the tunnel's own subnet 2001:2:0:10::/64"),
+    (nc(ipv4="198.18.10.2/32", gateway="198.18.10.2"), "inside the tunnel's own subnet"),
+    # routes
+    (nc(routes=("127.0.0.0/8",)), r"^route 127\.0\.0\.0/8: loopback is not allowed$"),
+    (nc(routes=("127.1.0.0/16",)), "loopback is not allowed"),
+    (nc(routes=("224.0.0.0/4",)), "multicast"),
+    (nc(routes=("239.1.0.0/16",)), "multicast"),
+    (nc(routes=("169.254.0.0/16",)), "link-local"),
+    (nc(routes=("0.0.0.0/8",)), "unspecified"),
+    (nc(routes=("240.0.0.0/4",)), "reserved"),
+    (nc(routes=("ff00::/8",)), "multicast"),
+    (nc(routes=("fe80::/10",)), "link-local"),
+    (nc(routes=("::1/128",)), "loopback"),
+    (nc(routes=("198.18.0.1/16",)), r"host bits are set \(did you mean 198\.18\.0\.0/16\?\)"),
+    (nc(routes=("2001:2::1/48",)), "host bits are set"),
+    (nc(routes=("198.18.0.0/33",)), "not a valid prefix"),
+    (nc(ipv6=None, routes=("2001:2:0:20::/64",)), "the tunnel has no IPv6 address"),
+    (nc(ipv6=None, routes=("::/0",)), "the tunnel has no IPv6 address"),
+    (nc(ipv4=None, routes=("198.19.0.0/17",)), "the tunnel has no IPv4 address"),
+    (nc(routes=("198.19.200.7/32",)), "would send the tunnel's own packets"),
+    (nc(routes=tuple(f"198.19.{i // 256}.{i % 256}/32" for i in range(300))), "too many routes"),
+    (
+        nc(exclude=tuple(f"198.19.{i // 256}.{i % 256}/32" for i in range(MAX_ROUTES + 1))),
+        "too many",
+    ),
+    # excludes
+    (nc(exclude=("0.0.0.0/0",)), r"^exclude 0\.0\.0\.0/0: a /0 prefix is not allowed$"),
+    (nc(exclude=("::/0",)), "/0 prefix is not allowed"),
+    (nc(exclude=("127.0.0.0/8",)), "loopback"),
+    (nc(exclude=("198.19.1.1/24",)), "host bits"),
+    (nc(exclude=("198.19.0.0/17",)), "exclude 198.19.0.0/17: also listed as a route"),
+    (nc(routes=("0.0.0.0/0",), exclude=("128.0.0.0/1",)), "also listed as a route"),
+]
+
+
+@pytest.mark.parametrize(("msg", "reason"), REFUSED_CASES, ids=[r for _, r in REFUSED_CASES])
+def test_out_of_policy_values_are_refused(msg: NetConfig, reason: str) -> None:
+    with pytest.raises(Refusal, match=reason):
+        check_net_config(msg)
+
+
+def test_the_base_config_is_accepted() -> None:
+    wanted = check_net_config(BASE)
+    assert wanted == Wanted(
+        mtu=1400,
+        addresses=(iface("198.18.10.2/24"), iface("2001:2:0:10::2/64")),
+        routes=(net("198.19.0.0/17"), net("2001:2:0:20::/64")),
+        exclude=(),
+        gateway=ip("198.19.200.7"),
+    )
+
+
+def test_default_routes_become_halves_and_routes_are_normalised() -> None:
+    wanted = check_net_config(
+        nc(
+            routes=("::/0", "198.19.0.0/16", "0.0.0.0/0", "198.19.0.0/16", "0.0.0.0/1"),
+            exclude=("198.19.5.0/24", "2001:2:0:30::/64", "198.19.5.0/24"),
+        )
+    )
+    assert wanted.routes == tuple(
+        map(net, ["0.0.0.0/1", "128.0.0.0/1", "198.19.0.0/16", "::/1", "8000::/1"])
+    )
+    assert wanted.exclude == (net("198.19.5.0/24"), net("2001:2:0:30::/64"))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"ipv6": None, "mtu": 576, "routes": ("198.19.0.0/17",)},  # IPv4 only: 576 is fine
+        {"ipv4": None, "routes": ("::/0",)},  # IPv6 only
+        {"ipv4": "198.18.10.2/32"},  # a host address, as ocserv gives it
+        {"ipv4": "198.18.10.0/31"},  # /31: both ends are usable
+        {"routes": ("0.0.0.0/1", "128.0.0.0/1")},  # halves given directly
+        {"gateway": "2001:2:ff::1"},  # an IPv6 gateway with IPv4 routes
+        {"routes": (), "exclude": ()},  # addresses only
+    ],
+)
+def test_reasonable_values_are_accepted(changes: dict[str, object]) -> None:
+    check_net_config(nc(**changes))
+
+
+@pytest.mark.parametrize("name", ["sepc0", "vpn_0", "a.b-c", "x" * 15, "tun%d"[:3]])
+def test_valid_interface_names(name: str) -> None:
+    assert check_ifname(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "x" * 16, "sepc%d", "a b", "eth0/1", "tun\n", "é", "a:b"]
+)
+def test_invalid_interface_names(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid interface name"):
+        check_ifname(name)
+
+
+# -- plans -----------------------------------------------------------------------------
+
+TUN = 7
+UPLINK = 3
+UPLINK_GW = ip("198.18.1.1")
+
+
+GW_PATH = (net("198.19.200.7/32"), Path(UPLINK, UPLINK_GW))
+
+
+def wanted(**changes: object) -> Wanted:
+    return check_net_config(nc(**changes))
+
+
+def test_bypass_needed_only_where_a_tun_route_covers() -> None:
+    assert bypass_needed(wanted()) == ()  # 198.19.0.0/17 does not hold 198.19.200.7
+    assert bypass_needed(wanted(routes=("198.19.0.0/16",))) == (net("198.19.200.7/32"),)
+    assert bypass_needed(
+        wanted(routes=("0.0.0.0/0",), exclude=("198.18.50.0/24", "2001:2:0:30::/64"))
+    ) == (net("198.19.200.7/32"), net("198.18.50.0/24"))  # no IPv6 route covers the second
+    assert bypass_needed(wanted(routes=("::/0",), gateway="2001:2:ff::1")) == (
+        net("2001:2:ff::1/128"),
+    )
+
+
+def test_target_state() -> None:
+    w = wanted(routes=("0.0.0.0/0",), exclude=("198.18.50.0/24",))
+    paths = {
+        net("198.19.200.7/32"): Path(UPLINK, UPLINK_GW),
+        net("198.18.50.0/24"): Path(UPLINK, None),  # on-link
+    }
+    assert target(w, TUN, paths) == State(
+        mtu=1400,
+        up=True,
+        addresses=frozenset({iface("198.18.10.2/24"), iface("2001:2:0:10::2/64")}),
+        routes=frozenset(
+            {
+                Route(net("0.0.0.0/1"), TUN),
+                Route(net("128.0.0.0/1"), TUN),
+                Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW),
+                Route(net("198.18.50.0/24"), UPLINK),
+            }
+        ),
+    )
+
+
+def test_first_plan_order_bypass_before_tun_routes() -> None:
+    w = wanted(routes=("0.0.0.0/0",))
+    want = target(w, TUN, {net("198.19.200.7/32"): Path(UPLINK, UPLINK_GW)})
+    assert diff(State(mtu=1400), want, TUN) == (
+        SetUp(True),
+        AddAddress(iface("198.18.10.2/24")),
+        AddAddress(iface("2001:2:0:10::2/64")),
+        AddRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)),
+        AddRoute(Route(net("0.0.0.0/1"), TUN)),
+        AddRoute(Route(net("128.0.0.0/1"), TUN)),
+    )
+
+
+def test_identical_state_gives_an_empty_plan() -> None:
+    want = target(wanted(), TUN, {})
+    assert diff(want, want, TUN) == ()
+
+
+def test_changed_state_gives_only_the_difference() -> None:
+    have = target(wanted(), TUN, {})
+    want = target(
+        wanted(mtu=1380, ipv6="2001:2:0:10::2/80", routes=("198.19.0.0/17", "198.18.64.0/18")),
+        TUN,
+        {},
+    )
+    assert diff(have, want, TUN) == (
+        SetMtu(1380, 1400),
+        DelAddress(iface("2001:2:0:10::2/64")),
+        AddAddress(iface("2001:2:0:10::2/80")),
+        AddRoute(Route(net("198.18.64.0/18"), TUN)),
+        DelRoute(Route(net("2001:2:0:20::/64"), TUN)),
+    )
+
+
+def test_ipv4_address_change_reinstalls_the_ipv4_tun_routes() -> None:
+    """The kernel flushes a device's IPv4 routes with its last IPv4 address."""
+    have = target(wanted(routes=("198.19.0.0/16", "2001:2:0:20::/64")), TUN, dict([GW_PATH]))
+    want = target(
+        wanted(ipv4="198.18.11.2/24", routes=("198.19.0.0/16", "2001:2:0:20::/64")),
+        TUN,
+        dict([GW_PATH]),
+    )
+    assert diff(have, want, TUN) == (
+        DelRoute(Route(net("198.19.0.0/16"), TUN)),
+        DelAddress(iface("198.18.10.2/24")),
+        AddAddress(iface("198.18.11.2/24")),
+        AddRoute(Route(net("198.19.0.0/16"), TUN)),
+    )  # the IPv6 route and the gateway's bypass route are left alone
+    no_v4 = target(wanted(ipv4=None, routes=("2001:2:0:20::/64",)), TUN, {})
+    assert diff(have, no_v4, TUN) == (
+        DelRoute(Route(net("198.19.0.0/16"), TUN)),
+        DelAddress(iface("198.18.10.2/24")),
+        DelRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)),
+    )
+
+
+def test_teardown_plan_removes_exactly_what_was_installed() -> None:
+    have = target(
+        wanted(routes=("0.0.0.0/0",)), TUN, {net("198.19.200.7/32"): Path(UPLINK, UPLINK_GW)}
+    )
+    assert teardown_plan(have, TUN) == (
+        DelRoute(Route(net("0.0.0.0/1"), TUN)),
+        DelRoute(Route(net("128.0.0.0/1"), TUN)),
+        DelRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)),
+        DelAddress(iface("198.18.10.2/24")),
+        DelAddress(iface("2001:2:0:10::2/64")),
+    )
+    assert teardown_plan(State(mtu=1400, up=True), TUN) == ()
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        SetMtu(1380, 1400),
+        SetUp(True),
+        AddAddress(iface("198.18.10.2/24")),
+        DelAddress(iface("198.18.10.2/24")),
+        AddRoute(Route(net("198.19.0.0/17"), TUN)),
+        DelRoute(Route(net("198.19.0.0/17"), TUN)),
+    ],
+)
+def test_inverse_undoes(op: Op) -> None:
+    start = State(mtu=1400, up=False)
+    if isinstance(op, DelAddress):
+        start = after(start, AddAddress(op.address))
+    if isinstance(op, DelRoute):
+        start = after(start, AddRoute(op.route))
+    undo = inverse(op)
+    assert undo is not None
+    assert after(after(start, op), undo) == start
+
+
+# -- the router over a fake kernel -------------------------------------------------------
+
+
+class FakeKernel:
+    def __init__(self, paths: dict[Address, Path] | None = None) -> None:
+        self.paths = paths or {}
+        self.ops: list[Op] = []
+        self.lookups: list[Address] = []
+        self.fail: dict[Op, int] = {}
+
+    def route_get(self, dst: Address) -> Path:
+        self.lookups.append(dst)
+        if dst not in self.paths:
+            raise Refusal(f"route lookup of {dst}: Network is unreachable")
+        return self.paths[dst]
+
+    def apply(self, op: Op, ifindex: int) -> None:
+        assert ifindex == TUN
+        code = self.fail.get(op)
+        if code is not None:
+            raise KernelError(f"{op}: {os.strerror(code)}", code)
+        self.ops.append(op)
+
+
+GW = ip("198.19.200.7")
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    return FakeKernel({GW: Path(UPLINK, UPLINK_GW), ip("198.18.50.0"): Path(UPLINK, None)})
+
+
+def test_identical_net_config_touches_nothing(kernel: FakeKernel) -> None:
+    router = Router(kernel, TUN, 1400)
+    w = wanted(routes=("0.0.0.0/0",), exclude=("198.18.50.0/24",))
+    first = router.configure(w)
+    assert len(first) == 7  # link up, 2 addresses, 2 bypass routes, 2 halves
+    assert kernel.ops == list(first)
+    assert router.configure(w) == ()
+    assert kernel.ops == list(first)  # nothing more was sent to the kernel
+    assert kernel.lookups == [GW, ip("198.18.50.0")]  # each original path looked up once
+
+
+def test_bypass_path_through_our_tun_is_refused(kernel: FakeKernel) -> None:
+    kernel.paths[GW] = Path(TUN, None)
+    router = Router(kernel, TUN, 1400)
+    with pytest.raises(Refusal, match="198.19.200.7/32: its path already goes through the tunnel"):
+        router.configure(wanted(routes=("0.0.0.0/0",)))
+    assert kernel.ops == []
+    assert router.state == State(mtu=1400)
+
+
+def test_no_original_path_is_refused(kernel: FakeKernel) -> None:
+    router = Router(kernel, TUN, 1400)
+    with pytest.raises(Refusal, match="unreachable"):
+        router.configure(wanted(routes=("0.0.0.0/0",), exclude=("198.18.60.0/24",)))
+    assert kernel.ops == []
+
+
+def test_failure_mid_plan_rolls_back(kernel: FakeKernel) -> None:
+    router = Router(kernel, TUN, 1400)
+    router.configure(wanted())
+    before = router.state
+    kernel.ops.clear()
+    kernel.fail[AddRoute(Route(net("198.19.0.0/16"), TUN))] = errno.EEXIST
+    with pytest.raises(Refusal, match=r"File exists \(nothing was changed\)$"):
+        router.configure(wanted(mtu=1380, routes=("198.19.0.0/16", "198.18.64.0/18")))
+    assert router.state == before
+    bypass = AddRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW))
+    assert kernel.ops == [
+        SetMtu(1380, 1400),
+        bypass,
+        AddRoute(Route(net("198.18.64.0/18"), TUN)),
+        # adding 198.19.0.0/16 fails here; then undone in reverse:
+        DelRoute(Route(net("198.18.64.0/18"), TUN)),
+        DelRoute(bypass.route),
+        SetMtu(1400, 1380),
+    ]
+
+
+def test_incomplete_rollback_is_reported_and_tracked(kernel: FakeKernel) -> None:
+    router = Router(kernel, TUN, 1400)
+    stuck = Route(net("198.18.64.0/18"), TUN)
+    kernel.fail[AddRoute(Route(net("198.19.0.0/16"), TUN))] = errno.EEXIST
+    kernel.fail[DelRoute(stuck)] = errno.EBUSY
+    with pytest.raises(Refusal, match="ROLLBACK INCOMPLETE"):
+        router.configure(wanted(routes=("198.19.0.0/16", "198.18.64.0/18")))
+    assert stuck in router.state.routes  # still installed, so teardown will try again
+    del kernel.fail[DelRoute(stuck)]
+    assert router.clear() == []
+    assert router.state.routes == frozenset()
+
+
+def test_clear_counts_already_gone_as_removed_and_reports_the_rest(kernel: FakeKernel) -> None:
+    router = Router(kernel, TUN, 1400)
+    router.configure(wanted(routes=("0.0.0.0/0",)))
+    kernel.fail[DelRoute(Route(net("0.0.0.0/1"), TUN))] = errno.ESRCH
+    kernel.fail[DelRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW))] = errno.EPERM
+    errors = router.clear()
+    assert len(errors) == 1
+    assert "Operation not permitted" in errors[0]
+    assert router.state.routes == {Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)}
+    assert router.state.addresses == frozenset()
+
+
+# -- the request table -------------------------------------------------------------------
+
+
+class FakeHost:
+    def __init__(self, real_fd: bool = False) -> None:
+        self.calls: list[str] = []
+        self.refuse_tun = False
+        self.real_fd = real_fd
+
+    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+        self.calls.append(f"create_tun {mtu}")
+        if self.refuse_tun:
+            raise Refusal("create tun sepc%d: Device or resource busy")
+        return "sepc0", TUN, os.open(os.devnull, os.O_RDONLY) if self.real_fd else -1
+
+    def net_config(self, wanted: Wanted) -> None:
+        self.calls.append("net_config")
+
+    def teardown(self) -> None:
+        self.calls.append("teardown")
+
+
+HELLO = Hello(seq=1, proto=1, role="supervisor")
+CREATE = CreateTun(seq=2, mtu=1400)
+TEARDOWN = Teardown(seq=9)
+
+
+def test_policy_covers_exactly_the_requests() -> None:
+    assert {cls.op for cls in POLICY} == {"hello", "create_tun", "net_config", "teardown"}
+    assert REQUESTS.decode_untrusted(REQUESTS.encode(HELLO)) == HELLO  # same classes
+
+
+def test_the_normal_session() -> None:
+    host, monitor = FakeHost(), Monitor()
+    assert monitor.handle(host, HELLO) == (Done(seq=1), None)
+    assert monitor.phase is Phase.READY
+    assert monitor.handle(host, CREATE) == (TunCreated(seq=2, ifname="sepc0", ifindex=TUN), -1)
+    assert monitor.phase is Phase.TUN_UP
+    for seq in (3, 4, 5):
+        assert monitor.handle(host, nc(seq=seq)) == (Done(seq=seq), None)
+    assert monitor.handle(host, TEARDOWN) == (Done(seq=9), None)
+    assert monitor.phase is Phase.CLOSED
+    assert host.calls == ["create_tun 1400", "net_config", "net_config", "net_config", "teardown"]
+
+
+@pytest.mark.parametrize(
+    ("before", "request_", "why"),
+    [
+        ([], nc(), "net_config is not permitted in phase new"),
+        ([], CREATE, "create_tun is not permitted in phase new"),
+        ([], TEARDOWN, "teardown is not permitted in phase new"),
+        ([HELLO], HELLO, "hello is not permitted in phase ready"),
+        ([HELLO], nc(), "net_config is not permitted in phase ready"),
+        ([HELLO, CREATE], CREATE, "create_tun is not permitted in phase tun_up"),
+        ([HELLO, CREATE], HELLO, "hello is not permitted in phase tun_up"),
+        ([HELLO, CREATE, TEARDOWN], nc(), "not permitted in phase closed"),
+        ([HELLO, CREATE, TEARDOWN], TEARDOWN, "not permitted in phase closed"),
+        ([HELLO], Done(seq=1), "unsupported request 'done'"),
+    ],
+)
+def test_protocol_violations(before: list[Message], request_: Message, why: str) -> None:
+    host, monitor = FakeHost(), Monitor()
+    for msg in before:
+        monitor.handle(host, msg)
+    calls = list(host.calls)
+    with pytest.raises(ProtocolViolation, match=why):
+        monitor.handle(host, request_)
+    assert host.calls == calls  # the handler never ran
+
+
+def test_once_only_is_enforced_even_where_the_phase_would_allow() -> None:
+    policy = dict(POLICY)
+    rule = policy[Hello]
+    policy[Hello] = dataclasses.replace(rule, then=None)  # Hello would stay in NEW
+    monitor = Monitor(policy)  # type: ignore[arg-type]
+    monitor.handle(FakeHost(), HELLO)
+    with pytest.raises(ProtocolViolation, match="hello is permitted only once"):
+        monitor.handle(FakeHost(), HELLO)
+
+
+def test_out_of_policy_net_config_is_refused_and_the_session_goes_on() -> None:
+    host, monitor = FakeHost(), Monitor()
+    monitor.handle(host, HELLO)
+    monitor.handle(host, CREATE)
+    reply, fd = monitor.handle(host, nc(seq=5, routes=("127.0.0.0/8",)))
+    assert reply == Refused(seq=5, reason="route 127.0.0.0/8: loopback is not allowed")
+    assert fd is None
+    assert host.calls == ["create_tun 1400"]  # the host was never asked
+    assert monitor.phase is Phase.TUN_UP
+    assert monitor.handle(host, nc(seq=6)) == (Done(seq=6), None)
+
+
+def test_refused_create_tun_is_used_up_but_teardown_still_works() -> None:
+    host, monitor = FakeHost(), Monitor()
+    host.refuse_tun = True
+    monitor.handle(host, HELLO)
+    reply, fd = monitor.handle(host, CREATE)
+    assert isinstance(reply, Refused)
+    assert "busy" in reply.reason
+    assert monitor.phase is Phase.READY
+    with pytest.raises(ProtocolViolation, match="permitted only once"):
+        monitor.handle(host, CREATE)
+    assert monitor.handle(host, TEARDOWN) == (Done(seq=9), None)
+
+
+def test_refusal_reasons_are_one_short_line() -> None:
+    class Chatty(FakeHost):
+        def net_config(self, wanted: Wanted) -> None:
+            raise Refusal("first line\nsecond line " + "x" * 500)
+
+    monitor = Monitor()
+    monitor.handle(Chatty(), HELLO)
+    monitor.handle(Chatty(), CREATE)
+    reply, _ = monitor.handle(Chatty(), nc())
+    assert isinstance(reply, Refused)
+    assert "\n" not in reply.reason
+    assert len(reply.reason) <= 200
+    assert reply.reason.startswith("first line second line x")
+    REPLIES.encode(reply)  # still fits the schema
+
+
+# -- the request loop (main.serve) over a socketpair -------------------------------------
+
+
+@dataclasses.dataclass
+class Loop:
+    ours: socket.socket  # the supervisor's end
+    channel: Channel  # the helper's end
+    wake_r: int
+    wake_w: int
+    log_r: int
+    log_w: int
+
+    def serve(self, peer_uid: int) -> int:
+        audit = audit_mod.Audit(self.log_w, stderr_fd=None)
+        return helper_main.serve(
+            self.channel, Monitor(), FakeHost(True), audit, peer_uid, self.wake_r
+        )
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in os.read(self.log_r, 1 << 20).splitlines()]
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    ours, theirs = socketpair()
+    channel = Channel(theirs, REQUESTS, send_codec=REPLIES, send_fd_ops={"tun_created"})
+    channel.pass_credentials()
+    loop = Loop(ours, channel, *os.pipe2(os.O_NONBLOCK), *os.pipe2(os.O_NONBLOCK))
+    yield loop
+    for fd in (loop.wake_r, loop.wake_w, loop.log_r, loop.log_w):
+        os.close(fd)
+    ours.close()
+    theirs.close()
+    helper_main._Signals.terminate = False
+
+
+def run_loop(
+    loop: Loop, messages: list[bytes], peer_uid: int | None = None
+) -> tuple[int, list[Message], list[dict[str, object]]]:
+    """Queue ``messages``, close our end, serve; return (status, replies, audit records)."""
+    loop.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    for data in messages:
+        loop.ours.send(data)
+    loop.ours.shutdown(socket.SHUT_WR)
+    status = loop.serve(os.getuid() if peer_uid is None else peer_uid)
+    replies = []
+    loop.ours.setblocking(False)
+    while True:
+        try:
+            data = loop.ours.recv(65536)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        replies.append(REPLIES.decode_untrusted(data))
+    return status, replies, loop.records()
+
+
+def enc(*msgs: Message) -> list[bytes]:
+    return [REQUESTS.encode(m) for m in msgs]
+
+
+def test_loop_session_ends_with_teardown(loop: Loop) -> None:
+    status, replies, records = run_loop(loop, enc(HELLO, CREATE, nc(seq=3), TEARDOWN))
+    assert status == 0
+    assert [r.op for r in replies] == ["done", "tun_created", "done", "done"]
+    assert [(r["op"], r["result"]) for r in records] == [
+        ("hello", "ok"),
+        ("create_tun", "ok"),
+        ("net_config", "ok"),
+        ("teardown", "ok"),
+    ]
+    for record in records:
+        assert record["peer_uid"] == os.getuid()
+        assert record["peer_pid"] == os.getpid()
+        assert record["helper_pid"] == os.getpid()
+    assert records[2]["args"] == {
+        "seq": 3,
+        "mtu": 1400,
+        "ipv4": "198.18.10.2/24",
+        "ipv6": "2001:2:0:10::2/64",
+        "routes": ["198.19.0.0/17", "2001:2:0:20::/64"],
+        "exclude": [],
+        "gateway": "198.19.200.7",
+    }
+
+
+def test_loop_peer_closed_is_a_clean_exit(loop: Loop) -> None:
+    status, replies, records = run_loop(loop, enc(HELLO))
+    assert status == 0
+    assert records[-1]["op"] == "peer_closed"
+    assert records[-1]["reason"] == "supervisor went away"
+
+
+def test_loop_refusal_keeps_running(loop: Loop) -> None:
+    status, replies, records = run_loop(
+        loop, enc(HELLO, CREATE, nc(seq=3, exclude=("0.0.0.0/0",)), nc(seq=4))
+    )
+    assert status == 0
+    assert replies[2] == Refused(seq=3, reason="exclude 0.0.0.0/0: a /0 prefix is not allowed")
+    assert replies[3] == Done(seq=4)
+    assert records[2]["result"] == "refused"
+    assert records[2]["reason"] == "exclude 0.0.0.0/0: a /0 prefix is not allowed"
+
+
+@pytest.mark.parametrize(
+    ("messages", "reason"),
+    [
+        ([b"\xc1\xc1"], "protocol violation: message: undecodable"),
+        (enc(HELLO) + [b"\x93\x01\x02\x03"], "protocol violation: message: not a map"),
+        (enc(nc()), "protocol violation: net_config is not permitted in phase new"),
+        (enc(HELLO, HELLO), "protocol violation: hello is not permitted in phase ready"),
+        (enc(HELLO, CREATE, CREATE), "create_tun is not permitted in phase tun_up"),
+    ],
+)
+def test_loop_protocol_violation_is_fatal(loop: Loop, messages: list[bytes], reason: str) -> None:
+    status, replies, records = run_loop(loop, messages + enc(TEARDOWN))
+    assert status == 1
+    assert len(replies) == len(messages) - 1  # the violating request got no reply
+    assert records[-1]["result"] == "fatal"
+    assert reason in str(records[-1]["reason"])
+
+
+def test_loop_sender_uid_mismatch_is_fatal(loop: Loop) -> None:
+    status, replies, records = run_loop(loop, enc(HELLO), peer_uid=os.getuid() + 1)
+    assert status == 1
+    assert replies == []
+    assert records == [
+        {
+            **records[0],
+            "op": "hello",
+            "result": "fatal",
+            "peer_uid": os.getuid(),
+            "reason": f"sender has uid {os.getuid()}, expected uid {os.getuid() + 1}",
+        }
+    ]
+
+
+def test_loop_message_without_credentials_is_fatal(
+    loop: Loop,
+) -> None:
+    loop.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+    loop.ours.send(REQUESTS.encode(HELLO))  # neither end asks for credentials now
+    loop.channel.pass_credentials()
+    # uid 65534 is what the kernel reports when it recorded no credentials
+    assert loop.serve(65534) == 1
+    (record,) = loop.records()
+    assert record["reason"] == "sender has no credentials, expected uid 65534"
+
+
+def test_loop_sigterm_flag_ends_the_session(loop: Loop) -> None:
+    helper_main._Signals.terminate = True
+    os.write(loop.wake_w, b"\x0f")  # what signal.set_wakeup_fd would write
+    assert loop.serve(os.getuid()) == 0
+    assert [r["op"] for r in loop.records()] == ["sigterm"]
+
+
+# -- argv, audit log, imports --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--fd", "5"],
+        ["--peer-uid", "1000"],
+        ["--fd", "2", "--peer-uid", "1000"],
+        ["--fd", "x", "--peer-uid", "1000"],
+        ["--fd", "5", "--peer-uid", "-1"],
+        ["--fd", "5", "--peer-uid", str(2**32 - 1)],
+        ["--fd", "5", "--peer-uid", "1000", "--interface", "../etc"],
+        ["--fd", "5", "--peer-uid", "1000", "--interface", "x" * 16],
+        ["--fd", "5", "--peer-uid", "1000", "--interface", ".."],
+        ["--fd", "5", "--peer-uid", "1000", "--audit-log", ""],
+        ["--fd", "5", "--peer-uid", "1000", "--int", "tun0"],
+        ["--fd", "5", "--peer-uid", "1000", "extra"],
+    ],
+)
+def test_bad_argv_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        helper_main.parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_good_argv() -> None:
+    args = helper_main.parse_args(
+        ["--fd", "5", "--peer-uid", "65534", "--interface", "vpn0", "--audit-log", "/x/a.log"]
+    )
+    assert (args.fd, args.peer_uid, args.interface, args.audit_log) == (
+        5,
+        65534,
+        "vpn0",
+        "/x/a.log",
+    )
+
+
+@pytest.mark.parametrize("kind", ["pipe", "stream socket"])
+def test_helper_fd_must_be_a_seqpacket_socket(kind: str, tmp_path: FsPath) -> None:
+    """Exits 2 before doing anything privileged (so this runs without root)."""
+    if kind == "pipe":
+        ours, theirs = os.pipe()
+    else:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = a.detach(), b.detach()
+    root = FsPath(__file__).resolve().parents[2]
+    boot = (
+        f"import runpy, sys; sys.path.insert(0, {str(root)!r}); "
+        "runpy.run_module('sepconnect.privhelper', run_name='__main__', alter_sys=True)"
+    )
+    argv = ["--fd", str(theirs), "--peer-uid", "0", "--audit-log", str(tmp_path / "a.log")]
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", boot, *argv],
+        pass_fds=(theirs,),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    os.close(ours)
+    os.close(theirs)
+    assert result.returncode == 2, result.stderr
+    assert f"--fd {theirs}:" in result.stderr
+    assert not (tmp_path / "a.log").exists()
+
+
+def test_audit_log_is_private_append_only_and_no_symlink(tmp_path: FsPath) -> None:
+    path = tmp_path / "audit.log"
+    path.write_text("earlier line\n")
+    path.chmod(0o600)
+    fd = audit_mod.open_log(str(path))
+    try:
+        audit = audit_mod.Audit(fd, stderr_fd=None)
+        audit.sender = (123, 1000, 1000)
+        audit.record("net_config", "refused", "route 127.0.0.0/8: loopback is not allowed")
+    finally:
+        os.close(fd)
+    first, line = path.read_text().splitlines()
+    assert first == "earlier line"
+    record = json.loads(line)
+    assert record["peer_pid"] == 123
+    assert record["result"] == "refused"
+    assert record["time"].endswith("+00:00")
+    new = tmp_path / "new.log"
+    os.close(audit_mod.open_log(str(new)))
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+    (tmp_path / "link").symlink_to(path)
+    with pytest.raises(OSError, match="symbolic links|Too many levels"):
+        audit_mod.open_log(str(tmp_path / "link"))
+    with pytest.raises(OSError):
+        audit_mod.open_log(str(tmp_path))
+
+
+HELPER_DIR = FsPath(__file__).resolve().parents[2] / "privhelper"
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in HELPER_DIR.glob("*.py")))
+def test_helper_has_no_shell_and_no_exec(module: str) -> None:
+    """No shell, no exec, no string-built commands (test_import_rules checks the imports)."""
+    tree = ast.parse((HELPER_DIR / module).read_text())
+    imported: set[str] = set()
+    called: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                called.add(f"{func.value.id}.{func.attr}")
+            elif isinstance(func, ast.Name):
+                called.add(func.id)
+    assert not imported & {"subprocess", "shlex", "pty", "multiprocessing", "threading"}
+    shell = {c for c in called if c.startswith(("os.exec", "os.spawn", "os.posix_spawn"))}
+    shell |= called & {"os.system", "os.popen", "os.fork", "eval", "exec", "compile"}
+    assert not shell, shell

@@ -1,0 +1,210 @@
+"""Authenticate and open the tunnel: the blocking first phase of the worker.
+
+It drives the sans-I/O auth and tunnel logic (worker/proto) over a TlsStream
+and turns every failure into a :class:`SessionFailure` with the kind the
+supervisor maps to an exit code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sepconnect.supervisor.schema import FailureKind, Start
+from sepconnect.worker.io.tls import (
+    CertificateInvalid,
+    ServerPin,
+    TlsError,
+    TlsStream,
+    TrustConfig,
+    Unreachable,
+)
+from sepconnect.worker.proto import errors
+from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, Credentials, HttpRequest
+from sepconnect.worker.proto.http import HttpClient, HttpResponse
+from sepconnect.worker.proto.tunnel import (
+    TunnelConfig,
+    build_connect_request,
+    compute_mtu,
+    parse_connect_response_untrusted,
+)
+
+DEFAULT_PORT = 443
+
+
+class SessionFailure(Exception):
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: FailureKind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    host: str
+    port: int
+    path: str
+    address: str  # the resolved address we connect to (the VPN gateway)
+
+    @property
+    def name(self) -> str:
+        return self.host if self.port == DEFAULT_PORT else f"{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class Tunnel:
+    server: Server
+    stream: TlsStream
+    config: TunnelConfig
+    cookie: str
+    banner: str | None
+    leftover: bytes  # CSTP bytes that arrived with the CONNECT response
+
+
+def resolve(url: str) -> Server:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise SessionFailure("error", f"server URL must be https://host[:port][/path], got {url!r}")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise SessionFailure("error", f"bad port in server URL {url!r}") from None
+    host = parts.hostname
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise SessionFailure(
+            "unreachable", f"cannot resolve {host}: {exc.strerror or exc}"
+        ) from None
+    if not infos:
+        raise SessionFailure("unreachable", f"cannot resolve {host}")
+    address = str(infos[0][4][0])
+    return Server(host=host, port=port, path=parts.path or "/", address=address)
+
+
+def _trust(start: Start) -> TrustConfig:
+    try:
+        pin = ServerPin.parse(start.servercert) if start.servercert else None
+    except ValueError as exc:
+        raise SessionFailure("error", str(exc)) from None
+    return TrustConfig(pin=pin, ca_pem=start.cafile_pem)
+
+
+class _Connection:
+    """The current TLS connection and its HTTP state."""
+
+    def __init__(self, server: Server, trust: TrustConfig) -> None:
+        self.server = server
+        self.trust = trust
+        self.stream: TlsStream | None = None
+        self.http = HttpClient()
+
+    def open(self) -> TlsStream:
+        if self.stream is None:
+            self.stream = TlsStream.connect(
+                self.server.host, self.server.port, self.server.address, self.trust
+            )
+            self.http = HttpClient()
+        return self.stream
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    def exchange(self, req: HttpRequest) -> HttpResponse:
+        if req.new_connection:
+            self.close()
+        stream = self.open()
+        stream.send_all(self.http.request(req.method, req.path, list(req.headers), req.body))
+        while True:
+            data = stream.recv_some()
+            if not data:
+                self.close()
+                resp = self.http.connection_closed()
+                if resp is None:
+                    raise errors.ProtocolError("the server closed the connection mid-response")
+                return resp
+            resp = self.http.receive_data_untrusted(data)
+            if resp is not None:
+                return resp
+
+
+def _failure_from(exc: Exception) -> SessionFailure:
+    table: list[tuple[type[Exception], FailureKind]] = [
+        (CertificateInvalid, "cert_invalid"),
+        (Unreachable, "unreachable"),
+        (errors.AccountLocked, "account_locked"),
+        (errors.AuthFailed, "auth_failed"),
+        (errors.UnknownGroup, "unknown_group"),
+        (errors.NeedMoreInput, "need_input"),
+        (errors.CookieRejected, "cookie_rejected"),
+        (errors.ProtocolError, "protocol"),
+        (errors.AuthError, "auth_failed"),
+        (TlsError, "unreachable"),
+    ]
+    for cls, kind in table:
+        if isinstance(exc, cls):
+            return SessionFailure(kind, str(exc) or cls.__name__)
+    return SessionFailure("error", f"{type(exc).__name__}: {exc}")
+
+
+def _base_mtu(stream: TlsStream, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    try:
+        mss = stream.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    except OSError:
+        return 1406
+    headers = 60 if stream.sock.family == socket.AF_INET6 else 40
+    return max(1280, min(9000, mss + headers))
+
+
+def open_tunnel(start: Start) -> Tunnel:
+    server = resolve(start.url)
+    conn = _Connection(server, _trust(start))
+    try:
+        auth = AuthSession(
+            host=server.host,
+            port=server.port,
+            path=server.path,
+            credentials=Credentials(
+                username=start.username, passwords=start.passwords, group=start.group
+            ),
+        )
+        step: HttpRequest | AuthSuccess = auth.first_request()
+        while isinstance(step, HttpRequest):
+            resp = conn.exchange(step)
+            step = auth.handle_response_untrusted(resp)
+            if not conn.http.reuse():
+                conn.close()
+        success = step
+        stream = conn.open()
+        base_mtu = _base_mtu(stream, start.base_mtu)
+        ipv6_peer = ipaddress.ip_address(server.address).version == 6
+        connect_req = build_connect_request(
+            host=server.host,
+            port=server.port,
+            cookie=success.cookie,
+            hostname=start.hostname,
+            base_mtu=base_mtu,
+            mtu=start.mtu or compute_mtu(base_mtu, ipv6_peer),
+            ipv6=not start.disable_ipv6,
+        )
+        resp = conn.exchange(connect_req)
+        config = parse_connect_response_untrusted(resp)
+        leftover = conn.http.trailing_data
+    except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
+        conn.close()
+        raise _failure_from(exc) from None
+    assert conn.stream is not None
+    return Tunnel(
+        server=server,
+        stream=conn.stream,
+        config=config,
+        cookie=success.cookie,
+        banner=success.banner or config.banner,
+        leftover=leftover,
+    )

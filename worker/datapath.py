@@ -1,0 +1,185 @@
+"""The worker's event loop: tun ⇄ CSTP over TLS, timers, and the supervisor channel.
+
+A thin I/O layer around the sans-I/O CstpSession: it reads what is ready,
+feeds the session, writes what the session produced, and sleeps until the
+next fd event or the session's timer. Single-threaded and nonblocking.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import time
+from dataclasses import dataclass
+
+from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
+from sepconnect.supervisor.schema import Stop
+from sepconnect.worker.connect import SessionFailure, Tunnel
+from sepconnect.worker.io.tls import TlsError
+from sepconnect.worker.proto import errors
+from sepconnect.worker.proto.session import (
+    CstpSession,
+    DpdTimeout,
+    ServerDisconnected,
+    ServerTerminated,
+)
+
+_TUN_BURST = 64  # packets read from the tun per wakeup before servicing the TLS side
+_MAX_PACKET = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the data path ended when it was asked to stop."""
+
+    logoff: bool
+    tx_bytes: int
+    rx_bytes: int
+
+
+class DataPath:
+    def __init__(self, tunnel: Tunnel, tun_fd: int, channel: Channel) -> None:
+        self.tunnel = tunnel
+        self.stream = tunnel.stream
+        self.tun_fd = tun_fd
+        self.channel = channel
+        cfg = tunnel.config
+        self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
+        self.backlog: list[bytes] = []  # CSTP frames waiting for room in the TLS socket
+        self.selector = selectors.DefaultSelector()
+        os.set_blocking(tun_fd, False)
+
+    def run(self) -> Outcome:
+        """Move packets until the supervisor says stop; raises SessionFailure otherwise."""
+        sel = self.selector
+        sel.register(self.stream.sock, selectors.EVENT_READ, "tls")
+        sel.register(self.tun_fd, selectors.EVENT_READ, "tun")
+        sel.register(self.channel.fileno(), selectors.EVENT_READ, "ipc")
+        try:
+            if self.tunnel.leftover:
+                self._from_server(self.tunnel.leftover)
+            while True:
+                stop = self._turn()
+                if stop is not None:
+                    return self._stop(stop)
+        except TlsError as exc:
+            raise SessionFailure(
+                "server_disconnected", f"connection to the server lost: {exc}"
+            ) from None
+        except errors.ProtocolError as exc:
+            raise SessionFailure("protocol", str(exc)) from None
+        finally:
+            sel.close()
+
+    def _turn(self) -> Stop | None:
+        timer = self.session.get_timer()
+        timeout = None if timer is None else max(0.0, timer - time.monotonic())
+        if self.stream.pending():
+            timeout = 0.0
+        for key, _ in self.selector.select(timeout):
+            if key.data == "ipc":
+                stop = self._from_supervisor()
+                if stop is not None:
+                    return stop
+            elif key.data == "tls":
+                self._read_server()  # a write-readiness wakeup ends in _flush below
+            elif key.data == "tun":
+                self._read_tun()
+        if self.stream.pending():
+            self._read_server()
+        now = time.monotonic()
+        timer = self.session.get_timer()
+        if timer is not None and timer <= now:
+            self.session.handle_timer(now)
+            self._drain_events()
+        self._flush()
+        return None
+
+    def _from_supervisor(self) -> Stop | None:
+        try:
+            msg, _ = self.channel.recv()
+        except PeerClosed:
+            # The supervisor is gone: nobody can act on what we would report.
+            return Stop(logoff=True)
+        if isinstance(msg, Stop):
+            return msg
+        raise WireError(f"unexpected {msg.op} from the supervisor")
+
+    def _read_server(self) -> None:
+        while True:
+            data = self.stream.recv_nowait()
+            if data is None:
+                return
+            if not data:
+                raise SessionFailure("server_disconnected", "the server closed the connection")
+            self._from_server(data)
+
+    def _from_server(self, data: bytes) -> None:
+        for packet in self.session.receive_data_untrusted(data, time.monotonic()):
+            self._write_tun(packet)
+        self._drain_events()
+
+    def _drain_events(self) -> None:
+        while (event := self.session.next_event()) is not None:
+            if isinstance(event, DpdTimeout):
+                raise SessionFailure("server_disconnected", "the server stopped answering (DPD)")
+            if isinstance(event, ServerDisconnected):
+                raise SessionFailure(
+                    "server_disconnected", f"the server ended the session: {event.reason}"
+                )
+            if isinstance(event, ServerTerminated):
+                raise SessionFailure("server_disconnected", "the server terminated the session")
+
+    def _write_tun(self, packet: bytes) -> None:
+        try:
+            os.write(self.tun_fd, packet)
+        except BlockingIOError:
+            pass  # the tun queue is full: drop, as a router would
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EIO):
+                raise
+            # EINVAL: a malformed packet from the server; the kernel refused it.
+
+    def _read_tun(self) -> None:
+        if self.backlog:
+            return  # TLS is full: leave packets in the tun queue (backpressure)
+        now = time.monotonic()
+        for _ in range(_TUN_BURST):
+            try:
+                packet = os.read(self.tun_fd, _MAX_PACKET)
+            except BlockingIOError:
+                break
+            if packet:
+                self.session.send_packet(packet, now)
+
+    def _flush(self) -> None:
+        frames = self.session.frames_to_send()
+        if frames:
+            self.backlog.extend(frames)
+        sent = 0
+        for frame in self.backlog:
+            if not self.stream.send_record_nowait(frame):
+                break
+            sent += 1
+        del self.backlog[:sent]
+        want_write = bool(self.backlog)
+        key = self.selector.get_key(self.stream.sock)
+        if want_write and key.events == selectors.EVENT_READ:
+            self.selector.modify(
+                self.stream.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "tls"
+            )
+        elif not want_write and key.events != selectors.EVENT_READ:
+            self.selector.modify(self.stream.sock, selectors.EVENT_READ, "tls")
+
+    def _stop(self, stop: Stop) -> Outcome:
+        self.session.disconnect(logoff=stop.logoff)
+        self._flush()
+        deadline = time.monotonic() + 2.0
+        while self.backlog and time.monotonic() < deadline:
+            self.selector.select(0.05)
+            self._flush()
+        self.stream.close()
+        return Outcome(
+            logoff=stop.logoff, tx_bytes=self.session.tx_bytes, rx_bytes=self.session.rx_bytes
+        )

@@ -1,0 +1,276 @@
+"""TLS to the VPN server: OpenSSL through pyOpenSSL over a nonblocking socket.
+
+pyOpenSSL is used (not the ssl module) because DTLS PSK-NEGOTIATE needs the TLS
+exporter of this connection (DESIGN.md §3). OpenSSL runs the handshake with
+verification off; the server is then checked here, before one byte of
+application data is sent: either its key is pinned (``--servercert``), or its
+chain and name are verified with cryptography's RFC 5280 verifier against
+``--cafile`` or the system store. There is no way to accept a certificate
+silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import ipaddress
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509 import DNSName, IPAddress, verification
+from OpenSSL import SSL
+
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+# SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: a write
+# that hit WANT_WRITE is retried later with the same bytes, possibly moved.
+_SSL_MODES = 0x1 | 0x2
+
+
+class TlsError(Exception):
+    """The TLS connection could not be made or broke."""
+
+
+class Unreachable(TlsError):
+    """Name resolution, TCP connect or the TLS handshake failed."""
+
+
+class CertificateInvalid(TlsError):
+    """The server certificate failed the pin or chain/hostname verification."""
+
+
+class ConnectionClosed(TlsError):
+    """The server closed the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPin:
+    """``pin-sha256:<base64 SPKI hash>`` or ``sha256:<hex certificate hash>``."""
+
+    kind: str  # "spki" or "cert"
+    digest: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> ServerPin:
+        kind, sep, value = text.partition(":")
+        kind = kind.lower()
+        try:
+            if sep and kind == "pin-sha256":
+                digest = base64.b64decode(value, validate=True)
+                pin = cls("spki", digest)
+            elif sep and kind == "sha256":
+                pin = cls("cert", binascii.unhexlify(value))
+            else:
+                raise ValueError
+        except (ValueError, binascii.Error):
+            raise ValueError(
+                f"--servercert {text!r}: expected pin-sha256:<base64> or sha256:<hex>"
+            ) from None
+        if len(pin.digest) != 32:
+            raise ValueError(f"--servercert {text!r}: a SHA-256 digest has 32 bytes")
+        return pin
+
+    def matches(self, cert: x509.Certificate) -> bool:
+        if self.kind == "spki":
+            spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            return hashlib.sha256(spki).digest() == self.digest
+        return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest() == self.digest
+
+
+def describe_pin(cert: x509.Certificate) -> str:
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "pin-sha256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    pin: ServerPin | None
+    ca_pem: bytes | None  # None: the system store
+
+
+def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> None:
+    if not chain:
+        raise CertificateInvalid("the server sent no certificate")
+    leaf = chain[0]
+    if trust.pin is not None:
+        if not trust.pin.matches(leaf):
+            raise CertificateInvalid(
+                f"server certificate does not match --servercert (server has {describe_pin(leaf)})"
+            )
+        return
+    try:
+        if trust.ca_pem is not None:
+            anchors = x509.load_pem_x509_certificates(trust.ca_pem)
+        else:
+            with open(SYSTEM_CA_FILE, "rb") as f:
+                anchors = x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as exc:
+        raise CertificateInvalid(f"cannot load trusted CA certificates: {exc}") from None
+    subject: verification.Subject
+    try:
+        subject = IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        subject = DNSName(host)
+    verifier = (
+        verification.PolicyBuilder()
+        .store(verification.Store(anchors))
+        .build_server_verifier(subject)
+    )
+    try:
+        verifier.verify(leaf, chain[1:])
+    except verification.VerificationError as exc:
+        raise CertificateInvalid(
+            f"server certificate verification failed: {exc} (use --cafile, or pin it with "
+            f"--servercert {describe_pin(leaf)})"
+        ) from None
+
+
+def _wait(sock: socket.socket, *, read: bool, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TlsError("timed out")
+    if read:
+        ready = select.select([sock], [], [], remaining)[0]
+    else:
+        ready = select.select([], [sock], [], remaining)[1]
+    if not ready:
+        raise TlsError("timed out")
+
+
+class TlsStream:
+    """One verified TLS connection; blocking-style calls take a deadline, the
+    ``*_nowait`` calls are for the event loop."""
+
+    def __init__(self, sock: socket.socket, conn: SSL.Connection) -> None:
+        self.sock = sock
+        self.conn = conn
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, address: str, trust: TrustConfig, *, timeout: float = 15.0
+    ) -> TlsStream:
+        deadline = time.monotonic() + timeout
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(
+                f"cannot connect to {address} port {port}: {exc.strerror or exc}"
+            ) from None
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        ctx.set_mode(_SSL_MODES)
+        ctx.set_verify(SSL.VERIFY_NONE)  # checked by _verify before any data is sent
+        conn = SSL.Connection(ctx, sock)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            conn.set_tlsext_host_name(host.encode("idna"))
+        conn.set_connect_state()
+        stream = cls(sock, conn)
+        try:
+            stream._handshake(deadline)
+            chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+            _verify(host, chain, trust)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _handshake(self, deadline: float) -> None:
+        while True:
+            try:
+                self.conn.do_handshake()
+                return
+            except SSL.WantReadError:
+                _wait(self.sock, read=True, deadline=deadline)
+            except SSL.WantWriteError:
+                _wait(self.sock, read=False, deadline=deadline)
+            except (SSL.Error, OSError, TlsError) as exc:
+                raise Unreachable(f"TLS handshake failed: {_describe(exc)}") from None
+
+    def send_all(self, data: bytes, *, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.conn.send(view[:16384])
+                view = view[sent:]
+            except SSL.WantReadError:
+                _wait(self.sock, read=True, deadline=deadline)
+            except SSL.WantWriteError:
+                _wait(self.sock, read=False, deadline=deadline)
+            except (SSL.Error, OSError) as exc:
+                raise TlsError(f"send failed: {_describe(exc)}") from None
+
+    def recv_some(self, *, timeout: float = 30.0) -> bytes:
+        """At least one byte, or b"" when the server closed the connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.recv_nowait()
+            if data is None:
+                _wait(self.sock, read=True, deadline=deadline)
+                continue
+            return data
+
+    def recv_nowait(self) -> bytes | None:
+        """Decrypted bytes, b"" on EOF, or None if nothing can be read now."""
+        try:
+            return self.conn.recv(65536)
+        except SSL.WantReadError:
+            return None
+        except SSL.WantWriteError:
+            return None
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.SysCallError as exc:
+            if exc.args and exc.args[0] == -1:  # unexpected EOF
+                return b""
+            raise TlsError(f"receive failed: {_describe(exc)}") from None
+        except (SSL.Error, OSError) as exc:
+            raise TlsError(f"receive failed: {_describe(exc)}") from None
+
+    def pending(self) -> int:
+        return self.conn.pending()
+
+    def send_record_nowait(self, record: bytes) -> bool:
+        """Write one record; False if the socket is full (retry later with the same bytes)."""
+        try:
+            self.conn.send(record)
+        except (SSL.WantWriteError, SSL.WantReadError):
+            return False
+        except (SSL.Error, OSError) as exc:
+            raise TlsError(f"send failed: {_describe(exc)}") from None
+        return True
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        return self.conn.export_keying_material(label, length, None)
+
+    @property
+    def cipher(self) -> str:
+        return f"{self.conn.get_protocol_version_name()} {self.conn.get_cipher_name()}"
+
+    def close(self) -> None:
+        with contextlib.suppress(SSL.Error, OSError):  # the server may be gone already
+            self.conn.shutdown()
+        self.sock.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        return str(exc.args[0][0][-1])
+    if isinstance(exc, SSL.SysCallError) and len(exc.args) == 2:
+        return str(exc.args[1])
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,100 @@
+"""Entry point of the worker process (`python -I -m sepconnect.worker --fd N`).
+
+The worker is started by the supervisor, already unprivileged. It speaks only
+to the supervisor (never to the helper) over the SEQPACKET socket it inherits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+
+import setproctitle
+
+from sepconnect import hardening
+from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
+from sepconnect.supervisor.schema import (
+    FD_TO_WORKER,
+    FROM_WORKER,
+    TO_WORKER,
+    Failed,
+    Start,
+    Stop,
+    Stopped,
+    TunHandoff,
+    TunnelUp,
+)
+from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.datapath import DataPath
+
+
+def _log(text: str) -> None:
+    print(f"sepconnect worker: {text}", file=sys.stderr, flush=True)
+
+
+def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
+    cfg = tunnel.config
+    return TunnelUp(
+        server=tunnel.server.name,
+        gateway=tunnel.server.address,
+        mtu=cfg.mtu,
+        ipv4=None if cfg.ipv4 is None else str(cfg.ipv4),
+        ipv6=None if cfg.ipv6 is None else str(cfg.ipv6),
+        split_include=tuple(str(n) for n in cfg.split_include),
+        split_exclude=tuple(str(n) for n in cfg.split_exclude),
+        dns=tuple(str(a) for a in cfg.dns),
+        banner=tunnel.banner[:4096] if tunnel.banner else None,
+    )
+
+
+def run(channel: Channel) -> int:
+    msg, _ = channel.recv()
+    if not isinstance(msg, Start):
+        raise WireError(f"expected start, got {msg.op}")
+    tunnel = open_tunnel(msg)
+    channel.send(_tunnel_up(tunnel))
+    reply, tun_fd = channel.recv()
+    if isinstance(reply, Stop):
+        tunnel.stream.close()
+        return 0
+    if not isinstance(reply, TunHandoff) or tun_fd is None:
+        raise WireError(f"expected the tun, got {reply.op}")
+    outcome = DataPath(tunnel, tun_fd, channel).run()
+    with contextlib.suppress(OSError):  # the supervisor may already be gone
+        channel.send(Stopped(tx_bytes=outcome.tx_bytes, rx_bytes=outcome.rx_bytes))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sepconnect-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    setproctitle.setproctitle("sepconnect: worker")
+    # The supervisor decides when the session ends; a ^C at the terminal is its to handle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    hardening.no_new_privs_and_undumpable()
+    if os.geteuid() == 0:
+        _log("refusing to run as root")
+        return 1
+    sock = socket.socket(fileno=args.fd)
+    channel = Channel(
+        sock, TO_WORKER, FD_TO_WORKER, send_codec=FROM_WORKER, send_fd_ops=frozenset()
+    )
+    try:
+        return run(channel)
+    except SessionFailure as exc:
+        try:
+            channel.send(Failed(kind=exc.kind, message=exc.message[:500] or exc.kind))
+        except (OSError, WireError):
+            _log(exc.message)
+        return 1
+    except PeerClosed:
+        return 1
+    except WireError as exc:
+        _log(f"IPC protocol error: {exc}")
+        return 1

@@ -1,0 +1,82 @@
+"""Exceptions raised by the sans-I/O protocol core.
+
+Every exception carries one line of text meant for the user; the driver decides
+whether to log it, reconnect or exit (STYLE.md §1.5 rule 5).
+
+Two families:
+
+- :class:`ProtocolError`: the server sent something we cannot accept (bad
+  framing, malformed HTTP or XML, out-of-range values, an unexpected status).
+- :class:`AuthError`: the server understood us and said no, or asked for
+  something we cannot give non-interactively.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccountLocked",
+    "AuthError",
+    "AuthFailed",
+    "CookieRejected",
+    "NeedMoreInput",
+    "ProtocolError",
+    "ServerRefused",
+    "UnknownGroup",
+]
+
+
+class ProtocolError(Exception):
+    """The server sent something malformed or unacceptable."""
+
+
+class ServerRefused(ProtocolError):
+    """The server answered with an HTTP status we cannot continue from.
+
+    The message includes the status code and the server's reason (``X-Reason``
+    header or reason phrase), e.g. ``503 Server configuration error``.
+    """
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(Exception):
+    """Base class of authentication outcomes other than success."""
+
+
+class AuthFailed(AuthError):
+    """The server rejected the credentials.
+
+    ocserv answers a wrong password first with a new password form whose
+    message is ``Login failed.`` (up to MAX_PASSWORD_TRIES - 1 = 2 times), and
+    finally with ``HTTP/1.1 401 Authentication failed`` before closing the
+    connection. Both end up here, with the server's text in the message.
+    """
+
+
+class AccountLocked(AuthError):
+    """The server said the account is locked or disabled.
+
+    ocserv 1.1.6 never says so distinguishably. ``ocpasswd -l`` prefixes the
+    stored crypt hash with ``!``; ``crypt()`` then never matches (or fails), so
+    the plain module takes exactly the wrong-password path: a ``Login failed.``
+    re-prompt, then ``401 Authentication failed``. The PAM module ends a failed
+    ``pam_acct_mgmt`` with the same generic 401 (ocserv avoids telling apart an
+    unknown user, a wrong password and a locked account). This class is raised
+    only when the server's failure text itself mentions a locked or disabled
+    account, which other servers (e.g. RADIUS Reply-Message texts relayed by
+    ocserv, Cisco ASA) may do.
+    """
+
+
+class UnknownGroup(AuthError):
+    """The requested authentication group is not offered by the server."""
+
+
+class NeedMoreInput(AuthError):
+    """The server asked for a field we have no answer for (non-interactive)."""
+
+
+class CookieRejected(AuthError):
+    """The server refused the session cookie on CONNECT (HTTP 401)."""
