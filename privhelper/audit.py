@@ -4,8 +4,10 @@ Each record holds the time (ISO-8601, UTC), the helper's pid, the sender's
 pid/uid/gid as the kernel reported them (SCM_CREDENTIALS), the request type,
 its validated arguments (the message's fields), the result (``ok``,
 ``refused``, ``fatal`` or ``info``) and a reason. Records are appended to the
-audit log, opened once before the helper drops its capabilities, and copied
-to stderr. Each goes out in a single write(2), so O_APPEND keeps lines whole.
+audit log, opened once before the helper drops its capabilities. Each goes out
+in a single write(2), so O_APPEND keeps lines whole. Refusals and fatal events
+are also told on stderr in one human-readable line: the user's terminal
+should say why, without the routine records.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def message_args(msg: Message) -> Args:
 
 
 class Audit:
-    """Writes records to ``log_fd`` (if any) and to ``stderr_fd``."""
+    """Writes records to ``log_fd`` (if any); refusals and fatal events also to ``stderr_fd``."""
 
     def __init__(self, log_fd: int | None, stderr_fd: int | None = 2) -> None:
         self.log_fd = log_fd
@@ -76,8 +78,10 @@ class Audit:
             "reason": reason,
         }
         line = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
-        for fd in (self.log_fd, self.stderr_fd):
-            if fd is None:
-                continue
+        if self.log_fd is not None:
             with contextlib.suppress(OSError):  # a full disk must not stop the cleanup
-                os.write(fd, line)
+                os.write(self.log_fd, line)
+        if self.stderr_fd is not None and result in ("refused", "fatal"):
+            told = f"sepconnect privhelper: {result} {op}: {reason}\n"
+            with contextlib.suppress(OSError):
+                os.write(self.stderr_fd, told.encode("ascii", "backslashreplace"))

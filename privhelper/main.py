@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import resource
 import select
 import signal
 import socket
@@ -290,8 +291,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _close_inherited(keep: int) -> None:
     """Close every fd but 0, 1, 2 and ``keep``; make sure 0, 1, 2 are open."""
+    # The hard limit too: fds above a lowered soft limit stay open.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = min(max(os.sysconf("SC_OPEN_MAX"), hard), 2**31 - 1)
     os.closerange(3, keep)
-    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+    os.closerange(keep + 1, limit)
     for std in (0, 1, 2):
         try:
             os.fstat(std)

@@ -96,6 +96,35 @@ class Stopped(Message):
     rx_bytes: Annotated[int, Range(0, 2**63 - 1)]
 
 
-TO_WORKER = Codec(Start, TunHandoff, Stop)
-FROM_WORKER = Codec(TunnelUp, Failed, Stopped)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class QueryStatus(Message):
+    """Supervisor → worker: report a WorkerStatus now."""
+
+    op: ClassVar[str] = "query_status"
+
+
+Counter = Annotated[int, Range(0, 2**63 - 1)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStatus(Message):
+    """Worker → supervisor: which channel carries data, and the counters.
+
+    Sent in answer to QueryStatus, and unasked whenever the data channel changes
+    (DTLS up, fallback to TLS).
+    """
+
+    op: ClassVar[str] = "worker_status"
+    channel: Literal["tls", "dtls"]
+    tls_cipher: Annotated[str, Length(0, 100)]
+    dtls_cipher: Annotated[str, Length(0, 100)] | None
+    dtls_state: Annotated[str, Length(0, 40)]
+    tx_bytes: Counter
+    rx_bytes: Counter
+    tx_packets: Counter
+    rx_packets: Counter
+
+
+TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus)
+FROM_WORKER = Codec(TunnelUp, Failed, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

@@ -250,7 +250,7 @@ _ops = st.sampled_from(
 )
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(_ops, st.dictionaries(_field_names, _values, max_size=9))
 def test_fuzz_random_maps_raise_only_wire_error(op: str, fields: dict[str, object]) -> None:
     data = msgpack.packb({**fields, "op": op}, use_bin_type=True)
