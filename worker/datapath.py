@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
-from sepconnect.supervisor.schema import Stop
+from sepconnect.supervisor.schema import QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.io.tls import TlsError
 from sepconnect.worker.proto import errors
@@ -104,7 +104,23 @@ class DataPath:
             return Stop(logoff=True)
         if isinstance(msg, Stop):
             return msg
+        if isinstance(msg, QueryStatus):
+            self.channel.send(self.status())
+            return None
         raise WireError(f"unexpected {msg.op} from the supervisor")
+
+    def status(self) -> WorkerStatus:
+        s = self.session
+        return WorkerStatus(
+            channel="tls",
+            tls_cipher=self.stream.cipher[:100],
+            dtls_cipher=None,
+            dtls_state="disabled",
+            tx_bytes=s.tx_bytes,
+            rx_bytes=s.rx_bytes,
+            tx_packets=s.tx_packets,
+            rx_packets=s.rx_packets,
+        )
 
     def _read_server(self) -> None:
         while True:
