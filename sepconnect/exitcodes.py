@@ -35,6 +35,8 @@ FAILURE_KINDS: dict[str, ExitCode] = {
     "protocol": ExitCode.PROTOCOL,
     "helper_refused": ExitCode.HELPER_REFUSED,
     "server_disconnected": ExitCode.SERVER_DISCONNECTED,
+    "connection_lost": ExitCode.SERVER_DISCONNECTED,
+    "terminated": ExitCode.SERVER_DISCONNECTED,
     "cookie_rejected": ExitCode.COOKIE_REJECTED,
     "need_input": ExitCode.NEED_INPUT,
 }

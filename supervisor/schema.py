@@ -22,9 +22,15 @@ FailureKind = Literal[
     "unreachable",
     "protocol",
     "server_disconnected",
+    "connection_lost",
+    "terminated",
     "cookie_rejected",
     "need_input",
 ]
+"""connection_lost may be retried with the cookie; terminated means the server ended
+the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""
+
+Cookie = Annotated[str, Length(1, 512)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +50,8 @@ class Start(Message):
     disable_ipv6: bool
     hostname: Annotated[str, Length(1, 64)]
     verbose: Annotated[int, Range(0, 4)]
+    cookie: Cookie | None = dataclasses.field(default=None, repr=False)
+    """Resume this session (CONNECT with the cookie) instead of logging in."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +68,10 @@ class TunnelUp(Message):
     split_exclude: tuple[Prefix, ...]
     dns: tuple[IpAddress, ...]
     banner: Annotated[str, Length(0, 4096)] | None
+    rekey_time: Annotated[int, Range(0, 2**31 - 1)] | None = None
+    rekey_method: Literal["ssl", "new-tunnel", "none"] | None = None
+    cookie: Cookie = dataclasses.field(default="", repr=False)
+    """The session cookie, kept only in the supervisor's memory to resume the session."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

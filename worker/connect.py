@@ -162,25 +162,33 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
     return max(1280, min(9000, mss + headers))
 
 
+def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
+    auth = AuthSession(
+        host=server.host,
+        port=server.port,
+        path=server.path,
+        credentials=Credentials(
+            username=start.username, passwords=start.passwords, group=start.group
+        ),
+    )
+    step: HttpRequest | AuthSuccess = auth.first_request()
+    while isinstance(step, HttpRequest):
+        resp = conn.exchange(step)
+        step = auth.handle_response_untrusted(resp)
+        if not conn.http.reuse():
+            conn.close()
+    return step
+
+
 def open_tunnel(start: Start) -> Tunnel:
+    """Log in (or resume with ``start.cookie``) and CONNECT; the TLS stream then carries CSTP."""
     server = resolve(start.url)
     conn = _Connection(server, _trust(start))
     try:
-        auth = AuthSession(
-            host=server.host,
-            port=server.port,
-            path=server.path,
-            credentials=Credentials(
-                username=start.username, passwords=start.passwords, group=start.group
-            ),
-        )
-        step: HttpRequest | AuthSuccess = auth.first_request()
-        while isinstance(step, HttpRequest):
-            resp = conn.exchange(step)
-            step = auth.handle_response_untrusted(resp)
-            if not conn.http.reuse():
-                conn.close()
-        success = step
+        if start.cookie is not None:
+            success = AuthSuccess(cookie=start.cookie, banner=None)
+        else:
+            success = _log_in(start, server, conn)
         stream = conn.open()
         base_mtu = _base_mtu(stream, start.base_mtu)
         ipv6_peer = ipaddress.ip_address(server.address).version == 6

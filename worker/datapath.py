@@ -65,7 +65,7 @@ class DataPath:
                     return self._stop(stop)
         except TlsError as exc:
             raise SessionFailure(
-                "server_disconnected", f"connection to the server lost: {exc}"
+                "connection_lost", f"connection to the server lost: {exc}"
             ) from None
         except errors.ProtocolError as exc:
             raise SessionFailure("protocol", str(exc)) from None
@@ -128,7 +128,7 @@ class DataPath:
             if data is None:
                 return
             if not data:
-                raise SessionFailure("server_disconnected", "the server closed the connection")
+                raise SessionFailure("connection_lost", "the server closed the connection")
             self._from_server(data)
 
     def _from_server(self, data: bytes) -> None:
@@ -139,13 +139,11 @@ class DataPath:
     def _drain_events(self) -> None:
         while (event := self.session.next_event()) is not None:
             if isinstance(event, DpdTimeout):
-                raise SessionFailure("server_disconnected", "the server stopped answering (DPD)")
+                raise SessionFailure("connection_lost", "the server stopped answering (DPD)")
             if isinstance(event, ServerDisconnected):
-                raise SessionFailure(
-                    "server_disconnected", f"the server ended the session: {event.reason}"
-                )
+                raise SessionFailure("terminated", f"the server ended the session: {event.reason}")
             if isinstance(event, ServerTerminated):
-                raise SessionFailure("server_disconnected", "the server terminated the session")
+                raise SessionFailure("terminated", "the server terminated the session")
 
     def _write_tun(self, packet: bytes) -> None:
         try:

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Literal
 
 import setproctitle
 
@@ -48,7 +49,16 @@ def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
         split_exclude=tuple(str(n) for n in cfg.split_exclude),
         dns=tuple(str(a) for a in cfg.dns),
         banner=tunnel.banner[:4096] if tunnel.banner else None,
+        rekey_time=cfg.rekey_time,
+        rekey_method=_rekey_method(cfg.rekey_method),
+        cookie=tunnel.cookie,
     )
+
+
+def _rekey_method(method: str | None) -> Literal["ssl", "new-tunnel", "none"] | None:
+    if method in ("ssl", "new-tunnel", "none"):
+        return method  # type: ignore[return-value]
+    return None
 
 
 def run(channel: Channel) -> int:
