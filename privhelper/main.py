@@ -32,6 +32,7 @@ import setproctitle
 from pyroute2 import IPRoute
 
 from sepconnect.privhelper import audit as _audit
+from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.netconf import Netlink, Router, SetMtu
 from sepconnect.privhelper.policy import (
     Host,
@@ -286,6 +287,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
     parser.add_argument("--interface", type=check_ifname, default=None, help="tun name")
     parser.add_argument("--audit-log", type=_path, default=None, help="JSON-lines audit file")
+    parser.add_argument(
+        "--allow-weak-sandbox",
+        action="store_true",
+        help="run even where the seccomp filter cannot be loaded",
+    )
     return parser.parse_args(argv)
 
 
@@ -345,12 +351,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-    audit.record(
-        "start",
-        "info",
-        args={"peer_uid": args.peer_uid, "interface": args.interface or DEFAULT_TEMPLATE},
-    )
+    start_args: _audit.Args = {
+        "peer_uid": args.peer_uid,
+        "interface": args.interface or DEFAULT_TEMPLATE,
+        "seccomp": "allow-list",
+    }
     with IPRoute() as ipr:
+        # The netlink socket is open: from here on, only the allow-list.
+        try:
+            _seccomp.apply()
+        except OSError as exc:
+            if not args.allow_weak_sandbox:
+                reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
+                audit.record("start", "fatal", reason, start_args)
+                return EXIT_FATAL
+            start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
+        audit.record("start", "info", args=start_args)
         helper = Helper(Netlink(ipr), args.interface or DEFAULT_TEMPLATE, audit)
         status = EXIT_FATAL
         try:

@@ -29,6 +29,7 @@ from sepconnect.supervisor.schema import (
     TunHandoff,
     TunnelUp,
 )
+from sepconnect.worker import sandbox
 from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
 from sepconnect.worker.datapath import DataPath
 
@@ -61,10 +62,34 @@ def _rekey_method(method: str | None) -> Literal["ssl", "new-tunnel", "none"] | 
     return None
 
 
+def _enter_sandbox(start: Start, channel: Channel) -> None:
+    """Sandbox ourselves for good, before any name lookup or byte from the network.
+
+    The launcher passes ``--allow-weak-sandbox`` down in the environment the
+    supervisor hands every worker; nothing else is read from it, except the
+    test-only self-test switch (tests/integration/test_sandbox.py).
+    """
+    allow_weak = os.environ.get(sandbox.WEAK_ENV) == "1"
+    try:
+        status = sandbox.apply(server_port=sandbox.server_port(start.url), allow_weak=allow_weak)
+    except (sandbox.SandboxUnavailable, OSError) as exc:
+        raise SessionFailure("error", f"worker sandbox: {exc}") from None
+    for missing in status.missing:
+        _log(f"warning: --allow-weak-sandbox: running without {missing}")
+    probe = os.environ.get(sandbox.SELFTEST_ENV)
+    if probe == "report":
+        server = (sandbox.server_host(start.url), sandbox.server_port(start.url))
+        line = sandbox.selftest_line(sandbox.report_probes(channel.fileno(), server))
+        print(line, file=sys.stderr, flush=True)
+    elif probe:
+        _log(sandbox.fatal_probe(probe))
+
+
 def run(channel: Channel) -> int:
     msg, _ = channel.recv()
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
+    _enter_sandbox(msg, channel)
     tunnel = open_tunnel(msg)
     channel.send(_tunnel_up(tunnel))
     reply, tun_fd = channel.recv()

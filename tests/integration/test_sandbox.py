@@ -1,0 +1,273 @@
+"""The sandboxes, proven from the inside: each process's /proc status, and the real worker
+trying forbidden things after its sandbox is up (issue #5).
+
+Two ways of running the worker:
+
+- a whole ``sepconnect connect`` session in the lab, with the test-only self-test switch
+  (``SEPCONNECT_TEST_SANDBOX_SELFTEST=report``): the sandboxed worker tries every
+  non-fatal forbidden operation, prints the outcomes, and then carries on with the
+  session, which must still work;
+- the installed worker entry point (``python -I -m sepconnect.worker``) started here as
+  ``nobody`` with a socketpair and a Start message, as the supervisor starts it: each
+  probe that must *kill* it (exec, fork, ptrace, …) gets its own worker, which must die
+  of SIGSYS before it does anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sepconnect.privhelper.wire import Channel, socketpair
+from sepconnect.supervisor.schema import FROM_WORKER, TO_WORKER, Start
+from sepconnect.worker import sandbox
+
+from lab import Lab
+
+pytestmark = [pytest.mark.root]
+
+VENV = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
+SEPCONNECT = f"{VENV}/bin/sepconnect"
+PYTHON = f"{VENV}/bin/python"
+NOBODY = 65534
+CAP_NET_ADMIN = 1 << 12
+
+
+def status(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(c) for c in (task / "children").read_text().split())
+    return found + [d for child in list(found) for d in descendants(child)]
+
+
+def role(pid: int) -> str | None:
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    match = re.match(r"sepconnect: (\w+)", title)
+    return match.group(1) if match else None
+
+
+@cache
+def _connect_options() -> str:
+    return subprocess.run(
+        [SEPCONNECT, "connect", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test"]
+    argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
+    argv += ["--servercert", lab.server_cert_pin]
+    if "--control-socket" in _connect_options():
+        argv += ["--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "s"))]
+    proc = lab.popen_in(
+        lab.client_ns,
+        *argv,
+        lab.url,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(f"{lab.users['test']}\n".encode())
+    proc.stdin.close()
+    proc.stdin = None
+    return proc
+
+
+def wait_up(lab: Lab, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"sepconnect exited {proc.returncode}:\n{err.decode()}")
+        tun = lab.client_tun()
+        return tun if tun is not None and "UP" in tun.get("flags", []) else None
+
+    return lab.wait_for("the tunnel", probe, timeout=20)
+
+
+# --------------------------------------------------------------------------- a real session
+
+
+@pytest.fixture
+def session(lab: Lab) -> Iterator[tuple[Lab, subprocess.Popen[bytes], dict[str, int]]]:
+    proc = start_session(lab, {sandbox.SELFTEST_ENV: "report"})
+    wait_up(lab, proc)
+    pids = {r: pid for pid in [proc.pid, *descendants(proc.pid)] if (r := role(pid))}
+    yield lab, proc, pids
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+
+
+@pytest.mark.netns
+def test_every_process_runs_with_its_manifest(
+    session: tuple[Lab, subprocess.Popen[bytes], dict[str, int]],
+) -> None:
+    lab, proc, pids = session
+    assert set(pids) == {"supervisor", "privhelper", "worker"}, pids
+    for name in ("supervisor", "worker"):
+        st = status(pids[name])
+        assert all(u != "0" for u in st["Uid"].split()), (name, st["Uid"])
+        assert all(g != "0" for g in st["Gid"].split()), (name, st["Gid"])
+        for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(st[cap], 16) == 0, (name, cap, st[cap])
+        assert st["NoNewPrivs"] == "1", name
+        # Not dumpable: the kernel makes its /proc files root's.
+        assert os.stat(f"/proc/{pids[name]}/status").st_uid == 0, name
+    worker = status(pids["worker"])
+    assert worker["Seccomp"] == "2", worker["Seccomp"]  # filter mode
+    assert int(worker["Seccomp_filters"]) >= 1
+    helper = status(pids["privhelper"])
+    assert helper["Uid"].split() == ["0"] * 4
+    for cap in ("CapPrm", "CapEff", "CapBnd"):
+        assert int(helper[cap], 16) == CAP_NET_ADMIN, (cap, helper[cap])
+    assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0
+    assert helper["NoNewPrivs"] == "1"
+    assert helper["Seccomp"] == "2", helper["Seccomp"]
+    assert int(helper["Threads"]) == 1  # single-threaded
+    # The data path works inside the sandbox.
+    ping = lab.run_in(lab.client_ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", lab.target_ip)
+    assert ping.returncode == 0
+
+
+@pytest.mark.netns
+def test_sandboxed_worker_cannot_do_forbidden_things(
+    session: tuple[Lab, subprocess.Popen[bytes], dict[str, int]],
+) -> None:
+    lab, proc, _ = session
+    # Traffic still flows with the self-test done (it ran before the TLS connection).
+    ping = lab.run_in(lab.client_ns, "ping", "-c", "1", "-W", "2", lab.target_ip)
+    assert ping.returncode == 0
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    results = sandbox_report(err.decode())
+    assert results == EXPECTED_REPORT
+
+
+def sandbox_report(stderr: str) -> dict[str, str]:
+    import json
+
+    lines = [ln for ln in stderr.splitlines() if ln.startswith(sandbox.PROBE_PREFIX)]
+    assert len(lines) == 1, stderr
+    report: dict[str, str] = json.loads(lines[0][len(sandbox.PROBE_PREFIX) :])
+    return report
+
+
+EXPECTED_REPORT = {
+    # files: Landlock (and, for /etc/shadow, DAC too)
+    "read_etc_shadow": "EACCES",
+    "read_etc_passwd": "EACCES",  # world-readable, but not ours to read
+    "create_file_in_tmp": "EACCES",
+    "write_dev_null": "EACCES",
+    "open_dev_net_tun": "EACCES",  # so no tun can be created or attached
+    # sockets and ioctls: seccomp
+    "netlink_socket": "EAFNOSUPPORT",
+    "packet_socket": "EAFNOSUPPORT",
+    "tunsetiff_ioctl": "ENOTTY",
+    "siocgifconf_ioctl": "ENOTTY",
+    "wx_mapping": "EACCES",
+    # TCP only to the server's port (Landlock ABI 4+)
+    "tcp_connect_other_port": "EACCES",
+    # and what the worker needs still works
+    "read_ca_store": "allowed",
+    "udp_socket": "allowed",
+    "udp6_socket": "allowed",
+    "isatty": "allowed",
+}
+
+
+# --------------------------------------------------------------------------- the worker alone
+
+
+def run_worker(probe: str, *, weak: bool = False, timeout: float = 20) -> tuple[int, str]:
+    """The installed worker as nobody, given a Start; it sandboxes itself, then probes."""
+    ours, theirs = socketpair()
+    env = {"PATH": "/usr/bin:/bin", sandbox.SELFTEST_ENV: probe}
+    if weak:
+        env[sandbox.WEAK_ENV] = "1"
+    proc = subprocess.Popen(
+        [PYTHON, "-I", "-m", "sepconnect.worker", "--fd", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        env=env,
+    )
+    theirs.close()
+    channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER)
+    try:
+        channel.send(
+            Start(
+                proto=1,
+                # Loopback, nothing listens: a worker that survives its probe gets ECONNREFUSED.
+                url="https://127.0.0.1:9/",
+                username="",
+                passwords=(),
+                group=None,
+                servercert=None,
+                cafile_pem=None,
+                base_mtu=None,
+                mtu=None,
+                disable_ipv6=False,
+                hostname="probe",
+                verbose=0,
+            )
+        )
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ours.close()
+    return proc.returncode, err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("probe", sandbox.FATAL_PROBES)
+def test_forbidden_system_calls_kill_the_worker(probe: str) -> None:
+    code, err = run_worker(probe)
+    assert code == -signal.SIGSYS, (code, err)
+    assert "survived" not in err
+    assert "Traceback" not in err
+
+
+def test_worker_alone_reports_the_same_outcomes() -> None:
+    code, err = run_worker("report")
+    assert "Traceback" not in err, err
+    assert sandbox_report(err) == EXPECTED_REPORT
+    assert code != -signal.SIGSYS
+
+
+def test_worker_refuses_to_run_with_capabilities() -> None:
+    # Run as root (the worker's own root check aside): the sandbox refuses capabilities.
+    code = subprocess.run(
+        [PYTHON, "-I", "-c", "from sepconnect.worker import sandbox; sandbox.apply(server_port=1)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert code.returncode == 1
+    assert "holds capabilities it must not have: CapEff=" in code.stderr
+    assert sys.executable  # (the test itself runs as root)

@@ -1,0 +1,569 @@
+"""The worker's sandbox: no capabilities, a seccomp allow-list, Landlock, rlimits.
+
+:func:`apply` is called once by worker/main.py, after the worker has its Start
+message and before it resolves the server's name or reads one byte from the
+network. From then on, for the rest of the worker's life:
+
+* **Capabilities**: none effective, permitted or ambient (checked here: the
+  supervisor's uid drop and empty bounding set are what make it so);
+  ``no_new_privs`` on; not dumpable (no ptrace by processes of the same uid,
+  no core dumps); ``RLIMIT_CORE`` and ``RLIMIT_NPROC`` 0.
+* **seccomp** (libseccomp through pyseccomp): an allow-list of the system
+  calls CPython, OpenSSL and the data path make; anything else kills the
+  process (``SECCOMP_RET_KILL_PROCESS``): no execve, no fork/clone, no ptrace,
+  no kill(2) of another process, no prctl (so it cannot make itself dumpable
+  again), no mount/unshare/setns/bpf/keyctl…. A few calls are allowed only
+  with some arguments, and fail with an errno otherwise, because glibc and
+  CPython *probe* them and cope with a refusal (OpenSSH's sandbox denies
+  ``open`` with EACCES for the same reason):
+
+  - ``socket``: AF_UNIX, AF_INET, AF_INET6 only; other families get
+    EAFNOSUPPORT (glibc's getaddrinfo opens a netlink socket to sort
+    addresses and carries on without it).
+  - ``ioctl``: only :data:`IOCTLS` (isatty, non-blocking, close-on-exec,
+    bytes queued, and the tun ioctls that read or set *that fd's own*
+    offload/vnet-header settings, for issue #6); others get ENOTTY. TUNSETIFF
+    (create or attach a device) is not among them.
+  - ``fcntl``: fd flags, status flags and dup only; F_SETOWN/F_SETSIG (which
+    would aim SIGIO at another process) and locks get EINVAL.
+  - ``mmap``/``mprotect``: never writable and executable at once (EACCES).
+  - ``prlimit64`` only on ourselves, ``tgkill`` only to ourselves (abort()).
+
+* **Landlock** (ctypes: three system calls): no file may be written, created,
+  removed, renamed, truncated or executed anywhere; reading is allowed only
+  beneath the Python code (``sys.path``), the shared libraries already mapped,
+  the CA store and the few files the resolver reads (:func:`read_paths`). With
+  Landlock ABI 4+ TCP connect is limited to the server's port and 53 (DNS
+  over TCP), and TCP bind is forbidden; with ABI 6+ the worker can neither
+  signal nor connect to abstract unix sockets outside its own domain.
+
+Fail closed: if the kernel lacks seccomp filters or Landlock, :func:`apply`
+raises :class:`SandboxUnavailable` with a message naming the missing feature,
+unless ``allow_weak`` (``sepconnect connect --allow-weak-sandbox``) is set, in
+which case it applies what the kernel has and reports what is missing.
+
+File descriptors the worker is *handed* (the tun, via SCM_RIGHTS) keep the
+access they were opened with: Landlock checks paths at open(2), and the worker
+opens no device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import errno
+import json
+import mmap
+import os
+import resource
+import socket
+import sys
+import termios
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from sepconnect import hardening
+
+
+def _import_pyseccomp() -> Any:
+    """pyseccomp, or None where libseccomp is missing.
+
+    pyseccomp looks libc and libseccomp up with ``ctypes.util.find_library``,
+    which forks and executes ``/sbin/ldconfig -p``; a worker that executes
+    nothing is easier to confine (SELinux), so the stable sonames are given.
+    """
+    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    original = ctypes.util.find_library
+    ctypes.util.find_library = lambda name: known.get(name) or original(name)
+    try:
+        import pyseccomp
+
+        return pyseccomp
+    except (ImportError, OSError, RuntimeError):
+        return None
+    finally:
+        ctypes.util.find_library = original
+
+
+_seccomp: Any = _import_pyseccomp()
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+WEAK_ENV: Final = "SEPCONNECT_WORKER_SANDBOX_WEAK"
+"""Set to "1" by the launcher for ``--allow-weak-sandbox``; inherited by every worker."""
+
+SELFTEST_ENV: Final = "SEPCONNECT_TEST_SANDBOX_SELFTEST"
+"""Test-only: "report" (try the non-fatal forbidden operations, print the outcomes,
+carry on) or one of :data:`FATAL_PROBES` (try it; the worker must die of SIGSYS)."""
+
+
+def server_port(url: str) -> int:
+    """The TCP port the worker will connect to (Landlock allows that one)."""
+    try:
+        return urlsplit(url).port or 443
+    except ValueError:
+        return 443
+
+
+def server_host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+class SandboxUnavailable(Exception):
+    """The kernel (or the system) lacks a sandbox feature and weak sandboxes are not allowed."""
+
+
+# ---------------------------------------------------------------------------
+# seccomp
+
+# Allowed with any arguments. Names a given architecture lacks are skipped.
+SYSCALLS: Final = (
+    # files and fds (Landlock decides which paths may be opened, and how)
+    "read", "readv", "pread64", "preadv", "preadv2", "write", "writev",
+    "open", "openat", "close", "lseek", "_llseek",
+    "fstat", "fstat64", "newfstatat", "stat", "stat64", "lstat", "lstat64", "statx",
+    "fstatfs", "statfs", "getdents", "getdents64", "readlink", "readlinkat",
+    "access", "faccessat", "faccessat2", "getcwd", "dup", "dup2", "dup3",
+    # memory (mmap/mprotect are argument-checked below)
+    "munmap", "mremap", "madvise", "brk", "mincore",
+    # signals: handlers were set before the sandbox; they are delivered here
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
+    # waiting
+    "poll", "ppoll", "select", "pselect6", "_newselect",
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+    # sockets (socket(2) is argument-checked below); TCP, UDP incl. GSO/GRO, unix
+    "connect", "bind", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
+    "getsockopt", "setsockopt", "getsockname", "getpeername", "shutdown",
+    # identity, time, randomness, limits (read-only)
+    "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid",
+    "getresuid", "getresgid", "getgroups", "uname", "sysinfo", "getrusage", "times",
+    "getrlimit", "ugetrlimit", "sched_getaffinity", "sched_yield",
+    "clock_gettime", "clock_getres", "gettimeofday", "time", "nanosleep", "clock_nanosleep",
+    "getrandom",
+    # threads' bookkeeping (glibc), and the way out
+    "futex", "set_robust_list", "rseq", "exit", "exit_group",
+)  # fmt: skip
+
+SOCKET_FAMILIES: Final = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+
+
+def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
+    """<asm-generic/ioctl.h> _IOC (x86, arm, arm64, riscv, s390)."""
+    return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
+
+
+_IOW, _IOR = 1, 2
+TUNGETFEATURES: Final = _ioc(_IOR, "T", 207, 4)
+TUNSETOFFLOAD: Final = _ioc(_IOW, "T", 208, 4)
+TUNGETIFF: Final = _ioc(_IOR, "T", 210, 4)
+TUNGETVNETHDRSZ: Final = _ioc(_IOR, "T", 215, 4)
+TUNSETVNETHDRSZ: Final = _ioc(_IOW, "T", 216, 4)
+
+IOCTLS: Final[dict[int, str]] = {
+    termios.TCGETS: "TCGETS (isatty)",
+    termios.FIONBIO: "FIONBIO (non-blocking)",
+    termios.FIOCLEX: "FIOCLEX",
+    termios.FIONCLEX: "FIONCLEX",
+    termios.FIONREAD: "FIONREAD (bytes queued)",
+    TUNGETFEATURES: "TUNGETFEATURES",
+    TUNGETIFF: "TUNGETIFF (the handed tun's name and flags)",
+    TUNSETOFFLOAD: "TUNSETOFFLOAD (offloads of our tun only)",
+    TUNGETVNETHDRSZ: "TUNGETVNETHDRSZ",
+    TUNSETVNETHDRSZ: "TUNSETVNETHDRSZ (this fd's vnet header size)",
+}
+"""The only ioctl requests the worker may make (others: ENOTTY)."""
+
+F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC = 0, 1, 2, 3, 4, 1030
+FCNTLS: Final = (F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC)
+
+
+def build_seccomp_filter(pid: int) -> Any:
+    """The worker's filter (a pyseccomp.SyscallFilter), not yet loaded. ``pid``: our own."""
+    s = _seccomp
+    if s is None:
+        raise SandboxUnavailable("libseccomp (libseccomp.so.2) or pyseccomp is not available")
+    f = s.SyscallFilter(s.KILL_PROCESS)
+    for name in SYSCALLS:
+        _allow(f, s.ALLOW, name)
+
+    def only(name: str, arg: int, values: Iterable[int], refusal: int) -> None:
+        """``name`` allowed when argument ``arg`` is one of ``values``, else errno ``refusal``.
+
+        libseccomp evaluates the equality rules first and the catch-all
+        ``>= 0`` (every value) last, so this is an allow-list with a refusal.
+        """
+        for value in values:
+            _allow(f, s.ALLOW, name, s.Arg(arg, s.EQ, value))
+        _allow(f, s.ERRNO(refusal), name, s.Arg(arg, s.GE, 0))
+
+    only("socket", 0, SOCKET_FAMILIES, errno.EAFNOSUPPORT)
+    only("socketcall", 0, (), errno.ENOSYS)  # i386's multiplexer: never
+    only("ioctl", 1, IOCTLS, errno.ENOTTY)
+    only("fcntl", 1, FCNTLS, errno.EINVAL)
+    only("fcntl64", 1, FCNTLS, errno.EINVAL)
+    # W^X: a mapping may be writable or executable, never both.
+    wx = mmap.PROT_WRITE | mmap.PROT_EXEC
+    for name in ("mmap", "mmap2", "mprotect"):
+        _allow(f, s.ALLOW, name, s.Arg(2, s.MASKED_EQ, mmap.PROT_EXEC, 0))
+        _allow(f, s.ALLOW, name, s.Arg(2, s.MASKED_EQ, mmap.PROT_WRITE, 0))
+        _allow(f, s.ERRNO(errno.EACCES), name, s.Arg(2, s.MASKED_EQ, wx, wx))
+    _allow(f, s.ALLOW, "prlimit64", s.Arg(0, s.EQ, 0))
+    _allow(f, s.ALLOW, "tgkill", s.Arg(0, s.EQ, pid))
+    return f
+
+
+def _allow(f: Any, action: int, name: str, *args: Any) -> None:
+    try:
+        number = _seccomp.resolve_syscall(_seccomp.Arch.NATIVE, name)
+    except (OSError, ValueError):
+        return
+    if number == -1:  # __NR_SCMP_ERROR: no such name (an arch's missing calls are pseudo-numbers)
+        return
+    f.add_rule(action, name, *args)
+
+
+def apply_seccomp(pid: int) -> None:
+    build_seccomp_filter(pid).load()
+
+
+# ---------------------------------------------------------------------------
+# Landlock (<linux/landlock.h>)
+
+_SYS_LANDLOCK_CREATE_RULESET: Final = 444  # the same number on every architecture
+_SYS_LANDLOCK_ADD_RULE: Final = 445
+_SYS_LANDLOCK_RESTRICT_SELF: Final = 446
+_CREATE_RULESET_VERSION: Final = 1
+_RULE_PATH_BENEATH: Final = 1
+_RULE_NET_PORT: Final = 2
+
+FS_EXECUTE: Final = 1 << 0
+FS_WRITE_FILE: Final = 1 << 1
+FS_READ_FILE: Final = 1 << 2
+FS_READ_DIR: Final = 1 << 3
+_FS_ABI1: Final = (1 << 13) - 1  # execute … make_sym
+FS_REFER: Final = 1 << 13  # ABI 2
+FS_TRUNCATE: Final = 1 << 14  # ABI 3
+FS_IOCTL_DEV: Final = 1 << 15  # ABI 5
+NET_BIND_TCP: Final = 1 << 0  # ABI 4
+NET_CONNECT_TCP: Final = 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET: Final = 1 << 0  # ABI 6
+SCOPE_SIGNAL: Final = 1 << 1
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = (
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    )
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+
+class _NetPort(ctypes.Structure):
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
+
+
+def _syscall(number: int, *args: Any) -> int:
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
+    try:
+        return _syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    except OSError:
+        return 0
+
+
+def _handled_fs(abi: int) -> int:
+    rights = _FS_ABI1
+    if abi >= 2:
+        rights |= FS_REFER
+    if abi >= 3:
+        rights |= FS_TRUNCATE
+    if abi >= 5:
+        rights |= FS_IOCTL_DEV
+    return rights
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadPaths:
+    dirs: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+SYSTEM_CA_FILE: Final = "/etc/ssl/certs/ca-certificates.crt"
+RESOLVER_FILES: Final = (
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/ld.so.cache",  # where glibc finds NSS modules it loads lazily
+    "/etc/localtime",
+)
+
+
+def _mapped_library_dirs() -> set[str]:
+    dirs: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/self/maps", encoding="ascii") as maps:
+        for line in maps:
+            path = line.split(maxsplit=5)[-1].strip() if line.count(" ") >= 5 else ""
+            if path.startswith("/") and ".so" in os.path.basename(path):
+                dirs.add(os.path.dirname(path))
+    return dirs
+
+
+def read_paths() -> ReadPaths:
+    """What the worker may read: its code, its libraries, the CA store, the resolver's files."""
+    dirs = {p for p in sys.path if p and os.path.isdir(p)}
+    dirs |= _mapped_library_dirs()
+    dirs.add(os.path.dirname(SYSTEM_CA_FILE))
+    dirs.add(os.path.dirname(os.path.realpath(SYSTEM_CA_FILE)))
+    files = [f for f in RESOLVER_FILES if os.path.exists(f)]
+    # /etc/resolv.conf is often a link into /run (systemd-resolved, resolvconf),
+    # whose file is replaced by rename: allow that directory.
+    resolv = os.path.realpath("/etc/resolv.conf")
+    if os.path.dirname(resolv) not in ("/etc", "/"):
+        dirs.add(os.path.dirname(resolv))
+    return ReadPaths(tuple(sorted(d for d in dirs if os.path.isdir(d))), tuple(files))
+
+
+def apply_landlock(abi: int, paths: ReadPaths, tcp_ports: Iterable[int]) -> None:
+    """Restrict this process (and any child it could have) for good."""
+    handled_fs = _handled_fs(abi)
+    attr = _RulesetAttr(handled_fs, 0, 0)
+    size = 8
+    if abi >= 4:
+        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
+        size = 16
+    if abi >= 6:
+        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        size = 24
+    ruleset = _syscall(
+        _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)
+    )
+    try:
+        for path, access in [(d, FS_READ_FILE | FS_READ_DIR) for d in paths.dirs] + [
+            (f, FS_READ_FILE) for f in paths.files
+        ]:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                rule = _PathBeneath(access, fd)
+                _syscall(
+                    _SYS_LANDLOCK_ADD_RULE,
+                    ctypes.c_int(ruleset),
+                    ctypes.c_int(_RULE_PATH_BENEATH),
+                    ctypes.byref(rule),
+                    ctypes.c_uint32(0),
+                )
+            finally:
+                os.close(fd)
+        if abi >= 4:
+            for port in sorted(set(tcp_ports)):
+                net = _NetPort(NET_CONNECT_TCP, port)
+                _syscall(
+                    _SYS_LANDLOCK_ADD_RULE,
+                    ctypes.c_int(ruleset),
+                    ctypes.c_int(_RULE_NET_PORT),
+                    ctypes.byref(net),
+                    ctypes.c_uint32(0),
+                )
+        _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+# ---------------------------------------------------------------------------
+# Putting it together
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SandboxStatus:
+    landlock_abi: int
+    landlock: bool
+    seccomp: bool
+    missing: tuple[str, ...]
+    """Features the kernel lacks (non-empty only with allow_weak)."""
+
+
+_CAP_FIELDS: Final = ("CapEff", "CapPrm", "CapAmb")
+
+
+def _capabilities() -> dict[str, int]:
+    with open("/proc/self/status", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].strip(), 16) for k in _CAP_FIELDS if k in fields}
+
+
+def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
+    """Sandbox this process for the rest of its life (see the module docstring).
+
+    Raises SandboxUnavailable (nothing is half-applied that matters: the
+    caller exits) if a required feature is missing and not ``allow_weak``, or
+    if the process still holds a capability (never allowed).
+    """
+    held = {k: v for k, v in _capabilities().items() if v}
+    if held:
+        raise SandboxUnavailable(
+            "the worker holds capabilities it must not have: "
+            + ", ".join(f"{k}={v:#x}" for k, v in sorted(held.items()))
+        )
+    missing: list[str] = []
+    abi = landlock_abi()
+    if abi < 1:
+        missing.append("Landlock (kernel 5.13+ with lsm=landlock)")
+    seccomp_ok = _seccomp is not None and _seccomp_filters_supported()
+    if not seccomp_ok:
+        missing.append("seccomp filters (libseccomp.so.2 and a kernel with CONFIG_SECCOMP_FILTER)")
+    if missing and not allow_weak:
+        raise SandboxUnavailable(
+            "cannot sandbox the worker: this system lacks "
+            + " and ".join(missing)
+            + "; run with --allow-weak-sandbox to connect anyway with a weaker sandbox"
+        )
+    hardening.no_new_privs_and_undumpable()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    sys.dont_write_bytecode = True  # no __pycache__ writes (Landlock would refuse them)
+    if abi >= 1:
+        apply_landlock(abi, read_paths(), (server_port, 53))
+    if seccomp_ok:
+        apply_seccomp(os.getpid())  # last: it forbids what the steps above use
+    return SandboxStatus(abi, abi >= 1, seccomp_ok, tuple(missing))
+
+
+def _seccomp_filters_supported() -> bool:
+    """True if the kernel has seccomp filters (PR_GET_SECCOMP works)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return any(line.startswith("Seccomp:") for line in f)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Test-only: attempt forbidden things from inside the sandboxed worker
+
+PROBE_PREFIX: Final = "sepconnect worker: sandbox selftest: "
+FATAL_PROBES: Final = ("exec", "fork", "ptrace", "kill", "prctl", "unshare", "setuid")
+"""Probes that must kill the worker (SIGSYS): run one per process."""
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def _attempt(action: Callable[[], object]) -> str:
+    """``allowed`` if ``action`` succeeded, else the errno's name."""
+    try:
+        action()
+    except OSError as exc:
+        return _errno_name(exc)
+    return "allowed"
+
+
+def _open_close(path: str, flags: int) -> None:
+    os.close(os.open(path, flags | os.O_CLOEXEC, 0o600))
+
+
+def _socket_close(family: int, kind: int, proto: int = 0) -> None:
+    socket.socket(family, kind, proto).close()
+
+
+def _tcp_connect(address: tuple[str, int]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(address)
+        except (ConnectionRefusedError, TimeoutError, OSError) as exc:
+            if isinstance(exc, PermissionError):
+                raise
+            # not refused by the sandbox: the network answered (or not)
+            return
+
+
+def _wx_mapping() -> None:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
+
+
+def _ioctl(fd: int, request: int) -> None:
+    import fcntl
+
+    fcntl.ioctl(fd, request, bytes(40))
+
+
+def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
+    """Try every non-fatal forbidden operation; return probe → outcome (an errno name)."""
+    tmp = f"/tmp/sepconnect-sandbox-probe-{os.getpid()}"  # noqa: S108  # must fail
+    results = {
+        "read_etc_shadow": _attempt(lambda: _open_close("/etc/shadow", os.O_RDONLY)),
+        "read_etc_passwd": _attempt(lambda: _open_close("/etc/passwd", os.O_RDONLY)),
+        "create_file_in_tmp": _attempt(
+            lambda: _open_close(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        ),
+        "write_dev_null": _attempt(lambda: _open_close("/dev/null", os.O_WRONLY)),
+        "open_dev_net_tun": _attempt(lambda: _open_close("/dev/net/tun", os.O_RDWR)),
+        "netlink_socket": _attempt(
+            lambda: _socket_close(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        ),
+        "packet_socket": _attempt(lambda: _socket_close(socket.AF_PACKET, socket.SOCK_RAW, 0)),
+        "tunsetiff_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x400454CA)),
+        "siocgifconf_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x8912)),
+        "wx_mapping": _attempt(_wx_mapping),
+        "tcp_connect_other_port": _attempt(lambda: _tcp_connect((server[0], 22))),
+        # and what the worker must still be able to do:
+        "read_ca_store": _attempt(lambda: _open_close(SYSTEM_CA_FILE, os.O_RDONLY)),
+        "udp_socket": _attempt(lambda: _socket_close(socket.AF_INET, socket.SOCK_DGRAM)),
+        "udp6_socket": _attempt(lambda: _socket_close(socket.AF_INET6, socket.SOCK_DGRAM)),
+        "isatty": _attempt(lambda: os.isatty(channel_fd)),
+    }
+    if results["create_file_in_tmp"] == "allowed":  # a weak sandbox: tidy up
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return results
+
+
+def fatal_probe(name: str) -> str:
+    """Attempt one operation that must kill the process; return only if it did not."""
+    parent = os.getppid()
+    if name == "exec":
+        os.execv("/bin/true", ["/bin/true"])  # noqa: S606  # must be killed
+    elif name == "fork":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+    elif name == "ptrace":
+        ptrace_attach = 16
+        _libc.ptrace(ctypes.c_long(ptrace_attach), ctypes.c_long(parent), None, None)
+    elif name == "kill":
+        os.kill(parent, 0)
+    elif name == "prctl":
+        hardening.prctl(hardening.PR_SET_DUMPABLE, 1)
+    elif name == "unshare":
+        clone_newuser = 0x10000000
+        _libc.unshare(ctypes.c_int(clone_newuser))
+    elif name == "setuid":
+        os.setuid(os.getuid())
+    else:
+        raise ValueError(f"unknown probe {name!r}")
+    return f"{name}: survived (errno {ctypes.get_errno()})"
+
+
+def selftest_line(results: dict[str, str]) -> str:
+    return PROBE_PREFIX + json.dumps(results, sort_keys=True)
