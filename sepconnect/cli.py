@@ -28,6 +28,7 @@ FALLBACK_ACCOUNT = "nobody"
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 _MAX_CAFILE = 60_000
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_CIPHER_LIST = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,31}")
 
 
 class UsageError(Exception):
@@ -86,6 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--base-mtu", type=int, metavar="BYTES", help="MTU of the path to the server")
     c.add_argument("--mtu", type=int, metavar="BYTES", help="request this tunnel MTU")
     c.add_argument("--disable-ipv6", action="store_true", help="do not ask for IPv6 in the tunnel")
+    c.add_argument(
+        "--no-dtls", action="store_true", help="carry data over TLS only; never use UDP (DTLS)"
+    )
+    c.add_argument(
+        "--dtls-ciphers",
+        metavar="LIST",
+        help="send this X-DTLS-CipherSuite list (colon separated, as openconnect) instead of "
+        "the default PSK-NEGOTIATE and legacy names",
+    )
+    c.add_argument(
+        "--dtls12-ciphers", metavar="LIST", help="send this X-DTLS12-CipherSuite list instead"
+    )
     c.add_argument(
         "--audit-log",
         metavar="FILE",
@@ -148,6 +161,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--base-mtu must be between 1280 and 9000")
     if args.mtu is not None and not 576 <= args.mtu <= 9000:
         raise UsageError("--mtu must be between 576 and 9000")
+    for flag, value in (
+        ("--dtls-ciphers", args.dtls_ciphers),
+        ("--dtls12-ciphers", args.dtls12_ciphers),
+    ):
+        if value is not None and not _CIPHER_LIST.fullmatch(value):
+            raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
     if args.servercert is not None:
         from sepconnect.worker.io.tls import ServerPin
 
@@ -216,6 +235,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
         base_mtu=args.base_mtu,
         mtu=args.mtu,
         disable_ipv6=args.disable_ipv6,
+        no_dtls=args.no_dtls,
+        dtls_ciphers=args.dtls_ciphers,
+        dtls12_ciphers=args.dtls12_ciphers,
         hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
         verbose=min(args.verbose, 4),
     )

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Annotated, ClassVar, Literal
 
 from sepconnect.privhelper.schema import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
-from sepconnect.privhelper.wire import Codec, Length, Message, Range
+from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
 
 Text = Annotated[str, Length(0, 1024)]
 FailureKind = Literal[
@@ -31,6 +31,9 @@ FailureKind = Literal[
 the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""
 
 Cookie = Annotated[str, Length(1, 512)]
+DtlsCipherList = Annotated[
+    str, Length(1, 512), Match(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,31}")
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +55,12 @@ class Start(Message):
     verbose: Annotated[int, Range(0, 4)]
     cookie: Cookie | None = dataclasses.field(default=None, repr=False)
     """Resume this session (CONNECT with the cookie) instead of logging in."""
+    no_dtls: bool = False
+    """Carry data over CSTP (TLS) only; never open UDP."""
+    dtls_ciphers: DtlsCipherList | None = None
+    """X-DTLS-CipherSuite to send instead of our default (as openconnect --dtls-ciphers)."""
+    dtls12_ciphers: DtlsCipherList | None = None
+    """X-DTLS12-CipherSuite to send instead of our default."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,6 +8,7 @@ supervisor maps to an exit code.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -23,6 +24,14 @@ from sepconnect.worker.io.tls import (
 )
 from sepconnect.worker.proto import errors
 from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, Credentials, HttpRequest
+from sepconnect.worker.proto.dtls_setup import (
+    DEFAULT_CIPHERS,
+    DEFAULT_CIPHERS12,
+    PSK_NEGOTIATE,
+    DtlsPlan,
+    NoDtls,
+    plan_dtls,
+)
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
 from sepconnect.worker.proto.tunnel import (
     TunnelConfig,
@@ -32,6 +41,7 @@ from sepconnect.worker.proto.tunnel import (
 )
 
 DEFAULT_PORT = 443
+PSK_LABEL = b"EXPORTER-openconnect-psk"  # PROTOCOL.md §4.1: no context, 32 bytes
 
 
 class SessionFailure(Exception):
@@ -61,6 +71,12 @@ class Tunnel:
     cookie: str
     banner: str | None
     leftover: bytes  # CSTP bytes that arrived with the CONNECT response
+    dtls: DtlsPlan | NoDtls | None = None  # None: --no-dtls
+
+    @property
+    def mtu(self) -> int:
+        """The tunnel MTU: the server's, lowered to what one DTLS record carries."""
+        return self.dtls.mtu if isinstance(self.dtls, DtlsPlan) else self.config.mtu
 
 
 def resolve(url: str) -> Server:
@@ -191,6 +207,8 @@ def open_tunnel(start: Start) -> Tunnel:
             success = _log_in(start, server, conn)
         stream = conn.open()
         base_mtu = _base_mtu(stream, start.base_mtu)
+        # DTLS "resumed session" secret (PROTOCOL.md §4.2); unused in PSK mode
+        master_secret = None if start.no_dtls else os.urandom(48)
         ipv6_peer = ipaddress.ip_address(server.address).version == 6
         connect_req = build_connect_request(
             host=server.host,
@@ -200,10 +218,21 @@ def open_tunnel(start: Start) -> Tunnel:
             base_mtu=base_mtu,
             mtu=start.mtu or compute_mtu(base_mtu, ipv6_peer),
             ipv6=not start.disable_ipv6,
+            dtls_master_secret=master_secret,
+            dtls_ciphers=start.dtls_ciphers or DEFAULT_CIPHERS,
+            dtls12_ciphers=start.dtls12_ciphers or DEFAULT_CIPHERS12,
         )
-        resp = conn.exchange(connect_req)
+        try:
+            resp = conn.exchange(connect_req)
+        except TlsError as exc:
+            # ocserv 1.1.6 answers an unknown cookie with a TLS access_denied alert,
+            # not with an HTTP 401.
+            if start.cookie is not None and "access denied" in str(exc):
+                raise errors.CookieRejected("the server rejected the session cookie") from None
+            raise
         config = parse_connect_response_untrusted(resp)
         leftover = conn.http.trailing_data
+        dtls = None if start.no_dtls else _plan_dtls(stream, config, master_secret, base_mtu)
     except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
         conn.close()
         raise _failure_from(exc) from None
@@ -215,4 +244,20 @@ def open_tunnel(start: Start) -> Tunnel:
         cookie=success.cookie,
         banner=success.banner or config.banner,
         leftover=leftover,
+        dtls=dtls,
+    )
+
+
+def _plan_dtls(
+    stream: TlsStream, config: TunnelConfig, master_secret: bytes | None, base_mtu: int
+) -> DtlsPlan | NoDtls:
+    psk = None
+    if config.dtls_cipher == PSK_NEGOTIATE:
+        try:  # right after CONNECT, from the TLS session that carried it
+            psk = stream.export_keying_material(PSK_LABEL, 32)
+        except Exception:  # pyOpenSSL raises its Error; DTLS is then simply off
+            psk = None
+    ipv6_peer = stream.sock.family == socket.AF_INET6
+    return plan_dtls(
+        config, psk=psk, master_secret=master_secret, base_mtu=base_mtu, ipv6_peer=ipv6_peer
     )

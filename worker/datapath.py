@@ -1,8 +1,11 @@
-"""The worker's event loop: tun ⇄ CSTP over TLS, timers, and the supervisor channel.
+"""The worker's event loop: tun ⇄ DTLS (UDP) or CSTP (TLS), timers, and the supervisor
+channel.
 
-A thin I/O layer around the sans-I/O CstpSession: it reads what is ready,
-feeds the session, writes what the session produced, and sleeps until the
-next fd event or the session's timer. Single-threaded and nonblocking.
+A thin I/O layer around the sans-I/O CstpSession and DtlsChannel (through
+worker/dtls_link.py): it reads what is ready, feeds the sessions, writes what they
+produced, and sleeps until the next fd event or the earliest timer.
+Single-threaded and nonblocking. Tun packets go over DTLS while it is up, else
+over CSTP; packets from the server are accepted on both channels at all times.
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ from __future__ import annotations
 import errno
 import os
 import selectors
+import sys
 import time
 from dataclasses import dataclass
 
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
 from sepconnect.supervisor.schema import QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
+from sepconnect.worker.dtls_link import DtlsLink
 from sepconnect.worker.io.tls import TlsError
 from sepconnect.worker.proto import errors
+from sepconnect.worker.proto.dtls_setup import DtlsPlan, NoDtls
 from sepconnect.worker.proto.session import (
     CstpSession,
     DpdTimeout,
@@ -27,6 +33,10 @@ from sepconnect.worker.proto.session import (
 
 _TUN_BURST = 64  # packets read from the tun per wakeup before servicing the TLS side
 _MAX_PACKET = 65535
+
+
+def _log(text: str) -> None:
+    print(f"sepconnect worker: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,15 @@ class DataPath:
         self.backlog: list[bytes] = []  # CSTP frames waiting for room in the TLS socket
         self.selector = selectors.DefaultSelector()
         os.set_blocking(tun_fd, False)
+        plan = tunnel.dtls
+        self.dtls = (
+            DtlsLink(tunnel, plan, self.selector, time.monotonic())
+            if isinstance(plan, DtlsPlan)
+            else None
+        )
+        self.dtls_off_reason = (
+            plan.reason if isinstance(plan, NoDtls) else "disabled" if plan is None else ""
+        )
 
     def run(self) -> Outcome:
         """Move packets until the supervisor says stop; raises SessionFailure otherwise."""
@@ -56,6 +75,8 @@ class DataPath:
         sel.register(self.stream.sock, selectors.EVENT_READ, "tls")
         sel.register(self.tun_fd, selectors.EVENT_READ, "tun")
         sel.register(self.channel.fileno(), selectors.EVENT_READ, "ipc")
+        if isinstance(self.tunnel.dtls, NoDtls) and self.tunnel.dtls.offered:
+            _log(f"no DTLS: {self.tunnel.dtls.reason}; data goes over TLS")
         try:
             if self.tunnel.leftover:
                 self._from_server(self.tunnel.leftover)
@@ -70,10 +91,16 @@ class DataPath:
         except errors.ProtocolError as exc:
             raise SessionFailure("protocol", str(exc)) from None
         finally:
+            if self.dtls is not None:
+                self.dtls.close(time.monotonic())
             sel.close()
 
     def _turn(self) -> Stop | None:
         timer = self.session.get_timer()
+        if self.dtls is not None:
+            dtls_timer = self.dtls.timer()
+            if dtls_timer is not None and (timer is None or dtls_timer < timer):
+                timer = dtls_timer
         timeout = None if timer is None else max(0.0, timer - time.monotonic())
         if self.stream.pending():
             timeout = 0.0
@@ -86,6 +113,9 @@ class DataPath:
                 self._read_server()  # a write-readiness wakeup ends in _flush below
             elif key.data == "tun":
                 self._read_tun()
+            elif key.data == "udp" and self.dtls is not None:
+                for packet in self.dtls.read(time.monotonic()):
+                    self._write_tun(packet)
         if self.stream.pending():
             self._read_server()
         now = time.monotonic()
@@ -93,8 +123,21 @@ class DataPath:
         if timer is not None and timer <= now:
             self.session.handle_timer(now)
             self._drain_events()
+        if self.dtls is not None:
+            self.dtls.on_timer(now)
+            self._dtls_events()
+            self.dtls.flush(now)
+            self._dtls_events()
         self._flush()
         return None
+
+    def _dtls_events(self) -> None:
+        assert self.dtls is not None
+        for line in self.dtls.poll_events():
+            _log(line)
+        if self.dtls.changed:
+            self.dtls.changed = False
+            self.channel.send(self.status())  # unasked: the data channel changed
 
     def _from_supervisor(self) -> Stop | None:
         try:
@@ -111,15 +154,28 @@ class DataPath:
 
     def status(self) -> WorkerStatus:
         s = self.session
+        link = self.dtls
+        if link is None:
+            return WorkerStatus(
+                channel="tls",
+                tls_cipher=self.stream.cipher[:100],
+                dtls_cipher=None,
+                dtls_state=self.dtls_off_reason[:40] or "disabled",
+                tx_bytes=s.tx_bytes,
+                rx_bytes=s.rx_bytes,
+                tx_packets=s.tx_packets,
+                rx_packets=s.rx_packets,
+            )
+        d = link.channel
         return WorkerStatus(
-            channel="tls",
+            channel="dtls" if link.usable else "tls",
             tls_cipher=self.stream.cipher[:100],
-            dtls_cipher=None,
-            dtls_state="disabled",
-            tx_bytes=s.tx_bytes,
-            rx_bytes=s.rx_bytes,
-            tx_packets=s.tx_packets,
-            rx_packets=s.rx_packets,
+            dtls_cipher=d.description[:100] or None,
+            dtls_state=link.state()[:40],
+            tx_bytes=s.tx_bytes + d.tx_bytes,
+            rx_bytes=s.rx_bytes + d.rx_bytes,
+            tx_packets=s.tx_packets + d.tx_packets,
+            rx_packets=s.rx_packets + d.rx_packets,
         )
 
     def _read_server(self) -> None:
@@ -156,7 +212,8 @@ class DataPath:
             # EINVAL: a malformed packet from the server; the kernel refused it.
 
     def _read_tun(self) -> None:
-        if self.backlog:
+        dtls = self.dtls
+        if self.backlog and (dtls is None or not dtls.usable):
             return  # TLS is full: leave packets in the tun queue (backpressure)
         now = time.monotonic()
         for _ in range(_TUN_BURST):
@@ -164,8 +221,10 @@ class DataPath:
                 packet = os.read(self.tun_fd, _MAX_PACKET)
             except BlockingIOError:
                 break
-            if packet:
+            if packet and (dtls is None or not dtls.send_packet(packet, now)):
                 self.session.send_packet(packet, now)
+        if dtls is not None:
+            dtls.flush(now)
 
     def _flush(self) -> None:
         frames = self.session.frames_to_send()
@@ -194,6 +253,5 @@ class DataPath:
             self.selector.select(0.05)
             self._flush()
         self.stream.close()
-        return Outcome(
-            logoff=stop.logoff, tx_bytes=self.session.tx_bytes, rx_bytes=self.session.rx_bytes
-        )
+        status = self.status()
+        return Outcome(logoff=stop.logoff, tx_bytes=status.tx_bytes, rx_bytes=status.rx_bytes)

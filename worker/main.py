@@ -43,7 +43,7 @@ def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
     return TunnelUp(
         server=tunnel.server.name,
         gateway=tunnel.server.address,
-        mtu=cfg.mtu,
+        mtu=tunnel.mtu,
         ipv4=None if cfg.ipv4 is None else str(cfg.ipv4),
         ipv6=None if cfg.ipv6 is None else str(cfg.ipv6),
         split_include=tuple(str(n) for n in cfg.split_include),

@@ -198,6 +198,7 @@ def build_connect_request(
     ipv6: bool = True,
     dtls_master_secret: bytes | None = None,
     dtls_ciphers: str | None = None,
+    dtls12_ciphers: str | None = None,
     previous: TunnelConfig | None = None,
 ) -> HttpRequest:
     """The CONNECT request, headers in openconnect's order (PROTOCOL.md §2.1).
@@ -205,7 +206,8 @@ def build_connect_request(
     *hostname* is our local host name (ocserv keeps the first label).
     *mtu* 0 omits X-CSTP-MTU. *previous* (on reconnect) asks for the same
     addresses again. X-DTLS-* headers are sent only with *dtls_master_secret*
-    (48 bytes); *dtls_ciphers* defaults to ``PSK-NEGOTIATE`` then. Raises
+    (48 bytes); *dtls_ciphers* defaults to ``PSK-NEGOTIATE`` then;
+    X-DTLS12-CipherSuite is sent when *dtls12_ciphers* is given. Raises
     ValueError on invalid arguments. The request always may reuse the auth
     connection (``new_connection=False``); the driver decides.
     """
@@ -245,6 +247,10 @@ def build_connect_request(
             raise ValueError(f"invalid DTLS cipher list {ciphers!r}")
         headers.append(("X-DTLS-Master-Secret", dtls_master_secret.hex().upper()))
         headers.append(("X-DTLS-CipherSuite", ciphers))
+        if dtls12_ciphers:
+            if not _CIPHER_LIST.fullmatch(dtls12_ciphers):
+                raise ValueError(f"invalid DTLS 1.2 cipher list {dtls12_ciphers!r}")
+            headers.append(("X-DTLS12-CipherSuite", dtls12_ciphers))
     return HttpRequest("CONNECT", CONNECT_PATH, tuple(headers), b"", False)
 
 

@@ -1,0 +1,151 @@
+"""The DTLS side of the data path: the UDP socket around the sans-I/O DtlsChannel.
+
+DataPath (worker/datapath.py) owns the selector loop; it asks this object to send a
+tun packet (``send_packet`` returns False when the packet must go over CSTP), feeds
+it readable events and timer expiries, and calls ``flush`` once per turn. Channel
+changes (DTLS up, fallback to TLS) come back from :meth:`DtlsLink.poll_events` as
+log lines; the data path then reports a WorkerStatus to the supervisor unasked.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+
+from sepconnect.worker.connect import Tunnel
+from sepconnect.worker.io.udp import UdpError, UdpLink
+from sepconnect.worker.proto.dtls_channel import (
+    AttemptFailed,
+    ChannelConfig,
+    ChannelState,
+    DtlsChannel,
+    DtlsDown,
+    DtlsUp,
+    NewSocket,
+)
+from sepconnect.worker.proto.dtls_connection import DtlsConnection
+from sepconnect.worker.proto.dtls_setup import DtlsPlan
+
+__all__ = ["DtlsLink"]
+
+
+class DtlsLink:
+    def __init__(
+        self, tunnel: Tunnel, plan: DtlsPlan, selector: selectors.BaseSelector, now: float
+    ) -> None:
+        cfg = tunnel.config
+        assert cfg.dtls_port is not None
+        self.address = tunnel.server.address
+        self.port = cfg.dtls_port
+        self.plan = plan
+        self.selector = selector
+        self.udp: UdpLink | None = None
+        self.channel = DtlsChannel(
+            lambda: DtlsConnection(plan.params, random=os.urandom),
+            ChannelConfig(
+                dpd=cfg.dtls_dpd,
+                keepalive=cfg.dtls_keepalive,
+                rekey=cfg.dtls_rekey_time if cfg.dtls_rekey_method not in (None, "none") else None,
+                max_packet=plan.max_packet,
+            ),
+            now,
+        )
+        self.down_reason = ""
+        self.dropped = 0  # datagrams the socket had no room for
+        self.changed = False  # the data channel changed since the last poll
+
+    # -- socket ---------------------------------------------------------------------
+
+    def _new_socket(self) -> None:
+        self._close_socket()
+        try:
+            self.udp = UdpLink(self.address, self.port)
+        except OSError:
+            self.udp = None  # e.g. no route: the channel's handshake simply times out
+            return
+        self.selector.register(self.udp.sock, selectors.EVENT_READ, "udp")
+
+    def _close_socket(self) -> None:
+        if self.udp is not None:
+            self.selector.unregister(self.udp.sock)
+            self.udp.close()
+            self.udp = None
+
+    # -- data path hooks ------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return self.channel.usable
+
+    def send_packet(self, packet: bytes, now: float) -> bool:
+        return self.channel.send_packet(packet, now)
+
+    def read(self, now: float) -> list[bytes]:
+        """Datagrams ready on the socket → IP packets for the tun."""
+        packets: list[bytes] = []
+        udp = self.udp
+        if udp is None:
+            return packets
+        try:
+            while batch := udp.recv_batch():
+                for datagram in batch:
+                    packets.extend(self.channel.receive_datagram_untrusted(datagram, now))
+        except UdpError as exc:
+            self.channel.socket_error(now, str(exc))
+        return packets
+
+    def timer(self) -> float | None:
+        return self.channel.get_timer()
+
+    def on_timer(self, now: float) -> None:
+        timer = self.channel.get_timer()
+        if timer is not None and timer <= now:
+            self.channel.handle_timer(now)
+
+    def poll_events(self) -> list[str]:
+        """Handle channel events (new socket); return log lines for failed attempts.
+        Changes of the data channel set :attr:`changed` instead."""
+        lines: list[str] = []
+        while (event := self.channel.next_event()) is not None:
+            if isinstance(event, NewSocket):
+                self._new_socket()
+            elif isinstance(event, DtlsUp):
+                self.changed = True  # the supervisor logs the change from our WorkerStatus
+            elif isinstance(event, DtlsDown):
+                self.changed = True
+                self.down_reason = event.reason
+            elif isinstance(event, AttemptFailed):
+                lines.append(f"{event.reason}; data stays on TLS, next try in {event.retry_in:g} s")
+        return lines
+
+    def flush(self, now: float) -> None:
+        datagrams = self.channel.datagrams_to_send()
+        if not datagrams:
+            return
+        udp = self.udp
+        if udp is None:
+            self.dropped += len(datagrams)
+            return
+        try:
+            sent = udp.send_batch(datagrams)
+        except UdpError as exc:
+            self.channel.socket_error(now, str(exc))
+            return
+        self.dropped += len(datagrams) - sent
+
+    def state(self) -> str:
+        state = self.channel.state
+        if state is ChannelState.UP:
+            return "up"
+        if state is ChannelState.LOST:
+            return f"lost ({self.down_reason})"
+        if state is ChannelState.CONNECTING:
+            return "handshaking"
+        if state is ChannelState.WAITING:
+            return "waiting to retry" if self.channel.attempts else "starting"
+        return "closed"
+
+    def close(self, now: float) -> None:
+        self.channel.close()
+        self.flush(now)
+        self._close_socket()
