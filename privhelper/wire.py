@@ -357,9 +357,12 @@ class Channel:
 
     def recv(self) -> tuple[Message, int | None]:
         """Receive one message; the fd (if the schema says one comes) is close-on-exec."""
-        data, ancdata, flags, _ = self.sock.recvmsg(
-            MAX_MSG + 1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC
-        )
+        try:
+            data, ancdata, flags, _ = self.sock.recvmsg(
+                MAX_MSG + 1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC
+            )
+        except ConnectionResetError:  # the peer exited with messages unread
+            raise PeerClosed("peer closed the channel") from None
         fds, self.last_sender = _parse_ancillary(ancdata)
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MSG:
             _close_all(fds)

@@ -34,7 +34,9 @@ def main() -> int:
              "ping", "-c", "1", "-W", "1", lab.target_ip)  # fmt: skip
         argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
                 "--servercert", lab.server_cert_pin,
-                "--audit-log", str(Path(lab.workdir, "audit.jsonl")), lab.url]  # fmt: skip
+                "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
+                "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
+                lab.url]  # fmt: skip
         print(f"\n$ echo ... | {' '.join(argv)}", flush=True)
         started = time.monotonic()
         client = lab.popen_in(lab.client_ns, *argv, stdin=subprocess.PIPE)

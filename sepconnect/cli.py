@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import socket
+import stat
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ from sepconnect.exitcodes import ExitCode
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
+DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 _MAX_CAFILE = 60_000
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _CIPHER_LIST = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,31}")
@@ -106,7 +108,50 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where the privileged helper appends its audit records "
         f"(default: {DEFAULT_AUDIT_LOG})",
     )
+    c.add_argument(
+        "--credentials-file",
+        metavar="FILE",
+        help="read the password (and further answers, one per line) from FILE instead of "
+        "stdin; it must be a root-owned regular file of mode 0600 or stricter",
+    )
+    c.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="keep trying to restore a lost session for this long (default: 300)",
+    )
+    c.add_argument(
+        "--always-on",
+        action="store_true",
+        help="for kiosks: log in again when the server ends the session (needs a password "
+        "given non-interactively)",
+    )
+    c.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        default=DEFAULT_CONTROL,
+        help=f"where to answer `sepconnect status|rekey|reconnect|disconnect` "
+        f"(default: {DEFAULT_CONTROL})",
+    )
+    c.add_argument(
+        "--control-group",
+        metavar="GROUP",
+        help="members of GROUP may use the control socket (default: root only)",
+    )
     c.add_argument("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
+    for name, text in (
+        ("status", "show the state of the running session"),
+        ("rekey", "build a new tunnel with the session cookie, then drop the old one"),
+        ("reconnect", "drop the connection to the server and resume the session at once"),
+        ("disconnect", "log off and end the session (as SIGTERM)"),
+    ):
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument(
+            "--socket", metavar="PATH", default=DEFAULT_CONTROL, help="the control socket"
+        )
+        if name == "status":
+            s.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -123,7 +168,27 @@ def _service_account(name: str | None) -> tuple[str, int, int]:
     raise UsageError(f"no such account: {' or '.join(candidates)}")
 
 
+def _read_credentials_file(path: str) -> tuple[str, ...]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"--credentials-file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+            raise UsageError(
+                f"--credentials-file {path}: must be a regular file owned by root, mode 0600"
+            )
+        data = f.read(64 * 1024)
+    lines = data.decode("utf-8", "strict").splitlines()
+    if not 1 <= len(lines) <= 8:
+        raise UsageError(f"--credentials-file {path}: 1 to 8 lines")
+    return tuple(lines)
+
+
 def _read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.credentials_file:
+        return _read_credentials_file(args.credentials_file)
     if args.passwd_on_stdin:
         data = sys.stdin.read(64 * 1024)
         lines = data.splitlines()
@@ -167,6 +232,8 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and not _CIPHER_LIST.fullmatch(value):
             raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
+    if not 0 <= args.reconnect_timeout <= 86400:
+        raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
     if args.servercert is not None:
         from sepconnect.worker.io.tls import ServerPin
 
@@ -179,6 +246,43 @@ def _check_args(args: argparse.Namespace) -> None:
 def _open_audit_dir(path: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
+
+
+def _control_group(name: str | None) -> int | None:
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise UsageError(f"--control-group {name}: no such group") from None
+
+
+def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
+    """The supervisor, no longer root, creates its socket in a directory of its own.
+
+    The directory is created for the service account if it does not exist; an
+    existing one must already belong to that account. An existing directory owned
+    by anyone else is never taken over (``--control-socket /etc/x`` must not give
+    /etc away).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        else:
+            os.chown(directory, uid, gid)
+            # Traversable, so control-group members can reach the socket (itself 0660/0600).
+            os.chmod(directory, 0o755)  # noqa: S103
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise UsageError(f"--control-socket {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        raise UsageError(
+            f"--control-socket {path}: {directory} must be a directory owned by the service "
+            "account (it is created if it does not exist)"
+        )
 
 
 def _spawn_helper(
@@ -208,7 +312,7 @@ def _spawn_helper(
 def connect(args: argparse.Namespace) -> ExitCode:
     from sepconnect.privhelper.client import HelperClient
     from sepconnect.privhelper.wire import socketpair
-    from sepconnect.supervisor.main import Supervisor, log
+    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
     from sepconnect.supervisor.schema import Start
 
     _check_args(args)
@@ -223,7 +327,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
     if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
         username = input("Username: ")
     passwords = _read_passwords(args)
+    control_gid = _control_group(args.control_group)
     _open_audit_dir(args.audit_log)
+    _prepare_control_dir(args.control_socket, uid, gid)
     start = Start(
         proto=1,
         url=args.url,
@@ -246,13 +352,23 @@ def connect(args: argparse.Namespace) -> ExitCode:
     theirs.close()
     # From here on this process is the supervisor and never root again.
     hardening.drop_bounding_set()
-    hardening.drop_to(uid, gid)
+    # The control group is kept as a supplementary group so that the supervisor can
+    # give its socket to that group; it grants nothing else.
+    hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     hardening.no_new_privs_and_undumpable()
     setproctitle.setproctitle("sepconnect: supervisor")
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
     try:
-        code = Supervisor(HelperClient(ours), helper.pid, start).run()
+        options = Options(
+            always_on=args.always_on,
+            reconnect_timeout=args.reconnect_timeout,
+            service_uid=uid,
+            control_path=args.control_socket,
+            control_gid=control_gid,
+        )
+        VERBOSITY[0] = args.verbose
+        code = Supervisor(HelperClient(ours), helper.pid, start, options).run()
     finally:
         ours.close()
         try:
@@ -262,11 +378,41 @@ def connect(args: argparse.Namespace) -> ExitCode:
     return code
 
 
+def _format_status(status: dict[str, object]) -> str:
+    lines = []
+    for key, value in status.items():
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value) or "-"
+        lines.append(f"{key.replace('_', ' '):>16}: {'-' if value is None else value}")
+    return "\n".join(lines)
+
+
+def control(args: argparse.Namespace) -> ExitCode:
+    import json
+
+    from sepconnect.supervisor.control import ControlError, request
+
+    try:
+        answer = request(args.socket, args.command)
+    except ControlError as exc:
+        print(f"sepconnect: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    if not answer.get("ok"):
+        print(f"sepconnect: {answer.get('error', 'refused')}", file=sys.stderr)
+        return ExitCode.ERROR
+    if args.command == "status":
+        status = answer.get("status", {})
+        print(json.dumps(status, indent=2, sort_keys=True) if args.json else _format_status(status))
+    return ExitCode.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "connect":
             return int(connect(args))
+        if args.command in ("status", "rekey", "reconnect", "disconnect"):
+            return int(control(args))
     except UsageError as exc:
         print(f"sepconnect: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)

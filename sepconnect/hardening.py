@@ -47,9 +47,9 @@ def no_new_privs_and_undumpable() -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-def drop_to(uid: int, gid: int) -> None:
+def drop_to(uid: int, gid: int, *, extra_groups: tuple[int, ...] = ()) -> None:
     """Become uid/gid for good: groups, gid, uid; then prove root cannot come back."""
-    os.setgroups([gid])
+    os.setgroups([gid, *extra_groups])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     try:

@@ -1,14 +1,26 @@
 """The supervisor: unprivileged; runs the worker and mediates everything it asks of the helper.
 
-It is the process the user started, after the launcher dropped root. It owns
-the session's lifecycle: spawn the worker, turn the worker's tunnel report into
-the helper's NetConfig (re-validated), hand the tun fd on, and end the session
-on a signal or a failure, leaving nothing installed behind.
+It is the process the user started, after the launcher dropped root, and it owns
+the session's lifecycle:
+
+- spawn a worker, turn its tunnel report into the helper's NetConfig
+  (re-validated), and hand it the tun fd the helper keeps for the whole session;
+- when a worker dies or loses the server, start another that resumes the
+  session with the cookie — the tun, its addresses and routes stay put, and the
+  helper is asked for changes only when the server's configuration changed;
+- rekey make-before-break: a second worker connects with the cookie, then gets
+  the tun, then the first one is dismissed without logging off;
+- answer the control socket, talk to systemd, and on a signal or a final
+  failure end everything in order, leaving nothing installed behind.
+
+Single-threaded: one selector loop; signal handlers only record the signal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import os
 import selectors
 import signal
@@ -16,29 +28,52 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sepconnect.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.privhelper.client import HelperClient, HelperRefused
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError, socketpair
-from sepconnect.supervisor.netconfig import BadTunnelConfig, desired_net
+from sepconnect.supervisor.control import (
+    ControlError,
+    ControlServer,
+    authorized,
+    parse_request_untrusted,
+    reply,
+)
+from sepconnect.supervisor.netconfig import BadTunnelConfig, DesiredNet, desired_net
+from sepconnect.supervisor.notify import Notifier
+from sepconnect.supervisor.policy import Action, RecoveryPolicy
 from sepconnect.supervisor.schema import (
     FD_TO_WORKER,
     FROM_WORKER,
     TO_WORKER,
     Failed,
+    FailureKind,
+    QueryStatus,
     Start,
     Stop,
     Stopped,
     TunHandoff,
     TunnelUp,
+    WorkerStatus,
 )
 
-_STOP_GRACE = 5.0  # seconds a worker gets to log off before it is killed
+_STOP_GRACE = 5.0  # seconds a dismissed worker gets to close before it is killed
+_STATUS_WAIT = 1.0  # seconds a control `status` waits for the worker's counters
+
+VERBOSITY = [0]
 
 
 def log(text: str) -> None:
     print(f"sepconnect: {text}", file=sys.stderr, flush=True)
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTING = "disconnecting"
 
 
 @dataclass(slots=True)
@@ -48,23 +83,116 @@ class _Tun:
     fd: int
 
 
+@dataclass(eq=False, slots=True)
+class Worker:
+    gen: int
+    proc: subprocess.Popen[bytes]
+    channel: Channel
+    started: float
+    purpose: str  # "login", "resume", "rekey"
+    failure: Failed | None = None
+    status: WorkerStatus | None = None
+    carrying: bool = False  # has the tun and carries traffic
+    dismissed_at: float | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Traffic of dismissed workers, so totals survive restarts."""
+
+    tx_bytes: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    rx_packets: int = 0
+
+    def add(self, status: WorkerStatus | None) -> None:
+        if status is not None:
+            self.tx_bytes += status.tx_bytes
+            self.rx_bytes += status.rx_bytes
+            self.tx_packets += status.tx_packets
+            self.rx_packets += status.rx_packets
+
+
+@dataclass(slots=True)
+class Options:
+    always_on: bool = False
+    reconnect_timeout: float = 300.0
+    service_uid: int = 65534
+    control_path: str | None = None
+    control_gid: int | None = None
+
+
+@dataclass(slots=True)
+class _PendingStatus:
+    conn: socket.socket
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Session:
+    """What the supervisor knows of the server session; the cookie never leaves memory."""
+
+    cookie: str | None = None
+    server: str = ""
+    gateway: str = ""
+    net: DesiredNet | None = None
+    rekey_at: float | None = None
+    rekey_interval: float | None = None
+    established: bool = False
+    connected_since: float | None = None
+    down_since: float | None = None
+    attempts: int = 0
+    restarts: int = 0
+    last_rekey: float | None = None
+    last_error: str | None = None
+    retry_at: float | None = None
+    retry_action: Action | None = None
+    banner_shown: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class Supervisor:
-    def __init__(self, helper: HelperClient, helper_proc_pid: int, start: Start) -> None:
+    def __init__(
+        self, helper: HelperClient, helper_pid: int, start: Start, options: Options | None = None
+    ) -> None:
         self.helper = helper
-        self.helper_pid = helper_proc_pid
+        self.helper_pid = helper_pid
         self.start = start
+        self.options = options or Options()
+        self.policy = RecoveryPolicy(
+            can_log_in=bool(start.passwords),
+            always_on=self.options.always_on,
+            reconnect_timeout=self.options.reconnect_timeout,
+        )
+        self.state = State.CONNECTING
+        self.session = _Session()
         self.tun: _Tun | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.channel: Channel | None = None
-        self.connected = False
+        self.workers: list[Worker] = []
+        self.next_gen = 1
+        self.counters = Counters()
         self.signals: list[int] = []
+        self.started_at = time.time()
+        self.notifier = Notifier()
+        self.control: ControlServer | None = None
+        self.pending_status: list[_PendingStatus] = []
+        self.watchdog_at: float | None = None
+        self.sel = selectors.DefaultSelector()
 
-    # -- worker --------------------------------------------------------------------------
+    # -- workers ---------------------------------------------------------------------------
 
-    def _spawn_worker(self) -> Channel:
+    @property
+    def carrier(self) -> Worker | None:
+        return next((w for w in self.workers if w.carrying and w.dismissed_at is None), None)
+
+    @property
+    def candidate(self) -> Worker | None:
+        """A worker still connecting (first login, resume, or rekey)."""
+        return next((w for w in self.workers if not w.carrying and w.dismissed_at is None), None)
+
+    def _spawn(self, purpose: str, *, cookie: str | None) -> Worker:
         ours, theirs = socketpair()
         try:
-            self.worker = subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-I", "-m", "sepconnect.worker", "--fd", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -74,73 +202,341 @@ class Supervisor:
         finally:
             theirs.close()
         channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
-        channel.send(self.start)
-        return channel
+        worker = Worker(self.next_gen, proc, channel, time.monotonic(), purpose)
+        self.next_gen += 1
+        self.workers.append(worker)
+        self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", worker))
+        start = self.start
+        if cookie is not None:
+            start = dataclasses.replace(start, cookie=cookie)
+        channel.send(start)
+        if VERBOSITY[0]:
+            log(f"worker {worker.gen} started ({purpose}, pid {proc.pid})")
+        return worker
 
-    def _stop_worker(self, *, logoff: bool) -> None:
-        """Ask the worker to end the session, then make sure it is gone."""
-        worker, channel = self.worker, self.channel
-        if worker is None:
+    def _dismiss(self, worker: Worker, *, logoff: bool) -> None:
+        """Ask a worker to close its connection; it is reaped when it exits."""
+        if worker.dismissed_at is not None:
             return
-        if channel is not None and self.connected and worker.poll() is None:
+        worker.dismissed_at = time.monotonic()
+        was_carrying = worker.carrying
+        worker.carrying = False
+        if was_carrying:
+            with contextlib.suppress(OSError, WireError):
+                worker.channel.send(Stop(logoff=logoff))
+        elif worker.proc.poll() is None:
+            worker.proc.terminate()  # still logging in: nothing to close politely
+
+    def _reap(self, worker: Worker) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(worker.channel.fileno())
+        worker.channel.sock.close()
+        if worker.proc.poll() is None:
             try:
-                channel.send(Stop(logoff=logoff))
-                deadline = time.monotonic() + _STOP_GRACE
-                while time.monotonic() < deadline:
-                    ready = selectors.DefaultSelector()
-                    ready.register(channel.fileno(), selectors.EVENT_READ)
-                    events = ready.select(max(0.0, deadline - time.monotonic()))
-                    ready.close()
-                    if not events:
-                        break
-                    msg, _ = channel.recv()
-                    if isinstance(msg, Stopped):
-                        log(f"session closed ({msg.tx_bytes} bytes sent, {msg.rx_bytes} received)")
-                        break
-            except (OSError, WireError):
-                pass  # the worker is going away anyway; it is reaped below
-        if worker.poll() is None and not self.connected:
-            worker.terminate()  # still authenticating, or already failed: nothing to log off
+                worker.proc.wait(timeout=_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+        self.counters.add(worker.status)
+        worker.status = None
+        self.workers.remove(worker)
+
+    # -- tunnel ----------------------------------------------------------------------------
+
+    def _on_tunnel_up(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
         try:
-            worker.wait(timeout=_STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        if channel is not None:
-            channel.sock.close()
-        self.worker = None
-        self.channel = None
-
-    # -- tunnel --------------------------------------------------------------------------
-
-    def _on_tunnel_up(self, up: TunnelUp) -> None:
-        assert self.channel is not None
-        net = desired_net(up)
+            net = desired_net(up)
+        except BadTunnelConfig as exc:
+            return self._failed(worker, "protocol", f"unusable configuration: {exc}")
         for note in net.notes:
             log(note)
-        if self.tun is None:
-            ifname, ifindex, fd = self.helper.create_tun(net.mtu)
-            self.tun = _Tun(ifname, ifindex, fd)
-        self.helper.net_config(
-            mtu=net.mtu,
-            ipv4=net.ipv4,
-            ipv6=net.ipv6,
-            routes=net.routes,
-            exclude=net.exclude,
-            gateway=net.gateway,
-        )
-        self.channel.send(TunHandoff(ifname=self.tun.ifname), self.tun.fd)
-        self.connected = True
-        addresses = ", ".join(a for a in (net.ipv4, net.ipv6) if a)
-        log(
-            f"connected to {up.server} ({net.gateway}): {addresses} on {self.tun.ifname}, "
-            f"MTU {net.mtu}, routes {' '.join(net.routes)}"
-            + (f", excluded {' '.join(net.exclude)}" if net.exclude else "")
-        )
-        if up.banner:
-            log(f"server banner: {up.banner}")
+        try:
+            if self.tun is None:
+                ifname, ifindex, fd = self.helper.create_tun(net.mtu)
+                self.tun = _Tun(ifname, ifindex, fd)
+            if net != self.session.net:
+                self.helper.net_config(
+                    mtu=net.mtu,
+                    ipv4=net.ipv4,
+                    ipv6=net.ipv6,
+                    routes=net.routes,
+                    exclude=net.exclude,
+                    gateway=net.gateway,
+                )
+                if self.session.net is not None:
+                    log("the server changed the configuration; applied the difference")
+        except HelperRefused as exc:
+            log(f"the privileged helper refused the network configuration: {exc}")
+            return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
+        self.session.net = net
+        worker.channel.send(TunHandoff(ifname=self.tun.ifname), self.tun.fd)
+        previous = self.carrier
+        worker.carrying = True
+        if previous is not None:
+            self._dismiss(previous, logoff=False)
+        self._connected(worker, up, net)
+        return None
 
-    # -- main loop -----------------------------------------------------------------------
+    def _connected(self, worker: Worker, up: TunnelUp, net: DesiredNet) -> None:
+        assert self.tun is not None
+        s = self.session
+        now = time.monotonic()
+        first = not s.established
+        s.cookie = up.cookie or s.cookie
+        s.server, s.gateway = up.server, up.gateway
+        s.established = True
+        s.attempts = 0
+        s.retry_at = s.retry_action = None
+        if s.down_since is not None:
+            log(f"session resumed after {now - s.down_since:.2f} s (worker {worker.gen})")
+        if worker.purpose == "rekey":
+            s.last_rekey = time.time()
+            log(f"rekeyed: worker {worker.gen} took over the tunnel")
+        s.down_since = None
+        if s.connected_since is None:
+            s.connected_since = time.time()
+        s.rekey_interval = (
+            float(up.rekey_time)
+            if up.rekey_method in ("ssl", "new-tunnel") and up.rekey_time
+            else None
+        )
+        s.rekey_at = None if s.rekey_interval is None else now + s.rekey_interval
+        self.state = State.CONNECTED
+        if first:
+            addresses = ", ".join(a for a in (net.ipv4, net.ipv6) if a)
+            log(
+                f"connected to {up.server} ({net.gateway}): {addresses} on {self.tun.ifname}, "
+                f"MTU {net.mtu}, routes {' '.join(net.routes)}"
+                + (f", excluded {' '.join(net.exclude)}" if net.exclude else "")
+            )
+            if up.banner:
+                log(f"server banner: {up.banner}")
+            self.notifier.notify(ready="1", status=f"connected to {up.server}")
+        else:
+            self.notifier.notify(status=f"connected to {up.server}")
+
+    # -- failures and recovery -------------------------------------------------------------
+
+    def _failed(self, worker: Worker, kind: FailureKind | None, message: str) -> ExitCode | None:
+        """A worker ended (with a reason, or None if it just died): recover or give up."""
+        carrying = worker.carrying
+        self._dismiss(worker, logoff=False)
+        if worker.purpose == "rekey" and self.carrier is not None:
+            log(f"rekey failed ({message}); keeping the current connection")
+            s = self.session
+            s.rekey_at = time.monotonic() + 60.0 if s.rekey_interval else None
+            return None
+        if self.state == State.DISCONNECTING:
+            return None
+        s = self.session
+        now = time.monotonic()
+        rekeying = self.candidate
+        if carrying and rekeying is not None and rekeying.purpose == "rekey":
+            # The server drops the old connection as soon as the new one presents
+            # the cookie: expected, and the new worker takes over the tun next.
+            if VERBOSITY[0]:
+                log(f"worker {worker.gen}: {message} (replaced by the rekey)")
+            s.down_since = now
+            self.state = State.RECONNECTING
+            return None
+        if carrying or s.down_since is None:
+            s.down_since = now
+        if carrying and s.established:
+            s.attempts = 0
+        s.last_error = message
+        decision = self.policy.after_failure(
+            kind, attempt=s.attempts, outage=now - s.down_since, established=s.established
+        )
+        if decision.action == Action.GIVE_UP:
+            log(message)
+            code = FAILURE_KINDS.get(kind or "error", ExitCode.ERROR)
+            if s.established and kind in (None, "connection_lost", "unreachable", "error"):
+                log(f"giving up: {decision.reason}")
+                code = ExitCode.SERVER_DISCONNECTED
+            return self._finish(code, logoff=kind != "terminated")
+        s.attempts += 1
+        s.restarts += 1
+        self.state = State.RECONNECTING
+        when = "now" if decision.delay == 0 else f"in {decision.delay:.1f} s"
+        log(f"{message}; {decision.reason}: reconnecting {when}")
+        self.notifier.notify(status=f"reconnecting: {decision.reason}")
+        s.retry_at = now + decision.delay
+        s.retry_action = decision.action
+        return None
+
+    def _retry(self) -> None:
+        s = self.session
+        action, s.retry_at, s.retry_action = s.retry_action, None, None
+        if self.candidate is not None:
+            return
+        if action == Action.LOG_IN:
+            s.cookie = None
+            self._spawn("login", cookie=None)
+        else:
+            self._spawn("resume", cookie=s.cookie)
+
+    def _rekey(self, reason: str) -> None:
+        s = self.session
+        s.rekey_at = None if s.rekey_interval is None else time.monotonic() + s.rekey_interval
+        if self.candidate is not None or self.carrier is None or s.cookie is None:
+            return
+        log(f"rekey ({reason}): connecting a new tunnel before dropping the old one")
+        self._spawn("rekey", cookie=s.cookie)
+
+    def _reconnect(self, reason: str) -> None:
+        carrier = self.carrier
+        if carrier is None or self.session.cookie is None:
+            return
+        log(f"reconnecting ({reason})")
+        self._dismiss(carrier, logoff=False)
+        s = self.session
+        s.down_since = time.monotonic()
+        s.restarts += 1
+        self.state = State.RECONNECTING
+        self._spawn("resume", cookie=s.cookie)
+
+    # -- messages from workers -------------------------------------------------------------
+
+    def _from_worker(self, worker: Worker) -> ExitCode | None:
+        try:
+            msg, _ = worker.channel.recv()
+        except PeerClosed:
+            return self._worker_gone(worker)
+        except WireError as exc:
+            log(f"worker {worker.gen} broke the IPC protocol ({exc}); stopping it")
+            worker.proc.kill()
+            return self._worker_gone(worker)
+        if worker.dismissed_at is not None:
+            if isinstance(msg, (Stopped, WorkerStatus)):
+                worker.status = msg if isinstance(msg, WorkerStatus) else worker.status
+            return None
+        if isinstance(msg, TunnelUp):
+            return self._on_tunnel_up(worker, msg)
+        if isinstance(msg, Failed):
+            worker.failure = msg
+            return self._failed(worker, msg.kind, msg.message)
+        if isinstance(msg, WorkerStatus):
+            previous = worker.status
+            worker.status = msg
+            if previous is None or (previous.channel, previous.dtls_state) != (
+                msg.channel,
+                msg.dtls_state,
+            ):
+                self._log_channel(msg)
+            self._answer_status()
+            return None
+        log(f"unexpected {msg.op} from worker {worker.gen}")
+        worker.proc.kill()
+        return self._worker_gone(worker)
+
+    def _log_channel(self, status: WorkerStatus) -> None:
+        if status.channel == "dtls":
+            log(f"data channel: DTLS ({status.dtls_cipher})")
+        elif status.dtls_state not in ("disabled", ""):
+            log(f"data channel: TLS ({status.tls_cipher}); DTLS {status.dtls_state}")
+
+    def _worker_gone(self, worker: Worker) -> ExitCode | None:
+        dismissed = worker.dismissed_at is not None
+        self._reap(worker)
+        if dismissed or worker.failure is not None:
+            return None
+        status = worker.proc.returncode
+        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"status {status}"
+        return self._failed(worker, None, f"worker {worker.gen} exited unexpectedly ({how})")
+
+    # -- control socket --------------------------------------------------------------------
+
+    def _on_control(self) -> ExitCode | None:
+        assert self.control is not None
+        accepted = self.control.accept()
+        if accepted is None:
+            return None
+        conn, peer = accepted
+        if not authorized(
+            peer, service_uid=self.options.service_uid, control_gid=self.options.control_gid
+        ):
+            log(f"control socket: refused pid {peer.pid} uid {peer.uid} gid {peer.gid}")
+            reply(conn, {"ok": False, "error": "permission denied"})
+            return None
+        try:
+            command = parse_request_untrusted(conn.recv(4096))
+        except (ValueError, OSError) as exc:
+            reply(conn, {"ok": False, "error": str(exc)})
+            return None
+        if command == "status":
+            carrier = self.carrier
+            if carrier is None:
+                reply(conn, {"ok": True, "status": self.status()})
+                return None
+            self.pending_status.append(_PendingStatus(conn, time.monotonic() + _STATUS_WAIT))
+            with contextlib.suppress(OSError, WireError):
+                carrier.channel.send(QueryStatus())
+            return None
+        if command == "disconnect":
+            reply(conn, {"ok": True})
+            log(f"disconnect requested over the control socket by uid {peer.uid}")
+            return self._finish(ExitCode.OK, logoff=True)
+        if command == "rekey":
+            if self.carrier is None:
+                reply(conn, {"ok": False, "error": f"not connected ({self.state.value})"})
+                return None
+            self._rekey(f"requested by uid {peer.uid}")
+        elif command == "reconnect":
+            if self.carrier is None:
+                reply(conn, {"ok": False, "error": f"not connected ({self.state.value})"})
+                return None
+            self._reconnect(f"requested by uid {peer.uid}")
+        reply(conn, {"ok": True})
+        return None
+
+    def _answer_status(self, *, expired_only: bool = False) -> None:
+        now = time.monotonic()
+        keep: list[_PendingStatus] = []
+        for pending in self.pending_status:
+            if expired_only and pending.deadline > now:
+                keep.append(pending)
+            else:
+                reply(pending.conn, {"ok": True, "status": self.status()})
+        self.pending_status = keep
+
+    def status(self) -> dict[str, Any]:
+        s, net, tun = self.session, self.session.net, self.tun
+        carrier = self.carrier
+        live = carrier.status if carrier is not None else None
+        total = Counters(**{k: getattr(self.counters, k) for k in Counters.__slots__})
+        for worker in self.workers:
+            total.add(worker.status)
+        return {
+            "state": self.state.value,
+            "server": s.server,
+            "gateway": s.gateway,
+            "interface": tun.ifname if tun else None,
+            "ifindex": tun.ifindex if tun else None,
+            "mtu": net.mtu if net else None,
+            "addresses": [a for a in (net.ipv4, net.ipv6) if a] if net else [],
+            "routes": list(net.routes) if net else [],
+            "excluded_routes": list(net.exclude) if net else [],
+            "channel": live.channel if live else None,
+            "tls_cipher": live.tls_cipher if live else None,
+            "dtls_cipher": live.dtls_cipher if live else None,
+            "dtls_state": live.dtls_state if live else None,
+            "tx_bytes": total.tx_bytes,
+            "rx_bytes": total.rx_bytes,
+            "tx_packets": total.tx_packets,
+            "rx_packets": total.rx_packets,
+            "uptime": round(time.time() - s.connected_since, 3) if s.connected_since else 0.0,
+            "connected_since": s.connected_since,
+            "worker_pid": carrier.proc.pid if carrier else None,
+            "worker_restarts": s.restarts,
+            "last_rekey": s.last_rekey,
+            "next_rekey_in": (
+                round(s.rekey_at - time.monotonic(), 1) if s.rekey_at is not None else None
+            ),
+            "last_error": s.last_error,
+            "supervisor_pid": os.getpid(),
+        }
+
+    # -- main loop -------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals.append(signum)  # acted on in the loop, never here
@@ -150,81 +546,140 @@ class Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in (
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        ):
             signal.signal(signum, self._on_signal)
         try:
-            return self._loop(wake_r)
+            return self._main(wake_r)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             wake_r.close()
             wake_w.close()
+            self.sel.close()
+            self.notifier.close()
 
-    def _loop(self, wake: socket.socket) -> ExitCode:
+    def _main(self, wake: socket.socket) -> ExitCode:
         try:
             self.helper.hello()
         except (HelperRefused, WireError, OSError) as exc:
             log(f"the privileged helper did not start: {exc}")
             return ExitCode.ERROR
-        self.channel = self._spawn_worker()
-        sel = selectors.DefaultSelector()
-        sel.register(wake, selectors.EVENT_READ, "signal")
-        sel.register(self.channel.fileno(), selectors.EVENT_READ, "worker")
-        sel.register(self.helper.fileno(), selectors.EVENT_READ, "helper")
-        try:
-            while True:
-                for key, _ in sel.select():
-                    if key.data == "signal":
-                        with contextlib.suppress(BlockingIOError):
-                            wake.recv(64)
-                    elif key.data == "helper":
-                        log("the privileged helper exited unexpectedly")
-                        return self._finish(ExitCode.ERROR, logoff=True)
-                    elif key.data == "worker":
-                        code = self._from_worker()
-                        if code is not None:
-                            return self._finish(code, logoff=True)
-                if self.signals:
-                    signum = self.signals.pop(0)
-                    logoff = signum != signal.SIGHUP
-                    log(
-                        f"{signal.Signals(signum).name}: disconnecting"
-                        + ("" if logoff else " (keeping the server session)")
-                    )
-                    return self._finish(ExitCode.OK, logoff=logoff)
-        finally:
-            sel.close()
-
-    def _from_worker(self) -> ExitCode | None:
-        assert self.channel is not None
-        assert self.worker is not None
-        try:
-            msg, _ = self.channel.recv()
-        except PeerClosed:
-            status = self.worker.wait()
-            log(f"the worker exited unexpectedly (status {status})")
-            return ExitCode.ERROR
-        except WireError as exc:
-            log(f"the worker broke the IPC protocol ({exc}); stopping it")
-            return ExitCode.ERROR
-        if isinstance(msg, TunnelUp):
+        if self.options.control_path:
             try:
-                self._on_tunnel_up(msg)
-            except BadTunnelConfig as exc:
-                log(f"unusable configuration from the server: {exc}")
-                return ExitCode.PROTOCOL
-            except HelperRefused as exc:
-                log(f"the privileged helper refused the network configuration: {exc}")
-                return ExitCode.HELPER_REFUSED
+                self.control = ControlServer(
+                    self.options.control_path,
+                    service_uid=self.options.service_uid,
+                    control_gid=self.options.control_gid,
+                )
+            except (OSError, ControlError) as exc:
+                log(str(exc))
+                return self._finish(ExitCode.USAGE, logoff=False)
+            self.sel.register(self.control.fileno(), selectors.EVENT_READ, ("control", None))
+        self.sel.register(wake, selectors.EVENT_READ, ("signal", None))
+        self.sel.register(self.helper.fileno(), selectors.EVENT_READ, ("helper", None))
+        if self.notifier.watchdog_interval:
+            self.watchdog_at = time.monotonic()
+        self._spawn("login", cookie=None)
+        while True:
+            code = self._turn(wake)
+            if code is not None:
+                return code
+
+    def _timeout(self) -> float | None:
+        deadlines = [
+            t
+            for t in (
+                self.session.retry_at,
+                self.session.rekey_at,
+                self.watchdog_at,
+                *(p.deadline for p in self.pending_status),
+                *(w.dismissed_at + _STOP_GRACE for w in self.workers if w.dismissed_at),
+            )
+            if t is not None
+        ]
+        if not deadlines:
             return None
-        if isinstance(msg, Failed):
-            log(msg.message)
-            self.connected = False  # the worker exits on its own after Failed
-            return FAILURE_KINDS[msg.kind]
-        log(f"unexpected {msg.op} from the worker")
-        return ExitCode.ERROR
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _turn(self, wake: socket.socket) -> ExitCode | None:
+        for key, _ in self.sel.select(self._timeout()):
+            kind, worker = key.data
+            code: ExitCode | None = None
+            if kind == "signal":
+                with contextlib.suppress(BlockingIOError):
+                    wake.recv(64)
+            elif kind == "helper":
+                log("the privileged helper exited unexpectedly")
+                return self._finish(ExitCode.ERROR, logoff=True)
+            elif kind == "control":
+                code = self._on_control()
+            elif kind == "worker" and worker in self.workers:
+                code = self._from_worker(worker)
+            if code is not None:
+                return code
+        while self.signals:
+            code = self._on_signal_number(self.signals.pop(0))
+            if code is not None:
+                return code
+        return self._timers()
+
+    def _on_signal_number(self, signum: int) -> ExitCode | None:
+        if signum == signal.SIGUSR1:
+            VERBOSITY[0] += 1
+            log(f"verbosity {VERBOSITY[0]}")
+            return None
+        if signum == signal.SIGUSR2:
+            self._reconnect("SIGUSR2")
+            return None
+        logoff = signum != signal.SIGHUP
+        log(
+            f"{signal.Signals(signum).name}: disconnecting"
+            + ("" if logoff else " (keeping the server session)")
+        )
+        return self._finish(ExitCode.OK, logoff=logoff)
+
+    def _timers(self) -> ExitCode | None:
+        now = time.monotonic()
+        s = self.session
+        if s.retry_at is not None and s.retry_at <= now:
+            self._retry()
+        if s.rekey_at is not None and s.rekey_at <= now:
+            self._rekey("rekey time reached")
+        if self.watchdog_at is not None and self.watchdog_at <= now:
+            self.notifier.notify(watchdog="1")
+            assert self.notifier.watchdog_interval is not None
+            self.watchdog_at = now + self.notifier.watchdog_interval
+        for worker in list(self.workers):
+            if worker.dismissed_at is not None and now - worker.dismissed_at > _STOP_GRACE:
+                worker.proc.kill()
+                self._reap(worker)
+        if self.pending_status:
+            self._answer_status(expired_only=True)
+        return None
 
     def _finish(self, code: ExitCode, *, logoff: bool) -> ExitCode:
-        self._stop_worker(logoff=logoff)
+        """End the session: workers, then the helper's teardown; return the exit code."""
+        self.state = State.DISCONNECTING
+        self.notifier.notify(stopping="1", status="disconnecting")
+        for worker in list(self.workers):
+            if worker.carrying:
+                self._dismiss(worker, logoff=logoff)
+                self._await_stopped(worker)
+            else:
+                self._dismiss(worker, logoff=False)
+        for worker in list(self.workers):
+            self._reap(worker)
+        for pending in self.pending_status:
+            reply(pending.conn, {"ok": False, "error": "disconnecting"})
+        self.pending_status = []
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         try:
             self.helper.teardown()
         except (HelperRefused, WireError, OSError) as exc:
@@ -235,3 +690,23 @@ class Supervisor:
             os.close(self.tun.fd)
             self.tun = None
         return code
+
+    def _await_stopped(self, worker: Worker) -> None:
+        deadline = time.monotonic() + _STOP_GRACE
+        probe = selectors.DefaultSelector()
+        probe.register(worker.channel.fileno(), selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if not probe.select(max(0.0, deadline - time.monotonic())):
+                    return
+                try:
+                    msg, _ = worker.channel.recv()
+                except (PeerClosed, WireError, OSError):
+                    return
+                if isinstance(msg, WorkerStatus):
+                    worker.status = msg
+                if isinstance(msg, Stopped):
+                    log(f"session closed ({msg.tx_bytes} bytes sent, {msg.rx_bytes} received)")
+                    return
+        finally:
+            probe.close()

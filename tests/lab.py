@@ -689,9 +689,16 @@ route add {self.pool6} via {self.server_target_ip6}
             # exits (~1 s); nothing it does then matters here, so SIGKILL sooner.
             _stop(proc, grace=0.3)
 
-    def restart_ocserv(self, options: OcservOptions | None = None) -> None:
+    def restart_ocserv(self, options: OcservOptions | None = None, *, crash: bool = False) -> None:
         """Stop ocserv (all sessions are lost) and start it again, optionally with new
-        options. Clients see a refused/closed connection meanwhile."""
+        options. Clients see a refused/closed connection meanwhile. A graceful stop
+        sends every client a CSTP DISCONNECT first (indistinguishable, on the wire,
+        from an administrator's ``occtl disconnect``); ``crash=True`` SIGKILLs the
+        whole ocserv process group instead, as a crash or power loss would."""
+        if crash and self._ocserv is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._ocserv.pid, signal.SIGKILL)
+            self._ocserv.wait()
         self._stop_ocserv()
         Path(self.workdir, "occtl.sock").unlink(missing_ok=True)
         if options is not None:

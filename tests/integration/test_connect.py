@@ -32,8 +32,12 @@ class Client:
 
     def __init__(self, lab: Lab, *args: str, user: str = "test", password: str | None = None):
         self.lab = lab
-        self.audit_log = str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))
+        run_id = time.monotonic_ns()
+        self.audit_log = str(Path(lab.workdir, f"audit-{run_id}.jsonl"))
+        # Each run its own control socket, so that concurrent runs never meet.
+        self.control = str(Path(lab.workdir, f"ctl-{run_id}", "control.sock"))
         argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--audit-log", self.audit_log]
+        argv += ["--control-socket", self.control]
         if user:
             argv += ["--user", user]
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):

@@ -1,0 +1,75 @@
+"""The supervisor's recovery policy: what a failure leads to, and when."""
+
+from __future__ import annotations
+
+import pytest
+
+from sepconnect.supervisor.policy import CRASH_DELAYS, RETRY_DELAYS, Action, RecoveryPolicy
+
+KIOSK = RecoveryPolicy(can_log_in=True, always_on=True, reconnect_timeout=300)
+DESKTOP = RecoveryPolicy(can_log_in=True, always_on=False, reconnect_timeout=300)
+COOKIE_ONLY = RecoveryPolicy(can_log_in=False, always_on=False, reconnect_timeout=300)
+
+
+def test_nothing_is_retried_before_the_session_ever_came_up() -> None:
+    for kind in (None, "connection_lost", "unreachable", "cookie_rejected", "terminated"):
+        decision = KIOSK.after_failure(kind, attempt=0, outage=0, established=False)  # type: ignore[arg-type]
+        assert decision.action == Action.GIVE_UP
+
+
+def test_a_crashed_worker_is_replaced_at_once_then_with_growing_delays() -> None:
+    delays = [
+        DESKTOP.after_failure(None, attempt=n, outage=1, established=True).delay for n in range(12)
+    ]
+    assert delays[0] == 0.0
+    assert delays == sorted(delays)
+    assert delays[-1] == CRASH_DELAYS[-1]
+    assert all(
+        DESKTOP.after_failure(None, attempt=n, outage=1, established=True).action == Action.RESUME
+        for n in range(12)
+    )
+
+
+def test_a_lost_connection_resumes_with_the_cookie_and_backs_off() -> None:
+    first = DESKTOP.after_failure("connection_lost", attempt=0, outage=0, established=True)
+    assert (first.action, first.delay) == (Action.RESUME, 0.0)
+    later = DESKTOP.after_failure("unreachable", attempt=20, outage=100, established=True)
+    assert (later.action, later.delay) == (Action.RESUME, RETRY_DELAYS[-1])
+
+
+def test_the_reconnect_budget_ends_the_session() -> None:
+    decision = DESKTOP.after_failure("connection_lost", attempt=5, outage=301, established=True)
+    assert decision.action == Action.GIVE_UP
+
+
+@pytest.mark.parametrize(
+    ("policy", "action"),
+    [(KIOSK, Action.LOG_IN), (DESKTOP, Action.LOG_IN), (COOKIE_ONLY, Action.GIVE_UP)],
+)
+def test_a_rejected_cookie_means_logging_in_again_if_a_password_is_kept(
+    policy: RecoveryPolicy, action: Action
+) -> None:
+    assert (
+        policy.after_failure("cookie_rejected", attempt=0, outage=0, established=True).action
+        == action
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "action"),
+    [(KIOSK, Action.LOG_IN), (DESKTOP, Action.GIVE_UP), (COOKIE_ONLY, Action.GIVE_UP)],
+)
+def test_a_server_termination_ends_the_session_unless_always_on(
+    policy: RecoveryPolicy, action: Action
+) -> None:
+    assert (
+        policy.after_failure("terminated", attempt=0, outage=0, established=True).action == action
+    )
+
+
+@pytest.mark.parametrize(
+    "kind", ["auth_failed", "cert_invalid", "protocol", "unknown_group", "need_input"]
+)
+def test_failures_another_attempt_cannot_fix_end_the_session(kind: str) -> None:
+    decision = KIOSK.after_failure(kind, attempt=0, outage=0, established=True)  # type: ignore[arg-type]
+    assert decision.action == Action.GIVE_UP
