@@ -30,7 +30,14 @@ AUTH_FAILED, CERT_INVALID, UNREACHABLE, PROTOCOL, UNKNOWN_GROUP, USAGE = 3, 6, 7
 class Client:
     """One `sepconnect connect` run in the lab's client namespace."""
 
-    def __init__(self, lab: Lab, *args: str, user: str = "test", password: str | None = None):
+    def __init__(
+        self,
+        lab: Lab,
+        *args: str,
+        user: str = "test",
+        password: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.lab = lab
         run_id = time.monotonic_ns()
         self.audit_log = str(Path(lab.workdir, f"audit-{run_id}.jsonl"))
@@ -51,6 +58,7 @@ class Client:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=env,
         )
         secret = lab.users.get(user, "") if password is None else password
         assert self.proc.stdin is not None

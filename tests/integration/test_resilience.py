@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -316,3 +317,44 @@ def test_control_group_members_are_served(lab: Lab) -> None:
     assert bye.returncode == 0
     assert client.finish() == 0
     assert lab.client_tun() is None
+
+
+def test_systemd_notify_ready_status_and_watchdog(lab: Lab) -> None:
+    # systemd's side of sd_notify(3) is a datagram socket; listen on one as it would.
+    path = Path(lab.workdir, "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o777)  # the supervisor is no longer root when it notifies
+    listener.settimeout(15)
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
+    client = Client(lab, env=env)
+    messages: list[str] = []
+    try:
+        while not any("READY=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        watchdogs = 0
+        while watchdogs < 3:
+            message = listener.recv(4096).decode()
+            messages.append(message)
+            watchdogs += message.count("WATCHDOG=1")
+    finally:
+        listener.close()
+    assert any(m.startswith("READY=1") or "\nREADY=1" in m for m in messages)
+    assert any("STATUS=connected" in m for m in messages)
+    assert client.stop() == 0, client.stderr
+
+
+def test_credentials_file_and_relogin_after_server_crash(lab: Lab) -> None:
+    secret = Path(lab.workdir, "credentials")
+    secret.write_text(lab.users["test"] + "\n")
+    secret.chmod(0o644)
+    loose = Client(lab, "--credentials-file", str(secret), password="")
+    assert loose.finish() == 2
+    assert "mode 0600" in loose.stderr
+    secret.chmod(0o600)
+    client = Client(lab, "--credentials-file", str(secret), password="")
+    tun = client.wait_connected()
+    lab.restart_ocserv(crash=True)
+    _wait_ping(lab, lab.target_ip, timeout=20)
+    assert lab.client_tun()["ifindex"] == tun["ifindex"]  # type: ignore[index]
+    assert client.stop() == 0, client.stderr
