@@ -13,7 +13,7 @@ import os
 import select
 import socket
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sepconnect.privhelper.schema import (
     FD_REPLIES,
@@ -24,6 +24,7 @@ from sepconnect.privhelper.schema import (
     Hello,
     NetConfig,
     Refused,
+    ScriptEvent,
     Teardown,
     TunCreated,
 )
@@ -31,6 +32,9 @@ from sepconnect.privhelper.wire import PROTO_VERSION, Channel, Message, WireErro
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a reply; the helper answers in milliseconds."""
+
+SCRIPT_TIMEOUT = 70.0
+"""Seconds to wait when the reply may wait for a vpnc-script (the runner kills it at 60 s)."""
 
 _R = TypeVar("_R", Done, TunCreated)
 
@@ -66,7 +70,7 @@ class HelperClient:
 
     def create_tun(self, mtu: int) -> tuple[str, int, int]:
         """Have the helper create the tun; return (ifname, ifindex, fd). The fd is ours to close."""
-        reply, fd = self._call(CreateTun(seq=self._next_seq(), mtu=mtu), TunCreated)
+        reply, fd = self._call(CreateTun(seq=self._next_seq(), mtu=mtu), TunCreated, SCRIPT_TIMEOUT)
         if fd is None:  # the Channel guarantees one; this only keeps the types honest
             raise WireError("tun_created: no fd")
         return reply.ifname, reply.ifindex, fd
@@ -80,6 +84,12 @@ class HelperClient:
         routes: Iterable[str],
         exclude: Iterable[str],
         gateway: str,
+        dns: Iterable[str] = (),
+        domains: Iterable[str] = (),
+        split_dns: Iterable[str] = (),
+        dns_default: bool = False,
+        banner: str | None = None,
+        idle_timeout: int | None = None,
     ) -> None:
         """Make the tunnel's whole network state this (declarative: repeat freely)."""
         request = NetConfig(
@@ -90,25 +100,46 @@ class HelperClient:
             routes=tuple(routes),
             exclude=tuple(exclude),
             gateway=gateway,
+            dns=tuple(dns),
+            domains=tuple(domains),
+            split_dns=tuple(split_dns),
+            dns_default=dns_default,
+            banner=banner,
+            idle_timeout=idle_timeout,
         )
-        self._call(request, Done)
+        self._call(request, Done, SCRIPT_TIMEOUT)
+
+    def script_event(self, reason: Literal["attempt-reconnect", "reconnect"]) -> None:
+        """Tell the helper's vpnc-script (``--script``) that the worker is about to reconnect
+        (``attempt-reconnect``: call before starting a replacement worker or a new CSTP
+        connection while the tun stays up) or has reconnected (``reconnect``: call once
+        the new worker reported its tunnel and got the tun). The helper runs the script
+        as root for that reason, with the environment of the current connection, and
+        answers when it has finished (the runner gives it at most 60 s: use a timeout of
+        at least that, see ``SCRIPT_TIMEOUT``). Without ``--script`` it is a no-op."""
+        self._call(ScriptEvent(seq=self._next_seq(), reason=reason), Done, SCRIPT_TIMEOUT)
 
     def teardown(self) -> None:
         """Have the helper remove everything it installed and exit."""
-        self._call(Teardown(seq=self._next_seq()), Done)
+        self._call(Teardown(seq=self._next_seq()), Done, SCRIPT_TIMEOUT)
 
     def _next_seq(self) -> int:
         self._seq = self._seq % (2**31 - 1) + 1
         return self._seq
 
     def _call(
-        self, request: Hello | CreateTun | NetConfig | Teardown, expect: type[_R]
+        self,
+        request: Hello | CreateTun | NetConfig | ScriptEvent | Teardown,
+        expect: type[_R],
+        script_timeout: float = 0.0,
     ) -> tuple[_R, int | None]:
+        """``script_timeout``: the request may wait for a vpnc-script (``--script``)."""
+        timeout = max(self.timeout, script_timeout)
         self.channel.send(request)
         poller = select.poll()
         poller.register(self.channel.fileno(), select.POLLIN)
-        if not poller.poll(int(self.timeout * 1000)):
-            raise WireError(f"{request.op}: no reply from the helper within {self.timeout:g} s")
+        if not poller.poll(int(timeout * 1000)):
+            raise WireError(f"{request.op}: no reply from the helper within {timeout:g} s")
         reply, fd = self.channel.recv()
         try:
             return self._check(request, reply, expect), fd
@@ -119,7 +150,9 @@ class HelperClient:
 
     @staticmethod
     def _check(
-        request: Hello | CreateTun | NetConfig | Teardown, reply: Message, expect: type[_R]
+        request: Hello | CreateTun | NetConfig | ScriptEvent | Teardown,
+        reply: Message,
+        expect: type[_R],
     ) -> _R:
         if not isinstance(reply, Done | TunCreated | Refused):
             raise WireError(f"{request.op}: unexpected reply {reply.op!r}")

@@ -3,7 +3,9 @@
 Started by the launcher (root) as::
 
     python3 -I -m sepconnect.privhelper --fd N --peer-uid UID
-            [--interface NAME] [--audit-log PATH]
+            [--interface NAME] [--audit-log PATH] [--state-dir DIR]
+            [--no-routes] [--dns-backend auto|resolved|resolvconf|file|none]
+            [--fail-closed] [--script PATH] [--log-level N]
 
 fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
 belongs to the supervisor (running as UID). The helper keeps uid 0 but only
@@ -13,6 +15,20 @@ protocol violation) removes exactly what it installed before exiting.
 
 Single-threaded; no shell, no exec; signal handlers only set a flag.
 Exit status: 0 clean, 1 protocol violation or internal error, 2 bad argv.
+
+Structure (issue #7; seccomp.py readers please note): everything that needs
+to *execute* a program — a vpnc-script, ``nft`` for --fail-closed,
+``resolvconf`` — is done by a separate root process, the script runner
+(runner.py), which :func:`main` starts *before* it drops capabilities and
+before the seccomp filter is loaded, and only when argv (or a crashed
+session's state) needs it. The helper itself still never forks or execs; its
+filter keeps execve/fork on NEVER. It talks to the runner over a socketpair
+(sendmsg/recvmsg) and to systemd-resolved over the system bus (an AF_UNIX
+stream socket: socket, connect). The ``dns_files`` seccomp group is on: the
+state file (state.py) and the ``file`` DNS backend write, fsync, rename and
+unlink files. Before the filter, as full root, main creates the state
+directory and reads the state of crashed sessions; it undoes them (host.recover)
+once the netlink socket is open.
 """
 
 from __future__ import annotations
@@ -26,25 +42,27 @@ import signal
 import socket
 from collections.abc import Sequence
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
 import setproctitle
 from pyroute2 import IPRoute
 
 from sepconnect.privhelper import audit as _audit
+from sepconnect.privhelper import dns as _dns
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper.netconf import Netlink, Router, SetMtu
+from sepconnect.privhelper import state as _state
+from sepconnect.privhelper.host import Helper, Options, recover
+from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
     Host,
     Monitor,
     Phase,
     ProtocolViolation,
-    Refusal,
-    Wanted,
     check_ifname,
 )
+from sepconnect.privhelper.runner import Programs, RunnerClient, check_script
 from sepconnect.privhelper.schema import FD_REPLIES, REPLIES, REQUESTS, Refused
-from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, Tun, open_tun
+from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
 
 EXIT_OK: Final = 0
@@ -52,57 +70,7 @@ EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
-
-
-# ---------------------------------------------------------------------------
-# The system operations behind the policy's handlers
-
-
-class Helper:
-    """:class:`policy.Host`: the tun and its network state, for one session."""
-
-    def __init__(self, netlink: Netlink, ifname: str, audit: _audit.Audit) -> None:
-        self.netlink = netlink
-        self.ifname = ifname
-        self.audit = audit
-        self.tun: Tun | None = None
-        self.router: Router | None = None
-
-    def create_tun(self, mtu: int) -> tuple[str, int, int]:
-        try:
-            tun = open_tun(self.ifname)
-        except OSError as exc:
-            raise Refusal(f"create tun {self.ifname}: {exc.strerror or exc}") from None
-        try:
-            ifindex = self.netlink.index_of(tun.name)
-            self.netlink.apply(SetMtu(mtu, None), ifindex)
-            fd = os.dup(tun.fd)
-        except (Refusal, OSError):
-            os.close(tun.fd)  # the device goes with it: nothing was changed
-            raise
-        self.tun = tun
-        self.router = Router(self.netlink, ifindex, mtu)
-        return tun.name, ifindex, fd
-
-    def net_config(self, wanted: Wanted) -> None:
-        if self.router is None:  # the phase table makes this unreachable
-            raise Refusal("no tun")
-        self.router.configure(wanted)
-
-    def teardown(self) -> None:
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        """Remove what we installed, then close the tun (the device disappears). Idempotent."""
-        if self.router is not None:
-            errors = self.router.clear()
-            self.router = None
-            self.audit.record(
-                "cleanup", "info" if not errors else "fatal", "; ".join(errors)[:1000]
-            )
-        if self.tun is not None:
-            os.close(self.tun.fd)
-            self.tun = None
+NFT: Final = "/usr/sbin/nft"
 
 
 # ---------------------------------------------------------------------------
@@ -287,6 +255,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
     parser.add_argument("--interface", type=check_ifname, default=None, help="tun name")
     parser.add_argument("--audit-log", type=_path, default=None, help="JSON-lines audit file")
+    parser.add_argument("--state-dir", type=_path, default=None, help="crash-recovery state")
+    parser.add_argument("--no-routes", action="store_true", help="addresses and MTU only")
+    parser.add_argument("--dns-backend", choices=_dns.BACKENDS, default="none")
+    parser.add_argument("--fail-closed", action="store_true", help="nftables: tun or gateway only")
+    parser.add_argument("--script", type=_path, default=None, help="vpnc-script, run as root")
+    parser.add_argument("--log-level", type=int, choices=range(5), default=0)
     parser.add_argument(
         "--allow-weak-sandbox",
         action="store_true",
@@ -344,6 +318,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd)
+    if args.script is not None:
+        try:
+            check_script(args.script)
+        except (OSError, ValueError) as exc:
+            return _fail(f"--script: {exc}")
+    if args.fail_closed and not os.access(NFT, os.X_OK):
+        return _fail(f"--fail-closed needs {NFT} (Debian package nftables)")
+    stale: list[tuple[str, dict[str, Any]]] = []
+    if args.state_dir is not None:
+        try:
+            _state.ensure_dir(args.state_dir)
+            stale = list(_state.stale(args.state_dir))
+        except OSError as exc:
+            return _fail(f"--state-dir: {exc}")
+    # A vpnc-script does the DNS itself, as under openconnect.
+    backend = "none" if args.script is not None else _dns.choose(args.dns_backend)
+    resolvconf = _dns.find_resolvconf()
+    if backend == "resolvconf" and resolvconf is None:
+        return _fail("--dns-backend resolvconf: no resolvconf program installed")
+    stale_dns = {str(d["dns"].get("backend")) for _, d in stale if isinstance(d.get("dns"), dict)}
+    programs = Programs(
+        script=args.script,
+        nft=NFT if args.fail_closed or any(d.get("firewall") for _, d in stale) else None,
+        resolvconf=resolvconf if "resolvconf" in {backend, *stale_dns} else None,
+    )
+    # The script runner: started now, as full root, before our own privileges go.
+    runner = RunnerClient(programs) if programs != Programs() else None
     try:
         drop_privileges()
     except OSError as exc:
@@ -355,11 +356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peer_uid": args.peer_uid,
         "interface": args.interface or DEFAULT_TEMPLATE,
         "seccomp": "allow-list",
+        "routes": "none" if args.no_routes or args.script else "helper",
+        "dns_backend": backend,
+        "fail_closed": int(args.fail_closed),
+        "script": args.script,
+        "script_runner": None if runner is None else runner.proc.pid,
     }
     with IPRoute() as ipr:
         # The netlink socket is open: from here on, only the allow-list.
         try:
-            _seccomp.apply()
+            _seccomp.apply(features={"dns_files"})
         except OSError as exc:
             if not args.allow_weak_sandbox:
                 reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
@@ -367,7 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_FATAL
             start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
         audit.record("start", "info", args=start_args)
-        helper = Helper(Netlink(ipr), args.interface or DEFAULT_TEMPLATE, audit)
+        netlink = Netlink(ipr)
+        recover(stale, netlink, runner, audit)
+        options = Options(
+            ifname=args.interface or DEFAULT_TEMPLATE,
+            named=args.interface is not None,
+            no_routes=args.no_routes,
+            fail_closed=args.fail_closed,
+            dns_backend=backend,
+            script=args.script,
+            log_level=args.log_level,
+            state_dir=args.state_dir,
+        )
+        helper = Helper(netlink, options, audit, runner)
         status = EXIT_FATAL
         try:
             status = serve(channel, Monitor(), helper, audit, args.peer_uid, wakeup_r)

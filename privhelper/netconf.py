@@ -24,9 +24,19 @@ What the helper ever installs:
   only while some route through the tun covers it; otherwise it would change
   nothing but the host's table.
 
-Every route is ``proto static``, ``metric`` :data:`METRIC`, table main, and
+Every route has our own route protocol number :data:`RTPROT_SEPCONNECT`
+(``ip route`` shows ``proto 157``), ``metric`` :data:`METRIC`, table main, and
 is deleted by exactly those attributes at teardown, so a route of anyone
-else's is never removed.
+else's is never removed — and after a crash, the next helper can tell our
+stale bypass routes from everybody's ``proto static`` ones (state.py).
+
+Conflicts with existing routes (docs/routing-dns.md): a more specific prefix
+always wins, so the host's own default route never competes with the tunnel's
+/1 halves or split routes. For an *equal* prefix the lower metric wins: ours
+(50) beats DHCP's (100 and up) but not a hand-made metric-0 route; the helper
+writes a ``conflict`` audit record naming such a route and leaves it alone.
+A route identical to one of ours (same prefix, metric and table) makes the
+kernel refuse ours with "File exists": the request is refused and rolled back.
 
 Limits: the original paths are looked up once per prefix and remembered for
 the session. If the host's uplink changes during the session they go stale,
@@ -54,7 +64,8 @@ METRIC: Final = 50
 """Priority of every route we add (NetworkManager's default for VPN routes): it
 beats DHCP defaults (100+) for equal prefixes and stays clear of metric 0."""
 
-RTPROT_STATIC: Final = 4
+RTPROT_SEPCONNECT: Final = 157
+"""Our route protocol number (unassigned in iproute2's rt_protos), on every route we add."""
 RT_TABLE_MAIN: Final = 254
 RTN_UNICAST: Final = 1
 RT_SCOPE_LINK: Final = 253
@@ -346,7 +357,7 @@ def route_spec(route: Route) -> dict[str, int | str]:
         "dst_len": route.dst.prefixlen,
         "oif": route.oif,
         "table": RT_TABLE_MAIN,
-        "proto": RTPROT_STATIC,
+        "proto": RTPROT_SEPCONNECT,
         "priority": METRIC,
         "type": RTN_UNICAST,
     }
@@ -359,6 +370,51 @@ def route_spec(route: Route) -> dict[str, int | str]:
 
 
 _GONE = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL})
+
+
+def route_record(route: Route) -> dict[str, str | int | None]:
+    """A bypass route for the state file (JSON-ready)."""
+    return {
+        "dst": str(route.dst),
+        "oif": route.oif,
+        "gateway": None if route.gateway is None else str(route.gateway),
+    }
+
+
+def route_from_record(record: object) -> Route | None:
+    """The route a state file names, or None if the record is not a valid one."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        dst = ipaddress.ip_network(str(record["dst"]))
+        oif = record["oif"]
+        gw = record.get("gateway")
+        gateway = None if gw is None else ipaddress.ip_address(str(gw))
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(oif, int) or oif <= 0 or dst.prefixlen == 0:
+        return None
+    return Route(dst, oif, gateway)
+
+
+def competing(ipr: IPRoute, route: Route) -> list[str]:
+    """Other routes in table main with the same prefix and a metric not above ours."""
+    found: list[str] = []
+    family = socket.AF_INET if route.dst.version == 4 else socket.AF_INET6
+    try:
+        msgs = ipr.route("dump", family=family, table=RT_TABLE_MAIN)
+    except NetlinkError:
+        return found
+    for msg in msgs:
+        if int(msg["dst_len"]) != route.dst.prefixlen or int(msg["proto"]) == RTPROT_SEPCONNECT:
+            continue
+        dst = msg.get("RTA_DST")
+        if dst is None or ipaddress.ip_address(str(dst)) != route.dst.network_address:
+            continue
+        metric = int(msg.get("RTA_PRIORITY") or 0)
+        if metric <= METRIC and int(msg.get("RTA_OIF") or 0) != route.oif:
+            found.append(f"{route.dst} metric {metric} oif {msg.get('RTA_OIF')}")
+    return found
 
 
 class Router:

@@ -35,6 +35,7 @@ from sepconnect.privhelper.schema import (
     Hello,
     NetConfig,
     Refused,
+    ScriptEvent,
     Teardown,
     TunCreated,
 )
@@ -43,6 +44,7 @@ from sepconnect.privhelper.wire import Message
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_T = TypeVar("_T")
 
 
 class ProtocolViolation(Exception):
@@ -63,10 +65,17 @@ class Refusal(Exception):
 MAX_ROUTES: Final = 256
 """At most this many ``routes`` and, separately, this many ``exclude`` prefixes."""
 
+MAX_DNS: Final = 8
+"""At most this many DNS servers."""
+
+MAX_DOMAINS: Final = 32
+"""At most this many search domains and, separately, this many split-DNS domains."""
+
 IPV6_MIN_MTU: Final = 1280
 """RFC 8200 §5: a link carrying IPv6 must have at least this MTU."""
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 # Address ranges that never belong on, or behind, a VPN tunnel. An address in
 # one of them, or a prefix lying entirely inside one, is refused with the label.
@@ -109,7 +118,9 @@ class Wanted:
 
     ``routes`` are the prefixes to send through the tun (a /0 already split in
     halves); ``exclude`` the prefixes that keep their original path. Both are
-    deduplicated and sorted, so equal requests give equal values.
+    deduplicated and sorted, so equal requests give equal values. DNS servers
+    and domains keep their order (it is a preference), without duplicates;
+    domains are lower-case, without a trailing dot.
     """
 
     mtu: int
@@ -117,6 +128,18 @@ class Wanted:
     routes: tuple[Network, ...]
     exclude: tuple[Network, ...]
     gateway: Address
+    dns: tuple[Address, ...] = ()
+    domains: tuple[str, ...] = ()
+    split_dns: tuple[str, ...] = ()
+    dns_default: bool = False
+    banner: str | None = None
+    idle_timeout: int | None = None
+
+    @property
+    def full_tunnel(self) -> dict[int, bool]:
+        """Per family: does everything go through the tun (the /0 halves)?"""
+        halves = {half for pair in DEFAULT_ROUTES.values() for half in pair}
+        return {v: any(r in halves and r.version == v for r in self.routes) for v in (4, 6)}
 
 
 def check_ifname(name: str) -> str:
@@ -192,6 +215,41 @@ def check_prefix(text: str, what: str) -> Network:
     return net
 
 
+def check_domain(text: str, what: str) -> str:
+    """A search or split-DNS domain: LDH labels of 1-63 characters, at most 253 in all.
+
+    Anything else (underscores, spaces, a newline, ``$(…)``) is refused: a domain
+    ends up in resolv.conf, resolved's per-link settings and a script's
+    environment, and none of them should ever see more than a host name.
+    """
+    name = text.lower().removesuffix(".")
+    labels = name.split(".")
+    if (
+        not name
+        or len(name) > 253
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise Refusal(f"{what} {text[:64]!r}: not a valid domain name")
+    return name
+
+
+def check_dns(text: str) -> Address:
+    """A DNS server pushed by the server: a unicast address, not in a forbidden range."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise Refusal(f"dns {text}: not a valid IP address") from None
+    label = _forbidden(addr)
+    if label is not None:
+        raise Refusal(f"dns {text}: {label} is not allowed")
+    return addr
+
+
+def _unique(values: Iterable[_T]) -> tuple[_T, ...]:
+    return tuple(dict.fromkeys(values))
+
+
 def _sorted(nets: Iterable[Network]) -> tuple[Network, ...]:
     """Deduplicated, IPv4 first, by address then prefix length."""
     return tuple(sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
@@ -225,12 +283,30 @@ def check_net_config(msg: NetConfig) -> Wanted:
     clash = set(routes) & set(exclude)
     if clash:
         raise Refusal(f"exclude {min(clash, key=str)}: also listed as a route")
+    if len(msg.dns) > MAX_DNS:
+        raise Refusal(f"too many DNS servers: at most {MAX_DNS}")
+    if len(msg.domains) > MAX_DOMAINS or len(msg.split_dns) > MAX_DOMAINS:
+        raise Refusal(f"too many domains: at most {MAX_DOMAINS} search and {MAX_DOMAINS} split")
+    dns = _unique(check_dns(text) for text in msg.dns)
+    for addr in dns:
+        if not has_family[addr.version]:
+            raise Refusal(f"dns {addr}: the tunnel has no IPv{addr.version} address")
+    domains = _unique(check_domain(text, "domain") for text in msg.domains)
+    split_dns = _unique(check_domain(text, "split-dns domain") for text in msg.split_dns)
+    if (domains or split_dns) and not dns:
+        raise Refusal("domains without DNS servers: nobody would answer for them")
     return Wanted(
         mtu=msg.mtu,
         addresses=tuple(i for i in (ipv4, ipv6) if i is not None),
         routes=_sorted(routes),
         exclude=_sorted(exclude),
         gateway=gateway,
+        dns=dns,
+        domains=domains,
+        split_dns=split_dns,
+        dns_default=msg.dns_default and bool(dns),
+        banner=msg.banner,
+        idle_timeout=msg.idle_timeout,
     )
 
 
@@ -257,6 +333,9 @@ class Host(Protocol):
 
     def net_config(self, wanted: Wanted) -> None:
         """Make the tunnel's network state equal to ``wanted``; raise Refusal on failure."""
+
+    def script_event(self, reason: str) -> None:
+        """Run the vpnc-script for ``reason`` if there is one; Refusal if it cannot run."""
 
     def teardown(self) -> None:
         """Remove everything installed and close the tun."""
@@ -299,6 +378,12 @@ def on_net_config(host: Host, msg: Message) -> Reply:
     return Done(seq=req.seq), None
 
 
+def on_script_event(host: Host, msg: Message) -> Reply:
+    req = _as(msg, ScriptEvent)
+    host.script_event(req.reason)
+    return Done(seq=req.seq), None
+
+
 def on_teardown(host: Host, msg: Message) -> Reply:
     host.teardown()
     return Done(seq=_as(msg, Teardown).seq), None
@@ -309,6 +394,7 @@ POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
         Hello: Rule(on_hello, frozenset({Phase.NEW}), once=True, then=Phase.READY),
         CreateTun: Rule(on_create_tun, frozenset({Phase.READY}), once=True, then=Phase.TUN_UP),
         NetConfig: Rule(on_net_config, frozenset({Phase.TUN_UP})),
+        ScriptEvent: Rule(on_script_event, frozenset({Phase.TUN_UP})),
         Teardown: Rule(
             on_teardown, frozenset({Phase.READY, Phase.TUN_UP}), once=True, then=Phase.CLOSED
         ),

@@ -20,6 +20,10 @@ Ipv6Interface = Annotated[str, Length(4, 43), Match(r"[0-9a-fA-F:.]+/[0-9]{1,3}"
 Prefix = Annotated[str, Length(4, 43), Match(r"[0-9a-fA-F:.]+/[0-9]{1,3}")]
 IpAddress = Annotated[str, Length(2, 39), Match(r"[0-9a-fA-F:.]+")]
 Reason = Annotated[str, Length(1, 200)]
+# A DNS name as a search or routing domain: LDH labels only (policy.py checks the labels).
+Domain = Annotated[str, Length(1, 253), Match(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")]
+# Free text meant for people (the server's banner): printable, newlines allowed, nothing else.
+Banner = Annotated[str, Length(1, 2000), Match(r"[^\x00-\x09\x0b-\x1f\x7f-\x9f]*")]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +54,13 @@ class NetConfig(Message):
     tunnel. ``gateway`` is the VPN server's address: whenever a route through
     the tun would cover it, the helper pins a host route to it along the
     original path, so the tunnel can never carry its own packets.
+
+    DNS: ``dns`` servers are reached through the tunnel; ``domains`` are its
+    search domains, ``split_dns`` the domains whose names only the tunnel's
+    servers answer; ``dns_default`` says whether they also answer every name
+    no other link claims (the helper's resolver backend decides how far it
+    can honour that: see docs/routing-dns.md). ``banner`` and
+    ``idle_timeout`` only reach a vpnc-script's environment.
     """
 
     op: ClassVar[str] = "net_config"
@@ -60,6 +71,24 @@ class NetConfig(Message):
     routes: tuple[Prefix, ...]
     exclude: tuple[Prefix, ...]
     gateway: IpAddress
+    # The defaults serve Python callers only: on the wire every field is required.
+    dns: tuple[IpAddress, ...] = ()
+    domains: tuple[Domain, ...] = ()
+    split_dns: tuple[Domain, ...] = ()
+    dns_default: bool = False
+    banner: Banner | None = None
+    idle_timeout: Annotated[int, Range(1, 2**31 - 1)] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ScriptEvent(Message):
+    """The supervisor's news for a vpnc-script: the worker is about to reconnect
+    (``attempt-reconnect``) or has reconnected (``reconnect``). Without
+    ``--script`` the helper answers Done and does nothing."""
+
+    op: ClassVar[str] = "script_event"
+    seq: Seq
+    reason: Literal["attempt-reconnect", "reconnect"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,7 +126,7 @@ class Refused(Message):
     reason: Reason
 
 
-REQUESTS = Codec(Hello, CreateTun, NetConfig, Teardown)
+REQUESTS = Codec(Hello, CreateTun, NetConfig, ScriptEvent, Teardown)
 """What the helper accepts."""
 
 REPLIES = Codec(Done, TunCreated, Refused)

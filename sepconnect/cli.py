@@ -28,6 +28,7 @@ DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
+DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 _MAX_CAFILE = 60_000
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _CIPHER_LIST = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,31}")
@@ -107,6 +108,40 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_AUDIT_LOG,
         help=f"where the privileged helper appends its audit records "
         f"(default: {DEFAULT_AUDIT_LOG})",
+    )
+    c.add_argument(
+        "--no-routes",
+        action="store_true",
+        help="set the tunnel's addresses and MTU but no routes (for deployments that route "
+        "themselves)",
+    )
+    c.add_argument(
+        "--dns-backend",
+        choices=("auto", "resolved", "resolvconf", "file", "none"),
+        default="auto",
+        help="how to apply the server's DNS servers and domains: systemd-resolved over D-Bus, "
+        "resolvconf, rewriting /etc/resolv.conf, or not at all (default: auto, in that order)",
+    )
+    c.add_argument(
+        "--fail-closed",
+        action="store_true",
+        help="while connected, nftables rules let traffic leave only through the tunnel or to "
+        "the VPN server",
+    )
+    c.add_argument(
+        "-s",
+        "--script",
+        metavar="PATH",
+        help="vpnc-script to run as root for pre-init, connect, attempt-reconnect, reconnect "
+        "and disconnect, instead of setting addresses, routes and DNS ourselves; it must be "
+        "owned by root and writable by nobody else",
+    )
+    c.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=DEFAULT_STATE_DIR,
+        help=f"where the helper records what it installed, to undo it after a crash "
+        f"(default: {DEFAULT_STATE_DIR})",
     )
     c.add_argument(
         "--credentials-file",
@@ -285,8 +320,27 @@ def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
         )
 
 
+def _network_argv(args: argparse.Namespace) -> list[str]:
+    """The helper's argv for routes, DNS, fail-closed and the vpnc-script (issue #7)."""
+    argv = ["--state-dir", args.state_dir, "--dns-backend", args.dns_backend]
+    argv += ["--log-level", str(min(args.verbose, 4))]
+    if args.no_routes:
+        argv.append("--no-routes")
+    if args.fail_closed:
+        argv.append("--fail-closed")
+    if args.script is not None:
+        from sepconnect.privhelper.runner import check_script
+
+        try:
+            check_script(args.script)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--script: {exc}") from None
+        argv += ["--script", args.script]
+    return argv
+
+
 def _spawn_helper(
-    fd: int, peer_uid: int, interface: str | None, audit_log: str
+    fd: int, peer_uid: int, interface: str | None, audit_log: str, extra: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
@@ -302,6 +356,7 @@ def _spawn_helper(
     ]
     if interface:
         argv += ["--interface", interface]
+    argv += extra or []
     # Its own process group: a ^C at the terminal reaches the supervisor only,
     # which then tears the session down in order.
     return subprocess.Popen(
@@ -348,7 +403,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
         verbose=min(args.verbose, 4),
     )
     ours, theirs = socketpair()
-    helper = _spawn_helper(theirs.fileno(), uid, args.interface, args.audit_log)
+    helper = _spawn_helper(
+        theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args)
+    )
     theirs.close()
     # From here on this process is the supervisor and never root again.
     hardening.drop_bounding_set()

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sepconnect.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.privhelper.client import HelperClient, HelperRefused
@@ -262,6 +262,12 @@ class Supervisor:
                     routes=net.routes,
                     exclude=net.exclude,
                     gateway=net.gateway,
+                    dns=net.dns,
+                    domains=net.domains,
+                    split_dns=net.split_dns,
+                    dns_default=net.dns_default,
+                    banner=net.banner,
+                    idle_timeout=net.idle_timeout,
                 )
                 if self.session.net is not None:
                     log("the server changed the configuration; applied the difference")
@@ -289,6 +295,7 @@ class Supervisor:
         s.retry_at = s.retry_action = None
         if s.down_since is not None:
             log(f"session resumed after {now - s.down_since:.2f} s (worker {worker.gen})")
+            self._script_event("reconnect")
         if worker.purpose == "rekey":
             s.last_rekey = time.time()
             log(f"rekeyed: worker {worker.gen} took over the tunnel")
@@ -364,11 +371,20 @@ class Supervisor:
         s.retry_action = decision.action
         return None
 
+    def _script_event(self, reason: Literal["attempt-reconnect", "reconnect"]) -> None:
+        """The helper's vpnc-script (--script) hears of reconnects; a no-op without one."""
+        try:
+            self.helper.script_event(reason)
+        except (HelperRefused, WireError, OSError) as exc:
+            log(f"vpnc-script {reason}: {exc}")
+
     def _retry(self) -> None:
         s = self.session
         action, s.retry_at, s.retry_action = s.retry_action, None, None
         if self.candidate is not None:
             return
+        if self.tun is not None:
+            self._script_event("attempt-reconnect")
         if action == Action.LOG_IN:
             s.cookie = None
             self._spawn("login", cookie=None)
@@ -393,6 +409,7 @@ class Supervisor:
         s.down_since = time.monotonic()
         s.restarts += 1
         self.state = State.RECONNECTING
+        self._script_event("attempt-reconnect")
         self._spawn("resume", cookie=s.cookie)
 
     # -- messages from workers -------------------------------------------------------------

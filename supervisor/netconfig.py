@@ -2,15 +2,28 @@
 
 The worker parsed the server's headers but is not trusted: every value is
 parsed again here, and the helper checks the result once more under its own
-policy. Routing policy (what "no split-include" means) lives here, in one place.
+policy. Routing and DNS policy live here, in one place (docs/routing-dns.md):
+
+- routes: each family with an address routes its split-includes through the
+  tunnel, or everything (``0.0.0.0/0`` / ``::/0``) when it has none;
+- DNS: the servers of the families the tunnel has (at most 8); search domains
+  (X-CSTP-Default-Domain) and split-DNS domains that pass the helper's strict
+  host-name rule (others are dropped with a note); the tunnel's servers answer
+  *every* name (``dns_default``) unless the server gave split-DNS domains and
+  did not say X-CSTP-Tunnel-All-DNS: true.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
+from sepconnect.privhelper.policy import MAX_DNS, MAX_DOMAINS, Refusal, check_domain
 from sepconnect.supervisor.schema import TunnelUp
+
+_NOT_PRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+MAX_BANNER = 2000
 
 IPv4 = 4
 IPv6 = 6
@@ -29,6 +42,12 @@ class DesiredNet:
     exclude: tuple[str, ...]
     gateway: str
     notes: tuple[str, ...]  # what was dropped and why, for the log
+    dns: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    split_dns: tuple[str, ...] = ()
+    dns_default: bool = False
+    banner: str | None = None
+    idle_timeout: int | None = None
 
 
 def _interface(
@@ -84,6 +103,21 @@ def desired_net(up: TunnelUp) -> DesiredNet:
             notes.append(f"exclude {net} ignored: it would take the whole family out of the tunnel")
         elif net.version in families:
             exclude.append(str(net))
+    dns: list[str] = []
+    for text in up.dns:
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise BadTunnelConfig(f"bad DNS server {text!r}") from None
+        if addr.version not in families:
+            notes.append(f"DNS server {addr} ignored: no IPv{addr.version} address on the tunnel")
+        elif str(addr) not in dns:
+            dns.append(str(addr))
+    if len(dns) > MAX_DNS:
+        notes.append(f"DNS servers after the first {MAX_DNS} ignored")
+        dns = dns[:MAX_DNS]
+    domains = _domains(up.domains, "search domain", notes) if dns else ()
+    split_dns = _domains(up.split_dns, "split-DNS domain", notes) if dns else ()
     return DesiredNet(
         mtu=up.mtu,
         ipv4=None if ipv4 is None else str(ipv4),
@@ -92,4 +126,33 @@ def desired_net(up: TunnelUp) -> DesiredNet:
         exclude=tuple(dict.fromkeys(exclude)),
         gateway=str(gateway),
         notes=tuple(notes),
+        dns=tuple(dns),
+        domains=domains,
+        split_dns=split_dns,
+        dns_default=bool(dns) and (up.tunnel_all_dns or not split_dns),
+        banner=_banner(up.banner),
+        idle_timeout=up.idle_timeout,
     )
+
+
+def _domains(texts: tuple[str, ...], what: str, notes: list[str]) -> tuple[str, ...]:
+    kept: list[str] = []
+    for text in texts:
+        try:
+            name = check_domain(text, what)
+        except Refusal as exc:
+            notes.append(f"{exc}: ignored")
+            continue
+        if name not in kept:
+            kept.append(name)
+    if len(kept) > MAX_DOMAINS:
+        notes.append(f"{what}s after the first {MAX_DOMAINS} ignored")
+    return tuple(kept[:MAX_DOMAINS])
+
+
+def _banner(text: str | None) -> str | None:
+    """Printable text only (newlines kept), at most MAX_BANNER characters."""
+    if not text:
+        return None
+    cleaned = _NOT_PRINTABLE.sub("", text).strip()
+    return cleaned[:MAX_BANNER] or None

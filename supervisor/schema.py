@@ -13,6 +13,7 @@ from sepconnect.privhelper.schema import IpAddress, Ipv4Interface, Ipv6Interface
 from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
 
 Text = Annotated[str, Length(0, 1024)]
+ServerDomain = Annotated[str, Length(1, 253), Match(r"[A-Za-z0-9_.-]+")]
 FailureKind = Literal[
     "error",
     "auth_failed",
@@ -79,6 +80,11 @@ class TunnelUp(Message):
     banner: Annotated[str, Length(0, 4096)] | None
     rekey_time: Annotated[int, Range(0, 2**31 - 1)] | None = None
     rekey_method: Literal["ssl", "new-tunnel", "none"] | None = None
+    # DNS names as the worker parsed them (netconfig.py applies the strict rules).
+    domains: Annotated[tuple[ServerDomain, ...], Length(0, 64)] = ()
+    split_dns: Annotated[tuple[ServerDomain, ...], Length(0, 64)] = ()
+    tunnel_all_dns: bool = False
+    idle_timeout: Annotated[int, Range(1, 2**31 - 1)] | None = None
     cookie: Cookie = dataclasses.field(default="", repr=False)
     """The session cookie, kept only in the supervisor's memory to resume the session."""
 

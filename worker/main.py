@@ -53,6 +53,10 @@ def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
         rekey_time=cfg.rekey_time,
         rekey_method=_rekey_method(cfg.rekey_method),
         cookie=tunnel.cookie,
+        domains=tuple(cfg.default_domain.split()) if cfg.default_domain else (),
+        split_dns=cfg.split_dns,
+        tunnel_all_dns=cfg.tunnel_all_dns,
+        idle_timeout=cfg.idle_timeout,
     )
 
 

@@ -181,9 +181,12 @@ def start(ns: str, helper_cmd: list[str], tmp_path: Path) -> Iterator[Any]:
 
 
 def static_routes(ns: str) -> set[tuple[str, str, str | None, int]]:
-    """Every `proto static` route in the namespace: (dst, dev, gateway, metric)."""
-    routes = ip_json(ns, "route", "show", "proto", "static")
-    routes += ip_json(ns, "-6", "route", "show", "proto", "static")
+    """Every route of ours (`proto 157`, sepconnect's own protocol number) in the
+    namespace, and any `proto static` one: (dst, dev, gateway, metric)."""
+    routes = []
+    for proto in ("157", "static"):
+        routes += ip_json(ns, "route", "show", "proto", proto)
+        routes += ip_json(ns, "-6", "route", "show", "proto", proto)
     return {(r["dst"], r["dev"], r.get("gateway"), r.get("metric", 0)) for r in routes}
 
 
@@ -438,8 +441,8 @@ def test_identical_net_config_changes_nothing_and_changes_apply_only_the_diff(
     finally:
         watch.close()
     assert sorted(events) == [
-        f"198.18.64.0/18 dev {ifname} proto static scope link metric 50",
-        f"Deleted 198.18.32.0/20 dev {ifname} proto static scope link metric 50",
+        f"198.18.64.0/18 dev {ifname} proto 157 scope link metric 50",
+        f"Deleted 198.18.32.0/20 dev {ifname} proto 157 scope link metric 50",
     ]
 
 

@@ -36,6 +36,7 @@ def test_privhelper_imports_only_stdlib_msgpack_pyroute2_and_itself(path: Path) 
                 "msgpack",
                 "pyroute2",
                 "setproctitle",
+                "jeepney",  # dns.py: the D-Bus client for systemd-resolved (pure Python)
             }, name
 
 

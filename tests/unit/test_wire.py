@@ -100,6 +100,16 @@ def send_raw(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> 
     sock.sendmsg([data], anc)
 
 
+NC_DNS: dict[str, object] = {
+    "dns": [],
+    "domains": [],
+    "split_dns": [],
+    "dns_default": False,
+    "banner": None,
+    "idle_timeout": None,
+}
+
+
 def raw(op: str, **fields: object) -> bytes:
     return msgpack.packb({"op": op, **fields}, use_bin_type=True)
 
@@ -194,11 +204,16 @@ def test_encode_refuses_messages_of_another_channel() -> None:
         (msgpack.packb({"op": "teardown", "seq": msgpack.ExtType(1, b"x")}), "undecodable"),
         (msgpack.packb({"op": "teardown", "seq": 1}) + b"\x00", "undecodable"),
         (raw("net_config", seq=1, mtu=1400, ipv4="1.2.3.4/24\n", ipv6=None, routes=[],
-             exclude=[], gateway="198.18.1.1"), "does not match"),
+             exclude=[], gateway="198.18.1.1", **NC_DNS), "does not match"),
         (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes=["198.18.0.0/16"] * 300,
-             exclude=[], gateway="198.18.1.1"), "undecodable"),
+             exclude=[], gateway="198.18.1.1", **NC_DNS), "undecodable"),
         (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes="198.18.0.0/16",
-             exclude=[], gateway="198.18.1.1"), "expected a list"),
+             exclude=[], gateway="198.18.1.1", **NC_DNS), "expected a list"),
+        (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes=[], exclude=[],
+             gateway="198.18.1.1", **{**NC_DNS, "domains": ["corp.example\nnameserver 6.6.6.6"]}),
+         "does not match"),
+        (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes=[], exclude=[],
+             gateway="198.18.1.1", **{**NC_DNS, "banner": "hi\x1b[2J"}), "does not match"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )  # fmt: skip

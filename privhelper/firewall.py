@@ -1,0 +1,84 @@
+"""``--fail-closed``: nftables rules that let traffic leave only through the tunnel.
+
+While the session is up, one table of our own, ``inet sepconnect_<helper pid>``,
+has an output chain (priority ``filter``, policy drop) that accepts only:
+
+* loopback and the tun;
+* the VPN gateway (the tunnel's own packets);
+* the split-exclude prefixes (they were pushed to stay outside the tunnel);
+* IPv6 neighbour and router discovery and DHCP/DHCPv6 (the uplink itself must
+  keep working, or the gateway becomes unreachable);
+
+and rejects everything else (TCP with a reset, the rest with ICMP
+"administratively prohibited"), so applications fail at once instead of
+hanging. Traffic routed *through* the host (forwarding) is not filtered.
+
+The ruleset is generated here from validated values (our own interface name,
+addresses and prefixes) and loaded by the root script runner with ``nft -f -``
+as one transaction that replaces the table atomically; it is deleted on
+disconnect. pyroute2's nftables support is too low-level to express this
+reviewably, hence ``nft``. After a crash the table stays (traffic stays blocked:
+fail closed) until the next helper start removes it (state.py).
+
+Worker restarts need nothing from here: the helper keeps the tun and its routes
+while a worker is replaced, so packets for the tunnel queue or drop in the tun
+and never take the uplink (tests/integration/test_routes_dns.py checks this
+with and without this table).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from sepconnect.privhelper.policy import Network, Wanted
+
+
+def table_name(pid: int) -> str:
+    return f"sepconnect_{pid}"
+
+
+def _set(items: Iterable[object]) -> str:
+    return "{ " + ", ".join(str(i) for i in items) + " }"
+
+
+def ruleset(table: str, ifname: str, wanted: Wanted) -> str:
+    """The whole table, replacing any previous version of it in one transaction."""
+    gateway = wanted.gateway
+    v4: list[object] = []
+    v6: list[object] = []
+    (v4 if gateway.version == 4 else v6).append(gateway)
+    excludes: list[Network] = list(wanted.exclude)
+    v4 += [n for n in excludes if n.version == 4]
+    v6 += [n for n in excludes if n.version == 6]
+    lines = [
+        f"table inet {table}",
+        f"delete table inet {table}",
+        f"table inet {table} {{",
+        "  chain output {",
+        "    type filter hook output priority filter; policy drop;",
+        '    oif "lo" accept',
+        f'    oifname "{ifname}" accept',
+    ]
+    if v4:
+        lines.append(f"    ip daddr {_set(v4)} accept")
+    if v6:
+        lines.append(f"    ip6 daddr {_set(v6)} accept")
+    lines += [
+        "    icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
+        "    udp sport 68 udp dport 67 accept",
+        "    udp sport 546 udp dport 547 accept",
+        "    meta l4proto tcp reject with tcp reset",
+        "    reject with icmpx type admin-prohibited",
+        "  }",
+        "}",
+    ]
+    text = "\n".join(lines) + "\n"
+    # Everything above came from ipaddress objects and our own interface name.
+    assert all(isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address) for a in [gateway])
+    return text
+
+
+def delete(table: str) -> str:
+    """Remove the table; creating it first makes this succeed when it is already gone."""
+    return f"table inet {table}\ndelete table inet {table}\n"

@@ -1,0 +1,362 @@
+"""The system operations behind the policy's handlers (:class:`policy.Host`), for one session.
+
+:class:`Helper` owns the tun, its routes (netconf.Router), the resolver backend
+(dns.py), the fail-closed table (firewall.py), the vpnc-script (script.py, run
+by runner.py) and the state file (state.py). Two modes:
+
+* normal: the helper installs addresses, MTU, routes and DNS itself
+  (``--no-routes``: addresses and MTU only; ``--dns-backend none``: no DNS);
+* ``--script PATH``: the vpnc-script does it, as under openconnect. The helper
+  creates the tun and runs the script as root for ``pre-init`` (before the
+  tun), ``connect`` (the first NetConfig, and again after a ``disconnect`` when
+  a later NetConfig differs), ``attempt-reconnect`` and ``reconnect``
+  (ScriptEvent from the supervisor) and ``disconnect`` (teardown, and every
+  other way out). A script's exit status is audited and otherwise ignored, as
+  openconnect does.
+
+:func:`recover` undoes what crashed helpers left behind (see state.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+from typing import Any
+
+from sepconnect.privhelper import audit as _audit
+from sepconnect.privhelper import dns as _dns
+from sepconnect.privhelper import firewall as _firewall
+from sepconnect.privhelper import state as _state
+from sepconnect.privhelper.netconf import (
+    METRIC,
+    RT_TABLE_MAIN,
+    RTPROT_SEPCONNECT,
+    DelRoute,
+    KernelError,
+    Netlink,
+    Router,
+    SetMtu,
+    competing,
+    is_tun_route,
+    route_from_record,
+    route_record,
+)
+from sepconnect.privhelper.policy import Refusal, Wanted
+from sepconnect.privhelper.runner import (
+    Ran,
+    RunnerClient,
+    RunNft,
+    RunResolvconf,
+    RunScript,
+)
+from sepconnect.privhelper.script import encode_env, script_env
+from sepconnect.privhelper.tun import Tun, open_tun
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    """Root's choices from the helper's argv."""
+
+    ifname: str  # a name or a template with %d
+    named: bool = False  # --interface was given (a vpnc-script's pre-init sees TUNDEV)
+    no_routes: bool = False
+    fail_closed: bool = False
+    dns_backend: _dns.BackendName = "none"
+    script: str | None = None
+    log_level: int = 0
+    state_dir: str | None = None
+
+
+class Helper:
+    """:class:`policy.Host`: the tun and its network state, for one session."""
+
+    def __init__(
+        self,
+        netlink: Netlink,
+        options: Options,
+        audit: _audit.Audit,
+        runner: RunnerClient | None = None,
+    ) -> None:
+        self.netlink = netlink
+        self.options = options
+        self.audit = audit
+        self.runner = runner
+        self.tun: Tun | None = None
+        self.router: Router | None = None
+        self.dns: _dns.Backend = _dns.NoDns()
+        self.table: str | None = None
+        self.script_wanted: Wanted | None = None
+        self.vpnpid = 0
+        self.state = None if options.state_dir is None else _state.StateFile(options.state_dir)
+
+    # -- the policy's operations -------------------------------------------------------
+
+    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+        if self.audit.sender is not None:
+            self.vpnpid = self.audit.sender[0]
+        if self.options.script is not None:
+            named = self.options.ifname if self.options.named else None
+            self._script("pre-init", None, named)
+        try:
+            tun = open_tun(self.options.ifname)
+        except OSError as exc:
+            raise Refusal(f"create tun {self.options.ifname}: {exc.strerror or exc}") from None
+        try:
+            ifindex = self.netlink.index_of(tun.name)
+            self.netlink.apply(SetMtu(mtu, None), ifindex)
+            fd = os.dup(tun.fd)
+        except (Refusal, OSError):
+            os.close(tun.fd)  # the device goes with it: nothing was changed
+            raise
+        self.tun = tun
+        self.router = Router(self.netlink, ifindex, mtu)
+        self.dns = self._dns_backend(tun.name, ifindex)
+        self._save(ifname=tun.name)
+        return tun.name, ifindex, fd
+
+    def net_config(self, wanted: Wanted) -> None:
+        if self.router is None or self.tun is None:  # the phase table makes this unreachable
+            raise Refusal("no tun")
+        if self.options.fail_closed:
+            self._firewall(wanted)
+        if self.options.script is not None:
+            if wanted != self.script_wanted:
+                if self.script_wanted is not None:
+                    self._script("disconnect", self.script_wanted, self.tun.name)
+                self.script_wanted = wanted
+                self._save(
+                    script_env=script_env(
+                        "disconnect",
+                        ifname=self.tun.name,
+                        vpnpid=self.vpnpid,
+                        log_level=self.options.log_level,
+                        wanted=wanted,
+                    )
+                )
+                self._script("connect", wanted, self.tun.name)
+            return
+        routed = wanted
+        if self.options.no_routes:
+            routed = dataclasses.replace(wanted, routes=(), exclude=())
+        before = self.router.state.routes
+        self.router.configure(routed)
+        for route in self.router.state.routes - before:
+            if is_tun_route(route, self.router.ifindex):
+                for other in competing(self.netlink.ipr, route):
+                    self.audit.record(
+                        "conflict",
+                        "info",
+                        f"{route.dst}: a route with a lower or equal "
+                        f"metric than ours ({METRIC}) exists and may win: {other}",
+                    )
+        self._save(bypass=self._bypass_records())
+        try:
+            self.dns.apply(_dns.Dns.of(wanted))
+        finally:
+            self._save(dns={"backend": self.dns.name, **self.dns.record()})
+
+    def script_event(self, reason: str) -> None:
+        if self.options.script is None or self.script_wanted is None or self.tun is None:
+            return
+        self._script(reason, self.script_wanted, self.tun.name)
+
+    def teardown(self) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove what we installed, then close the tun (the device disappears). Idempotent."""
+        errors: list[str] = []
+        if self.script_wanted is not None and self.tun is not None:
+            ran = self._script("disconnect", self.script_wanted, self.tun.name)
+            if ran.status != 0:
+                errors.append(f"vpnc-script disconnect: {ran.note}")
+            self.script_wanted = None
+        errors += self.dns.revert()
+        for note in getattr(self.dns, "notes", []):
+            self.audit.record("dns", "info", note)
+        if self.router is not None:
+            errors += self.router.clear()
+            self.router = None
+        if self.table is not None and self.runner is not None:
+            ran = self.runner.call(RunNft(ruleset=_firewall.delete(self.table)))
+            if ran.status != 0:
+                errors.append(f"fail-closed table {self.table}: {ran.note}")
+            self.table = None
+        if self.tun is not None or errors:
+            self.audit.record(
+                "cleanup", "info" if not errors else "fatal", "; ".join(errors)[:1000]
+            )
+        if self.tun is not None:
+            os.close(self.tun.fd)
+            self.tun = None
+        if self.state is not None and not errors:
+            self.state.remove()
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+    # -- parts ---------------------------------------------------------------------------
+
+    def _dns_backend(self, ifname: str, ifindex: int) -> _dns.Backend:
+        backend = self.options.dns_backend
+        if backend == "resolved":
+            return _dns.Resolved(ifindex)
+        if backend == "resolvconf":
+            return _dns.Resolvconf(ifname, self._resolvconf)
+        if backend == "file":
+            if self.options.state_dir is None:
+                raise Refusal("the file DNS backend needs a state directory")
+            saved = os.path.join(self.options.state_dir, f"resolv.conf.{os.getpid()}.orig")
+            return _dns.ResolvConfFile(ifname, saved)
+        return _dns.NoDns()
+
+    def _resolvconf(self, action: str, record: str, content: str) -> None:
+        if self.runner is None:
+            raise Refusal("resolvconf: no script runner")
+        msg = RunResolvconf(
+            action="add" if action == "add" else "delete", record=record, content=content
+        )
+        ran = self.runner.call(msg)
+        self.audit.record(
+            "resolvconf",
+            "ok" if ran.status == 0 else "refused",
+            ran.note,
+            {"action": action, "record": record},
+        )
+        if ran.status != 0:
+            raise Refusal(f"resolvconf {action} {record}: {ran.note or ran.status}")
+
+    def _firewall(self, wanted: Wanted) -> None:
+        if self.runner is None or self.tun is None:
+            raise Refusal("fail-closed: no script runner")
+        table = _firewall.table_name(os.getpid())
+        ran = self.runner.call(RunNft(ruleset=_firewall.ruleset(table, self.tun.name, wanted)))
+        self.audit.record(
+            "fail_closed",
+            "ok" if ran.status == 0 else "refused",
+            ran.note,
+            {"table": table, "gateway": str(wanted.gateway)},
+        )
+        if ran.status != 0:
+            raise Refusal(f"fail-closed rules: {ran.note or ran.status}")
+        if self.table is None:
+            self.table = table
+            self._save(firewall=table)
+
+    def _script(self, reason: str, wanted: Wanted | None, ifname: str | None) -> Ran:
+        if self.runner is None:
+            raise Refusal("vpnc-script: no script runner")
+        env = script_env(
+            reason,
+            ifname=ifname,
+            vpnpid=self.vpnpid,
+            log_level=self.options.log_level,
+            wanted=wanted,
+        )
+        ran = self.runner.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
+        self.audit.record(
+            "script",
+            "ok" if ran.status == 0 else "info",
+            ran.note + (" (ignored, as openconnect does)" if ran.status else ""),
+            {"reason": reason, "status": ran.status, "tundev": ifname},
+        )
+        return ran
+
+    def _bypass_records(self) -> list[dict[str, Any]]:
+        if self.router is None:
+            return []
+        return [
+            route_record(r)
+            for r in sorted(self.router.state.routes, key=str)
+            if not is_tun_route(r, self.router.ifindex)
+        ]
+
+    def _save(self, **changes: Any) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.write(**changes)
+        except OSError as exc:
+            self.audit.record("state", "info", f"cannot write {self.state.path}: {exc}")
+
+
+def recover(
+    stale: list[tuple[str, dict[str, Any]]],
+    netlink: Netlink,
+    runner: RunnerClient | None,
+    audit: _audit.Audit,
+) -> None:
+    """Undo what crashed helpers left behind; one ``recover`` audit record per step."""
+    for path, data in stale:
+        who = {"pid": data.get("pid"), "ifname": str(data.get("ifname", ""))[:15]}
+
+        def note(result: _audit.Result, what: str) -> None:
+            audit.record("recover", result, what[:500], dict(who))  # noqa: B023
+
+        ok = True
+        env = data.get("script_env")
+        if isinstance(env, list) and runner is not None and runner.programs.script is not None:
+            try:
+                items = [(str(k), str(v)) for k, v in env]
+                ran = runner.call(RunScript(reason="disconnect", env=encode_env(items)))
+                note(
+                    "ok" if ran.status == 0 else "info",
+                    f"vpnc-script disconnect for the crashed session: status {ran.status}",
+                )
+            except (TypeError, ValueError):
+                note("info", "unreadable vpnc-script environment: not run")
+        for record in data.get("bypass", []) if isinstance(data.get("bypass"), list) else []:
+            route = route_from_record(record)
+            if route is None:
+                continue
+            try:
+                netlink.apply(DelRoute(route), 0)
+                note(
+                    "ok",
+                    f"deleted stale route {route} (proto {RTPROT_SEPCONNECT}, "
+                    f"metric {METRIC}, table {RT_TABLE_MAIN})",
+                )
+            except KernelError as exc:
+                if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                    ok = False
+                    note("info", f"stale route {route}: {exc}")
+        dns = data.get("dns")
+        if isinstance(dns, dict):
+            if dns.get("backend") == "file" and all(
+                isinstance(dns.get(k), str) for k in ("path", "saved", "written")
+            ):
+                try:
+                    note("ok", _dns.restore_resolv_conf(dns["path"], dns["written"], dns["saved"]))
+                except OSError as exc:
+                    ok = False
+                    note("info", f"resolv.conf not restored: {exc}")
+            elif (
+                dns.get("backend") == "resolvconf"
+                and isinstance(dns.get("record"), str)
+                and runner is not None
+                and runner.programs.resolvconf is not None
+            ):
+                ran = runner.call(RunResolvconf(action="delete", record=dns["record"], content=""))
+                note(
+                    "ok" if ran.status == 0 else "info",
+                    f"resolvconf -d {dns['record']}: status {ran.status}",
+                )
+        table = data.get("firewall")
+        if (
+            isinstance(table, str)
+            and table.startswith("sepconnect_")
+            and table[11:].isdigit()
+            and runner is not None
+            and runner.programs.nft is not None
+        ):
+            ran = runner.call(RunNft(ruleset=_firewall.delete(table)))
+            note(
+                "ok" if ran.status == 0 else "info",
+                f"deleted fail-closed table {table}: status {ran.status}",
+            )
+        if ok:
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                note("info", f"cannot remove {path}: {exc}")

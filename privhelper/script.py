@@ -1,0 +1,120 @@
+"""The vpnc-script environment (PROTOCOL.md §6), built from validated values only.
+
+openconnect exports the server's headers to the script almost verbatim. The
+helper instead builds every variable from a :class:`policy.Wanted` — addresses,
+prefixes and numbers parsed by :mod:`ipaddress`, domains that passed
+:func:`policy.check_domain`, a banner of printable characters — plus what it
+knows itself (its tun's name, the supervisor's pid from SCM_CREDENTIALS). No
+raw server string reaches the environment. The runner (runner.py) checks each
+variable's name and value once more before it executes the script.
+
+Differences from openconnect, all deliberate:
+
+* ``CISCO_CSTP_OPTIONS`` is rebuilt from the validated values (address, netmask,
+  MTU, DNS, domains, split routes, idle timeout), not copied from the headers.
+* ``CISCO_PROXY_PAC`` and ``INTERNAL_IP4_NBNS`` are not set (not parsed).
+* ``INTERNAL_IP4_DNS`` carries IPv4 and IPv6 servers, space separated, at most
+  three (as openconnect); ``INTERNAL_IP6_DNS`` carries the IPv6 ones as well,
+  for scripts that read it.
+* For ``pre-init`` only ``reason``, ``TUNDEV`` (when ``--interface`` names
+  it), ``VPNPID`` and ``LOG_LEVEL`` are set: the gateway and tunnel are not
+  known before the tun is created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from sepconnect.privhelper.policy import Network, Wanted
+
+MAX_SCRIPT_DNS = 3  # as openconnect
+
+
+def _routes(prefix: str, nets: Iterable[Network], v6: bool) -> list[tuple[str, str]]:
+    env: list[tuple[str, str]] = []
+    items = list(nets)
+    if not items:
+        return env
+    env.append((prefix, str(len(items))))
+    for i, net in enumerate(items):
+        env.append((f"{prefix}_{i}_ADDR", str(net.network_address)))
+        if not v6:
+            env.append((f"{prefix}_{i}_MASK", str(net.netmask)))
+        env.append((f"{prefix}_{i}_MASKLEN", str(net.prefixlen)))
+    return env
+
+
+def split_lists(wanted: Wanted) -> dict[str, list[Network]]:
+    """Includes and excludes per family, as the server pushed them: a family routed
+    whole (the two /1 halves) has no include list, which tells a vpnc-script to
+    route it whole."""
+    full = wanted.full_tunnel
+    return {
+        "CISCO_SPLIT_INC": [] if full[4] else [r for r in wanted.routes if r.version == 4],
+        "CISCO_IPV6_SPLIT_INC": [] if full[6] else [r for r in wanted.routes if r.version == 6],
+        "CISCO_SPLIT_EXC": [r for r in wanted.exclude if r.version == 4],
+        "CISCO_IPV6_SPLIT_EXC": [r for r in wanted.exclude if r.version == 6],
+    }
+
+
+def script_env(
+    reason: str,
+    *,
+    ifname: str | None,
+    vpnpid: int,
+    log_level: int,
+    wanted: Wanted | None,
+) -> list[tuple[str, str]]:
+    """The variables for one run of the script, in a stable order."""
+    env: list[tuple[str, str]] = [("reason", reason)]
+    if ifname is not None:
+        env.append(("TUNDEV", ifname))
+    env += [("VPNPID", str(vpnpid)), ("LOG_LEVEL", str(log_level))]
+    if wanted is None:
+        return env
+    env.append(("VPNGATEWAY", str(wanted.gateway)))
+    env.append(("INTERNAL_IP4_MTU", str(wanted.mtu)))
+    options: list[tuple[str, str]] = [("X-CSTP-MTU", str(wanted.mtu))]
+    if wanted.idle_timeout is not None:
+        env.append(("IDLE_TIMEOUT", str(wanted.idle_timeout)))
+        options.append(("X-CSTP-Idle-Timeout", str(wanted.idle_timeout)))
+    for iface in wanted.addresses:
+        if isinstance(iface, ipaddress.IPv4Interface):
+            env.append(("INTERNAL_IP4_ADDRESS", str(iface.ip)))
+            env.append(("INTERNAL_IP4_NETMASK", str(iface.netmask)))
+            env.append(("INTERNAL_IP4_NETMASKLEN", str(iface.network.prefixlen)))
+            env.append(("INTERNAL_IP4_NETADDR", str(iface.network.network_address)))
+            options += [("X-CSTP-Address", str(iface.ip)), ("X-CSTP-Netmask", str(iface.netmask))]
+        else:
+            env.append(("INTERNAL_IP6_ADDRESS", str(iface.ip)))
+            env.append(("INTERNAL_IP6_NETMASK", f"{iface.ip}/{iface.network.prefixlen}"))
+            options.append(("X-CSTP-Address-IP6", f"{iface.ip}/{iface.network.prefixlen}"))
+    dns = list(wanted.dns[:MAX_SCRIPT_DNS])
+    if dns:
+        env.append(("INTERNAL_IP4_DNS", " ".join(str(a) for a in dns)))
+        v6 = [str(a) for a in dns if a.version == 6]
+        if v6:
+            env.append(("INTERNAL_IP6_DNS", " ".join(v6)))
+        options += [("X-CSTP-DNS", str(a)) for a in wanted.dns]
+    if wanted.domains:
+        env.append(("CISCO_DEF_DOMAIN", " ".join(wanted.domains)))
+        options.append(("X-CSTP-Default-Domain", " ".join(wanted.domains)))
+    if wanted.split_dns:
+        env.append(("CISCO_SPLIT_DNS", ",".join(wanted.split_dns)))
+        options += [("X-CSTP-Split-DNS", d) for d in wanted.split_dns]
+    if wanted.banner is not None:
+        env.append(("CISCO_BANNER", wanted.banner))
+    lists = split_lists(wanted)
+    for name, nets in lists.items():
+        env += _routes(name, nets, v6="IPV6" in name)
+        header = "Exclude" if "EXC" in name else "Include"
+        suffix = "-IP6" if "IPV6" in name else ""
+        options += [(f"X-CSTP-Split-{header}{suffix}", str(n)) for n in nets]
+    env.append(("CISCO_CSTP_OPTIONS", "".join(f"{k}={v}\n" for k, v in options)))
+    return env
+
+
+def encode_env(env: list[tuple[str, str]]) -> bytes:
+    """The runner's wire form: ``NAME=value`` items separated by NUL bytes."""
+    return b"\0".join(f"{k}={v}".encode() for k, v in env)

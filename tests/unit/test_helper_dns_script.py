@@ -1,0 +1,353 @@
+"""Pure parts of issue #7 without root: DNS values, resolver texts, the vpnc-script
+environment (including hostile values), the fail-closed ruleset, the state file and
+the supervisor's DNS policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sepconnect.privhelper import dns, firewall, script, state
+from sepconnect.privhelper.policy import Refusal, Wanted, check_domain, check_net_config
+from sepconnect.privhelper.runner import check_env, check_script
+from sepconnect.privhelper.schema import REQUESTS, NetConfig
+from sepconnect.privhelper.wire import WireError
+from sepconnect.supervisor.netconfig import desired_net
+from sepconnect.supervisor.schema import TunnelUp
+
+HOSTILE = [
+    "corp.example\nnameserver 6.6.6.6",
+    "$(touch /tmp/pwned).example",
+    "`id`.example",
+    "a b.example",
+    "a;b.example",
+    "x" * 64 + ".example",
+    ("abc." * 64)[:254],
+    "under_score.example",
+    "-lead.example",
+    "trail-.example",
+    "",
+    ".",
+    "example.123",
+]
+
+NC = NetConfig(
+    seq=1,
+    mtu=1400,
+    ipv4="198.18.100.2/24",
+    ipv6="2001:2:0:100::2/64",
+    routes=("198.18.2.0/24", "::/0"),
+    exclude=("198.18.3.0/24",),
+    gateway="198.18.1.1",
+    dns=("198.18.2.53", "2001:2:0:2::53", "198.18.2.53"),
+    domains=("Corp.Example.", "lab.test"),
+    split_dns=("intra.example",),
+    dns_default=False,
+    banner="Welcome $(touch /tmp/pwned)\n`id`; rm -rf /",
+    idle_timeout=1200,
+)
+
+
+def test_domains_are_strict_host_names() -> None:
+    assert check_domain("Corp.Example.", "domain") == "corp.example"
+    assert check_domain("a-b.c0.example", "domain") == "a-b.c0.example"
+    for text in HOSTILE:
+        with pytest.raises(Refusal, match="not a valid domain name"):
+            check_domain(text, "domain")
+
+
+def test_net_config_dns_values() -> None:
+    wanted = check_net_config(NC)
+    assert [str(a) for a in wanted.dns] == ["198.18.2.53", "2001:2:0:2::53"]
+    assert wanted.domains == ("corp.example", "lab.test")
+    assert wanted.split_dns == ("intra.example",)
+    assert wanted.dns_default is False
+    bad = [
+        ({"dns": ("127.0.0.1",)}, "dns 127.0.0.1: loopback"),
+        ({"ipv6": None, "routes": ("198.18.2.0/24",)}, "dns 2001:2:0:2::53: the tunnel has no"),
+        ({"dns": ("198.18.2.53",) * 9}, "too many DNS servers"),
+        ({"domains": ("a.example",) * 33}, "too many domains"),
+        ({"dns": (), "domains": ("a.example",)}, "domains without DNS servers"),
+        ({"split_dns": ("bad_name.example",)}, "split-dns domain 'bad_name.example'"),
+    ]
+    for changes, reason in bad:
+        with pytest.raises(Refusal, match=reason.replace("(", r"\(")):
+            check_net_config(dataclasses.replace(NC, **changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("domains", ("corp.example\nnameserver 6.6.6.6",)),
+        ("domains", ("$(reboot).example",)),
+        ("split_dns", ("a b",)),
+        ("banner", "clear\x1b[2J"),
+        ("banner", "x" * 2001),
+        ("dns", ("198.18.2.53; rm",)),
+    ],
+)
+def test_hostile_values_do_not_even_decode(field: str, value: object) -> None:
+    data = REQUESTS.encode(dataclasses.replace(NC, **{field: value}))  # type: ignore[arg-type]
+    with pytest.raises(WireError):
+        REQUESTS.decode_untrusted(data)
+
+
+def env_of(wanted: Wanted, reason: str = "connect") -> dict[str, str]:
+    items = script.script_env(reason, ifname="sepc0", vpnpid=4242, log_level=1, wanted=wanted)
+    blob = script.encode_env(items)
+    checked = check_env(blob)  # what the runner accepts is exactly what was built
+    assert checked == dict(items)
+    return checked
+
+
+def test_script_env_split_tunnel() -> None:
+    env = env_of(check_net_config(NC))
+    assert env["reason"] == "connect"
+    assert env["TUNDEV"] == "sepc0"
+    assert env["VPNGATEWAY"] == "198.18.1.1"
+    assert env["VPNPID"] == "4242"
+    assert env["INTERNAL_IP4_ADDRESS"] == "198.18.100.2"
+    assert env["INTERNAL_IP4_NETMASK"] == "255.255.255.0"
+    assert env["INTERNAL_IP4_NETMASKLEN"] == "24"
+    assert env["INTERNAL_IP4_NETADDR"] == "198.18.100.0"
+    assert env["INTERNAL_IP4_MTU"] == "1400"
+    assert env["INTERNAL_IP6_ADDRESS"] == "2001:2:0:100::2"
+    assert env["INTERNAL_IP6_NETMASK"] == "2001:2:0:100::2/64"
+    assert env["INTERNAL_IP4_DNS"] == "198.18.2.53 2001:2:0:2::53"
+    assert env["CISCO_DEF_DOMAIN"] == "corp.example lab.test"
+    assert env["CISCO_SPLIT_DNS"] == "intra.example"
+    assert env["IDLE_TIMEOUT"] == "1200"
+    # IPv4 is split: one include; IPv6 is routed whole: no IPv6 include list.
+    assert env["CISCO_SPLIT_INC"] == "1"
+    assert env["CISCO_SPLIT_INC_0_ADDR"] == "198.18.2.0"
+    assert env["CISCO_SPLIT_INC_0_MASK"] == "255.255.255.0"
+    assert env["CISCO_SPLIT_INC_0_MASKLEN"] == "24"
+    assert "CISCO_IPV6_SPLIT_INC" not in env
+    assert env["CISCO_SPLIT_EXC"] == "1"
+    assert env["CISCO_SPLIT_EXC_0_ADDR"] == "198.18.3.0"
+    # The banner goes through literally: data, never code.
+    assert env["CISCO_BANNER"] == "Welcome $(touch /tmp/pwned)\n`id`; rm -rf /"
+    assert "X-CSTP-Split-Include=198.18.2.0/24\n" in env["CISCO_CSTP_OPTIONS"]
+    assert "X-CSTP-Default-Domain=corp.example lab.test\n" in env["CISCO_CSTP_OPTIONS"]
+
+
+def test_script_env_full_tunnel_and_pre_init() -> None:
+    wanted = check_net_config(dataclasses.replace(NC, routes=("0.0.0.0/0", "::/0")))
+    env = env_of(wanted, "disconnect")
+    assert "CISCO_SPLIT_INC" not in env
+    assert "CISCO_IPV6_SPLIT_INC" not in env
+    items = script.script_env("pre-init", ifname=None, vpnpid=7, log_level=0, wanted=None)
+    assert dict(items) == {"reason": "pre-init", "VPNPID": "7", "LOG_LEVEL": "0"}
+    assert check_env(script.encode_env(items)) == dict(items)
+
+
+def test_script_env_with_many_routes_fits_the_runner() -> None:
+    routes = tuple(f"198.19.{i}.0/24" for i in range(200))
+    wanted = check_net_config(dataclasses.replace(NC, routes=routes))
+    env = env_of(wanted)
+    assert env["CISCO_SPLIT_INC"] == "200"
+    assert len(script.encode_env(list(env.items()))) < 60_000
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        b"reason=connect\0CISCO_DEF_DOMAIN=a.example\nnameserver 6.6.6.6",
+        b"reason=connect\0TUNDEV=$(id)",
+        b"reason=connect\0LD_PRELOAD=/tmp/x.so",
+        b"reason=connect\0PATH=/tmp",
+        b"reason=connect\0VPNGATEWAY=1.2.3.4 ; id",
+        b"reason=connect\0CISCO_BANNER=" + b"x" * 2001,
+        b"reason=connect\0CISCO_BANNER=a\x1bb",
+        b"reason=connect\0reason=disconnect",
+        b"reason=bogus",
+        b"TUNDEV=sepc0",
+        b"reason=connect\0CISCO_SPLIT_INC_0_ADDR=1.2.3.4\n",
+        b"reason=connect\0\xff=1",
+    ],
+)
+def test_runner_refuses_hostile_environments(item: bytes) -> None:
+    with pytest.raises(ValueError):
+        check_env(item)
+
+
+def test_resolver_texts() -> None:
+    d = dns.Dns.of(check_net_config(NC))
+    assert dns.resolvconf_text(d) == (
+        "nameserver 198.18.2.53\nnameserver 2001:2:0:2::53\n"
+        "search corp.example lab.test intra.example\n"
+    )
+    original = (
+        b"# host\nnameserver 192.0.2.1\nnameserver 192.0.2.2\nsearch home.arpa\noptions edns0\n"
+    )
+    text = dns.resolv_conf_text(original, d, "sepc0").decode()
+    assert text.splitlines()[1:] == [
+        "nameserver 198.18.2.53",
+        "nameserver 2001:2:0:2::53",
+        "nameserver 192.0.2.1",
+        "search corp.example lab.test intra.example home.arpa",
+        "options edns0",
+    ]
+    calls = dns.resolved_calls(5, d)
+    assert calls[0] == (
+        "SetLinkDNS",
+        "ia(iay)",
+        (5, [(2, bytes([198, 18, 2, 53])), (10, d.servers[1].packed)]),
+    )
+    assert calls[1] == (
+        "SetLinkDomains",
+        "ia(sb)",
+        (5, [("corp.example", False), ("lab.test", False), ("intra.example", True)]),
+    )
+    assert calls[2] == ("SetLinkDefaultRoute", "ib", (5, False))
+    full = dataclasses.replace(d, split=(), default=True)
+    assert (".", True) in dns.resolved_calls(5, full)[1][2][1]
+    assert dns.resolved_calls(5, full)[2][2] == (5, True)
+
+
+def test_backend_choice(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.1\n")
+    kw = {"resolv_conf": str(conf)}
+    assert dns.choose("auto", resolved=lambda: True, resolvconf=lambda: "/x", **kw) == "resolved"
+    assert dns.choose("auto", resolved=lambda: False, resolvconf=lambda: "/x", **kw) == "resolvconf"
+    assert dns.choose("auto", resolved=lambda: False, resolvconf=lambda: None, **kw) == "file"
+    link = tmp_path / "link"
+    link.symlink_to(conf)
+    assert (
+        dns.choose("auto", resolved=lambda: False, resolvconf=lambda: None, resolv_conf=str(link))
+        == "none"
+    )
+    assert dns.choose("none", resolved=lambda: True) == "none"
+
+
+def test_resolv_conf_file_backend_restores_byte_for_byte(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    original = b"# odd bytes \xff\xfe kept\nnameserver 192.0.2.1\n\n\toptions  rotate\n"
+    conf.write_bytes(original)
+    backend = dns.ResolvConfFile("sepc0", str(tmp_path / "saved"), str(conf))
+    d = dns.Dns.of(check_net_config(NC))
+    backend.apply(d)
+    assert b"nameserver 198.18.2.53" in conf.read_bytes()
+    record = backend.record()
+    assert (tmp_path / "saved").read_bytes() == original
+    # A crash now: the next helper restores from the record alone.
+    note = dns.restore_resolv_conf(record["path"], record["written"], record["saved"])
+    assert note.startswith("restored")
+    assert conf.read_bytes() == original
+    assert not (tmp_path / "saved").exists()
+    # Someone else rewrote it meanwhile: left alone, the original kept.
+    backend = dns.ResolvConfFile("sepc0", str(tmp_path / "saved"), str(conf))
+    backend.apply(d)
+    conf.write_bytes(b"nameserver 192.0.2.99\n")
+    errors = backend.revert()
+    assert len(errors) == 1
+    assert "left alone" in errors[0]
+    assert conf.read_bytes() == b"nameserver 192.0.2.99\n"
+    assert (tmp_path / "saved").read_bytes() == original
+
+
+def test_fail_closed_ruleset() -> None:
+    wanted = check_net_config(dataclasses.replace(NC, routes=("0.0.0.0/0", "::/0")))
+    text = firewall.ruleset("sepconnect_77", "sepc0", wanted)
+    assert text.startswith("table inet sepconnect_77\ndelete table inet sepconnect_77\n")
+    assert "policy drop;" in text
+    assert 'oifname "sepc0" accept' in text
+    assert "ip daddr { 198.18.1.1, 198.18.3.0/24 } accept" in text
+    assert text.rstrip().endswith("}")
+    assert firewall.delete("sepconnect_77").endswith("delete table inet sepconnect_77\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make root-owned files")
+def test_script_path_checks(tmp_path: Path) -> None:
+    good = tmp_path / "script"
+    good.write_text("#!/bin/sh\n")
+    good.chmod(0o755)
+    os.chmod(tmp_path, 0o755)
+    assert check_script(str(good)) == str(good)
+    good.chmod(0o757)
+    with pytest.raises(ValueError, match="writable by group or others"):
+        check_script(str(good))
+    good.chmod(0o644)
+    with pytest.raises(ValueError, match="not an executable"):
+        check_script(str(good))
+    good.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    with pytest.raises(ValueError, match="symbolic link"):
+        check_script(str(link))
+    with pytest.raises(ValueError, match="absolute"):
+        check_script("script")
+    os.chown(good, 65534, -1)
+    with pytest.raises(ValueError, match="not owned by root"):
+        check_script(str(good))
+    os.chown(good, 0, -1)
+    os.chmod(tmp_path, 0o777)
+    with pytest.raises(ValueError, match="writable by group or others"):
+        check_script(str(good))
+    os.chmod(tmp_path, 0o755)
+
+
+def test_state_files_of_dead_helpers_are_stale(tmp_path: Path) -> None:
+    mine = state.StateFile(str(tmp_path))
+    mine.write(bypass=[{"dst": "198.18.1.1/32", "oif": 2, "gateway": None}])
+    assert list(state.stale(str(tmp_path))) == []  # our own
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = state.StateFile(str(tmp_path), pid=int(proc.stdout))
+    dead.data["start_time"] = "1"
+    dead.write()
+    (found,) = state.stale(str(tmp_path))
+    assert found[0] == dead.path
+    other_ns = state.StateFile(str(tmp_path), pid=int(proc.stdout) + 100000)
+    other_ns.write()
+    raw = Path(other_ns.path).read_text().replace(f'"netns": {state.netns_id()}', '"netns": 1')
+    Path(other_ns.path).write_text(raw)
+    assert [p for p, _ in state.stale(str(tmp_path))] == [dead.path]
+    assert os.stat(mine.path).st_mode & 0o777 == 0o600
+
+
+BASE_UP = TunnelUp(
+    server="vpn.example",
+    gateway="198.18.1.1",
+    mtu=1400,
+    ipv4="198.18.100.2/24",
+    ipv6=None,
+    split_include=("198.18.2.0/24",),
+    split_exclude=(),
+    dns=("198.18.2.53", "2001:2:0:2::53"),
+    banner="hello\x07 \x1b[31mworld\n$(id)",
+    domains=("corp.example", "under_score.example"),
+    split_dns=("intra.example",),
+)
+
+
+def test_supervisor_dns_policy() -> None:
+    net = desired_net(BASE_UP)
+    assert net.dns == ("198.18.2.53",)  # no IPv6 on the tunnel
+    assert net.domains == ("corp.example",)
+    assert net.split_dns == ("intra.example",)
+    assert net.dns_default is False  # split domains and no Tunnel-All-DNS
+    assert net.banner == "hello [31mworld\n$(id)"
+    assert any("under_score.example" in n for n in net.notes)
+    assert any("2001:2:0:2::53 ignored" in n for n in net.notes)
+    assert desired_net(dataclasses.replace(BASE_UP, tunnel_all_dns=True)).dns_default
+    assert desired_net(dataclasses.replace(BASE_UP, split_dns=())).dns_default
+    none = desired_net(dataclasses.replace(BASE_UP, dns=()))
+    assert (none.dns, none.domains, none.dns_default) == ((), (), False)
+    # What the supervisor builds, the helper accepts.
+    check_net_config(
+        NetConfig(
+            seq=1, mtu=net.mtu, ipv4=net.ipv4, ipv6=net.ipv6, routes=net.routes,
+            exclude=net.exclude, gateway=net.gateway, dns=net.dns, domains=net.domains,
+            split_dns=net.split_dns, dns_default=net.dns_default, banner=net.banner,
+            idle_timeout=net.idle_timeout,
+        )
+    )  # fmt: skip
+    assert ipaddress.ip_address(net.gateway)
