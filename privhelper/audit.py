@@ -8,6 +8,17 @@ audit log, opened once before the helper drops its capabilities. Each goes out
 in a single write(2), so O_APPEND keeps lines whole. Refusals and fatal events
 are also told on stderr in one human-readable line: the user's terminal
 should say why, without the routine records.
+
+Where systemd-journald runs, each record also goes to the journal through
+its native protocol (a datagram to /run/systemd/journal/socket, connected
+once at start, before the seccomp filter) with structured fields:
+``MESSAGE_ID`` :data:`MESSAGE_ID`, ``PRIORITY`` (6 ok/info, 4 refused, 3
+fatal), ``SYSLOG_IDENTIFIER=sepconnect-privhelper`` and ``SEPCONNECT_OP``,
+``SEPCONNECT_RESULT``, ``SEPCONNECT_REASON``, ``SEPCONNECT_PEER_PID``,
+``SEPCONNECT_PEER_UID``, ``SEPCONNECT_ARGS`` (the args as JSON). The journal
+adds its own trusted ``_PID``, ``_UID``, ``_SYSTEMD_UNIT``. A journal that is
+full or gone never holds the helper up: a record it cannot take is dropped
+there (the file keeps it). The schema is documented in docs/security.md.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ import dataclasses
 import datetime
 import json
 import os
+import socket
 import stat
+import struct
 from typing import Literal
 
 from sepconnect.privhelper.wire import Message
@@ -40,6 +53,38 @@ def open_log(path: str) -> int:
     return fd
 
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+MESSAGE_ID = "2c5a1d3f0e8b4b6e9a7c5d4e3f2a1b0c"
+"""MESSAGE_ID of every sepconnect audit record in the journal (journalctl MESSAGE_ID=…)."""
+_PRIORITY = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
+
+
+def open_journal(path: str = JOURNAL_SOCKET) -> socket.socket | None:
+    """A datagram socket connected to journald, or None where there is no journal."""
+    if not os.path.exists(path):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def journal_datagram(fields: dict[str, str]) -> bytes:
+    """journald's native format: KEY=value lines; values with a newline length-prefixed."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "backslashreplace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
 def message_args(msg: Message) -> Args:
     """A message's fields as JSON-ready values (tuples become lists)."""
     args: Args = {}
@@ -52,9 +97,15 @@ def message_args(msg: Message) -> Args:
 class Audit:
     """Writes records to ``log_fd`` (if any); refusals and fatal events also to ``stderr_fd``."""
 
-    def __init__(self, log_fd: int | None, stderr_fd: int | None = 2) -> None:
+    def __init__(
+        self,
+        log_fd: int | None,
+        stderr_fd: int | None = 2,
+        journal: socket.socket | None = None,
+    ) -> None:
         self.log_fd = log_fd
         self.stderr_fd = stderr_fd
+        self.journal = journal
         self.sender: tuple[int, int, int] | None = None
         """(pid, uid, gid) of the message being handled; set by the loop."""
 
@@ -81,7 +132,27 @@ class Audit:
         if self.log_fd is not None:
             with contextlib.suppress(OSError):  # a full disk must not stop the cleanup
                 os.write(self.log_fd, line)
+        if self.journal is not None:
+            self._to_journal(entry)
         if self.stderr_fd is not None and result in ("refused", "fatal"):
             told = f"sepconnect privhelper: {result} {op}: {reason}\n"
             with contextlib.suppress(OSError):
                 os.write(self.stderr_fd, told.encode("ascii", "backslashreplace"))
+
+    def _to_journal(self, entry: dict[str, object]) -> None:
+        assert self.journal is not None
+        op, result, reason = str(entry["op"]), str(entry["result"]), str(entry["reason"])
+        fields = {
+            "MESSAGE": f"sepconnect privhelper: {op} {result}" + (f": {reason}" if reason else ""),
+            "MESSAGE_ID": MESSAGE_ID,
+            "PRIORITY": str(_PRIORITY.get(result, 6)),
+            "SYSLOG_IDENTIFIER": "sepconnect-privhelper",
+            "SEPCONNECT_OP": op,
+            "SEPCONNECT_RESULT": result,
+            "SEPCONNECT_REASON": reason,
+            "SEPCONNECT_PEER_PID": str(entry["peer_pid"]),
+            "SEPCONNECT_PEER_UID": str(entry["peer_uid"]),
+            "SEPCONNECT_ARGS": json.dumps(entry["args"], ensure_ascii=True, separators=(",", ":")),
+        }
+        with contextlib.suppress(OSError):  # full (EAGAIN), gone, or too large: the file has it
+            self.journal.send(journal_datagram(fields))

@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_fd = None if args.audit_log is None else _audit.open_log(args.audit_log)
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
-    audit = _audit.Audit(log_fd)
+    audit = _audit.Audit(log_fd, journal=_audit.open_journal())
     if args.script is not None:
         try:
             check_script(args.script)
