@@ -359,10 +359,12 @@ def test_untrusted_certificate_without_pin(lab: Lab) -> None:
     argv_pin_free = Client.__new__(Client)
     argv_pin_free.lab = lab
     argv_pin_free.audit_log = str(Path(lab.workdir, "audit-nopin.jsonl"))
+    argv_pin_free.control = str(Path(lab.workdir, "ctl-nopin", "control.sock"))
     argv_pin_free.proc = lab.popen_in(
         lab.client_ns,
         SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
-        "--audit-log", argv_pin_free.audit_log, lab.url,
+        "--audit-log", argv_pin_free.audit_log, "--control-socket", argv_pin_free.control,
+        lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert argv_pin_free.proc.stdin is not None
