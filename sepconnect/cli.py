@@ -174,6 +174,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="GROUP",
         help="members of GROUP may use the control socket (default: root only)",
     )
+    c.add_argument(
+        "--allow-weak-sandbox",
+        action="store_true",
+        help="connect even where the kernel lacks a sandbox feature (Landlock, seccomp "
+        "filters); by default the worker and the helper refuse to run without them",
+    )
     c.add_argument("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
     for name, text in (
         ("status", "show the state of the running session"),
@@ -339,6 +345,16 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _open_session_audit(path: str) -> None:
+    """Open the audit log for the supervisor's own events while we are still root."""
+    from sepconnect.supervisor import audit as session_audit
+
+    try:
+        session_audit.configure(session_audit.open_log(path))
+    except OSError as exc:
+        raise UsageError(f"--audit-log {path}: {exc.strerror}") from None
+
+
 def _spawn_helper(
     fd: int, peer_uid: int, interface: str | None, audit_log: str, extra: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -384,6 +400,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
     passwords = _read_passwords(args)
     control_gid = _control_group(args.control_group)
     _open_audit_dir(args.audit_log)
+    _open_session_audit(args.audit_log)
+    if args.allow_weak_sandbox:
+        from sepconnect.worker.sandbox import WEAK_ENV
+
+        os.environ[WEAK_ENV] = "1"  # inherited by every worker the supervisor starts
     _prepare_control_dir(args.control_socket, uid, gid)
     start = Start(
         proto=1,
@@ -403,8 +424,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
         verbose=min(args.verbose, 4),
     )
     ours, theirs = socketpair()
+    weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
     helper = _spawn_helper(
-        theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args)
+        theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args) + weak
     )
     theirs.close()
     # From here on this process is the supervisor and never root again.

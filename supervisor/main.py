@@ -34,6 +34,7 @@ from typing import Any, Literal
 from sepconnect.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.privhelper.client import HelperClient, HelperRefused
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError, socketpair
+from sepconnect.supervisor import audit
 from sepconnect.supervisor.control import (
     ControlError,
     ControlServer,
@@ -293,6 +294,16 @@ class Supervisor:
         s.established = True
         s.attempts = 0
         s.retry_at = s.retry_action = None
+        audit.event(
+            "connect" if first else "reconnect",
+            "ok",
+            server=up.server,
+            gateway=up.gateway,
+            ifname=self.tun.ifname,
+            ipv4=net.ipv4,
+            ipv6=net.ipv6,
+            purpose=worker.purpose,
+        )
         if s.down_since is not None:
             log(f"session resumed after {now - s.down_since:.2f} s (worker {worker.gen})")
             self._script_event("reconnect")
@@ -326,6 +337,8 @@ class Supervisor:
 
     def _failed(self, worker: Worker, kind: FailureKind | None, message: str) -> ExitCode | None:
         """A worker ended (with a reason, or None if it just died): recover or give up."""
+        if kind in ("auth_failed", "account_locked", "unknown_group", "cert_invalid"):
+            audit.event("auth_failure", "refused", message[:500], kind=kind)
         carrying = worker.carrying
         self._dismiss(worker, logoff=False)
         if worker.purpose == "rekey" and self.carrier is not None:
@@ -459,6 +472,7 @@ class Supervisor:
             return None
         status = worker.proc.returncode
         how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"status {status}"
+        audit.event("worker_crash", "info", how, worker=worker.gen, status=status)
         return self._failed(worker, None, f"worker {worker.gen} exited unexpectedly ({how})")
 
     # -- control socket --------------------------------------------------------------------
@@ -473,6 +487,14 @@ class Supervisor:
             peer, service_uid=self.options.service_uid, control_gid=self.options.control_gid
         ):
             log(f"control socket: refused pid {peer.pid} uid {peer.uid} gid {peer.gid}")
+            audit.event(
+                "control_refused",
+                "refused",
+                "not the service account, root or the control group",
+                peer_pid=peer.pid,
+                peer_uid=peer.uid,
+                peer_gid=peer.gid,
+            )
             reply(conn, {"ok": False, "error": "permission denied"})
             return None
         try:
@@ -681,6 +703,7 @@ class Supervisor:
 
     def _finish(self, code: ExitCode, *, logoff: bool) -> ExitCode:
         """End the session: workers, then the helper's teardown; return the exit code."""
+        audit.event("disconnect", "info", f"exit {code.name}", logoff=logoff)
         self.state = State.DISCONNECTING
         self.notifier.notify(stopping="1", status="disconnecting")
         for worker in list(self.workers):

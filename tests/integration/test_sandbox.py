@@ -271,3 +271,119 @@ def test_worker_refuses_to_run_with_capabilities() -> None:
     assert code.returncode == 1
     assert "holds capabilities it must not have: CapEff=" in code.stderr
     assert sys.executable  # (the test itself runs as root)
+
+
+# --------------------------------------------------------------------------- the audit trail
+
+
+@pytest.mark.netns
+def test_a_full_session_logs_no_secret(lab: Lab) -> None:
+    """Connect with -vvvv, move traffic, disconnect: neither the audit log (helper and
+    supervisor records) nor anything printed holds the password or the cookie."""
+    import json
+    import secrets
+
+    password = "pw-" + secrets.token_urlsafe(24)
+    lab.add_user("auditee", password)
+    audit_log = Path(lab.workdir, "audit-secrets.jsonl")
+    argv = [SEPCONNECT, "connect", "-vvvv", "--passwd-on-stdin", "--user", "auditee"]
+    argv += ["--audit-log", str(audit_log), "--servercert", lab.server_cert_pin]
+    if "--control-socket" in _connect_options():
+        argv += ["--control-socket", str(Path(lab.workdir, "ctl-secrets", "s"))]
+    proc = lab.popen_in(
+        lab.client_ns,
+        *argv,
+        lab.url,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(f"{password}\n".encode())
+    proc.stdin.close()
+    proc.stdin = None
+    wait_up(lab, proc)
+    assert lab.run_in(lab.client_ns, "ping", "-c", "2", "-i", "0.2", lab.target_ip).returncode == 0
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    text = audit_log.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    ops = [r["op"] for r in records]
+    for op in ("start", "hello", "create_tun", "net_config", "connect", "disconnect", "teardown"):
+        assert op in ops, ops
+    everything = text + out.decode(errors="replace") + err.decode(errors="replace")
+    everything += lab.ocserv_log()  # not ours, but a leak through the server would show
+    assert password not in everything
+    assert password.encode().hex() not in everything
+    # The AnyConnect cookie is "webvpn=<base64>": neither its name nor a cookie-sized
+    # base64 token appears in what we wrote.
+    ours = text + out.decode(errors="replace") + err.decode(errors="replace")
+    assert "webvpn" not in ours.lower()
+    tokens = re.findall(r"[A-Za-z0-9+/]{40,}={0,2}", ours)
+    pins = {lab.server_cert_pin.removeprefix("pin-sha256:")}
+    assert set(tokens) <= pins, tokens
+
+
+@pytest.mark.netns
+def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
+    import json
+
+    audit_log = Path(lab.workdir, "audit-authfail.jsonl")
+    wrong = "wrong-" + "x" * 20
+    proc = lab.popen_in(
+        lab.client_ns,
+        SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
+        "--audit-log", str(audit_log), "--servercert", lab.server_cert_pin,
+        *(["--control-socket", str(Path(lab.workdir, "ctl-authfail", "s"))]
+          if "--control-socket" in _connect_options() else []),
+        lab.url,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(f"{wrong}\n".encode())
+    proc.stdin.close()
+    proc.stdin = None
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err.decode()  # AUTH_FAILED
+    text = audit_log.read_text()
+    failures = [r for r in map(json.loads, text.splitlines()) if r["op"] == "auth_failure"]
+    assert len(failures) == 1, text
+    assert failures[0]["result"] == "refused"
+    assert failures[0]["source"] == "supervisor"
+    assert wrong not in text + err.decode()
+
+
+WEAK_PROBE = """
+import sys
+from sepconnect.worker import sandbox
+sandbox.landlock_abi = lambda: 0  # a kernel without Landlock
+try:
+    status = sandbox.apply(server_port=443, allow_weak=sys.argv[1] == "weak")
+except sandbox.SandboxUnavailable as exc:
+    print("refused:", exc)
+    sys.exit(3)
+print("missing:", status.missing, "seccomp:", status.seccomp)
+"""
+
+
+@pytest.mark.parametrize("mode", ["strict", "weak"])
+def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -> None:
+    result = subprocess.run(
+        [PYTHON, "-I", "-c", WEAK_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=False,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        timeout=30,
+    )
+    if mode == "strict":
+        assert result.returncode == 3, result.stderr
+        assert "lacks Landlock" in result.stdout
+        assert "--allow-weak-sandbox" in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "missing: ('Landlock" in result.stdout
+        assert "seccomp: True" in result.stdout

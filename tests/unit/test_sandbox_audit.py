@@ -77,3 +77,27 @@ def test_a_gone_journal_does_not_stop_the_record(tmp_path: Path) -> None:
     os.close(fd)
     assert sock is not None
     sock.close()
+
+
+def test_supervisor_events_share_the_file_and_refuse_secrets(tmp_path: Path) -> None:
+    import pytest
+
+    from sepconnect.supervisor import audit as session_audit
+
+    log = tmp_path / "audit.jsonl"
+    fd = session_audit.open_log(str(log))
+    session_audit.configure(fd, journal_path=None)
+    try:
+        session_audit.event("connect", "ok", server="vpn.example.com", ipv4="198.18.100.2/24")
+        with pytest.raises(ValueError, match="secret"):
+            session_audit.event("connect", "ok", cookie="webvpn=abc")
+        with pytest.raises(ValueError, match="secret"):
+            session_audit.event("auth_failure", "refused", Password="hunter2")
+    finally:
+        session_audit.configure(None, journal_path=None)
+        os.close(fd)
+    (line,) = log.read_text().splitlines()
+    record = json.loads(line)
+    assert record["source"] == "supervisor"
+    assert {"time", "pid", "uid", "op", "args", "result", "reason"} <= record.keys()
+    assert os.stat(log).st_mode & 0o777 == 0o600

@@ -1,0 +1,106 @@
+"""The supervisor's security events in the audit trail (docs/security.md, "Audit trail").
+
+The launcher opens the audit log (append-only) while it is still root and hands the
+fd to :func:`configure`; the supervisor, unprivileged from then on, appends one JSON
+line per event to the same file the helper writes its records to — each record is a
+single write(2) to an O_APPEND file, so lines from both never interleave — and sends
+it to the journal where journald runs.
+
+Events: ``connect``, ``disconnect``, ``auth_failure``, ``worker_crash``,
+``control_refused`` (and whatever later code records with :func:`event`). A record
+never carries a secret: callers pass the arguments explicitly, and :func:`event`
+refuses the argument names that could hold one (a cookie, a password, a key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import struct
+from typing import Final, Literal
+
+Result = Literal["ok", "refused", "fatal", "info"]
+Scalar = str | int | float | bool | None
+
+JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
+MESSAGE_ID: Final = "2c5a1d3f0e8b4b6e9a7c5d4e3f2a1b0c"  # the same as the helper's records
+_PRIORITY: Final = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
+SECRET_NAMES: Final = frozenset({"cookie", "password", "passwords", "secret", "key", "token"})
+
+
+class _Sink:
+    fd: int | None = None
+    journal: socket.socket | None = None
+
+
+def open_log(path: str) -> int:
+    """Open (or create, 0600) the audit log for appending; call while still root."""
+    return os.open(
+        path,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY,
+        0o600,
+    )
+
+
+def configure(fd: int | None, journal_path: str | None = JOURNAL_SOCKET) -> None:
+    """Where events go from now on: the audit log fd (ours to keep) and the journal."""
+    _Sink.fd = fd
+    _Sink.journal = None
+    if journal_path is not None and os.path.exists(journal_path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(journal_path)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+        else:
+            _Sink.journal = sock
+
+
+def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str, object]:
+    """Record one security event; returns the record (also for tests)."""
+    leaked = SECRET_NAMES & {name.lower() for name in args}
+    if leaked:
+        raise ValueError(f"audit event {op}: refusing secret-bearing argument(s) {sorted(leaked)}")
+    record: dict[str, object] = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "source": "supervisor",
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "op": op,
+        "args": args,
+        "result": result,
+        "reason": reason[:1000],
+    }
+    line = json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
+    if _Sink.fd is not None:
+        with contextlib.suppress(OSError):  # a full disk must not end the session
+            os.write(_Sink.fd, line.encode())
+    if _Sink.journal is not None:
+        fields = {
+            "MESSAGE": f"sepconnect supervisor: {op} {result}" + (f": {reason}" if reason else ""),
+            "MESSAGE_ID": MESSAGE_ID,
+            "PRIORITY": str(_PRIORITY[result]),
+            "SYSLOG_IDENTIFIER": "sepconnect-supervisor",
+            "SEPCONNECT_OP": op,
+            "SEPCONNECT_RESULT": result,
+            "SEPCONNECT_REASON": reason[:1000],
+            "SEPCONNECT_ARGS": json.dumps(args, ensure_ascii=True, separators=(",", ":")),
+        }
+        with contextlib.suppress(OSError):
+            _Sink.journal.send(_datagram(fields))
+    return record
+
+
+def _datagram(fields: dict[str, str]) -> bytes:
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "backslashreplace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
