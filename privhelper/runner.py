@@ -270,12 +270,16 @@ class RunnerClient:
         return reply
 
     def close(self) -> None:
+        """Close our end: the runner exits when it reads EOF (after any program it runs).
+
+        The helper's seccomp filter denies wait4(2) (EPERM), so the runner is not
+        reaped here; it exits by itself and is reaped by whoever inherits it.
+        """
         self.channel.sock.close()
         try:
             self.proc.wait(TIMEOUT + 5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.returncode = -1  # not waitable from here; see above
 
 
 def serve(channel: Channel, programs: Programs, parent: int) -> int:

@@ -14,7 +14,10 @@ venv=${SEPCONNECT_VENV:-/opt/sepconnect-venv}
 # selinux/ (tests/unit/test_selinux.py); systemd for systemd-analyze (tests/unit/test_systemd.py).
 packages=(python3 python3-venv ocserv openconnect iperf3 gnutls-bin iproute2 nftables iputils-ping procps
   libseccomp2 make selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
-  policycoreutils systemd)
+  policycoreutils systemd
+  vpnc-scripts dbus-daemon util-linux)
+# vpnc-scripts: the real Debian vpnc-script for --script tests; dbus-daemon: a private
+# system bus for the systemd-resolved DNS test; util-linux: unshare/nsenter.
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bootstrap: run as root (it installs Debian packages and creates $venv)" >&2
@@ -33,6 +36,20 @@ fi
 # Debian starts ocserv as a system service on install; the lab runs its own instances only.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ocserv 2>/dev/null; then
   systemctl disable --now ocserv >/dev/null 2>&1 || true
+fi
+
+# systemd-resolved for the DNS tests, unpacked but NOT installed: installing it would
+# take over this machine's /etc/resolv.conf. The tests run it inside a private mount
+# and network namespace with a D-Bus system bus of their own.
+resolved_dir=${SEPCONNECT_TEST_RESOLVED:-/opt/sepconnect-test/systemd-resolved}
+if [ ! -x "$resolved_dir/lib/systemd/systemd-resolved" ]; then
+  echo "bootstrap: unpacking systemd-resolved into $resolved_dir (not installed)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download -qq systemd-resolved >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get download -qq systemd-resolved >/dev/null; }; })
+  mkdir -p "$resolved_dir"
+  dpkg-deb -x "$tmp"/systemd-resolved_*.deb "$resolved_dir"
+  rm -rf "$tmp"
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -1,0 +1,433 @@
+"""Routes, DNS backends, fail-closed and crash recovery with the real helper (issue #7).
+
+Each test builds a throwaway network namespace ``sc-<hex>-rd`` with a veth uplink
+(up0 198.18.1.2/24, 2001:2:0:1::2/64, default routes via .1/::1) and a *holder*
+process that lives in that namespace and in a private mount namespace of its own:
+a tmpfs on /run (so the helper's state directory, /run/dbus and /run/vpnc are
+private) and a file of the test bind-mounted on /etc/resolv.conf. Helpers (and, for
+the resolved test, a D-Bus system bus and systemd-resolved unpacked from Debian's
+package by scripts/bootstrap.sh) run inside it with ``nsenter``. The host's
+network, /run and /etc/resolv.conf are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sepconnect.privhelper.client import HelperClient
+from sepconnect.privhelper.wire import socketpair
+
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
+RESOLVED = Path(os.environ.get("SEPCONNECT_TEST_RESOLVED", "/opt/sepconnect-test/systemd-resolved"))
+UPLINK_GW, UPLINK_GW6 = "198.18.1.1", "2001:2:0:1::1"
+VPN_GW = "198.19.200.7"
+ORIGINAL_RESOLV = b"# the host's own\nnameserver 198.18.1.53\nsearch home.arpa\noptions edns0\n"
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>system</type><listen>unix:path=/run/dbus/system_bus_socket</listen>
+<auth>EXTERNAL</auth><policy context="default"><allow user="*"/><allow own="*"/>
+<allow send_destination="*"/><allow receive_sender="*"/></policy></busconfig>
+"""
+SPLIT: dict[str, Any] = {
+    "mtu": 1400,
+    "ipv4": "198.18.10.2/24",
+    "ipv6": "2001:2:0:10::2/64",
+    "routes": ["198.18.32.0/20", "2001:2:0:20::/64"],
+    "exclude": [],
+    "gateway": VPN_GW,
+    "dns": ["198.18.32.53", "2001:2:0:20::53"],
+    "domains": ["corp.example"],
+    "split_dns": ["intra.example"],
+    "dns_default": False,
+}
+FULL: dict[str, Any] = {
+    **SPLIT,
+    "routes": ["0.0.0.0/0", "::/0"],
+    "exclude": ["198.18.77.0/24"],
+    "split_dns": [],
+    "dns_default": True,
+}
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+
+
+class Box:
+    """A netns + private mount namespace, held open by one process."""
+
+    def __init__(self, tmp: Path, resolved: bool = False) -> None:
+        self.tmp = tmp
+        self.ns = f"sc-{secrets.token_hex(3)}-rd"
+        self.resolv = tmp / "resolv.conf"
+        self.resolv.write_bytes(ORIGINAL_RESOLV)
+        run("ip", "netns", "add", self.ns)
+        for argv in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+            ["link", "set", "up0", "up"],
+            ["link", "set", "up1", "up"],
+            ["addr", "add", "198.18.1.2/24", "dev", "up0"],
+            ["-6", "addr", "add", "2001:2:0:1::2/64", "dev", "up0", "nodad"],
+            ["route", "add", "default", "via", UPLINK_GW],
+            ["-6", "route", "add", "default", "via", UPLINK_GW6],
+        ):
+            run("ip", "-n", self.ns, *argv)
+        setup = [
+            "set -e",
+            "mount -t tmpfs -o mode=755 tmpfs /run",
+            f"mount --bind {self.resolv} /etc/resolv.conf",
+        ]
+        if resolved:
+            (tmp / "bus.conf").write_text(BUS_CONF)
+            setup += [
+                "mkdir -p /run/dbus /run/systemd/resolve",
+                "chown 65534 /run/systemd/resolve",
+                f"dbus-daemon --config-file={tmp / 'bus.conf'} --fork",
+                "setpriv --reuid=65534 --regid=65534 --clear-groups "
+                "--inh-caps=+net_bind_service,+net_raw,+setpcap "
+                "--ambient-caps=+net_bind_service,+net_raw,+setpcap "
+                f"{RESOLVED}/lib/systemd/systemd-resolved >{tmp / 'resolved.log'} 2>&1 &",
+            ]
+        setup += ["echo ready", "exec sleep 600"]
+        self.holder = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private",
+             "sh", "-c", "\n".join(setup)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        try:
+            assert self.holder.stdout is not None
+            assert self.holder.stdout.readline().strip() == "ready"
+            if resolved:
+                self.wait_for(lambda: "true" in self.sh(
+                    "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
+                    "org.freedesktop.DBus NameHasOwner s org.freedesktop.resolve1 || true"
+                ))  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+
+    def enter(self) -> list[str]:
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--"]
+
+    def sh(self, script: str) -> str:
+        return run(*self.enter(), "sh", "-c", script).stdout
+
+    def ip(self, *argv: str) -> Any:
+        return json.loads(run("ip", "-n", self.ns, "-j", *argv).stdout or "[]")
+
+    def routes(self, *extra: str) -> set[tuple[str, str, str | None, int, str]]:
+        out = set()
+        for family in ("-4", "-6"):
+            for r in self.ip(family, "route", "show", *extra):
+                if r.get("protocol") in ("kernel", "ra") or r["dst"].startswith("fe80"):
+                    continue
+                out.add(
+                    (
+                        r["dst"],
+                        r["dev"],
+                        r.get("gateway"),
+                        r.get("metric", 0),
+                        r.get("protocol", "boot"),
+                    )
+                )
+        return out
+
+    @staticmethod
+    def wait_for(probe: Any, timeout: float = 10) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = probe()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        pids = run("ip", "netns", "pids", self.ns, check=False).stdout.split()
+        for pid in pids:  # everything in this throwaway namespace is ours
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        self.holder.wait(10)
+        if self.holder.stdout:
+            self.holder.stdout.close()
+        run("ip", "netns", "delete", self.ns, check=False)
+
+
+class Helper:
+    def __init__(self, box: Box, *args: str) -> None:
+        self.box = box
+        self.audit_path = box.tmp / f"audit-{time.monotonic_ns()}.jsonl"
+        self.stderr_path = box.tmp / f"helper-{time.monotonic_ns()}.stderr"
+        self.sock, theirs = socketpair()
+        argv = [*box.enter(), sys.executable, "-I", "-m", "sepconnect.privhelper",
+                "--fd", str(theirs.fileno()), "--peer-uid", "0",
+                "--audit-log", str(self.audit_path), "--state-dir", "/run/sepconnect-helper",
+                *args]  # fmt: skip
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        theirs.close()
+        self.client = HelperClient(self.sock)
+        self.ifname = ""
+        self.ifindex = 0
+        self.tun_fd: int | None = None
+
+    def up(self, config: dict[str, Any]) -> str:
+        self.client.hello()
+        self.ifname, self.ifindex, self.tun_fd = self.client.create_tun(config["mtu"])
+        self.client.net_config(**config)
+        return self.ifname
+
+    def records(self, op: str | None = None) -> list[dict[str, Any]]:
+        lines = self.audit_path.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if op is None or r["op"] == op]
+
+    def stop(self) -> int:
+        self.client.teardown()
+        return self.close()
+
+    def kill(self) -> None:
+        self.proc.kill()  # by pid: the helper this test started
+        self.proc.wait(10)
+        self.close()
+
+    def close(self) -> int:
+        status = self.proc.wait(30)
+        if self.tun_fd is not None:
+            os.close(self.tun_fd)
+            self.tun_fd = None
+        self.sock.close()
+        err = self.stderr_path.read_text(errors="replace")
+        assert "Traceback" not in err, err
+        return status
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[Box]:
+    os.chmod(tmp_path, 0o755)
+    b = Box(tmp_path)
+    yield b
+    b.close()
+    assert b.resolv.read_bytes() == ORIGINAL_RESOLV  # whatever the test did
+
+
+def ours(box: Box) -> set[tuple[str, str, str | None, int]]:
+    return {(d, dev, gw, m) for d, dev, gw, m, p in box.routes() if p == "157"}
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def test_ipv6_only_tunnel_split_and_full(box: Box) -> None:
+    helper = Helper(box)
+    v6only = {**SPLIT, "ipv4": None, "routes": ["2001:2:0:20::/64"], "dns": [], "domains": [],
+              "split_dns": []}  # fmt: skip
+    ifname = helper.up(v6only)
+    assert ours(box) == {("2001:2:0:20::/64", ifname, None, 50)}
+    link = box.ip("addr", "show", "dev", ifname)[0]
+    assert [a["family"] for a in link["addr_info"] if a["scope"] == "global"] == ["inet6"]
+    # Full tunnel, IPv6 only: the halves, and the IPv6 gateway pinned to its old path.
+    helper.client.net_config(**{**v6only, "routes": ["::/0"], "gateway": "2001:2:0:99::7"})
+    assert ours(box) == {
+        ("::/1", ifname, None, 50),
+        ("8000::/1", ifname, None, 50),
+        ("2001:2:0:99::7", "up0", UPLINK_GW6, 50),
+    }
+    assert helper.stop() == 0
+    assert ours(box) == set()
+
+
+def test_no_routes_sets_addresses_only(box: Box) -> None:
+    before = box.routes()
+    helper = Helper(box, "--no-routes")
+    ifname = helper.up({**FULL, "dns": [], "domains": []})
+    link = box.ip("addr", "show", "dev", ifname)[0]
+    assert {a["local"] for a in link["addr_info"] if a["scope"] == "global"} == {
+        "198.18.10.2",
+        "2001:2:0:10::2",
+    }
+    assert ours(box) == set()
+    assert {r for r in box.routes() if r[1] != ifname} == before
+    assert helper.stop() == 0
+
+
+def test_conflicting_routes_are_reported_and_left_alone(box: Box) -> None:
+    run("ip", "-n", box.ns, "route", "add", "198.18.32.0/20", "via", UPLINK_GW, "metric", "10")
+    helper = Helper(box)
+    ifname = helper.up({**SPLIT, "dns": [], "domains": [], "split_dns": []})
+    assert ("198.18.32.0/20", ifname, None, 50) in ours(box)
+    (conflict,) = helper.records("conflict")
+    assert "198.18.32.0/20" in conflict["reason"]
+    assert "metric 10" in conflict["reason"]
+    assert helper.stop() == 0
+    assert ("198.18.32.0/20", "up0", UPLINK_GW, 10, "boot") in box.routes()
+
+
+# --------------------------------------------------------------------------- DNS: file
+
+
+def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
+    helper = Helper(box, "--dns-backend", "file")
+    ifname = helper.up(FULL)
+    text = box.resolv.read_text()
+    assert text.splitlines()[1:] == [
+        "nameserver 198.18.32.53",
+        "nameserver 2001:2:0:20::53",
+        "nameserver 198.18.1.53",
+        "search corp.example home.arpa",
+        "options edns0",
+    ]
+    assert ("198.18.77.0/24", "up0", UPLINK_GW, 50) in ours(box)  # the exclude's bypass
+    assert helper.stop() == 0
+    assert box.resolv.read_bytes() == ORIGINAL_RESOLV  # byte for byte
+    # Now a crash: SIGKILL leaves the bypass routes and resolv.conf behind.
+    crashed = Helper(box, "--dns-backend", "file")
+    ifname = crashed.up(FULL)
+    assert box.resolv.read_bytes() != ORIGINAL_RESOLV
+    crashed.kill()
+    box.wait_for(lambda: run("ip", "-n", box.ns, "link", "show", ifname, check=False).returncode)
+    stale = ours(box)
+    assert {r[0] for r in stale} == {VPN_GW, "198.18.77.0/24"}
+    assert box.resolv.read_bytes() != ORIGINAL_RESOLV
+    # The next start cleans up and says so.
+    fresh = Helper(box, "--dns-backend", "file")
+    fresh.client.hello()
+    assert ours(box) == set()
+    assert box.resolv.read_bytes() == ORIGINAL_RESOLV
+    reasons = [r["reason"] for r in fresh.records("recover")]
+    assert any(r.startswith("deleted stale route 198.19.200.7/32") for r in reasons), reasons
+    assert any("198.18.77.0/24" in r for r in reasons), reasons
+    assert any(r.startswith("restored /etc/resolv.conf") for r in reasons), reasons
+    assert f"helper-{crashed.proc.pid}.json" not in box.sh("ls /run/sepconnect-helper")
+    assert fresh.stop() == 0
+    assert box.sh("ls -A /run/sepconnect-helper").split() == []
+
+
+# --------------------------------------------------------------------------- DNS: resolved
+
+
+@pytest.mark.skipif(
+    not (RESOLVED / "lib/systemd/systemd-resolved").exists(),
+    reason="systemd-resolved not unpacked (scripts/bootstrap.sh does it)",
+)
+def test_systemd_resolved_backend(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    box = Box(tmp_path, resolved=True)
+    try:
+        resolvectl = f"{RESOLVED}/usr/bin/resolvectl"
+        helper = Helper(box)  # --dns-backend defaults to none in the helper: ask for auto
+        helper.client.hello()
+        helper.client.teardown()
+        helper.close()
+        helper = Helper(box, "--dns-backend", "auto")
+        ifname = helper.up(SPLIT)
+        (start,) = helper.records("start")
+        assert start["args"]["dns_backend"] == "resolved"
+        status = box.sh(f"{resolvectl} status {ifname}")
+        assert "198.18.32.53" in status, status
+        assert "2001:2:0:20::53" in status, status
+        assert "corp.example" in status, status
+        assert "~intra.example" in status, status
+        assert "-DefaultRoute" in status, status
+        # Full-tunnel DNS: the link takes every name.
+        helper.client.net_config(**FULL)
+        status = box.sh(f"{resolvectl} status {ifname}")
+        assert "+DefaultRoute" in status, status
+        assert "~." in status, status
+        assert "~intra.example" not in status
+        assert helper.stop() == 0
+        # The link is gone, and resolved forgot it.
+        assert ifname not in box.sh(f"{resolvectl} status")
+        assert box.resolv.read_bytes() == ORIGINAL_RESOLV
+    finally:
+        box.close()
+
+
+# --------------------------------------------------------------------------- fail-closed
+
+
+def nft_tables(box: Box) -> list[str]:
+    out = json.loads(box.sh("nft -j list tables"))
+    return [t["table"]["name"] for t in out["nftables"] if "table" in t]
+
+
+def test_fail_closed_and_worker_restarts(box: Box) -> None:
+    ping = ["ping", "-n", "-c", "1", "-W", "1"]
+    helper = Helper(box, "--fail-closed")
+    ifname = helper.up({**FULL, "dns": [], "domains": []})
+    table = f"sepconnect_{helper.proc.pid}"
+    assert nft_tables(box) == [table]
+    rules = box.sh(f"nft list table inet {table}")
+    assert f'oifname "{ifname}" accept' in rules
+    assert "198.19.200.7" in rules
+
+    # What really leaves through the uplink is counted after the output hook.
+    box.sh(
+        "nft add table inet sctest && nft add chain inet sctest post "
+        "'{ type filter hook postrouting priority 100; }' && nft add rule inet sctest post "
+        "oifname up0 ip daddr '{ 198.19.7.7, 198.18.40.9 }' counter"
+    )
+
+    def leaked() -> int:
+        rules = json.loads(box.sh("nft -j list chain inet sctest post"))["nftables"]
+        return sum(
+            e["counter"]["packets"]
+            for r in rules
+            if "rule" in r
+            for e in r["rule"]["expr"]
+            if "counter" in e
+        )
+
+    # Nobody reads the tun (as while a worker is being replaced): a packet for the
+    # tunnel waits in the tun's queue and goes nowhere else.
+    run(*box.enter(), *ping, "198.19.7.7", check=False)
+    assert helper.tun_fd is not None
+    os.set_blocking(helper.tun_fd, False)
+    queued = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            queued.append(os.read(helper.tun_fd, 65536))
+    assert any(p[0] >> 4 == 4 and p[16:20] == bytes([198, 19, 7, 7]) for p in queued), queued
+    # Traffic around the tunnel (a more specific route via the uplink) is refused at
+    # once by the table, and nothing leaves.
+    run("ip", "-n", box.ns, "route", "add", "198.18.40.0/24", "via", UPLINK_GW, "metric", "1")
+    result = run(*box.enter(), *ping, "198.18.40.9", check=False)
+    assert result.returncode != 0
+    assert "prohibited" in result.stdout + result.stderr or "not permitted" in result.stderr
+    assert leaked() == 0
+    box.sh("nft delete table inet sctest")
+    # The gateway itself stays reachable (ARP/ND only here: no peer answers).
+    assert helper.stop() == 0
+    assert nft_tables(box) == []
+
+
+def test_fail_closed_table_outlives_a_crash_until_the_next_start(box: Box) -> None:
+    crashed = Helper(box, "--fail-closed")
+    crashed.up({**FULL, "dns": [], "domains": []})
+    table = f"sepconnect_{crashed.proc.pid}"
+    crashed.kill()
+    assert nft_tables(box) == [table]  # fail closed, even now
+    fresh = Helper(box)
+    fresh.client.hello()
+    assert nft_tables(box) == []
+    assert any(
+        f"deleted fail-closed table {table}" in r["reason"] for r in fresh.records("recover")
+    )
+    assert fresh.stop() == 0
