@@ -54,6 +54,7 @@ RESOLV_CONF: Final = "/etc/resolv.conf"
 RESOLVCONF_PATHS: Final = ("/usr/sbin/resolvconf", "/sbin/resolvconf")
 MAX_RESOLV_CONF: Final = 64 * 1024
 GLIBC_MAXNS: Final = 3
+HEADER: Final = b"# Written by sepconnect"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -272,7 +273,7 @@ def resolv_conf_text(original: bytes, dns: Dns, ifname: str) -> bytes:
     servers = ours + [s for s in old_servers if s not in ours]
     search = list(dict.fromkeys([*dns.domains, *dns.split, *old_search]))
     lines = [
-        f"# Written by sepconnect for {ifname}; the original is put back when the tunnel closes.",
+        HEADER.decode() + f" for {ifname}; the original is put back when the tunnel closes.",
         *(f"nameserver {s}" for s in servers[: max(GLIBC_MAXNS, len(ours))]),
     ]
     if search:
@@ -373,6 +374,11 @@ class ResolvConfFile:
         try:
             if self.original is None:
                 original = read_regular(self.path)
+                if original.startswith(HEADER):
+                    raise Refusal(
+                        f"{self.path} holds another sepconnect session's settings: not stacking "
+                        "a second one on it (use --dns-backend none for this session)"
+                    )
                 save_private(self.saved, original)
                 self.original = original
             text = resolv_conf_text(self.original, dns, self.ifname)

@@ -74,6 +74,11 @@ TOOLS = ("ip", "ss", "ocserv", "ocpasswd", "occtl", "certtool", "iperf3")
 WORKDIR_PREFIX = "sepconnect-lab-"
 STATE_FILE = "lab-state.json"
 KEEP_ENV = "SEPCONNECT_KEEP_LAB"
+# `ip netns exec NS` bind-mounts NETNS_ETC/NS/<file> over /etc/<file> in the command's
+# own mount namespace: the client namespace gets a private resolv.conf, so a client's
+# DNS changes (sepconnect's resolv.conf backend, a vpnc-script) never reach the host's.
+NETNS_ETC = "/etc/netns"
+CLIENT_RESOLV_CONF = "# the lab client's own resolver\nnameserver 198.18.1.53\n"
 _NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 
 
@@ -286,6 +291,7 @@ def _delete_namespace(ns: str) -> None:
     if Path("/run/netns", ns).exists():
         _kill_namespace_processes(ns)
         _run(["ip", "netns", "delete", ns], timeout=10)
+    shutil.rmtree(Path(NETNS_ETC, ns), ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- registry
@@ -556,6 +562,9 @@ class Lab:
         for ns in (self.client_ns, self.server_ns, self.target_ns):
             _run(["ip", "netns", "add", ns], timeout=10)
             self._namespaces.append(ns)
+            etc = Path(NETNS_ETC, ns)
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text(CLIENT_RESOLV_CONF)
             # No IPv6 duplicate address detection on links created from now on: a
             # tentative link-local address would stall neighbour discovery for ~1 s.
             # (/proc/sys/net is per network namespace: this changes only ``ns``.)

@@ -31,6 +31,7 @@ from sepconnect.privhelper.wire import socketpair
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
+VENV = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
 RESOLVED = Path(os.environ.get("SEPCONNECT_TEST_RESOLVED", "/opt/sepconnect-test/systemd-resolved"))
 UPLINK_GW, UPLINK_GW6 = "198.18.1.1", "2001:2:0:1::1"
 VPN_GW = "198.19.200.7"
@@ -431,3 +432,37 @@ def test_fail_closed_table_outlives_a_crash_until_the_next_start(box: Box) -> No
         f"deleted fail-closed table {table}" in r["reason"] for r in fresh.records("recover")
     )
     assert fresh.stop() == 0
+
+
+def test_end_to_end_dns_in_the_lab_client_only(lab_factory: Any) -> None:
+    """`sepconnect connect --dns-backend file` in the lab: the client namespace's own
+    resolv.conf (ip netns exec's /etc/netns bind mount) changes; the host's never."""
+    from lab import NETNS_ETC, OcservOptions
+
+    host_before = Path("/etc/resolv.conf").read_bytes()
+    lab = lab_factory(OcservOptions(dns=("198.18.2.53",), extra=("default-domain = corp.example",)))
+    client_conf = Path(NETNS_ETC, lab.client_ns, "resolv.conf")
+    original = client_conf.read_bytes()
+    audit = Path(lab.workdir, "audit.jsonl")
+    proc = lab.popen_in(
+        lab.client_ns, f"{VENV}/bin/sepconnect", "connect", "--passwd-on-stdin", "--user", "test",
+        "--audit-log", str(audit), "--servercert", lab.server_cert_pin, "--dns-backend", "file",
+        "--state-dir", str(Path(lab.workdir, "state")), lab.url,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"test123\n")
+    proc.stdin.close()
+    proc.stdin = None
+    lab.wait_for(
+        "resolv.conf to be rewritten",
+        lambda: b"nameserver 198.18.2.53" in client_conf.read_bytes() or None,
+        20,
+    )
+    assert b"search corp.example" in client_conf.read_bytes()
+    assert Path("/etc/resolv.conf").read_bytes() == host_before
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert client_conf.read_bytes() == original
+    assert Path("/etc/resolv.conf").read_bytes() == host_before
