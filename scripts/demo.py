@@ -53,6 +53,8 @@ def main() -> int:
         pids = f"{client.pid}"
         show("ps  # three processes; only the helper is root", lab,
              "ps", "-o", "pid,user,args", "--ppid", pids, "-p", pids)  # fmt: skip
+        show("sepconnect status", lab, SEPCONNECT, "status", "--socket",
+             str(Path(lab.workdir, "ctl", "control.sock")))  # fmt: skip
         print("\nSending SIGINT (log off) ...", flush=True)
         client.send_signal(signal.SIGINT)
         code = client.wait(timeout=20)

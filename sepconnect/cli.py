@@ -21,7 +21,7 @@ import sys
 
 import setproctitle
 
-from sepconnect import __version__, hardening
+from sepconnect import __version__, entrypoints, hardening
 from sepconnect.exitcodes import ExitCode
 
 DEFAULT_ACCOUNT = "sepconnect"
@@ -144,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_STATE_DIR})",
     )
     c.add_argument(
+        "--helper-socket",
+        metavar="PATH",
+        help="do not start a helper: use the one listening at PATH (sepconnect-helper.socket); "
+        "start as the service account, not root",
+    )
+    c.add_argument(
         "--credentials-file",
         metavar="FILE",
         help="read the password (and further answers, one per line) from FILE instead of "
@@ -216,9 +222,10 @@ def _read_credentials_file(path: str) -> tuple[str, ...]:
         raise UsageError(f"--credentials-file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
             raise UsageError(
-                f"--credentials-file {path}: must be a regular file owned by root, mode 0600"
+                f"--credentials-file {path}: must be a regular file owned by root (or by the "
+                "account sepconnect runs as), mode 0600 or stricter"
             )
         data = f.read(64 * 1024)
     lines = data.decode("utf-8", "strict").splitlines()
@@ -313,7 +320,8 @@ def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
         except FileExistsError:
             pass
         else:
-            os.chown(directory, uid, gid)
+            if os.geteuid() == 0:
+                os.chown(directory, uid, gid)
             # Traversable, so control-group members can reach the socket (itself 0660/0600).
             os.chmod(directory, 0o755)  # noqa: S103
         st = os.lstat(directory)
@@ -359,10 +367,7 @@ def _spawn_helper(
     fd: int, peer_uid: int, interface: str | None, audit_log: str, extra: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
     argv = [
-        sys.executable,
-        "-I",
-        "-m",
-        "sepconnect.privhelper",
+        *entrypoints.program("sepconnect-privhelper", "sepconnect.privhelper"),
         "--fd",
         str(fd),
         "--peer-uid",
@@ -376,7 +381,12 @@ def _spawn_helper(
     # Its own process group: a ^C at the terminal reaches the supervisor only,
     # which then tears the session down in order.
     return subprocess.Popen(
-        argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, process_group=0, close_fds=True
+        argv,
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        close_fds=True,
+        env=entrypoints.child_environment(),
     )
 
 
@@ -387,24 +397,27 @@ def connect(args: argparse.Namespace) -> ExitCode:
     from sepconnect.supervisor.schema import Start
 
     _check_args(args)
-    if os.geteuid() != 0:
+    as_root = os.geteuid() == 0
+    if args.helper_socket is not None:
+        account, uid, gid = _split_mode_account(args, as_root)
+    elif not as_root:
         raise UsageError(
             "sepconnect connect must be started as root: its small helper keeps CAP_NET_ADMIN "
-            "to set up the tun device, and everything else drops to an unprivileged account"
+            "to set up the tun device, and everything else drops to an unprivileged account "
+            "(or connect to an already running helper with --helper-socket)"
         )
-    account, uid, gid = _service_account(args.setuid)
+    else:
+        account, uid, gid = _service_account(args.setuid)
     cafile_pem = _read_cafile(args.cafile)
     username = args.user
     if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
         username = input("Username: ")
     passwords = _read_passwords(args)
     control_gid = _control_group(args.control_group)
-    _open_audit_dir(args.audit_log)
-    _open_session_audit(args.audit_log)
-    if args.allow_weak_sandbox:
-        from sepconnect.worker.sandbox import WEAK_ENV
-
-        os.environ[WEAK_ENV] = "1"  # inherited by every worker the supervisor starts
+    if as_root:
+        _open_audit_dir(args.audit_log)
+        _open_session_audit(args.audit_log)
+    # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
     start = Start(
         proto=1,
@@ -423,17 +436,22 @@ def connect(args: argparse.Namespace) -> ExitCode:
         hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
         verbose=min(args.verbose, 4),
     )
-    ours, theirs = socketpair()
-    weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
-    helper = _spawn_helper(
-        theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args) + weak
-    )
-    theirs.close()
-    # From here on this process is the supervisor and never root again.
-    hardening.drop_bounding_set()
-    # The control group is kept as a supplementary group so that the supervisor can
-    # give its socket to that group; it grants nothing else.
-    hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
+    helper: subprocess.Popen[bytes] | None = None
+    if args.helper_socket is not None:
+        ours = _connect_helper(args.helper_socket)
+    else:
+        ours, theirs = socketpair()
+        weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
+        helper = _spawn_helper(
+            theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args) + weak
+        )
+        theirs.close()
+    if as_root:
+        # From here on this process is the supervisor and never root again.
+        hardening.drop_bounding_set()
+        # The control group is kept as a supplementary group so that the supervisor can
+        # give its socket to that group; it grants nothing else.
+        hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     hardening.no_new_privs_and_undumpable()
     setproctitle.setproctitle("sepconnect: supervisor")
     if args.verbose:
@@ -445,16 +463,60 @@ def connect(args: argparse.Namespace) -> ExitCode:
             service_uid=uid,
             control_path=args.control_socket,
             control_gid=control_gid,
+            allow_weak_sandbox=args.allow_weak_sandbox,
         )
         VERBOSITY[0] = args.verbose
-        code = Supervisor(HelperClient(ours), helper.pid, start, options).run()
+        code = Supervisor(HelperClient(ours), start, options).run()
     finally:
         ours.close()
-        try:
-            helper.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log("the privileged helper did not exit; it will clean up when it notices")
+        if helper is not None:
+            try:
+                helper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log("the privileged helper did not exit; it will clean up when it notices")
     return code
+
+
+def _split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, int, int]:
+    """--helper-socket: we already are the service account; the helper runs apart."""
+    if as_root:
+        raise UsageError(
+            "--helper-socket: start as the service account, not root (the helper that "
+            "listens there already has the privilege)"
+        )
+    if args.setuid is not None:
+        raise UsageError("--helper-socket: --setuid has no meaning; start as that account")
+    privileged = [
+        option
+        for option, given in (
+            ("--script", args.script is not None),
+            ("--fail-closed", args.fail_closed),
+            ("--no-routes", args.no_routes),
+            ("--interface", args.interface is not None),
+        )
+        if given
+    ]
+    if privileged:
+        raise UsageError(
+            f"--helper-socket: {', '.join(privileged)} belong(s) to the helper's own "
+            "configuration (its unit's command line), not to the unprivileged session"
+        )
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return name, uid, gid
+
+
+def _connect_helper(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _format_status(status: dict[str, object]) -> str:

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sepconnect import entrypoints
 from sepconnect.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.privhelper.client import HelperClient, HelperRefused
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError, socketpair
@@ -121,6 +122,7 @@ class Options:
     service_uid: int = 65534
     control_path: str | None = None
     control_gid: int | None = None
+    allow_weak_sandbox: bool = False
 
 
 @dataclass(slots=True)
@@ -153,11 +155,8 @@ class _Session:
 
 
 class Supervisor:
-    def __init__(
-        self, helper: HelperClient, helper_pid: int, start: Start, options: Options | None = None
-    ) -> None:
+    def __init__(self, helper: HelperClient, start: Start, options: Options | None = None) -> None:
         self.helper = helper
-        self.helper_pid = helper_pid
         self.start = start
         self.options = options or Options()
         self.policy = RecoveryPolicy(
@@ -193,12 +192,20 @@ class Supervisor:
     def _spawn(self, purpose: str, *, cookie: str | None) -> Worker:
         ours, theirs = socketpair()
         try:
+            argv = [
+                *entrypoints.program("sepconnect-worker", "sepconnect.worker"),
+                "--fd",
+                str(theirs.fileno()),
+            ]
+            if self.options.allow_weak_sandbox:
+                argv.append("--allow-weak-sandbox")
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-m", "sepconnect.worker", "--fd", str(theirs.fileno())],
+                argv,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 process_group=0,
                 close_fds=True,
+                env=entrypoints.child_environment(),
             )
         finally:
             theirs.close()
@@ -490,11 +497,15 @@ class Supervisor:
             audit.event(
                 "control_refused",
                 "refused",
-                "not the service account, root or the control group",
+                "only root and the control group may use it",
                 peer_pid=peer.pid,
                 peer_uid=peer.uid,
                 peer_gid=peer.gid,
             )
+            # Drain the request if it is there (without waiting for it): closing on
+            # unread data would reset the connection before the peer reads our answer.
+            with contextlib.suppress(OSError):
+                conn.recv(4096, socket.MSG_DONTWAIT)
             reply(conn, {"ok": False, "error": "permission denied"})
             return None
         try:

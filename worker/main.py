@@ -66,14 +66,17 @@ def _rekey_method(method: str | None) -> Literal["ssl", "new-tunnel", "none"] | 
     return None
 
 
+ALLOW_WEAK = [False]  # from --allow-weak-sandbox; set once in main()
+
+
 def _enter_sandbox(start: Start, channel: Channel) -> None:
     """Sandbox ourselves for good, before any name lookup or byte from the network.
 
-    The launcher passes ``--allow-weak-sandbox`` down in the environment the
-    supervisor hands every worker; nothing else is read from it, except the
-    test-only self-test switch (tests/integration/test_sandbox.py).
+    ``--allow-weak-sandbox`` comes on our command line from the supervisor. The
+    environment (a fixed, minimal one) is read only for the test-only self-test
+    switch (tests/integration/test_sandbox.py).
     """
-    allow_weak = os.environ.get(sandbox.WEAK_ENV) == "1"
+    allow_weak = ALLOW_WEAK[0]
     try:
         status = sandbox.apply(server_port=sandbox.server_port(start.url), allow_weak=allow_weak)
     except (sandbox.SandboxUnavailable, OSError) as exc:
@@ -111,7 +114,13 @@ def run(channel: Channel) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sepconnect-worker")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument(
+        "--allow-weak-sandbox",
+        action="store_true",
+        help="run even where the kernel lacks seccomp or Landlock (with a warning)",
+    )
     args = parser.parse_args(argv)
+    ALLOW_WEAK[0] = args.allow_weak_sandbox
     setproctitle.setproctitle("sepconnect: worker")
     # The supervisor decides when the session ends; a ^C at the terminal is its to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -93,9 +93,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-WEAK_ENV: Final = "SEPCONNECT_WORKER_SANDBOX_WEAK"
-"""Set to "1" by the launcher for ``--allow-weak-sandbox``; inherited by every worker."""
-
 SELFTEST_ENV: Final = "SEPCONNECT_TEST_SANDBOX_SELFTEST"
 """Test-only: "report" (try the non-fatal forbidden operations, print the outcomes,
 carry on) or one of :data:`FATAL_PROBES` (try it; the worker must die of SIGSYS)."""

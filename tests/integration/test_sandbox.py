@@ -203,10 +203,9 @@ def run_worker(probe: str, *, weak: bool = False, timeout: float = 20) -> tuple[
     """The installed worker as nobody, given a Start; it sandboxes itself, then probes."""
     ours, theirs = socketpair()
     env = {"PATH": "/usr/bin:/bin", sandbox.SELFTEST_ENV: probe}
-    if weak:
-        env[sandbox.WEAK_ENV] = "1"
+    weak_flag = ["--allow-weak-sandbox"] if weak else []
     proc = subprocess.Popen(
-        [PYTHON, "-I", "-m", "sepconnect.worker", "--fd", str(theirs.fileno())],
+        [PYTHON, "-I", "-m", "sepconnect.worker", "--fd", str(theirs.fileno()), *weak_flag],
         pass_fds=(theirs.fileno(),),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
