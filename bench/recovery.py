@@ -44,19 +44,22 @@ class Client:
 
     def __init__(self, lab: Lab, kind: str) -> None:
         self.lab, self.kind = lab, kind
-        self.control = str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "control.sock"))
-        if kind == "sepconnect":
-            argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
-                    "--servercert", lab.server_cert_pin, "--control-socket", self.control,
-                    "--audit-log", str(Path(lab.workdir, "audit.jsonl")), lab.url]  # fmt: skip
-            self.proc = lab.popen_in(lab.client_ns, *argv, stdin=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(b"test123\n")
-            self.proc.stdin.close()
-            self.proc.stdin = None
-        else:
-            self.proc = lab.openconnect(stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        run = time.monotonic_ns()
+        self.control = str(Path(lab.workdir, f"ctl-{run}", "control.sock"))
+        self.log = Path(lab.workdir, f"{kind}-{run}.log")
+        with self.log.open("wb") as log:  # the child keeps its own copy of the fd
+            if kind == "sepconnect":
+                argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
+                        "--servercert", lab.server_cert_pin, "--control-socket", self.control,
+                        "--audit-log", str(Path(lab.workdir, "audit.jsonl")), lab.url]  # fmt: skip
+                self.proc = lab.popen_in(lab.client_ns, *argv, stdin=subprocess.PIPE,
+                                         stderr=log)  # fmt: skip
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b"test123\n")
+                self.proc.stdin.close()
+                self.proc.stdin = None
+            else:
+                self.proc = lab.openconnect(stderr=log, stdout=log)
         wait_ping(lab, 20.0)
 
     def stop(self) -> None:
@@ -142,6 +145,8 @@ def measure(lab: Lab, kind: str, fault: str) -> dict[str, Any]:
             alive = client.proc.poll() is None
             state = "still running" if alive else f"exited {client.proc.returncode}"
             result["outcome"] = f"no traffic within {GIVE_UP:.0f} s (client {state})"
+            lines = client.log.read_text(errors="replace").strip().splitlines()
+            result["last_words"] = lines[-1] if lines else ""
         else:
             result["seconds"] = time.monotonic() - started
         return result
