@@ -19,8 +19,9 @@ import datetime
 import json
 import os
 import socket
-import struct
 from typing import Final, Literal
+
+from sepconnect.privhelper.audit import journal_datagram
 
 Result = Literal["ok", "refused", "fatal", "info"]
 Scalar = str | int | float | bool | None
@@ -91,16 +92,5 @@ def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str
             "SEPCONNECT_ARGS": json.dumps(args, ensure_ascii=True, separators=(",", ":")),
         }
         with contextlib.suppress(OSError):
-            _Sink.journal.send(_datagram(fields))
+            _Sink.journal.send(journal_datagram(fields))
     return record
-
-
-def _datagram(fields: dict[str, str]) -> bytes:
-    out = bytearray()
-    for key, value in fields.items():
-        data = value.encode("utf-8", "backslashreplace")
-        if b"\n" in data:
-            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += key.encode() + b"=" + data + b"\n"
-    return bytes(out)
