@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from lab import Lab  # noqa: E402
+from lab import Lab, OcservOptions  # noqa: E402
 
 SEPCONNECT = str(Path(sys.executable).parent / "sepconnect")
 
@@ -28,7 +28,7 @@ def main() -> int:
         print("demo: run as root (sudo ./demo)", file=sys.stderr)
         return 2
     print("Building the lab: client, server (ocserv) and target namespaces ...", flush=True)
-    with Lab() as lab:
+    with Lab(OcservOptions(dtls=True)) as lab:
         print(f"ocserv is up at {lab.url} (pin {lab.server_cert_pin}); target {lab.target_ip}")
         show(f"ping -c 1 {lab.target_ip}   # before connecting: no way there", lab,
              "ping", "-c", "1", "-W", "1", lab.target_ip)  # fmt: skip

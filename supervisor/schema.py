@@ -145,7 +145,7 @@ class WorkerStatus(Message):
     channel: Literal["tls", "dtls"]
     tls_cipher: Annotated[str, Length(0, 100)]
     dtls_cipher: Annotated[str, Length(0, 100)] | None
-    dtls_state: Annotated[str, Length(0, 40)]
+    dtls_state: Annotated[str, Length(0, 200)]
     tx_bytes: Counter
     rx_bytes: Counter
     tx_packets: Counter
