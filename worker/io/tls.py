@@ -12,7 +12,6 @@ silently.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import ipaddress
@@ -25,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import DNSName, IPAddress, verification
 from OpenSSL import SSL
+
+from sepconnect.worker.proto.pin import ServerPin as ServerPin  # re-exported
 
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -47,40 +48,6 @@ class CertificateInvalid(TlsError):
 
 class ConnectionClosed(TlsError):
     """The server closed the connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerPin:
-    """``pin-sha256:<base64 SPKI hash>`` or ``sha256:<hex certificate hash>``."""
-
-    kind: str  # "spki" or "cert"
-    digest: bytes
-
-    @classmethod
-    def parse(cls, text: str) -> ServerPin:
-        kind, sep, value = text.partition(":")
-        kind = kind.lower()
-        try:
-            if sep and kind == "pin-sha256":
-                digest = base64.b64decode(value, validate=True)
-                pin = cls("spki", digest)
-            elif sep and kind == "sha256":
-                pin = cls("cert", binascii.unhexlify(value))
-            else:
-                raise ValueError
-        except (ValueError, binascii.Error):
-            raise ValueError(
-                f"--servercert {text!r}: expected pin-sha256:<base64> or sha256:<hex>"
-            ) from None
-        if len(pin.digest) != 32:
-            raise ValueError(f"--servercert {text!r}: a SHA-256 digest has 32 bytes")
-        return pin
-
-    def matches(self, cert: x509.Certificate) -> bool:
-        if self.kind == "spki":
-            spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-            return hashlib.sha256(spki).digest() == self.digest
-        return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest() == self.digest
 
 
 def describe_pin(cert: x509.Certificate) -> str:

@@ -1,0 +1,56 @@
+"""``--servercert`` pins, parsed without importing cryptography or OpenSSL.
+
+The supervisor validates the option before it starts anything; importing the TLS
+layer for that cost it ~14 MB of RSS and ~40 ms (docs/performance.md). The worker's
+TLS layer (worker/io/tls.py) re-exports :class:`ServerPin` and matches it against
+the server's certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+__all__ = ["ServerPin"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPin:
+    """``pin-sha256:<base64 SPKI hash>`` or ``sha256:<hex certificate hash>``."""
+
+    kind: str  # "spki" or "cert"
+    digest: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> ServerPin:
+        kind, sep, value = text.partition(":")
+        kind = kind.lower()
+        try:
+            if sep and kind == "pin-sha256":
+                digest = base64.b64decode(value, validate=True)
+                pin = cls("spki", digest)
+            elif sep and kind == "sha256":
+                pin = cls("cert", binascii.unhexlify(value))
+            else:
+                raise ValueError
+        except (ValueError, binascii.Error):
+            raise ValueError(
+                f"--servercert {text!r}: expected pin-sha256:<base64> or sha256:<hex>"
+            ) from None
+        if len(pin.digest) != 32:
+            raise ValueError(f"--servercert {text!r}: a SHA-256 digest has 32 bytes")
+        return pin
+
+    def matches(self, cert: x509.Certificate) -> bool:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        if self.kind == "spki":
+            spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            return hashlib.sha256(spki).digest() == self.digest
+        return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest() == self.digest
