@@ -614,10 +614,17 @@ class Supervisor:
             self.notifier.close()
 
     def _main(self, wake: socket.socket) -> ExitCode:
+        # The worker starts first: its start-up (imports, TLS, login: ~0.15 s of the
+        # connect time) overlaps the helper's; nothing it reports is read before the
+        # helper has answered hello (docs/performance.md).
+        self._spawn("login", cookie=None)
         try:
             self.helper.hello()
         except (HelperRefused, WireError, OSError) as exc:
             log(f"the privileged helper did not start: {exc}")
+            for worker in list(self.workers):
+                self._dismiss(worker, logoff=False)
+                self._reap(worker)
             return ExitCode.ERROR
         if self.options.control_path:
             try:
@@ -634,7 +641,6 @@ class Supervisor:
         self.sel.register(self.helper.fileno(), selectors.EVENT_READ, ("helper", None))
         if self.notifier.watchdog_interval:
             self.watchdog_at = time.monotonic()
-        self._spawn("login", cookie=None)
         while True:
             code = self._turn(wake)
             if code is not None:
