@@ -64,6 +64,7 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
     "added_rtt_ms": ("added RTT vs raw", "ms", "lower", "<= oc + 0.1"),
     "connect_s": ("connect → 1st ping", "s", "lower", "<= 0.3 s"),
     "rss_total_mb": ("RSS total", "MB", "lower", "<= 60 MB"),
+    "pss_total_mb": ("PSS total (shared split)", "MB", "lower", ""),
     "rss_supervisor_mb": ("RSS supervisor", "MB", "lower", ""),
     "rss_helper_mb": ("RSS helper", "MB", "lower", ""),
     "rss_worker_mb": ("RSS worker", "MB", "lower", ""),
@@ -127,12 +128,22 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def rss_mb(pid: int) -> float:
+    """VmRSS: every resident page mapped, shared ones (python, libcrypto) counted in full."""
+    return _kb_field(f"/proc/{pid}/status", "VmRSS") / 1024
+
+
+def pss_mb(pid: int) -> float:
+    """Pss: shared pages divided among the processes that map them."""
+    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss") / 1024
+
+
+def _kb_field(path: str, name: str) -> float:
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(path).read_text()
     except FileNotFoundError:
         return 0.0
-    m = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) / 1024 if m else 0.0
+    m = re.search(rf"^{name}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0.0
 
 
 # ---------------------------------------------------------------------- measurements
@@ -212,6 +223,7 @@ def run_dtls(lab: Lab, kind: str, seconds: float, pings: int) -> dict[str, float
             if kind == "sepconnect":
                 r[f"rss_{role}_mb"] = rss_mb(pid)
         r["rss_total_mb"] = sum(rss_mb(pid) for pid in pids)
+        r["pss_total_mb"] = sum(pss_mb(pid) for pid in pids)
         return r
     finally:
         stop(lab, client)
@@ -320,7 +332,7 @@ def chart(results: dict[str, dict[str, list[float]]], path: str) -> str:
          ["dtls_up_cpu_s_per_gb", "dtls_down_cpu_s_per_gb", "tls_up_cpu_s_per_gb",
           "tls_down_cpu_s_per_gb"]),
         ("Latency (ms) and connect (s)", ["rtt_ms", "added_rtt_ms", "connect_s"]),
-        ("RSS (MB)", ["rss_total_mb"]),
+        ("Memory (MB)", ["rss_total_mb", "pss_total_mb"]),
     ]  # fmt: skip
     fig, axes = plt.subplots(1, len(groups), figsize=(18, 4.5))
     for ax, (title, keys) in zip(axes, groups, strict=True):
