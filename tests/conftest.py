@@ -31,6 +31,14 @@ if _TESTS_DIR not in sys.path:
 
 from lab import Lab, OcservOptions, netns_unavailable_reason  # noqa: E402
 
+# Hypothesis keeps its example database in the checkout; where that is not writable
+# (the unit tests run as an unprivileged user), keep it in memory, said once, here.
+if not os.access(Path(__file__).resolve().parent.parent, os.W_OK):
+    from hypothesis import settings
+
+    settings.register_profile("read-only-checkout", database=None)
+    settings.load_profile("read-only-checkout")
+
 LabFactory = Callable[..., Lab]
 _LABS = pytest.StashKey[list[Lab]]()
 _LOG_TAIL = 6000

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEVEL_MAKEFILE = Path("/usr/share/selinux/devel/Makefile")
 TOOLS = ("make", "checkmodule", "semodule", "sesearch", "seinfo")
 
-pytestmark = [pytest.mark.slow]
+# Linking copies the system policy store, which only root may read.
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 
 def _missing() -> list[str]:
