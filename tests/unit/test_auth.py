@@ -746,3 +746,14 @@ def test_fuzz_handle_response_only_declared_errors(
 def test_fuzz_parse_only_protocol_error(body: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         parse_config_auth_untrusted(body)
+
+
+@given(st.text())
+def test_escape_and_quoteattr_match_the_standard_library(text: str) -> None:
+    from xml.sax.saxutils import escape as std_escape
+    from xml.sax.saxutils import quoteattr as std_quoteattr
+
+    from sepconnect.worker.proto.auth import escape, quoteattr
+
+    assert escape(text) == std_escape(text)
+    assert quoteattr(text) == std_quoteattr(text)
