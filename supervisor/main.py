@@ -263,20 +263,7 @@ class Supervisor:
                 ifname, ifindex, fd = self.helper.create_tun(net.mtu)
                 self.tun = _Tun(ifname, ifindex, fd)
             if net != self.session.net:
-                self.helper.net_config(
-                    mtu=net.mtu,
-                    ipv4=net.ipv4,
-                    ipv6=net.ipv6,
-                    routes=net.routes,
-                    exclude=net.exclude,
-                    gateway=net.gateway,
-                    dns=net.dns,
-                    domains=net.domains,
-                    split_dns=net.split_dns,
-                    dns_default=net.dns_default,
-                    banner=net.banner,
-                    idle_timeout=net.idle_timeout,
-                )
+                self._apply(net)
                 if self.session.net is not None:
                     log("the server changed the configuration; applied the difference")
         except HelperRefused as exc:
@@ -288,6 +275,43 @@ class Supervisor:
         worker.carrying = True
         if previous is not None:
             self._dismiss(previous, logoff=False)
+        self._connected(worker, up, net)
+        return None
+
+    def _apply(self, net: DesiredNet) -> None:
+        """The helper's one declarative request; it changes only what differs."""
+        self.helper.net_config(
+            mtu=net.mtu,
+            ipv4=net.ipv4,
+            ipv6=net.ipv6,
+            routes=net.routes,
+            exclude=net.exclude,
+            gateway=net.gateway,
+            dns=net.dns,
+            domains=net.domains,
+            split_dns=net.split_dns,
+            dns_default=net.dns_default,
+            banner=net.banner,
+            idle_timeout=net.idle_timeout,
+        )
+
+    def _on_resumed_in_place(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
+        """The carrying worker lost its connection and made a new one itself, keeping
+        the tun fd: only the configuration may need the helper, and only if it changed."""
+        try:
+            net = desired_net(up)
+        except BadTunnelConfig as exc:
+            return self._failed(worker, "protocol", f"unusable configuration: {exc}")
+        if net != self.session.net:
+            try:
+                self._apply(net)
+            except HelperRefused as exc:
+                log(f"the privileged helper refused the network configuration: {exc}")
+                return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
+            log("the server changed the configuration; applied the difference")
+            self.session.net = net
+        log(f"worker {worker.gen} reconnected to the server with the session cookie")
+        self._script_event("reconnect")
         self._connected(worker, up, net)
         return None
 
@@ -448,6 +472,8 @@ class Supervisor:
                 worker.status = msg if isinstance(msg, WorkerStatus) else worker.status
             return None
         if isinstance(msg, TunnelUp):
+            if worker.carrying:
+                return self._on_resumed_in_place(worker, msg)
             return self._on_tunnel_up(worker, msg)
         if isinstance(msg, Failed):
             worker.failure = msg

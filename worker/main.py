@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -92,6 +93,24 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
         _log(sandbox.fatal_probe(probe))
 
 
+def _resume_in_place(start: Start, lost: Tunnel, failure: SessionFailure) -> Tunnel:
+    """One immediate reconnect with the cookie, keeping this process and its tun fd.
+
+    A reset or dropped TCP connection costs one TLS handshake and a CONNECT instead of
+    a new worker. If this attempt fails too, the original failure goes to the
+    supervisor, whose policy takes over (backoff, a new worker, logging in again).
+    """
+    lost.stream.close()
+    _log(f"{failure.message}; reconnecting with the session cookie")
+    try:
+        return open_tunnel(dataclasses.replace(start, cookie=lost.cookie))
+    except SessionFailure as retry:
+        if retry.kind == "cookie_rejected":
+            raise  # the session is gone: the supervisor logs in again if it can
+        _log(f"reconnect failed: {retry.message}")
+        raise failure from None
+
+
 def run(channel: Channel) -> int:
     msg, _ = channel.recv()
     if not isinstance(msg, Start):
@@ -105,7 +124,15 @@ def run(channel: Channel) -> int:
         return 0
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
-    outcome = DataPath(tunnel, tun_fd, channel).run()
+    while True:
+        try:
+            outcome = DataPath(tunnel, tun_fd, channel).run()
+            break
+        except SessionFailure as exc:
+            if exc.kind != "connection_lost":
+                raise
+            tunnel = _resume_in_place(msg, tunnel, exc)
+            channel.send(_tunnel_up(tunnel))
     with contextlib.suppress(OSError):  # the supervisor may already be gone
         channel.send(Stopped(tx_bytes=outcome.tx_bytes, rx_bytes=outcome.rx_bytes))
     return 0
