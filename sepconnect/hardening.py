@@ -7,14 +7,15 @@ from outside its package.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# the program's own symbol namespace (libc is in it): no ctypes.util.find_library,
+# which runs `ldconfig -p` in a child process at every start
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.argtypes = [
     ctypes.c_int,
     ctypes.c_ulong,
