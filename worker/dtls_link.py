@@ -88,8 +88,7 @@ class DtlsLink:
             return packets
         try:
             while batch := udp.recv_batch():
-                for datagram in batch:
-                    packets.extend(self.channel.receive_datagram_untrusted(datagram, now))
+                packets.extend(self.channel.receive_datagrams_untrusted(batch, now))
         except UdpError as exc:
             self.channel.socket_error(now, str(exc))
         return packets

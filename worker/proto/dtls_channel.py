@@ -227,29 +227,34 @@ class DtlsChannel:
 
     def receive_datagram_untrusted(self, data: bytes, now: float) -> list[bytes]:
         """IP packets from one datagram (any state); runs the handshake too."""
+        return self.receive_datagrams_untrusted([data], now)
+
+    def receive_datagrams_untrusted(self, datagrams: list[bytes], now: float) -> list[bytes]:
+        """IP packets from a burst of datagrams, in order (any state)."""
         conn = self.conn
         if conn is None:
             return []
         before = conn.records_in
-        payloads = conn.receive_datagram_untrusted(data, now)
+        payloads = conn.receive_datagrams_untrusted(datagrams, now)
         packets: list[bytes] = []
         if conn.records_in != before:  # something authenticated arrived
             self.last_rx = now
             self._unanswered_since = None
             if self.state is ChannelState.LOST:
                 self._go_up(now, restored=True)
+        rx_bytes = 0
         for payload in payloads:
             if not payload:
                 continue
             kind = payload[0]
             if kind == PKT_DATA:
-                packet = payload[1:]
-                if packet:
-                    packets.append(packet)
-                    self.rx_bytes += len(packet)
+                if len(payload) > 1:
+                    packets.append(payload[1:])
+                    rx_bytes += len(payload) - 1
             elif kind == PKT_DPD_REQ:
                 self._send(_DPD_RESP, now, expect_answer=False)
             # DPD_RESP, KEEPALIVE: proof of life only; others ignored (as openconnect)
+        self.rx_bytes += rx_bytes
         self.rx_packets += len(packets)
         self._events_from(conn, now)
         return packets

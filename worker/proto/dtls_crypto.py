@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -314,12 +315,8 @@ def key_block(
 # Record protection
 
 
-def _aad(seq64: int, ctype: int, version: int, length: int) -> bytes:
-    return (
-        seq64.to_bytes(8, "big")
-        + bytes((ctype, version >> 8, version & 0xFF))
-        + length.to_bytes(2, "big")
-    )
+# seq_num(8) + type(1) + version(2) + length(2): one C call per record
+_aad: Final[Callable[[int, int, int, int], bytes]] = struct.Struct(">QBHH").pack
 
 
 class RecordProtection:
@@ -346,8 +343,8 @@ class GcmProtection(RecordProtection):
         self._salt = salt
 
     def seal(self, seq64: int, ctype: int, version: int, plaintext: bytes) -> bytes:
-        explicit = seq64.to_bytes(8, "big")
         aad = _aad(seq64, ctype, version, len(plaintext))
+        explicit = aad[:8]  # the sequence number, big-endian
         return explicit + self._aead.encrypt(self._salt + explicit, plaintext, aad)
 
     def open_untrusted(self, seq64: int, ctype: int, version: int, body: bytes) -> bytes:
