@@ -216,13 +216,19 @@ class DataPath:
         if self.backlog and (dtls is None or not dtls.usable):
             return  # TLS is full: leave packets in the tun queue (backpressure)
         now = time.monotonic()
+        packets: list[bytes] = []
+        read, fd = os.read, self.tun_fd
         for _ in range(_TUN_BURST):
             try:
-                packet = os.read(self.tun_fd, _MAX_PACKET)
+                packet = read(fd, _MAX_PACKET)
             except BlockingIOError:
                 break
-            if packet and (dtls is None or not dtls.send_packet(packet, now)):
-                self.session.send_packet(packet, now)
+            if packet:
+                packets.append(packet)
+        if dtls is not None:
+            packets = dtls.send_packets(packets, now)  # what DTLS cannot carry now
+        for packet in packets:
+            self.session.send_packet(packet, now)
         if dtls is not None:
             dtls.flush(now)
 

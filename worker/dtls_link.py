@@ -80,6 +80,10 @@ class DtlsLink:
     def send_packet(self, packet: bytes, now: float) -> bool:
         return self.channel.send_packet(packet, now)
 
+    def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Queue a burst; returns the packets that must go over CSTP."""
+        return self.channel.send_packets(packets, now)
+
     def read(self, now: float) -> list[bytes]:
         """Datagrams ready on the socket → IP packets for the tun."""
         packets: list[bytes] = []
@@ -89,6 +93,8 @@ class DtlsLink:
         try:
             while batch := udp.recv_batch():
                 packets.extend(self.channel.receive_datagrams_untrusted(batch, now))
+                if udp.drained:
+                    break  # saves one recvmsg (EAGAIN) per wakeup
         except UdpError as exc:
             self.channel.socket_error(now, str(exc))
         return packets

@@ -115,6 +115,18 @@ def test_too_large_packets_go_over_cstp() -> None:
     assert net.channel.send_packet(b"x" * 1000, net.now)
 
 
+def test_a_burst_goes_over_dtls_except_what_is_too_large() -> None:
+    net = Net(ChannelConfig(max_packet=1000))
+    assert net.channel.send_packets([b"\x45early"], net.now) == [b"\x45early"]  # not up yet
+    net.connect()
+    burst = [b"\x45a", b"y" * 1001, b"\x45b" * 300, b"\x45c"]
+    assert net.channel.send_packets(burst, net.now) == [b"y" * 1001]
+    net.step()
+    assert net.server.received[-3:] == [b"\x00\x45a", b"\x00" + b"\x45b" * 300, b"\x00\x45c"]
+    assert net.channel.tx_packets == 3
+    assert net.channel.tx_bytes == 2 + 600 + 2
+
+
 @pytest.mark.parametrize("traffic_period", [0.01, 0.1, 0.5])
 def test_blackhole_fails_over_within_the_bound_and_returns(traffic_period: float) -> None:
     cfg = ChannelConfig()

@@ -91,6 +91,7 @@ class UdpLink:
             self.gro = True
         except OSError:
             self.gro = False
+        self.drained = False  # the last recv_batch stopped at EAGAIN
         self._rbuf = bytearray(_MAX_DATAGRAM)
         self._rview = memoryview(self._rbuf)
 
@@ -169,6 +170,7 @@ class UdpLink:
         if self._error is not None:
             code, self._error = self._error, None
             raise UdpError(code)
+        self.drained = False
         out: list[bytes] = []
         if not self.gro:
             recv = self.sock.recv
@@ -176,6 +178,7 @@ class UdpLink:
                 try:
                     out.append(recv(_MAX_DATAGRAM))
                 except BlockingIOError:
+                    self.drained = True
                     break
                 except OSError as exc:
                     if not self._keep_error(exc, out):
@@ -188,6 +191,7 @@ class UdpLink:
             try:
                 nbytes, ancdata, _flags, _addr = recvmsg_into([buf], _GRO_CMSG_SPACE)
             except BlockingIOError:
+                self.drained = True  # the caller need not try again before the next wakeup
                 break
             except OSError as exc:
                 if not self._keep_error(exc, out):

@@ -277,6 +277,37 @@ class DtlsChannel:
         self.tx_bytes += len(packet)
         return True
 
+    def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Queue a burst of IP packets over DTLS; returns those the caller must send
+        over CSTP instead (all of them unless the channel is up; oversized ones)."""
+        conn = self.conn
+        if self.state is not ChannelState.UP or conn is None or not conn.established:
+            return packets
+        limit = self.config.max_packet
+        seal = conn.seal_data
+        out = self._out
+        rejected: list[bytes] = []
+        sent = nbytes = 0
+        for i, packet in enumerate(packets):
+            size = len(packet)
+            if size > limit:
+                rejected.append(packet)
+                continue
+            datagram = seal(b"\x00" + packet)
+            if not datagram:  # the connection failed (sequence numbers exhausted)
+                rejected.extend(packets[i:])
+                break
+            out.append(datagram)
+            sent += 1
+            nbytes += size
+        if sent:
+            self.tx_packets += sent
+            self.tx_bytes += nbytes
+            self.last_tx = now
+            if self._unanswered_since is None:
+                self._unanswered_since = now
+        return rejected
+
     def _send(self, payload: bytes, now: float, *, expect_answer: bool) -> None:
         conn = self.conn
         if conn is None or not conn.established:
