@@ -134,7 +134,7 @@ class UdpLink:
                     self.gso = False  # this path cannot segment: one by one from now on
                     return self._send_each(datagrams, sent)
                 if exc.errno == errno.EMSGSIZE:
-                    sent = self._send_each(datagrams[: end], sent)
+                    sent = self._send_each(datagrams[:end], sent)
                     if sent < end:
                         return sent
                     continue
