@@ -242,7 +242,8 @@ class DataPath:
                 break
             sent += 1
         del self.backlog[:sent]
-        want_write = bool(self.backlog)
+        # one send() for the burst's records (worker/io/tls.py)
+        want_write = not self.stream.flush_nowait() or bool(self.backlog)
         key = self.selector.get_key(self.stream.sock)
         if want_write and key.events == selectors.EVENT_READ:
             self.selector.modify(
@@ -255,7 +256,7 @@ class DataPath:
         self.session.disconnect(logoff=stop.logoff)
         self._flush()
         deadline = time.monotonic() + 2.0
-        while self.backlog and time.monotonic() < deadline:
+        while (self.backlog or self.stream.has_output) and time.monotonic() < deadline:
             self.selector.select(0.05)
             self._flush()
         self.stream.close()

@@ -110,13 +110,26 @@ def _wait(sock: socket.socket, *, read: bool, deadline: float) -> None:
         raise TlsError("timed out")
 
 
+_RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv()
+_OUT_LIMIT = 256 * 1024  # ciphertext queued for the socket before writes report "full"
+
+
 class TlsStream:
     """One verified TLS connection; blocking-style calls take a deadline, the
-    ``*_nowait`` calls are for the event loop."""
+    ``*_nowait`` calls are for the event loop.
+
+    OpenSSL works on memory BIOs and this class moves the ciphertext (issue #6):
+    ocserv sends one TLS record per packet, and OpenSSL on a socket reads each
+    record with two read() calls (header, body) and writes each with one send().
+    Here one recv() takes in up to 256 KiB of records and a burst of records goes
+    out in one send() (:meth:`flush_nowait`), with the same records on the wire.
+    """
 
     def __init__(self, sock: socket.socket, conn: SSL.Connection) -> None:
         self.sock = sock
         self.conn = conn
+        self._out = bytearray()  # ciphertext not yet accepted by the socket
+        self._eof = False
 
     @classmethod
     def connect(
@@ -140,7 +153,7 @@ class TlsStream:
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
         ctx.set_mode(_SSL_MODES)
         ctx.set_verify(SSL.VERIFY_NONE)  # checked by _verify before any data is sent
-        conn = SSL.Connection(ctx, sock)
+        conn = SSL.Connection(ctx, None)  # memory BIOs: we move the bytes
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -156,31 +169,84 @@ class TlsStream:
             raise
         return stream
 
+    # -- ciphertext between OpenSSL and the socket ------------------------------------
+
+    def _take_output(self) -> None:
+        while True:
+            try:
+                self._out += self.conn.bio_read(_RECV_CHUNK)
+            except SSL.WantReadError:
+                return
+
+    def flush_nowait(self) -> bool:
+        """Send queued ciphertext; True when nothing is left queued."""
+        self._take_output()
+        out = self._out
+        while out:
+            try:
+                sent = self.sock.send(out)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise TlsError(f"send failed: {exc.strerror or exc}") from None
+            del out[:sent]
+        return True
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def _flush(self, deadline: float) -> None:
+        while not self.flush_nowait():
+            _wait(self.sock, read=False, deadline=deadline)
+
+    def _fill_nowait(self) -> bool:
+        """Feed what the socket has to OpenSSL; False if it had nothing (EAGAIN)."""
+        if self._eof:
+            return False
+        try:
+            data = self.sock.recv(_RECV_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise TlsError(f"receive failed: {exc.strerror or exc}") from None
+        if data:
+            self.conn.bio_write(data)
+        else:
+            self._eof = True
+            self.conn.bio_shutdown()
+        return True
+
+    # -- the calls -----------------------------------------------------------------
+
     def _handshake(self, deadline: float) -> None:
         while True:
             try:
                 self.conn.do_handshake()
+                self._flush(deadline)
                 return
             except SSL.WantReadError:
-                _wait(self.sock, read=True, deadline=deadline)
-            except SSL.WantWriteError:
-                _wait(self.sock, read=False, deadline=deadline)
+                try:
+                    self._flush(deadline)
+                    while not self._fill_nowait():
+                        if self._eof:
+                            raise TlsError("the server closed the connection")
+                        _wait(self.sock, read=True, deadline=deadline)
+                except TlsError as exc:
+                    raise Unreachable(f"TLS handshake failed: {exc}") from None
             except (SSL.Error, OSError, TlsError) as exc:
                 raise Unreachable(f"TLS handshake failed: {_describe(exc)}") from None
 
     def send_all(self, data: bytes, *, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         view = memoryview(data)
-        while view:
-            try:
+        try:
+            while view:
                 sent = self.conn.send(view[:16384])
                 view = view[sent:]
-            except SSL.WantReadError:
-                _wait(self.sock, read=True, deadline=deadline)
-            except SSL.WantWriteError:
-                _wait(self.sock, read=False, deadline=deadline)
-            except (SSL.Error, OSError) as exc:
-                raise TlsError(f"send failed: {_describe(exc)}") from None
+        except (SSL.Error, OSError) as exc:
+            raise TlsError(f"send failed: {_describe(exc)}") from None
+        self._flush(deadline)
 
     def recv_some(self, *, timeout: float = 30.0) -> bytes:
         """At least one byte, or b"" when the server closed the connection."""
@@ -194,32 +260,38 @@ class TlsStream:
 
     def recv_nowait(self) -> bytes | None:
         """Decrypted bytes, b"" on EOF, or None if nothing can be read now."""
-        try:
-            return self.conn.recv(65536)
-        except SSL.WantReadError:
-            return None
-        except SSL.WantWriteError:
-            return None
-        except SSL.ZeroReturnError:
-            return b""
-        except SSL.SysCallError as exc:
-            if exc.args and exc.args[0] == -1:  # unexpected EOF
+        while True:
+            try:
+                return self.conn.recv(65536)
+            except SSL.WantReadError:
+                if not self._fill_nowait():
+                    return None
+            except SSL.WantWriteError:
+                return None
+            except SSL.ZeroReturnError:
                 return b""
-            raise TlsError(f"receive failed: {_describe(exc)}") from None
-        except (SSL.Error, OSError) as exc:
-            raise TlsError(f"receive failed: {_describe(exc)}") from None
+            except SSL.SysCallError as exc:
+                if exc.args and exc.args[0] == -1:  # unexpected EOF
+                    return b""
+                raise TlsError(f"receive failed: {_describe(exc)}") from None
+            except (SSL.Error, OSError) as exc:
+                raise TlsError(f"receive failed: {_describe(exc)}") from None
 
     def pending(self) -> int:
         return self.conn.pending()
 
     def send_record_nowait(self, record: bytes) -> bool:
-        """Write one record; False if the socket is full (retry later with the same bytes)."""
+        """Queue one record (sent by :meth:`flush_nowait`); False if too much is queued
+        already (retry later with the same bytes)."""
+        if len(self._out) >= _OUT_LIMIT:
+            return False
         try:
             self.conn.send(record)
         except (SSL.WantWriteError, SSL.WantReadError):
             return False
         except (SSL.Error, OSError) as exc:
             raise TlsError(f"send failed: {_describe(exc)}") from None
+        self._take_output()
         return True
 
     def export_keying_material(self, label: bytes, length: int) -> bytes:
@@ -230,8 +302,9 @@ class TlsStream:
         return f"{self.conn.get_protocol_version_name()} {self.conn.get_cipher_name()}"
 
     def close(self) -> None:
-        with contextlib.suppress(SSL.Error, OSError):  # the server may be gone already
+        with contextlib.suppress(SSL.Error, OSError, TlsError):  # the server may be gone
             self.conn.shutdown()
+            self.flush_nowait()
         self.sock.close()
 
 
