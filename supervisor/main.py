@@ -52,6 +52,7 @@ from sepconnect.supervisor.schema import (
     TO_WORKER,
     Failed,
     FailureKind,
+    Hold,
     QueryStatus,
     Start,
     Stop,
@@ -441,6 +442,8 @@ class Supervisor:
         if self.candidate is not None or self.carrier is None or s.cookie is None:
             return
         log(f"rekey ({reason}): connecting a new tunnel before dropping the old one")
+        with contextlib.suppress(OSError, WireError):
+            self.carrier.channel.send(Hold())
         self._spawn("rekey", cookie=s.cookie)
 
     def _reconnect(self, reason: str) -> None:

@@ -152,6 +152,18 @@ class WorkerStatus(Message):
     rx_packets: Counter
 
 
-TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Hold(Message):
+    """Supervisor → carrying worker: a replacement is connecting with the cookie (rekey).
+
+    The server will drop this worker's connection when the new one arrives; the worker
+    must then report the loss, not reconnect in place (which would take the session
+    back from its replacement).
+    """
+
+    op: ClassVar[str] = "hold"
+
+
+TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus, Hold)
 FROM_WORKER = Codec(TunnelUp, Failed, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
-from sepconnect.supervisor.schema import QueryStatus, Stop, WorkerStatus
+from sepconnect.supervisor.schema import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink
 from sepconnect.worker.io.tls import TlsError
@@ -50,6 +50,7 @@ class Outcome:
 
 class DataPath:
     def __init__(self, tunnel: Tunnel, tun_fd: int, channel: Channel) -> None:
+        self.held = False  # a replacement is connecting: never reconnect in place
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
@@ -149,6 +150,9 @@ class DataPath:
             return msg
         if isinstance(msg, QueryStatus):
             self.channel.send(self.status())
+            return None
+        if isinstance(msg, Hold):
+            self.held = True
             return None
         raise WireError(f"unexpected {msg.op} from the supervisor")
 

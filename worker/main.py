@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import select
 import signal
 import socket
 import sys
@@ -93,6 +94,12 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
         _log(sandbox.fatal_probe(probe))
 
 
+def _supervisor_spoke(channel: Channel) -> bool:
+    """Whether a message is waiting (a Hold or Stop sent just before the loss): then
+    the loss was expected, and the supervisor, not this worker, decides what follows."""
+    return bool(select.select([channel.fileno()], [], [], 0)[0])
+
+
 def _resume_in_place(start: Start, lost: Tunnel, failure: SessionFailure) -> Tunnel:
     """One immediate reconnect with the cookie, keeping this process and its tun fd.
 
@@ -125,11 +132,12 @@ def run(channel: Channel) -> int:
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
     while True:
+        path = DataPath(tunnel, tun_fd, channel)
         try:
-            outcome = DataPath(tunnel, tun_fd, channel).run()
+            outcome = path.run()
             break
         except SessionFailure as exc:
-            if exc.kind != "connection_lost":
+            if exc.kind != "connection_lost" or path.held or _supervisor_spoke(channel):
                 raise
             tunnel = _resume_in_place(msg, tunnel, exc)
             channel.send(_tunnel_up(tunnel))
