@@ -519,11 +519,19 @@ def _connect_helper(path: str) -> socket.socket:
     return sock
 
 
+_TIMES = ("connected_since", "last_rekey")  # seconds since the epoch in the JSON
+
+
 def _format_status(status: dict[str, object]) -> str:
+    import datetime
+
     lines = []
     for key, value in status.items():
         if isinstance(value, list):
             value = " ".join(str(v) for v in value) or "-"
+        elif key in _TIMES and isinstance(value, int | float):
+            when = datetime.datetime.fromtimestamp(value, datetime.UTC)
+            value = when.isoformat(timespec="seconds")
         lines.append(f"{key.replace('_', ' '):>16}: {'-' if value is None else value}")
     return "\n".join(lines)
 

@@ -79,3 +79,14 @@ def test_server_round_trip_and_stale_socket(tmp_path: Path) -> None:
     assert not Path(path).exists()
     with pytest.raises(ControlError, match="no sepconnect session"):
         control.request(path, "status")
+
+
+def test_status_text_shows_times_as_dates_and_lists_as_words() -> None:
+    from sepconnect.cli import _format_status
+
+    text = _format_status(
+        {"state": "connected", "connected_since": 0, "last_rekey": None, "routes": ["a", "b"]}
+    )
+    assert "connected since: 1970-01-01T00:00:00+00:00" in text
+    assert "last rekey: -" in text
+    assert "routes: a b" in text
