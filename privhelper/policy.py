@@ -184,16 +184,20 @@ def check_interface(text: str, version: int) -> Interface:
     return iface
 
 
-def check_gateway(text: str) -> Address:
-    """The VPN server's address: a unicast address the host reaches today."""
+def _check_unicast(text: str, what: str) -> Address:
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
-        raise Refusal(f"gateway {text}: not a valid IP address") from None
+        raise Refusal(f"{what} {text}: not a valid IP address") from None
     label = _forbidden(addr)
     if label is not None:
-        raise Refusal(f"gateway {text}: {label} is not allowed")
+        raise Refusal(f"{what} {text}: {label} is not allowed")
     return addr
+
+
+def check_gateway(text: str) -> Address:
+    """The VPN server's address: a unicast address the host reaches today."""
+    return _check_unicast(text, "gateway")
 
 
 def check_prefix(text: str, what: str) -> Network:
@@ -236,14 +240,7 @@ def check_domain(text: str, what: str) -> str:
 
 def check_dns(text: str) -> Address:
     """A DNS server pushed by the server: a unicast address, not in a forbidden range."""
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise Refusal(f"dns {text}: not a valid IP address") from None
-    label = _forbidden(addr)
-    if label is not None:
-        raise Refusal(f"dns {text}: {label} is not allowed")
-    return addr
+    return _check_unicast(text, "dns")
 
 
 def _unique(values: Iterable[_T]) -> tuple[_T, ...]:
