@@ -68,9 +68,10 @@ class HelperClient:
     def hello(self) -> None:
         self._call(Hello(seq=self._next_seq(), proto=PROTO_VERSION, role="supervisor"), Done)
 
-    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+    def create_tun(self, mtu: int, *, vnet_hdr: bool = False) -> tuple[str, int, int]:
         """Have the helper create the tun; return (ifname, ifindex, fd). The fd is ours to close."""
-        reply, fd = self._call(CreateTun(seq=self._next_seq(), mtu=mtu), TunCreated, SCRIPT_TIMEOUT)
+        request = CreateTun(seq=self._next_seq(), mtu=mtu, vnet_hdr=vnet_hdr)
+        reply, fd = self._call(request, TunCreated, SCRIPT_TIMEOUT)
         if fd is None:  # the Channel guarantees one; this only keeps the types honest
             raise WireError("tun_created: no fd")
         return reply.ifname, reply.ifindex, fd

@@ -92,14 +92,14 @@ class Helper:
 
     # -- the policy's operations -------------------------------------------------------
 
-    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+    def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         if self.audit.sender is not None:
             self.vpnpid = self.audit.sender[0]
         if self.options.script is not None:
             named = self.options.ifname if self.options.named else None
             self._script("pre-init", None, named)
         try:
-            tun = open_tun(self.options.ifname)
+            tun = open_tun(self.options.ifname, vnet_hdr=vnet_hdr)
         except OSError as exc:
             raise Refusal(f"create tun {self.options.ifname}: {exc.strerror or exc}") from None
         try:

@@ -325,7 +325,7 @@ Reply = tuple[Message, int | None]
 class Host(Protocol):
     """The system operations the handlers may use (main.Helper; a fake in tests)."""
 
-    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+    def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         """Create the tun; return its name, its ifindex and a dup of its fd to send."""
 
     def net_config(self, wanted: Wanted) -> None:
@@ -365,7 +365,7 @@ def on_hello(host: Host, msg: Message) -> Reply:
 
 def on_create_tun(host: Host, msg: Message) -> Reply:
     req = _as(msg, CreateTun)
-    ifname, ifindex, fd = host.create_tun(req.mtu)
+    ifname, ifindex, fd = host.create_tun(req.mtu, vnet_hdr=req.vnet_hdr)
     return TunCreated(seq=req.seq, ifname=ifname, ifindex=ifindex), fd
 
 

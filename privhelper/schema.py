@@ -38,11 +38,15 @@ class Hello(Message):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class CreateTun(Message):
-    """Open /dev/net/tun and create the device (the helper picks the name)."""
+    """Open /dev/net/tun and create the device (the helper picks the name).
+
+    ``vnet_hdr``: packets on the tun carry a virtio-net header (IFF_VNET_HDR), so
+    the worker can use tun offloads; offloads themselves start off."""
 
     op: ClassVar[str] = "create_tun"
     seq: Seq
     mtu: Mtu
+    vnet_hdr: bool = False  # the default serves Python callers; on the wire it is required
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

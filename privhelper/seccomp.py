@@ -11,7 +11,8 @@ and opened its netlink socket, before it reads the first request. From then on:
   socket, writing its audit log, opening /dev/net/tun, netlink.
 * Some pass only with certain arguments; the rest of their uses fail with an
   errno: ``socket`` (AF_NETLINK with NETLINK_ROUTE, AF_UNIX for the journal),
-  ``ioctl`` (:data:`IOCTLS`: TUNSETIFF/TUNGETIFF and the harmless fd ones),
+  ``ioctl`` (:data:`IOCTLS`: TUNSETIFF/TUNGETIFF, TUNSETVNETHDRSZ and
+  TUNSETOFFLOAD for the device it creates, and the harmless fd ones),
   ``prlimit64`` on itself only, ``fcntl`` for fd flags and dup only (no
   F_SETOWN/F_SETSIG: no SIGIO aimed at other processes).
 * :data:`NEVER` (execve, execveat, ptrace, process_vm_*, …) kills the helper
@@ -91,9 +92,13 @@ FEATURES: Final[dict[str, tuple[str, ...]]] = {
 
 _TUNSETIFF: Final = 0x400454CA
 _TUNGETIFF: Final = 0x800454D2
+_TUNSETOFFLOAD: Final = 0x400454D0
+_TUNSETVNETHDRSZ: Final = 0x400454D8
 IOCTLS: Final = (
     _TUNSETIFF,
     _TUNGETIFF,
+    _TUNSETOFFLOAD,
+    _TUNSETVNETHDRSZ,
     termios.TCGETS,
     termios.FIONBIO,
     termios.FIOCLEX,

@@ -24,6 +24,10 @@ TUNGETIFF: Final = 0x800454D2
 IFF_TUN: Final = 0x0001
 IFF_NO_PI: Final = 0x1000
 IFF_PERSIST: Final = 0x0800
+IFF_VNET_HDR: Final = 0x4000
+TUNSETOFFLOAD: Final = 0x400454D0
+TUNSETVNETHDRSZ: Final = 0x400454D8
+VNET_HDR_LEN: Final = 10  # struct virtio_net_hdr, what worker/proto/offload.py speaks
 
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: ifr_name[IFNAMSIZ], ifr_flags, padding to 40
 
@@ -34,21 +38,29 @@ class Tun:
     name: str
 
 
-def open_tun(name: str = DEFAULT_TEMPLATE) -> Tun:
+def open_tun(name: str = DEFAULT_TEMPLATE, *, vnet_hdr: bool = False) -> Tun:
     """Create a layer-3 tun without packet-info header, named ``name`` (may hold one ``%d``).
+
+    With ``vnet_hdr`` every packet on the fd carries a 10-byte virtio-net header,
+    which is what lets the worker use offloads (TSO, coalesced writes). Offloads
+    themselves start off: the worker turns on (TUNSETOFFLOAD, on its own fd of
+    this device) only those its code handles.
 
     Raises OSError. Refuses to attach to an existing *persistent* device: that
     one would outlive the session, and would not be ours.
     """
     fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     try:
-        request = _IFREQ.pack(name.encode("ascii"), IFF_TUN | IFF_NO_PI)
-        created = fcntl.ioctl(fd, TUNSETIFF, request)
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        created = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode("ascii"), flags))
         raw_name, _ = _IFREQ.unpack(created)
         ifname = raw_name.rstrip(b"\0").decode("ascii")
         _, flags = _IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size)))
         if flags & IFF_PERSIST:
             raise OSError(f"{ifname}: an existing persistent device, not ours")
+        if vnet_hdr:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
         return Tun(fd, ifname)
     except BaseException:
         os.close(fd)

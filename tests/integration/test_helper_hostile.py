@@ -222,10 +222,26 @@ CASES = [
     Case("mtu_too_small", _raw(net_config(mtu=100)), "fatal", "outside"),
     Case("mtu_too_big", _raw(net_config(mtu=65536)), "fatal", "outside"),
     Case("mtu_as_string", _raw(net_config(mtu="1400")), "fatal", "expected int"),
-    Case("bool_as_int", _raw(packed("create_tun", seq=True, mtu=1400)), "fatal", "expected int"),
+    Case(
+        "bool_as_int",
+        _raw(packed("create_tun", seq=True, mtu=1400, vnet_hdr=False)),
+        "fatal",
+        "expected int",
+    ),
+    Case(
+        "int_as_bool",
+        _raw(packed("create_tun", seq=5, mtu=1400, vnet_hdr=1)),
+        "fatal",
+        "expected bool",
+    ),
     # -- the request table: out of phase, repeated once-only: fatal
     Case("hello_again", _raw(packed("hello", seq=5, proto=1, role="supervisor")), "fatal", "phase"),
-    Case("create_tun_again", _raw(packed("create_tun", seq=5, mtu=1400)), "fatal", "phase"),
+    Case(
+        "create_tun_again",
+        _raw(packed("create_tun", seq=5, mtu=1400, vnet_hdr=True)),
+        "fatal",
+        "phase",
+    ),
     # -- values out of policy: refused, nothing changes, the helper goes on
     Case("delete_default_v4", _refused(exclude=["0.0.0.0/0"]), "refused", "/0 prefix"),
     Case("delete_default_v6", _refused(exclude=["::/0"]), "refused", "/0 prefix"),

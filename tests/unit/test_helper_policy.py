@@ -469,8 +469,8 @@ class FakeHost:
         self.refuse_tun = False
         self.real_fd = real_fd
 
-    def create_tun(self, mtu: int) -> tuple[str, int, int]:
-        self.calls.append(f"create_tun {mtu}")
+    def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
+        self.calls.append(f"create_tun {mtu}" + (" vnet_hdr" if vnet_hdr else ""))
         if self.refuse_tun:
             raise Refusal("create tun sepc%d: Device or resource busy")
         return "sepc0", TUN, os.open(os.devnull, os.O_RDONLY) if self.real_fd else -1

@@ -125,7 +125,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def create_tun(self, mtu: int) -> tuple[str, int, int]:
+    def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         self.calls.append("create_tun")
         return "sepc0", 7, 99
 
