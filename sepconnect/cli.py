@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-dtls", action="store_true", help="carry data over TLS only; never use UDP (DTLS)"
     )
     c.add_argument(
+        "--no-tun-offload",
+        action="store_true",
+        help="one tun read/write per packet: no TSO from the tun, no coalesced writes "
+        "(for kernels or setups where tun offloads misbehave)",
+    )
+    c.add_argument(
         "--dtls-ciphers",
         metavar="LIST",
         help="send this X-DTLS-CipherSuite list (colon separated, as openconnect) instead of "
@@ -464,6 +470,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
             control_path=args.control_socket,
             control_gid=control_gid,
             allow_weak_sandbox=args.allow_weak_sandbox,
+            tun_offload=not args.no_tun_offload,
         )
         VERBOSITY[0] = args.verbose
         code = Supervisor(HelperClient(ours), start, options).run()

@@ -124,6 +124,7 @@ class Options:
     control_path: str | None = None
     control_gid: int | None = None
     allow_weak_sandbox: bool = False
+    tun_offload: bool = True  # create the tun with a virtio-net header (worker offloads)
 
 
 @dataclass(slots=True)
@@ -261,7 +262,9 @@ class Supervisor:
             log(note)
         try:
             if self.tun is None:
-                ifname, ifindex, fd = self.helper.create_tun(net.mtu)
+                ifname, ifindex, fd = self.helper.create_tun(
+                    net.mtu, vnet_hdr=self.options.tun_offload
+                )
                 self.tun = _Tun(ifname, ifindex, fd)
             if net != self.session.net:
                 self._apply(net)

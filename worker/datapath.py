@@ -10,8 +10,6 @@ over CSTP; packets from the server are accepted on both channels at all times.
 
 from __future__ import annotations
 
-import errno
-import os
 import selectors
 import sys
 import time
@@ -22,6 +20,7 @@ from sepconnect.supervisor.schema import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink
 from sepconnect.worker.io.tls import TlsError
+from sepconnect.worker.io.tun import TunIO
 from sepconnect.worker.proto import errors
 from sepconnect.worker.proto.dtls_setup import DtlsPlan, NoDtls
 from sepconnect.worker.proto.session import (
@@ -32,7 +31,7 @@ from sepconnect.worker.proto.session import (
 )
 
 _TUN_BURST = 64  # packets read from the tun per wakeup before servicing the TLS side
-_MAX_PACKET = 65535
+_SERVER_BURST = 96 * 1024  # CSTP bytes decoded before their packets go to the tun
 
 
 def _log(text: str) -> None:
@@ -54,12 +53,12 @@ class DataPath:
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
+        self.tun = TunIO(tun_fd)
         self.channel = channel
         cfg = tunnel.config
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
         self.backlog: list[bytes] = []  # CSTP frames waiting for room in the TLS socket
         self.selector = selectors.DefaultSelector()
-        os.set_blocking(tun_fd, False)
         plan = tunnel.dtls
         self.dtls = (
             DtlsLink(tunnel, plan, self.selector, time.monotonic())
@@ -115,8 +114,7 @@ class DataPath:
             elif key.data == "tun":
                 self._read_tun()
             elif key.data == "udp" and self.dtls is not None:
-                for packet in self.dtls.read(time.monotonic()):
-                    self._write_tun(packet)
+                self.tun.write_packets(self.dtls.read(time.monotonic()))
         if self.stream.pending():
             self._read_server()
         now = time.monotonic()
@@ -183,17 +181,28 @@ class DataPath:
         )
 
     def _read_server(self) -> None:
+        # OpenSSL hands over one record (one CSTP packet) per read: gather what is
+        # ready, so that the tun gets the packets as a burst it can coalesce.
+        chunks: list[bytes] = []
+        size = 0
         while True:
             data = self.stream.recv_nowait()
             if data is None:
-                return
+                break
             if not data:
+                if chunks:
+                    self._from_server(b"".join(chunks))
                 raise SessionFailure("connection_lost", "the server closed the connection")
-            self._from_server(data)
+            chunks.append(data)
+            size += len(data)
+            if size >= _SERVER_BURST:
+                self._from_server(b"".join(chunks))
+                chunks, size = [], 0
+        if chunks:
+            self._from_server(b"".join(chunks))
 
     def _from_server(self, data: bytes) -> None:
-        for packet in self.session.receive_data_untrusted(data, time.monotonic()):
-            self._write_tun(packet)
+        self.tun.write_packets(self.session.receive_data_untrusted(data, time.monotonic()))
         self._drain_events()
 
     def _drain_events(self) -> None:
@@ -205,30 +214,12 @@ class DataPath:
             if isinstance(event, ServerTerminated):
                 raise SessionFailure("terminated", "the server terminated the session")
 
-    def _write_tun(self, packet: bytes) -> None:
-        try:
-            os.write(self.tun_fd, packet)
-        except BlockingIOError:
-            pass  # the tun queue is full: drop, as a router would
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EIO):
-                raise
-            # EINVAL: a malformed packet from the server; the kernel refused it.
-
     def _read_tun(self) -> None:
         dtls = self.dtls
         if self.backlog and (dtls is None or not dtls.usable):
             return  # TLS is full: leave packets in the tun queue (backpressure)
         now = time.monotonic()
-        packets: list[bytes] = []
-        read, fd = os.read, self.tun_fd
-        for _ in range(_TUN_BURST):
-            try:
-                packet = read(fd, _MAX_PACKET)
-            except BlockingIOError:
-                break
-            if packet:
-                packets.append(packet)
+        packets = self.tun.read_packets(_TUN_BURST)
         if dtls is not None:
             packets = dtls.send_packets(packets, now)  # what DTLS cannot carry now
         for packet in packets:

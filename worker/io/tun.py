@@ -1,0 +1,124 @@
+"""The worker's side of the tun fd: plain packets, or coalesced writes when the
+helper created the device with a virtio-net header (privhelper/tun.py, ``vnet_hdr``).
+
+:meth:`TunIO.read_packets` returns ordinary IP packets with valid checksums, and
+:meth:`TunIO.write_packets` takes ordinary IP packets; with the header, a burst of
+in-order TCP segments goes to the kernel as one super-packet
+(worker/proto/offload.py).
+
+Reads use no offload: TUNSETOFFLOAD 0 (DESIGN.md: offloads off unless used). TSO on
+the read side was built and measured (docs/performance.md): splitting a 64 KiB
+super-packet and summing each segment's payload in Python cost more of the worker's
+CPU (DTLS upload 19–22 s/GB against 15) than the ~45 reads it saves, whereas the
+kernel segments and checksums in C on the sending application's time. A frame that
+still arrives with a GSO type or a partial checksum (someone turned offloads on
+behind our back) is split and completed all the same, never sent half-done.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import sys
+from typing import Final
+
+from sepconnect.worker.proto.offload import (
+    PLAIN_HEADER,
+    VNET_HDR_LEN,
+    Coalescer,
+    OffloadError,
+    split_frame,
+)
+
+__all__ = ["TunIO"]
+
+# <linux/if_tun.h>
+_TUNGETIFF: Final = 0x800454D2
+_TUNSETOFFLOAD: Final = 0x400454D0
+_IFF_VNET_HDR: Final = 0x4000
+_IFREQ = struct.Struct("16sH22x")
+_READ_SIZE: Final = VNET_HDR_LEN + 65535
+
+
+def _log(text: str) -> None:
+    print(f"sepconnect worker: {text}", file=sys.stderr, flush=True)
+
+
+class TunIO:
+    """Nonblocking reads and writes of IP packets on the tun fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
+        self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
+        self.coalesce = self.vnet_hdr
+        self.bad_frames = 0  # frames from the kernel we could not make packets of
+        fcntl.ioctl(fd, _TUNSETOFFLOAD, 0)
+
+    def describe(self) -> str:
+        return "coalesced writes" if self.coalesce else "none"
+
+    def read_packets(self, budget: int) -> list[bytes]:
+        """Read until about ``budget`` packets are in hand or the tun is empty."""
+        packets: list[bytes] = []
+        read, fd = os.read, self.fd
+        if not self.vnet_hdr:
+            for _ in range(budget):
+                try:
+                    packet = read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    break
+                if packet:
+                    packets.append(packet)
+            return packets
+        while len(packets) < budget:
+            try:
+                frame = read(fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            if len(frame) <= VNET_HDR_LEN:
+                continue
+            if frame[0] == 0 and frame[1] == 0:  # no checksum to do, no GSO: as it is
+                packets.append(frame[VNET_HDR_LEN:])
+                continue
+            try:
+                packets.extend(split_frame(frame))
+            except OffloadError as exc:
+                self.bad_frames += 1
+                if self.bad_frames == 1:
+                    _log(f"dropped a frame from the tun: {exc}")
+        return packets
+
+    def write_packets(self, packets: list[bytes]) -> None:
+        """Write packets from the server; drops what the tun refuses, as a router would."""
+        if not self.vnet_hdr:
+            for packet in packets:
+                self._write(packet)
+            return
+        if not self.coalesce or len(packets) == 1:
+            for packet in packets:
+                self._write(PLAIN_HEADER + packet)
+            return
+        coalescer = Coalescer()
+        for packet in packets:
+            coalescer.add(packet)
+        for frame in coalescer.frames():
+            if not self._write(frame) and frame[1]:
+                # The kernel refused a super-packet: its segments are lost (TCP resends
+                # them), and from now on packets go one by one.
+                self.coalesce = False
+                _log("the tun refused a coalesced write; writing packets one by one")
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            os.write(self.fd, data)
+        except BlockingIOError:
+            return True  # the tun queue is full: drop, as a router would
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EIO):
+                raise
+            return False  # a packet the kernel refused (malformed)
+        return True
