@@ -717,12 +717,18 @@ route add {self.pool6} via {self.server_target_ip6}
 
     def _start_iperf(self) -> None:
         # not daemonized: we hold its pid. Listens on [::] (v4 and v6) in the target ns.
+        # --idle-timeout: a test whose client vanished mid-run (its tunnel went away)
+        # leaves the server "busy" for minutes otherwise.
         self._iperf = self.popen_in(
             self.target_ns,
             "iperf3",
             "-s",
             "-p",
             str(self.iperf_port),
+            "--idle-timeout",
+            "3",
+            "--rcv-timeout",
+            "3000",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
