@@ -34,7 +34,6 @@ Which backend is used is root's choice on the helper's command line
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import socket
 import stat
@@ -283,6 +282,10 @@ def resolv_conf_text(original: bytes, dns: Dns, ifname: str) -> bytes:
 
 
 def _digest(data: bytes) -> str:
+    # Imported here: hashlib loads OpenSSL's libcrypto (3.4 MB of RSS), which only the
+    # file backend needs (allowed after the seccomp filter: "modules loaded lazily").
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
