@@ -282,11 +282,14 @@ def resolv_conf_text(original: bytes, dns: Dns, ifname: str) -> bytes:
 
 
 def _digest(data: bytes) -> str:
-    # Imported here: hashlib loads OpenSSL's libcrypto (3.4 MB of RSS), which only the
-    # file backend needs (allowed after the seccomp filter: "modules loaded lazily").
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
+    # CPython's own SHA-256 (the one hashlib falls back to): hashlib's default is
+    # OpenSSL's, and loading libcrypto for one digest of a small file costs the helper
+    # 3.4 MB of RSS. Same function, same hex digest (the state file keeps it).
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:  # a CPython built without it (3.12 renamed it _sha2)
+        from hashlib import sha256
+    return str(sha256(data).hexdigest())
 
 
 def read_regular(path: str, limit: int = MAX_RESOLV_CONF) -> bytes:
