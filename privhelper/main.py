@@ -45,7 +45,6 @@ from types import FrameType
 from typing import Any, Final
 
 import setproctitle
-from pyroute2 import IPRoute
 
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import dns as _dns
@@ -60,6 +59,7 @@ from sepconnect.privhelper.policy import (
     ProtocolViolation,
     check_ifname,
 )
+from sepconnect.privhelper.rtnl import IPRoute
 from sepconnect.privhelper.runner import Programs, RunnerClient, check_script
 from sepconnect.privhelper.schema import FD_REPLIES, REPLIES, REQUESTS, Refused
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE

@@ -9,8 +9,8 @@ empty plan and touches nothing.
 
 :class:`Router` keeps what the helper installed (in memory; only the helper
 changes it) and applies plans through :class:`Netlink`, a thin wrapper of
-pyroute2's synchronous ``IPRoute``. If an operation fails midway, the
-operations already done are undone in reverse order and the request is
+the helper's rtnetlink client (rtnl.py, pyroute2's message classes). If an
+operation fails midway, the operations already done are undone in reverse order and the request is
 refused with the kernel's error.
 
 What the helper ever installs:
@@ -55,10 +55,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Final, Protocol
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from sepconnect.privhelper.policy import Address, Interface, Network, Refusal, Wanted
+from sepconnect.privhelper.rtnl import IPRoute, NetlinkError
 
 METRIC: Final = 50
 """Priority of every route we add (NetworkManager's default for VPN routes): it
@@ -301,7 +299,7 @@ class Kernel(Protocol):
 
 
 class Netlink:
-    """:class:`Kernel` over pyroute2's synchronous ``IPRoute`` (never NDB, no netns)."""
+    """:class:`Kernel` over rtnl.IPRoute (pyroute2's messages, one blocking socket)."""
 
     def __init__(self, ipr: IPRoute) -> None:
         self.ipr = ipr

@@ -6,8 +6,8 @@ setproctitle, so this is a small binding of its own rather than pyseccomp.
 :func:`apply` is called once, after the helper has dropped to CAP_NET_ADMIN
 and opened its netlink socket, before it reads the first request. From then on:
 
-* :data:`ALLOWED` system calls pass: what CPython, pyroute2 (an asyncio loop
-  over one NETLINK_ROUTE socket) and the helper's own work need — reading its
+* :data:`ALLOWED` system calls pass: what CPython, rtnl.py (pyroute2's messages
+  over one blocking NETLINK_ROUTE socket) and the helper's own work need — reading its
   socket, writing its audit log, opening /dev/net/tun, netlink.
 * Some pass only with certain arguments; the rest of their uses fail with an
   errno: ``socket`` (AF_NETLINK with NETLINK_ROUTE, AF_UNIX for the journal),

@@ -1,16 +1,15 @@
 """``--servercert`` pins, parsed without importing cryptography or OpenSSL.
 
 The supervisor validates the option before it starts anything; importing the TLS
-layer for that cost it ~14 MB of RSS and ~40 ms (docs/performance.md). The worker's
-TLS layer (worker/io/tls.py) re-exports :class:`ServerPin` and matches it against
-the server's certificate.
+layer for that cost it ~14 MB of RSS and ~40 ms, and even hashlib (libcrypto) 3.4 MB
+(docs/performance.md). The worker's TLS layer (worker/io/tls.py) re-exports
+:class:`ServerPin` and matches it against the server's certificate.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,10 @@ class ServerPin:
         return pin
 
     def matches(self, cert: x509.Certificate) -> bool:
+        # hashlib here, not at the top: it loads OpenSSL's libcrypto (3.4 MB of RSS),
+        # and the supervisor imports this module only to parse the option.
+        import hashlib
+
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
         if self.kind == "spki":
