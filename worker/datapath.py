@@ -58,6 +58,7 @@ class DataPath:
         cfg = tunnel.config
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
         self.backlog: list[bytes] = []  # CSTP frames waiting for room in the TLS socket
+        self.want_write = False  # the TLS socket is watched for writability
         self.selector = selectors.DefaultSelector()
         plan = tunnel.dtls
         self.dtls = (
@@ -96,38 +97,51 @@ class DataPath:
             sel.close()
 
     def _turn(self) -> Stop | None:
-        timer = self.session.get_timer()
-        if self.dtls is not None:
-            dtls_timer = self.dtls.timer()
+        # One wakeup. The common one is a single packet (an interactive flow): every
+        # call made here counts towards the tunnel's added latency, so housekeeping
+        # (timers, events, queued output) is looked at only when there is some.
+        session, dtls, stream = self.session, self.dtls, self.stream
+        timer = session.get_timer()
+        if dtls is not None:
+            dtls_timer = dtls.channel.get_timer()
             if dtls_timer is not None and (timer is None or dtls_timer < timer):
                 timer = dtls_timer
         timeout = None if timer is None else max(0.0, timer - time.monotonic())
-        if self.stream.pending():
-            timeout = 0.0
+        tls_read = False
         for key, _ in self.selector.select(timeout):
-            if key.data == "ipc":
+            data = key.data
+            if data == "udp":
+                if dtls is not None:
+                    self.tun.write_packets(dtls.read(time.monotonic()))
+            elif data == "tun":
+                self._read_tun()
+            elif data == "tls":
+                self._read_server()  # a write-readiness wakeup ends in _flush below
+                tls_read = True
+            elif data == "ipc":
                 stop = self._from_supervisor()
                 if stop is not None:
                     return stop
-            elif key.data == "tls":
-                self._read_server()  # a write-readiness wakeup ends in _flush below
-            elif key.data == "tun":
-                self._read_tun()
-            elif key.data == "udp" and self.dtls is not None:
-                self.tun.write_packets(self.dtls.read(time.monotonic()))
-        if self.stream.pending():
+        if tls_read and stream.pending():
             self._read_server()
         now = time.monotonic()
-        timer = self.session.get_timer()
         if timer is not None and timer <= now:
-            self.session.handle_timer(now)
-            self._drain_events()
-        if self.dtls is not None:
-            self.dtls.on_timer(now)
-            self._dtls_events()
-            self.dtls.flush(now)
-            self._dtls_events()
-        self._flush()
+            session_timer = session.get_timer()
+            if session_timer is not None and session_timer <= now:
+                session.handle_timer(now)
+                self._drain_events()
+            if dtls is not None:
+                dtls.on_timer(now)
+        if dtls is not None:
+            channel = dtls.channel
+            if channel.has_events:
+                self._dtls_events()
+            if channel.has_output:
+                dtls.flush(now)
+                if channel.has_events:
+                    self._dtls_events()
+        if session.has_output or self.backlog or self.want_write or stream.may_have_output:
+            self._flush()
         return None
 
     def _dtls_events(self) -> None:
@@ -239,13 +253,10 @@ class DataPath:
         del self.backlog[:sent]
         # one send() for the burst's records (worker/io/tls.py)
         want_write = not self.stream.flush_nowait() or bool(self.backlog)
-        key = self.selector.get_key(self.stream.sock)
-        if want_write and key.events == selectors.EVENT_READ:
-            self.selector.modify(
-                self.stream.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, "tls"
-            )
-        elif not want_write and key.events != selectors.EVENT_READ:
-            self.selector.modify(self.stream.sock, selectors.EVENT_READ, "tls")
+        if want_write != self.want_write:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self.selector.modify(self.stream.sock, events, "tls")
+            self.want_write = want_write
 
     def _stop(self, stop: Stop) -> Outcome:
         self.session.disconnect(logoff=stop.logoff)

@@ -323,6 +323,15 @@ class DtlsChannel:
         self._last_probe = now
         self._send(_DPD_REQ, now, expect_answer=True)
 
+    @property
+    def has_output(self) -> bool:
+        """Datagrams wait to be sent (cheap: the data path asks on every wakeup)."""
+        return bool(self._out) or (self.conn is not None and self.conn.has_output)
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def datagrams_to_send(self) -> list[bytes]:
         if self.conn is not None:
             self._pull(self.conn)

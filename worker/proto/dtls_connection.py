@@ -411,6 +411,10 @@ class DtlsConnection:
         if datagram:
             self._out.append(datagram)
 
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
     def datagrams_to_send(self) -> list[bytes]:
         out = self._out
         self._out = []

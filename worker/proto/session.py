@@ -198,6 +198,10 @@ class CstpSession:
         self.tx_packets += 1
         self.tx_bytes += len(packet)
 
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
     def frames_to_send(self) -> list[bytes]:
         """Encoded frames queued since the last call, oldest first."""
         out = self._out
