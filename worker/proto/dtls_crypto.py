@@ -19,14 +19,14 @@ additional data is the 64-bit ``epoch << 48 | seq``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
 
+from cryptography.hazmat.primitives import constant_time, hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
@@ -219,13 +219,35 @@ class BadRecordMac(Exception):
 # PRFs (RFC 5246 §5; RFC 2246 §5 for the MD5/SHA-1 PRF of TLS 1.0 / DTLS 1.0 / 0.9)
 
 
+# Hashes come from `cryptography` (its own OpenSSL, loaded anyway), not hashlib/hmac:
+# those load the system libcrypto as well, 3.4 MB of the worker's RSS (issue #6).
+_HASHES: Final[dict[str, Callable[[], hashes.HashAlgorithm]]] = {
+    "md5": hashes.MD5,
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+}
+
+
+def _hmac(name: str, key: bytes, data: bytes) -> bytes:
+    h = crypto_hmac.HMAC(key, _HASHES[name]())
+    h.update(data)
+    return h.finalize()
+
+
+def _digest(name: str, data: bytes) -> bytes:
+    h = hashes.Hash(_HASHES[name]())
+    h.update(data)
+    return h.finalize()
+
+
 def p_hash(name: str, secret: bytes, seed: bytes, length: int) -> bytes:
     """P_<hash>(secret, seed) truncated to *length* bytes."""
     out = bytearray()
     a = seed
     while len(out) < length:
-        a = hmac.digest(secret, a, name)
-        out += hmac.digest(secret, a + seed, name)
+        a = _hmac(name, secret, a)
+        out += _hmac(name, secret, a + seed)
     return bytes(out[:length])
 
 
@@ -283,8 +305,8 @@ class Transcript:
     def digest(self, kind: PrfHash) -> bytes:
         data = b"".join(self._messages)
         if kind is PrfHash.MD5_SHA1:
-            return hashlib.md5(data).digest() + hashlib.sha1(data).digest()  # noqa: S324
-        return hashlib.new(kind.value, data).digest()
+            return _digest("md5", data) + _digest("sha1", data)
+        return _digest(kind.value, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +424,7 @@ class CbcSha1Protection(RecordProtection):
         self._random = random
 
     def _mac(self, seq64: int, ctype: int, version: int, data: bytes) -> bytes:
-        return hmac.digest(self._mac_key, _aad(seq64, ctype, version, len(data)) + data, "sha1")
+        return _hmac("sha1", self._mac_key, _aad(seq64, ctype, version, len(data)) + data)
 
     def seal(self, seq64: int, ctype: int, version: int, plaintext: bytes) -> bytes:
         mac = self._mac(seq64, ctype, version, plaintext)
@@ -424,7 +446,7 @@ class CbcSha1Protection(RecordProtection):
             good = data[end:-1] == bytes((pad,)) * pad
         plaintext, tag = data[: end - 20], data[end - 20 : end]
         expected = self._mac(seq64, ctype, version, plaintext)
-        if not hmac.compare_digest(expected, tag) or not good:
+        if not constant_time.bytes_eq(expected, tag) or not good:
             raise BadRecordMac("authentication failed")
         return plaintext
 

@@ -47,13 +47,16 @@ class ServerPin:
         return pin
 
     def matches(self, cert: x509.Certificate) -> bool:
-        # hashlib here, not at the top: it loads OpenSSL's libcrypto (3.4 MB of RSS),
-        # and the supervisor imports this module only to parse the option.
-        import hashlib
-
+        # Imported here, not at the top: the supervisor imports this module only to
+        # parse the option. The hash is cryptography's, which the worker has loaded
+        # anyway; hashlib would load the system's libcrypto too (3.4 MB of RSS).
+        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
         if self.kind == "spki":
-            spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-            return hashlib.sha256(spki).digest() == self.digest
-        return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest() == self.digest
+            der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        else:
+            der = cert.public_bytes(Encoding.DER)
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(der)
+        return digest.finalize() == self.digest
