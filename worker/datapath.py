@@ -112,7 +112,10 @@ class DataPath:
             data = key.data
             if data == "udp":
                 if dtls is not None:
-                    self.tun.write_packets(dtls.read(time.monotonic()))
+                    # Latency first: deliver what one read brought, then drain.
+                    self.tun.write_packets(dtls.read(time.monotonic(), first=True))
+                    if not dtls.drained:
+                        self.tun.write_packets(dtls.read(time.monotonic()))
             elif data == "tun":
                 self._read_tun()
             elif data == "tls":
@@ -233,13 +236,25 @@ class DataPath:
         if self.backlog and (dtls is None or not dtls.usable):
             return  # TLS is full: leave packets in the tun queue (backpressure)
         now = time.monotonic()
-        packets = self.tun.read_packets(_TUN_BURST)
+        # Latency first: the first packet leaves before we look for more, so that the
+        # read which finds the tun empty is not on an interactive packet's path.
+        first = self.tun.read_packets(1)
+        if first:
+            self._to_server(first, now)
+            rest = self.tun.read_packets(_TUN_BURST - 1)
+            if rest:
+                self._to_server(rest, now)
+
+    def _to_server(self, packets: list[bytes], now: float) -> None:
+        dtls = self.dtls
         if dtls is not None:
             packets = dtls.send_packets(packets, now)  # what DTLS cannot carry now
-        for packet in packets:
-            self.session.send_packet(packet, now)
-        if dtls is not None:
             dtls.flush(now)
+        if packets:
+            session = self.session
+            for packet in packets:
+                session.send_packet(packet, now)
+            self._flush()
 
     def _flush(self) -> None:
         frames = self.session.frames_to_send()

@@ -53,6 +53,7 @@ class DtlsLink:
         self.down_reason = ""
         self.dropped = 0  # datagrams the socket had no room for
         self.changed = False  # the data channel changed since the last poll
+        self.drained = True  # the last read() found the socket empty
 
     # -- socket ---------------------------------------------------------------------
 
@@ -84,17 +85,24 @@ class DtlsLink:
         """Queue a burst; returns the packets that must go over CSTP."""
         return self.channel.send_packets(packets, now)
 
-    def read(self, now: float) -> list[bytes]:
-        """Datagrams ready on the socket → IP packets for the tun."""
+    def read(self, now: float, *, first: bool = False) -> list[bytes]:
+        """Datagrams ready on the socket → IP packets for the tun. With ``first``, only
+        one read (with GRO, one train of datagrams): the caller delivers those before
+        it reads on, so that an interactive packet does not wait for the read that
+        finds the socket empty. :attr:`drained` says whether that read happened."""
         packets: list[bytes] = []
         udp = self.udp
+        self.drained = True
         if udp is None:
             return packets
         try:
-            while batch := udp.recv_batch():
+            while batch := udp.recv_batch(1 if first else 64):
                 packets.extend(self.channel.receive_datagrams_untrusted(batch, now))
                 if udp.drained:
                     break  # saves one recvmsg (EAGAIN) per wakeup
+                if first:
+                    self.drained = False
+                    break
         except UdpError as exc:
             self.channel.socket_error(now, str(exc))
         return packets
