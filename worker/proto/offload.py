@@ -34,8 +34,9 @@ segment costs about a microsecond.
 
 from __future__ import annotations
 
+import functools
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "GSO_NONE",
@@ -194,7 +195,7 @@ class _Run:
 
     __slots__ = (
         "first", "l4", "header_len", "mss", "parts", "size", "next_seq", "ipv4", "push",
-        "closed", "payload_sum",
+        "closed", "payload_sum", "next_id", "template", "masked",
     )  # fmt: skip
 
     def __init__(
@@ -213,6 +214,57 @@ class _Run:
         # an odd offset, where its sum no longer adds up (see Coalescer).
         self.closed = self.push or bool(self.mss & 1)
         self.payload_sum = payload_sum
+        self.next_id = (_U16.unpack_from(packet, 4)[0] + 1) & 0xFFFF if ipv4 else 0
+        self.template = _template(l4, header_len)
+        self.masked = int.from_bytes(packet[:header_len], "big") & self.template.mask
+
+    def try_join(self, packet: bytes) -> bool:
+        """Append ``packet`` if it continues the run; False (nothing changed) if not.
+
+        The common case of a bulk transfer, so it works on the headers as one
+        integer: equal to the first segment's under a mask that hides the fields
+        which differ from segment to segment (lengths, IPv4 ID and checksum,
+        sequence number, PSH, TCP checksum), and those fields checked one by one.
+        Equal headers make the first segment's checks (:func:`_mergeable`) hold for
+        this one too.
+        """
+        header_len = self.header_len
+        n = len(packet)
+        size = n - header_len
+        if (
+            self.closed
+            or size <= 0
+            or size > self.mss
+            or self.size + size > _MAX_SUPER
+            or len(self.parts) >= _MAX_SEGMENTS
+        ):
+            return False
+        t = self.template
+        x = int.from_bytes(packet[:header_len], "big")
+        if x & t.mask != self.masked or (x >> t.seq_shift) & 0xFFFFFFFF != self.next_seq:
+            return False
+        if self.ipv4:
+            ip_header = x >> t.ip_header_shift
+            if (
+                (ip_header >> 128) & 0xFFFF != n  # total length
+                or (ip_header >> 112) & 0xFFFF != self.next_id
+                or ip_header % 0xFFFF  # the IPv4 header checksum
+            ):
+                return False
+            self.next_id = (self.next_id + 1) & 0xFFFF
+        elif (x >> t.length_shift) & 0xFFFF != n - 40:
+            return False
+        # What the payload sums to if the segment's checksum is right (see Coalescer).
+        known = (x & t.summed_mask) + _TCP + n - self.l4
+        self.payload_sum += 0xFFFF - known % 0xFFFF
+        self.parts.append(packet[header_len:])
+        self.size += size
+        self.next_seq = (self.next_seq + size) & 0xFFFFFFFF
+        if (x >> t.push_shift) & 1:
+            self.push = self.closed = True
+        elif size < self.mss:
+            self.closed = True
+        return True
 
     def frame(self) -> bytes:
         first, l4, header_len = self.first, self.l4, self.header_len
@@ -268,6 +320,13 @@ class Coalescer:
         self._out: list[bytes] = []
 
     def add(self, packet: bytes) -> None:
+        runs = self._runs
+        if runs:
+            first = packet[0]
+            key = packet[12:24] if first == 0x45 else packet[8:44] if first >> 4 == 6 else None
+            run = runs.get(key)
+            if run is not None and run.try_join(packet):
+                return
         found = _mergeable(packet)
         if found is None:
             if self._runs:
@@ -281,26 +340,7 @@ class Coalescer:
         key, l4, header_len, payload_sum = found
         run = self._runs.get(key)
         if run is not None:
-            size = len(packet) - header_len
-            if (
-                not run.closed
-                and header_len == run.header_len
-                and size <= run.mss
-                and run.size + size <= _MAX_SUPER
-                and len(run.parts) < _MAX_SEGMENTS
-                and _U32.unpack_from(packet, l4 + 4)[0] == run.next_seq
-                and _same_shape(run, packet, l4, header_len)
-            ):
-                run.parts.append(packet[header_len:])
-                run.size += size
-                run.next_seq = (run.next_seq + size) & 0xFFFFFFFF
-                run.payload_sum += payload_sum
-                if packet[l4 + 13] & _PSH:
-                    run.push = run.closed = True
-                elif size < run.mss:
-                    run.closed = True
-                return
-            self._out.append(run.frame())
+            self._out.append(run.frame())  # try_join said no: the run ends here
         self._runs[key] = _Run(packet, l4 == 20, l4, header_len, payload_sum)
 
     def frames(self) -> list[bytes]:
@@ -312,25 +352,36 @@ class Coalescer:
         return out
 
 
-def _same_shape(run: _Run, packet: bytes, l4: int, header_len: int) -> bool:
-    """Does ``packet`` match the run's first segment in every field the kernel's TCP
-    segmentation copies (so splitting the super-packet again gives it back)?"""
-    first = run.first
-    if l4 == 20:
-        # TOS, flags/fragment, TTL, protocol; the ID one more per segment, as the
-        # kernel numbers the segments it cuts.
-        if first[1] != packet[1] or first[6:10] != packet[6:10]:
-            return False
-        if (first[4] << 8 | first[5]) + len(run.parts) & 0xFFFF != packet[4] << 8 | packet[5]:
-            return False
-    elif first[:4] != packet[:4] or first[7] != packet[7]:  # class, flow label, hop limit
-        return False
-    # ack, data offset, flags (PSH may end the run), window, urgent pointer, options
-    return (
-        packet[l4 + 13] & ~_PSH == first[l4 + 13]
-        and first[l4 + 8 : l4 + 13] == packet[l4 + 8 : l4 + 13]
-        and first[l4 + 14 : l4 + 16] == packet[l4 + 14 : l4 + 16]
-        and first[l4 + 18 : header_len] == packet[l4 + 18 : header_len]
+class _Template(NamedTuple):
+    """Masks and bit offsets of the header fields, for one header length."""
+
+    mask: int  # 1 where every segment of a run has the same bits
+    seq_shift: int
+    push_shift: int
+    length_shift: int  # IPv6 payload length
+    ip_header_shift: int  # IPv4: x >> this is the 20-byte IP header
+    summed_mask: int  # addresses and TCP header (see _mergeable)
+
+
+@functools.lru_cache(maxsize=32)
+def _template(l4: int, header_len: int) -> _Template:
+    def shift(offset: int, size: int) -> int:  # of a field at byte offset, in bits
+        return (header_len - offset - size) * 8
+
+    varying = [(l4 + 4, 4), (l4 + 16, 2)]  # sequence number, TCP checksum
+    varying += [(2, 2), (4, 2), (10, 2)] if l4 == 20 else [(4, 2)]  # lengths, ID, checksum
+    mask = (1 << header_len * 8) - 1
+    for offset, size in varying:
+        mask &= ~(((1 << size * 8) - 1) << shift(offset, size))
+    mask &= ~(_PSH << shift(l4 + 13, 1))
+    summed_from = 12 if l4 == 20 else 8
+    return _Template(
+        mask=mask,
+        seq_shift=shift(l4 + 4, 4),
+        push_shift=shift(l4 + 13, 1) + 3,  # PSH is 0x08 of the flags byte
+        length_shift=shift(4, 2),
+        ip_header_shift=shift(0, 20),
+        summed_mask=(1 << (header_len - summed_from) * 8) - 1,
     )
 
 
