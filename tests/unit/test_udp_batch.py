@@ -4,12 +4,14 @@ split a coalesced train back into the datagrams that were sent."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 import time
 
-from sepconnect.worker.io.udp import UdpLink
+from sepconnect.worker.io.mmsg import SLOTS
+from sepconnect.worker.io.udp import UdpError, UdpLink
 
 
 def _pair() -> tuple[socket.socket, UdpLink]:
@@ -72,4 +74,58 @@ def test_without_gso_or_gro() -> None:
         assert got == [b"xyz"]
     finally:
         server.close()
+        link.close()
+
+
+def test_recvmmsg_takes_many_datagrams_per_call_in_order() -> None:
+    server, link = _pair()
+    try:
+        datagrams = [bytes([i]) * (50 + i * 7) for i in range(100)]
+        for d in datagrams:
+            server.send(d)
+        batch = link._batch
+        assert batch is not None
+        first, code = batch.receive()
+        assert len(first) == SLOTS
+        assert code == 0  # a full call: there may be more behind it
+        got = first + link.recv_batch(200)
+        assert got == datagrams
+        assert link.drained  # the last call came back short: no EAGAIN call needed
+    finally:
+        server.close()
+        link.close()
+
+
+def test_latency_first_read_takes_one_datagram() -> None:
+    server, link = _pair()
+    try:
+        for d in (b"one", b"two", b"three"):
+            server.send(d)
+        deadline = time.monotonic() + 2
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:
+            got = link.recv_batch(1)
+        assert got == [b"one"]
+        assert link.recv_batch() == [b"two", b"three"]
+    finally:
+        server.close()
+        link.close()
+
+
+def test_recvmmsg_reports_a_path_error() -> None:
+    server, link = _pair()
+    port = server.getsockname()[1]
+    server.close()  # nobody listens there now: ICMP port unreachable comes back
+    try:
+        link.sock.send(b"anyone?")
+        deadline = time.monotonic() + 2
+        code = 0
+        while not code and time.monotonic() < deadline:
+            try:
+                link.recv_batch()
+            except UdpError as exc:
+                code = exc.code
+            time.sleep(0.01)
+        assert code == errno.ECONNREFUSED, f"port {port}"
+    finally:
         link.close()

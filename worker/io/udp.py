@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import struct
 from typing import Final
+
+from sepconnect.worker.io.mmsg import BatchReceiver
 
 __all__ = ["UdpError", "UdpLink"]
 
@@ -94,6 +97,10 @@ class UdpLink:
         self.drained = False  # the last recv_batch stopped at EAGAIN
         self._rbuf = bytearray(_MAX_DATAGRAM)
         self._rview = memoryview(self._rbuf)
+        try:
+            self._batch: BatchReceiver | None = BatchReceiver(sock.fileno())
+        except (OSError, AttributeError):  # no recvmmsg in this libc: recvmsg it is
+            self._batch = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -172,6 +179,22 @@ class UdpLink:
             raise UdpError(code)
         self.drained = False
         out: list[bytes] = []
+        batch = self._batch
+        if batch is not None and limit > 1:
+            while len(out) < limit:
+                got, code = batch.receive(limit - len(out))
+                out += got
+                if code == errno.EAGAIN:
+                    self.drained = True  # the caller need not try again before the next wakeup
+                    break
+                if code:
+                    if code not in _PATH_ERRORS:
+                        raise OSError(code, os.strerror(code))
+                    if not out:
+                        raise UdpError(code)
+                    self._error = code
+                    break
+            return out
         if not self.gro:
             recv = self.sock.recv
             for _ in range(limit):
@@ -219,4 +242,6 @@ class UdpLink:
         return True
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
         self.sock.close()
