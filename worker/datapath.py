@@ -240,7 +240,8 @@ class DataPath:
         # read which finds the tun empty is not on an interactive packet's path.
         first = self.tun.read_packets(1)
         if first:
-            self._to_server(first, now)
+            if len(first) > 1 or dtls is None or not dtls.send_one(first[0], now):
+                self._to_server(first, now)
             rest = self.tun.read_packets(_TUN_BURST - 1)
             if rest:
                 self._to_server(rest, now)

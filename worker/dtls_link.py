@@ -81,6 +81,21 @@ class DtlsLink:
     def send_packet(self, packet: bytes, now: float) -> bool:
         return self.channel.send_packet(packet, now)
 
+    def send_one(self, packet: bytes, now: float) -> bool:
+        """Seal and send one packet at once; False when it must go over CSTP."""
+        udp = self.udp
+        if udp is None or self.channel.has_output:
+            return False  # keep the order behind what is queued
+        datagram = self.channel.seal_packet(packet, now)
+        if datagram is None:
+            return False
+        try:
+            if not udp.send_one(datagram):
+                self.dropped += 1
+        except UdpError as exc:
+            self.channel.socket_error(now, str(exc))
+        return True
+
     def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
         """Queue a burst; returns the packets that must go over CSTP."""
         return self.channel.send_packets(packets, now)

@@ -127,6 +127,23 @@ def test_a_burst_goes_over_dtls_except_what_is_too_large() -> None:
     assert net.channel.tx_bytes == 2 + 600 + 2
 
 
+def test_a_single_packet_is_sealed_for_sending_at_once() -> None:
+    net = Net(ChannelConfig(max_packet=1000))
+    assert net.channel.seal_packet(b"\x45early", net.now) is None  # not up yet: CSTP
+    net.connect()
+    assert net.channel.seal_packet(b"y" * 1001, net.now) is None  # too large: CSTP
+    datagram = net.channel.seal_packet(b"\x45one", net.now)
+    assert datagram is not None
+    assert not net.channel.has_output  # nothing queued: the caller sends it
+    net.server.receive(datagram)
+    assert net.server.received[-1] == b"\x00\x45one"
+    assert (net.channel.tx_packets, net.channel.tx_bytes) == (1, 4)
+    # It counts as traffic that wants an answer, as a burst does: DPD stays armed.
+    timer = net.channel.get_timer()
+    assert timer is not None
+    assert timer <= net.now + 30
+
+
 @pytest.mark.parametrize("traffic_period", [0.01, 0.1, 0.5])
 def test_blackhole_fails_over_within_the_bound_and_returns(traffic_period: float) -> None:
     cfg = ChannelConfig()

@@ -151,6 +151,20 @@ class UdpLink:
             sent = end
         return sent
 
+    def send_one(self, datagram: bytes) -> bool:
+        """Send one datagram; False if the socket had no room (dropped)."""
+        try:
+            self.sock.send(datagram)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                return True  # as send_batch: counted as sent (never produced)
+            if exc.errno in _PATH_ERRORS:
+                raise UdpError(exc.errno) from None
+            raise
+        return True
+
     def _send_each(self, datagrams: list[bytes], start: int) -> int:
         """One datagram per syscall from index *start*; returns the index reached."""
         sent = start

@@ -277,6 +277,28 @@ class DtlsChannel:
         self.tx_bytes += len(packet)
         return True
 
+    def seal_packet(self, packet: bytes, now: float) -> bytes | None:
+        """The datagram carrying one IP packet, or None when it must go over CSTP.
+
+        The single-packet path of an interactive flow: what :meth:`send_packets`
+        does for a burst, without the queue (the caller sends the datagram now)."""
+        conn = self.conn
+        if (
+            self.state is not ChannelState.UP
+            or conn is None
+            or len(packet) > self.config.max_packet
+        ):
+            return None
+        datagram = conn.seal_data(b"\x00" + packet)
+        if not datagram:  # the connection failed (sequence numbers exhausted)
+            return None
+        self.tx_packets += 1
+        self.tx_bytes += len(packet)
+        self.last_tx = now
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        return datagram
+
     def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
         """Queue a burst of IP packets over DTLS; returns those the caller must send
         over CSTP instead (all of them unless the channel is up; oversized ones)."""
