@@ -142,3 +142,16 @@ def test_master_and_record_keys_agree_with_openssl_capture(name: str) -> None:
     epoch, seq = int.from_bytes(last[3:5], "big"), int.from_bytes(last[5:11], "big")
     plaintext = read.open_untrusted(epoch << 48 | seq, last[0], 0xFEFD, last[13:])
     assert plaintext.decode() == v["server_app_data"]
+
+
+@pytest.mark.parametrize(
+    "prot",
+    [dc.GcmProtection(b"k" * 16, b"salt"), dc.ChaChaProtection(b"k" * 32, b"i" * 12)],
+    ids=["gcm", "chacha"],
+)
+def test_seal_many_is_seal_in_a_loop(prot: dc.RecordProtection) -> None:
+    plaintexts = [b"", b"\x00\x45one", bytes(range(256)) * 5]
+    first = 1 << 48 | 0xFFFFFFFE  # crosses a 32-bit boundary
+    many = prot.seal_many(first, 23, 0xFEFD, plaintexts)
+    assert many == [prot.seal(first + i, 23, 0xFEFD, p) for i, p in enumerate(plaintexts)]
+    assert [prot.open_untrusted(first + i, 23, 0xFEFD, b) for i, b in enumerate(many)] == plaintexts

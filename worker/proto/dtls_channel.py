@@ -306,22 +306,19 @@ class DtlsChannel:
         if self.state is not ChannelState.UP or conn is None or not conn.established:
             return packets
         limit = self.config.max_packet
-        seal = conn.seal_data
-        out = self._out
         rejected: list[bytes] = []
-        sent = nbytes = 0
-        for i, packet in enumerate(packets):
-            size = len(packet)
-            if size > limit:
+        payloads: list[bytes] = []
+        for packet in packets:
+            if len(packet) > limit:
                 rejected.append(packet)
-                continue
-            datagram = seal(b"\x00" + packet)
-            if not datagram:  # the connection failed (sequence numbers exhausted)
-                rejected.extend(packets[i:])
-                break
-            out.append(datagram)
-            sent += 1
-            nbytes += size
+            else:
+                payloads.append(b"\x00" + packet)
+        datagrams = conn.seal_data_many(payloads)
+        self._out += datagrams
+        sent = len(datagrams)
+        nbytes = sum(map(len, payloads[:sent])) - sent
+        if sent < len(payloads):  # the connection failed (sequence numbers exhausted)
+            rejected += [p[1:] for p in payloads[sent:]]
         if sent:
             self.tx_packets += sent
             self.tx_bytes += nbytes

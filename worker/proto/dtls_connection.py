@@ -405,6 +405,24 @@ class DtlsConnection:
         body = prot.seal(1 << 48 | seq, _APP, version, payload)
         return _PACK(_APP, version, 1, seq >> 32, seq & 0xFFFFFFFF, len(body)) + body
 
+    def seal_data_many(self, payloads: list[bytes]) -> list[bytes]:
+        """:meth:`seal_data` for a burst: datagrams in order. Fewer come back than
+        were given only when the sequence numbers ran out (the connection failed)."""
+        prot = self._write_prot[1]
+        if self.state is not State.ESTABLISHED or prot is None:
+            raise RuntimeError("DTLS connection not established")
+        seq = self._write_seq[1]
+        if seq + len(payloads) > 2**48:
+            return [d for d in map(self.seal_data, payloads) if d]
+        self._write_seq[1] = seq + len(payloads)
+        version = self.version
+        bodies = prot.seal_many(1 << 48 | seq, _APP, version, payloads)
+        out = []
+        for body in bodies:
+            out.append(_PACK(_APP, version, 1, seq >> 32, seq & 0xFFFFFFFF, len(body)) + body)
+            seq += 1
+        return out
+
     def send_data(self, payload: bytes) -> None:
         """Queue *payload* as application data (see :meth:`seal_data`)."""
         datagram = self.seal_data(payload)
