@@ -114,6 +114,9 @@ def _wait(sock: socket.socket, *, read: bool, deadline: float) -> None:
 
 _RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv()
 _OUT_LIMIT = 256 * 1024  # ciphertext queued for the socket before writes report "full"
+# One record's ciphertext (16 KiB of plaintext and the cipher's overhead) with room to
+# spare: pyOpenSSL's bio_read allocates the whole size asked for on every call.
+_RECORD_TAKE = 20 * 1024
 
 
 class TlsStream:
@@ -312,11 +315,11 @@ class TlsStream:
         # The record is in the BIO: one read takes it (and anything before it) without
         # asking the empty BIO again.
         try:
-            chunk = self.conn.bio_read(_RECV_CHUNK)
+            chunk = self.conn.bio_read(_RECORD_TAKE)
         except SSL.WantReadError:
             return True
         self._out += chunk
-        if len(chunk) == _RECV_CHUNK:
+        if len(chunk) == _RECORD_TAKE:
             self._dirty = True
         return True
 
