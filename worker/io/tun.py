@@ -58,9 +58,6 @@ class TunIO:
         self.bad_frames = 0  # frames from the kernel we could not make packets of
         fcntl.ioctl(fd, _TUNSETOFFLOAD, 0)
 
-    def describe(self) -> str:
-        return "coalesced writes" if self.coalesce else "none"
-
     def read_packets(self, budget: int) -> list[bytes]:
         """Read until about ``budget`` packets are in hand or the tun is empty."""
         packets: list[bytes] = []
