@@ -44,10 +44,9 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Final
 
-import setproctitle
-
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import dns as _dns
+from sepconnect.privhelper import proctitle as _proctitle
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper import state as _state
 from sepconnect.privhelper.host import Helper, Options, recover
@@ -305,7 +304,7 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _close_inherited(args.fd)
-    setproctitle.setproctitle(PROCESS_TITLE)
+    _proctitle.set_title(PROCESS_TITLE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the supervisor to handle
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
+from sepconnect.privhelper import proctitle
 from sepconnect.privhelper.wire import (
     Channel,
     Codec,
@@ -303,12 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nft")
     parser.add_argument("--resolvconf")
     args = parser.parse_args(argv)
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(PROCESS_TITLE)
-    except ImportError:  # pragma: no cover - a dependency of the package
-        pass
+    proctitle.set_title(PROCESS_TITLE)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the helper decides when we end
     sock = socket.socket(fileno=args.fd)

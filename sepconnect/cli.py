@@ -19,10 +19,9 @@ import stat
 import subprocess
 import sys
 
-import setproctitle
-
 from sepconnect import __version__, entrypoints, hardening
 from sepconnect.exitcodes import ExitCode
+from sepconnect.privhelper import proctitle
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -459,7 +458,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     hardening.no_new_privs_and_undumpable()
-    setproctitle.setproctitle("sepconnect: supervisor")
+    proctitle.set_title("sepconnect: supervisor")
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
     try:
