@@ -35,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
-from sepconnect.privhelper import proctitle
+from sepconnect.privhelper.proctitle import set_title
 from sepconnect.privhelper.wire import (
     Channel,
     Codec,
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nft")
     parser.add_argument("--resolvconf")
     args = parser.parse_args(argv)
-    proctitle.set_title(PROCESS_TITLE)
+    set_title(PROCESS_TITLE)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the helper decides when we end
     sock = socket.socket(fileno=args.fd)

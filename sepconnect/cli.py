@@ -21,7 +21,7 @@ import sys
 
 from sepconnect import __version__, entrypoints, hardening
 from sepconnect.exitcodes import ExitCode
-from sepconnect.privhelper import proctitle
+from sepconnect.privhelper.proctitle import set_title
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -458,7 +458,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     hardening.no_new_privs_and_undumpable()
-    proctitle.set_title("sepconnect: supervisor")
+    set_title("sepconnect: supervisor")
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
     try:

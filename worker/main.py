@@ -17,7 +17,7 @@ import sys
 from typing import Literal
 
 from sepconnect import hardening
-from sepconnect.privhelper import proctitle
+from sepconnect.privhelper.proctitle import set_title
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
 from sepconnect.supervisor.schema import (
     FD_TO_WORKER,
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     ALLOW_WEAK[0] = args.allow_weak_sandbox
-    proctitle.set_title("sepconnect: worker")
+    set_title("sepconnect: worker")
     # The supervisor decides when the session ends; a ^C at the terminal is its to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
