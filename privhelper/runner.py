@@ -35,6 +35,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
+from sepconnect.privhelper.helpformat import HelpFormatter
 from sepconnect.privhelper.proctitle import set_title
 from sepconnect.privhelper.wire import (
     Channel,
@@ -298,7 +299,9 @@ def serve(channel: Channel, programs: Programs, parent: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sepconnect.privhelper.runner", allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="sepconnect.privhelper.runner", allow_abbrev=False, formatter_class=HelpFormatter
+    )
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--script")
     parser.add_argument("--nft")
