@@ -174,6 +174,11 @@ class Resolved:
 
 def resolved_running(address: str = SYSTEM_BUS, timeout: float = 2.0) -> bool:
     """Whether systemd-resolved owns its bus name now (the bus never starts it for us)."""
+    path = address.removeprefix("unix:path=")
+    if path != address and not os.path.exists(path):
+        # No system bus at all: the answer without importing jeepney (~0.5 MB of RSS
+        # that the helper would keep for the whole session).
+        return False
     try:
         from jeepney import DBusAddress, new_method_call
         from jeepney.io.blocking import open_dbus_connection

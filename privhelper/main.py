@@ -44,12 +44,12 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Final
 
-import setproctitle
-
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import dns as _dns
+from sepconnect.privhelper import proctitle as _proctitle
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper import state as _state
+from sepconnect.privhelper.helpformat import HelpFormatter
 from sepconnect.privhelper.host import Helper, Options, recover
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
@@ -250,7 +250,9 @@ def _path(text: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Root wrote this argv, but it is still checked; errors exit with status 2."""
-    parser = argparse.ArgumentParser(prog="sepconnect.privhelper", allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="sepconnect.privhelper", allow_abbrev=False, formatter_class=HelpFormatter
+    )
     parser.add_argument("--fd", type=_fd, required=True, help="our end of the SEQPACKET pair")
     parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
     parser.add_argument("--interface", type=check_ifname, default=None, help="tun name")
@@ -305,7 +307,7 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _close_inherited(args.fd)
-    setproctitle.setproctitle(PROCESS_TITLE)
+    _proctitle.set_title(PROCESS_TITLE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the supervisor to handle
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)

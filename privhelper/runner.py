@@ -30,11 +30,12 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
+from sepconnect.privhelper.helpformat import HelpFormatter
+from sepconnect.privhelper.proctitle import set_title
 from sepconnect.privhelper.wire import (
     Channel,
     Codec,
@@ -209,6 +210,8 @@ def execute(programs: Programs, msg: Message) -> Ran:
 
 
 def _run(argv: list[str], env: dict[str, str], stdin: str | None) -> Ran:
+    import subprocess  # in the runner process only (see RunnerClient.__init__)
+
     try:
         proc = subprocess.Popen(
             argv,
@@ -236,6 +239,11 @@ class RunnerClient:
     """The helper's end: start the runner (as root, before privileges are dropped) and ask it."""
 
     def __init__(self, programs: Programs) -> None:
+        # subprocess (~0.3 MB of RSS for the whole session) only where a runner is
+        # needed, which most helpers never start. Imported here, as root and before the
+        # seccomp filter; close() then finds it in sys.modules, with no file access.
+        import subprocess
+
         from sepconnect.privhelper.wire import socketpair
 
         self.programs = programs
@@ -275,6 +283,8 @@ class RunnerClient:
         The helper's seccomp filter denies wait4(2) (EPERM), so the runner is not
         reaped here; it exits by itself and is reaped by whoever inherits it.
         """
+        import subprocess  # imported by __init__ already
+
         self.channel.sock.close()
         try:
             self.proc.wait(TIMEOUT + 5)
@@ -297,18 +307,15 @@ def serve(channel: Channel, programs: Programs, parent: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sepconnect.privhelper.runner", allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="sepconnect.privhelper.runner", allow_abbrev=False, formatter_class=HelpFormatter
+    )
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--script")
     parser.add_argument("--nft")
     parser.add_argument("--resolvconf")
     args = parser.parse_args(argv)
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(PROCESS_TITLE)
-    except ImportError:  # pragma: no cover - a dependency of the package
-        pass
+    set_title(PROCESS_TITLE)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the helper decides when we end
     sock = socket.socket(fileno=args.fd)

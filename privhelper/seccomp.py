@@ -1,7 +1,7 @@
 """The privileged helper's own seccomp allow-list (ctypes over libseccomp.so.2).
 
 The helper may import only the standard library, msgpack, pyroute2 and
-setproctitle, so this is a small binding of its own rather than pyseccomp.
+jeepney, so this is a small binding of its own rather than pyseccomp.
 
 :func:`apply` is called once, after the helper has dropped to CAP_NET_ADMIN
 and opened its netlink socket, before it reads the first request. From then on:

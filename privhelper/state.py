@@ -28,7 +28,6 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Final
 
 DEFAULT_DIR: Final = "/run/sepconnect-helper"
@@ -37,7 +36,8 @@ MAX_STATE: Final = 256 * 1024
 
 def process_start_time(pid: int) -> str | None:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as f:  # not pathlib: ~0.3 MB of RSS for one read
+            text = f.read()
     except OSError:
         return None
     return text.rpartition(")")[2].split()[19]

@@ -19,10 +19,10 @@ import stat
 import subprocess
 import sys
 
-import setproctitle
-
 from sepconnect import __version__, entrypoints, hardening
 from sepconnect.exitcodes import ExitCode
+from sepconnect.privhelper.helpformat import HelpFormatter
+from sepconnect.privhelper.proctitle import set_title
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -42,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sepconnect",
         description="Privilege-separated AnyConnect/OpenConnect VPN client.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sepconnect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser(
         "connect",
+        formatter_class=HelpFormatter,
         help="connect to a VPN server (run as root; drops privileges)",
         description=(
             "Authenticate to an AnyConnect-compatible server, bring up a tun device with the "
@@ -199,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
         ("reconnect", "drop the connection to the server and resume the session at once"),
         ("disconnect", "log off and end the session (as SIGTERM)"),
     ):
-        s = sub.add_parser(name, help=text, description=text)
+        s = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
         s.add_argument(
             "--socket", metavar="PATH", default=DEFAULT_CONTROL, help="the control socket"
         )
@@ -397,11 +399,6 @@ def _spawn_helper(
 
 
 def connect(args: argparse.Namespace) -> ExitCode:
-    from sepconnect.privhelper.client import HelperClient
-    from sepconnect.privhelper.wire import socketpair
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
-    from sepconnect.supervisor.schema import Start
-
     _check_args(args)
     as_root = os.geteuid() == 0
     if args.helper_socket is not None:
@@ -425,28 +422,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
         _open_session_audit(args.audit_log)
     # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
-    start = Start(
-        proto=1,
-        url=args.url,
-        username=username or "",
-        passwords=passwords,
-        group=args.authgroup,
-        servercert=args.servercert,
-        cafile_pem=cafile_pem,
-        base_mtu=args.base_mtu,
-        mtu=args.mtu,
-        disable_ipv6=args.disable_ipv6,
-        no_dtls=args.no_dtls,
-        dtls_ciphers=args.dtls_ciphers,
-        dtls12_ciphers=args.dtls12_ciphers,
-        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-        verbose=min(args.verbose, 4),
-    )
     helper: subprocess.Popen[bytes] | None = None
     if args.helper_socket is not None:
         ours = _connect_helper(args.helper_socket)
     else:
-        ours, theirs = socketpair()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
         helper = _spawn_helper(
             theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args) + weak
@@ -459,10 +439,37 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     hardening.no_new_privs_and_undumpable()
-    setproctitle.setproctitle("sepconnect: supervisor")
+    # The first worker starts now, before the supervisor's own modules load (~60 ms):
+    # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
+    # connect time, and it reads its `start` only once its imports are done.
+    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = entrypoints.start_worker(
+        allow_weak_sandbox=args.allow_weak_sandbox
+    )
+    set_title("sepconnect: supervisor")
+    from sepconnect.privhelper.client import HelperClient
+    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
+    from sepconnect.supervisor.schema import Start
+
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
     try:
+        start = Start(
+            proto=1,
+            url=args.url,
+            username=username or "",
+            passwords=passwords,
+            group=args.authgroup,
+            servercert=args.servercert,
+            cafile_pem=cafile_pem,
+            base_mtu=args.base_mtu,
+            mtu=args.mtu,
+            disable_ipv6=args.disable_ipv6,
+            no_dtls=args.no_dtls,
+            dtls_ciphers=args.dtls_ciphers,
+            dtls12_ciphers=args.dtls12_ciphers,
+            hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+            verbose=min(args.verbose, 4),
+        )
         options = Options(
             always_on=args.always_on,
             reconnect_timeout=args.reconnect_timeout,
@@ -473,8 +480,13 @@ def connect(args: argparse.Namespace) -> ExitCode:
             tun_offload=not args.no_tun_offload,
         )
         VERBOSITY[0] = args.verbose
-        code = Supervisor(HelperClient(ours), start, options).run()
+        supervisor = Supervisor(HelperClient(ours), start, options, first_worker)
+        first_worker = None  # the supervisor's now: it reaps it
+        code = supervisor.run()
     finally:
+        if first_worker is not None:  # we failed before the supervisor took it
+            first_worker[1].close()  # it exits when it finds its channel closed
+            first_worker[0].wait()
         ours.close()
         if helper is not None:
             try:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from sepconnect import entrypoints
 from sepconnect.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.privhelper.client import HelperClient, HelperRefused
-from sepconnect.privhelper.wire import Channel, PeerClosed, WireError, socketpair
+from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
 from sepconnect.supervisor import audit
 from sepconnect.supervisor.control import (
     ControlError,
@@ -157,8 +157,17 @@ class _Session:
 
 
 class Supervisor:
-    def __init__(self, helper: HelperClient, start: Start, options: Options | None = None) -> None:
+    def __init__(
+        self,
+        helper: HelperClient,
+        start: Start,
+        options: Options | None = None,
+        first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = None,
+    ) -> None:
         self.helper = helper
+        # A worker already started (by the launcher, to overlap its start-up with ours):
+        # the first _spawn takes it instead of starting one.
+        self.first_worker = first_worker
         self.start = start
         self.options = options or Options()
         self.policy = RecoveryPolicy(
@@ -192,25 +201,13 @@ class Supervisor:
         return next((w for w in self.workers if not w.carrying and w.dismissed_at is None), None)
 
     def _spawn(self, purpose: str, *, cookie: str | None) -> Worker:
-        ours, theirs = socketpair()
-        try:
-            argv = [
-                *entrypoints.program("sepconnect-worker", "sepconnect.worker"),
-                "--fd",
-                str(theirs.fileno()),
-            ]
-            if self.options.allow_weak_sandbox:
-                argv.append("--allow-weak-sandbox")
-            proc = subprocess.Popen(
-                argv,
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                process_group=0,
-                close_fds=True,
-                env=entrypoints.child_environment(),
+        if self.first_worker is not None:
+            # started by the launcher before it imported us (cli.connect)
+            (proc, ours), self.first_worker = self.first_worker, None
+        else:
+            proc, ours = entrypoints.start_worker(
+                allow_weak_sandbox=self.options.allow_weak_sandbox
             )
-        finally:
-            theirs.close()
         channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
         worker = Worker(self.next_gen, proc, channel, time.monotonic(), purpose)
         self.next_gen += 1

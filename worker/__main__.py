@@ -2,6 +2,6 @@ from __future__ import annotations
 
 import sys
 
-from sepconnect.worker.main import main
+from sepconnect.worker.boot import main
 
 sys.exit(main())

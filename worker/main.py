@@ -1,4 +1,5 @@
-"""Entry point of the worker process (`python -I -m sepconnect.worker --fd N`).
+"""The worker process (`python -I -m sepconnect.worker --fd N`; started through
+worker/boot.py).
 
 The worker is started by the supervisor, already unprivileged. It speaks only
 to the supervisor (never to the helper) over the SEQPACKET socket it inherits.
@@ -6,7 +7,6 @@ to the supervisor (never to the helper) over the SEQPACKET socket it inherits.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -16,9 +16,8 @@ import socket
 import sys
 from typing import Literal
 
-import setproctitle
-
 from sepconnect import hardening
+from sepconnect.privhelper.proctitle import set_title
 from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
 from sepconnect.supervisor.schema import (
     FD_TO_WORKER,
@@ -33,7 +32,6 @@ from sepconnect.supervisor.schema import (
 )
 from sepconnect.worker import sandbox
 from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
-from sepconnect.worker.datapath import DataPath
 
 
 def _log(text: str) -> None:
@@ -125,6 +123,10 @@ def run(channel: Channel) -> int:
     _enter_sandbox(msg, channel)
     tunnel = open_tunnel(msg)
     channel.send(_tunnel_up(tunnel))
+    # The data path's modules (~10-15 ms) load while the supervisor and the helper set
+    # up the tun, instead of before the login: they are not needed until the tun comes.
+    from sepconnect.worker.datapath import DataPath
+
     reply, tun_fd = channel.recv()
     if isinstance(reply, Stop):
         tunnel.stream.close()
@@ -146,17 +148,42 @@ def run(channel: Channel) -> int:
     return 0
 
 
+USAGE = "usage: sepconnect-worker --fd N [--allow-weak-sandbox]"
+
+
+def _parse_argv(argv: list[str]) -> tuple[int, bool]:
+    """``--fd N`` (the SEQPACKET socket from the supervisor) and ``--allow-weak-sandbox``
+    (run even where the kernel lacks seccomp or Landlock, with a warning).
+
+    The supervisor writes this command line; it is not a user interface, so no argparse
+    (with its lazy `shutil` → bz2, lzma: ~1.5 MB of RSS and ~5 ms in this process).
+    """
+    fd: int | None = None
+    weak = False
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--allow-weak-sandbox":
+            weak = True
+        elif arg.startswith("--fd=") or (arg == "--fd" and rest):
+            value = arg[len("--fd=") :] if arg.startswith("--fd=") else rest.pop(0)
+            if not value.isdigit():
+                raise ValueError(f"--fd: not a number: {value!r}")
+            fd = int(value)
+        else:
+            raise ValueError(f"unexpected argument {arg!r}")
+    if fd is None:
+        raise ValueError("--fd is required")
+    return fd, weak
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sepconnect-worker")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument(
-        "--allow-weak-sandbox",
-        action="store_true",
-        help="run even where the kernel lacks seccomp or Landlock (with a warning)",
-    )
-    args = parser.parse_args(argv)
-    ALLOW_WEAK[0] = args.allow_weak_sandbox
-    setproctitle.setproctitle("sepconnect: worker")
+    try:
+        fd, ALLOW_WEAK[0] = _parse_argv(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"{USAGE}\nsepconnect-worker: {exc}", file=sys.stderr)
+        return 2
+    set_title("sepconnect: worker")
     # The supervisor decides when the session ends; a ^C at the terminal is its to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -164,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() == 0:
         _log("refusing to run as root")
         return 1
-    sock = socket.socket(fileno=args.fd)
+    sock = socket.socket(fileno=fd)
     channel = Channel(
         sock, TO_WORKER, FD_TO_WORKER, send_codec=FROM_WORKER, send_fd_ops=frozenset()
     )

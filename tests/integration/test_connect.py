@@ -39,6 +39,8 @@ class Client:
         env: dict[str, str] | None = None,
     ):
         self.lab = lab
+        # With --helper-socket the supervisor's own records go to the journal only.
+        self.supervisor_audits = not any(a.startswith("--helper-socket") for a in args)
         run_id = time.monotonic_ns()
         self.audit_log = str(Path(lab.workdir, f"audit-{run_id}.jsonl"))
         # Each run its own control socket, so that concurrent runs never meet.
@@ -77,7 +79,16 @@ class Client:
                 return None
             # the routes come with the same NetConfig; wait for them too
             routes = self.lab.ip_json(self.lab.client_ns, "route", "show", "dev", tun["ifname"])
-            return tun if any(r.get("protocol") != "kernel" for r in routes) else None
+            if not any(r.get("protocol") != "kernel" for r in routes):
+                return None
+            # The session is up for the supervisor (a worker lost from now on is
+            # replaced, not fatal) once it has recorded "connect", after the helper's
+            # answer; the helper answers after its routes, state file and DNS.
+            if self.supervisor_audits and not self._audited("connect"):
+                return None
+            # Read the device again: the addresses of the first reading may predate
+            # the rest of the NetConfig (addresses, then routes).
+            return self.lab.client_tun()
 
         return self.lab.wait_for("the tunnel to come up", probe, timeout=timeout)
 
@@ -92,6 +103,12 @@ class Client:
 
     def audit(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in Path(self.audit_log).read_text().splitlines()]
+
+    def _audited(self, op: str) -> bool:
+        try:
+            return any(r["op"] == op and r["result"] == "ok" for r in self.audit())
+        except (FileNotFoundError, json.JSONDecodeError):  # not yet, or a line being written
+            return False
 
 
 @pytest.fixture

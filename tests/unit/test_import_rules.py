@@ -35,7 +35,6 @@ def test_privhelper_imports_only_stdlib_msgpack_pyroute2_and_itself(path: Path) 
             assert top in sys.stdlib_module_names or top in {
                 "msgpack",
                 "pyroute2",
-                "setproctitle",
                 "jeepney",  # dns.py: the D-Bus client for systemd-resolved (pure Python)
             }, name
 
@@ -69,6 +68,7 @@ def test_unprivileged_code_uses_only_the_helpers_public_modules(path: Path) -> N
         "sepconnect.privhelper.client",
         "sepconnect.privhelper.policy",
         "sepconnect.privhelper.audit",  # the journal's datagram format, shared
+        "sepconnect.privhelper.proctitle",  # process titles: stdlib only, shared
     }
     for name in _imports(path):
         if name.startswith("sepconnect.privhelper"):

@@ -1,0 +1,90 @@
+"""Start-up helpers that replace third-party or stdlib conveniences to save memory:
+process titles (privhelper/proctitle.py), the help formatter (privhelper/helpformat.py),
+the worker's command line (worker/main.py) and its first module (worker/boot.py)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from sepconnect.privhelper.helpformat import HelpFormatter
+from sepconnect.worker.main import _parse_argv
+
+
+def _in_child(code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_title_shows_in_cmdline_and_comm() -> None:
+    out = _in_child(
+        "from sepconnect.privhelper.proctitle import set_title\n"
+        "set_title('sepconnect: worker')\n"
+        "print(repr(open('/proc/self/cmdline', 'rb').read()))\n"
+        "print(open('/proc/self/comm').read().strip())\n"
+    )
+    cmdline, comm = out.splitlines()
+    raw = eval(cmdline)  # noqa: S307 - our own child's repr of a bytes object
+    assert raw.startswith(b"sepconnect: worker\0")
+    assert raw.strip(b"\0") == b"sepconnect: worker"  # the rest of the area is padding
+    assert comm == "sepconnect: wor"  # PR_SET_NAME keeps 15 bytes
+
+
+def test_title_longer_than_argv_is_cut_inside_the_area() -> None:
+    out = _in_child(
+        "from sepconnect.privhelper.proctitle import _argv_area, set_title\n"
+        "start, end = _argv_area()\n"
+        "set_title('x' * 10000)\n"
+        "raw = open('/proc/self/cmdline', 'rb').read()\n"
+        "print(end - start, len(raw.rstrip(b'\\0')))\n"
+    )
+    size, shown = map(int, out.split())
+    assert shown == size - 1  # never past arg_end, and the last byte stays NUL
+
+
+def test_no_setproctitle_or_shutil_at_start() -> None:
+    out = _in_child(
+        "import sys\n"
+        "import sepconnect.cli, sepconnect.worker.main, sepconnect.privhelper.main as helper\n"
+        "sepconnect.cli._parser().parse_args(['connect', 'https://vpn.example/'])\n"
+        "helper.parse_args(['--fd', '3', '--peer-uid', '1'])\n"
+        "print(sorted(m for m in ('setproctitle', 'shutil', 'bz2', 'lzma') if m in sys.modules))\n"
+    )
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("columns", ["50", "123"])
+def test_help_formatter_width_as_argparse(monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    ours = HelpFormatter("prog")
+    theirs = argparse.HelpFormatter("prog")
+    assert ours._width == theirs._width
+    assert ours._max_help_position == theirs._max_help_position
+
+
+def test_worker_argv() -> None:
+    assert _parse_argv(["--fd", "7"]) == (7, False)
+    assert _parse_argv(["--fd=7", "--allow-weak-sandbox"]) == (7, True)
+    assert _parse_argv(["--allow-weak-sandbox", "--fd", "3"]) == (3, True)
+    for bad in ([], ["--fd"], ["--fd", "x"], ["--fd", "-1"], ["--fd", "3", "--other"], ["3"]):
+        with pytest.raises(ValueError, match="fd|argument"):
+            _parse_argv(bad)
+
+
+def test_worker_program_does_not_map_the_system_libcrypto() -> None:
+    out = _in_child(
+        "import sys\n"
+        "sys.argv = ['sepconnect-worker', '--fd', 'bad']\n"
+        "from sepconnect.worker import boot\n"
+        "assert boot.main() == 2\n"
+        "import hashlib\n"
+        "print(hashlib.sha1(b'abc').hexdigest())\n"
+        "print('libcrypto.so' in open('/proc/self/maps').read())\n"
+    )
+    digest, mapped = out.split()
+    assert digest == "a9993e364706816aba3e25717850c26c9cd0d89d"  # FIPS 180-2 "abc"
+    assert mapped == "False"
