@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from sepconnect.worker.proto.dtls_connection import DtlsParams, Mode
 from sepconnect.worker.proto.dtls_crypto import (
     DTLS1_2,
     DTLS_BAD_VER,
@@ -38,6 +37,7 @@ from sepconnect.worker.proto.dtls_crypto import (
     CipherSuite,
     SuiteInfo,
 )
+from sepconnect.worker.proto.dtls_params import DtlsParams, Mode
 from sepconnect.worker.proto.dtls_records import HEADER
 from sepconnect.worker.proto.tunnel import TunnelConfig
 
