@@ -97,21 +97,22 @@ class TunIO:
             return
         if not self.coalesce or len(packets) == 1:
             for packet in packets:
-                self._write(PLAIN_HEADER + packet)
+                self._writev((PLAIN_HEADER, packet))
             return
         coalescer = Coalescer()
         for packet in packets:
             coalescer.add(packet)
-        for frame in coalescer.frames():
-            if not self._write(frame) and frame[1]:
+        for pieces in coalescer.frame_pieces():
+            if not self._writev(pieces) and pieces[0][1]:
                 # The kernel refused a super-packet: its segments are lost (TCP resends
                 # them), and from now on packets go one by one.
                 self.coalesce = False
                 _log("the tun refused a coalesced write; writing packets one by one")
 
-    def _write(self, data: bytes) -> bool:
+    def _writev(self, pieces: tuple[bytes, ...]) -> bool:
+        """One frame from its pieces: the kernel gathers them (no copy to join)."""
         try:
-            os.write(self.fd, data)
+            os.writev(self.fd, pieces)
         except BlockingIOError:
             return True  # the tun queue is full: drop, as a router would
         except OSError as exc:
@@ -119,3 +120,6 @@ class TunIO:
                 raise
             return False  # a packet the kernel refused (malformed)
         return True
+
+    def _write(self, data: bytes) -> bool:
+        return self._writev((data,))

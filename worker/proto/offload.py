@@ -267,9 +267,13 @@ class _Run:
         return True
 
     def frame(self) -> bytes:
+        return b"".join(self.pieces())
+
+    def pieces(self) -> tuple[bytes, ...]:
+        """The frame as pieces for one writev (no 64 KiB copy to join them)."""
         first, l4, header_len = self.first, self.l4, self.header_len
         if len(self.parts) == 1:
-            return PLAIN_HEADER + first  # written as it came: the kernel verifies it
+            return (PLAIN_HEADER, first)  # written as it came: the kernel verifies it
         header = bytearray(first[:header_len])
         if self.push:
             header[l4 + 13] |= _PSH  # the last segment's PSH (the first had none)
@@ -295,7 +299,7 @@ class _Run:
         _U16.pack_into(header, l4 + 16, _checksum(total))
         # No NEEDS_CSUM: the checksum is complete, and the kernel verifies it.
         vnet = _VNET.pack(0, gso, header_len, self.mss, 0, 0)
-        return b"".join((vnet, header, *self.parts))
+        return (vnet, bytes(header), *self.parts)
 
 
 class Coalescer:
@@ -317,7 +321,7 @@ class Coalescer:
 
     def __init__(self) -> None:
         self._runs: dict[bytes | None, _Run] = {}
-        self._out: list[bytes] = []
+        self._out: list[tuple[bytes, ...]] = []
 
     def add(self, packet: bytes) -> None:
         runs = self._runs
@@ -334,19 +338,23 @@ class Coalescer:
                 # one): the run goes first, so that the flow keeps its order.
                 run = self._runs.pop(_flow_key(packet), None)
                 if run is not None:
-                    self._out.append(run.frame())
-            self._out.append(PLAIN_HEADER + packet)
+                    self._out.append(run.pieces())
+            self._out.append((PLAIN_HEADER, packet))
             return
         key, l4, header_len, payload_sum = found
         run = self._runs.get(key)
         if run is not None:
-            self._out.append(run.frame())  # try_join said no: the run ends here
+            self._out.append(run.pieces())  # try_join said no: the run ends here
         self._runs[key] = _Run(packet, l4 == 20, l4, header_len, payload_sum)
 
     def frames(self) -> list[bytes]:
         """The frames for the burst so far; the coalescer is empty afterwards."""
+        return [b"".join(pieces) for pieces in self.frame_pieces()]
+
+    def frame_pieces(self) -> list[tuple[bytes, ...]]:
+        """:meth:`frames`, each as the pieces of one writev."""
         out = self._out
-        out.extend(run.frame() for run in self._runs.values())
+        out.extend(run.pieces() for run in self._runs.values())
         self._runs = {}
         self._out = []
         return out
