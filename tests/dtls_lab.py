@@ -250,7 +250,9 @@ def measure_failover(
     ping.send_signal(signal.SIGINT)
     ping.wait(timeout=10)
     replies = _ping_replies(log.read_text(errors="replace"))
-    after = [t for t in replies if t > cut + 0.001]
+    # A reply within 20 ms of the cut was on its way before it (RTT here is < 1 ms):
+    # counting it made a client that never failed over look instant.
+    after = [t for t in replies if t > cut + 0.02]
     failover = (after[0] - cut) if after else float("inf")
     return Failover(failover=failover, back=back, replies=len(replies))
 
