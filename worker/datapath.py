@@ -10,7 +10,6 @@ over CSTP; packets from the server are accepted on both channels at all times.
 
 from __future__ import annotations
 
-import selectors
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
 from sepconnect.supervisor.schema import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink
+from sepconnect.worker.io.poller import Poller
 from sepconnect.worker.io.tls import TlsError
 from sepconnect.worker.io.tun import TunIO
 from sepconnect.worker.proto import errors
@@ -59,7 +59,7 @@ class DataPath:
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
         self.backlog: list[bytes] = []  # CSTP frames waiting for room in the TLS socket
         self.want_write = False  # the TLS socket is watched for writability
-        self.selector = selectors.DefaultSelector()
+        self.selector = Poller()
         plan = tunnel.dtls
         self.dtls = (
             DtlsLink(tunnel, plan, self.selector, time.monotonic())
@@ -73,9 +73,9 @@ class DataPath:
     def run(self) -> Outcome:
         """Move packets until the supervisor says stop; raises SessionFailure otherwise."""
         sel = self.selector
-        sel.register(self.stream.sock, selectors.EVENT_READ, "tls")
-        sel.register(self.tun_fd, selectors.EVENT_READ, "tun")
-        sel.register(self.channel.fileno(), selectors.EVENT_READ, "ipc")
+        sel.register(self.stream.sock.fileno(), "tls")
+        sel.register(self.tun_fd, "tun")
+        sel.register(self.channel.fileno(), "ipc")
         if isinstance(self.tunnel.dtls, NoDtls) and self.tunnel.dtls.offered:
             _log(f"no DTLS: {self.tunnel.dtls.reason}; data goes over TLS")
         try:
@@ -108,8 +108,7 @@ class DataPath:
                 timer = dtls_timer
         timeout = None if timer is None else max(0.0, timer - time.monotonic())
         tls_read = False
-        for key, _ in self.selector.select(timeout):
-            data = key.data
+        for data in self.selector.poll(timeout):
             if data == "udp":
                 if dtls is not None:
                     # Latency first: deliver what one read brought, then drain.
@@ -270,8 +269,7 @@ class DataPath:
         # one send() for the burst's records (worker/io/tls.py)
         want_write = not self.stream.flush_nowait() or bool(self.backlog)
         if want_write != self.want_write:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
-            self.selector.modify(self.stream.sock, events, "tls")
+            self.selector.modify(self.stream.sock.fileno(), write=want_write)
             self.want_write = want_write
 
     def _stop(self, stop: Stop) -> Outcome:
@@ -279,7 +277,7 @@ class DataPath:
         self._flush()
         deadline = time.monotonic() + 2.0
         while (self.backlog or self.stream.has_output) and time.monotonic() < deadline:
-            self.selector.select(0.05)
+            self.selector.poll(0.05)
             self._flush()
         self.stream.close()
         status = self.status()

@@ -10,9 +10,9 @@ log lines; the data path then reports a WorkerStatus to the supervisor unasked.
 from __future__ import annotations
 
 import os
-import selectors
 
 from sepconnect.worker.connect import Tunnel
+from sepconnect.worker.io.poller import Poller
 from sepconnect.worker.io.udp import UdpError, UdpLink
 from sepconnect.worker.proto.dtls_channel import (
     AttemptFailed,
@@ -30,9 +30,7 @@ __all__ = ["DtlsLink"]
 
 
 class DtlsLink:
-    def __init__(
-        self, tunnel: Tunnel, plan: DtlsPlan, selector: selectors.BaseSelector, now: float
-    ) -> None:
+    def __init__(self, tunnel: Tunnel, plan: DtlsPlan, selector: Poller, now: float) -> None:
         cfg = tunnel.config
         assert cfg.dtls_port is not None
         self.address = tunnel.server.address
@@ -64,11 +62,11 @@ class DtlsLink:
         except OSError:
             self.udp = None  # e.g. no route: the channel's handshake simply times out
             return
-        self.selector.register(self.udp.sock, selectors.EVENT_READ, "udp")
+        self.selector.register(self.udp.sock.fileno(), "udp")
 
     def _close_socket(self) -> None:
         if self.udp is not None:
-            self.selector.unregister(self.udp.sock)
+            self.selector.unregister(self.udp.sock.fileno())
             self.udp.close()
             self.udp = None
 
