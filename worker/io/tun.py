@@ -1,18 +1,15 @@
 """The worker's side of the tun fd: plain packets, or coalesced writes when the
 helper created the device with a virtio-net header (privhelper/tun.py, ``vnet_hdr``).
 
-:meth:`TunIO.read_packets` returns ordinary IP packets with valid checksums, and
-:meth:`TunIO.write_packets` takes ordinary IP packets; with the header, a burst of
-in-order TCP segments goes to the kernel as one super-packet
-(worker/proto/offload.py).
+:meth:`TunIO.read_packets` returns ordinary IP packets, and :meth:`TunIO.write_packets`
+takes ordinary IP packets; with the header, a burst of in-order TCP segments goes to
+the kernel as one super-packet (worker/proto/offload.py).
 
-Reads use no offload: TUNSETOFFLOAD 0 (DESIGN.md: offloads off unless used). TSO on
-the read side was built and measured (docs/performance.md): splitting a 64 KiB
-super-packet and summing each segment's payload in Python cost more of the worker's
-CPU (DTLS upload 19–22 s/GB against 15) than the ~45 reads it saves, whereas the
-kernel segments and checksums in C on the sending application's time. A frame that
-still arrives with a GSO type or a partial checksum (someone turned offloads on
-behind our back) is split and completed all the same, never sent half-done.
+Reads use no offload: TUNSETOFFLOAD 0 (DESIGN.md: offloads off unless used), so the
+kernel segments and checksums everything before it reaches us, and each frame is an
+empty header and one packet. TSO on the read side was measured and loses in Python
+(docs/performance.md, session 3). A frame that still asks for segmentation or a
+checksum is dropped (and logged once), never sent on half-done.
 """
 
 from __future__ import annotations
@@ -24,13 +21,7 @@ import struct
 import sys
 from typing import Final
 
-from sepconnect.worker.proto.offload import (
-    PLAIN_HEADER,
-    VNET_HDR_LEN,
-    Coalescer,
-    OffloadError,
-    split_frame,
-)
+from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer
 
 __all__ = ["TunIO"]
 
@@ -55,7 +46,7 @@ class TunIO:
         _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
         self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
         self.coalesce = self.vnet_hdr
-        self.bad_frames = 0  # frames from the kernel we could not make packets of
+        self.bad_frames = 0  # frames asking for an offload (segmentation, checksum): dropped
         fcntl.ioctl(fd, _TUNSETOFFLOAD, 0)
 
     def read_packets(self, budget: int) -> list[bytes]:
@@ -81,12 +72,12 @@ class TunIO:
             if frame[0] == 0 and frame[1] == 0:  # no checksum to do, no GSO: as it is
                 packets.append(frame[VNET_HDR_LEN:])
                 continue
-            try:
-                packets.extend(split_frame(frame))
-            except OffloadError as exc:
-                self.bad_frames += 1
-                if self.bad_frames == 1:
-                    _log(f"dropped a frame from the tun: {exc}")
+            self.bad_frames += 1
+            if self.bad_frames == 1:
+                _log(
+                    f"dropped a frame from the tun that asks for an offload we turned off "
+                    f"(flags {frame[0]:#x}, GSO type {frame[1]:#x})"
+                )
         return packets
 
     def write_packets(self, packets: list[bytes]) -> None:
