@@ -98,14 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--no-tun-offload",
         action="store_true",
-        help="one tun write per packet: no coalesced writes "
+        help="one tun read/write per packet: no TSO from the tun, no coalesced writes "
         "(for kernels or setups where tun offloads misbehave)",
-    )
-    c.add_argument(
-        "--no-ack-filter",
-        action="store_true",
-        help="write every pure TCP ACK from the server to the tun, including those a "
-        "later ACK in the same burst supersedes (RFC 3449 ACK filtering is on by default)",
     )
     c.add_argument(
         "--dtls-ciphers",
@@ -473,7 +467,6 @@ def connect(args: argparse.Namespace) -> ExitCode:
             no_dtls=args.no_dtls,
             dtls_ciphers=args.dtls_ciphers,
             dtls12_ciphers=args.dtls12_ciphers,
-            ack_filter=not args.no_ack_filter,
             hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
             verbose=min(args.verbose, 4),
         )

@@ -107,7 +107,6 @@ class Counters:
     rx_bytes: int = 0
     tx_packets: int = 0
     rx_packets: int = 0
-    acks_filtered: int = 0
 
     def add(self, status: WorkerStatus | None) -> None:
         if status is not None:
@@ -115,7 +114,6 @@ class Counters:
             self.rx_bytes += status.rx_bytes
             self.tx_packets += status.tx_packets
             self.rx_packets += status.rx_packets
-            self.acks_filtered += status.acks_filtered
 
 
 @dataclass(slots=True)
@@ -605,7 +603,6 @@ class Supervisor:
             "rx_bytes": total.rx_bytes,
             "tx_packets": total.tx_packets,
             "rx_packets": total.rx_packets,
-            "acks_filtered": total.acks_filtered,
             "uptime": round(time.time() - s.connected_since, 3) if s.connected_since else 0.0,
             "connected_since": s.connected_since,
             "worker_pid": carrier.proc.pid if carrier else None,

@@ -62,8 +62,6 @@ class Start(Message):
     """X-DTLS-CipherSuite to send instead of our default (as openconnect --dtls-ciphers)."""
     dtls12_ciphers: DtlsCipherList | None = None
     """X-DTLS12-CipherSuite to send instead of our default."""
-    ack_filter: bool = True
-    """Leave out pure TCP ACKs superseded within a burst (worker/proto/ackfilter.py)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,8 +150,6 @@ class WorkerStatus(Message):
     rx_bytes: Counter
     tx_packets: Counter
     rx_packets: Counter
-    acks_filtered: Counter = 0
-    """Pure ACKs from the server left out, superseded within their burst."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

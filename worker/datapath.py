@@ -48,14 +48,12 @@ class Outcome:
 
 
 class DataPath:
-    def __init__(
-        self, tunnel: Tunnel, tun_fd: int, channel: Channel, *, ack_filter: bool = True
-    ) -> None:
+    def __init__(self, tunnel: Tunnel, tun_fd: int, channel: Channel) -> None:
         self.held = False  # a replacement is connecting: never reconnect in place
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
-        self.tun = TunIO(tun_fd, ack_filter=ack_filter)
+        self.tun = TunIO(tun_fd)
         self.channel = channel
         cfg = tunnel.config
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
@@ -185,7 +183,6 @@ class DataPath:
                 rx_bytes=s.rx_bytes,
                 tx_packets=s.tx_packets,
                 rx_packets=s.rx_packets,
-                acks_filtered=self.tun.acks_filtered,
             )
         d = link.channel
         return WorkerStatus(
@@ -197,7 +194,6 @@ class DataPath:
             rx_bytes=s.rx_bytes + d.rx_bytes,
             tx_packets=s.tx_packets + d.tx_packets,
             rx_packets=s.rx_packets + d.rx_packets,
-            acks_filtered=self.tun.acks_filtered,
         )
 
     def _read_server(self) -> None:

@@ -134,7 +134,7 @@ def run(channel: Channel) -> int:
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
     while True:
-        path = DataPath(tunnel, tun_fd, channel, ack_filter=msg.ack_filter)
+        path = DataPath(tunnel, tun_fd, channel)
         try:
             outcome = path.run()
             break

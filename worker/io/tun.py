@@ -3,9 +3,7 @@ helper created the device with a virtio-net header (privhelper/tun.py, ``vnet_hd
 
 :meth:`TunIO.read_packets` returns ordinary IP packets, and :meth:`TunIO.write_packets`
 takes ordinary IP packets; with the header, a burst of in-order TCP segments goes to
-the kernel as one super-packet (worker/proto/offload.py). Unless turned off, pure
-ACKs that a later ACK in the same burst supersedes are left out
-(worker/proto/ackfilter.py).
+the kernel as one super-packet (worker/proto/offload.py).
 
 Reads use no offload: TUNSETOFFLOAD 0 (DESIGN.md: offloads off unless used), so the
 kernel segments and checksums everything before it reaches us, and each frame is an
@@ -23,7 +21,6 @@ import struct
 import sys
 from typing import Final
 
-from sepconnect.worker.proto.ackfilter import filter_acks
 from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer
 
 __all__ = ["TunIO"]
@@ -43,10 +40,8 @@ def _log(text: str) -> None:
 class TunIO:
     """Nonblocking reads and writes of IP packets on the tun fd."""
 
-    def __init__(self, fd: int, *, ack_filter: bool = True) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.ack_filter = ack_filter
-        self.acks_filtered = 0  # pure ACKs left out (superseded in their burst)
         os.set_blocking(fd, False)
         _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
         self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
@@ -87,10 +82,6 @@ class TunIO:
 
     def write_packets(self, packets: list[bytes]) -> None:
         """Write packets from the server; drops what the tun refuses, as a router would."""
-        if self.ack_filter and len(packets) > 1:
-            n = len(packets)
-            packets = filter_acks(packets)
-            self.acks_filtered += n - len(packets)
         if not self.vnet_hdr:
             for packet in packets:
                 self._write(packet)
