@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--no-tun-offload",
         action="store_true",
-        help="one tun read/write per packet: no TSO from the tun, no coalesced writes "
+        help="one tun write per packet: no coalesced writes "
         "(for kernels or setups where tun offloads misbehave)",
     )
     c.add_argument(
