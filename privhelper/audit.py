@@ -29,9 +29,10 @@ import datetime
 import json
 import os
 import socket
-import stat
 import struct
 from typing import TYPE_CHECKING, Literal
+
+from sepconnect.privhelper.auditfile import open_log as open_log  # re-exported
 
 if TYPE_CHECKING:  # annotations only: the supervisor imports this module before it needs
     # the wire codecs (msgpack, the schemas: ~15 ms), on its way to starting the worker
@@ -40,19 +41,6 @@ if TYPE_CHECKING:  # annotations only: the supervisor imports this module before
 Result = Literal["ok", "refused", "fatal", "info"]
 Scalar = str | int | None
 Args = dict[str, Scalar | list[Scalar]]
-
-
-def open_log(path: str) -> int:
-    """Open (or create, mode 0600) the audit log for appending; refuse anything but a file."""
-    fd = os.open(
-        path,
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY,
-        0o600,
-    )
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path}: not a regular file")
-    return fd
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

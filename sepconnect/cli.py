@@ -21,6 +21,7 @@ import sys
 
 from sepconnect import __version__, entrypoints, hardening
 from sepconnect.exitcodes import ExitCode
+from sepconnect.privhelper.auditfile import open_log
 from sepconnect.privhelper.helpformat import HelpFormatter
 from sepconnect.privhelper.proctitle import set_title
 
@@ -361,14 +362,13 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _open_session_audit(path: str) -> None:
-    """Open the audit log for the supervisor's own events while we are still root."""
-    from sepconnect.supervisor import audit as session_audit
-
+def _open_session_audit(path: str) -> int:
+    """Open the audit log for the supervisor's own events while we are still root
+    (the audit module itself is imported once the first worker runs)."""
     try:
-        session_audit.configure(session_audit.open_log(path))
+        return open_log(path)
     except OSError as exc:
-        raise UsageError(f"--audit-log {path}: {exc.strerror}") from None
+        raise UsageError(f"--audit-log {path}: {exc.strerror or exc}") from None
 
 
 def _spawn_helper(
@@ -417,9 +417,10 @@ def connect(args: argparse.Namespace) -> ExitCode:
         username = input("Username: ")
     passwords = _read_passwords(args)
     control_gid = _control_group(args.control_group)
+    audit_fd: int | None = None
     if as_root:
         _open_audit_dir(args.audit_log)
-        _open_session_audit(args.audit_log)
+        audit_fd = _open_session_audit(args.audit_log)
     # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
     helper: subprocess.Popen[bytes] | None = None
@@ -446,6 +447,10 @@ def connect(args: argparse.Namespace) -> ExitCode:
         allow_weak_sandbox=args.allow_weak_sandbox
     )
     set_title("sepconnect: supervisor")
+    if audit_fd is not None:
+        from sepconnect.supervisor import audit as session_audit
+
+        session_audit.configure(audit_fd)
     from sepconnect.privhelper.client import HelperClient
     from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
     from sepconnect.supervisor.schema import Start

@@ -22,6 +22,7 @@ import socket
 from typing import Final, Literal
 
 from sepconnect.privhelper.audit import journal_datagram
+from sepconnect.privhelper.auditfile import open_log as open_log  # re-exported: opened while root
 
 Result = Literal["ok", "refused", "fatal", "info"]
 Scalar = str | int | float | bool | None
@@ -35,15 +36,6 @@ SECRET_NAMES: Final = frozenset({"cookie", "password", "passwords", "secret", "k
 class _Sink:
     fd: int | None = None
     journal: socket.socket | None = None
-
-
-def open_log(path: str) -> int:
-    """Open (or create, 0600) the audit log for appending; call while still root."""
-    return os.open(
-        path,
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY,
-        0o600,
-    )
 
 
 def configure(fd: int | None, journal_path: str | None = JOURNAL_SOCKET) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.privhelper.schema import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
+from sepconnect.privhelper.fields import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
 from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
 
 Text = Annotated[str, Length(0, 1024)]

@@ -65,9 +65,11 @@ def test_unprivileged_code_uses_only_the_helpers_public_modules(path: Path) -> N
     allowed = {
         "sepconnect.privhelper.wire",
         "sepconnect.privhelper.schema",
+        "sepconnect.privhelper.fields",  # the schemas' shared field types
         "sepconnect.privhelper.client",
         "sepconnect.privhelper.policy",
         "sepconnect.privhelper.audit",  # the journal's datagram format, shared
+        "sepconnect.privhelper.auditfile",  # opening an audit log: stdlib only, shared
         "sepconnect.privhelper.proctitle",  # process titles: stdlib only, shared
     }
     for name in _imports(path):

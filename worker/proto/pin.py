@@ -2,16 +2,16 @@
 
 The supervisor validates the option before it starts anything; importing the TLS
 layer for that cost it ~14 MB of RSS and ~40 ms, and even hashlib (libcrypto) 3.4 MB
-(docs/performance.md). The worker's TLS layer (worker/io/tls.py) re-exports
-:class:`ServerPin` and matches it against the server's certificate.
+(docs/performance.md). This module imports nothing heavier than ``typing``. The
+worker's TLS layer (worker/io/tls.py) re-exports :class:`ServerPin` and matches it
+against the server's certificate.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 __all__ = ["ServerPin"]
 
 
-@dataclass(frozen=True, slots=True)
-class ServerPin:
-    """``pin-sha256:<base64 SPKI hash>`` or ``sha256:<hex certificate hash>``."""
+class ServerPin(NamedTuple):
+    """``pin-sha256:<base64 SPKI hash>`` or ``sha256:<hex certificate hash>``.
+
+    A NamedTuple, not a dataclass: the launcher parses the option before it starts
+    the first worker, and dataclasses (with inspect) would add ~11 ms there.
+    """
 
     kind: str  # "spki" or "cert"
     digest: bytes
