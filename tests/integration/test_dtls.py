@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from dtls_lab import UdpFilter, VpnClient, measure_failover
+from test_connect import _descendants, _title
 
 from lab import Lab, OcservOptions
 
@@ -164,6 +165,37 @@ def test_udp_loss_fails_over_to_tls_and_comes_back(lab: Lab, how: str) -> None:
         _over_udp(lab, udp)
     finally:
         udp.unblock()
+        assert client.stop() == 0, client.text
+
+
+def _worker_pid(client: VpnClient) -> int | None:
+    assert client.proc is not None
+    for pid in _descendants(client.proc.pid):
+        try:
+            if _title(pid) == "sepconnect: worker":
+                return pid
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def test_sockets_aborted_by_an_administrator_reconnect_in_place(lab: Lab) -> None:
+    """`ss -K` aborts both the TLS connection and the UDP socket to the server (the
+    UDP socket's next read fails with ECONNABORTED): the worker reconnects with the
+    cookie in the same process, traffic resumes, and DTLS comes back on a new socket."""
+    client = _connect(lab)
+    try:
+        client.wait_for_line(DTLS_UP, timeout=10)
+        worker = _worker_pid(client)
+        assert worker is not None
+        start = time.time()
+        lab.run_in(lab.client_ns, "ss", "-K", "dst", lab.server_ip, "dport", "=", "443")
+        _ping(lab)
+        client.wait_for_line(DTLS_UP, timeout=15, after=start)
+        _over_udp(lab, _udp(lab))
+        assert _worker_pid(client) == worker, client.text
+        assert "Traceback" not in client.text, client.text
+    finally:
         assert client.stop() == 0, client.text
 
 

@@ -45,7 +45,10 @@ _GSO_MAX_BYTES: Final = 65000  # the super-datagram must fit an IP packet
 _GSO_REFUSED: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 _GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
 _BUFFER: Final = 4 * 1024 * 1024
-# errors that mean "this path is broken now" (ICMP errors on a connected socket)
+# Errors that mean "this path is broken now": ICMP errors on a connected socket, a
+# firewall's refusal, and a socket aborted from outside (`ss -K`: ECONNABORTED, then
+# EDESTADDRREQ once the kernel has disconnected it). The channel then falls back to
+# TLS and its next attempt opens a new socket.
 _PATH_ERRORS: Final = frozenset(
     {
         errno.ECONNREFUSED,
@@ -55,6 +58,8 @@ _PATH_ERRORS: Final = frozenset(
         errno.ENETDOWN,
         errno.EACCES,
         errno.EPERM,
+        errno.ECONNABORTED,
+        errno.EDESTADDRREQ,
     }
 )
 
