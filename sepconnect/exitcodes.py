@@ -39,4 +39,5 @@ FAILURE_KINDS: dict[str, ExitCode] = {
     "terminated": ExitCode.SERVER_DISCONNECTED,
     "cookie_rejected": ExitCode.COOKIE_REJECTED,
     "need_input": ExitCode.NEED_INPUT,
+    "tun_lost": ExitCode.ERROR,  # the tun device was deleted from outside the session
 }

@@ -55,6 +55,9 @@ class RecoveryPolicy:
             return Decision(Action.GIVE_UP, 0.0, "the session never came up")
         if outage > self.reconnect_timeout:
             return Decision(Action.GIVE_UP, 0.0, f"no session after {self.reconnect_timeout:.0f} s")
+        if kind == "tun_lost":
+            # Deleted from outside: every worker handed the same fd would fail at once.
+            return Decision(Action.GIVE_UP, 0.0, "the tun device is gone")
         if kind is None:
             delay = CRASH_DELAYS[min(attempt, len(CRASH_DELAYS) - 1)]
             return Decision(Action.RESUME, delay, "the worker died")

@@ -27,6 +27,7 @@ FailureKind = Literal[
     "terminated",
     "cookie_rejected",
     "need_input",
+    "tun_lost",
 ]
 """connection_lost may be retried with the cookie; terminated means the server ended
 the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""

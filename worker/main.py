@@ -126,6 +126,7 @@ def run(channel: Channel) -> int:
     # The data path's modules (~10-15 ms) load while the supervisor and the helper set
     # up the tun, instead of before the login: they are not needed until the tun comes.
     from sepconnect.worker.datapath import DataPath
+    from sepconnect.worker.io.tun import TunGone
 
     reply, tun_fd = channel.recv()
     if isinstance(reply, Stop):
@@ -133,16 +134,22 @@ def run(channel: Channel) -> int:
         return 0
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
-    while True:
-        path = DataPath(tunnel, tun_fd, channel)
-        try:
-            outcome = path.run()
-            break
-        except SessionFailure as exc:
-            if exc.kind != "connection_lost" or path.held or _supervisor_spoke(channel):
-                raise
-            tunnel = _resume_in_place(msg, tunnel, exc)
-            channel.send(_tunnel_up(tunnel))
+    try:
+        while True:
+            path = DataPath(tunnel, tun_fd, channel)
+            try:
+                outcome = path.run()
+                break
+            except SessionFailure as exc:
+                if exc.kind != "connection_lost" or path.held or _supervisor_spoke(channel):
+                    raise
+                tunnel = _resume_in_place(msg, tunnel, exc)
+                channel.send(_tunnel_up(tunnel))
+    except TunGone as exc:
+        tunnel.stream.close()
+        raise SessionFailure(
+            "tun_lost", f"the tun device {reply.ifname} is gone ({exc}): deleted from outside"
+        ) from None
     with contextlib.suppress(OSError):  # the supervisor may already be gone
         channel.send(Stopped(tx_bytes=outcome.tx_bytes, rx_bytes=outcome.rx_bytes))
     return 0

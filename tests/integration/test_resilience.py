@@ -135,6 +135,26 @@ def test_tcp_reset_reconnects_with_the_cookie(lab: Lab) -> None:
     assert "reconnected to the server with the session cookie" in client.stderr
 
 
+def test_tun_deleted_from_outside_ends_the_session_cleanly(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    """The tun deleted under the session (`ip link del`): every call on its fd now fails
+    (EBADFD). The worker reports it, the supervisor gives up at once with a clear
+    message (a new worker handed the same fd would fail the same way), and the
+    teardown still removes what the helper added (the full tunnel's gateway route)."""
+    lab = lab_factory(OcservOptions(routes=("default",)))
+    before = _routes(lab)
+    client = Client(lab)
+    tun = client.wait_connected()
+    _wait_ping(lab, lab.target_ip)
+    lab.run_in(lab.client_ns, "ip", "link", "del", tun["ifname"])
+    assert client.finish(timeout=15) == 1, client.stderr
+    assert f"the tun device {tun['ifname']} is gone" in client.stderr, client.stderr
+    assert "Traceback" not in client.stderr, client.stderr
+    assert "reconnecting" not in client.stderr, client.stderr
+    assert _routes(lab) == before
+
+
 def test_server_crash_and_restart_logs_in_again_keeping_the_tun(lab: Lab) -> None:
     client = Client(lab)
     tun = client.wait_connected()

@@ -68,7 +68,7 @@ def test_a_server_termination_ends_the_session_unless_always_on(
 
 
 @pytest.mark.parametrize(
-    "kind", ["auth_failed", "cert_invalid", "protocol", "unknown_group", "need_input"]
+    "kind", ["auth_failed", "cert_invalid", "protocol", "unknown_group", "need_input", "tun_lost"]
 )
 def test_failures_another_attempt_cannot_fix_end_the_session(kind: str) -> None:
     decision = KIOSK.after_failure(kind, attempt=0, outage=0, established=True)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from typing import Final
 
 from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer
 
-__all__ = ["TunIO"]
+__all__ = ["TunGone", "TunIO"]
 
 # <linux/if_tun.h>
 _TUNGETIFF: Final = 0x800454D2
@@ -31,6 +31,11 @@ _TUNSETOFFLOAD: Final = 0x400454D0
 _IFF_VNET_HDR: Final = 0x4000
 _IFREQ = struct.Struct("16sH22x")
 _READ_SIZE: Final = VNET_HDR_LEN + 65535
+
+
+class TunGone(Exception):
+    """The tun device behind our fd no longer exists (deleted from outside the
+    session: every call on the fd fails with EBADFD)."""
 
 
 def _log(text: str) -> None:
@@ -43,7 +48,12 @@ class TunIO:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
-        _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
+        try:
+            _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
+        except OSError as exc:
+            if exc.errno == errno.EBADFD:
+                raise TunGone(exc.strerror) from None
+            raise
         self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
         self.coalesce = self.vnet_hdr
         self.bad_frames = 0  # frames asking for an offload (segmentation, checksum): dropped
@@ -59,6 +69,9 @@ class TunIO:
                     packet = read(fd, _READ_SIZE)
                 except BlockingIOError:
                     break
+                except OSError as exc:
+                    _raise_if_gone(exc)
+                    raise
                 if packet:
                     packets.append(packet)
             return packets
@@ -67,6 +80,9 @@ class TunIO:
                 frame = read(fd, _READ_SIZE)
             except BlockingIOError:
                 break
+            except OSError as exc:
+                _raise_if_gone(exc)
+                raise
             if len(frame) <= VNET_HDR_LEN:
                 continue
             if frame[0] == 0 and frame[1] == 0:  # no checksum to do, no GSO: as it is
@@ -107,6 +123,7 @@ class TunIO:
         except BlockingIOError:
             return True  # the tun queue is full: drop, as a router would
         except OSError as exc:
+            _raise_if_gone(exc)
             if exc.errno not in (errno.EINVAL, errno.EIO):
                 raise
             return False  # a packet the kernel refused (malformed)
@@ -114,3 +131,8 @@ class TunIO:
 
     def _write(self, data: bytes) -> bool:
         return self._writev((data,))
+
+
+def _raise_if_gone(exc: OSError) -> None:
+    if exc.errno == errno.EBADFD:
+        raise TunGone(exc.strerror) from None
