@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import recovery  # noqa: E402  (bench/recovery.py)
 from dtls_lab import UdpFilter, VpnClient, measure_failover  # noqa: E402
 
 from lab import Lab, OcservOptions  # noqa: E402
@@ -150,16 +151,10 @@ def _kb_field(path: str, name: str) -> float:
 
 
 def ping_until_answered(lab: Lab, started: float, limit: float = 30.0) -> float:
-    # A short wait per ping: an answer through the tunnel takes ~0.5 ms, and a late one
-    # only makes the figure later (the next ping counts). With -W 0.05 the figure moved
-    # in steps of ~55 ms, a sixth of the 0.3 s target.
-    while time.monotonic() - started < limit:
-        r = lab.run_in(lab.client_ns, "ping", "-c", "1", "-W", "0.01", lab.target_ip,
-                       check=False, timeout=5)  # fmt: skip
-        if r.returncode == 0:
-            return time.monotonic() - started
-        time.sleep(0.002)
-    raise AssertionError(f"no ping answered through the tunnel within {limit} s")
+    """Seconds from ``started`` to the first ping answered through the tunnel."""
+    if recovery.wait_ping(lab, limit - (time.monotonic() - started)) is None:
+        raise AssertionError(f"no ping answered through the tunnel within {limit} s")
+    return time.monotonic() - started
 
 
 def ping_avg_ms(lab: Lab, target: str, count: int) -> float:
@@ -275,8 +270,6 @@ def run_failover(lab: Lab, udp: UdpFilter, kind: str, blocked: float) -> dict[st
 
 
 def run_recovery(lab: Lab, kind: str) -> dict[str, float]:
-    import recovery  # bench/recovery.py
-
     names = {
         "worker SIGKILL": "recovery_worker_kill_s",
         "TCP reset": "recovery_tcp_reset_s",

@@ -116,6 +116,20 @@ def _resume_in_place(start: Start, lost: Tunnel, failure: SessionFailure) -> Tun
         raise failure from None
 
 
+def _log_off(tunnel: Tunnel) -> None:
+    """Best effort: DISCONNECT (user logoff) on the tunnel's connection, so that the
+    server drops the session and its cookie now, not at its cookie timeout."""
+    from sepconnect.worker.io.tls import TlsError
+    from sepconnect.worker.proto.session import CstpSession
+
+    session = CstpSession(dpd=None, keepalive=None, now=0.0)
+    session.disconnect(logoff=True)
+    with contextlib.suppress(TlsError):
+        for frame in session.frames_to_send():
+            tunnel.stream.send_all(frame, timeout=2.0)
+    tunnel.stream.close()
+
+
 def run(channel: Channel) -> int:
     msg, _ = channel.recv()
     if not isinstance(msg, Start):
@@ -146,7 +160,9 @@ def run(channel: Channel) -> int:
                 tunnel = _resume_in_place(msg, tunnel, exc)
                 channel.send(_tunnel_up(tunnel))
     except TunGone as exc:
-        tunnel.stream.close()
+        # The supervisor ends the session on this (every worker would get the same dead
+        # fd): log off while the connection is still up, as an orderly stop would.
+        _log_off(tunnel)
         raise SessionFailure(
             "tun_lost", f"the tun device {reply.ifname} is gone ({exc}): deleted from outside"
         ) from None

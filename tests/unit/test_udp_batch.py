@@ -10,6 +10,8 @@ import socket
 import struct
 import time
 
+import pytest
+
 from sepconnect.worker.io.mmsg import SLOTS
 from sepconnect.worker.io.udp import UdpError, UdpLink
 
@@ -40,7 +42,8 @@ def test_gso_send_keeps_datagram_boundaries() -> None:
         link.close()
 
 
-def test_gro_receive_splits_trains() -> None:
+@pytest.mark.parametrize("limit", [64, 1])  # recvmmsg, and the single recvmsg of a first read
+def test_gro_receive_splits_trains(limit: int) -> None:
     server, link = _pair()
     try:
         datagrams = [os.urandom(1300) for _ in range(40)] + [os.urandom(500)]
@@ -52,7 +55,7 @@ def test_gro_receive_splits_trains() -> None:
         got: list[bytes] = []
         deadline = time.monotonic() + 2
         while len(got) < len(datagrams) + len(singles) and time.monotonic() < deadline:
-            got.extend(link.recv_batch())
+            got.extend(link.recv_batch(limit))
         assert got == datagrams + singles
     finally:
         server.close()

@@ -20,15 +20,13 @@ import socket
 import struct
 from typing import Final
 
-__all__ = ["SLOTS", "BatchReceiver"]
+__all__ = ["SLOTS", "SOL_UDP", "UDP_GRO", "BatchReceiver", "split_gro"]
 
 SLOTS: Final = 16
 _SLOT: Final = 65536  # a whole GRO train (the kernel never builds a bigger one)
 _CONTROL: Final = socket.CMSG_SPACE(4)  # one UDP_GRO control message (segment size)
-_MSG_DONTWAIT: Final = 0x40
-_MSG_TRUNC: Final = 0x20
-_SOL_UDP: Final = 17
-_UDP_GRO: Final = 104
+SOL_UDP: Final = 17
+UDP_GRO: Final = 104  # <linux/udp.h>: sockopt on; cmsg carries the segment size
 
 
 class _Iovec(ctypes.Structure):
@@ -96,7 +94,7 @@ class BatchReceiver:
     def receive(self, limit: int = SLOTS) -> tuple[list[bytes], int]:
         """(datagrams, errno): what one call brought (GRO trains split again), and 0,
         EAGAIN when the socket was empty, or the errno of a failed call."""
-        count = _recvmmsg(self.fd, self._msgs_at, min(limit, SLOTS), _MSG_DONTWAIT, None)
+        count = _recvmmsg(self.fd, self._msgs_at, min(limit, SLOTS), socket.MSG_DONTWAIT, None)
         if count < 0:
             return [], ctypes.get_errno() or errno.EIO
         out: list[bytes] = []
@@ -107,22 +105,16 @@ class BatchReceiver:
             used = _SIZE_T.unpack_from(view, at + _CONTROLLEN_AT)[0]
             flags = _INT.unpack_from(view, at + _FLAGS_AT)[0]
             _SIZE_T.pack_into(view, at + _CONTROLLEN_AT, _CONTROL)  # room for the next call
-            if flags & _MSG_TRUNC:
+            if flags & socket.MSG_TRUNC:
                 self.truncated += 1
                 continue
             start = i * _SLOT
             segment = size
             if used >= _CMSG_DATA + 4:
                 length, level, kind = _CMSG.unpack_from(control, i * _CONTROL)
-                if level == _SOL_UDP and kind == _UDP_GRO and length >= _CMSG_DATA + 4:
+                if level == SOL_UDP and kind == UDP_GRO and length >= _CMSG_DATA + 4:
                     segment = _INT.unpack_from(control, i * _CONTROL + _CMSG_DATA)[0] or size
-            if segment >= size:
-                out.append(bytes(data[start : start + size]))
-            else:
-                end = start + size
-                out.extend(
-                    bytes(data[pos : min(pos + segment, end)]) for pos in range(start, end, segment)
-                )
+            split_gro(out, data, start, size, segment)
         return out, 0 if count == min(limit, SLOTS) else errno.EAGAIN
 
     def close(self) -> None:
@@ -133,3 +125,13 @@ class BatchReceiver:
         del self._iovecs, self._msgs
         self._data.close()
         self._control.close()
+
+
+def split_gro(out: list[bytes], data: memoryview, start: int, size: int, segment: int) -> None:
+    """Append the datagrams of ``size`` bytes at ``data[start:]`` to ``out``: one, or a
+    GRO train of ``segment``-byte datagrams (the last may be shorter)."""
+    if segment >= size:
+        out.append(bytes(data[start : start + size]))
+        return
+    end = start + size
+    out.extend(bytes(data[pos : min(pos + segment, end)]) for pos in range(start, end, segment))

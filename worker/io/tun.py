@@ -51,8 +51,7 @@ class TunIO:
         try:
             _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
         except OSError as exc:
-            if exc.errno == errno.EBADFD:
-                raise TunGone(exc.strerror) from None
+            _raise_if_gone(exc)
             raise
         self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
         self.coalesce = self.vnet_hdr

@@ -28,7 +28,7 @@ import socket
 import struct
 from typing import Final
 
-from sepconnect.worker.io.mmsg import BatchReceiver
+from sepconnect.worker.io.mmsg import SOL_UDP, UDP_GRO, BatchReceiver, split_gro
 
 __all__ = ["UdpError", "UdpLink"]
 
@@ -37,9 +37,7 @@ _IP_PMTUDISC_DO: Final = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_MTU_DISCOVER: Final = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _IPV6_PMTUDISC_DO: Final = 2
 _MAX_DATAGRAM: Final = 65535
-_SOL_UDP: Final = 17
 _UDP_SEGMENT: Final = 103  # <linux/udp.h>: cmsg/sockopt, the GSO segment size
-_UDP_GRO: Final = 104  # <linux/udp.h>: sockopt on; cmsg carries the segment size
 _GSO_MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS on older kernels (128 on newer)
 _GSO_MAX_BYTES: Final = 65000  # the super-datagram must fit an IP packet
 _GSO_REFUSED: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
@@ -95,7 +93,7 @@ class UdpLink:
         self._error: int | None = None
         self.gso = True  # until the kernel refuses a GSO send
         try:
-            sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
             self.gro = True
         except OSError:
             self.gro = False
@@ -137,7 +135,7 @@ class UdpLink:
             try:
                 sendmsg(
                     [b"".join(datagrams[sent:end])],
-                    [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))],
+                    [(SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))],
                 )
             except BlockingIOError:
                 return sent
@@ -241,13 +239,9 @@ class UdpLink:
                 break
             segment = nbytes
             for level, kind, data in ancdata:
-                if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 4:
+                if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
                     segment = struct.unpack("=i", data[:4])[0] or nbytes
-            if segment >= nbytes:
-                out.append(bytes(view[:nbytes]))
-            else:
-                out.extend(bytes(view[pos : min(pos + segment, nbytes)])
-                           for pos in range(0, nbytes, segment))  # fmt: skip
+            split_gro(out, view, 0, nbytes, segment)
         return out
 
     def _keep_error(self, exc: OSError, out: list[bytes]) -> bool:
