@@ -29,50 +29,18 @@ import datetime
 import json
 import os
 import socket
-import struct
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from sepconnect.privhelper.auditfile import open_log as open_log  # re-exported
+from sepconnect.process.auditfile import open_log as open_log  # re-exported
+from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, journal_datagram
+from sepconnect.process.journal import open_journal as open_journal  # re-exported
 
 if TYPE_CHECKING:  # annotations only: the supervisor imports this module before it needs
     # the wire codecs (msgpack, the schemas: ~15 ms), on its way to starting the worker
-    from sepconnect.privhelper.wire import Message
+    from sepconnect.ipc.wire import Message
 
-Result = Literal["ok", "refused", "fatal", "info"]
 Scalar = str | int | None
 Args = dict[str, Scalar | list[Scalar]]
-
-
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
-MESSAGE_ID = "2c5a1d3f0e8b4b6e9a7c5d4e3f2a1b0c"
-"""MESSAGE_ID of every sepconnect audit record in the journal (journalctl MESSAGE_ID=…)."""
-_PRIORITY = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
-
-
-def open_journal(path: str = JOURNAL_SOCKET) -> socket.socket | None:
-    """A datagram socket connected to journald, or None where there is no journal."""
-    if not os.path.exists(path):
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def journal_datagram(fields: dict[str, str]) -> bytes:
-    """journald's native format: KEY=value lines; values with a newline length-prefixed."""
-    out = bytearray()
-    for key, value in fields.items():
-        data = value.encode("utf-8", "backslashreplace")
-        if b"\n" in data:
-            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += key.encode() + b"=" + data + b"\n"
-    return bytes(out)
 
 
 def message_args(msg: Message) -> Args:
@@ -135,7 +103,7 @@ class Audit:
         fields = {
             "MESSAGE": f"sepconnect privhelper: {op} {result}" + (f": {reason}" if reason else ""),
             "MESSAGE_ID": MESSAGE_ID,
-            "PRIORITY": str(_PRIORITY.get(result, 6)),
+            "PRIORITY": str(PRIORITY.get(result, 6)),
             "SYSLOG_IDENTIFIER": "sepconnect-privhelper",
             "SEPCONNECT_OP": op,
             "SEPCONNECT_RESULT": result,

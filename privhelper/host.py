@@ -52,6 +52,7 @@ from sepconnect.privhelper.runner import (
 )
 from sepconnect.privhelper.script import encode_env, script_env
 from sepconnect.privhelper.tun import Tun, open_tun
+from sepconnect.process.journal import Result
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -291,7 +292,7 @@ def recover(
     for path, data in stale:
         who = {"pid": data.get("pid"), "ifname": str(data.get("ifname", ""))[:15]}
 
-        def note(result: _audit.Result, what: str) -> None:
+        def note(result: Result, what: str) -> None:
             audit.record("recover", result, what[:500], dict(who))  # noqa: B023
 
         ok = True

@@ -34,7 +34,6 @@ once the netlink socket is open.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import resource
 import select
@@ -44,12 +43,12 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Final
 
+from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
+from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import dns as _dns
-from sepconnect.privhelper import proctitle as _proctitle
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper import state as _state
-from sepconnect.privhelper.helpformat import HelpFormatter
 from sepconnect.privhelper.host import Helper, Options, recover
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
@@ -61,9 +60,10 @@ from sepconnect.privhelper.policy import (
 )
 from sepconnect.privhelper.rtnl import IPRoute
 from sepconnect.privhelper.runner import Programs, RunnerClient, check_script
-from sepconnect.privhelper.schema import FD_REPLIES, REPLIES, REQUESTS, Refused
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
-from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
+from sepconnect.process import privileges
+from sepconnect.process import title as _proctitle
+from sepconnect.process.helpformat import HelpFormatter
 
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
@@ -167,61 +167,16 @@ def _drain(fd: int) -> None:
 # ---------------------------------------------------------------------------
 # Privileges
 
-PR_CAPBSET_DROP: Final = 24
-PR_SET_NO_NEW_PRIVS: Final = 38
-PR_CAP_AMBIENT: Final = 47
-PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
-CAP_NET_ADMIN: Final = 12
-_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, arg: int = 0) -> None:
-    zero = ctypes.c_ulong(0)
-    if _libc().prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"prctl({option}, {arg}): {os.strerror(code)}")
-
-
-def _last_cap() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 63
-
 
 def drop_privileges() -> None:
     """Keep uid 0 but only CAP_NET_ADMIN: no_new_privs, bounding set, then capset(2).
 
     The bounding set goes first, while CAP_SETPCAP is still effective.
     """
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    for cap in range(_last_cap() + 1):
-        if cap != CAP_NET_ADMIN:
-            _prctl(PR_CAPBSET_DROP, cap)
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    keep = 1 << CAP_NET_ADMIN
-    data = (_CapData * 2)(_CapData(keep, keep, 0), _CapData(0, 0, 0))
-    if _libc().capset(ctypes.byref(header), data) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"capset: {os.strerror(code)}")
+    keep = frozenset({privileges.CAP_NET_ADMIN})
+    privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
+    privileges.drop_bounding_set(keep=keep)
+    privileges.keep_only_capabilities(keep)
 
 
 # ---------------------------------------------------------------------------

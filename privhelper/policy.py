@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Final, Protocol, TypeVar
 
-from sepconnect.privhelper.schema import (
+from sepconnect.ipc.helper_messages import (
     CreateTun,
     Done,
     Hello,
@@ -39,7 +39,14 @@ from sepconnect.privhelper.schema import (
     Teardown,
     TunCreated,
 )
-from sepconnect.privhelper.wire import Message
+from sepconnect.ipc.limits import (
+    IPV6_MIN_MTU,
+    MAX_DNS,
+    MAX_DOMAINS,
+    MAX_ROUTES,
+    canonical_domain,
+)
+from sepconnect.ipc.wire import Message
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -62,20 +69,7 @@ class Refusal(Exception):
 # Value rules
 
 
-MAX_ROUTES: Final = 256
-"""At most this many ``routes`` and, separately, this many ``exclude`` prefixes."""
-
-MAX_DNS: Final = 8
-"""At most this many DNS servers."""
-
-MAX_DOMAINS: Final = 32
-"""At most this many search domains and, separately, this many split-DNS domains."""
-
-IPV6_MIN_MTU: Final = 1280
-"""RFC 8200 §5: a link carrying IPv6 must have at least this MTU."""
-
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 # Address ranges that never belong on, or behind, a VPN tunnel. An address in
 # one of them, or a prefix lying entirely inside one, is refused with the label.
@@ -220,22 +214,11 @@ def check_prefix(text: str, what: str) -> Network:
 
 
 def check_domain(text: str, what: str) -> str:
-    """A search or split-DNS domain: LDH labels of 1-63 characters, at most 253 in all.
-
-    Anything else (underscores, spaces, a newline, ``$(…)``) is refused: a domain
-    ends up in resolv.conf, resolved's per-link settings and a script's
-    environment, and none of them should ever see more than a host name.
-    """
-    name = text.lower().removesuffix(".")
-    labels = name.split(".")
-    if (
-        not name
-        or len(name) > 253
-        or not all(_LABEL.fullmatch(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
-        raise Refusal(f"{what} {text[:64]!r}: not a valid domain name")
-    return name
+    """A search or split-DNS domain (:func:`canonical_domain`), or a refusal."""
+    try:
+        return canonical_domain(text)
+    except ValueError as exc:
+        raise Refusal(f"{what} {exc}") from None
 
 
 def check_dns(text: str) -> Address:

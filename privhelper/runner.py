@@ -34,9 +34,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
-from sepconnect.privhelper.helpformat import HelpFormatter
-from sepconnect.privhelper.proctitle import set_title
-from sepconnect.privhelper.wire import (
+from sepconnect.ipc.wire import (
     Channel,
     Codec,
     Length,
@@ -46,6 +44,8 @@ from sepconnect.privhelper.wire import (
     Range,
     WireError,
 )
+from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.process.title import set_title
 
 TIMEOUT: Final = 60.0
 PROCESS_TITLE: Final = "sepconnect: script-runner"
@@ -244,7 +244,7 @@ class RunnerClient:
         # seccomp filter; close() then finds it in sys.modules, with no file access.
         import subprocess
 
-        from sepconnect.privhelper.wire import socketpair
+        from sepconnect.ipc.wire import socketpair
 
         self.programs = programs
         ours, theirs = socketpair()

@@ -19,17 +19,20 @@ import datetime
 import json
 import os
 import socket
-from typing import Final, Literal
+from typing import Final
 
-from sepconnect.privhelper.audit import journal_datagram
-from sepconnect.privhelper.auditfile import open_log as open_log  # re-exported: opened while root
+from sepconnect.process.auditfile import open_log as open_log  # re-exported: opened while root
+from sepconnect.process.journal import (
+    JOURNAL_SOCKET,
+    MESSAGE_ID,
+    PRIORITY,
+    Result,
+    journal_datagram,
+    open_journal,
+)
 
-Result = Literal["ok", "refused", "fatal", "info"]
 Scalar = str | int | float | bool | None
 
-JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
-MESSAGE_ID: Final = "2c5a1d3f0e8b4b6e9a7c5d4e3f2a1b0c"  # the same as the helper's records
-_PRIORITY: Final = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
 SECRET_NAMES: Final = frozenset({"cookie", "password", "passwords", "secret", "key", "token"})
 
 
@@ -41,16 +44,7 @@ class _Sink:
 def configure(fd: int | None, journal_path: str | None = JOURNAL_SOCKET) -> None:
     """Where events go from now on: the audit log fd (ours to keep) and the journal."""
     _Sink.fd = fd
-    _Sink.journal = None
-    if journal_path is not None and os.path.exists(journal_path):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(journal_path)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-        else:
-            _Sink.journal = sock
+    _Sink.journal = None if journal_path is None else open_journal(journal_path)
 
 
 def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str, object]:
@@ -76,7 +70,7 @@ def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str
         fields = {
             "MESSAGE": f"sepconnect supervisor: {op} {result}" + (f": {reason}" if reason else ""),
             "MESSAGE_ID": MESSAGE_ID,
-            "PRIORITY": str(_PRIORITY[result]),
+            "PRIORITY": str(PRIORITY[result]),
             "SYSLOG_IDENTIFIER": "sepconnect-supervisor",
             "SEPCONNECT_OP": op,
             "SEPCONNECT_RESULT": result,

@@ -32,21 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sepconnect import entrypoints
-from sepconnect.exitcodes import FAILURE_KINDS, ExitCode
-from sepconnect.privhelper.client import HelperClient, HelperRefused
-from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
-from sepconnect.supervisor import audit
-from sepconnect.supervisor.control import (
-    ControlError,
-    ControlServer,
-    authorized,
-    parse_request_untrusted,
-    reply,
-)
-from sepconnect.supervisor.netconfig import BadTunnelConfig, DesiredNet, desired_net
-from sepconnect.supervisor.notify import Notifier
-from sepconnect.supervisor.policy import Action, RecoveryPolicy
-from sepconnect.supervisor.schema import (
+from sepconnect.ipc.wire import Channel, PeerClosed, WireError
+from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,
     FROM_WORKER,
     TO_WORKER,
@@ -61,6 +48,19 @@ from sepconnect.supervisor.schema import (
     TunnelUp,
     WorkerStatus,
 )
+from sepconnect.process.exitcodes import FAILURE_KINDS, ExitCode
+from sepconnect.supervisor import audit
+from sepconnect.supervisor.control import (
+    ControlError,
+    ControlServer,
+    authorized,
+    parse_request_untrusted,
+    reply,
+)
+from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
+from sepconnect.supervisor.netconfig import BadTunnelConfig, DesiredNet, desired_net
+from sepconnect.supervisor.notify import Notifier
+from sepconnect.supervisor.policy import Action, RecoveryPolicy
 
 _STOP_GRACE = 5.0  # seconds a dismissed worker gets to close before it is killed
 _STATUS_WAIT = 1.0  # seconds a control `status` waits for the worker's counters

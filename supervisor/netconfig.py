@@ -19,8 +19,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from sepconnect.privhelper.policy import MAX_DNS, MAX_DOMAINS, Refusal, check_domain
-from sepconnect.supervisor.schema import TunnelUp
+from sepconnect.ipc.limits import MAX_DNS, MAX_DOMAINS, canonical_domain
+from sepconnect.ipc.worker_messages import TunnelUp
 
 _NOT_PRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 MAX_BANNER = 2000
@@ -139,9 +139,9 @@ def _domains(texts: tuple[str, ...], what: str, notes: list[str]) -> tuple[str, 
     kept: list[str] = []
     for text in texts:
         try:
-            name = check_domain(text, what)
-        except Refusal as exc:
-            notes.append(f"{exc}: ignored")
+            name = canonical_domain(text)
+        except ValueError as exc:
+            notes.append(f"{what} {exc}: ignored")
             continue
         if name not in kept:
             kept.append(name)

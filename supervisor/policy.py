@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sepconnect.supervisor.schema import FailureKind
+from sepconnect.ipc.worker_messages import FailureKind
 
 RETRY_DELAYS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 """Seconds before successive reconnect attempts: the first is immediate (a lost

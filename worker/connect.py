@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sepconnect.supervisor.schema import FailureKind, Start
+from sepconnect.ipc.worker_messages import FailureKind, Start
 from sepconnect.worker.io.tls import (
     CertificateInvalid,
     ServerPin,

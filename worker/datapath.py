@@ -14,8 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
-from sepconnect.supervisor.schema import Hold, QueryStatus, Stop, WorkerStatus
+from sepconnect.ipc.wire import Channel, PeerClosed, WireError
+from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink
 from sepconnect.worker.io.poller import Poller

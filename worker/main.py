@@ -16,10 +16,8 @@ import socket
 import sys
 from typing import Literal
 
-from sepconnect import hardening
-from sepconnect.privhelper.proctitle import set_title
-from sepconnect.privhelper.wire import Channel, PeerClosed, WireError
-from sepconnect.supervisor.schema import (
+from sepconnect.ipc.wire import Channel, PeerClosed, WireError
+from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,
     FROM_WORKER,
     TO_WORKER,
@@ -30,6 +28,8 @@ from sepconnect.supervisor.schema import (
     TunHandoff,
     TunnelUp,
 )
+from sepconnect.process import privileges
+from sepconnect.process.title import set_title
 from sepconnect.worker import sandbox
 from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     # The supervisor decides when the session ends; a ^C at the terminal is its to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    hardening.no_new_privs_and_undumpable()
+    privileges.no_new_privs_and_undumpable()
     if os.geteuid() == 0:
         _log("refusing to run as root")
         return 1

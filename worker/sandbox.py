@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sepconnect import hardening
+from sepconnect.process import privileges
 
 
 def _import_pyseccomp() -> Any:
@@ -448,7 +448,7 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
             + " and ".join(missing)
             + "; run with --allow-weak-sandbox to connect anyway with a weaker sandbox"
         )
-    hardening.no_new_privs_and_undumpable()
+    privileges.no_new_privs_and_undumpable()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     sys.dont_write_bytecode = True  # no __pycache__ writes (Landlock would refuse them)
@@ -565,7 +565,7 @@ def fatal_probe(name: str) -> str:
     elif name == "kill":
         os.kill(parent, 0)
     elif name == "prctl":
-        hardening.prctl(hardening.PR_SET_DUMPABLE, 1)
+        privileges.prctl(privileges.PR_SET_DUMPABLE, 1)
     elif name == "unshare":
         clone_newuser = 0x10000000
         _libc.unshare(ctypes.c_int(clone_newuser))

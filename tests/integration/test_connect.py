@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.root, pytest.mark.netns]
 VENV = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
 SEPCONNECT = f"{VENV}/bin/sepconnect"
 
-# Exit codes (sepconnect/exitcodes.py); repeated here so a renumbering breaks a test.
+# Exit codes (process/exitcodes.py); repeated here so a renumbering breaks a test.
 AUTH_FAILED, CERT_INVALID, UNREACHABLE, PROTOCOL, UNKNOWN_GROUP, USAGE = 3, 6, 7, 8, 5, 2
 
 

@@ -33,9 +33,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from sepconnect.privhelper.client import HelperClient, HelperRefused
-from sepconnect.privhelper.schema import REPLIES, REQUESTS
-from sepconnect.privhelper.wire import MAX_MSG, Channel, socketpair
+from sepconnect.ipc.helper_messages import REPLIES, REQUESTS
+from sepconnect.ipc.wire import MAX_MSG, Channel, socketpair
+from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 

@@ -32,17 +32,10 @@ from typing import Any
 
 import pytest
 
-from sepconnect.privhelper.client import HelperClient, HelperRefused
-from sepconnect.privhelper.wire import PeerClosed, WireError, socketpair
+from sepconnect.ipc.wire import PeerClosed, WireError, socketpair
+from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
-
-ROOT = Path(__file__).resolve().parents[2]
-TREE = ROOT / "privhelper"
-BOOTSTRAP = (
-    "import runpy, sys; sys.path.insert(0, {root!r}); "
-    "runpy.run_module('sepconnect.privhelper', run_name='__main__', alter_sys=True)"
-)
 
 UPLINK_GW = "198.18.1.1"
 UPLINK_GW6 = "2001:2:0:1::1"
@@ -68,20 +61,8 @@ def ip_json(ns: str, *argv: str) -> Any:
 
 @pytest.fixture(scope="session")
 def helper_cmd() -> list[str]:
-    probe = subprocess.run(
-        [sys.executable, "-I", "-c", "import sepconnect.privhelper.main as m; print(m.__file__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode == 0:
-        installed = Path(probe.stdout.strip()).parent
-        if all(
-            (installed / p.name).is_file() and (installed / p.name).read_bytes() == p.read_bytes()
-            for p in TREE.glob("*.py")
-        ):
-            return [sys.executable, "-I", "-m", "sepconnect.privhelper"]
-    return [sys.executable, "-I", "-c", BOOTSTRAP.format(root=str(ROOT))]
+    """The installed helper, as the launcher runs it (run-tests installs the tree first)."""
+    return [sys.executable, "-I", "-m", "sepconnect.privhelper"]
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from sepconnect.privhelper.client import HelperClient
-from sepconnect.privhelper.wire import socketpair
+from sepconnect.ipc.wire import socketpair
+from sepconnect.supervisor.helper_client import HelperClient
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from sepconnect.privhelper.wire import Channel, socketpair
-from sepconnect.supervisor.schema import FROM_WORKER, TO_WORKER, Start
+from sepconnect.ipc.wire import Channel, socketpair
+from sepconnect.ipc.worker_messages import FROM_WORKER, TO_WORKER, Start
 from sepconnect.worker import sandbox
 
 from lab import Lab

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
+from sepconnect.ipc.wire import WireError
+from sepconnect.ipc.worker_messages import TunnelUp
 from sepconnect.privhelper import dns, firewall, script, state
 from sepconnect.privhelper.policy import Refusal, Wanted, check_domain, check_net_config
 from sepconnect.privhelper.runner import check_env, check_script
-from sepconnect.privhelper.schema import REQUESTS, NetConfig
-from sepconnect.privhelper.wire import WireError
 from sepconnect.supervisor.netconfig import desired_net
-from sepconnect.supervisor.schema import TunnelUp
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",

@@ -17,6 +17,18 @@ from pathlib import Path as FsPath
 
 import pytest
 
+from sepconnect.ipc.helper_messages import (
+    REPLIES,
+    REQUESTS,
+    CreateTun,
+    Done,
+    Hello,
+    NetConfig,
+    Refused,
+    Teardown,
+    TunCreated,
+)
+from sepconnect.ipc.wire import Channel, Message, socketpair
 from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
 from sepconnect.privhelper.netconf import (
@@ -51,18 +63,6 @@ from sepconnect.privhelper.policy import (
     check_ifname,
     check_net_config,
 )
-from sepconnect.privhelper.schema import (
-    REPLIES,
-    REQUESTS,
-    CreateTun,
-    Done,
-    Hello,
-    NetConfig,
-    Refused,
-    Teardown,
-    TunCreated,
-)
-from sepconnect.privhelper.wire import Channel, Message, socketpair
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address

@@ -1,42 +1,130 @@
-"""Import rules (STYLE.md §1.5, §6.1), checked on the source's AST."""
+"""Import rules (DESIGN.md §7, docs/architecture.md), checked on the installed package.
+
+The processes run the installed copy, so that is the copy checked: every import
+statement (at the top or inside a function) of every module, read from its AST.
+"""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+_SPEC = importlib.util.find_spec("sepconnect")
+assert _SPEC is not None
+assert _SPEC.submodule_search_locations
+INSTALLED = Path(next(iter(_SPEC.submodule_search_locations)))
+
+SHARED = ("sepconnect.ipc", "sepconnect.process")
+"""The packages every process may use; they import nothing but each other."""
+
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "sepconnect.worker": ("sepconnect.supervisor", "sepconnect.privhelper", "sepconnect.cli"),
+    "sepconnect.supervisor": ("sepconnect.worker", "sepconnect.privhelper", "sepconnect.cli"),
+    "sepconnect.ipc": (
+        "sepconnect.worker",
+        "sepconnect.supervisor",
+        "sepconnect.privhelper",
+        "sepconnect.cli",
+        "sepconnect.entrypoints",
+    ),
+}
+FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
+
+HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
+"""All the helper loads from outside the standard library (jeepney: the D-Bus client
+for systemd-resolved, pure Python)."""
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(INSTALLED.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def _imports(path: Path) -> set[str]:
+    return _imports_of(path.read_text(), _module_name(path), is_package=path.name == "__init__.py")
+
+
+def _imports_of(source: str, module: str, *, is_package: bool) -> set[str]:
+    """Absolute names of every module ``source`` imports (relative imports resolved)."""
+    package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            names.add(base)
+            # `from sepconnect.x import y` may name a submodule y
+            names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
-def _modules(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).rglob("*.py"))
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
 
 
-@pytest.mark.parametrize("path", _modules("privhelper"), ids=lambda p: p.name)
-def test_privhelper_imports_only_stdlib_msgpack_pyroute2_and_itself(path: Path) -> None:
+def _modules(package: str) -> list[Path]:
+    folder = INSTALLED.joinpath(*package.split(".")[1:])
+    return sorted(folder.rglob("*.py"))
+
+
+ALL = _modules("sepconnect")
+
+
+def test_the_installed_package_is_laid_out_as_the_source() -> None:
+    """Each top-level folder of the repository is one subpackage; no package twice."""
+    names = {_module_name(p) for p in ALL}
+    for package in ("ipc", "process", "privhelper", "supervisor", "worker"):
+        assert f"sepconnect.{package}" in names
+    assert not any(p.is_symlink() for p in ALL)
+
+
+@pytest.mark.parametrize("path", ALL, ids=_module_name)
+def test_no_forbidden_edge(path: Path) -> None:
+    module = _module_name(path)
+    for package, banned in FORBIDDEN.items():
+        if _within(module, package):
+            bad = {n for n in _imports(path) if any(_within(n, b) for b in banned)}
+            assert not bad, f"{module} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", _modules("sepconnect.privhelper"), ids=_module_name)
+def test_privhelper_imports_only_itself_the_shared_packages_and_its_libraries(
+    path: Path,
+) -> None:
     for name in _imports(path):
         top = name.split(".")[0]
         if top == "sepconnect":
-            assert name.startswith("sepconnect.privhelper"), name
+            allowed = ("sepconnect.privhelper", *SHARED)
+            assert any(_within(name, a) for a in allowed), name
         else:
-            assert top in sys.stdlib_module_names or top in {
-                "msgpack",
-                "pyroute2",
-                "jeepney",  # dns.py: the D-Bus client for systemd-resolved (pure Python)
-            }, name
+            assert top in sys.stdlib_module_names or top in HELPER_THIRD_PARTY, name
+
+
+def test_the_rules_see_every_form_of_import() -> None:
+    """The checker itself: absolute, relative and in-function imports are all seen."""
+    source = (
+        "from sepconnect.supervisor import main\n"
+        "from . import connect\n"
+        "from ..ipc import wire\n"
+        "def f():\n    import sepconnect.privhelper.tun\n"
+    )
+    names = _imports_of(source, "sepconnect.worker.probe", is_package=False)
+    assert {
+        "sepconnect.supervisor.main",
+        "sepconnect.worker.connect",
+        "sepconnect.ipc.wire",
+        "sepconnect.privhelper.tun",
+    } <= names
 
 
 SANS_IO_FORBIDDEN = {
@@ -54,29 +142,7 @@ SANS_IO_FORBIDDEN = {
 }
 
 
-@pytest.mark.parametrize("path", _modules("worker/proto"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _modules("sepconnect.worker.proto"), ids=_module_name)
 def test_protocol_core_is_sans_io(path: Path) -> None:
     bad = {n for n in _imports(path) if n.split(".")[0] in SANS_IO_FORBIDDEN}
     assert not bad, bad
-
-
-@pytest.mark.parametrize("path", _modules("worker") + _modules("supervisor"), ids=lambda p: p.name)
-def test_unprivileged_code_uses_only_the_helpers_public_modules(path: Path) -> None:
-    allowed = {
-        "sepconnect.privhelper.wire",
-        "sepconnect.privhelper.schema",
-        "sepconnect.privhelper.fields",  # the schemas' shared field types
-        "sepconnect.privhelper.client",
-        "sepconnect.privhelper.policy",
-        "sepconnect.privhelper.audit",  # the journal's datagram format, shared
-        "sepconnect.privhelper.auditfile",  # opening an audit log: stdlib only, shared
-        "sepconnect.privhelper.proctitle",  # process titles: stdlib only, shared
-    }
-    for name in _imports(path):
-        if name.startswith("sepconnect.privhelper"):
-            assert name in allowed, name
-
-
-@pytest.mark.parametrize("path", _modules("worker"), ids=lambda p: p.name)
-def test_worker_never_talks_to_the_helper(path: Path) -> None:
-    assert "sepconnect.privhelper.client" not in _imports(path)

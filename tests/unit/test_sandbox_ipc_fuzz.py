@@ -18,11 +18,11 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sepconnect.ipc.helper_messages import REQUESTS, NetConfig, Refused
+from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import policy
-from sepconnect.privhelper.client import HelperClient
 from sepconnect.privhelper.policy import Monitor, Phase, ProtocolViolation, Refusal, Wanted
-from sepconnect.privhelper.schema import REQUESTS, NetConfig, Refused
-from sepconnect.privhelper.wire import WireError
+from sepconnect.supervisor.helper_client import HelperClient
 
 GOOD: dict[str, Any] = {
     "mtu": 1400,

@@ -1,5 +1,5 @@
 """Start-up helpers that replace third-party or stdlib conveniences to save memory:
-process titles (privhelper/proctitle.py), the help formatter (privhelper/helpformat.py),
+process titles (process/title.py), the help formatter (process/helpformat.py),
 the worker's command line (worker/main.py) and its first module (worker/boot.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sepconnect.privhelper.helpformat import HelpFormatter
+from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.worker.main import _parse_argv
 
 
@@ -22,7 +22,7 @@ def _in_child(code: str) -> str:
 
 def test_title_shows_in_cmdline_and_comm() -> None:
     out = _in_child(
-        "from sepconnect.privhelper.proctitle import set_title\n"
+        "from sepconnect.process.title import set_title\n"
         "set_title('sepconnect: worker')\n"
         "print(repr(open('/proc/self/cmdline', 'rb').read()))\n"
         "print(open('/proc/self/comm').read().strip())\n"
@@ -36,7 +36,7 @@ def test_title_shows_in_cmdline_and_comm() -> None:
 
 def test_title_longer_than_argv_is_cut_inside_the_area() -> None:
     out = _in_child(
-        "from sepconnect.privhelper.proctitle import _argv_area, set_title\n"
+        "from sepconnect.process.title import _argv_area, set_title\n"
         "start, end = _argv_area()\n"
         "set_title('x' * 10000)\n"
         "raw = open('/proc/self/cmdline', 'rb').read()\n"

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
+from sepconnect.ipc.worker_messages import TunnelUp
 from sepconnect.supervisor.netconfig import BadTunnelConfig, desired_net
-from sepconnect.supervisor.schema import TunnelUp
 
 BASE = TunnelUp(
     server="vpn.example",

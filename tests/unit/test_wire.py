@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sepconnect.privhelper.client import HelperClient, HelperRefused
-from sepconnect.privhelper.schema import (
+from sepconnect.ipc.helper_messages import (
     FD_REPLIES,
     REPLIES,
     REQUESTS,
@@ -27,7 +26,7 @@ from sepconnect.privhelper.schema import (
     Teardown,
     TunCreated,
 )
-from sepconnect.privhelper.wire import (
+from sepconnect.ipc.wire import (
     MAX_MSG,
     Channel,
     Codec,
@@ -36,6 +35,7 @@ from sepconnect.privhelper.wire import (
     WireError,
     socketpair,
 )
+from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 REQUEST_EXAMPLES: list[Message] = [
     Hello(seq=0, proto=1, role="supervisor"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.privhelper.fields import (
+from sepconnect.ipc.fields import (
     Banner,
     Domain,
     IpAddress,
@@ -21,7 +21,7 @@ from sepconnect.privhelper.fields import (
     Reason,
     Seq,
 )
-from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
+from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

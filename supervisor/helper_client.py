@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterable
 from typing import Literal, TypeVar
 
-from sepconnect.privhelper.schema import (
+from sepconnect.ipc.helper_messages import (
     FD_REPLIES,
     REPLIES,
     REQUESTS,
@@ -28,7 +28,7 @@ from sepconnect.privhelper.schema import (
     Teardown,
     TunCreated,
 )
-from sepconnect.privhelper.wire import PROTO_VERSION, Channel, Message, WireError
+from sepconnect.ipc.wire import PROTO_VERSION, Channel, Message, WireError
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a reply; the helper answers in milliseconds."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.privhelper.fields import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
-from sepconnect.privhelper.wire import Codec, Length, Match, Message, Range
+from sepconnect.ipc.fields import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
+from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
 Text = Annotated[str, Length(0, 1024)]
 ServerDomain = Annotated[str, Length(1, 253), Match(r"[A-Za-z0-9_.-]+")]

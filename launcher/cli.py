@@ -19,11 +19,12 @@ import stat
 import subprocess
 import sys
 
-from sepconnect import __version__, entrypoints, hardening
-from sepconnect.exitcodes import ExitCode
-from sepconnect.privhelper.auditfile import open_log
-from sepconnect.privhelper.helpformat import HelpFormatter
-from sepconnect.privhelper.proctitle import set_title
+from sepconnect import __version__, entrypoints
+from sepconnect.process import privileges
+from sepconnect.process.auditfile import open_log
+from sepconnect.process.exitcodes import ExitCode
+from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.process.title import set_title
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -435,11 +436,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
         theirs.close()
     if as_root:
         # From here on this process is the supervisor and never root again.
-        hardening.drop_bounding_set()
+        privileges.drop_bounding_set()
         # The control group is kept as a supplementary group so that the supervisor can
         # give its socket to that group; it grants nothing else.
-        hardening.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
-    hardening.no_new_privs_and_undumpable()
+        privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
+    privileges.no_new_privs_and_undumpable()
     # The first worker starts now, before the supervisor's own modules load (~60 ms):
     # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
     # connect time, and it reads its `start` only once its imports are done.
@@ -451,9 +452,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
         from sepconnect.supervisor import audit as session_audit
 
         session_audit.configure(audit_fd)
-    from sepconnect.privhelper.client import HelperClient
+    from sepconnect.ipc.worker_messages import Start
+    from sepconnect.supervisor.helper_client import HelperClient
     from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
-    from sepconnect.supervisor.schema import Start
 
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")

@@ -1,15 +1,15 @@
 """Field types shared by the helper's and the worker's message schemas.
 
-Kept apart from privhelper/schema.py so that the worker, which only speaks the
-supervisor's schema (supervisor/schema.py), does not build the helper's codecs when
-it starts (~10 ms of its start-up, which is on the connect path).
+Kept apart from helper_messages.py so that the worker, which only speaks
+worker_messages.py, does not build the helper's codecs when it starts (~10 ms of
+its start-up, which is on the connect path).
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from sepconnect.privhelper.wire import Length, Match, Range
+from sepconnect.ipc.wire import Length, Match, Range
 
 __all__ = [
     "Banner",

@@ -1,0 +1,45 @@
+"""Limits and patterns that more than one process applies, each defined once.
+
+The worker parses the server's configuration against them, the supervisor
+re-validates what the worker reports, and the helper checks every request
+against them again (it trusts neither).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+MAX_ROUTES: Final = 256
+"""At most this many routes and, separately, this many excluded prefixes."""
+
+MAX_DNS: Final = 8
+"""At most this many DNS servers are applied."""
+
+MAX_DOMAINS: Final = 32
+"""At most this many search domains and, separately, this many split-DNS domains."""
+
+IPV6_MIN_MTU: Final = 1280
+"""RFC 8200 §5: a link carrying IPv6 has at least this MTU (Linux disables IPv6 below it)."""
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def canonical_domain(text: str) -> str:
+    """A search or split-DNS domain in lower case without its trailing dot.
+
+    LDH labels of 1-63 characters, at most 253 in all, the last not all digits.
+    Anything else (underscores, spaces, a newline, ``$(…)``) raises ValueError: a
+    domain ends up in resolv.conf, resolved's per-link settings and a script's
+    environment, and none of them should ever see more than a host name.
+    """
+    name = text.lower().removesuffix(".")
+    labels = name.split(".")
+    if (
+        not name
+        or len(name) > 253
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise ValueError(f"{text[:64]!r}: not a valid domain name")
+    return name

@@ -1,0 +1,49 @@
+"""The audit records' journal side, shared by the helper and the supervisor.
+
+journald's native protocol: one datagram of ``KEY=value`` lines to
+:data:`JOURNAL_SOCKET`, connected once at start (before any seccomp filter).
+Every sepconnect audit record carries :data:`MESSAGE_ID`; docs/security.md
+documents the fields.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Final, Literal
+
+Result = Literal["ok", "refused", "fatal", "info"]
+"""The outcome field of every audit record."""
+
+JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
+MESSAGE_ID: Final = "2c5a1d3f0e8b4b6e9a7c5d4e3f2a1b0c"
+"""MESSAGE_ID of every sepconnect audit record in the journal (journalctl MESSAGE_ID=…)."""
+PRIORITY: Final[dict[str, int]] = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
+"""syslog priority of a record, by its result."""
+
+
+def open_journal(path: str = JOURNAL_SOCKET) -> socket.socket | None:
+    """A non-blocking datagram socket connected to journald, or None where there is none."""
+    if not os.path.exists(path):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def journal_datagram(fields: dict[str, str]) -> bytes:
+    """journald's native format: KEY=value lines; values with a newline length-prefixed."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "backslashreplace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)

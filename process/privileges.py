@@ -1,0 +1,101 @@
+"""Privileges and process flags through prctl(2) and capset(2), for all three programs.
+
+ctypes on the program's own symbol namespace (libc is in it): no
+``ctypes.util.find_library``, which runs ``ldconfig -p`` in a child at every start.
+Stdlib only: the helper loads it too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Final
+
+PR_SET_DUMPABLE: Final = 4
+PR_CAPBSET_DROP: Final = 24
+PR_SET_NO_NEW_PRIVS: Final = 38
+PR_CAP_AMBIENT: Final = 47
+PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
+CAP_NET_ADMIN: Final = 12
+_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
+_LAST_CAP_FALLBACK: Final = 63  # /proc unreadable: drop every number the kernel may know
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_libc.prctl.restype = ctypes.c_int
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _raise_errno(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
+        _raise_errno(f"prctl({option}, {arg2})")
+
+
+def last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return _LAST_CAP_FALLBACK
+
+
+def drop_bounding_set(*, keep: frozenset[int] = frozenset()) -> None:
+    """Empty the capability bounding set but for ``keep`` (needs CAP_SETPCAP: call it first)."""
+    for cap in range(last_cap() + 1):
+        if cap not in keep:
+            try:
+                prctl(PR_CAPBSET_DROP, cap)
+            except OSError as exc:  # numbers past the kernel's last cap (the fallback)
+                if exc.errno != 22:  # EINVAL
+                    raise
+
+
+def keep_only_capabilities(keep: frozenset[int]) -> None:
+    """Make ``keep`` the effective and permitted set, nothing inheritable, no ambient ones."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    words = [0, 0]
+    for cap in keep:
+        words[cap // 32] |= 1 << (cap % 32)
+    data = (_CapData * 2)(*(_CapData(w, w, 0) for w in words))
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        _raise_errno("capset")
+
+
+def no_new_privs_and_undumpable() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_DUMPABLE, 0)
+
+
+def drop_to(uid: int, gid: int, *, extra_groups: tuple[int, ...] = ()) -> None:
+    """Become uid/gid for good: groups, gid, uid; then prove root cannot come back."""
+    os.setgroups([gid, *extra_groups])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise RuntimeError("privilege drop failed: setuid(0) succeeded")
