@@ -10,17 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.fields import (
-    Banner,
-    Domain,
-    IpAddress,
-    Ipv4Interface,
-    Ipv6Interface,
-    Mtu,
-    Prefix,
-    Reason,
-    Seq,
-)
+from sepconnect.ipc.fields import Mtu, Reason, Seq
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
 
@@ -49,37 +40,15 @@ class CreateTun(Message):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NetConfig(Message):
-    """The whole desired network state of the tun (declarative, idempotent).
+    """Make the tun's whole network state ``net`` (declarative, idempotent: repeat freely).
 
-    ``routes`` go through the tun; ``0.0.0.0/0`` and ``::/0`` mean "everything
-    of that family". ``exclude`` prefixes keep the path they had before the
-    tunnel. ``gateway`` is the VPN server's address: whenever a route through
-    the tun would cover it, the helper pins a host route to it along the
-    original path, so the tunnel can never carry its own packets.
-
-    DNS: ``dns`` servers are reached through the tunnel; ``domains`` are its
-    search domains, ``split_dns`` the domains whose names only the tunnel's
-    servers answer; ``dns_default`` says whether they also answer every name
-    no other link claims (the helper's resolver backend decides how far it
-    can honour that: see docs/routing-dns.md). ``banner`` and
-    ``idle_timeout`` only reach a vpnc-script's environment.
+    The helper checks ``net`` under its own policy (privhelper/policy.py) and
+    changes only what differs from what it installed before.
     """
 
     op: ClassVar[str] = "net_config"
     seq: Seq
-    mtu: Mtu
-    ipv4: Ipv4Interface | None
-    ipv6: Ipv6Interface | None
-    routes: tuple[Prefix, ...]
-    exclude: tuple[Prefix, ...]
-    gateway: IpAddress
-    # The defaults serve Python callers only: on the wire every field is required.
-    dns: tuple[IpAddress, ...] = ()
-    domains: tuple[Domain, ...] = ()
-    split_dns: tuple[Domain, ...] = ()
-    dns_default: bool = False
-    banner: Banner | None = None
-    idle_timeout: Annotated[int, Range(1, 2**31 - 1)] | None = None
+    net: NetworkConfig
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,12 @@ from __future__ import annotations
 import re
 from typing import Final
 
+MIN_MTU: Final = 576
+"""RFC 791: the datagram every IPv4 host must accept."""
+
+MAX_MTU: Final = 9000
+"""Jumbo frames: nothing larger is plausible for a VPN."""
+
 MAX_ROUTES: Final = 256
 """At most this many routes and, separately, this many excluded prefixes."""
 
@@ -19,10 +25,25 @@ MAX_DNS: Final = 8
 MAX_DOMAINS: Final = 32
 """At most this many search domains and, separately, this many split-DNS domains."""
 
+MAX_BANNER: Final = 2000
+"""The server's banner is cut to this many characters."""
+
 IPV6_MIN_MTU: Final = 1280
 """RFC 8200 §5: a link carrying IPv6 has at least this MTU (Linux disables IPv6 below it)."""
 
+_NOT_PRINTABLE_CHARS: Final = r"\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+NOT_PRINTABLE: Final = re.compile(f"[{_NOT_PRINTABLE_CHARS}]")
+"""What never reaches a terminal, a log or a script from the server: control characters
+(C0 and C1, DEL) but the newline, and the bidirectional-text controls (Trojan Source)."""
+PRINTABLE_TEXT: Final = f"[^{_NOT_PRINTABLE_CHARS}]*"
+"""The pattern of text for people (a banner): printable, newlines allowed."""
+
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` without what :data:`NOT_PRINTABLE` matches, stripped, at most ``limit`` long."""
+    return NOT_PRINTABLE.sub("", text).strip()[:limit]
 
 
 def canonical_domain(text: str) -> str:

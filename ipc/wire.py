@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -35,6 +36,20 @@ PROTO_VERSION = 1
 """All processes ship in one wheel: the first message must carry exactly this."""
 
 _MAX_ITEMS = 256  # no list or map in any message is longer
+_MAX_ADDRESS_TEXT = 64  # an IPv6 prefix in full is 43 characters
+
+_ADDRESS_PARSERS: dict[Any, Callable[[str], Any]] = {
+    ipaddress.IPv4Address: ipaddress.IPv4Address,
+    ipaddress.IPv6Address: ipaddress.IPv6Address,
+    ipaddress.IPv4Interface: ipaddress.IPv4Interface,
+    ipaddress.IPv6Interface: ipaddress.IPv6Interface,
+    ipaddress.IPv4Network: ipaddress.IPv4Network,  # strict: host bits set is an error
+    ipaddress.IPv6Network: ipaddress.IPv6Network,
+    frozenset({ipaddress.IPv4Address, ipaddress.IPv6Address}): ipaddress.ip_address,
+    frozenset({ipaddress.IPv4Network, ipaddress.IPv6Network}): ipaddress.ip_network,
+}
+"""Address types a field may declare: carried as text, handed over parsed."""
+_ADDRESS_TYPES = tuple(t for t in _ADDRESS_PARSERS if isinstance(t, type))
 
 
 class WireError(Exception):
@@ -170,14 +185,17 @@ def _compile(tp: Any, where: str) -> _Checker:
         return sequence
     if origin in (typing.Union, types.UnionType):
         members = typing.get_args(tp)
-        if len(members) != 2 or type(None) not in members:
-            raise TypeError(f"{where}: only 'T | None' unions are supported")
-        inner = _compile(next(m for m in members if m is not type(None)), where)
+        rest = tuple(m for m in members if m is not type(None))
+        if len(rest) == len(members):  # no None: an address union, or nothing we know
+            return _address(frozenset(members), where)
+        inner = _compile(rest[0], where) if len(rest) == 1 else _address(frozenset(rest), where)
 
         def optional(v: Any, w: str) -> Any:
             return None if v is None else inner(v, w)
 
         return optional
+    if tp in _ADDRESS_PARSERS:
+        return _address(tp, where)
     if isinstance(tp, type) and issubclass(tp, Message):
         schema = _schema(tp)
 
@@ -188,6 +206,22 @@ def _compile(tp: Any, where: str) -> _Checker:
 
         return nested
     raise TypeError(f"{where}: unsupported field type {tp!r}")
+
+
+def _address(key: Any, where: str) -> _Checker:
+    parse = _ADDRESS_PARSERS.get(key)
+    if parse is None:
+        raise TypeError(f"{where}: unsupported field type {key!r}")
+
+    def address(v: Any, w: str) -> Any:
+        if type(v) is not str or len(v) > _MAX_ADDRESS_TEXT or "%" in v:  # no zone ids
+            _fail(w, "expected an address as text")
+        try:
+            return parse(v)
+        except ValueError:
+            _fail(w, f"{v!r} is not a valid {getattr(parse, '__name__', 'address')}")
+
+    return address
 
 
 def _exact(kind: type) -> _Checker:
@@ -233,7 +267,14 @@ def _to_wire(value: Any) -> Any:
         return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
     if isinstance(value, tuple):
         return [_to_wire(v) for v in value]
+    if isinstance(value, _ADDRESS_TYPES):
+        return str(value)
     return value
+
+
+def plain(msg: Message) -> dict[str, Any]:
+    """A message's fields as plain data (addresses as text, tuples as lists), e.g. for JSON."""
+    return typing.cast(dict[str, Any], _to_wire(msg))
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.fields import IpAddress, Ipv4Interface, Ipv6Interface, Mtu, Prefix
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
 Text = Annotated[str, Length(0, 1024)]
-ServerDomain = Annotated[str, Length(1, 253), Match(r"[A-Za-z0-9_.-]+")]
 FailureKind = Literal[
     "error",
     "auth_failed",
@@ -70,22 +69,11 @@ class TunnelUp(Message):
     """Worker → supervisor: the server accepted the tunnel with this configuration."""
 
     op: ClassVar[str] = "tunnel_up"
-    server: Annotated[str, Length(1, 255)]
-    gateway: IpAddress
-    mtu: Mtu
-    ipv4: Ipv4Interface | None
-    ipv6: Ipv6Interface | None
-    split_include: tuple[Prefix, ...]
-    split_exclude: tuple[Prefix, ...]
-    dns: tuple[IpAddress, ...]
-    banner: Annotated[str, Length(0, 4096)] | None
+    server: Annotated[str, Length(1, 255), Match(r"[A-Za-z0-9.:\[\]_-]+")]
+    """host[:port] as the URL gave it (a name or an address), for people to read."""
+    net: NetworkConfig
     rekey_time: Annotated[int, Range(0, 2**31 - 1)] | None = None
     rekey_method: Literal["ssl", "new-tunnel", "none"] | None = None
-    # DNS names as the worker parsed them (netconfig.py applies the strict rules).
-    domains: Annotated[tuple[ServerDomain, ...], Length(0, 64)] = ()
-    split_dns: Annotated[tuple[ServerDomain, ...], Length(0, 64)] = ()
-    tunnel_all_dns: bool = False
-    idle_timeout: Annotated[int, Range(1, 2**31 - 1)] | None = None
     cookie: Cookie = dataclasses.field(default="", repr=False)
     """The session cookie, kept only in the supervisor's memory to resume the session."""
 

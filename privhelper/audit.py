@@ -24,32 +24,23 @@ there (the file keeps it). The schema is documented in docs/security.md.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import Any
 
+from sepconnect.ipc.wire import Message, plain
 from sepconnect.process.auditfile import open_log as open_log  # re-exported
 from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, journal_datagram
 from sepconnect.process.journal import open_journal as open_journal  # re-exported
 
-if TYPE_CHECKING:  # annotations only: the supervisor imports this module before it needs
-    # the wire codecs (msgpack, the schemas: ~15 ms), on its way to starting the worker
-    from sepconnect.ipc.wire import Message
-
-Scalar = str | int | None
-Args = dict[str, Scalar | list[Scalar]]
+Args = dict[str, Any]
 
 
 def message_args(msg: Message) -> Args:
-    """A message's fields as JSON-ready values (tuples become lists)."""
-    args: Args = {}
-    for field in dataclasses.fields(msg):  # type: ignore[arg-type]  # every Message is a dataclass
-        value = getattr(msg, field.name)
-        args[field.name] = list(value) if isinstance(value, tuple) else value
-    return args
+    """A message's fields as JSON-ready values: addresses as text, lists, nested maps."""
+    return plain(msg)
 
 
 class Audit:

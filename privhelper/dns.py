@@ -40,7 +40,8 @@ import stat
 from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol
 
-from sepconnect.privhelper.policy import Address, Refusal, Wanted
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.privhelper.policy import Address, Refusal
 
 BackendName = Literal["resolved", "resolvconf", "file", "none"]
 BACKENDS: Final[tuple[str, ...]] = ("auto", "resolved", "resolvconf", "file", "none")
@@ -58,7 +59,7 @@ HEADER: Final = b"# Written by sepconnect"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dns:
-    """The DNS part of a :class:`policy.Wanted`."""
+    """The DNS part of a :class:`NetworkConfig`."""
 
     servers: tuple[Address, ...] = ()
     domains: tuple[str, ...] = ()
@@ -66,7 +67,7 @@ class Dns:
     default: bool = False
 
     @classmethod
-    def of(cls, wanted: Wanted) -> Dns:
+    def of(cls, wanted: NetworkConfig) -> Dns:
         return cls(wanted.dns, wanted.domains, wanted.split_dns, wanted.dns_default)
 
     def __bool__(self) -> bool:

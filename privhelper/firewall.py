@@ -31,7 +31,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from sepconnect.privhelper.policy import Network, Wanted
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.privhelper.policy import Network
 
 
 def table_name(pid: int) -> str:
@@ -42,7 +43,7 @@ def _set(items: Iterable[object]) -> str:
     return "{ " + ", ".join(str(i) for i in items) + " }"
 
 
-def ruleset(table: str, ifname: str, wanted: Wanted) -> str:
+def ruleset(table: str, ifname: str, wanted: NetworkConfig) -> str:
     """The whole table, replacing any previous version of it in one transaction."""
     gateway = wanted.gateway
     v4: list[object] = []

@@ -24,6 +24,7 @@ import errno
 import os
 from typing import Any
 
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import dns as _dns
 from sepconnect.privhelper import firewall as _firewall
@@ -42,7 +43,7 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Refusal, Wanted
+from sepconnect.privhelper.policy import Refusal
 from sepconnect.privhelper.runner import (
     Ran,
     RunnerClient,
@@ -87,7 +88,7 @@ class Helper:
         self.router: Router | None = None
         self.dns: _dns.Backend = _dns.NoDns()
         self.table: str | None = None
-        self.script_wanted: Wanted | None = None
+        self.script_wanted: NetworkConfig | None = None
         self.vpnpid = 0
         self.state = None if options.state_dir is None else _state.StateFile(options.state_dir)
 
@@ -116,7 +117,7 @@ class Helper:
         self._save(ifname=tun.name)
         return tun.name, ifindex, fd
 
-    def net_config(self, wanted: Wanted) -> None:
+    def net_config(self, wanted: NetworkConfig) -> None:
         if self.router is None or self.tun is None:  # the phase table makes this unreachable
             raise Refusal("no tun")
         if self.options.fail_closed:
@@ -228,7 +229,7 @@ class Helper:
         if ran.status != 0:
             raise Refusal(f"resolvconf {action} {record}: {ran.note or ran.status}")
 
-    def _firewall(self, wanted: Wanted) -> None:
+    def _firewall(self, wanted: NetworkConfig) -> None:
         if self.runner is None or self.tun is None:
             raise Refusal("fail-closed: no script runner")
         table = _firewall.table_name(os.getpid())
@@ -245,7 +246,7 @@ class Helper:
             self.table = table
             self._save(firewall=table)
 
-    def _script(self, reason: str, wanted: Wanted | None, ifname: str | None) -> Ran:
+    def _script(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
         if self.runner is None:
             raise Refusal("vpnc-script: no script runner")
         env = script_env(

@@ -55,7 +55,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Final, Protocol
 
-from sepconnect.privhelper.policy import Address, Interface, Network, Refusal, Wanted
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.privhelper.policy import Address, Interface, Network, Refusal
 from sepconnect.privhelper.rtnl import IPRoute, NetlinkError
 
 METRIC: Final = 50
@@ -185,14 +186,14 @@ def _covered(net: Network, routes: Iterable[Network]) -> bool:
     )
 
 
-def bypass_needed(wanted: Wanted) -> tuple[Network, ...]:
+def bypass_needed(wanted: NetworkConfig) -> tuple[Network, ...]:
     """The prefixes that need a bypass route: the gateway and each exclude that
     some route through the tun covers."""
     candidates = (_host(wanted.gateway), *wanted.exclude)
     return tuple(dict.fromkeys(n for n in candidates if _covered(n, wanted.routes)))
 
 
-def target(wanted: Wanted, ifindex: int, paths: Mapping[Network, Path]) -> State:
+def target(wanted: NetworkConfig, ifindex: int, paths: Mapping[Network, Path]) -> State:
     """The exact state to install for ``wanted``; ``paths`` must hold every
     prefix of :func:`bypass_needed`."""
     routes = {Route(net, ifindex) for net in wanted.routes}
@@ -425,7 +426,7 @@ class Router:
         self.paths: dict[Network, Path] = {}
         """Each bypass prefix's original path, looked up before we first covered it."""
 
-    def configure(self, wanted: Wanted) -> Plan:
+    def configure(self, wanted: NetworkConfig) -> Plan:
         """Make the system match ``wanted``; return the plan carried out.
 
         Raises Refusal (with nothing changed, as far as rollback could manage).

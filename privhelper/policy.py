@@ -46,12 +46,14 @@ from sepconnect.ipc.limits import (
     MAX_ROUTES,
     canonical_domain,
 )
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Message
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _T = TypeVar("_T")
+_I = TypeVar("_I", ipaddress.IPv4Interface, ipaddress.IPv6Interface)
 
 
 class ProtocolViolation(Exception):
@@ -106,34 +108,10 @@ installed as: more specific than any default route, so the host's own default
 route is never touched and comes back untouched when the halves go."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Wanted:
-    """A NetConfig after the value rules: the whole desired state of the tunnel.
-
-    ``routes`` are the prefixes to send through the tun (a /0 already split in
-    halves); ``exclude`` the prefixes that keep their original path. Both are
-    deduplicated and sorted, so equal requests give equal values. DNS servers
-    and domains keep their order (it is a preference), without duplicates;
-    domains are lower-case, without a trailing dot.
-    """
-
-    mtu: int
-    addresses: tuple[Interface, ...]
-    routes: tuple[Network, ...]
-    exclude: tuple[Network, ...]
-    gateway: Address
-    dns: tuple[Address, ...] = ()
-    domains: tuple[str, ...] = ()
-    split_dns: tuple[str, ...] = ()
-    dns_default: bool = False
-    banner: str | None = None
-    idle_timeout: int | None = None
-
-    @property
-    def full_tunnel(self) -> dict[int, bool]:
-        """Per family: does everything go through the tun (the /0 halves)?"""
-        halves = {half for pair in DEFAULT_ROUTES.values() for half in pair}
-        return {v: any(r in halves and r.version == v for r in self.routes) for v in (4, 6)}
+def full_tunnel(net: NetworkConfig) -> dict[int, bool]:
+    """Per family: does everything go through the tun (the /0 halves)?"""
+    halves = {half for pair in DEFAULT_ROUTES.values() for half in pair}
+    return {v: any(r in halves and r.version == v for r in net.routes) for v in (4, 6)}
 
 
 def check_ifname(name: str) -> str:
@@ -155,15 +133,9 @@ def _forbidden(value: Address | Network) -> str | None:
     return None
 
 
-def check_interface(text: str, version: int) -> Interface:
+def check_interface(iface: _I) -> _I:
     """A tun address with its prefix length (``198.18.0.2/24``, ``2001:2::2/64``)."""
-    what = f"ipv{version} address {text}"
-    try:
-        iface = ipaddress.ip_interface(text)
-    except ValueError:
-        raise Refusal(f"{what}: not a valid IPv{version} address/prefixlen") from None
-    if iface.version != version:
-        raise Refusal(f"{what}: not an IPv{version} address")
+    what = f"ipv{iface.version} address {iface}"
     if iface.network.prefixlen == 0:
         raise Refusal(f"{what}: a /0 address prefix is not allowed")
     label = _forbidden(iface.ip)
@@ -178,38 +150,23 @@ def check_interface(text: str, version: int) -> Interface:
     return iface
 
 
-def _check_unicast(text: str, what: str) -> Address:
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise Refusal(f"{what} {text}: not a valid IP address") from None
+def check_unicast(addr: Address, what: str) -> Address:
+    """The VPN server's address or a DNS server: unicast, not in a forbidden range."""
     label = _forbidden(addr)
     if label is not None:
-        raise Refusal(f"{what} {text}: {label} is not allowed")
+        raise Refusal(f"{what} {addr}: {label} is not allowed")
     return addr
 
 
-def check_gateway(text: str) -> Address:
-    """The VPN server's address: a unicast address the host reaches today."""
-    return _check_unicast(text, "gateway")
-
-
-def check_prefix(text: str, what: str) -> Network:
-    """A route or exclude prefix. Host bits must be zero: we refuse rather than
-    guess what a prefix like ``198.18.0.1/16`` was meant to be."""
-    try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise Refusal(f"{what} {text}: not a valid prefix") from None
-    if net.network_address != ipaddress.ip_interface(text).ip:
-        raise Refusal(f"{what} {text}: host bits are set (did you mean {net}?)")
+def check_prefix(net: Network, what: str) -> Network:
+    """A route or exclude prefix (the codec refused host bits already)."""
     if net.prefixlen == 0:
         if what == "route":
             return net  # the two /0 are the only ones, and they are allowed here
-        raise Refusal(f"{what} {text}: a /0 prefix is not allowed")
+        raise Refusal(f"{what} {net}: a /0 prefix is not allowed")
     label = _forbidden(net)
     if label is not None:
-        raise Refusal(f"{what} {text}: {label} is not allowed")
+        raise Refusal(f"{what} {net}: {label} is not allowed")
     return net
 
 
@@ -221,11 +178,6 @@ def check_domain(text: str, what: str) -> str:
         raise Refusal(f"{what} {exc}") from None
 
 
-def check_dns(text: str) -> Address:
-    """A DNS server pushed by the server: a unicast address, not in a forbidden range."""
-    return _check_unicast(text, "dns")
-
-
 def _unique(values: Iterable[_T]) -> tuple[_T, ...]:
     return tuple(dict.fromkeys(values))
 
@@ -235,58 +187,62 @@ def _sorted(nets: Iterable[Network]) -> tuple[Network, ...]:
     return tuple(sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
 
 
-def check_net_config(msg: NetConfig) -> Wanted:
-    """Apply every value rule to a NetConfig; raise :class:`Refusal` on the first one broken."""
-    ipv4 = None if msg.ipv4 is None else check_interface(msg.ipv4, 4)
-    ipv6 = None if msg.ipv6 is None else check_interface(msg.ipv6, 6)
+def check_net_config(net: NetworkConfig) -> NetworkConfig:
+    """Apply every value rule; raise :class:`Refusal` on the first one broken.
+
+    The result is the same configuration in a normal form: each /0 route split in
+    halves, routes and excludes deduplicated and sorted (so equal requests give
+    equal values), DNS servers and domains in their order (a preference) without
+    duplicates, domains lower-case without a trailing dot.
+    """
+    ipv4 = None if net.ipv4 is None else check_interface(net.ipv4)
+    ipv6 = None if net.ipv6 is None else check_interface(net.ipv6)
     if ipv4 is None and ipv6 is None:
         raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
-    if ipv6 is not None and msg.mtu < IPV6_MIN_MTU:
-        raise Refusal(f"mtu {msg.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
-    gateway = check_gateway(msg.gateway)
+    if ipv6 is not None and net.mtu < IPV6_MIN_MTU:
+        raise Refusal(f"mtu {net.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
+    gateway = check_unicast(net.gateway, "gateway")
     for iface in (ipv4, ipv6):
         if iface is not None and gateway in iface.network:
             raise Refusal(f"gateway {gateway}: inside the tunnel's own subnet {iface.network}")
-    if len(msg.routes) > MAX_ROUTES or len(msg.exclude) > MAX_ROUTES:
+    if len(net.routes) > MAX_ROUTES or len(net.exclude) > MAX_ROUTES:
         raise Refusal(f"too many routes: at most {MAX_ROUTES} routes and {MAX_ROUTES} excludes")
 
     has_family = {4: ipv4 is not None, 6: ipv6 is not None}
     routes: list[Network] = []
-    for text in msg.routes:
-        net = check_prefix(text, "route")
-        if not has_family[net.version]:
-            raise Refusal(f"route {text}: the tunnel has no IPv{net.version} address")
-        if net.prefixlen == net.max_prefixlen and net.network_address == gateway:
-            raise Refusal(f"route {text}: would send the tunnel's own packets into it")
-        routes.extend(DEFAULT_ROUTES.get(net, (net,)))
-    exclude = [check_prefix(text, "exclude") for text in msg.exclude]
+    for route in net.routes:
+        check_prefix(route, "route")
+        if not has_family[route.version]:
+            raise Refusal(f"route {route}: the tunnel has no IPv{route.version} address")
+        if route.prefixlen == route.max_prefixlen and route.network_address == gateway:
+            raise Refusal(f"route {route}: would send the tunnel's own packets into it")
+        routes.extend(DEFAULT_ROUTES.get(route, (route,)))
+    exclude = [check_prefix(prefix, "exclude") for prefix in net.exclude]
     clash = set(routes) & set(exclude)
     if clash:
         raise Refusal(f"exclude {min(clash, key=str)}: also listed as a route")
-    if len(msg.dns) > MAX_DNS:
+    if len(net.dns) > MAX_DNS:
         raise Refusal(f"too many DNS servers: at most {MAX_DNS}")
-    if len(msg.domains) > MAX_DOMAINS or len(msg.split_dns) > MAX_DOMAINS:
+    if len(net.domains) > MAX_DOMAINS or len(net.split_dns) > MAX_DOMAINS:
         raise Refusal(f"too many domains: at most {MAX_DOMAINS} search and {MAX_DOMAINS} split")
-    dns = _unique(check_dns(text) for text in msg.dns)
+    dns = _unique(check_unicast(addr, "dns") for addr in net.dns)
     for addr in dns:
         if not has_family[addr.version]:
             raise Refusal(f"dns {addr}: the tunnel has no IPv{addr.version} address")
-    domains = _unique(check_domain(text, "domain") for text in msg.domains)
-    split_dns = _unique(check_domain(text, "split-dns domain") for text in msg.split_dns)
+    domains = _unique(check_domain(text, "domain") for text in net.domains)
+    split_dns = _unique(check_domain(text, "split-dns domain") for text in net.split_dns)
     if (domains or split_dns) and not dns:
         raise Refusal("domains without DNS servers: nobody would answer for them")
-    return Wanted(
-        mtu=msg.mtu,
-        addresses=tuple(i for i in (ipv4, ipv6) if i is not None),
+    return dataclasses.replace(
+        net,
+        ipv4=ipv4,
+        ipv6=ipv6,
         routes=_sorted(routes),
         exclude=_sorted(exclude),
-        gateway=gateway,
         dns=dns,
         domains=domains,
         split_dns=split_dns,
-        dns_default=msg.dns_default and bool(dns),
-        banner=msg.banner,
-        idle_timeout=msg.idle_timeout,
+        dns_default=net.dns_default and bool(dns),
     )
 
 
@@ -311,7 +267,7 @@ class Host(Protocol):
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         """Create the tun; return its name, its ifindex and a dup of its fd to send."""
 
-    def net_config(self, wanted: Wanted) -> None:
+    def net_config(self, wanted: NetworkConfig) -> None:
         """Make the tunnel's network state equal to ``wanted``; raise Refusal on failure."""
 
     def script_event(self, reason: str) -> None:
@@ -354,7 +310,7 @@ def on_create_tun(host: Host, msg: Message) -> Reply:
 
 def on_net_config(host: Host, msg: Message) -> Reply:
     req = _as(msg, NetConfig)
-    host.net_config(check_net_config(req))
+    host.net_config(check_net_config(req.net))
     return Done(seq=req.seq), None
 
 

@@ -1,7 +1,7 @@
 """The vpnc-script environment (PROTOCOL.md §6), built from validated values only.
 
 openconnect exports the server's headers to the script almost verbatim. The
-helper instead builds every variable from a :class:`policy.Wanted` — addresses,
+helper instead builds every variable from a :class:`NetworkConfig` — addresses,
 prefixes and numbers parsed by :mod:`ipaddress`, domains that passed
 :func:`policy.check_domain`, a banner of printable characters — plus what it
 knows itself (its tun's name, the supervisor's pid from SCM_CREDENTIALS). No
@@ -26,7 +26,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from sepconnect.privhelper.policy import Network, Wanted
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.privhelper.policy import Network, full_tunnel
 
 MAX_SCRIPT_DNS = 3  # as openconnect
 
@@ -45,11 +46,11 @@ def _routes(prefix: str, nets: Iterable[Network], v6: bool) -> list[tuple[str, s
     return env
 
 
-def split_lists(wanted: Wanted) -> dict[str, list[Network]]:
+def split_lists(wanted: NetworkConfig) -> dict[str, list[Network]]:
     """Includes and excludes per family, as the server pushed them: a family routed
     whole (the two /1 halves) has no include list, which tells a vpnc-script to
     route it whole."""
-    full = wanted.full_tunnel
+    full = full_tunnel(wanted)
     return {
         "CISCO_SPLIT_INC": [] if full[4] else [r for r in wanted.routes if r.version == 4],
         "CISCO_IPV6_SPLIT_INC": [] if full[6] else [r for r in wanted.routes if r.version == 6],
@@ -64,7 +65,7 @@ def script_env(
     ifname: str | None,
     vpnpid: int,
     log_level: int,
-    wanted: Wanted | None,
+    wanted: NetworkConfig | None,
 ) -> list[tuple[str, str]]:
     """The variables for one run of the script, in a stable order."""
     env: list[tuple[str, str]] = [("reason", reason)]

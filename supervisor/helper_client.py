@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-from collections.abc import Iterable
 from typing import Literal, TypeVar
 
 from sepconnect.ipc.helper_messages import (
@@ -28,6 +27,7 @@ from sepconnect.ipc.helper_messages import (
     Teardown,
     TunCreated,
 )
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import PROTO_VERSION, Channel, Message, WireError
 
 DEFAULT_TIMEOUT = 10.0
@@ -76,39 +76,9 @@ class HelperClient:
             raise WireError("tun_created: no fd")
         return reply.ifname, reply.ifindex, fd
 
-    def net_config(
-        self,
-        *,
-        mtu: int,
-        ipv4: str | None,
-        ipv6: str | None,
-        routes: Iterable[str],
-        exclude: Iterable[str],
-        gateway: str,
-        dns: Iterable[str] = (),
-        domains: Iterable[str] = (),
-        split_dns: Iterable[str] = (),
-        dns_default: bool = False,
-        banner: str | None = None,
-        idle_timeout: int | None = None,
-    ) -> None:
-        """Make the tunnel's whole network state this (declarative: repeat freely)."""
-        request = NetConfig(
-            seq=self._next_seq(),
-            mtu=mtu,
-            ipv4=ipv4,
-            ipv6=ipv6,
-            routes=tuple(routes),
-            exclude=tuple(exclude),
-            gateway=gateway,
-            dns=tuple(dns),
-            domains=tuple(domains),
-            split_dns=tuple(split_dns),
-            dns_default=dns_default,
-            banner=banner,
-            idle_timeout=idle_timeout,
-        )
-        self._call(request, Done, SCRIPT_TIMEOUT)
+    def net_config(self, net: NetworkConfig) -> None:
+        """Make the tunnel's whole network state ``net`` (declarative: repeat freely)."""
+        self._call(NetConfig(seq=self._next_seq(), net=net), Done, SCRIPT_TIMEOUT)
 
     def script_event(self, reason: Literal["attempt-reconnect", "reconnect"]) -> None:
         """Tell the helper's vpnc-script (``--script``) that the worker is about to reconnect

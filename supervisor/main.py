@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sepconnect import entrypoints
+from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,
@@ -58,7 +59,6 @@ from sepconnect.supervisor.control import (
     reply,
 )
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
-from sepconnect.supervisor.netconfig import BadTunnelConfig, DesiredNet, desired_net
 from sepconnect.supervisor.notify import Notifier
 from sepconnect.supervisor.policy import Action, RecoveryPolicy
 
@@ -140,7 +140,7 @@ class _Session:
     cookie: str | None = None
     server: str = ""
     gateway: str = ""
-    net: DesiredNet | None = None
+    net: NetworkConfig | None = None
     rekey_at: float | None = None
     rekey_interval: float | None = None
     established: bool = False
@@ -252,11 +252,9 @@ class Supervisor:
 
     def _on_tunnel_up(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
         try:
-            net = desired_net(up)
-        except BadTunnelConfig as exc:
+            net = self._checked_net(up)
+        except UnusableConfig as exc:
             return self._failed(worker, "protocol", f"unusable configuration: {exc}")
-        for note in net.notes:
-            log(note)
         try:
             if self.tun is None:
                 ifname, ifindex, fd = self.helper.create_tun(
@@ -279,29 +277,23 @@ class Supervisor:
         self._connected(worker, up, net)
         return None
 
-    def _apply(self, net: DesiredNet) -> None:
+    def _checked_net(self, up: TunnelUp) -> NetworkConfig:
+        """The routing policy again over the worker's report (it is not trusted)."""
+        net, notes = routing_policy(up.net)
+        for note in notes:
+            log(note)
+        return net
+
+    def _apply(self, net: NetworkConfig) -> None:
         """The helper's one declarative request; it changes only what differs."""
-        self.helper.net_config(
-            mtu=net.mtu,
-            ipv4=net.ipv4,
-            ipv6=net.ipv6,
-            routes=net.routes,
-            exclude=net.exclude,
-            gateway=net.gateway,
-            dns=net.dns,
-            domains=net.domains,
-            split_dns=net.split_dns,
-            dns_default=net.dns_default,
-            banner=net.banner,
-            idle_timeout=net.idle_timeout,
-        )
+        self.helper.net_config(net)
 
     def _on_resumed_in_place(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
         """The carrying worker lost its connection and made a new one itself, keeping
         the tun fd: only the configuration may need the helper, and only if it changed."""
         try:
-            net = desired_net(up)
-        except BadTunnelConfig as exc:
+            net = self._checked_net(up)
+        except UnusableConfig as exc:
             return self._failed(worker, "protocol", f"unusable configuration: {exc}")
         if net != self.session.net:
             try:
@@ -316,13 +308,13 @@ class Supervisor:
         self._connected(worker, up, net)
         return None
 
-    def _connected(self, worker: Worker, up: TunnelUp, net: DesiredNet) -> None:
+    def _connected(self, worker: Worker, up: TunnelUp, net: NetworkConfig) -> None:
         assert self.tun is not None
         s = self.session
         now = time.monotonic()
         first = not s.established
         s.cookie = up.cookie or s.cookie
-        s.server, s.gateway = up.server, up.gateway
+        s.server, s.gateway = up.server, str(net.gateway)
         s.established = True
         s.attempts = 0
         s.retry_at = s.retry_action = None
@@ -330,10 +322,10 @@ class Supervisor:
             "connect" if first else "reconnect",
             "ok",
             server=up.server,
-            gateway=up.gateway,
+            gateway=str(net.gateway),
             ifname=self.tun.ifname,
-            ipv4=net.ipv4,
-            ipv6=net.ipv6,
+            ipv4=None if net.ipv4 is None else str(net.ipv4),
+            ipv6=None if net.ipv6 is None else str(net.ipv6),
             purpose=worker.purpose,
         )
         if s.down_since is not None:
@@ -353,14 +345,14 @@ class Supervisor:
         s.rekey_at = None if s.rekey_interval is None else now + s.rekey_interval
         self.state = State.CONNECTED
         if first:
-            addresses = ", ".join(a for a in (net.ipv4, net.ipv6) if a)
+            addresses = ", ".join(map(str, net.addresses))
             log(
                 f"connected to {up.server} ({net.gateway}): {addresses} on {self.tun.ifname}, "
-                f"MTU {net.mtu}, routes {' '.join(net.routes)}"
-                + (f", excluded {' '.join(net.exclude)}" if net.exclude else "")
+                f"MTU {net.mtu}, routes {' '.join(map(str, net.routes))}"
+                + (f", excluded {' '.join(map(str, net.exclude))}" if net.exclude else "")
             )
-            if up.banner:
-                log(f"server banner: {up.banner}")
+            if net.banner:
+                log(f"server banner: {net.banner}")
             self.notifier.notify(ready="1", status=f"connected to {up.server}")
         else:
             self.notifier.notify(status=f"connected to {up.server}")
@@ -592,9 +584,9 @@ class Supervisor:
             "interface": tun.ifname if tun else None,
             "ifindex": tun.ifindex if tun else None,
             "mtu": net.mtu if net else None,
-            "addresses": [a for a in (net.ipv4, net.ipv6) if a] if net else [],
-            "routes": list(net.routes) if net else [],
-            "excluded_routes": list(net.exclude) if net else [],
+            "addresses": [str(a) for a in net.addresses] if net else [],
+            "routes": [str(r) for r in net.routes] if net else [],
+            "excluded_routes": [str(r) for r in net.exclude] if net else [],
             "channel": live.channel if live else None,
             "tls_cipher": live.tls_cipher if live else None,
             "dtls_cipher": live.dtls_cipher if live else None,

@@ -76,7 +76,7 @@ class Tunnel:
     @property
     def mtu(self) -> int:
         """The tunnel MTU: the server's, lowered to what one DTLS record carries."""
-        return self.dtls.mtu if isinstance(self.dtls, DtlsPlan) else self.config.mtu
+        return self.dtls.mtu if isinstance(self.dtls, DtlsPlan) else self.config.net.mtu
 
 
 def resolve(url: str) -> Server:
@@ -230,7 +230,9 @@ def open_tunnel(start: Start) -> Tunnel:
             if start.cookie is not None and "access denied" in str(exc):
                 raise errors.CookieRejected("the server rejected the session cookie") from None
             raise
-        config = parse_connect_response_untrusted(resp)
+        config = parse_connect_response_untrusted(
+            resp, gateway=ipaddress.ip_address(server.address)
+        )
         leftover = conn.http.trailing_data
         dtls = None if start.no_dtls else _plan_dtls(stream, config, master_secret, base_mtu)
     except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
@@ -242,7 +244,7 @@ def open_tunnel(start: Start) -> Tunnel:
         stream=conn.stream,
         config=config,
         cookie=success.cookie,
-        banner=success.banner or config.banner,
+        banner=success.banner or config.net.banner,
         leftover=leftover,
         dtls=dtls,
     )

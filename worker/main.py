@@ -16,6 +16,7 @@ import socket
 import sys
 from typing import Literal
 
+from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,
@@ -39,24 +40,21 @@ def _log(text: str) -> None:
 
 
 def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
+    """The server's configuration under the routing policy (the supervisor applies it again)."""
     cfg = tunnel.config
+    offered = dataclasses.replace(cfg.net, mtu=tunnel.mtu, banner=tunnel.banner)
+    try:
+        net, notes = routing_policy(offered)
+    except UnusableConfig as exc:
+        raise SessionFailure("protocol", f"unusable configuration: {exc}") from None
+    for note in notes:
+        _log(note)
     return TunnelUp(
         server=tunnel.server.name,
-        gateway=tunnel.server.address,
-        mtu=tunnel.mtu,
-        ipv4=None if cfg.ipv4 is None else str(cfg.ipv4),
-        ipv6=None if cfg.ipv6 is None else str(cfg.ipv6),
-        split_include=tuple(str(n) for n in cfg.split_include),
-        split_exclude=tuple(str(n) for n in cfg.split_exclude),
-        dns=tuple(str(a) for a in cfg.dns),
-        banner=tunnel.banner[:4096] if tunnel.banner else None,
+        net=net,
         rekey_time=cfg.rekey_time,
         rekey_method=_rekey_method(cfg.rekey_method),
         cookie=tunnel.cookie,
-        domains=tuple(cfg.default_domain.split()) if cfg.default_domain else (),
-        split_dns=cfg.split_dns,
-        tunnel_all_dns=cfg.tunnel_all_dns,
-        idle_timeout=cfg.idle_timeout,
     )
 
 

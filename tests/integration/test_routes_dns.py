@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netconfigs import network_config
 
 from sepconnect.ipc.wire import socketpair
 from sepconnect.supervisor.helper_client import HelperClient
@@ -193,7 +194,7 @@ class Helper:
     def up(self, config: dict[str, Any]) -> str:
         self.client.hello()
         self.ifname, self.ifindex, self.tun_fd = self.client.create_tun(config["mtu"])
-        self.client.net_config(**config)
+        self.client.net_config(network_config(**config))
         return self.ifname
 
     def records(self, op: str | None = None) -> list[dict[str, Any]]:
@@ -245,7 +246,8 @@ def test_ipv6_only_tunnel_split_and_full(box: Box) -> None:
     link = box.ip("addr", "show", "dev", ifname)[0]
     assert [a["family"] for a in link["addr_info"] if a["scope"] == "global"] == ["inet6"]
     # Full tunnel, IPv6 only: the halves, and the IPv6 gateway pinned to its old path.
-    helper.client.net_config(**{**v6only, "routes": ["::/0"], "gateway": "2001:2:0:99::7"})
+    full6 = {**v6only, "routes": ["::/0"], "gateway": "2001:2:0:99::7"}
+    helper.client.net_config(network_config(**full6))
     assert ours(box) == {
         ("::/1", ifname, None, 50),
         ("8000::/1", ifname, None, 50),
@@ -348,7 +350,7 @@ def test_systemd_resolved_backend(tmp_path: Path) -> None:
         assert "~intra.example" in status, status
         assert "-DefaultRoute" in status, status
         # Full-tunnel DNS: the link takes every name.
-        helper.client.net_config(**FULL)
+        helper.client.net_config(network_config(**FULL))
         status = box.sh(f"{resolvectl} status {ifname}")
         assert "+DefaultRoute" in status, status
         assert "~." in status, status

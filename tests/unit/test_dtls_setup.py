@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_tunnel import replaced, response, without
+from test_tunnel import parse, replaced, response, without
 
 from sepconnect.worker.proto import dtls_crypto as dc
 from sepconnect.worker.proto.dtls_connection import Mode
@@ -15,14 +15,14 @@ from sepconnect.worker.proto.dtls_setup import (
     max_payload,
     plan_dtls,
 )
-from sepconnect.worker.proto.tunnel import build_connect_request, parse_connect_response_untrusted
+from sepconnect.worker.proto.tunnel import build_connect_request
 
 PSK = b"\x11" * 32
 SECRET = b"\x22" * 48
 
 
 def plan(headers: list[tuple[str, str]], **kw: object) -> DtlsPlan | NoDtls:
-    cfg = parse_connect_response_untrusted(response(headers))
+    cfg = parse(response(headers))
     args: dict[str, object] = {
         "psk": PSK,
         "master_secret": SECRET,

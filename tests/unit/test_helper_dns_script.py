@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
+from sepconnect.ipc.netconfig import NetworkConfig, routing_policy
 from sepconnect.ipc.wire import WireError
-from sepconnect.ipc.worker_messages import TunnelUp
 from sepconnect.privhelper import dns, firewall, script, state
-from sepconnect.privhelper.policy import Refusal, Wanted, check_domain, check_net_config
+from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
 from sepconnect.privhelper.runner import check_env, check_script
-from sepconnect.supervisor.netconfig import desired_net
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",
@@ -37,21 +37,30 @@ HOSTILE = [
     "example.123",
 ]
 
-NC = NetConfig(
-    seq=1,
-    mtu=1400,
-    ipv4="198.18.100.2/24",
-    ipv6="2001:2:0:100::2/64",
-    routes=("198.18.2.0/24", "::/0"),
-    exclude=("198.18.3.0/24",),
-    gateway="198.18.1.1",
-    dns=("198.18.2.53", "2001:2:0:2::53", "198.18.2.53"),
+# Domains as a server might send them: the helper canonicalises (the codec would refuse these).
+NC = dataclasses.replace(
+    network_config(
+        routes=["198.18.2.0/24", "::/0"],
+        exclude=["198.18.3.0/24"],
+        dns=["198.18.2.53", "2001:2:0:2::53", "198.18.2.53"],
+        split_dns=["intra.example"],
+        banner="Welcome $(touch /tmp/pwned)\n`id`; rm -rf /",
+        idle_timeout=1200,
+    ),
     domains=("Corp.Example.", "lab.test"),
-    split_dns=("intra.example",),
-    dns_default=False,
-    banner="Welcome $(touch /tmp/pwned)\n`id`; rm -rf /",
-    idle_timeout=1200,
 )
+
+
+def nc(**changes: object) -> NetworkConfig:
+    """NC with ``changes``; addresses and prefixes given as text are parsed."""
+    parsed: dict[str, object] = {}
+    for name, value in changes.items():
+        if name in ("dns",) and isinstance(value, tuple):
+            value = tuple(ipaddress.ip_address(v) for v in value)
+        elif name in ("routes", "exclude") and isinstance(value, tuple):
+            value = tuple(ipaddress.ip_network(v) for v in value)
+        parsed[name] = value
+    return dataclasses.replace(NC, **parsed)  # type: ignore[arg-type]
 
 
 def test_domains_are_strict_host_names() -> None:
@@ -78,7 +87,7 @@ def test_net_config_dns_values() -> None:
     ]
     for changes, reason in bad:
         with pytest.raises(Refusal, match=reason.replace("(", r"\(")):
-            check_net_config(dataclasses.replace(NC, **changes))  # type: ignore[arg-type]
+            check_net_config(nc(**changes))
 
 
 @pytest.mark.parametrize(
@@ -93,12 +102,13 @@ def test_net_config_dns_values() -> None:
     ],
 )
 def test_hostile_values_do_not_even_decode(field: str, value: object) -> None:
-    data = REQUESTS.encode(dataclasses.replace(NC, **{field: value}))  # type: ignore[arg-type]
+    net = dataclasses.replace(NC, **{field: value})  # type: ignore[arg-type]
+    data = REQUESTS.encode(NetConfig(seq=1, net=net))
     with pytest.raises(WireError):
         REQUESTS.decode_untrusted(data)
 
 
-def env_of(wanted: Wanted, reason: str = "connect") -> dict[str, str]:
+def env_of(wanted: NetworkConfig, reason: str = "connect") -> dict[str, str]:
     items = script.script_env(reason, ifname="sepc0", vpnpid=4242, log_level=1, wanted=wanted)
     blob = script.encode_env(items)
     checked = check_env(blob)  # what the runner accepts is exactly what was built
@@ -138,7 +148,7 @@ def test_script_env_split_tunnel() -> None:
 
 
 def test_script_env_full_tunnel_and_pre_init() -> None:
-    wanted = check_net_config(dataclasses.replace(NC, routes=("0.0.0.0/0", "::/0")))
+    wanted = check_net_config(nc(routes=("0.0.0.0/0", "::/0")))
     env = env_of(wanted, "disconnect")
     assert "CISCO_SPLIT_INC" not in env
     assert "CISCO_IPV6_SPLIT_INC" not in env
@@ -149,7 +159,7 @@ def test_script_env_full_tunnel_and_pre_init() -> None:
 
 def test_script_env_with_many_routes_fits_the_runner() -> None:
     routes = tuple(f"198.19.{i}.0/24" for i in range(200))
-    wanted = check_net_config(dataclasses.replace(NC, routes=routes))
+    wanted = check_net_config(nc(routes=tuple(routes)))
     env = env_of(wanted)
     assert env["CISCO_SPLIT_INC"] == "200"
     assert len(script.encode_env(list(env.items()))) < 60_000
@@ -254,7 +264,7 @@ def test_resolv_conf_file_backend_restores_byte_for_byte(tmp_path: Path) -> None
 
 
 def test_fail_closed_ruleset() -> None:
-    wanted = check_net_config(dataclasses.replace(NC, routes=("0.0.0.0/0", "::/0")))
+    wanted = check_net_config(nc(routes=("0.0.0.0/0", "::/0")))
     text = firewall.ruleset("sepconnect_77", "sepc0", wanted)
     assert text.startswith("table inet sepconnect_77\ndelete table inet sepconnect_77\n")
     assert "policy drop;" in text
@@ -313,41 +323,29 @@ def test_state_files_of_dead_helpers_are_stale(tmp_path: Path) -> None:
     assert os.stat(mine.path).st_mode & 0o777 == 0o600
 
 
-BASE_UP = TunnelUp(
-    server="vpn.example",
-    gateway="198.18.1.1",
-    mtu=1400,
-    ipv4="198.18.100.2/24",
-    ipv6=None,
-    split_include=("198.18.2.0/24",),
-    split_exclude=(),
-    dns=("198.18.2.53", "2001:2:0:2::53"),
-    banner="hello\x07 \x1b[31mworld\n$(id)",
-    domains=("corp.example", "under_score.example"),
-    split_dns=("intra.example",),
-)
-
-
 def test_supervisor_dns_policy() -> None:
-    net = desired_net(BASE_UP)
-    assert net.dns == ("198.18.2.53",)  # no IPv6 on the tunnel
+    offered = dataclasses.replace(
+        network_config(
+            ipv6=None,
+            routes=["198.18.2.0/24"],
+            dns=["198.18.2.53", "2001:2:0:2::53"],
+            split_dns=["intra.example"],
+        ),
+        banner="hello\x07 \x1b[31mworld\n$(id)",
+        domains=("corp.example", "under_score.example"),
+    )
+    net, notes = routing_policy(offered)
+    assert [str(a) for a in net.dns] == ["198.18.2.53"]  # no IPv6 on the tunnel
     assert net.domains == ("corp.example",)
     assert net.split_dns == ("intra.example",)
     assert net.dns_default is False  # split domains and no Tunnel-All-DNS
     assert net.banner == "hello [31mworld\n$(id)"
-    assert any("under_score.example" in n for n in net.notes)
-    assert any("2001:2:0:2::53 ignored" in n for n in net.notes)
-    assert desired_net(dataclasses.replace(BASE_UP, tunnel_all_dns=True)).dns_default
-    assert desired_net(dataclasses.replace(BASE_UP, split_dns=())).dns_default
-    none = desired_net(dataclasses.replace(BASE_UP, dns=()))
+    assert any("under_score.example" in n for n in notes)
+    assert any("2001:2:0:2::53 left out" in n for n in notes)
+    assert routing_policy(dataclasses.replace(offered, dns_default=True))[0].dns_default
+    assert routing_policy(dataclasses.replace(offered, split_dns=()))[0].dns_default
+    none = routing_policy(dataclasses.replace(offered, dns=()))[0]
     assert (none.dns, none.domains, none.dns_default) == ((), (), False)
-    # What the supervisor builds, the helper accepts.
-    check_net_config(
-        NetConfig(
-            seq=1, mtu=net.mtu, ipv4=net.ipv4, ipv6=net.ipv6, routes=net.routes,
-            exclude=net.exclude, gateway=net.gateway, dns=net.dns, domains=net.domains,
-            split_dns=net.split_dns, dns_default=net.dns_default, banner=net.banner,
-            idle_timeout=net.idle_timeout,
-        )
-    )  # fmt: skip
-    assert ipaddress.ip_address(net.gateway)
+    # What the supervisor builds, the helper accepts, and it crosses the wire unchanged.
+    assert REQUESTS.decode_untrusted(REQUESTS.encode(NetConfig(seq=1, net=net))).net == net  # type: ignore[attr-defined]
+    check_net_config(net)

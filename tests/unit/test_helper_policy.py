@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path as FsPath
 
 import pytest
+from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import (
     REPLIES,
@@ -28,7 +29,8 @@ from sepconnect.ipc.helper_messages import (
     Teardown,
     TunCreated,
 )
-from sepconnect.ipc.wire import Channel, Message, socketpair
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.wire import Channel, Message, WireError, socketpair
 from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
 from sepconnect.privhelper.netconf import (
@@ -59,7 +61,6 @@ from sepconnect.privhelper.policy import (
     Phase,
     ProtocolViolation,
     Refusal,
-    Wanted,
     check_ifname,
     check_net_config,
 )
@@ -68,111 +69,133 @@ net = ipaddress.ip_network
 ip = ipaddress.ip_address
 iface = ipaddress.ip_interface
 
-BASE = NetConfig(
-    seq=1,
-    mtu=1400,
-    ipv4="198.18.10.2/24",
-    ipv6="2001:2:0:10::2/64",
-    routes=("198.19.0.0/17", "2001:2:0:20::/64"),
-    exclude=(),
-    gateway="198.19.200.7",
-)
+BASE_FIELDS: dict[str, object] = {
+    "mtu": 1400,
+    "ipv4": "198.18.10.2/24",
+    "ipv6": "2001:2:0:10::2/64",
+    "routes": ("198.19.0.0/17", "2001:2:0:20::/64"),
+    "exclude": (),
+    "gateway": "198.19.200.7",
+}
+BASE = network_config(**BASE_FIELDS)
 
 
-def nc(**changes: object) -> NetConfig:
-    return dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
+def nc(**changes: object) -> NetworkConfig:
+    """BASE with ``changes`` given as text, through the codec as the helper receives it."""
+    return network_config(**{**BASE_FIELDS, **changes})
+
+
+def unchecked(**changes: object) -> NetworkConfig:
+    """BASE with ``changes`` parsed in-process, past the codec's limits (defence in depth)."""
+    parse = {
+        "ipv4": ipaddress.IPv4Interface,
+        "ipv6": ipaddress.IPv6Interface,
+        "gateway": ip,
+        "routes": lambda v: tuple(map(net, v)),
+        "exclude": lambda v: tuple(map(net, v)),
+    }
+    values = {k: v if v is None or k not in parse else parse[k](v) for k, v in changes.items()}
+    return dataclasses.replace(BASE, **values)  # type: ignore[arg-type]
+
+
+def req(seq: int = 1, **changes: object) -> NetConfig:
+    """The helper's NetConfig request carrying nc(**changes)."""
+    return NetConfig(seq=seq, net=nc(**changes))
 
 
 # -- value rules -----------------------------------------------------------------------
 
 REFUSED_CASES = [
     # tun addresses
-    (nc(ipv4="127.0.0.2/8"), r"^ipv4 address 127\.0\.0\.2/8: loopback is not allowed$"),
-    (nc(ipv4="224.0.0.5/24"), "multicast is not allowed"),
-    (nc(ipv4="169.254.1.2/16"), "link-local is not allowed"),
-    (nc(ipv4="0.0.0.0/8"), "unspecified"),
-    (nc(ipv4="0.0.0.1/32"), "unspecified"),
-    (nc(ipv4="255.255.255.255/32"), "broadcast"),
-    (nc(ipv4="240.0.0.1/24"), "reserved"),
-    (nc(ipv4="198.18.10.2/0"), "/0 address prefix"),
-    (nc(ipv4="198.18.10.0/24"), "network or broadcast address"),
-    (nc(ipv4="198.18.10.255/24"), "network or broadcast address"),
-    (nc(ipv4="198.18.10.2/33"), "not a valid IPv4"),
-    (nc(ipv4="2001:2::1/64"), "not an IPv4 address"),
-    (nc(ipv6="::1/128"), "loopback"),
-    (nc(ipv6="::/64"), "unspecified"),
-    (nc(ipv6="fe80::1/64"), "link-local"),
-    (nc(ipv6="ff02::1/64"), "multicast"),
-    (nc(ipv6="::ffff:198.18.0.1/128"), "IPv4-mapped"),
-    (nc(ipv6="2001:2::1/0"), "/0 address prefix"),
-    (nc(ipv6="2001:2::1/129"), "not a valid IPv6"),
-    (nc(ipv6="198.18.10.2/24"), "not an IPv6 address"),
-    (nc(ipv4=None, ipv6=None, routes=()), "no address"),
+    (dict(ipv4="127.0.0.2/8"), r"^ipv4 address 127\.0\.0\.2/8: loopback is not allowed$"),
+    (dict(ipv4="224.0.0.5/24"), "multicast is not allowed"),
+    (dict(ipv4="169.254.1.2/16"), "link-local is not allowed"),
+    (dict(ipv4="0.0.0.0/8"), "unspecified"),
+    (dict(ipv4="0.0.0.1/32"), "unspecified"),
+    (dict(ipv4="255.255.255.255/32"), "broadcast"),
+    (dict(ipv4="240.0.0.1/24"), "reserved"),
+    (dict(ipv4="198.18.10.2/0"), "/0 address prefix"),
+    (dict(ipv4="198.18.10.0/24"), "network or broadcast address"),
+    (dict(ipv4="198.18.10.255/24"), "network or broadcast address"),
+    (dict(ipv6="::1/128"), "loopback"),
+    (dict(ipv6="::/64"), "unspecified"),
+    (dict(ipv6="fe80::1/64"), "link-local"),
+    (dict(ipv6="ff02::1/64"), "multicast"),
+    (dict(ipv6="::ffff:198.18.0.1/128"), "IPv4-mapped"),
+    (dict(ipv6="2001:2::1/0"), "/0 address prefix"),
+    (dict(ipv4=None, ipv6=None, routes=()), "no address"),
     # MTU
-    (nc(mtu=1279), "mtu 1279: IPv6 needs at least 1280"),
-    (nc(mtu=576), "IPv6 needs at least 1280"),
+    (dict(mtu=1279), "mtu 1279: IPv6 needs at least 1280"),
+    (dict(mtu=576), "IPv6 needs at least 1280"),
     # gateway
-    (nc(gateway="127.0.0.1"), r"^gateway 127\.0\.0\.1: loopback is not allowed$"),
-    (nc(gateway="::1"), "loopback"),
-    (nc(gateway="0.0.0.0"), "unspecified"),
-    (nc(gateway="::"), "unspecified"),
-    (nc(gateway="224.0.0.1"), "multicast"),
-    (nc(gateway="ff02::1"), "multicast"),
-    (nc(gateway="169.254.0.1"), "link-local"),
-    (nc(gateway="fe80::1"), "link-local"),
-    (nc(gateway="255.255.255.255"), "broadcast"),
-    (nc(gateway="1.2.3"), "not a valid IP address"),
-    (nc(gateway="198.18.10.77"), "inside the tunnel's own subnet 198.18.10.0/24"),
-    (nc(gateway="2001:2:0:10::99"), "inside the tunnel's own subnet 2001:2:0:10::/64"),
-    (nc(ipv4="198.18.10.2/32", gateway="198.18.10.2"), "inside the tunnel's own subnet"),
+    (dict(gateway="127.0.0.1"), r"^gateway 127\.0\.0\.1: loopback is not allowed$"),
+    (dict(gateway="::1"), "loopback"),
+    (dict(gateway="0.0.0.0"), "unspecified"),
+    (dict(gateway="::"), "unspecified"),
+    (dict(gateway="224.0.0.1"), "multicast"),
+    (dict(gateway="ff02::1"), "multicast"),
+    (dict(gateway="169.254.0.1"), "link-local"),
+    (dict(gateway="fe80::1"), "link-local"),
+    (dict(gateway="255.255.255.255"), "broadcast"),
+    (dict(gateway="198.18.10.77"), "inside the tunnel's own subnet 198.18.10.0/24"),
+    (dict(gateway="2001:2:0:10::99"), "inside the tunnel's own subnet 2001:2:0:10::/64"),
+    (dict(ipv4="198.18.10.2/32", gateway="198.18.10.2"), "inside the tunnel's own subnet"),
     # routes
-    (nc(routes=("127.0.0.0/8",)), r"^route 127\.0\.0\.0/8: loopback is not allowed$"),
-    (nc(routes=("127.1.0.0/16",)), "loopback is not allowed"),
-    (nc(routes=("224.0.0.0/4",)), "multicast"),
-    (nc(routes=("239.1.0.0/16",)), "multicast"),
-    (nc(routes=("169.254.0.0/16",)), "link-local"),
-    (nc(routes=("0.0.0.0/8",)), "unspecified"),
-    (nc(routes=("240.0.0.0/4",)), "reserved"),
-    (nc(routes=("ff00::/8",)), "multicast"),
-    (nc(routes=("fe80::/10",)), "link-local"),
-    (nc(routes=("::1/128",)), "loopback"),
-    (nc(routes=("198.18.0.1/16",)), r"host bits are set \(did you mean 198\.18\.0\.0/16\?\)"),
-    (nc(routes=("2001:2::1/48",)), "host bits are set"),
-    (nc(routes=("198.18.0.0/33",)), "not a valid prefix"),
-    (nc(ipv6=None, routes=("2001:2:0:20::/64",)), "the tunnel has no IPv6 address"),
-    (nc(ipv6=None, routes=("::/0",)), "the tunnel has no IPv6 address"),
-    (nc(ipv4=None, routes=("198.19.0.0/17",)), "the tunnel has no IPv4 address"),
-    (nc(routes=("198.19.200.7/32",)), "would send the tunnel's own packets"),
-    (nc(routes=tuple(f"198.19.{i // 256}.{i % 256}/32" for i in range(300))), "too many routes"),
-    (
-        nc(exclude=tuple(f"198.19.{i // 256}.{i % 256}/32" for i in range(MAX_ROUTES + 1))),
-        "too many",
-    ),
+    (dict(routes=("127.0.0.0/8",)), r"^route 127\.0\.0\.0/8: loopback is not allowed$"),
+    (dict(routes=("127.1.0.0/16",)), "loopback is not allowed"),
+    (dict(routes=("224.0.0.0/4",)), "multicast"),
+    (dict(routes=("239.1.0.0/16",)), "multicast"),
+    (dict(routes=("169.254.0.0/16",)), "link-local"),
+    (dict(routes=("0.0.0.0/8",)), "unspecified"),
+    (dict(routes=("240.0.0.0/4",)), "reserved"),
+    (dict(routes=("ff00::/8",)), "multicast"),
+    (dict(routes=("fe80::/10",)), "link-local"),
+    (dict(routes=("::1/128",)), "loopback"),
+    (dict(ipv6=None, routes=("2001:2:0:20::/64",)), "the tunnel has no IPv6 address"),
+    (dict(ipv6=None, routes=("::/0",)), "the tunnel has no IPv6 address"),
+    (dict(ipv4=None, routes=("198.19.0.0/17",)), "the tunnel has no IPv4 address"),
+    (dict(routes=("198.19.200.7/32",)), "would send the tunnel's own packets"),
+    (dict(routes=[f"198.19.{i // 256}.{i % 256}/32" for i in range(300)]), "too many routes"),
+    (dict(exclude=[f"198.19.{i // 256}.{i % 256}/32" for i in range(MAX_ROUTES + 1)]), "too many"),
     # excludes
-    (nc(exclude=("0.0.0.0/0",)), r"^exclude 0\.0\.0\.0/0: a /0 prefix is not allowed$"),
-    (nc(exclude=("::/0",)), "/0 prefix is not allowed"),
-    (nc(exclude=("127.0.0.0/8",)), "loopback"),
-    (nc(exclude=("198.19.1.1/24",)), "host bits"),
-    (nc(exclude=("198.19.0.0/17",)), "exclude 198.19.0.0/17: also listed as a route"),
-    (nc(routes=("0.0.0.0/0",), exclude=("128.0.0.0/1",)), "also listed as a route"),
+    (dict(exclude=("0.0.0.0/0",)), r"^exclude 0\.0\.0\.0/0: a /0 prefix is not allowed$"),
+    (dict(exclude=("::/0",)), "/0 prefix is not allowed"),
+    (dict(exclude=("127.0.0.0/8",)), "loopback"),
+    (dict(exclude=("198.19.0.0/17",)), "exclude 198.19.0.0/17: also listed as a route"),
+    (dict(routes=("0.0.0.0/0",), exclude=("128.0.0.0/1",)), "also listed as a route"),
 ]
 
 
-@pytest.mark.parametrize(("msg", "reason"), REFUSED_CASES, ids=[r for _, r in REFUSED_CASES])
-def test_out_of_policy_values_are_refused(msg: NetConfig, reason: str) -> None:
+# Not even a value: the codec refuses these before any rule runs (ipc/wire.py).
+MALFORMED_CASES = [
+    dict(ipv4="198.18.10.2/33"),
+    dict(ipv4="2001:2::1/64"),
+    dict(ipv6="2001:2::1/129"),
+    dict(ipv6="198.18.10.2/24"),
+    dict(gateway="1.2.3"),
+    dict(routes=("198.18.0.1/16",)),
+    dict(routes=("2001:2::1/48",)),
+    dict(routes=("198.18.0.0/33",)),
+    dict(exclude=("198.19.1.1/24",)),
+]
+
+
+@pytest.mark.parametrize("changes", MALFORMED_CASES, ids=str)
+def test_malformed_values_never_reach_the_rules(changes: dict[str, object]) -> None:
+    with pytest.raises(WireError):
+        nc(**changes)
+
+
+@pytest.mark.parametrize(("changes", "reason"), REFUSED_CASES, ids=[r for _, r in REFUSED_CASES])
+def test_out_of_policy_values_are_refused(changes: dict[str, object], reason: str) -> None:
     with pytest.raises(Refusal, match=reason):
-        check_net_config(msg)
+        check_net_config(unchecked(**changes))
 
 
 def test_the_base_config_is_accepted() -> None:
     wanted = check_net_config(BASE)
-    assert wanted == Wanted(
-        mtu=1400,
-        addresses=(iface("198.18.10.2/24"), iface("2001:2:0:10::2/64")),
-        routes=(net("198.19.0.0/17"), net("2001:2:0:20::/64")),
-        exclude=(),
-        gateway=ip("198.19.200.7"),
-    )
+    assert wanted == BASE
+    assert wanted.addresses == (iface("198.18.10.2/24"), iface("2001:2:0:10::2/64"))
 
 
 def test_default_routes_become_halves_and_routes_are_normalised() -> None:
@@ -227,7 +250,7 @@ UPLINK_GW = ip("198.18.1.1")
 GW_PATH = (net("198.19.200.7/32"), Path(UPLINK, UPLINK_GW))
 
 
-def wanted(**changes: object) -> Wanted:
+def wanted(**changes: object) -> NetworkConfig:
     return check_net_config(nc(**changes))
 
 
@@ -475,7 +498,7 @@ class FakeHost:
             raise Refusal("create tun sepc%d: Device or resource busy")
         return "sepc0", TUN, os.open(os.devnull, os.O_RDONLY) if self.real_fd else -1
 
-    def net_config(self, wanted: Wanted) -> None:
+    def net_config(self, wanted: NetworkConfig) -> None:
         self.calls.append("net_config")
 
     def teardown(self) -> None:
@@ -505,7 +528,7 @@ def test_the_normal_session() -> None:
     assert monitor.handle(host, CREATE) == (TunCreated(seq=2, ifname="sepc0", ifindex=TUN), -1)
     assert monitor.phase is Phase.TUN_UP
     for seq in (3, 4, 5):
-        assert monitor.handle(host, nc(seq=seq)) == (Done(seq=seq), None)
+        assert monitor.handle(host, req(seq=seq)) == (Done(seq=seq), None)
     assert monitor.handle(host, TEARDOWN) == (Done(seq=9), None)
     assert monitor.phase is Phase.CLOSED
     assert host.calls == ["create_tun 1400", "net_config", "net_config", "net_config", "teardown"]
@@ -514,14 +537,14 @@ def test_the_normal_session() -> None:
 @pytest.mark.parametrize(
     ("before", "request_", "why"),
     [
-        ([], nc(), "net_config is not permitted in phase new"),
+        ([], req(), "net_config is not permitted in phase new"),
         ([], CREATE, "create_tun is not permitted in phase new"),
         ([], TEARDOWN, "teardown is not permitted in phase new"),
         ([HELLO], HELLO, "hello is not permitted in phase ready"),
-        ([HELLO], nc(), "net_config is not permitted in phase ready"),
+        ([HELLO], req(), "net_config is not permitted in phase ready"),
         ([HELLO, CREATE], CREATE, "create_tun is not permitted in phase tun_up"),
         ([HELLO, CREATE], HELLO, "hello is not permitted in phase tun_up"),
-        ([HELLO, CREATE, TEARDOWN], nc(), "not permitted in phase closed"),
+        ([HELLO, CREATE, TEARDOWN], req(), "not permitted in phase closed"),
         ([HELLO, CREATE, TEARDOWN], TEARDOWN, "not permitted in phase closed"),
         ([HELLO], Done(seq=1), "unsupported request 'done'"),
     ],
@@ -550,12 +573,12 @@ def test_out_of_policy_net_config_is_refused_and_the_session_goes_on() -> None:
     host, monitor = FakeHost(), Monitor()
     monitor.handle(host, HELLO)
     monitor.handle(host, CREATE)
-    reply, fd = monitor.handle(host, nc(seq=5, routes=("127.0.0.0/8",)))
+    reply, fd = monitor.handle(host, req(seq=5, routes=("127.0.0.0/8",)))
     assert reply == Refused(seq=5, reason="route 127.0.0.0/8: loopback is not allowed")
     assert fd is None
     assert host.calls == ["create_tun 1400"]  # the host was never asked
     assert monitor.phase is Phase.TUN_UP
-    assert monitor.handle(host, nc(seq=6)) == (Done(seq=6), None)
+    assert monitor.handle(host, req(seq=6)) == (Done(seq=6), None)
 
 
 def test_refused_create_tun_is_used_up_but_teardown_still_works() -> None:
@@ -573,13 +596,13 @@ def test_refused_create_tun_is_used_up_but_teardown_still_works() -> None:
 
 def test_refusal_reasons_are_one_short_line() -> None:
     class Chatty(FakeHost):
-        def net_config(self, wanted: Wanted) -> None:
+        def net_config(self, wanted: NetworkConfig) -> None:
             raise Refusal("first line\nsecond line " + "x" * 500)
 
     monitor = Monitor()
     monitor.handle(Chatty(), HELLO)
     monitor.handle(Chatty(), CREATE)
-    reply, _ = monitor.handle(Chatty(), nc())
+    reply, _ = monitor.handle(Chatty(), req())
     assert isinstance(reply, Refused)
     assert "\n" not in reply.reason
     assert len(reply.reason) <= 200
@@ -645,12 +668,12 @@ def run_loop(
     return status, replies, loop.records()
 
 
-def enc(*msgs: Message) -> list[bytes]:
+def ereq(*msgs: Message) -> list[bytes]:
     return [REQUESTS.encode(m) for m in msgs]
 
 
 def test_loop_session_ends_with_teardown(loop: Loop) -> None:
-    status, replies, records = run_loop(loop, enc(HELLO, CREATE, nc(seq=3), TEARDOWN))
+    status, replies, records = run_loop(loop, ereq(HELLO, CREATE, req(seq=3), TEARDOWN))
     assert status == 0
     assert [r.op for r in replies] == ["done", "tun_created", "done", "done"]
     assert [(r["op"], r["result"]) for r in records] == [
@@ -665,23 +688,25 @@ def test_loop_session_ends_with_teardown(loop: Loop) -> None:
         assert record["helper_pid"] == os.getpid()
     assert records[2]["args"] == {
         "seq": 3,
-        "mtu": 1400,
-        "ipv4": "198.18.10.2/24",
-        "ipv6": "2001:2:0:10::2/64",
-        "routes": ["198.19.0.0/17", "2001:2:0:20::/64"],
-        "exclude": [],
-        "gateway": "198.19.200.7",
-        "dns": [],
-        "domains": [],
-        "split_dns": [],
-        "dns_default": False,
-        "banner": None,
-        "idle_timeout": None,
+        "net": {
+            "mtu": 1400,
+            "ipv4": "198.18.10.2/24",
+            "ipv6": "2001:2:0:10::2/64",
+            "routes": ["198.19.0.0/17", "2001:2:0:20::/64"],
+            "exclude": [],
+            "gateway": "198.19.200.7",
+            "dns": [],
+            "domains": [],
+            "split_dns": [],
+            "dns_default": False,
+            "banner": None,
+            "idle_timeout": None,
+        },
     }
 
 
 def test_loop_peer_closed_is_a_clean_exit(loop: Loop) -> None:
-    status, replies, records = run_loop(loop, enc(HELLO))
+    status, replies, records = run_loop(loop, ereq(HELLO))
     assert status == 0
     assert records[-1]["op"] == "peer_closed"
     assert records[-1]["reason"] == "supervisor went away"
@@ -689,7 +714,7 @@ def test_loop_peer_closed_is_a_clean_exit(loop: Loop) -> None:
 
 def test_loop_refusal_keeps_running(loop: Loop) -> None:
     status, replies, records = run_loop(
-        loop, enc(HELLO, CREATE, nc(seq=3, exclude=("0.0.0.0/0",)), nc(seq=4))
+        loop, ereq(HELLO, CREATE, req(seq=3, exclude=("0.0.0.0/0",)), req(seq=4))
     )
     assert status == 0
     assert replies[2] == Refused(seq=3, reason="exclude 0.0.0.0/0: a /0 prefix is not allowed")
@@ -702,14 +727,14 @@ def test_loop_refusal_keeps_running(loop: Loop) -> None:
     ("messages", "reason"),
     [
         ([b"\xc1\xc1"], "protocol violation: message: undecodable"),
-        (enc(HELLO) + [b"\x93\x01\x02\x03"], "protocol violation: message: not a map"),
-        (enc(nc()), "protocol violation: net_config is not permitted in phase new"),
-        (enc(HELLO, HELLO), "protocol violation: hello is not permitted in phase ready"),
-        (enc(HELLO, CREATE, CREATE), "create_tun is not permitted in phase tun_up"),
+        (ereq(HELLO) + [b"\x93\x01\x02\x03"], "protocol violation: message: not a map"),
+        (ereq(req()), "protocol violation: net_config is not permitted in phase new"),
+        (ereq(HELLO, HELLO), "protocol violation: hello is not permitted in phase ready"),
+        (ereq(HELLO, CREATE, CREATE), "create_tun is not permitted in phase tun_up"),
     ],
 )
 def test_loop_protocol_violation_is_fatal(loop: Loop, messages: list[bytes], reason: str) -> None:
-    status, replies, records = run_loop(loop, messages + enc(TEARDOWN))
+    status, replies, records = run_loop(loop, messages + ereq(TEARDOWN))
     assert status == 1
     assert len(replies) == len(messages) - 1  # the violating request got no reply
     assert records[-1]["result"] == "fatal"
@@ -717,7 +742,7 @@ def test_loop_protocol_violation_is_fatal(loop: Loop, messages: list[bytes], rea
 
 
 def test_loop_sender_uid_mismatch_is_fatal(loop: Loop) -> None:
-    status, replies, records = run_loop(loop, enc(HELLO), peer_uid=os.getuid() + 1)
+    status, replies, records = run_loop(loop, ereq(HELLO), peer_uid=os.getuid() + 1)
     assert status == 1
     assert replies == []
     assert records == [

@@ -17,11 +17,13 @@ from typing import Any
 import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import REQUESTS, NetConfig, Refused
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import policy
-from sepconnect.privhelper.policy import Monitor, Phase, ProtocolViolation, Refusal, Wanted
+from sepconnect.privhelper.policy import Monitor, Phase, ProtocolViolation, Refusal
 from sepconnect.supervisor.helper_client import HelperClient
 
 GOOD: dict[str, Any] = {
@@ -92,20 +94,22 @@ def test_net_config_is_refused_or_stays_inside_the_tunnel(
     gateway: str,
     mtu: int,
 ) -> None:
-    raw = {**_wire("net_config", **GOOD)}
-    raw.update(ipv4=ipv4, ipv6=ipv6, routes=routes, exclude=exclude, gateway=gateway, mtu=mtu)
+    raw = _wire("net_config", net=network_config(**GOOD))
+    raw["net"].update(
+        ipv4=ipv4, ipv6=ipv6, routes=routes, exclude=exclude, gateway=gateway, mtu=mtu
+    )
     try:
         msg = REQUESTS.decode_untrusted(msgpack.packb(raw))
     except WireError:
         return  # fatal for the helper: nothing is done
     assert isinstance(msg, NetConfig)
     try:
-        wanted = policy.check_net_config(msg)
+        wanted = policy.check_net_config(msg.net)
     except Refusal as exc:
         reason = str(exc)
         assert reason  # noqa: PT017  # a reason, one line
         return
-    assert isinstance(wanted, Wanted)
+    assert isinstance(wanted, NetworkConfig)
     assert 576 <= wanted.mtu <= 9000
     assert wanted.addresses
     for net in (*wanted.routes, *wanted.exclude):
@@ -129,7 +133,7 @@ class FakeHost:
         self.calls.append("create_tun")
         return "sepc0", 7, 99
 
-    def net_config(self, wanted: Wanted) -> None:
+    def net_config(self, wanted: NetworkConfig) -> None:
         self.calls.append("net_config")
 
     def script_event(self, reason: str) -> None:
@@ -142,8 +146,10 @@ class FakeHost:
 _REQUESTS = {
     "hello": lambda: _wire("hello"),
     "create_tun": lambda: _wire("create_tun", mtu=1400),
-    "net_config": lambda: _wire("net_config", **GOOD),
-    "bad_net_config": lambda: {**_wire("net_config", **GOOD), "routes": ["127.0.0.0/8"]},
+    "net_config": lambda: _wire("net_config", net=network_config(**GOOD)),
+    "bad_net_config": lambda: _wire(
+        "net_config", net=network_config(**{**GOOD, "routes": ["127.0.0.0/8"]})
+    ),
     "teardown": lambda: _wire("teardown"),
 }
 

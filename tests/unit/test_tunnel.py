@@ -8,6 +8,7 @@ X-CSTP-MTU, X-CSTP-Banner), with the sample.config routes.
 
 from __future__ import annotations
 
+import ipaddress
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sepconnect.ipc.limits import MAX_DNS
 from sepconnect.worker.proto.auth import USER_AGENT
 from sepconnect.worker.proto.errors import CookieRejected, ProtocolError, ServerRefused
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
@@ -30,8 +32,8 @@ from sepconnect.worker.proto.tunnel import (
     TunnelConfig,
     build_connect_request,
     compute_mtu,
-    parse_connect_response_untrusted,
 )
+from sepconnect.worker.proto.tunnel import parse_connect_response_untrusted as _parse
 
 APP_ID = "2b1d4a1e0f5c3e7a9b8d6c4f2e0a1b3c5d7e9f1a2b3c4d5e6f708192a3b4c5d6"
 
@@ -86,6 +88,13 @@ OCSERV_CONNECT: list[tuple[str, str]] = [
     ("X-CSTP-Banner", "Welcome%20to%0Athe test VPN"),
 ]
 
+GATEWAY = ipaddress.ip_address("198.18.1.1")
+
+
+def parse(resp: HttpResponse) -> TunnelConfig:
+    """The CONNECT answer as the worker parses it, connected to GATEWAY."""
+    return _parse(resp, gateway=GATEWAY)
+
 
 def response(
     headers: list[tuple[str, str]] | None = None, status: int = 200, reason: str = "CONNECTED"
@@ -104,25 +113,25 @@ def replaced(name: str, *values: str) -> list[tuple[str, str]]:
 
 
 def test_realistic_ocserv_response() -> None:
-    cfg = parse_connect_response_untrusted(response())
-    assert cfg.ipv4 == IPv4Interface("198.18.1.23/24")
-    assert cfg.ipv6 == IPv6Interface("fda9:4efe:7e3b:3ea::5/64")
-    assert cfg.mtu == 1318
+    cfg = parse(response())
+    assert cfg.net.ipv4 == IPv4Interface("198.18.1.23/24")
+    assert cfg.net.ipv6 == IPv6Interface("fda9:4efe:7e3b:3ea::5/64")
+    assert cfg.net.mtu == 1318
     assert cfg.base_mtu == 1406
-    assert cfg.dns == (IPv4Address("198.18.1.2"), IPv6Address("fda9:4efe:7e3b:3ea::2"))
-    assert cfg.default_domain == "example.com"
-    assert cfg.split_dns == ("corp.example.com",)
-    assert cfg.split_include == (
+    assert cfg.net.dns == (IPv4Address("198.18.1.2"), IPv6Address("fda9:4efe:7e3b:3ea::2"))
+    assert cfg.net.domains == ("example.com",)
+    assert cfg.net.split_dns == ("corp.example.com",)
+    assert cfg.net.routes == (
         IPv4Network("10.10.10.0/24"),
         IPv4Network("192.168.0.0/16"),
         IPv6Network("fef4:db8:1000:1001::/64"),
     )
-    assert cfg.split_exclude == (IPv4Network("192.168.5.0/24"),)
-    assert cfg.tunnel_all_dns is False
-    assert (cfg.dpd, cfg.keepalive, cfg.idle_timeout) == (90, 32400, None)
+    assert cfg.net.exclude == (IPv4Network("192.168.5.0/24"),)
+    assert cfg.net.dns_default is False
+    assert (cfg.dpd, cfg.keepalive, cfg.net.idle_timeout) == (90, 32400, None)
     assert (cfg.rekey_time, cfg.rekey_method) == (172818, "ssl")
     assert cfg.session_timeout is None
-    assert cfg.banner == "Welcome to\nthe test VPN"
+    assert cfg.net.banner == "Welcome to\nthe test VPN"
     assert cfg.server_name == "ocserv 1.1.6"
     assert cfg.dtls_port == 443
     assert cfg.dtls_app_id == bytes.fromhex(APP_ID)
@@ -154,7 +163,7 @@ def test_through_http_client_with_trailing_cstp() -> None:
     client.request("CONNECT", "/CSCOSSLC/tunnel", [("Host", "vpn.example")])
     resp = client.receive_data_untrusted(raw + b"STF\x01\x00\x00\x07\x00")
     assert resp is not None
-    assert parse_connect_response_untrusted(resp) == parse_connect_response_untrusted(response())
+    assert parse(resp) == parse(response())
     assert client.trailing_data == b"STF\x01\x00\x00\x07\x00"
 
 
@@ -164,24 +173,24 @@ def test_old_style_ipv6_and_ipv4_only_variants() -> None:
         ("X-CSTP-Address", "fda9:4efe:7e3b:3ea::5"),
         ("X-CSTP-Netmask", "fda9:4efe:7e3b:3ea::/64"),
     ]
-    cfg = parse_connect_response_untrusted(response(hdrs))
-    assert cfg.ipv4 == IPv4Interface("198.18.1.23/24")
-    assert cfg.ipv6 == IPv6Interface("fda9:4efe:7e3b:3ea::5/64")
+    cfg = parse(response(hdrs))
+    assert cfg.net.ipv4 == IPv4Interface("198.18.1.23/24")
+    assert cfg.net.ipv6 == IPv6Interface("fda9:4efe:7e3b:3ea::5/64")
 
-    cfg = parse_connect_response_untrusted(response(without("X-CSTP-Address-IP6")))
-    assert cfg.ipv6 is None
-    assert cfg.ipv4 is not None
+    cfg = parse(response(without("X-CSTP-Address-IP6")))
+    assert cfg.net.ipv6 is None
+    assert cfg.net.ipv4 is not None
 
-    cfg = parse_connect_response_untrusted(response(without("X-CSTP-Address", "X-CSTP-Netmask")))
-    assert cfg.ipv4 is None
-    assert cfg.ipv6 is not None
+    cfg = parse(response(without("X-CSTP-Address", "X-CSTP-Netmask")))
+    assert cfg.net.ipv4 is None
+    assert cfg.net.ipv6 is not None
 
 
 def test_missing_netmask_is_host_route() -> None:
-    cfg = parse_connect_response_untrusted(response(without("X-CSTP-Netmask")))
-    assert cfg.ipv4 == IPv4Interface("198.18.1.23/32")
-    cfg = parse_connect_response_untrusted(response(replaced("X-CSTP-Address-IP6", "fda9::5")))
-    assert cfg.ipv6 == IPv6Interface("fda9::5/128")
+    cfg = parse(response(without("X-CSTP-Netmask")))
+    assert cfg.net.ipv4 == IPv4Interface("198.18.1.23/32")
+    cfg = parse(response(replaced("X-CSTP-Address-IP6", "fda9::5")))
+    assert cfg.net.ipv6 == IPv6Interface("fda9::5/128")
 
 
 def test_route_forms() -> None:
@@ -194,8 +203,8 @@ def test_route_forms() -> None:
         ("X-CSTP-Split-Include-IP6", "2001:db8:1::/64"),
         ("X-CSTP-Split-Include-IP6", "2001:db8:2::7"),
     ]
-    cfg = parse_connect_response_untrusted(response(hdrs))
-    assert cfg.split_include == (
+    cfg = parse(response(hdrs))
+    assert cfg.net.routes == (
         IPv4Network("10.1.0.0/16"),
         IPv4Network("10.9.0.0/16"),
         IPv4Network("10.7.7.7/32"),
@@ -223,17 +232,17 @@ def test_repeated_and_optional_values() -> None:
         ("X-CSTP-Session-Timeout-Remaining", "3600"),
         ("X-CSTP-Tunnel-All-DNS", "true"),
     ]
-    cfg = parse_connect_response_untrusted(response(hdrs))
-    assert cfg.default_domain == "example.com one.example.com two.example.com"
-    assert cfg.split_dns == ("corp.example.com", "a.example", "b.example")
-    assert cfg.dns == (
+    cfg = parse(response(hdrs))
+    assert cfg.net.domains == ("example.com", "one.example.com", "two.example.com")
+    assert cfg.net.split_dns == ("corp.example.com", "a.example", "b.example")
+    assert cfg.net.dns == (
         IPv4Address("198.18.1.2"),
         IPv6Address("fda9:4efe:7e3b:3ea::2"),
         IPv4Address("198.18.1.3"),
     )
-    assert cfg.idle_timeout == 1200
+    assert cfg.net.idle_timeout == 1200
     assert cfg.session_timeout == 3600
-    assert cfg.tunnel_all_dns is True
+    assert cfg.net.dns_default is True
 
 
 def test_legacy_dtls_fields() -> None:
@@ -242,7 +251,7 @@ def test_legacy_dtls_fields() -> None:
         ("X-DTLS12-CipherSuite", "AES256-GCM-SHA384"),
         ("X-DTLS-MTU", "1390"),
     ]
-    cfg = parse_connect_response_untrusted(response(hdrs))
+    cfg = parse(response(hdrs))
     assert cfg.dtls_session_id == bytes.fromhex(APP_ID)
     assert cfg.dtls_app_id is None
     assert cfg.dtls_cipher == "AES256-GCM-SHA384"
@@ -251,9 +260,7 @@ def test_legacy_dtls_fields() -> None:
 
 
 def test_no_dtls_headers() -> None:
-    cfg = parse_connect_response_untrusted(
-        response([(k, v) for k, v in OCSERV_CONNECT if not k.startswith("X-DTLS")])
-    )
+    cfg = parse(response([(k, v) for k, v in OCSERV_CONNECT if not k.startswith("X-DTLS")]))
     assert (cfg.dtls_port, cfg.dtls_app_id, cfg.dtls_cipher, cfg.dtls_dpd) == (
         None,
         None,
@@ -265,17 +272,17 @@ def test_no_dtls_headers() -> None:
 def test_unknown_rekey_method_is_none_and_dpd_zero_disabled() -> None:
     hdrs = replaced("X-CSTP-Rekey-Method", "teleport")
     hdrs = [(k, v) for k, v in hdrs if k != "X-CSTP-DPD"] + [("X-CSTP-DPD", "0")]
-    cfg = parse_connect_response_untrusted(response(hdrs))
+    cfg = parse(response(hdrs))
     assert cfg.rekey_method == "none"
     assert cfg.dpd is None
 
 
 def test_small_mtu_withdraws_ipv6() -> None:
-    cfg = parse_connect_response_untrusted(response(replaced("X-CSTP-MTU", "1200")))
-    assert cfg.mtu == 1200
-    assert cfg.ipv6 is None
-    assert all(r.version == 4 for r in cfg.split_include + cfg.split_exclude)
-    assert cfg.dns == (IPv4Address("198.18.1.2"),)
+    cfg = parse(response(replaced("X-CSTP-MTU", "1200")))
+    assert cfg.net.mtu == 1200
+    assert cfg.net.ipv6 is None
+    assert all(r.version == 4 for r in cfg.net.routes + cfg.net.exclude)
+    assert cfg.net.dns == (IPv4Address("198.18.1.2"),)
     assert len(cfg.notes) == 1
     assert "1280" in cfg.notes[0]
 
@@ -287,31 +294,27 @@ def test_small_mtu_ipv6_only_fails() -> None:
         if k not in ("X-CSTP-Address", "X-CSTP-Netmask")
     ]
     with pytest.raises(ProtocolError, match="No IP address received"):
-        parse_connect_response_untrusted(response(hdrs))
+        parse(response(hdrs))
 
 
 def test_missing_mtu() -> None:
     with pytest.raises(ProtocolError, match="No MTU received"):
-        parse_connect_response_untrusted(response(without("X-CSTP-MTU")))
+        parse(response(without("X-CSTP-MTU")))
 
 
 def test_missing_address() -> None:
     with pytest.raises(ProtocolError, match="No IP address received"):
-        parse_connect_response_untrusted(
-            response(without("X-CSTP-Address", "X-CSTP-Netmask", "X-CSTP-Address-IP6"))
-        )
+        parse(response(without("X-CSTP-Address", "X-CSTP-Netmask", "X-CSTP-Address-IP6")))
 
 
 def test_status_errors() -> None:
     with pytest.raises(CookieRejected, match="Cookie is not acceptable"):
-        parse_connect_response_untrusted(response([], 401, "Cookie is not acceptable"))
+        parse(response([], 401, "Cookie is not acceptable"))
     with pytest.raises(ServerRefused, match="503 Server configuration error") as info:
-        parse_connect_response_untrusted(
-            response([("X-Reason", "Server configuration error")], 503, "Service Unavailable")
-        )
+        parse(response([("X-Reason", "Server configuration error")], 503, "Service Unavailable"))
     assert info.value.status == 503
     with pytest.raises(ServerRefused, match="404 Not Found"):
-        parse_connect_response_untrusted(response([], 404, "Not Found"))
+        parse(response([], 404, "Not Found"))
 
 
 @pytest.mark.parametrize(
@@ -372,40 +375,36 @@ def test_status_errors() -> None:
 )
 def test_hostile_values(name: str, value: str) -> None:
     with pytest.raises(ProtocolError):
-        parse_connect_response_untrusted(response(replaced(name, value)))
+        parse(response(replaced(name, value)))
 
 
 def test_conflicting_scalars() -> None:
     with pytest.raises(ProtocolError, match="conflicting"):
-        parse_connect_response_untrusted(response(OCSERV_CONNECT + [("X-CSTP-MTU", "1300")]))
+        parse(response(OCSERV_CONNECT + [("X-CSTP-MTU", "1300")]))
     with pytest.raises(ProtocolError, match="more than one IPv4 address"):
-        parse_connect_response_untrusted(
-            response(OCSERV_CONNECT + [("X-CSTP-Address", "198.18.1.24")])
-        )
+        parse(response(OCSERV_CONNECT + [("X-CSTP-Address", "198.18.1.24")]))
     # an identical repeat is harmless
-    parse_connect_response_untrusted(response(OCSERV_CONNECT + [("X-CSTP-MTU", "1318")]))
+    parse(response(OCSERV_CONNECT + [("X-CSTP-MTU", "1318")]))
 
 
 def test_huge_values_and_counts() -> None:
     with pytest.raises(ProtocolError, match="longer than"):
-        parse_connect_response_untrusted(
-            response(OCSERV_CONNECT + [("X-CSTP-Banner-Extra", "A" * (MAX_VALUE_LEN + 1))])
-        )
+        parse(response(OCSERV_CONNECT + [("X-CSTP-Banner-Extra", "A" * (MAX_VALUE_LEN + 1))]))
     with pytest.raises(ProtocolError, match="longer than"):
-        parse_connect_response_untrusted(response(replaced("X-CSTP-Banner", "x" * 100000)))
+        parse(response(replaced("X-CSTP-Banner", "x" * 100000)))
     many = [
         ("X-CSTP-Split-Include", f"10.{i // 256}.{i % 256}.0/24") for i in range(MAX_ROUTES + 1)
     ]
     with pytest.raises(ProtocolError, match="routes"):
-        parse_connect_response_untrusted(response(OCSERV_CONNECT + many))
+        parse(response(OCSERV_CONNECT + many))
     with pytest.raises(ProtocolError, match="headers"):
-        parse_connect_response_untrusted(response(OCSERV_CONNECT + [("X-Other", "1")] * 5000))
-    dns = [("X-CSTP-DNS", f"198.18.2.{i}") for i in range(1, 60)]
-    with pytest.raises(ProtocolError, match="DNS"):
-        parse_connect_response_untrusted(response(OCSERV_CONNECT + dns))
+        parse(response(OCSERV_CONNECT + [("X-Other", "1")] * 5000))
+    # DNS servers are bounded by the header count; the routing policy keeps MAX_DNS
+    dns = [("X-CSTP-DNS", f"198.18.3.{i}") for i in range(1, 60)]
+    assert len(parse(response(OCSERV_CONNECT + dns)).net.dns) > MAX_DNS
     # a long but acceptable list is fine
-    ok = [("X-CSTP-Split-Include", f"10.{i // 256}.{i % 256}.0/24") for i in range(500)]
-    assert len(parse_connect_response_untrusted(response(OCSERV_CONNECT + ok)).split_include) == 503
+    ok = [("X-CSTP-Split-Include", f"10.{i // 256}.{i % 256}.0/24") for i in range(250)]
+    assert len(parse(response(OCSERV_CONNECT + ok)).net.routes) == 253
 
 
 def test_banner_and_server_name_sanitised() -> None:
@@ -415,8 +414,8 @@ def test_banner_and_server_name_sanitised() -> None:
     hdrs = [(k, v) for k, v in hdrs if k != "X-CSTP-Server-Name"] + [
         ("X-CSTP-Server-Name", "evil\x7fserver")
     ]
-    cfg = parse_connect_response_untrusted(response(hdrs))
-    assert cfg.banner == "hi[2Jthere\nline"
+    cfg = parse(response(hdrs))
+    assert cfg.net.banner == "hi[2Jthere\nline"
     assert cfg.server_name == "evilserver"
 
 
@@ -430,7 +429,7 @@ def test_unknown_and_secret_headers() -> None:
         ("X-CSTP-DynDNS", "true"),
         ("X-CSTP-MSIE-Proxy-Pac-URL", "http://proxy.example/pac"),
     ]
-    cfg = parse_connect_response_untrusted(response(hdrs))
+    cfg = parse(response(hdrs))
     text = repr(cfg.cstp_options)
     assert "secret" not in text
     assert "X-My-Header" not in text
@@ -475,7 +474,7 @@ def test_build_connect_request_exact() -> None:
 
 
 def test_build_connect_request_reconnect_ipv4_only_dtls() -> None:
-    prev = parse_connect_response_untrusted(response())
+    prev = parse(response())
     req = build_connect_request(
         host="vpn.example.net",
         port=8443,
@@ -550,7 +549,7 @@ def test_compute_mtu() -> None:
 
 
 def test_tunnel_config_repr_is_short() -> None:
-    cfg = parse_connect_response_untrusted(response())
+    cfg = parse(response())
     assert isinstance(cfg, TunnelConfig)
     assert "198.18.1.23" in repr(cfg)
     assert len(repr(cfg)) < 400
@@ -583,14 +582,14 @@ def test_fuzz_only_declared_errors(
 ) -> None:
     hdrs = [(k, v) for k, v in OCSERV_CONNECT if k not in drop] + changes
     try:
-        cfg = parse_connect_response_untrusted(response(hdrs, status))
+        cfg = parse(response(hdrs, status))
     except ProtocolError:
         return
     except CookieRejected:
         assert status == 401
         return
     assert status == 200
-    assert 576 <= cfg.mtu <= 9000
-    assert cfg.ipv4 is not None or cfg.ipv6 is not None
-    if cfg.ipv6 is not None:
-        assert cfg.mtu >= 1280
+    assert 576 <= cfg.net.mtu <= 9000
+    assert cfg.net.ipv4 is not None or cfg.net.ipv6 is not None
+    if cfg.net.ipv6 is not None:
+        assert cfg.net.mtu >= 1280

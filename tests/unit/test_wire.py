@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ipaddress
 import os
 import socket
 import threading
@@ -13,6 +14,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netconfigs import DEFAULTS, network_config
 
 from sepconnect.ipc.helper_messages import (
     FD_REPLIES,
@@ -26,6 +28,7 @@ from sepconnect.ipc.helper_messages import (
     Teardown,
     TunCreated,
 )
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import (
     MAX_MSG,
     Channel,
@@ -42,21 +45,20 @@ REQUEST_EXAMPLES: list[Message] = [
     CreateTun(seq=1, mtu=1400),
     NetConfig(
         seq=2,
-        mtu=1400,
-        ipv4="198.18.10.2/24",
-        ipv6="2001:2:0:10::2/64",
-        routes=("0.0.0.0/0", "::/0", "198.19.0.0/16"),
-        exclude=("198.19.5.0/24",),
-        gateway="198.18.1.50",
+        net=network_config(
+            mtu=1400,
+            ipv4="198.18.10.2/24",
+            ipv6="2001:2:0:10::2/64",
+            routes=("0.0.0.0/0", "::/0", "198.19.0.0/16"),
+            exclude=("198.19.5.0/24",),
+            gateway="198.18.1.50",
+        ),
     ),
     NetConfig(
         seq=2**31 - 1,
-        mtu=576,
-        ipv4="198.18.10.2/32",
-        ipv6=None,
-        routes=(),
-        exclude=(),
-        gateway="2001:2::1",
+        net=network_config(
+            mtu=576, ipv4="198.18.10.2/32", ipv6=None, routes=(), exclude=(), gateway="2001:2::1"
+        ),
     ),
     Teardown(seq=3),
 ]
@@ -100,18 +102,13 @@ def send_raw(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> 
     sock.sendmsg([data], anc)
 
 
-NC_DNS: dict[str, object] = {
-    "dns": [],
-    "domains": [],
-    "split_dns": [],
-    "dns_default": False,
-    "banner": None,
-    "idle_timeout": None,
-}
-
-
 def raw(op: str, **fields: object) -> bytes:
     return msgpack.packb({"op": op, **fields}, use_bin_type=True)
+
+
+def raw_net(**fields: object) -> bytes:
+    """A net_config request whose network configuration is DEFAULTS with ``fields``."""
+    return raw("net_config", seq=1, net={**DEFAULTS, **fields})
 
 
 # -- round trips ---------------------------------------------------------------------
@@ -205,17 +202,13 @@ def test_encode_refuses_messages_of_another_channel() -> None:
         (raw("create_tun", seq=1, mtu=1400, vnet_hdr=1), "expected bool"),
         (msgpack.packb({"op": "teardown", "seq": msgpack.ExtType(1, b"x")}), "undecodable"),
         (msgpack.packb({"op": "teardown", "seq": 1}) + b"\x00", "undecodable"),
-        (raw("net_config", seq=1, mtu=1400, ipv4="1.2.3.4/24\n", ipv6=None, routes=[],
-             exclude=[], gateway="198.18.1.1", **NC_DNS), "does not match"),
-        (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes=["198.18.0.0/16"] * 300,
-             exclude=[], gateway="198.18.1.1", **NC_DNS), "undecodable"),
-        (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes="198.18.0.0/16",
-             exclude=[], gateway="198.18.1.1", **NC_DNS), "expected a list"),
-        (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes=[], exclude=[],
-             gateway="198.18.1.1", **{**NC_DNS, "domains": ["corp.example\nnameserver 6.6.6.6"]}),
-         "does not match"),
-        (raw("net_config", seq=1, mtu=1400, ipv4=None, ipv6=None, routes=[], exclude=[],
-             gateway="198.18.1.1", **{**NC_DNS, "banner": "hi\x1b[2J"}), "does not match"),
+        (raw_net(ipv4="1.2.3.4/24\n"), "not a valid"),
+        (raw_net(routes=["198.18.0.0/16"] * 300), "undecodable"),
+        (raw_net(routes="198.18.0.0/16"), "expected a list"),
+        (raw_net(routes=["198.18.0.1/16"]), "not a valid"),  # host bits
+        (raw_net(gateway="fe80::1%eth0"), "expected an address"),
+        (raw_net(domains=["corp.example\nnameserver 6.6.6.6"]), "does not match"),
+        (raw_net(banner="hi\x1b[2J"), "does not match"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )  # fmt: skip
@@ -284,12 +277,20 @@ def test_fuzz_random_maps_raise_only_wire_error(op: str, fields: dict[str, objec
     st.builds(
         NetConfig,
         seq=st.integers(0, 2**31 - 1),
-        mtu=st.integers(576, 9000),
-        ipv4=st.none() | st.ip_addresses(v=4).map(lambda a: f"{a}/24"),
-        ipv6=st.none() | st.ip_addresses(v=6).map(lambda a: f"{a.exploded}/64"),
-        routes=st.lists(st.ip_addresses(v=4).map(lambda a: f"{a}/32"), max_size=256).map(tuple),
-        exclude=st.lists(st.ip_addresses(v=6).map(lambda a: f"{a}/128"), max_size=20).map(tuple),
-        gateway=st.ip_addresses().map(str),
+        net=st.builds(
+            NetworkConfig,
+            mtu=st.integers(576, 9000),
+            ipv4=st.none() | st.ip_addresses(v=4).map(lambda a: ipaddress.IPv4Interface(f"{a}/24")),
+            ipv6=st.none()
+            | st.ip_addresses(v=6).map(lambda a: ipaddress.IPv6Interface(f"{a.exploded}/64")),
+            routes=st.lists(st.ip_addresses(v=4).map(ipaddress.ip_network), max_size=256).map(
+                tuple
+            ),
+            exclude=st.lists(st.ip_addresses(v=6).map(ipaddress.ip_network), max_size=20).map(
+                tuple
+            ),
+            gateway=st.ip_addresses(),
+        ),
     )
 )
 def test_fuzz_valid_net_config_round_trips(msg: NetConfig) -> None:
@@ -428,9 +429,7 @@ def test_client_create_tun_returns_the_fd(pair: tuple[socket.socket, socket.sock
 def test_client_raises_helper_refused(pair: tuple[socket.socket, socket.socket]) -> None:
     t = serve_one(pair[0], lambda m: (REPLIES.encode(Refused(seq=seq_of(m), reason="nope")), []))
     with pytest.raises(HelperRefused, match="nope") as info:
-        HelperClient(pair[1]).net_config(
-            mtu=1400, ipv4="198.18.10.2/24", ipv6=None, routes=[], exclude=[], gateway="198.18.1.1"
-        )
+        HelperClient(pair[1]).net_config(network_config(ipv6=None, routes=()))
     t.join()
     assert info.value.reason == "nope"
 

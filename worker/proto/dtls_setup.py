@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from sepconnect.ipc.limits import IPV6_MIN_MTU, MIN_MTU
 from sepconnect.worker.proto.dtls_crypto import (
     DTLS1_2,
     DTLS_BAD_VER,
@@ -71,9 +72,6 @@ LEGACY_NAMES12: Final[dict[str, CipherSuite]] = {
 }
 DEFAULT_CIPHERS: Final = ":".join([PSK_NEGOTIATE, *LEGACY_NAMES])
 DEFAULT_CIPHERS12: Final = ":".join(LEGACY_NAMES12)
-
-_IPV6_MIN_MTU: Final = 1280
-_MIN_MTU: Final = 576
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +149,11 @@ def plan_dtls(
     base = config.base_mtu or base_mtu
     datagram = base - (40 if ipv6_peer else 20) - 8
     payload = min(max_payload(SUITES[s], datagram) for s in params.suites) - 1
-    server_mtu = config.mtu
+    server_mtu = config.net.mtu
     if params.mode is Mode.RESUME and config.dtls_mtu is not None:
         server_mtu = max(server_mtu, config.dtls_mtu)
-    floor = _IPV6_MIN_MTU if config.ipv6 is not None else _MIN_MTU
-    if payload < _MIN_MTU:
+    floor = IPV6_MIN_MTU if config.net.ipv6 is not None else MIN_MTU
+    if payload < MIN_MTU:
         return NoDtls(f"path MTU {base} too small for DTLS")
     mtu = max(min(server_mtu, payload), min(floor, server_mtu))
     return DtlsPlan(params=params, mtu=mtu, max_packet=payload, description=description)

@@ -21,8 +21,9 @@ all, the connection fails with "No IP address received".
 
 Limits: at most :data:`MAX_HEADERS` response headers, X-CSTP-*/X-DTLS-*
 values of at most :data:`MAX_VALUE_LEN` characters, at most
-:data:`MAX_ROUTES` routes per list, :data:`MAX_DNS` DNS servers and
-:data:`MAX_DOMAINS` domain names.
+:data:`MAX_ROUTES` routes per list (ipc/limits.py: what the helper installs);
+DNS servers and domains are bounded by the header count, and the routing policy
+(ipc/netconfig.py) keeps the first ``MAX_DNS`` and ``MAX_DOMAINS`` of them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ from ipaddress import (
 from typing import Final
 from urllib.parse import unquote
 
+from sepconnect.ipc.limits import (
+    IPV6_MIN_MTU,
+    MAX_BANNER,
+    MAX_MTU,
+    MAX_ROUTES,
+    MIN_MTU,
+    printable,
+)
+from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.worker.proto.auth import USER_AGENT, HttpRequest, format_host_header
 from sepconnect.worker.proto.errors import CookieRejected, ProtocolError, ServerRefused
 from sepconnect.worker.proto.http import HttpResponse
@@ -48,8 +58,6 @@ from sepconnect.worker.proto.http import HttpResponse
 __all__ = [
     "CONNECT_PATH",
     "DTLS_OVERHEAD",
-    "MAX_DNS",
-    "MAX_DOMAINS",
     "MAX_HEADERS",
     "MAX_MTU",
     "MAX_ROUTES",
@@ -62,9 +70,6 @@ __all__ = [
 ]
 
 CONNECT_PATH: Final = "/CSCOSSLC/tunnel"
-MIN_MTU: Final = 576  # RFC 791 minimum datagram every IPv4 host must accept
-MAX_MTU: Final = 9000  # jumbo frames; nothing larger is plausible for a VPN
-_IPV6_MIN_MTU: Final = 1280  # RFC 8200
 #: openconnect's DTLS_OVERHEAD: type byte 1 + DTLS header 13 + SHA1 MAC 20 +
 #: IV 32 + padding 16 (PROTOCOL.md §5.1).
 DTLS_OVERHEAD: Final = 82
@@ -72,9 +77,6 @@ _UDP_HEADER: Final = 8
 
 MAX_HEADERS: Final = 2048
 MAX_VALUE_LEN: Final = 4096
-MAX_ROUTES: Final = 1024
-MAX_DNS: Final = 32
-MAX_DOMAINS: Final = 64
 _MAX_SECONDS: Final = 2**31 - 1
 
 # Headers that carry secrets: never copied into cstp_options (which ends up in
@@ -89,7 +91,6 @@ _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,62})")
 _COOKIE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,4096}")
 _CIPHER_LIST = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,63}")
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Upper-case these words when restoring header-name capitalisation.
 _ACRONYMS: Final = frozenset(
     {
@@ -121,35 +122,28 @@ class TunnelConfig:
     """Validated tunnel parameters from the server's CONNECT answer.
 
     Times are seconds; ``None`` means "not sent", "none" or 0 (disabled).
-    *mtu* is X-CSTP-MTU; *dtls_mtu* (legacy DTLS only) is reported separately,
+    *net* is the network configuration as the server gave it, before the routing
+    policy (ipc/netconfig.py): ``routes`` are the split-includes (none: "route
+    everything"), ``exclude`` the split-excludes, ``dns_default`` is
+    X-CSTP-Tunnel-All-DNS, ``gateway`` the address we connected to and ``mtu``
+    X-CSTP-MTU. *dtls_mtu* (legacy DTLS only) is reported separately,
     openconnect uses max(mtu, dtls_mtu) when DTLS carries the data.
     *session_timeout* is the lowest non-zero of X-CSTP-Session-Timeout,
     -Session-Timeout-Remaining and -Lease-Duration (as openconnect).
-    *split_include*/*split_exclude* are in arrival order with host bits
-    cleared; an empty split_include means "route everything".
+    Routes are in arrival order with host bits cleared.
     *cstp_options* holds every X-CSTP-* header (canonical capitalisation, in
     arrival order) except secret ones, for the vpnc-script environment.
     *dtls12* is True when the DTLS cipher came in X-DTLS12-CipherSuite.
     *notes* lists adjustments made while parsing (for logging).
     """
 
-    ipv4: IPv4Interface | None
-    ipv6: IPv6Interface | None
-    mtu: int
+    net: NetworkConfig
     base_mtu: int | None
-    dns: tuple[IPv4Address | IPv6Address, ...]
-    default_domain: str | None
-    split_dns: tuple[str, ...]
-    split_include: tuple[IPv4Network | IPv6Network, ...]
-    split_exclude: tuple[IPv4Network | IPv6Network, ...]
-    tunnel_all_dns: bool
     dpd: int | None
     keepalive: int | None
-    idle_timeout: int | None
     rekey_time: int | None
     rekey_method: str | None
     session_timeout: int | None
-    banner: str | None
     server_name: str | None
     dtls_port: int | None
     dtls_app_id: bytes | None
@@ -166,9 +160,9 @@ class TunnelConfig:
 
     def __repr__(self) -> str:
         return (
-            f"TunnelConfig(ipv4={self.ipv4}, ipv6={self.ipv6}, mtu={self.mtu}, "
-            f"dns={[str(d) for d in self.dns]}, includes={len(self.split_include)}, "
-            f"excludes={len(self.split_exclude)}, dpd={self.dpd}, keepalive={self.keepalive}, "
+            f"TunnelConfig(ipv4={self.net.ipv4}, ipv6={self.net.ipv6}, mtu={self.net.mtu}, "
+            f"dns={[str(d) for d in self.net.dns]}, includes={len(self.net.routes)}, "
+            f"excludes={len(self.net.exclude)}, dpd={self.dpd}, keepalive={self.keepalive}, "
             f"rekey={self.rekey_method}/{self.rekey_time}, dtls_port={self.dtls_port})"
         )
 
@@ -183,7 +177,7 @@ def compute_mtu(base_mtu: int, ipv6_peer: bool) -> int:
     base (clamped to >= 1280) - DTLS overhead (82) - UDP (8) - IPv4 (20) or
     IPv6 (40) header; e.g. 1500 over IPv4 gives 1390.
     """
-    base = max(base_mtu, _IPV6_MIN_MTU)
+    base = max(base_mtu, IPV6_MIN_MTU)
     return base - DTLS_OVERHEAD - _UDP_HEADER - (40 if ipv6_peer else 20)
 
 
@@ -233,12 +227,12 @@ def build_connect_request(
     if mtu:
         headers.append(("X-CSTP-MTU", str(mtu)))
     headers.append(("X-CSTP-Address-Type", "IPv6,IPv4" if ipv6 else "IPv4"))
-    if previous is not None and previous.ipv4 is not None:
-        headers.append(("X-CSTP-Address", str(previous.ipv4.ip)))
+    if previous is not None and previous.net.ipv4 is not None:
+        headers.append(("X-CSTP-Address", str(previous.net.ipv4.ip)))
     if ipv6:
         headers.append(("X-CSTP-Full-IPv6-Capability", "true"))
-        if previous is not None and previous.ipv6 is not None:
-            headers.append(("X-CSTP-Address", str(previous.ipv6.ip)))
+        if previous is not None and previous.net.ipv6 is not None:
+            headers.append(("X-CSTP-Address", str(previous.net.ipv6.ip)))
     if dtls_master_secret is not None:
         if len(dtls_master_secret) != 48:
             raise ValueError("DTLS master secret must be 48 bytes")
@@ -269,13 +263,8 @@ def _canonical_name(lower: str) -> str:
     return "-".join(_canonical_word(p) for p in lower.split("-"))
 
 
-def _clean(text: str, limit: int) -> str:
-    cleaned = _UNPRINTABLE.sub("", text).strip()
-    return cleaned[:limit]
-
-
 def _bad(name: str, value: str, why: str = "an invalid value") -> ProtocolError:
-    shown = _clean(value, 64)
+    shown = printable(value, 64)
     return ProtocolError(f"Server sent {_canonical_name(name)} with {why}: {shown!r}")
 
 
@@ -297,7 +286,7 @@ class _Headers:
             value = value.strip()
             self.values.setdefault(name, []).append(value)
             if name.startswith("x-cstp-") and name not in _SECRET_HEADERS:
-                self.cstp_options.append((_canonical_name(name), _clean(value, MAX_VALUE_LEN)))
+                self.cstp_options.append((_canonical_name(name), printable(value, MAX_VALUE_LEN)))
 
     def all(self, name: str) -> list[str]:
         return self.values.get(name, [])
@@ -431,15 +420,11 @@ def _parse_domains(name: str, values: list[str]) -> list[str]:
                 raise _bad(name, value, "an invalid domain name")
             if token not in out:
                 out.append(token)
-            if len(out) > MAX_DOMAINS:
-                raise ProtocolError(
-                    f"Server sent more than {MAX_DOMAINS} {_canonical_name(name)} domains"
-                )
     return out
 
 
 def _status_error(resp: HttpResponse) -> Exception:
-    reason = _clean(resp.header("x-reason") or resp.reason or "", 256)
+    reason = printable(resp.header("x-reason") or resp.reason or "", 256)
     if resp.status == 401:
         return CookieRejected(f"Server rejected the session cookie: {reason or 'HTTP 401'}")
     return ServerRefused(
@@ -447,8 +432,11 @@ def _status_error(resp: HttpResponse) -> Exception:
     )
 
 
-def parse_connect_response_untrusted(resp: HttpResponse) -> TunnelConfig:
+def parse_connect_response_untrusted(resp: HttpResponse, *, gateway: IPAddress) -> TunnelConfig:
     """Validate the server's CONNECT answer and extract the tunnel parameters.
+
+    *gateway* is the address the connection went to: the VPN server, whatever the
+    server says.
 
     Raises CookieRejected (401), ServerRefused (any other non-200, message
     from X-Reason), or ProtocolError (missing MTU or address, any invalid
@@ -525,8 +513,6 @@ def parse_connect_response_untrusted(resp: HttpResponse) -> TunnelConfig:
             addr = _parse_addr(name, value)
             if addr not in dns:
                 dns.append(addr)
-    if len(dns) > MAX_DNS:
-        raise ProtocolError(f"Server sent more than {MAX_DNS} DNS servers")
 
     includes: list[IPNetwork] = []
     excludes: list[IPNetwork] = []
@@ -541,11 +527,11 @@ def parse_connect_response_untrusted(resp: HttpResponse) -> TunnelConfig:
                 raise ProtocolError(f"Server sent more than {MAX_ROUTES} split routes")
             target.append(_parse_route(name, value))
 
-    if mtu < _IPV6_MIN_MTU and (
+    if mtu < IPV6_MIN_MTU and (
         ipv6 is not None or any(r.version == 6 for r in includes + excludes)
     ):
         notes.append(
-            f"IPv6 configuration ignored: MTU {mtu} is below the IPv6 minimum of {_IPV6_MIN_MTU}"
+            f"IPv6 configuration ignored: MTU {mtu} is below the IPv6 minimum of {IPV6_MIN_MTU}"
         )
         ipv6 = None
         includes = [r for r in includes if r.version == 4]
@@ -569,33 +555,37 @@ def parse_connect_response_untrusted(resp: HttpResponse) -> TunnelConfig:
     ]
 
     banner_raw = h.one("x-cstp-banner")
-    banner = _clean(unquote(banner_raw), MAX_VALUE_LEN) if banner_raw is not None else None
+    banner = printable(unquote(banner_raw), MAX_BANNER) if banner_raw is not None else None
     server_name_raw = h.one("x-cstp-server-name")
-    server_name = _clean(server_name_raw, 256) if server_name_raw is not None else None
+    server_name = printable(server_name_raw, 256) if server_name_raw is not None else None
 
     cipher12 = h.one("x-dtls12-ciphersuite")
     cipher = cipher12 if cipher12 is not None else h.one("x-dtls-ciphersuite")
     if cipher is not None and not _CIPHER.fullmatch(cipher):
         raise _bad("x-dtls-ciphersuite", cipher)
 
-    return TunnelConfig(
+    net = NetworkConfig(
+        gateway=gateway,
+        mtu=mtu,
         ipv4=ipv4,
         ipv6=ipv6,
-        mtu=mtu,
-        base_mtu=base_mtu,
+        routes=tuple(includes),
+        exclude=tuple(excludes),
         dns=tuple(dns),
-        default_domain=" ".join(domains) or None,
+        domains=tuple(domains),
         split_dns=tuple(split_dns),
-        split_include=tuple(includes),
-        split_exclude=tuple(excludes),
-        tunnel_all_dns=h.flag("x-cstp-tunnel-all-dns"),
+        dns_default=h.flag("x-cstp-tunnel-all-dns"),
+        banner=banner or None,
+        idle_timeout=h.seconds("x-cstp-idle-timeout", allow_none=True),
+    )
+    return TunnelConfig(
+        net=net,
+        base_mtu=base_mtu,
         dpd=h.seconds("x-cstp-dpd"),
         keepalive=h.seconds("x-cstp-keepalive"),
-        idle_timeout=h.seconds("x-cstp-idle-timeout", allow_none=True),
         rekey_time=h.seconds("x-cstp-rekey-time"),
         rekey_method=h.method("x-cstp-rekey-method"),
         session_timeout=min(session_limits) if session_limits else None,
-        banner=banner or None,
         server_name=server_name or None,
         dtls_port=h.number("x-dtls-port", 1, 65535),
         dtls_app_id=h.hex_id("x-dtls-app-id"),
