@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from lab import Lab, OcservOptions
 
@@ -362,6 +363,24 @@ def test_wrong_pin(lab: Lab) -> None:
     wrong = "pin-sha256:" + "A" * 43 + "="
     client = Client(lab, "--servercert", wrong)
     _assert_clean_failure(lab, client, CERT_INVALID, r"does not match --servercert")
+
+
+def test_rsa_pss_server_certificate_and_openssls_pin(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    # The lab's pin is openssl's (tests/lab.py OPENSSL_PIN_PIPELINE), over the certificate's
+    # own rsassaPss SubjectPublicKeyInfo; openconnect accepts the same pin.
+    lab = lab_factory(OcservOptions(server_key_type="rsa-pss"))
+    cert = x509.load_pem_x509_certificate(Path(lab.workdir, "server-cert.pem").read_bytes())
+    assert cert.public_key_algorithm_oid == x509.oid.PublicKeyAlgorithmOID.RSASSA_PSS
+    wrong = Client(lab, "--servercert", "pin-sha256:" + "A" * 43 + "=")
+    _assert_clean_failure(
+        lab, wrong, CERT_INVALID, re.escape(f"(server has {lab.server_cert_pin})")
+    )
+    client = Client(lab)  # --servercert lab.server_cert_pin
+    client.wait_connected()
+    assert _ping(lab, lab.target_ip).returncode == 0
+    assert client.stop() == 0, client.stderr
 
 
 def test_ca_verification(lab: Lab) -> None:

@@ -11,7 +11,6 @@ silently.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ipaddress
 import select
@@ -20,11 +19,11 @@ import time
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, IPAddress, verification
 from OpenSSL import SSL
 
+from sepconnect.worker.proto.pin import MalformedCertificate, spki_pin_untrusted
 from sepconnect.worker.proto.pin import ServerPin as ServerPin  # re-exported
 
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
@@ -51,10 +50,16 @@ class ConnectionClosed(TlsError):
 
 
 def describe_pin(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    digest = hashes.Hash(hashes.SHA256())  # not hashlib: see worker/proto/dtls_crypto.py
-    digest.update(spki)
-    return "pin-sha256:" + base64.b64encode(digest.finalize()).decode()
+    """The certificate's ``pin-sha256:`` pin, over its own SubjectPublicKeyInfo bytes
+    (worker/proto/pin.py; the key re-encoded by cryptography may differ, e.g. RSA-PSS).
+
+    ``public_bytes`` gives the certificate's DER as received: cryptography parses
+    strict DER only, so writing the parsed certificate back yields the same bytes.
+    """
+    try:
+        return str(spki_pin_untrusted(cert.public_bytes(Encoding.DER)))
+    except MalformedCertificate as exc:
+        raise CertificateInvalid(f"server certificate is malformed: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,11 @@ def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> Non
         raise CertificateInvalid("the server sent no certificate")
     leaf = chain[0]
     if trust.pin is not None:
-        if not trust.pin.matches(leaf):
+        try:
+            matches = trust.pin.matches_untrusted(leaf.public_bytes(Encoding.DER))
+        except MalformedCertificate as exc:
+            raise CertificateInvalid(f"server certificate is malformed: {exc}") from None
+        if not matches:
             raise CertificateInvalid(
                 f"server certificate does not match --servercert (server has {describe_pin(leaf)})"
             )
