@@ -359,6 +359,27 @@ def test_locked_account_is_refused(lab: Lab) -> None:
     _assert_clean_failure(lab, client, AUTH_FAILED, r"login failed|authentication failed")
 
 
+def test_second_session_refused_by_max_same_clients(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    # ocserv accepts the password, then answers the CONNECT with "401 Cookie is not
+    # acceptable" and an access_denied alert (openconnect: "Cookie was rejected by
+    # server; exiting.", exit 2). A refused login, not an unreachable server.
+    lab = lab_factory(OcservOptions(extra=("max-same-clients = 1",)))
+    first = Client(lab)
+    first.wait_connected()
+    second = Client(lab)
+    rc = second.finish()
+    assert rc == AUTH_FAILED, (rc, second.stderr)
+    assert "Traceback" not in second.stderr
+    assert re.search(r"refused the login \(.+\).*max-same-clients", second.stderr), second.stderr
+    # the first session is untouched
+    assert first.proc.poll() is None
+    assert _ping(lab, lab.target_ip).returncode == 0
+    assert len(json.loads(lab.occtl("-j", "show", "users"))) == 1
+    assert first.stop() == 0, first.stderr
+
+
 def test_wrong_pin(lab: Lab) -> None:
     wrong = "pin-sha256:" + "A" * 43 + "="
     client = Client(lab, "--servercert", wrong)

@@ -49,6 +49,19 @@ class ConnectionClosed(TlsError):
     """The server closed the connection."""
 
 
+class AccessDenied(TlsError):
+    """The server ended the connection with a TLS ``access_denied`` alert.
+
+    ocserv refuses that way: after ``401 Authentication failed``, after ``401 Cookie is
+    not acceptable`` (an unknown cookie, or a session the server will not open, e.g.
+    over ``max-same-clients``), and for a worker it bans. A refusal, not a network
+    failure; the driver decides which (worker/connect.py).
+    """
+
+
+_ACCESS_DENIED = "tlsv1 alert access denied"  # OpenSSL's reason text, TLS 1.2 and 1.3
+
+
 def describe_pin(cert: x509.Certificate) -> str:
     """The certificate's ``pin-sha256:`` pin, over its own SubjectPublicKeyInfo bytes
     (worker/proto/pin.py; the key re-encoded by cryptography may differ, e.g. RSA-PSS).
@@ -305,7 +318,10 @@ class TlsStream:
                     return b""
                 raise TlsError(f"receive failed: {_describe(exc)}") from None
             except (SSL.Error, OSError) as exc:
-                raise TlsError(f"receive failed: {_describe(exc)}") from None
+                reason = _describe(exc)
+                if reason == _ACCESS_DENIED:
+                    raise AccessDenied(f"receive failed: {reason}") from None
+                raise TlsError(f"receive failed: {reason}") from None
 
     def pending(self) -> int:
         return self.conn.pending()

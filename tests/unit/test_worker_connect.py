@@ -1,0 +1,165 @@
+"""worker/connect.py: refusals versus network failures, and the driver's HTTP exchange.
+
+ocserv 1.1.6 refuses with an HTTP answer and then a TLS access_denied alert (no
+close_notify). Over ``max-same-clients`` it does so on the CONNECT that follows a
+successful login: ``HTTP/1.1 401 Cookie is not acceptable`` with no Content-Length,
+then the alert (seen in the lab; openconnect prints that status line and exits 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from OpenSSL import SSL
+
+from sepconnect.worker.connect import (
+    Server,
+    SessionFailure,
+    _as_refusal,
+    _Connection,
+    _failure_from,
+)
+from sepconnect.worker.io.tls import AccessDenied, TlsError, TlsStream, TrustConfig, Unreachable
+from sepconnect.worker.proto import errors
+from sepconnect.worker.proto.auth import HttpRequest
+from sepconnect.worker.proto.http import HttpClient, HttpResponse
+from sepconnect.worker.proto.tunnel import parse_connect_response_untrusted
+
+OCSERV_401 = b"HTTP/1.1 401 Cookie is not acceptable\r\n\r\n"
+SERVER = Server(host="198.18.1.1", port=443, path="/", address="198.18.1.1")
+
+
+class FakeStream:
+    """What _Connection uses of a TlsStream: the reads are scripted."""
+
+    def __init__(self, reads: list[bytes | Exception]) -> None:
+        self.reads: Iterator[bytes | Exception] = iter(reads)
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def send_all(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def recv_some(self) -> bytes:
+        item = next(self.reads)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _connection(stream: FakeStream) -> _Connection:
+    conn = _Connection(SERVER, TrustConfig(pin=None, ca_pem=None))
+    conn.stream = stream  # type: ignore[assignment]
+    return conn
+
+
+CONNECT = HttpRequest("CONNECT", "/CSCOSSLC/tunnel", (("Host", "198.18.1.1"),), b"", False)
+DENIED = AccessDenied("receive failed: tlsv1 alert access denied")
+
+
+def test_the_alert_ends_a_close_delimited_answer() -> None:
+    stream = FakeStream([OCSERV_401, DENIED])
+    conn = _connection(stream)
+    resp = conn.exchange(CONNECT)
+    assert (resp.status, resp.reason) == (401, "Cookie is not acceptable")
+    assert stream.closed
+    assert conn.stream is None
+    with pytest.raises(errors.CookieRejected) as info:
+        parse_connect_response_untrusted(resp)
+    assert info.value.reason == "HTTP 401 Cookie is not acceptable"
+
+
+def test_the_alert_alone_is_raised() -> None:
+    conn = _connection(FakeStream([DENIED]))
+    with pytest.raises(AccessDenied):
+        conn.exchange(CONNECT)
+
+
+def test_the_alert_inside_a_response_head_is_raised() -> None:
+    conn = _connection(FakeStream([b"HTTP/1.1 401 Cookie", DENIED]))
+    with pytest.raises(AccessDenied):
+        conn.exchange(CONNECT)
+
+
+def test_other_tls_errors_are_not_read_as_a_close() -> None:
+    conn = _connection(FakeStream([OCSERV_401, TlsError("receive failed: bad record mac")]))
+    with pytest.raises(TlsError, match="bad record mac"):
+        conn.exchange(CONNECT)
+
+
+def _cookie_401() -> errors.CookieRejected:
+    client = HttpClient()
+    client.request("CONNECT", "/CSCOSSLC/tunnel", [("Host", "h")])
+    client.receive_data_untrusted(OCSERV_401)
+    resp = client.connection_closed()
+    assert isinstance(resp, HttpResponse)
+    with pytest.raises(errors.CookieRejected) as info:
+        parse_connect_response_untrusted(resp)
+    return info.value
+
+
+def _failure(exc: Exception, *, resuming: bool) -> SessionFailure:
+    return _failure_from(_as_refusal(exc, resuming=resuming))
+
+
+def test_fresh_login_refused_on_connect_is_an_auth_failure() -> None:
+    failure = _failure(_cookie_401(), resuming=False)
+    assert failure.kind == "auth_failed"  # exit code 3, not 7 (unreachable) or 11
+    assert failure.message == (
+        "the server refused the login (HTTP 401 Cookie is not acceptable): "
+        "it may allow only one session per user (max-same-clients)"
+    )
+
+
+def test_fresh_login_refused_by_an_alert_is_an_auth_failure() -> None:
+    failure = _failure(DENIED, resuming=False)
+    assert failure.kind == "auth_failed"
+    assert failure.message == (
+        "the server refused the login (access denied): "
+        "it may allow only one session per user (max-same-clients)"
+    )
+
+
+def test_a_kept_cookie_refused_is_still_a_rejected_cookie() -> None:
+    by_alert = _failure(DENIED, resuming=True)
+    assert by_alert.kind == "cookie_rejected"
+    by_status = _failure(_cookie_401(), resuming=True)
+    assert by_status.kind == "cookie_rejected"
+    assert "Cookie is not acceptable" in by_status.message
+
+
+@pytest.mark.parametrize("resuming", [False, True])
+def test_network_failures_stay_unreachable(resuming: bool) -> None:
+    for exc in (Unreachable("cannot connect"), TlsError("receive failed: Connection reset")):
+        assert _failure(exc, resuming=resuming).kind == "unreachable"
+
+
+def test_wrong_password_stays_auth_failed() -> None:
+    exc = errors.AuthFailed("Login rejected by server: Authentication failed")
+    failure = _failure(exc, resuming=False)
+    assert (failure.kind, failure.message) == ("auth_failed", str(exc))
+
+
+class _DeniedConnection:
+    def recv(self, size: int) -> bytes:
+        raise SSL.Error([("SSL routines", "", "tlsv1 alert access denied")])
+
+
+class _BrokenConnection:
+    def recv(self, size: int) -> bytes:
+        raise SSL.Error([("SSL routines", "", "decryption failed or bad record mac")])
+
+
+def test_tls_stream_tells_the_access_denied_alert_apart() -> None:
+    stream = TlsStream.__new__(TlsStream)
+    stream.conn = _DeniedConnection()  # type: ignore[assignment]
+    with pytest.raises(AccessDenied, match="access denied"):
+        stream.recv_nowait()
+    stream.conn = _BrokenConnection()  # type: ignore[assignment]
+    with pytest.raises(TlsError) as info:
+        stream.recv_nowait()
+    assert not isinstance(info.value, AccessDenied)
