@@ -98,7 +98,13 @@ def resolve(url: str) -> Server:
     if not infos:
         raise SessionFailure("unreachable", f"cannot resolve {host}")
     address = str(infos[0][4][0])
-    return Server(host=host, port=port, path=parts.path or "/", address=address)
+    # The login's first request goes to the URL's path and query as given (a server may
+    # take a group or a secret from the query, e.g. https://vpn/?secret); the fragment
+    # is the client's own. CONNECT has its fixed path (PROTOCOL.md §2.1).
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Server(host=host, port=port, path=path, address=address)
 
 
 def _trust(start: Start) -> TrustConfig:
@@ -222,14 +228,17 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
 
 
 def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
-    auth = AuthSession(
-        host=server.host,
-        port=server.port,
-        path=server.path,
-        credentials=Credentials(
-            username=start.username, passwords=start.passwords, group=start.group
-        ),
-    )
+    try:
+        auth = AuthSession(
+            host=server.host,
+            port=server.port,
+            path=server.path,
+            credentials=Credentials(
+                username=start.username, passwords=start.passwords, group=start.group
+            ),
+        )
+    except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
+        raise SessionFailure("error", f"cannot log in to {start.url!r}: {exc}") from None
     step: HttpRequest | AuthSuccess = auth.first_request()
     while isinstance(step, HttpRequest):
         resp = conn.exchange(step)

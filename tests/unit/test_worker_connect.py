@@ -1,4 +1,5 @@
-"""worker/connect.py: refusals versus network failures, and the driver's HTTP exchange.
+"""worker/connect.py: refusals versus network failures, the driver's HTTP exchange, and
+the URL's path and query on the wire.
 
 ocserv 1.1.6 refuses with an HTTP answer and then a TLS access_denied alert (no
 close_notify). Over ``max-same-clients`` it does so on the CONNECT that follows a
@@ -9,22 +10,26 @@ then the alert (seen in the lab; openconnect prints that status line and exits 2
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from OpenSSL import SSL
 
+from sepconnect.supervisor.schema import Start
 from sepconnect.worker.connect import (
     Server,
     SessionFailure,
     _as_refusal,
     _Connection,
     _failure_from,
+    open_tunnel,
+    resolve,
 )
 from sepconnect.worker.io.tls import AccessDenied, TlsError, TlsStream, TrustConfig, Unreachable
 from sepconnect.worker.proto import errors
-from sepconnect.worker.proto.auth import HttpRequest
+from sepconnect.worker.proto.auth import AuthSession, Credentials, HttpRequest
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
-from sepconnect.worker.proto.tunnel import parse_connect_response_untrusted
+from sepconnect.worker.proto.tunnel import build_connect_request, parse_connect_response_untrusted
 
 OCSERV_401 = b"HTTP/1.1 401 Cookie is not acceptable\r\n\r\n"
 SERVER = Server(host="198.18.1.1", port=443, path="/", address="198.18.1.1")
@@ -163,3 +168,126 @@ def test_tls_stream_tells_the_access_denied_alert_apart() -> None:
     with pytest.raises(TlsError) as info:
         stream.recv_nowait()
     assert not isinstance(info.value, AccessDenied)
+
+
+# --------------------------------------------------------------------------- the URL's query
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("https://198.18.1.1/?secret", "/?secret"),
+        ("https://198.18.1.1?secret", "/?secret"),
+        ("https://198.18.1.1:8443/group?a=1&b=%20x#fragment", "/group?a=1&b=%20x"),
+        ("https://198.18.1.1/group", "/group"),
+        ("https://198.18.1.1", "/"),
+    ],
+)
+def test_resolve_keeps_the_path_and_query(url: str, path: str) -> None:
+    assert resolve(url).path == path
+
+
+def _auth(url: str) -> AuthSession:
+    server = resolve(url)
+    return AuthSession(
+        host=server.host,
+        port=server.port,
+        path=server.path,
+        credentials=Credentials(username="test", passwords=("test123",)),
+    )
+
+
+def _wire(req: HttpRequest) -> bytes:
+    return HttpClient().request(req.method, req.path, list(req.headers), req.body)
+
+
+def _form(action: str | None) -> HttpResponse:
+    body = (VECTORS / "ocserv-1.1.6-auth-request.xml").read_bytes()
+    if action is None:
+        body = body.replace(b' action="/auth"', b"")
+    return HttpResponse(200, "OK", (("content-type", "text/xml"),), body)
+
+
+def test_the_first_request_carries_the_query() -> None:
+    auth = _auth("https://198.18.1.1/?secret&x=1")
+    wire = _wire(auth.first_request())
+    assert wire.startswith(b"POST /?secret&x=1 HTTP/1.1\r\nHost: 198.18.1.1\r\n")
+    # openconnect sends the whole URL as the group-access too
+    assert b"<group-access>https://198.18.1.1/?secret&amp;x=1</group-access>" in wire
+
+
+def test_a_form_action_replaces_the_query_and_no_action_keeps_it() -> None:
+    auth = _auth("https://198.18.1.1/?secret")
+    auth.first_request()
+    to_action = auth.handle_response_untrusted(_form("/auth"))
+    assert isinstance(to_action, HttpRequest)
+    assert _wire(to_action).startswith(b"POST /auth HTTP/1.1\r\n")
+    auth = _auth("https://198.18.1.1/?secret")
+    auth.first_request()
+    same_url = auth.handle_response_untrusted(_form(None))
+    assert isinstance(same_url, HttpRequest)
+    assert _wire(same_url).startswith(b"POST /?secret HTTP/1.1\r\n")
+
+
+def test_connect_keeps_its_fixed_path() -> None:
+    # ocserv 1.1.6 answers "CONNECT /CSCOSSLC/tunnel?secret" with "404 Not found" (lab)
+    req = build_connect_request(
+        host="198.18.1.1", port=443, cookie="c" * 44, hostname="h", base_mtu=1500, mtu=1390
+    )
+    assert _wire(req).startswith(b"CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\n")
+
+
+def test_an_unusable_query_is_a_clear_error() -> None:
+    start = Start(
+        proto=1,
+        url="https://198.18.1.1/?a b",
+        username="test",
+        passwords=("test123",),
+        group=None,
+        servercert=None,
+        cafile_pem=None,
+        base_mtu=None,
+        mtu=None,
+        disable_ipv6=False,
+        hostname="h",
+        verbose=0,
+    )
+    with pytest.raises(SessionFailure) as info:  # before anything is sent
+        open_tunnel(start)
+    assert info.value.kind == "error"
+    assert "invalid URL path '/?a b'" in info.value.message
+
+
+NOT_FOUND = HttpResponse(404, "Not found", (("content-length", "0"),), b"")
+
+
+def test_a_404_to_the_init_post_asks_again_with_get() -> None:
+    # ocserv 1.1.6: "POST /?secret" is 404 (POST handlers match the exact path), while
+    # "GET /?secret" gets the login form (seen in the lab; openconnect does the same)
+    auth = _auth("https://198.18.1.1/?secret")
+    auth.first_request()
+    get = auth.handle_response_untrusted(NOT_FOUND)
+    assert isinstance(get, HttpRequest)
+    wire = _wire(get)
+    assert wire.startswith(b"GET /?secret HTTP/1.1\r\nHost: 198.18.1.1\r\n")
+    assert wire.endswith(b"\r\n\r\n")
+    assert b"Content-Length" not in wire
+    assert b"X-Pad" not in wire
+    post = auth.handle_response_untrusted(_form("/auth"))
+    assert isinstance(post, HttpRequest)
+    assert _wire(post).startswith(b"POST /auth HTTP/1.1\r\n")
+
+
+def test_only_the_first_404_is_retried() -> None:
+    auth = _auth("https://198.18.1.1/?secret")
+    auth.first_request()
+    auth.handle_response_untrusted(NOT_FOUND)
+    with pytest.raises(errors.ServerRefused, match="404"):
+        auth.handle_response_untrusted(NOT_FOUND)
+    auth = _auth("https://198.18.1.1/")
+    auth.first_request()
+    auth.handle_response_untrusted(_form("/auth"))
+    with pytest.raises(errors.ServerRefused, match="404"):
+        auth.handle_response_untrusted(NOT_FOUND)
