@@ -293,7 +293,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
     if args.servercert is not None:
-        from sepconnect.worker.proto.pin import ServerPin  # no cryptography import
+        from sepconnect.ipc.servercert import ServerPin  # no cryptography import
 
         try:
             ServerPin.parse(args.servercert)

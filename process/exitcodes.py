@@ -13,7 +13,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # internal error: a bug, or an unexpected local failure
     USAGE = 2  # bad command line or configuration, or not started as root
-    AUTH_FAILED = 3  # wrong username or password
+    AUTH_FAILED = 3  # wrong username or password, or the server refused the login
     ACCOUNT_LOCKED = 4
     UNKNOWN_GROUP = 5  # --authgroup is not offered by the server
     CERT_INVALID = 6  # server certificate failed verification or the pin

@@ -8,11 +8,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SEPCONNECT_VENV:-/opt/sepconnect-venv}
 
 # ocserv is the real server of the test lab; openconnect the reference client;
+# openssl: the reference for --servercert pins in the tests (tests/lab.py);
 # python3-venv because the worker runs as an unprivileged user and needs an
 # interpreter it can read (Debian's, not a root-only one under /root).
 # libseccomp2: the sandboxes' filters (ctypes); the SELinux toolchain builds and checks
 # selinux/ (tests/unit/test_selinux.py); systemd for systemd-analyze (tests/unit/test_systemd.py).
-packages=(python3 python3-venv ocserv openconnect iperf3 gnutls-bin iproute2 nftables iputils-ping procps
+packages=(python3 python3-venv ocserv openconnect iperf3 gnutls-bin openssl iproute2 nftables iputils-ping procps
   libseccomp2 make selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
   policycoreutils systemd
   vpnc-scripts dbus-daemon util-linux)

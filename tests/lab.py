@@ -37,7 +37,6 @@ ocserv 1.1.6 authentication outcomes (observed in this lab, XML flow: init POST 
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import functools
 import hashlib
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 
 __all__ = [
     "Lab",
@@ -65,12 +64,13 @@ __all__ = [
     "LabError",
     "OcservOptions",
     "netns_unavailable_reason",
+    "openssl_spki_pin",
     "sweep_stale_labs",
 ]
 
 T = TypeVar("T")
 
-TOOLS = ("ip", "ss", "ocserv", "ocpasswd", "occtl", "certtool", "iperf3")
+TOOLS = ("ip", "ss", "ocserv", "ocpasswd", "occtl", "certtool", "openssl", "iperf3")
 WORKDIR_PREFIX = "sepconnect-lab-"
 STATE_FILE = "lab-state.json"
 KEEP_ENV = "SEPCONNECT_KEEP_LAB"
@@ -111,6 +111,9 @@ class OcservOptions:
     rekey_method: str = "ssl"
     groups: tuple[str, ...] = ()  # select-group entries; user "test" is in all of them
     dns: tuple[str, ...] = ("198.18.2.53",)
+    # certtool --key-type of the server certificate's key: ecdsa, rsa, rsa-pss, ed25519
+    # (read when the lab starts; restart_ocserv keeps the certificate)
+    server_key_type: str = "ecdsa"
     # raw extra lines; a "key = value" line replaces the lab's own line for that key,
     # except for the keys that may repeat (route, dns, ...), which are added to.
     extra: tuple[str, ...] = ()
@@ -221,6 +224,20 @@ def _run(
     if check and proc.returncode != 0:
         raise LabCommandError(proc.returncode, argv, out, err)
     return result
+
+
+# The reference for ``--servercert pin-sha256:`` (as openconnect's documentation gives it):
+# the hash of the certificate's own SubjectPublicKeyInfo, as openssl writes it back.
+OPENSSL_PIN_PIPELINE = (
+    "openssl x509 -pubkey -noout | openssl pkey -pubin -outform der"
+    " | openssl dgst -sha256 -binary | base64"
+)
+
+
+def openssl_spki_pin(cert_pem: bytes) -> str:
+    """``pin-sha256:<base64>`` of a PEM certificate, computed by the openssl CLI."""
+    out = _run(["bash", "-c", f"set -o pipefail; {OPENSSL_PIN_PIPELINE}"], input=cert_pem)
+    return "pin-sha256:" + out.stdout.decode().strip()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -415,9 +432,16 @@ expiration_days = 2
 dns_name = "{hostname}"
 ip_address = "{ip}"
 signing_key
-encryption_key
+{encryption_key}
 tls_www_server
 """
+# certtool options for the server key, by OcservOptions.server_key_type
+_SERVER_KEY_ARGS = {
+    "ecdsa": ("--key-type=ecdsa",),
+    "rsa": ("--key-type=rsa", "--bits=2048"),
+    "rsa-pss": ("--key-type=rsa-pss", "--bits=2048"),
+    "ed25519": ("--key-type=ed25519",),
+}
 
 
 class Lab:
@@ -627,11 +651,24 @@ route add {self.pool6} via {self.server_target_ip6}
     def _make_certificates(self) -> None:
         w = Path(self.workdir)
         (w / "ca.tmpl").write_text(_CA_TEMPLATE)
+        key_type = self.options.server_key_type
+        if key_type not in _SERVER_KEY_ARGS:
+            raise LabError(f"unknown server key type {key_type!r}")
+        # an RSA-PSS, ECDSA or EdDSA key only signs; "encryption_key" was always there for
+        # ECDSA (the default lab), so it stays there
+        encryption = "" if key_type in ("rsa-pss", "ed25519") else "encryption_key"
         (w / "server.tmpl").write_text(
-            _SERVER_TEMPLATE.format(hostname=self.hostname, ip=self.server_ip)
+            _SERVER_TEMPLATE.format(
+                hostname=self.hostname, ip=self.server_ip, encryption_key=encryption
+            )
         )
-        for key in ("ca-key.pem", "server-key.pem"):
-            _run(["certtool", "--generate-privkey", "--key-type=ecdsa", f"--outfile={w / key}"])
+        _run(
+            ["certtool", "--generate-privkey", "--key-type=ecdsa", f"--outfile={w / 'ca-key.pem'}"]
+        )
+        _run(
+            ["certtool", "--generate-privkey", *_SERVER_KEY_ARGS[key_type]]
+            + [f"--outfile={w / 'server-key.pem'}"]
+        )
         _run(
             ["certtool", "--generate-self-signed", f"--load-privkey={w / 'ca-key.pem'}"]
             + [f"--template={w / 'ca.tmpl'}", f"--outfile={w / 'ca.pem'}"]
@@ -642,11 +679,9 @@ route add {self.pool6} via {self.server_target_ip6}
             + [f"--template={w / 'server.tmpl'}", f"--outfile={w / 'server-cert.pem'}"]
         )
         self.ca_file = str(w / "ca.pem")
-        cert = x509.load_pem_x509_certificate((w / "server-cert.pem").read_bytes())
-        spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        self.server_cert_pin = (
-            "pin-sha256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
-        )
+        cert_pem = (w / "server-cert.pem").read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        self.server_cert_pin = openssl_spki_pin(cert_pem)
         self.server_cert_sha256 = (
             "sha256:" + hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         )

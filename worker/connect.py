@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from sepconnect.ipc.worker_messages import FailureKind, Start
 from sepconnect.worker.io.tls import (
+    AccessDenied,
     CertificateInvalid,
     ServerPin,
     TlsError,
@@ -97,7 +98,13 @@ def resolve(url: str) -> Server:
     if not infos:
         raise SessionFailure("unreachable", f"cannot resolve {host}")
     address = str(infos[0][4][0])
-    return Server(host=host, port=port, path=parts.path or "/", address=address)
+    # The login's first request goes to the URL's path and query as given (a server may
+    # take a group or a secret from the query, e.g. https://vpn/?secret); the fragment
+    # is the client's own. CONNECT has its fixed path (PROTOCOL.md §2.1).
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Server(host=host, port=port, path=path, address=address)
 
 
 def _trust(start: Start) -> TrustConfig:
@@ -136,7 +143,17 @@ class _Connection:
         stream = self.open()
         stream.send_all(self.http.request(req.method, req.path, list(req.headers), req.body))
         while True:
-            data = stream.recv_some()
+            try:
+                data = stream.recv_some()
+            except AccessDenied:
+                # ocserv ends a refusal with an access_denied alert, not a close_notify,
+                # right after an answer whose body runs to the close (its "401 Cookie is
+                # not acceptable" has no Content-Length): the alert ends that answer.
+                self.close()
+                resp = self._completed_by_close()
+                if resp is None:
+                    raise
+                return resp
             if not data:
                 self.close()
                 resp = self.http.connection_closed()
@@ -147,6 +164,37 @@ class _Connection:
             if resp is not None:
                 return resp
 
+    def _completed_by_close(self) -> HttpResponse | None:
+        try:
+            return self.http.connection_closed()
+        except errors.ProtocolError:  # no complete answer before the alert
+            return None
+
+
+#: Why a server would refuse a login that has just succeeded; ocserv's case.
+_REFUSAL_HINT = "it may allow only one session per user (max-same-clients)"
+
+
+def _as_refusal(exc: Exception, *, resuming: bool) -> Exception:
+    """The refusals among connection failures.
+
+    ocserv refuses with a TLS access_denied alert (AccessDenied) and, on CONNECT, with
+    ``401 Cookie is not acceptable`` (CookieRejected). Resuming with a kept cookie,
+    either means the cookie is no longer valid. After a fresh login the cookie is
+    seconds old, so the server refused the login itself (LoginRefused: exit code 3),
+    which is no network failure (exit code 7) either.
+    """
+    if resuming:
+        if isinstance(exc, AccessDenied):
+            return errors.CookieRejected("the server rejected the session cookie")
+        return exc
+    if isinstance(exc, AccessDenied):
+        return errors.LoginRefused(f"the server refused the login (access denied): {_REFUSAL_HINT}")
+    if isinstance(exc, errors.CookieRejected):
+        detail = exc.reason or "HTTP 401"
+        return errors.LoginRefused(f"the server refused the login ({detail}): {_REFUSAL_HINT}")
+    return exc
+
 
 def _failure_from(exc: Exception) -> SessionFailure:
     table: list[tuple[type[Exception], FailureKind]] = [
@@ -154,6 +202,7 @@ def _failure_from(exc: Exception) -> SessionFailure:
         (Unreachable, "unreachable"),
         (errors.AccountLocked, "account_locked"),
         (errors.AuthFailed, "auth_failed"),
+        (errors.LoginRefused, "auth_failed"),
         (errors.UnknownGroup, "unknown_group"),
         (errors.NeedMoreInput, "need_input"),
         (errors.CookieRejected, "cookie_rejected"),
@@ -179,14 +228,17 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
 
 
 def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
-    auth = AuthSession(
-        host=server.host,
-        port=server.port,
-        path=server.path,
-        credentials=Credentials(
-            username=start.username, passwords=start.passwords, group=start.group
-        ),
-    )
+    try:
+        auth = AuthSession(
+            host=server.host,
+            port=server.port,
+            path=server.path,
+            credentials=Credentials(
+                username=start.username, passwords=start.passwords, group=start.group
+            ),
+        )
+    except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
+        raise SessionFailure("error", f"cannot log in to {start.url!r}: {exc}") from None
     step: HttpRequest | AuthSuccess = auth.first_request()
     while isinstance(step, HttpRequest):
         resp = conn.exchange(step)
@@ -222,14 +274,7 @@ def open_tunnel(start: Start) -> Tunnel:
             dtls_ciphers=start.dtls_ciphers or DEFAULT_CIPHERS,
             dtls12_ciphers=start.dtls12_ciphers or DEFAULT_CIPHERS12,
         )
-        try:
-            resp = conn.exchange(connect_req)
-        except TlsError as exc:
-            # ocserv 1.1.6 answers an unknown cookie with a TLS access_denied alert,
-            # not with an HTTP 401.
-            if start.cookie is not None and "access denied" in str(exc):
-                raise errors.CookieRejected("the server rejected the session cookie") from None
-            raise
+        resp = conn.exchange(connect_req)
         config = parse_connect_response_untrusted(
             resp, gateway=ipaddress.ip_address(server.address)
         )
@@ -237,7 +282,7 @@ def open_tunnel(start: Start) -> Tunnel:
         dtls = None if start.no_dtls else _plan_dtls(stream, config, master_secret, base_mtu)
     except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
         conn.close()
-        raise _failure_from(exc) from None
+        raise _failure_from(_as_refusal(exc, resuming=start.cookie is not None)) from None
     assert conn.stream is not None
     return Tunnel(
         server=server,

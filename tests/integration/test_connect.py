@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from lab import Lab, OcservOptions
 
@@ -358,10 +359,49 @@ def test_locked_account_is_refused(lab: Lab) -> None:
     _assert_clean_failure(lab, client, AUTH_FAILED, r"login failed|authentication failed")
 
 
+def test_second_session_refused_by_max_same_clients(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    # ocserv accepts the password, then answers the CONNECT with "401 Cookie is not
+    # acceptable" and an access_denied alert (openconnect: "Cookie was rejected by
+    # server; exiting.", exit 2). A refused login, not an unreachable server.
+    lab = lab_factory(OcservOptions(extra=("max-same-clients = 1",)))
+    first = Client(lab)
+    first.wait_connected()
+    second = Client(lab)
+    rc = second.finish()
+    assert rc == AUTH_FAILED, (rc, second.stderr)
+    assert "Traceback" not in second.stderr
+    assert re.search(r"refused the login \(.+\).*max-same-clients", second.stderr), second.stderr
+    # the first session is untouched
+    assert first.proc.poll() is None
+    assert _ping(lab, lab.target_ip).returncode == 0
+    assert len(json.loads(lab.occtl("-j", "show", "users"))) == 1
+    assert first.stop() == 0, first.stderr
+
+
 def test_wrong_pin(lab: Lab) -> None:
     wrong = "pin-sha256:" + "A" * 43 + "="
     client = Client(lab, "--servercert", wrong)
     _assert_clean_failure(lab, client, CERT_INVALID, r"does not match --servercert")
+
+
+def test_rsa_pss_server_certificate_and_openssls_pin(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    # The lab's pin is openssl's (tests/lab.py OPENSSL_PIN_PIPELINE), over the certificate's
+    # own rsassaPss SubjectPublicKeyInfo; openconnect accepts the same pin.
+    lab = lab_factory(OcservOptions(server_key_type="rsa-pss"))
+    cert = x509.load_pem_x509_certificate(Path(lab.workdir, "server-cert.pem").read_bytes())
+    assert cert.public_key_algorithm_oid == x509.oid.PublicKeyAlgorithmOID.RSASSA_PSS
+    wrong = Client(lab, "--servercert", "pin-sha256:" + "A" * 43 + "=")
+    _assert_clean_failure(
+        lab, wrong, CERT_INVALID, re.escape(f"(server has {lab.server_cert_pin})")
+    )
+    client = Client(lab)  # --servercert lab.server_cert_pin
+    client.wait_connected()
+    assert _ping(lab, lab.target_ip).returncode == 0
+    assert client.stop() == 0, client.stderr
 
 
 def test_ca_verification(lab: Lab) -> None:
@@ -450,3 +490,53 @@ def test_malformed_server_response(lab: Lab) -> None:
     _assert_clean_failure(lab, client, PROTOCOL, r"xml|malformed|invalid")
     server.kill()
     server.wait()
+
+
+# --------------------------------------------------------------------------- the URL's query
+
+
+def test_url_with_a_query_connects_to_ocserv(lab: Lab) -> None:
+    # ocserv 1.1.6 answers "POST /?secret" with 404 (its POST handlers match the exact
+    # path) and "GET /?secret" with the login form: sepconnect asks again with GET, as
+    # openconnect does, and logs in.
+    client = Client(lab, "https://198.18.1.1/?secret&x=1")
+    client.wait_connected()
+    assert _ping(lab, lab.target_ip).returncode == 0
+    assert client.stop() == 0, client.stderr
+
+
+RECORDING_SERVER = r"""
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = socket.create_server(("198.18.1.1", 4443))
+print("ready", flush=True)
+for _ in range(2):
+    conn, _ = srv.accept()
+    with ctx.wrap_socket(conn, server_side=True) as tls:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += tls.recv(65536)
+        print(head.split(b"\r\n")[0].decode(), flush=True)
+        tls.sendall(b"HTTP/1.1 404 Not found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+"""
+
+
+def test_url_path_and_query_on_the_wire(lab: Lab) -> None:
+    script = Path(lab.workdir, "recording_server.py")
+    script.write_text(RECORDING_SERVER)
+    cert, key = Path(lab.workdir, "server-cert.pem"), Path(lab.workdir, "server-key.pem")
+    server = lab.popen_in(
+        lab.server_ns, f"{VENV}/bin/python", str(script), str(cert), str(key),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == b"ready"
+    client = Client(lab, "https://198.18.1.1:4443/group?secret=a%20b&x=1#not-sent")
+    _assert_clean_failure(lab, client, PROTOCOL, r"HTTP 404 Not found")
+    lines = server.stdout.read().decode().splitlines()
+    server.wait()
+    assert lines == [
+        "POST /group?secret=a%20b&x=1 HTTP/1.1",
+        "GET /group?secret=a%20b&x=1 HTTP/1.1",
+    ]

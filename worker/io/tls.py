@@ -11,7 +11,6 @@ silently.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ipaddress
 import select
@@ -20,11 +19,15 @@ import time
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, IPAddress, verification
 from OpenSSL import SSL
 
+from sepconnect.worker.proto.pin import (
+    MalformedCertificate,
+    matches_untrusted,
+    spki_pin_untrusted,
+)
 from sepconnect.worker.proto.pin import ServerPin as ServerPin  # re-exported
 
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
@@ -50,11 +53,30 @@ class ConnectionClosed(TlsError):
     """The server closed the connection."""
 
 
+class AccessDenied(TlsError):
+    """The server ended the connection with a TLS ``access_denied`` alert.
+
+    ocserv refuses that way: after ``401 Authentication failed``, after ``401 Cookie is
+    not acceptable`` (an unknown cookie, or a session the server will not open, e.g.
+    over ``max-same-clients``), and for a worker it bans. A refusal, not a network
+    failure; the driver decides which (worker/connect.py).
+    """
+
+
+_ACCESS_DENIED = "tlsv1 alert access denied"  # OpenSSL's reason text, TLS 1.2 and 1.3
+
+
 def describe_pin(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    digest = hashes.Hash(hashes.SHA256())  # not hashlib: see worker/proto/dtls_crypto.py
-    digest.update(spki)
-    return "pin-sha256:" + base64.b64encode(digest.finalize()).decode()
+    """The certificate's ``pin-sha256:`` pin, over its own SubjectPublicKeyInfo bytes
+    (worker/proto/pin.py; the key re-encoded by cryptography may differ, e.g. RSA-PSS).
+
+    ``public_bytes`` gives the certificate's DER as received: cryptography parses
+    strict DER only, so writing the parsed certificate back yields the same bytes.
+    """
+    try:
+        return str(spki_pin_untrusted(cert.public_bytes(Encoding.DER)))
+    except MalformedCertificate as exc:
+        raise CertificateInvalid(f"server certificate is malformed: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +90,11 @@ def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> Non
         raise CertificateInvalid("the server sent no certificate")
     leaf = chain[0]
     if trust.pin is not None:
-        if not trust.pin.matches(leaf):
+        try:
+            matches = matches_untrusted(trust.pin, leaf.public_bytes(Encoding.DER))
+        except MalformedCertificate as exc:
+            raise CertificateInvalid(f"server certificate is malformed: {exc}") from None
+        if not matches:
             raise CertificateInvalid(
                 f"server certificate does not match --servercert (server has {describe_pin(leaf)})"
             )
@@ -296,7 +322,10 @@ class TlsStream:
                     return b""
                 raise TlsError(f"receive failed: {_describe(exc)}") from None
             except (SSL.Error, OSError) as exc:
-                raise TlsError(f"receive failed: {_describe(exc)}") from None
+                reason = _describe(exc)
+                if reason == _ACCESS_DENIED:
+                    raise AccessDenied(f"receive failed: {reason}") from None
+                raise TlsError(f"receive failed: {reason}") from None
 
     def pending(self) -> int:
         return self.conn.pending()

@@ -3,7 +3,9 @@
 The exchange, as ocserv runs it:
 
 1. ``POST <path>`` with an XML ``init`` document -> ``200`` + ``auth-request``
-   form (username, password, optional ``group_list`` select).
+   form (username, password, optional ``group_list`` select). *path* is the URL's
+   path and query as given; ocserv answers a POST to a path with a query with
+   ``404``, and then ``GET <path>`` brings the same form (as openconnect does).
 2. ``POST <form action>`` with an ``auth-reply`` answering the form (and
    ``<group-select>`` when a group was asked for) -> either
    another ``auth-request`` (second password, OTP, or ``Login failed.`` after a
@@ -472,7 +474,9 @@ class AuthSession:
 
     # -- requests --------------------------------------------------------
 
-    def _request(self, path: str, body: bytes, *, new_connection: bool) -> HttpRequest:
+    def _request(
+        self, path: str, body: bytes, *, new_connection: bool, method: str = "POST"
+    ) -> HttpRequest:
         headers: list[tuple[str, str]] = [
             ("Host", self._host_header),
             ("User-Agent", USER_AGENT),
@@ -484,13 +488,16 @@ class AuthSession:
             ("Accept-Encoding", "identity"),
             ("X-Transcend-Version", "1"),
             ("X-Aggregate-Auth", "1"),
-            # Pad so the body length says nothing about the password length
-            # (rounded up to a multiple of 64, as openconnect does).
-            ("X-Pad", "0" * (64 - len(body) % 64)),
-            ("Content-Type", "application/xml; charset=utf-8"),
-            ("Content-Length", str(len(body))),
         ]
-        return HttpRequest("POST", path, tuple(headers), body, new_connection)
+        if method == "POST":
+            headers += [
+                # Pad so the body length says nothing about the password length
+                # (rounded up to a multiple of 64, as openconnect does).
+                ("X-Pad", "0" * (64 - len(body) % 64)),
+                ("Content-Type", "application/xml; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+            ]
+        return HttpRequest(method, path, tuple(headers), body, new_connection)
 
     def first_request(self) -> HttpRequest:
         """The XML ``init`` POST to the configured path (on a new connection).
@@ -525,6 +532,12 @@ class AuthSession:
             raise ProtocolError(f"Login did not finish within {MAX_ROUNDS} rounds")
         self._collect_cookies(resp)
 
+        if resp.status == 404 and self._rounds == 1:
+            # ocserv 1.1.6 finds the handler of a POST by its exact path, so the init
+            # POST to a URL with a query (https://vpn/?secret) is "404 Not found"; its GET
+            # handlers take a query and answer with the same login form. openconnect
+            # falls back to GET there too (auth.c: "Try without XML POST this time").
+            return self._request(self._path, b"", new_connection=False, method="GET")
         if resp.status == 401:
             self._done = True
             raise _failure_error(_clean_text(resp.reason, 256) or "Authentication failed")

@@ -18,6 +18,7 @@ __all__ = [
     "AuthError",
     "AuthFailed",
     "CookieRejected",
+    "LoginRefused",
     "NeedMoreInput",
     "ProtocolError",
     "ServerRefused",
@@ -79,4 +80,24 @@ class NeedMoreInput(AuthError):
 
 
 class CookieRejected(AuthError):
-    """The server refused the session cookie on CONNECT (HTTP 401)."""
+    """The server refused the session cookie on CONNECT (HTTP 401).
+
+    *reason* is the server's answer as shown to users, e.g. ``HTTP 401 Cookie is not
+    acceptable``.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LoginRefused(AuthError):
+    """The server accepted the credentials but refused the session they opened.
+
+    ocserv 1.1.6 over ``max-same-clients`` (the user has that many sessions already)
+    lets the login succeed, then answers the CONNECT with the cookie it has just issued
+    with ``HTTP/1.1 401 Cookie is not acceptable`` and a TLS ``access_denied`` alert
+    (its log: "user tried to connect more than 1 times"). A fresh cookie cannot have
+    expired, so this is a refusal of the login, not a stale cookie: the driver raises
+    it instead of CookieRejected when the cookie came from this login.
+    """

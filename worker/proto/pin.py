@@ -1,65 +1,130 @@
-"""``--servercert`` pins, parsed without importing cryptography or OpenSSL.
+"""Matching a ``--servercert`` pin (ipc/servercert.py) against the server's certificate.
 
-The supervisor validates the option before it starts anything; importing the TLS
-layer for that cost it ~14 MB of RSS and ~40 ms, and even hashlib (libcrypto) 3.4 MB
-(docs/performance.md). This module imports nothing heavier than ``typing``. The
-worker's TLS layer (worker/io/tls.py) re-exports :class:`ServerPin` and matches it
-against the server's certificate.
+A ``pin-sha256`` pin is the SHA-256 of the SubjectPublicKeyInfo bytes exactly as they
+appear in the certificate, which is what ``openssl x509 -pubkey -noout | openssl pkey
+-pubin -outform der | openssl dgst -sha256 -binary | base64`` and openconnect compute.
+Those bytes are cut out of the certificate's DER by :func:`subject_public_key_info_untrusted`
+and never re-encoded by a library: cryptography, for one, re-encodes an RSA-PSS key
+(``rsassaPss``, with or without parameters) as ``rsaEncryption``, which hashes to a
+different pin.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Final
 
-if TYPE_CHECKING:
-    from cryptography import x509
+from sepconnect.ipc.servercert import ServerPin
 
-__all__ = ["ServerPin"]
+__all__ = [
+    "MAX_CERTIFICATE_DER",
+    "MalformedCertificate",
+    "ServerPin",
+    "matches_untrusted",
+    "spki_pin_untrusted",
+]
+
+#: Largest certificate we walk (a certificate with a large RSA key and many
+#: extensions is a few KiB; TLS itself caps one certificate at 2^24 - 1 bytes).
+MAX_CERTIFICATE_DER: Final = 1 << 20
+
+_SEQUENCE: Final = 0x30
+_INTEGER: Final = 0x02
+_VERSION: Final = 0xA0  # [0] EXPLICIT, constructed
 
 
-class ServerPin(NamedTuple):
-    """``pin-sha256:<base64 SPKI hash>`` or ``sha256:<hex certificate hash>``.
+class MalformedCertificate(ValueError):
+    """The certificate's DER does not lead to a SubjectPublicKeyInfo (RFC 5280 §4.1)."""
 
-    A NamedTuple, not a dataclass: the launcher parses the option before it starts
-    the first worker, and dataclasses (with inspect) would add ~11 ms there.
+
+def matches_untrusted(pin: ServerPin, cert_der: bytes) -> bool:
+    """Whether the DER certificate *cert_der* has *pin*; raises MalformedCertificate
+    (for an SPKI pin) if its DER cannot be walked."""
+    if pin.kind == "spki":
+        return spki_pin_untrusted(cert_der).digest == pin.digest
+    return _sha256(cert_der) == pin.digest
+
+
+def spki_pin_untrusted(cert_der: bytes) -> ServerPin:
+    """The ``pin-sha256`` pin of a DER certificate: SHA-256 over its own
+    SubjectPublicKeyInfo bytes. Raises MalformedCertificate."""
+    return ServerPin("spki", _sha256(subject_public_key_info_untrusted(cert_der)))
+
+
+def _sha256(data: bytes) -> bytes:
+    # Imported here: the DER walk needs no cryptography. The hash is cryptography's,
+    # which the worker has loaded anyway; hashlib would load the system's libcrypto
+    # too (3.4 MB of RSS).
+    from cryptography.hazmat.primitives import hashes
+
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize()
+
+
+def _tlv(data: bytes, pos: int, end: int, what: str) -> tuple[int, int, int]:
+    """The DER element at ``data[pos:end]``: (tag, start of its contents, its end).
+
+    Only what a certificate's outer structure uses: one-byte tags (no high tag
+    numbers) and definite lengths in minimal form, up to 4 length bytes.
     """
+    if pos + 2 > end:
+        raise MalformedCertificate(f"certificate DER ends inside the {what} header")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise MalformedCertificate(f"certificate DER: unexpected high tag number at {what}")
+    first = data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0:
+            raise MalformedCertificate(f"certificate DER: indefinite length at {what}")
+        if count > 4:
+            raise MalformedCertificate(f"certificate DER: {what} length has {count} bytes")
+        if pos + count > end:
+            raise MalformedCertificate(f"certificate DER ends inside the {what} length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        if data[pos] == 0 or length < 0x80:
+            raise MalformedCertificate(f"certificate DER: {what} length is not minimal")
+        pos += count
+    if length > end - pos:
+        raise MalformedCertificate(f"certificate DER: {what} runs past its container")
+    return tag, pos, pos + length
 
-    kind: str  # "spki" or "cert"
-    digest: bytes
 
-    @classmethod
-    def parse(cls, text: str) -> ServerPin:
-        kind, sep, value = text.partition(":")
-        kind = kind.lower()
-        try:
-            if sep and kind == "pin-sha256":
-                digest = base64.b64decode(value, validate=True)
-                pin = cls("spki", digest)
-            elif sep and kind == "sha256":
-                pin = cls("cert", binascii.unhexlify(value))
-            else:
-                raise ValueError
-        except (ValueError, binascii.Error):
-            raise ValueError(
-                f"--servercert {text!r}: expected pin-sha256:<base64> or sha256:<hex>"
-            ) from None
-        if len(pin.digest) != 32:
-            raise ValueError(f"--servercert {text!r}: a SHA-256 digest has 32 bytes")
-        return pin
+def _expect(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
+    got, start, stop = _tlv(data, pos, end, what)
+    if got != tag:
+        raise MalformedCertificate(f"certificate DER: {what} has tag {got:#04x}, not {tag:#04x}")
+    return start, stop
 
-    def matches(self, cert: x509.Certificate) -> bool:
-        # Imported here, not at the top: the supervisor imports this module only to
-        # parse the option. The hash is cryptography's, which the worker has loaded
-        # anyway; hashlib would load the system's libcrypto too (3.4 MB of RSS).
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-        if self.kind == "spki":
-            der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        else:
-            der = cert.public_bytes(Encoding.DER)
-        digest = hashes.Hash(hashes.SHA256())
-        digest.update(der)
-        return digest.finalize() == self.digest
+def subject_public_key_info_untrusted(cert_der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo element (header included) of a DER certificate, as it
+    appears there (RFC 5280 §4.1)::
+
+        Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+        TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber INTEGER,
+            signature SEQUENCE, issuer SEQUENCE, validity SEQUENCE, subject SEQUENCE,
+            subjectPublicKeyInfo SEQUENCE, ... }
+
+    Only the elements up to the SubjectPublicKeyInfo are walked, every length checked
+    against its container. Raises MalformedCertificate: for input larger than
+    MAX_CERTIFICATE_DER, bytes after the certificate, or an element that is cut
+    short, not DER as used here, or not the one expected.
+    """
+    data = bytes(cert_der)
+    if len(data) > MAX_CERTIFICATE_DER:
+        raise MalformedCertificate(f"certificate DER is larger than {MAX_CERTIFICATE_DER} bytes")
+    cert_start, cert_end = _expect(data, 0, len(data), _SEQUENCE, "Certificate")
+    if cert_end != len(data):
+        raise MalformedCertificate("certificate DER: bytes after the Certificate")
+    pos, tbs_end = _expect(data, cert_start, cert_end, _SEQUENCE, "tbsCertificate")
+    if pos < tbs_end and data[pos] == _VERSION:
+        pos = _expect(data, pos, tbs_end, _VERSION, "version")[1]
+    pos = _expect(data, pos, tbs_end, _INTEGER, "serialNumber")[1]
+    for what in ("signature", "issuer", "validity", "subject"):
+        pos = _expect(data, pos, tbs_end, _SEQUENCE, what)[1]
+    spki_end = _expect(data, pos, tbs_end, _SEQUENCE, "subjectPublicKeyInfo")[1]
+    return data[pos:spki_end]

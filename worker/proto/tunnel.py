@@ -426,7 +426,10 @@ def _parse_domains(name: str, values: list[str]) -> list[str]:
 def _status_error(resp: HttpResponse) -> Exception:
     reason = printable(resp.header("x-reason") or resp.reason or "", 256)
     if resp.status == 401:
-        return CookieRejected(f"Server rejected the session cookie: {reason or 'HTTP 401'}")
+        return CookieRejected(
+            f"Server rejected the session cookie: {reason or 'HTTP 401'}",
+            reason=f"HTTP 401 {reason}".rstrip(),
+        )
     return ServerRefused(
         f"Server refused the tunnel: HTTP {resp.status} {reason}".rstrip(), status=resp.status
     )
