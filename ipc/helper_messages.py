@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.fields import Mtu, Reason, Seq
+from sepconnect.ipc.fields import IpNetwork, Mtu, Reason, Seq
+from sepconnect.ipc.limits import MAX_ROUTES
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -79,6 +80,24 @@ class Done(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LeftOut(Message):
+    """An excluded prefix the host has no path for outside the tunnel: it stays in it."""
+
+    op: ClassVar[str] = "left_out"
+    prefix: IpNetwork
+    reason: Reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NetApplied(Message):
+    """Reply to NetConfig: carried out, but for the excludes ``left_out``."""
+
+    op: ClassVar[str] = "net_applied"
+    seq: Seq
+    left_out: Annotated[tuple[LeftOut, ...], Length(0, MAX_ROUTES)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TunCreated(Message):
     """Reply to CreateTun; the only message that carries an fd (the tun)."""
 
@@ -100,7 +119,7 @@ class Refused(Message):
 REQUESTS = Codec(Hello, CreateTun, NetConfig, ScriptEvent, Teardown)
 """What the helper accepts."""
 
-REPLIES = Codec(Done, TunCreated, Refused)
+REPLIES = Codec(Done, NetApplied, TunCreated, Refused)
 """What the supervisor accepts from the helper."""
 
 FD_REPLIES = frozenset({TunCreated.op})

@@ -552,7 +552,9 @@ def _format_status(status: dict[str, object]) -> str:
 
     lines = []
     for key, value in status.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            value = "; ".join(f"{v.get('prefix')} ({v.get('reason')})" for v in value) or "-"
+        elif isinstance(value, list):
             value = " ".join(str(v) for v in value) or "-"
         elif key in _TIMES and isinstance(value, int | float):
             when = datetime.datetime.fromtimestamp(value, datetime.UTC)

@@ -43,7 +43,7 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Refusal
+from sepconnect.privhelper.policy import Network, Refusal
 from sepconnect.privhelper.runner import (
     Ran,
     RunnerClient,
@@ -117,9 +117,16 @@ class Helper:
         self._save(ifname=tun.name)
         return tun.name, ifindex, fd
 
-    def net_config(self, wanted: NetworkConfig) -> None:
+    def net_config(self, wanted: NetworkConfig) -> dict[Network, str]:
         if self.router is None or self.tun is None:  # the phase table makes this unreachable
             raise Refusal("no tun")
+        left_out: dict[Network, str] = {}
+        if self.options.script is None and not self.options.no_routes:
+            # An exclude the host cannot route outside the tunnel stays in it; the
+            # kill switch then treats it as not excluded.
+            wanted, left_out = self.router.routable(wanted)
+            for prefix, reason in left_out.items():
+                self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
         if self.options.fail_closed:
             self._firewall(wanted)
         if self.options.script is not None:
@@ -137,7 +144,7 @@ class Helper:
                     )
                 )
                 self._script("connect", wanted, self.tun.name)
-            return
+            return left_out
         routed = wanted
         if self.options.no_routes:
             routed = dataclasses.replace(wanted, routes=(), exclude=())
@@ -157,6 +164,7 @@ class Helper:
             self.dns.apply(_dns.Dns.of(wanted))
         finally:
             self._save(dns={"backend": self.dns.name, **self.dns.record()})
+        return left_out
 
     def script_event(self, reason: str) -> None:
         if self.options.script is None or self.script_wanted is None or self.tun is None:

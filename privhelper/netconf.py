@@ -289,11 +289,16 @@ class KernelError(Refusal):
         self.code = code
 
 
+class KernelLookupError(Refusal):
+    """The host has no usable path to an address (``ip route get`` failed or found none)."""
+
+
 class Kernel(Protocol):
     """The netlink operations a plan needs (:class:`Netlink`; a fake in unit tests)."""
 
-    def route_get(self, dst: Address) -> Path:
-        """The host's current path to ``dst``; Refusal if it has no usable one."""
+    def route_get(self, dst: Address, *, avoid: int) -> Path:
+        """The host's path to ``dst`` outside the device ``avoid`` (our tun);
+        KernelLookupError if it has no usable one."""
 
     def apply(self, op: Op, ifindex: int) -> None:
         """Do one operation on the system; Refusal (with the kernel's error) on failure."""
@@ -311,17 +316,52 @@ class Netlink:
             raise Refusal(f"interface {ifname}: not found after creation")
         return int(found[0])
 
-    def route_get(self, dst: Address) -> Path:
+    def route_get(self, dst: Address, *, avoid: int) -> Path:
         try:
             (msg,) = self.ipr.route("get", dst=str(dst))
         except NetlinkError as exc:
-            raise Refusal(f"route lookup of {dst}: {os.strerror(exc.code)}") from None
+            raise KernelLookupError(f"route lookup of {dst}: {os.strerror(exc.code)}") from None
         kind = int(msg["type"])
         oif = int(msg.get("RTA_OIF") or 0)
         if kind != RTN_UNICAST or oif <= 0 or msg.get("RTA_VIA") is not None:
-            raise Refusal(f"route lookup of {dst}: no usable unicast path (type {kind})")
+            raise KernelLookupError(f"route lookup of {dst}: no usable unicast path (type {kind})")
+        if oif == avoid:
+            # Our own routes cover it already (a prefix first looked up once the tunnel
+            # was up): the path the host would take without them, from table main.
+            return self._main_table_path(dst, avoid)
         gateway = msg.get("RTA_GATEWAY")
         return Path(oif, None if gateway is None else ipaddress.ip_address(str(gateway)))
+
+    def _main_table_path(self, dst: Address, avoid: int) -> Path:
+        """Longest prefix, then lowest metric, among table main's unicast routes that
+        are not ours and do not leave through ``avoid``."""
+        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        try:
+            msgs = self.ipr.route("dump", family=family, table=RT_TABLE_MAIN)
+        except NetlinkError as exc:
+            raise KernelLookupError(f"route lookup of {dst}: {os.strerror(exc.code)}") from None
+        best: tuple[int, int, Path] | None = None
+        for msg in msgs:
+            oif = int(msg.get("RTA_OIF") or 0)
+            if (
+                int(msg["type"]) != RTN_UNICAST
+                or int(msg["proto"]) == RTPROT_SEPCONNECT
+                or oif in (0, avoid)
+                or msg.get("RTA_VIA") is not None
+            ):
+                continue
+            prefixlen = int(msg["dst_len"])
+            covering = ipaddress.ip_network((dst, prefixlen), strict=False)
+            if prefixlen and str(msg.get("RTA_DST")) != str(covering.network_address):
+                continue  # not a prefix of dst (a default route, prefixlen 0, always is)
+            gateway = msg.get("RTA_GATEWAY")
+            path = Path(oif, None if gateway is None else ipaddress.ip_address(str(gateway)))
+            rank = (prefixlen, -int(msg.get("RTA_PRIORITY") or 0))
+            if best is None or rank > best[:2]:
+                best = (*rank, path)
+        if best is None:
+            raise KernelLookupError(f"route lookup of {dst}: no route outside the tunnel")
+        return best[2]
 
     def apply(self, op: Op, ifindex: int) -> None:
         try:
@@ -426,19 +466,46 @@ class Router:
         self.paths: dict[Network, Path] = {}
         """Each bypass prefix's original path, looked up before we first covered it."""
 
-    def configure(self, wanted: NetworkConfig) -> Plan:
-        """Make the system match ``wanted``; return the plan carried out.
+    def routable(self, wanted: NetworkConfig) -> tuple[NetworkConfig, dict[Network, str]]:
+        """``wanted`` without the excludes the host has no path for outside the tunnel
+        (they stay in the tunnel, as with openconnect's vpnc-script), and why each was
+        left out. Every bypass prefix's original path is looked up once, before a tun
+        route first covers it; a left-out exclude is looked up again next time, so a
+        path that appears later is picked up by the next configuration.
 
-        Raises Refusal (with nothing changed, as far as rollback could manage).
+        Raises Refusal if the VPN server itself has no path outside the tunnel.
         """
+        gateway = _host(wanted.gateway)
+        left_out: dict[Network, str] = {}
         for net in bypass_needed(wanted):
             if net in self.paths:
                 continue
-            what = "gateway" if net == _host(wanted.gateway) else "exclude"
-            path = self.kernel.route_get(net.network_address)
+            try:
+                path = self.kernel.route_get(net.network_address, avoid=self.ifindex)
+            except KernelLookupError as exc:
+                if net == gateway:
+                    raise Refusal(
+                        f"the VPN server {wanted.gateway} cannot be reached outside the "
+                        f"tunnel ({exc}): the host needs a route to it"
+                    ) from None
+                left_out[net] = str(exc)
+                continue
             if path.oif == self.ifindex:
+                what = "gateway" if net == gateway else "exclude"
                 raise Refusal(f"{what} {net}: its path already goes through the tunnel")
             self.paths[net] = path
+        if not left_out:
+            return wanted, left_out
+        kept = tuple(net for net in wanted.exclude if net not in left_out)
+        return dataclasses.replace(wanted, exclude=kept), left_out
+
+    def configure(self, wanted: NetworkConfig) -> Plan:
+        """Make the system match ``wanted`` (after :meth:`routable`); return the plan
+        carried out.
+
+        Raises Refusal (with nothing changed, as far as rollback could manage).
+        """
+        wanted, _ = self.routable(wanted)
         plan = diff(self.state, target(wanted, self.ifindex, self.paths), self.ifindex)
         self._run(plan)
         return plan

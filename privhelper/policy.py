@@ -33,6 +33,8 @@ from sepconnect.ipc.helper_messages import (
     CreateTun,
     Done,
     Hello,
+    LeftOut,
+    NetApplied,
     NetConfig,
     Refused,
     ScriptEvent,
@@ -267,8 +269,9 @@ class Host(Protocol):
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         """Create the tun; return its name, its ifindex and a dup of its fd to send."""
 
-    def net_config(self, wanted: NetworkConfig) -> None:
-        """Make the tunnel's network state equal to ``wanted``; raise Refusal on failure."""
+    def net_config(self, wanted: NetworkConfig) -> dict[Network, str]:
+        """Make the tunnel's network state equal to ``wanted``; raise Refusal on failure.
+        Return the excludes left out (no path outside the tunnel) and why."""
 
     def script_event(self, reason: str) -> None:
         """Run the vpnc-script for ``reason`` if there is one; Refusal if it cannot run."""
@@ -310,8 +313,9 @@ def on_create_tun(host: Host, msg: Message) -> Reply:
 
 def on_net_config(host: Host, msg: Message) -> Reply:
     req = _as(msg, NetConfig)
-    host.net_config(check_net_config(req.net))
-    return Done(seq=req.seq), None
+    left_out = host.net_config(check_net_config(req.net))
+    notes = tuple(LeftOut(prefix=p, reason=r[:200]) for p, r in left_out.items())
+    return NetApplied(seq=req.seq, left_out=notes), None
 
 
 def on_script_event(host: Host, msg: Message) -> Reply:

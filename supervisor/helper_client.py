@@ -21,6 +21,8 @@ from sepconnect.ipc.helper_messages import (
     CreateTun,
     Done,
     Hello,
+    LeftOut,
+    NetApplied,
     NetConfig,
     Refused,
     ScriptEvent,
@@ -36,7 +38,7 @@ DEFAULT_TIMEOUT = 10.0
 SCRIPT_TIMEOUT = 70.0
 """Seconds to wait when the reply may wait for a vpnc-script (the runner kills it at 60 s)."""
 
-_R = TypeVar("_R", Done, TunCreated)
+_R = TypeVar("_R", Done, NetApplied, TunCreated)
 
 
 class HelperRefused(Exception):
@@ -76,9 +78,11 @@ class HelperClient:
             raise WireError("tun_created: no fd")
         return reply.ifname, reply.ifindex, fd
 
-    def net_config(self, net: NetworkConfig) -> None:
-        """Make the tunnel's whole network state ``net`` (declarative: repeat freely)."""
-        self._call(NetConfig(seq=self._next_seq(), net=net), Done, SCRIPT_TIMEOUT)
+    def net_config(self, net: NetworkConfig) -> tuple[LeftOut, ...]:
+        """Make the tunnel's whole network state ``net`` (declarative: repeat freely);
+        return the excludes left out because the host has no path for them."""
+        reply, _ = self._call(NetConfig(seq=self._next_seq(), net=net), NetApplied, SCRIPT_TIMEOUT)
+        return reply.left_out
 
     def script_event(self, reason: Literal["attempt-reconnect", "reconnect"]) -> None:
         """Tell the helper's vpnc-script (``--script``) that the worker is about to reconnect
@@ -125,7 +129,7 @@ class HelperClient:
         reply: Message,
         expect: type[_R],
     ) -> _R:
-        if not isinstance(reply, Done | TunCreated | Refused):
+        if not isinstance(reply, Done | NetApplied | TunCreated | Refused):
             raise WireError(f"{request.op}: unexpected reply {reply.op!r}")
         if reply.seq != request.seq:
             raise WireError(f"{request.op}: reply seq {reply.seq}, expected {request.seq}")

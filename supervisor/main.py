@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sepconnect import entrypoints
+from sepconnect.ipc.helper_messages import LeftOut
 from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
@@ -141,6 +142,7 @@ class _Session:
     server: str = ""
     gateway: str = ""
     net: NetworkConfig | None = None
+    left_out: tuple[LeftOut, ...] = ()  # excludes the helper could not route outside
     rekey_at: float | None = None
     rekey_interval: float | None = None
     established: bool = False
@@ -261,9 +263,10 @@ class Supervisor:
                     net.mtu, vnet_hdr=self.options.tun_offload
                 )
                 self.tun = _Tun(ifname, ifindex, fd)
-            if net != self.session.net:
+            if self._needs_apply(net):
+                changed = net != self.session.net
                 self._apply(net)
-                if self.session.net is not None:
+                if self.session.net is not None and changed:
                     log("the server changed the configuration; applied the difference")
         except HelperRefused as exc:
             log(f"the privileged helper refused the network configuration: {exc}")
@@ -286,7 +289,15 @@ class Supervisor:
 
     def _apply(self, net: NetworkConfig) -> None:
         """The helper's one declarative request; it changes only what differs."""
-        self.helper.net_config(net)
+        left_out = self.helper.net_config(net)
+        if left_out != self.session.left_out:
+            for item in left_out:
+                log(f"exclude {item.prefix} left out, it stays in the tunnel: {item.reason}")
+        self.session.left_out = left_out
+
+    def _needs_apply(self, net: NetworkConfig) -> bool:
+        """A changed configuration, or excludes left out last time (a path may exist now)."""
+        return net != self.session.net or bool(self.session.left_out)
 
     def _on_resumed_in_place(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
         """The carrying worker lost its connection and made a new one itself, keeping
@@ -295,13 +306,15 @@ class Supervisor:
             net = self._checked_net(up)
         except UnusableConfig as exc:
             return self._failed(worker, "protocol", f"unusable configuration: {exc}")
-        if net != self.session.net:
+        if self._needs_apply(net):
+            changed = net != self.session.net
             try:
                 self._apply(net)
             except HelperRefused as exc:
                 log(f"the privileged helper refused the network configuration: {exc}")
                 return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
-            log("the server changed the configuration; applied the difference")
+            if changed:
+                log("the server changed the configuration; applied the difference")
             self.session.net = net
         log(f"worker {worker.gen} reconnected to the server with the session cookie")
         self._script_event("reconnect")
@@ -586,7 +599,14 @@ class Supervisor:
             "mtu": net.mtu if net else None,
             "addresses": [str(a) for a in net.addresses] if net else [],
             "routes": [str(r) for r in net.routes] if net else [],
-            "excluded_routes": [str(r) for r in net.exclude] if net else [],
+            "excluded_routes": [
+                str(r) for r in net.exclude if r not in {i.prefix for i in s.left_out}
+            ]
+            if net
+            else [],
+            "left_out_excludes": [
+                {"prefix": str(item.prefix), "reason": item.reason} for item in s.left_out
+            ],
             "channel": live.channel if live else None,
             "tls_cipher": live.tls_cipher if live else None,
             "dtls_cipher": live.dtls_cipher if live else None,

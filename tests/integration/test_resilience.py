@@ -391,3 +391,43 @@ def test_credentials_file_and_relogin_after_server_crash(lab: Lab) -> None:
     _wait_ping(lab, lab.target_ip, timeout=20)
     assert lab.client_tun()["ifindex"] == tun["ifindex"]  # type: ignore[index]
     assert client.stop() == 0, client.stderr
+
+
+def test_an_exclude_the_host_cannot_route_stays_in_the_tunnel(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    """Issue 16: a host without a default route, a server pushing a split-exclude the host
+    has no path for. The session comes up with the exclude left out (in the tunnel, as
+    openconnect's vpnc-script leaves it), says so in status and the audit log, and picks
+    it up on the next reconnect once a path exists."""
+    excluded = "198.19.99.0/24"
+    lab = lab_factory(OcservOptions(routes=("default",), no_routes=(excluded,)))
+    lab.run_in(lab.client_ns, "ip", "route", "del", "default")
+    client = Client(lab)
+    tun = client.wait_connected()
+    status = _status(client)
+    assert [item["prefix"] for item in status["left_out_excludes"]] == [excluded], status
+    assert "unreachable" in status["left_out_excludes"][0]["reason"]
+    assert excluded not in status["excluded_routes"]
+    get = lab.ip_json(lab.client_ns, "route", "get", "198.19.99.1")
+    assert get[0]["dev"] == tun["ifname"]  # it stays in the tunnel
+    text = lab.run_in(
+        lab.client_ns, SEPCONNECT, "status", "--socket", client.control, check=False
+    ).stdout.decode()
+    assert f"left out excludes: {excluded} (route lookup of" in text, text
+    left = [r for r in client.audit() if r["op"] == "exclude_left_out"]
+    assert left, client.audit()
+    assert left[0]["reason"].startswith(excluded), left
+    # A path appears; the next reconnect installs the exclude's bypass route.
+    lab.run_in(lab.client_ns, "ip", "route", "add", "default", "via", lab.server_ip)
+    assert _control(client, "reconnect").returncode == 0
+
+    def bypassed() -> dict[str, Any] | None:
+        routes = [r for r in _routes(lab) if r["dst"] == excluded]
+        return routes[0] if routes else None
+
+    route = lab.wait_for("the exclude's bypass route", bypassed, timeout=15)
+    assert route["dev"] == lab.client_uplink
+    assert _status(client)["left_out_excludes"] == []
+    assert client.stop() == 0, client.stderr
+    assert "left out, it stays in the tunnel" in client.stderr

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path as FsPath
+from typing import Any
 
 import pytest
 from netconfigs import network_config
@@ -24,6 +25,7 @@ from sepconnect.ipc.helper_messages import (
     CreateTun,
     Done,
     Hello,
+    NetApplied,
     NetConfig,
     Refused,
     Teardown,
@@ -39,6 +41,7 @@ from sepconnect.privhelper.netconf import (
     DelAddress,
     DelRoute,
     KernelError,
+    KernelLookupError,
     Op,
     Path,
     Route,
@@ -388,10 +391,11 @@ class FakeKernel:
         self.lookups: list[Address] = []
         self.fail: dict[Op, int] = {}
 
-    def route_get(self, dst: Address) -> Path:
+    def route_get(self, dst: Address, *, avoid: int) -> Path:
+        assert avoid == TUN
         self.lookups.append(dst)
         if dst not in self.paths:
-            raise Refusal(f"route lookup of {dst}: Network is unreachable")
+            raise KernelLookupError(f"route lookup of {dst}: Network is unreachable")
         return self.paths[dst]
 
     def apply(self, op: Op, ifindex: int) -> None:
@@ -430,10 +434,29 @@ def test_bypass_path_through_our_tun_is_refused(kernel: FakeKernel) -> None:
     assert router.state == State(mtu=1400)
 
 
-def test_no_original_path_is_refused(kernel: FakeKernel) -> None:
+def test_an_exclude_without_a_path_is_left_out_and_looked_up_again(kernel: FakeKernel) -> None:
     router = Router(kernel, TUN, 1400)
-    with pytest.raises(Refusal, match="unreachable"):
-        router.configure(wanted(routes=("0.0.0.0/0",), exclude=("198.18.60.0/24",)))
+    w = wanted(routes=("0.0.0.0/0",), exclude=("198.18.50.0/24", "198.18.60.0/24"))
+    routable, left_out = router.routable(w)
+    assert routable.exclude == (net("198.18.50.0/24"),)
+    assert left_out == {
+        net("198.18.60.0/24"): "route lookup of 198.18.60.0: Network is unreachable"
+    }
+    router.configure(w)
+    bypasses = {r.dst for r in router.state.routes if r.oif == UPLINK}
+    assert bypasses == {net("198.19.200.7/32"), net("198.18.50.0/24")}  # the rest stays in
+    # A path appears: the next configuration picks the exclude up.
+    kernel.paths[ip("198.18.60.0")] = Path(UPLINK, None)
+    assert router.routable(w) == (w, {})
+    router.configure(w)
+    assert net("198.18.60.0/24") in {r.dst for r in router.state.routes if r.oif == UPLINK}
+
+
+def test_no_path_to_the_server_is_refused(kernel: FakeKernel) -> None:
+    del kernel.paths[GW]
+    router = Router(kernel, TUN, 1400)
+    with pytest.raises(Refusal, match="VPN server 198.19.200.7 cannot be reached outside"):
+        router.configure(wanted(routes=("0.0.0.0/0",)))
     assert kernel.ops == []
 
 
@@ -498,8 +521,9 @@ class FakeHost:
             raise Refusal("create tun sepc%d: Device or resource busy")
         return "sepc0", TUN, os.open(os.devnull, os.O_RDONLY) if self.real_fd else -1
 
-    def net_config(self, wanted: NetworkConfig) -> None:
+    def net_config(self, wanted: NetworkConfig) -> dict[Any, str]:
         self.calls.append("net_config")
+        return {}
 
     def teardown(self) -> None:
         self.calls.append("teardown")
@@ -528,7 +552,7 @@ def test_the_normal_session() -> None:
     assert monitor.handle(host, CREATE) == (TunCreated(seq=2, ifname="sepc0", ifindex=TUN), -1)
     assert monitor.phase is Phase.TUN_UP
     for seq in (3, 4, 5):
-        assert monitor.handle(host, req(seq=seq)) == (Done(seq=seq), None)
+        assert monitor.handle(host, req(seq=seq)) == (NetApplied(seq=seq, left_out=()), None)
     assert monitor.handle(host, TEARDOWN) == (Done(seq=9), None)
     assert monitor.phase is Phase.CLOSED
     assert host.calls == ["create_tun 1400", "net_config", "net_config", "net_config", "teardown"]
@@ -578,7 +602,7 @@ def test_out_of_policy_net_config_is_refused_and_the_session_goes_on() -> None:
     assert fd is None
     assert host.calls == ["create_tun 1400"]  # the host was never asked
     assert monitor.phase is Phase.TUN_UP
-    assert monitor.handle(host, req(seq=6)) == (Done(seq=6), None)
+    assert monitor.handle(host, req(seq=6)) == (NetApplied(seq=6, left_out=()), None)
 
 
 def test_refused_create_tun_is_used_up_but_teardown_still_works() -> None:
@@ -596,7 +620,7 @@ def test_refused_create_tun_is_used_up_but_teardown_still_works() -> None:
 
 def test_refusal_reasons_are_one_short_line() -> None:
     class Chatty(FakeHost):
-        def net_config(self, wanted: NetworkConfig) -> None:
+        def net_config(self, wanted: NetworkConfig) -> dict[Any, str]:
             raise Refusal("first line\nsecond line " + "x" * 500)
 
     monitor = Monitor()
@@ -675,7 +699,7 @@ def ereq(*msgs: Message) -> list[bytes]:
 def test_loop_session_ends_with_teardown(loop: Loop) -> None:
     status, replies, records = run_loop(loop, ereq(HELLO, CREATE, req(seq=3), TEARDOWN))
     assert status == 0
-    assert [r.op for r in replies] == ["done", "tun_created", "done", "done"]
+    assert [r.op for r in replies] == ["done", "tun_created", "net_applied", "done"]
     assert [(r["op"], r["result"]) for r in records] == [
         ("hello", "ok"),
         ("create_tun", "ok"),
@@ -718,7 +742,7 @@ def test_loop_refusal_keeps_running(loop: Loop) -> None:
     )
     assert status == 0
     assert replies[2] == Refused(seq=3, reason="exclude 0.0.0.0/0: a /0 prefix is not allowed")
-    assert replies[3] == Done(seq=4)
+    assert replies[3] == NetApplied(seq=4, left_out=())
     assert records[2]["result"] == "refused"
     assert records[2]["reason"] == "exclude 0.0.0.0/0: a /0 prefix is not allowed"
 

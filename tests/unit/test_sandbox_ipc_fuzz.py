@@ -133,8 +133,9 @@ class FakeHost:
         self.calls.append("create_tun")
         return "sepc0", 7, 99
 
-    def net_config(self, wanted: NetworkConfig) -> None:
+    def net_config(self, wanted: NetworkConfig) -> dict[Any, str]:
         self.calls.append("net_config")
+        return {}
 
     def script_event(self, reason: str) -> None:
         self.calls.append("script_event")
