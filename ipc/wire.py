@@ -292,6 +292,10 @@ class Codec:
             _schema(cls)  # fail at start-up, not on the first message
             self._types[cls.op] = cls
 
+    @property
+    def message_types(self) -> frozenset[type[Message]]:
+        return frozenset(self._types.values())
+
     def encode(self, msg: Message) -> bytes:
         if self._types.get(msg.op) is not type(msg):
             raise TypeError(f"{type(msg).__name__} is not part of this channel")

@@ -23,8 +23,11 @@ from sepconnect.ipc.helper_messages import (
     CreateTun,
     Done,
     Hello,
+    LeftOut,
+    NetApplied,
     NetConfig,
     Refused,
+    ScriptEvent,
     Teardown,
     TunCreated,
 )
@@ -60,10 +63,21 @@ REQUEST_EXAMPLES: list[Message] = [
             mtu=576, ipv4="198.18.10.2/32", ipv6=None, routes=(), exclude=(), gateway="2001:2::1"
         ),
     ),
+    ScriptEvent(seq=3, reason="attempt-reconnect"),
     Teardown(seq=3),
 ]
 REPLY_EXAMPLES: list[Message] = [
     Done(seq=0),
+    NetApplied(seq=2, left_out=()),
+    NetApplied(
+        seq=2,
+        left_out=(
+            LeftOut(
+                prefix=ipaddress.ip_network("198.19.99.0/24"),
+                reason="route lookup of 198.19.99.0: Network is unreachable",
+            ),
+        ),
+    ),
     TunCreated(seq=1, ifname="sepc0", ifindex=7),
     Refused(seq=2, reason="route 127.0.0.0/8: loopback is not allowed"),
 ]
@@ -126,7 +140,7 @@ def test_reply_round_trip(msg: Message) -> None:
 
 def test_every_helper_message_has_an_example() -> None:
     covered = {type(m) for m in REQUEST_EXAMPLES + REPLY_EXAMPLES}
-    assert covered == {Hello, CreateTun, NetConfig, Teardown, Done, TunCreated, Refused}
+    assert covered == REQUESTS.message_types | REPLIES.message_types
 
 
 def test_channel_round_trip_both_directions(pair: tuple[socket.socket, socket.socket]) -> None:
