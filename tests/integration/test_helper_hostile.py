@@ -32,6 +32,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from helper_wire import client_request
 from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import REPLIES, REQUESTS
@@ -160,13 +161,7 @@ def packed(op: str, **fields: Any) -> bytes:
 
 def _good_wire() -> dict[str, Any]:
     """GOOD as the client puts it on the wire (whatever fields the schema has now)."""
-    captured: list[Any] = []
-    client = HelperClient.__new__(HelperClient)
-    client._seq = 98
-    client.__dict__["_call"] = lambda request, *args: captured.append(request)
-    client.net_config(network_config(**GOOD))
-    wire: dict[str, Any] = msgpack.unpackb(REQUESTS.encode(captured[0]))
-    return wire
+    return client_request("net_config", network_config(**GOOD), seq=99)
 
 
 def net_config(**changes: Any) -> bytes:
@@ -335,7 +330,7 @@ def test_ten_thousand_requests_in_a_burst(ns: str, helper: Helper) -> None:
     seqs = []
     for _ in range(count):
         reply, _ = channel.recv()
-        assert reply.op == "done", reply
+        assert reply.op == "net_applied", reply
         seqs.append(reply.seq)  # type: ignore[attr-defined]
     thread.join(30)
     elapsed = time.monotonic() - started

@@ -10,11 +10,11 @@ test_wire.py.)
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 from typing import Any
 
 import msgpack
+from helper_wire import client_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netconfigs import network_config
@@ -24,7 +24,6 @@ from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import policy
 from sepconnect.privhelper.policy import Monitor, Phase, ProtocolViolation, Refusal
-from sepconnect.supervisor.helper_client import HelperClient
 
 GOOD: dict[str, Any] = {
     "mtu": 1400,
@@ -37,23 +36,7 @@ GOOD: dict[str, Any] = {
 
 
 def _wire(method: str, **kwargs: Any) -> dict[str, Any]:
-    """A request as HelperClient puts it on the wire (whatever the schema is today)."""
-    captured: list[Any] = []
-
-    class _Captured(Exception):
-        pass
-
-    def capture(request: Any, *args: Any) -> Any:
-        captured.append(request)
-        raise _Captured
-
-    client = HelperClient.__new__(HelperClient)
-    client._seq = 0
-    client.__dict__["_call"] = capture
-    with contextlib.suppress(_Captured):
-        getattr(client, method)(**kwargs)
-    wire: dict[str, Any] = msgpack.unpackb(REQUESTS.encode(captured[0]))
-    return wire
+    return client_request(method, **kwargs)
 
 
 _v4 = st.ip_addresses(v=4).map(str)
