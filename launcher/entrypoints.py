@@ -45,7 +45,7 @@ def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], 
     """Start a worker program; returns it and our end of its SEQPACKET channel.
 
     Kept apart from supervisor/main.py so that the launcher can start the first worker
-    before it imports the supervisor (docs/performance.md, "round 3"). The worker reads
+    before it imports the supervisor (docs/performance.md, "Connect time"). The worker reads
     nothing until its own imports are done (~0.15 s), so its `start` may follow later.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

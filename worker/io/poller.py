@@ -3,7 +3,7 @@
 `selectors` wraps every ready fd in a SelectorKey and a tuple and runs a Python method
 per call. This costs little in a flood. On a lone packet, though, each wake-up is paid
 cold: every call on its path costs several times its warm price
-(docs/performance.md, session 3). Here a wake-up is one `epoll.poll` and a dict
+(docs/performance.md, "Added RTT"). Here a wake-up is one `epoll.poll` and a dict
 lookup per ready fd.
 """
 

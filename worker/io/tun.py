@@ -8,7 +8,7 @@ the kernel as one super-packet (worker/proto/offload.py).
 Reads use no offload: TUNSETOFFLOAD 0 (DESIGN.md: offloads off unless used), so the
 kernel segments and checksums everything before it reaches us, and each frame is an
 empty header and one packet. TSO on the read side was measured and loses in Python
-(docs/performance.md, session 3). A frame that still asks for segmentation or a
+(docs/performance.md, "What is in place"). A frame that still asks for segmentation or a
 checksum is dropped (and logged once), never sent on half-done.
 """
 

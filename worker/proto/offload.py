@@ -13,7 +13,7 @@ tun's legacy default)::
 
 Reads use no offload (worker/io/tun.py keeps TUNSETOFFLOAD at 0), so every frame the
 kernel hands us is :data:`PLAIN_HEADER` and one ordinary packet. TSO on the read side
-was built and measured (docs/performance.md, session 3): splitting and checksumming
+was built and measured (docs/performance.md, "Tried and dropped"): splitting and checksumming
 each segment in Python cost more than the reads it saved.
 
 Writes (:class:`Coalescer`): consecutive in-order TCP segments of one flow from a
