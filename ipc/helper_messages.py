@@ -11,7 +11,7 @@ import dataclasses
 from typing import Annotated, ClassVar, Literal
 
 from sepconnect.ipc.fields import IpNetwork, Mtu, Reason, Seq
-from sepconnect.ipc.limits import MAX_ROUTES
+from sepconnect.ipc.limits import IFNAME, MAX_ROUTES
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -103,7 +103,7 @@ class TunCreated(Message):
 
     op: ClassVar[str] = "tun_created"
     seq: Seq
-    ifname: Annotated[str, Length(1, 15), Match(r"[A-Za-z0-9_.-]+")]
+    ifname: Annotated[str, Match(IFNAME)]
     ifindex: Annotated[int, Range(1, 2**31 - 1)]
 
 

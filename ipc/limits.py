@@ -38,12 +38,28 @@ NOT_PRINTABLE: Final = re.compile(f"[{_NOT_PRINTABLE_CHARS}]")
 PRINTABLE_TEXT: Final = f"[^{_NOT_PRINTABLE_CHARS}]*"
 """The pattern of text for people (a banner): printable, newlines allowed."""
 
+IFNAME: Final = r"[A-Za-z0-9_.-]{1,15}"
+"""An interface name we create or accept (IFNAMSIZ - 1; "." and ".." are refused too)."""
+
+_CIPHER_NAME = r"[A-Za-z0-9_.\-]{1,64}"
+CIPHER_NAME: Final = re.compile(_CIPHER_NAME)
+"""One cipher suite name as X-DTLS-CipherSuite carries it."""
+CIPHER_LIST: Final = f"{_CIPHER_NAME}(?::{_CIPHER_NAME}){{0,31}}"
+"""A colon-separated list of at most 32 cipher names (--dtls-ciphers, X-DTLS-CipherSuite)."""
+
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def printable(text: str, limit: int) -> str:
     """``text`` without what :data:`NOT_PRINTABLE` matches, stripped, at most ``limit`` long."""
     return NOT_PRINTABLE.sub("", text).strip()[:limit]
+
+
+def check_ifname(name: str) -> str:
+    """An interface name (:data:`IFNAME`, not "." or ".."); ValueError otherwise."""
+    if re.fullmatch(IFNAME, name) is None or name in (".", ".."):
+        raise ValueError(f"invalid interface name {name[:40]!r}")
+    return name
 
 
 def canonical_domain(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
+from sepconnect.ipc.limits import CIPHER_LIST
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -32,9 +33,7 @@ FailureKind = Literal[
 the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""
 
 Cookie = Annotated[str, Length(1, 512)]
-DtlsCipherList = Annotated[
-    str, Length(1, 512), Match(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,31}")
-]
+DtlsCipherList = Annotated[str, Length(1, 2100), Match(CIPHER_LIST)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

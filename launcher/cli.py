@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 from sepconnect import __version__, entrypoints
+from sepconnect.ipc.limits import CIPHER_LIST, check_ifname
 from sepconnect.process import privileges
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
@@ -32,8 +33,6 @@ DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 _MAX_CAFILE = 60_000
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_CIPHER_LIST = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,31}")
 
 
 class UsageError(Exception):
@@ -276,10 +275,13 @@ def _read_cafile(path: str | None) -> bytes | None:
 def _check_args(args: argparse.Namespace) -> None:
     if not args.url.startswith("https://"):
         raise UsageError(f"the server URL must start with https://, got {args.url!r}")
-    if args.interface is not None and (
-        not _IFNAME.fullmatch(args.interface) or args.interface in (".", "..")
-    ):
-        raise UsageError(f"--interface {args.interface!r}: 1-15 characters of A-Z a-z 0-9 _ . -")
+    if args.interface is not None:
+        try:
+            check_ifname(args.interface)
+        except ValueError:
+            raise UsageError(
+                f"--interface {args.interface!r}: 1-15 characters of A-Z a-z 0-9 _ . -"
+            ) from None
     if args.base_mtu is not None and not 1280 <= args.base_mtu <= 9000:
         raise UsageError("--base-mtu must be between 1280 and 9000")
     if args.mtu is not None and not 576 <= args.mtu <= 9000:
@@ -288,7 +290,7 @@ def _check_args(args: argparse.Namespace) -> None:
         ("--dtls-ciphers", args.dtls_ciphers),
         ("--dtls12-ciphers", args.dtls12_ciphers),
     ):
-        if value is not None and not _CIPHER_LIST.fullmatch(value):
+        if value is not None and not re.fullmatch(CIPHER_LIST, value):
             raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")

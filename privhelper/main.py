@@ -44,6 +44,7 @@ from types import FrameType
 from typing import Any, Final
 
 from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
+from sepconnect.ipc.limits import check_ifname
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import dns as _dns
@@ -56,7 +57,6 @@ from sepconnect.privhelper.policy import (
     Monitor,
     Phase,
     ProtocolViolation,
-    check_ifname,
 )
 from sepconnect.privhelper.rtnl import IPRoute
 from sepconnect.privhelper.runner import Programs, RunnerClient, check_script

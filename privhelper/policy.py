@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import re
 from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Final, Protocol, TypeVar
@@ -73,8 +72,6 @@ class Refusal(Exception):
 # Value rules
 
 
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-
 # Address ranges that never belong on, or behind, a VPN tunnel. An address in
 # one of them, or a prefix lying entirely inside one, is refused with the label.
 _FORBIDDEN: Final[tuple[tuple[Network, str], ...]] = tuple(
@@ -114,13 +111,6 @@ def full_tunnel(net: NetworkConfig) -> dict[int, bool]:
     """Per family: does everything go through the tun (the /0 halves)?"""
     halves = {half for pair in DEFAULT_ROUTES.values() for half in pair}
     return {v: any(r in halves and r.version == v for r in net.routes) for v in (4, 6)}
-
-
-def check_ifname(name: str) -> str:
-    """An interface name given on the command line (root's argv, still checked)."""
-    if _IFNAME.fullmatch(name) is None or name in (".", ".."):
-        raise ValueError(f"invalid interface name {name[:40]!r}")
-    return name
 
 
 def _forbidden(value: Address | Network) -> str | None:

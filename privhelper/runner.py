@@ -34,6 +34,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
+from sepconnect.ipc.limits import IFNAME
 from sepconnect.ipc.wire import (
     Channel,
     Codec,
@@ -101,7 +102,7 @@ _ENV_RULES: Final[tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]] = tuple(
     for name, value in (
         (r"reason", "|".join(REASONS)),
         (r"VPNGATEWAY", _ADDR),
-        (r"TUNDEV", r"[A-Za-z0-9_.-]{1,15}"),
+        (r"TUNDEV", IFNAME),
         (r"VPNPID|LOG_LEVEL|IDLE_TIMEOUT|INTERNAL_IP4_MTU", r"[0-9]{1,10}"),
         (r"INTERNAL_IP4_(ADDRESS|NETMASK|NETADDR)", r"[0-9.]{7,15}"),
         (r"INTERNAL_IP4_NETMASKLEN", r"[0-9]{1,2}"),

@@ -48,6 +48,8 @@ import termios
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from sepconnect.process.tun_ioctls import TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ
+
 ALLOWED: Final = (
     # files and fds: the audit log, /dev/net/tun, Python modules loaded lazily
     "read", "readv", "pread64", "write", "writev", "open", "openat", "close", "lseek",
@@ -90,15 +92,11 @@ FEATURES: Final[dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 """Off by default; see the module docstring (issue #7)."""
 
-_TUNSETIFF: Final = 0x400454CA
-_TUNGETIFF: Final = 0x800454D2
-_TUNSETOFFLOAD: Final = 0x400454D0
-_TUNSETVNETHDRSZ: Final = 0x400454D8
 IOCTLS: Final = (
-    _TUNSETIFF,
-    _TUNGETIFF,
-    _TUNSETOFFLOAD,
-    _TUNSETVNETHDRSZ,
+    TUNSETIFF,
+    TUNGETIFF,
+    TUNSETOFFLOAD,
+    TUNSETVNETHDRSZ,
     termios.TCGETS,
     termios.FIONBIO,
     termios.FIOCLEX,

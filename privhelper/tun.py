@@ -15,21 +15,21 @@ import os
 import struct
 from typing import Final
 
+from sepconnect.process.tun_ioctls import (
+    IFF_NO_PI,
+    IFF_PERSIST,
+    IFF_TUN,
+    IFF_VNET_HDR,
+    IFREQ,
+    TUNGETIFF,
+    TUNSETIFF,
+    TUNSETOFFLOAD,
+    TUNSETVNETHDRSZ,
+    VNET_HDR_LEN,
+)
+
 TUN_DEVICE: Final = "/dev/net/tun"
 DEFAULT_TEMPLATE: Final = "sepc%d"  # the kernel picks sepc0, sepc1, …
-
-# <linux/if_tun.h>
-TUNSETIFF: Final = 0x400454CA
-TUNGETIFF: Final = 0x800454D2
-IFF_TUN: Final = 0x0001
-IFF_NO_PI: Final = 0x1000
-IFF_PERSIST: Final = 0x0800
-IFF_VNET_HDR: Final = 0x4000
-TUNSETOFFLOAD: Final = 0x400454D0
-TUNSETVNETHDRSZ: Final = 0x400454D8
-VNET_HDR_LEN: Final = 10  # struct virtio_net_hdr, what worker/proto/offload.py speaks
-
-_IFREQ = struct.Struct("16sH22x")  # struct ifreq: ifr_name[IFNAMSIZ], ifr_flags, padding to 40
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,10 +52,10 @@ def open_tun(name: str = DEFAULT_TEMPLATE, *, vnet_hdr: bool = False) -> Tun:
     fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     try:
         flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
-        created = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode("ascii"), flags))
-        raw_name, _ = _IFREQ.unpack(created)
+        created = fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(name.encode("ascii"), flags))
+        raw_name, _ = IFREQ.unpack(created)
         ifname = raw_name.rstrip(b"\0").decode("ascii")
-        _, flags = _IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size)))
+        _, flags = IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(IFREQ.size)))
         if flags & IFF_PERSIST:
             raise OSError(f"{ifname}: an existing persistent device, not ours")
         if vnet_hdr:

@@ -66,6 +66,14 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from sepconnect.process import privileges
+from sepconnect.process.tun_ioctls import (
+    TUNGETFEATURES,
+    TUNGETIFF,
+    TUNGETVNETHDRSZ,
+    TUNSETIFF,
+    TUNSETOFFLOAD,
+    TUNSETVNETHDRSZ,
+)
 
 
 def _import_pyseccomp() -> Any:
@@ -161,18 +169,6 @@ SYSCALLS: Final = (
 
 SOCKET_FAMILIES: Final = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
 
-
-def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
-    """<asm-generic/ioctl.h> _IOC (x86, arm, arm64, riscv, s390)."""
-    return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
-
-
-_IOW, _IOR = 1, 2
-TUNGETFEATURES: Final = _ioc(_IOR, "T", 207, 4)
-TUNSETOFFLOAD: Final = _ioc(_IOW, "T", 208, 4)
-TUNGETIFF: Final = _ioc(_IOR, "T", 210, 4)
-TUNGETVNETHDRSZ: Final = _ioc(_IOR, "T", 215, 4)
-TUNSETVNETHDRSZ: Final = _ioc(_IOW, "T", 216, 4)
 
 IOCTLS: Final[dict[int, str]] = {
     termios.TCGETS: "TCGETS (isatty)",
@@ -534,7 +530,7 @@ def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
             lambda: _socket_close(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         ),
         "packet_socket": _attempt(lambda: _socket_close(socket.AF_PACKET, socket.SOCK_RAW, 0)),
-        "tunsetiff_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x400454CA)),
+        "tunsetiff_ioctl": _attempt(lambda: _ioctl(channel_fd, TUNSETIFF)),
         "siocgifconf_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x8912)),
         "wx_mapping": _attempt(_wx_mapping),
         "tcp_connect_other_port": _attempt(lambda: _tcp_connect((server[0], 22))),

@@ -31,6 +31,7 @@ from sepconnect.ipc.helper_messages import (
     Teardown,
     TunCreated,
 )
+from sepconnect.ipc.limits import check_ifname
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Channel, Message, WireError, socketpair
 from sepconnect.privhelper import audit as audit_mod
@@ -64,7 +65,6 @@ from sepconnect.privhelper.policy import (
     Phase,
     ProtocolViolation,
     Refusal,
-    check_ifname,
     check_net_config,
 )
 

@@ -17,19 +17,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
 import sys
 from typing import Final
 
+from sepconnect.process.tun_ioctls import IFF_VNET_HDR, IFREQ, TUNGETIFF, TUNSETOFFLOAD
 from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer
 
 __all__ = ["TunGone", "TunIO"]
 
-# <linux/if_tun.h>
-_TUNGETIFF: Final = 0x800454D2
-_TUNSETOFFLOAD: Final = 0x400454D0
-_IFF_VNET_HDR: Final = 0x4000
-_IFREQ = struct.Struct("16sH22x")
 _READ_SIZE: Final = VNET_HDR_LEN + 65535
 
 
@@ -49,14 +44,14 @@ class TunIO:
         self.fd = fd
         os.set_blocking(fd, False)
         try:
-            _, flags = _IFREQ.unpack(fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size)))
+            _, flags = IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(IFREQ.size)))
         except OSError as exc:
             _raise_if_gone(exc)
             raise
-        self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
+        self.vnet_hdr = bool(flags & IFF_VNET_HDR)
         self.coalesce = self.vnet_hdr
         self.bad_frames = 0  # frames asking for an offload (segmentation, checksum): dropped
-        fcntl.ioctl(fd, _TUNSETOFFLOAD, 0)
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
 
     def read_packets(self, budget: int) -> list[bytes]:
         """Read until about ``budget`` packets are in hand or the tun is empty."""

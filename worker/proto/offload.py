@@ -35,6 +35,8 @@ import functools
 import struct
 from typing import Final, NamedTuple
 
+from sepconnect.process.tun_ioctls import VNET_HDR_LEN
+
 __all__ = [
     "GSO_NONE",
     "GSO_TCPV4",
@@ -44,7 +46,6 @@ __all__ = [
     "Coalescer",
 ]
 
-VNET_HDR_LEN: Final = 10
 GSO_NONE: Final = 0
 GSO_TCPV4: Final = 1
 GSO_TCPV6: Final = 4

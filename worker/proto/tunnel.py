@@ -43,6 +43,8 @@ from typing import Final
 from urllib.parse import unquote
 
 from sepconnect.ipc.limits import (
+    CIPHER_LIST,
+    CIPHER_NAME,
     IPV6_MIN_MTU,
     MAX_BANNER,
     MAX_MTU,
@@ -85,12 +87,10 @@ _SECRET_HEADERS: Final = frozenset({"x-cstp-post-auth-xml"})
 
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){1,32}")
-_CIPHER = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,62})")
 _COOKIE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,4096}")
-_CIPHER_LIST = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?::[A-Za-z0-9_.\-]{1,64}){0,63}")
 # Upper-case these words when restoring header-name capitalisation.
 _ACRONYMS: Final = frozenset(
     {
@@ -237,12 +237,12 @@ def build_connect_request(
         if len(dtls_master_secret) != 48:
             raise ValueError("DTLS master secret must be 48 bytes")
         ciphers = dtls_ciphers or "PSK-NEGOTIATE"
-        if not _CIPHER_LIST.fullmatch(ciphers):
+        if not re.fullmatch(CIPHER_LIST, ciphers):
             raise ValueError(f"invalid DTLS cipher list {ciphers!r}")
         headers.append(("X-DTLS-Master-Secret", dtls_master_secret.hex().upper()))
         headers.append(("X-DTLS-CipherSuite", ciphers))
         if dtls12_ciphers:
-            if not _CIPHER_LIST.fullmatch(dtls12_ciphers):
+            if not re.fullmatch(CIPHER_LIST, dtls12_ciphers):
                 raise ValueError(f"invalid DTLS 1.2 cipher list {dtls12_ciphers!r}")
             headers.append(("X-DTLS12-CipherSuite", dtls12_ciphers))
     return HttpRequest("CONNECT", CONNECT_PATH, tuple(headers), b"", False)
@@ -564,7 +564,7 @@ def parse_connect_response_untrusted(resp: HttpResponse, *, gateway: IPAddress) 
 
     cipher12 = h.one("x-dtls12-ciphersuite")
     cipher = cipher12 if cipher12 is not None else h.one("x-dtls-ciphersuite")
-    if cipher is not None and not _CIPHER.fullmatch(cipher):
+    if cipher is not None and not CIPHER_NAME.fullmatch(cipher):
         raise _bad("x-dtls-ciphersuite", cipher)
 
     net = NetworkConfig(
