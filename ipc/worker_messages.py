@@ -44,7 +44,10 @@ class Start(Message):
     proto: Annotated[int, Range(1, 1)]
     url: Annotated[str, Length(9, 2048)]
     username: Annotated[str, Length(0, 256)]
-    passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)]
+    passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)] = (
+        dataclasses.field(repr=False)
+    )
+    """Only for a worker that logs in: one resuming with ``cookie`` gets none."""
     group: Annotated[str, Length(1, 256)] | None
     servercert: Annotated[str, Length(8, 200)] | None
     cafile_pem: Annotated[bytes, Length(1, 60_000)] | None

@@ -216,8 +216,8 @@ class Supervisor:
         self.workers.append(worker)
         self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", worker))
         start = self.start
-        if cookie is not None:
-            start = dataclasses.replace(start, cookie=cookie)
+        if cookie is not None:  # it resumes the session: it never needs the passwords
+            start = dataclasses.replace(start, cookie=cookie, passwords=())
         channel.send(start)
         if VERBOSITY[0]:
             log(f"worker {worker.gen} started ({purpose}, pid {proc.pid})")
@@ -271,6 +271,9 @@ class Supervisor:
         except HelperRefused as exc:
             log(f"the privileged helper refused the network configuration: {exc}")
             return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
+        except (WireError, OSError) as exc:  # the helper is gone or broke its protocol
+            log(f"the privileged helper failed: {exc}")
+            return self._finish(ExitCode.ERROR, logoff=True)
         self.session.net = net
         worker.channel.send(TunHandoff(ifname=self.tun.ifname), self.tun.fd)
         previous = self.carrier
@@ -313,6 +316,9 @@ class Supervisor:
             except HelperRefused as exc:
                 log(f"the privileged helper refused the network configuration: {exc}")
                 return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
+            except (WireError, OSError) as exc:  # the helper is gone or broke its protocol
+                log(f"the privileged helper failed: {exc}")
+                return self._finish(ExitCode.ERROR, logoff=True)
             if changed:
                 log("the server changed the configuration; applied the difference")
             self.session.net = net

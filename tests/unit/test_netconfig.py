@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from ipaddress import ip_address as ip
+from ipaddress import ip_network
 
 import pytest
 from netconfigs import network_config, texts
 
-from sepconnect.ipc.limits import MAX_DNS, MAX_DOMAINS
+from sepconnect.ipc.limits import MAX_DNS, MAX_DOMAINS, MAX_ROUTES
 from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
 from sepconnect.ipc.wire import WireError
 
@@ -144,3 +145,11 @@ def test_no_address_is_unusable() -> None:
 def test_malformed_values_never_decode(changes: dict[str, object]) -> None:
     with pytest.raises(WireError):
         network_config(**changes)
+
+
+def test_more_routes_than_the_helper_takes_is_a_clear_error() -> None:
+    """256 IPv4 includes plus an IPv6 address (whose ::/0 makes 257 routes): refused here,
+    with a reason, instead of a message the helper's decoder rejects."""
+    includes = tuple(ip_network(f"198.19.{i}.0/24") for i in range(MAX_ROUTES))
+    with pytest.raises(UnusableConfig, match=f"more than {MAX_ROUTES} routes"):
+        routing_policy(dataclasses.replace(BASE, routes=includes))
