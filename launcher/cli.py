@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -136,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="while connected, nftables rules let traffic leave only through the tunnel or to "
         "the VPN server",
+    )
+    c.add_argument(
+        "--allow-exclude",
+        metavar="PREFIX",
+        action="append",
+        default=[],
+        help="with --fail-closed: a prefix the server may exclude from the tunnel beyond private "
+        "and link-local space (repeatable; other excludes end the session)",
     )
     c.add_argument(
         "-s",
@@ -292,6 +301,15 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and not re.fullmatch(CIPHER_LIST, value):
             raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
+    if args.allow_exclude and not args.fail_closed:
+        raise UsageError("--allow-exclude goes with --fail-closed")
+    for prefix in args.allow_exclude:
+        try:
+            ipaddress.ip_network(prefix)
+        except ValueError:
+            raise UsageError(
+                f"--allow-exclude {prefix!r}: not a prefix such as 192.0.2.0/24"
+            ) from None
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
     if args.servercert is not None:
@@ -354,6 +372,8 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--no-routes")
     if args.fail_closed:
         argv.append("--fail-closed")
+    for prefix in args.allow_exclude:
+        argv += ["--allow-exclude", prefix]
     if args.script is not None:
         from sepconnect.privhelper.runner import check_script
 

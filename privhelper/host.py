@@ -43,7 +43,7 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Network, Refusal
+from sepconnect.privhelper.policy import Network, Refusal, check_kill_switch_excludes
 from sepconnect.privhelper.runner import (
     Ran,
     RunnerClient,
@@ -64,6 +64,7 @@ class Options:
     named: bool = False  # --interface was given (a vpnc-script's pre-init sees TUNDEV)
     no_routes: bool = False
     fail_closed: bool = False
+    allow_exclude: tuple[Network, ...] = ()  # what --fail-closed lets a server exclude
     dns_backend: _dns.BackendName = "none"
     script: str | None = None
     log_level: int = 0
@@ -120,6 +121,8 @@ class Helper:
     def net_config(self, wanted: NetworkConfig) -> dict[Network, str]:
         if self.router is None or self.tun is None:  # the phase table makes this unreachable
             raise Refusal("no tun")
+        if self.options.fail_closed:
+            check_kill_switch_excludes(wanted, self.options.allow_exclude)
         left_out: dict[Network, str] = {}
         if self.options.script is None and not self.options.no_routes:
             # An exclude the host cannot route outside the tunnel stays in it; the

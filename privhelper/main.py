@@ -34,6 +34,7 @@ once the netlink socket is open.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import resource
 import select
@@ -216,6 +217,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-routes", action="store_true", help="addresses and MTU only")
     parser.add_argument("--dns-backend", choices=_dns.BACKENDS, default="none")
     parser.add_argument("--fail-closed", action="store_true", help="nftables: tun or gateway only")
+    parser.add_argument(
+        "--allow-exclude",
+        type=ipaddress.ip_network,
+        action="append",
+        default=[],
+        help="with --fail-closed: a prefix a server may exclude beyond private space",
+    )
     parser.add_argument("--script", type=_path, default=None, help="vpnc-script, run as root")
     parser.add_argument("--log-level", type=int, choices=range(5), default=0)
     parser.add_argument(
@@ -316,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "routes": "none" if args.no_routes or args.script else "helper",
         "dns_backend": backend,
         "fail_closed": int(args.fail_closed),
+        "allow_exclude": [str(p) for p in args.allow_exclude],
         "script": args.script,
         "script_runner": None if runner is None else runner.proc.pid,
     }
@@ -337,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             named=args.interface is not None,
             no_routes=args.no_routes,
             fail_closed=args.fail_closed,
+            allow_exclude=tuple(args.allow_exclude),
             dns_backend=backend,
             script=args.script,
             log_level=args.log_level,

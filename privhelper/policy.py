@@ -179,6 +179,20 @@ def _sorted(nets: Iterable[Network]) -> tuple[Network, ...]:
     return tuple(sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
 
 
+def check_kill_switch_excludes(net: NetworkConfig, allowed: tuple[Network, ...]) -> None:
+    """Under --fail-closed, a server may exclude only private or link-local space from the
+    tunnel (a LAN, a printer), or what root allowed with --allow-exclude: four /2 excludes
+    would otherwise turn the kill switch into pass-all."""
+    for prefix in net.exclude:
+        first, last = prefix.network_address, prefix.broadcast_address
+        if prefix.is_private or any(first in a and last in a for a in allowed):
+            continue
+        raise Refusal(
+            f"exclude {prefix}: --fail-closed lets a server exclude only private space "
+            f"(allow more with --allow-exclude {prefix})"
+        )
+
+
 def check_net_config(net: NetworkConfig) -> NetworkConfig:
     """Apply every value rule; raise :class:`Refusal` on the first one broken.
 

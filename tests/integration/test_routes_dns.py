@@ -28,7 +28,7 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.wire import socketpair
-from sepconnect.supervisor.helper_client import HelperClient
+from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -369,6 +369,25 @@ def test_systemd_resolved_backend(tmp_path: Path) -> None:
 def nft_tables(box: Box) -> list[str]:
     out = json.loads(box.sh("nft -j list tables"))
     return [t["table"]["name"] for t in out["nftables"] if "table" in t]
+
+
+def test_fail_closed_keeps_public_excludes_out_unless_allowed(box: Box) -> None:
+    """Issue 13, F3: four /2 excludes would turn the kill switch into pass-all."""
+    halves = ["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"]
+    helper = Helper(box, "--fail-closed")
+    helper.up({**FULL, "dns": [], "domains": [], "exclude": ["198.18.77.0/24"]})
+    table = f"sepconnect_{helper.proc.pid}"
+    before = box.sh(f"nft list table inet {table}")
+    with pytest.raises(HelperRefused, match="only private space .* --allow-exclude 0.0.0.0/2"):
+        helper.client.net_config(network_config(**{**FULL, "dns": [], "domains": [],
+                                                     "exclude": halves}))  # fmt: skip
+    assert box.sh(f"nft list table inet {table}") == before  # the kill switch is unchanged
+    # Private space may be excluded (root's --allow-exclude is unit-tested: the lab
+    # addresses nothing outside 198.18.0.0/15).
+    helper.client.net_config(network_config(**{**FULL, "dns": [], "domains": [],
+                                                 "exclude": ["198.18.78.0/24"]}))  # fmt: skip
+    assert "198.18.78.0/24" in box.sh(f"nft list table inet {table}")
+    assert helper.stop() == 0
 
 
 def test_fail_closed_and_worker_restarts(box: Box) -> None:

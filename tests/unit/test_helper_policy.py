@@ -65,6 +65,7 @@ from sepconnect.privhelper.policy import (
     Phase,
     ProtocolViolation,
     Refusal,
+    check_kill_switch_excludes,
     check_net_config,
 )
 
@@ -942,3 +943,17 @@ def test_only_the_script_runner_executes_and_never_through_a_shell() -> None:
     }
     assert "subprocess.Popen" in calls
     assert not calls & {"subprocess.run", "subprocess.call", "subprocess.check_output"}
+
+
+def test_kill_switch_excludes_only_private_space_or_what_root_allows() -> None:
+    quarters = unchecked(exclude=["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"])
+    with pytest.raises(Refusal, match="exclude 0.0.0.0/2: --fail-closed lets a server"):
+        check_kill_switch_excludes(quarters, ())
+    lan = unchecked(exclude=["192.168.1.0/24", "198.18.3.0/24", "fd00:1::/64"])
+    check_kill_switch_excludes(lan, ())
+    public = unchecked(exclude=["8.8.8.0/25"])
+    with pytest.raises(Refusal, match="--allow-exclude 8.8.8.0/25"):
+        check_kill_switch_excludes(public, ())
+    check_kill_switch_excludes(public, (net("8.8.8.0/24"),))
+    with pytest.raises(Refusal):  # an allowance covers only what lies inside it
+        check_kill_switch_excludes(unchecked(exclude=["8.8.8.0/23"]), (net("8.8.8.0/24"),))
