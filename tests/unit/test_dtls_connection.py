@@ -526,16 +526,70 @@ def test_no_answer_is_a_handshake_timeout_with_backoff() -> None:
     assert max(gaps) <= 2.0
 
 
-def test_fatal_alert_during_handshake() -> None:
-    pair = Pair(psk_params(), ServerConfig("psk"))
+def plaintext_alert(description: int, level: int = 2, version: int = dc.DTLS1_2) -> bytes:
+    return encode_record(21, version, 0, 0, bytes((level, description)))
+
+
+@pytest.mark.parametrize(
+    ("params", "server"),
+    [
+        (psk_params(), ServerConfig("psk", hello_verify=True)),
+        (
+            resume_params(CS.RSA_AES_128_CBC_SHA, dc.DTLS_BAD_VER),
+            ServerConfig("resume", suites=(CS.RSA_AES_128_CBC_SHA,), version=dc.DTLS_BAD_VER),
+        ),
+    ],
+    ids=["psk", "dtls0.9"],
+)
+def test_a_plaintext_alert_does_not_end_the_handshake(
+    params: DtlsParams, server: ServerConfig
+) -> None:
+    """Issue 13, F16: a forged alert in epoch 0, before and in the middle of the
+    handshake, is not the end of it (RFC 6347 §4.1.2.7)."""
+    forged = [
+        plaintext_alert(AlertDescription.HANDSHAKE_FAILURE, version=params.version),
+        plaintext_alert(AlertDescription.CLOSE_NOTIFY, level=1, version=params.version),
+    ]
+
+    def alert_first(_i: int, d: bytes) -> list[bytes]:
+        return [*forged, d]
+
+    pair = Pair(params, server, to_client=alert_first)
     pair.client.connect(pair.now)
-    pair.client.datagrams_to_send()
-    alert = encode_record(21, dc.DTLS1_2, 0, 0, bytes((2, AlertDescription.HANDSHAKE_FAILURE)))
-    pair.client.receive_datagram_untrusted(alert, pair.now)
+    for d in forged:
+        pair.client.receive_datagram_untrusted(d, pair.now)
+    pair.pump()
+    assert pair.client.established, pair.events
+    assert not any(isinstance(e, ConnectionClosed) for e in pair.events)
+
+
+def test_a_plaintext_alert_is_the_reason_when_the_deadline_passes() -> None:
+    """A server that really refuses sends its alert and nothing else: the attempt ends
+    at its normal deadline, naming the alert rather than a timeout."""
+    pair = Pair(psk_params(), ServerConfig("psk"), to_client=lambda _i, _d: [])
+    pair.client.connect(pair.now)
+    start = pair.now
+    pair.client.receive_datagram_untrusted(
+        plaintext_alert(AlertDescription.HANDSHAKE_FAILURE), pair.now
+    )
+    assert not pair.client.closed
     pair.pump()
     err = pair.closed_event.error
     assert isinstance(err, PeerAlert)
+    assert not err.authenticated
     assert "handshake_failure" in str(err)
+    assert pair.now - start == pytest.approx(pair.client.params.handshake_timeout)
+
+
+def test_an_authenticated_alert_ends_the_connection_at_once() -> None:
+    pair = Pair(psk_params(), ServerConfig("psk"))
+    pair.pump()
+    pair.server.send_alert(AlertDescription.INTERNAL_ERROR, epoch=1)
+    pair.pump()
+    err = pair.closed_event.error
+    assert isinstance(err, PeerAlert)
+    assert err.authenticated
+    assert str(err) == "server sent internal_error"
 
 
 def test_params_are_validated() -> None:
