@@ -1,11 +1,11 @@
 """Every entry point of worker/proto that takes bytes from the server, fuzzed (issue 13,
 F12; STYLE.md §6.5: a decoder may only raise its declared errors).
 
-:data:`FUZZED` names, for every ``*_untrusted`` function and method of worker/proto
-(found by :func:`test_every_untrusted_entry_point_is_fuzzed`, so a new one cannot be
-missed), the test that fuzzes it and the errors it may raise; "nothing" means it must
-not raise at all. Parsers without the suffix that see server input are fuzzed here too
-(the tun coalescer, the DTLS plan). The inputs are built from each format's own
+:data:`FUZZERS` names the test fuzzing every ``*_untrusted`` function and method of
+worker/proto (found by :func:`test_every_untrusted_entry_point_is_fuzzed`, so a new one
+cannot be missed) and the errors it may raise; "nothing" means it must not raise at
+all. Parsers without the suffix that see server input are fuzzed here too (the tun
+coalescer, the DTLS plan, the routing policy). The inputs are built from each format's own
 structure, near-valid values mutated, so that they get past the first check: random
 bytes alone never reach an IPv6 form action or an empty DATA frame after a TCP segment.
 Every test is bounded (modest max_examples, a deadline) to keep the unit suite fast.
@@ -54,70 +54,69 @@ FUZZ = settings(
     max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
-#: entry point (module.qualname) -> (the test fuzzing it, the errors it may raise)
-FUZZED: dict[str, tuple[str, str]] = {
-    "auth.parse_config_auth_untrusted": ("test_auth_xml_documents", "ProtocolError"),
-    "auth._parse_set_cookie_untrusted": ("test_auth_responses", "ProtocolError"),
-    "auth.AuthSession.handle_response_untrusted": (
-        "test_auth_responses, test_auth_form_actions",
+#: test -> (the errors its entry points may raise, the entry points: module.qualname)
+FUZZERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "test_auth_xml_documents": ("ProtocolError", ("auth.parse_config_auth_untrusted",)),
+    "test_auth_responses": (
         "ProtocolError, AuthError",
+        ("auth._parse_set_cookie_untrusted", "auth.AuthSession.handle_response_untrusted"),
     ),
-    "http.HttpClient.receive_data_untrusted": ("test_http_responses", "ProtocolError"),
-    "cstp.CstpDecoder.feed_untrusted": ("test_cstp_frames", "CstpError"),
-    "cstp.CstpDecoder.feed_pairs_untrusted": ("test_cstp_frames", "CstpError"),
-    "session.CstpSession.receive_data_untrusted": ("test_cstp_frames", "CstpError"),
-    "tunnel.parse_connect_response_untrusted": (
-        "test_connect_headers",
+    "test_auth_form_actions": ("ProtocolError", ("auth.AuthSession.handle_response_untrusted",)),
+    "test_http_responses": ("ProtocolError", ("http.HttpClient.receive_data_untrusted",)),
+    "test_cstp_frames": (
+        "CstpError",
+        (
+            "cstp.CstpDecoder.feed_untrusted",
+            "cstp.CstpDecoder.feed_pairs_untrusted",
+            "session.CstpSession.receive_data_untrusted",
+        ),
+    ),
+    "test_connect_headers": (
         "ProtocolError, AuthError",
+        ("tunnel.parse_connect_response_untrusted",),
     ),
-    "dtls_records.records_untrusted": ("test_dtls_datagrams_in_every_state", "nothing"),
-    "dtls_handshake.fragments_untrusted": ("test_dtls_handshake_bodies", "DtlsError"),
-    "dtls_handshake.pull_client_hello_untrusted": ("test_dtls_handshake_bodies", "DtlsError"),
-    "dtls_handshake.pull_hello_verify_request_untrusted": (
-        "test_dtls_handshake_bodies",
+    "test_dtls_handshake_bodies": (
         "DtlsError",
+        (
+            "dtls_handshake.fragments_untrusted",
+            *(
+                f"dtls_handshake.pull_{m}_untrusted"
+                for m in (
+                    "client_hello",
+                    "hello_verify_request",
+                    "server_hello",
+                    "server_key_exchange",
+                    "client_key_exchange",
+                    "finished",
+                )
+            ),
+        ),
     ),
-    "dtls_handshake.pull_server_hello_untrusted": ("test_dtls_handshake_bodies", "DtlsError"),
-    "dtls_handshake.pull_server_key_exchange_untrusted": (
-        "test_dtls_handshake_bodies",
-        "DtlsError",
-    ),
-    "dtls_handshake.pull_client_key_exchange_untrusted": (
-        "test_dtls_handshake_bodies",
-        "DtlsError",
-    ),
-    "dtls_handshake.pull_finished_untrusted": ("test_dtls_handshake_bodies", "DtlsError"),
-    "dtls_connection.DtlsConnection.receive_datagram_untrusted": (
-        "test_dtls_datagrams_in_every_state",
+    "test_dtls_datagrams_in_every_state": (
         "nothing",
+        (
+            "dtls_records.records_untrusted",
+            "dtls_connection.DtlsConnection.receive_datagram_untrusted",
+            "dtls_connection.DtlsConnection.receive_datagrams_untrusted",
+        ),
     ),
-    "dtls_connection.DtlsConnection.receive_datagrams_untrusted": (
-        "test_dtls_datagrams_in_every_state",
+    "test_dtls_record_protection": (
+        "BadRecordMac",
+        tuple(
+            f"dtls_crypto.{c}.open_untrusted"
+            for c in ("RecordProtection", "GcmProtection", "ChaChaProtection", "CbcSha1Protection")
+        ),
+    ),
+    "test_dtls_channel": (
         "nothing",
+        (
+            "dtls_channel.DtlsChannel.receive_datagram_untrusted",
+            "dtls_channel.DtlsChannel.receive_datagrams_untrusted",
+        ),
     ),
-    "dtls_crypto.GcmProtection.open_untrusted": ("test_dtls_record_protection", "BadRecordMac"),
-    "dtls_crypto.ChaChaProtection.open_untrusted": (
-        "test_dtls_record_protection",
-        "BadRecordMac",
-    ),
-    "dtls_crypto.CbcSha1Protection.open_untrusted": (
-        "test_dtls_record_protection",
-        "BadRecordMac",
-    ),
-    "dtls_crypto.RecordProtection.open_untrusted": ("test_dtls_record_protection", "BadRecordMac"),
-    "dtls_channel.DtlsChannel.receive_datagram_untrusted": ("test_dtls_channel", "nothing"),
-    "dtls_channel.DtlsChannel.receive_datagrams_untrusted": ("test_dtls_channel", "nothing"),
-    "pin.matches_untrusted": (
-        "test_pin.py::test_fuzz_raises_only_malformed_certificate",
+    "test_pin.py::test_fuzz_raises_only_malformed_certificate": (
         "MalformedCertificate",
-    ),
-    "pin.spki_pin_untrusted": (
-        "test_pin.py::test_fuzz_raises_only_malformed_certificate",
-        "MalformedCertificate",
-    ),
-    "pin.subject_public_key_info_untrusted": (
-        "test_pin.py::test_fuzz_raises_only_malformed_certificate",
-        "MalformedCertificate",
+        tuple(f"pin.{f}_untrusted" for f in ("matches", "spki_pin", "subject_public_key_info")),
     ),
 }
 
@@ -141,12 +140,11 @@ def _untrusted_entry_points() -> set[str]:
 
 
 def test_every_untrusted_entry_point_is_fuzzed() -> None:
-    assert _untrusted_entry_points() == set(FUZZED)
-    for tests, _errors in FUZZED.values():
-        for test in tests.split(", "):
-            path, _, name = test.rpartition("::")
-            module = importlib.import_module(path.removesuffix(".py")) if path else None
-            assert callable(getattr(module, name) if module else globals()[name]), test
+    assert _untrusted_entry_points() == {e for _, entries in FUZZERS.values() for e in entries}
+    for test in FUZZERS:
+        path, _, name = test.rpartition("::")
+        module = importlib.import_module(path.removesuffix(".py")) if path else None
+        assert callable(getattr(module, name) if module else globals()[name]), test
 
 
 # --------------------------------------------------------------------------- text
