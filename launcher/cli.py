@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         "--dtls-ciphers",
         metavar="LIST",
         help="send this X-DTLS-CipherSuite list (colon separated, as openconnect) instead of "
-        "the default PSK-NEGOTIATE and legacy names",
+        "the default PSK-NEGOTIATE and legacy DTLS 1.2 names; the DTLS 0.9 names AES128-SHA "
+        "and AES256-SHA are offered only when listed here",
     )
     c.add_argument(
         "--dtls12-ciphers", metavar="LIST", help="send this X-DTLS12-CipherSuite list instead"

@@ -262,6 +262,8 @@ def open_tunnel(start: Start) -> Tunnel:
         # DTLS "resumed session" secret (PROTOCOL.md §4.2); unused in PSK mode
         master_secret = None if start.no_dtls else os.urandom(48)
         ipv6_peer = ipaddress.ip_address(server.address).version == 6
+        # what the CONNECT offers; plan_dtls refuses a choice that is not in it
+        offered = (start.dtls_ciphers or DEFAULT_CIPHERS, start.dtls12_ciphers or DEFAULT_CIPHERS12)
         connect_req = build_connect_request(
             host=server.host,
             port=server.port,
@@ -271,15 +273,17 @@ def open_tunnel(start: Start) -> Tunnel:
             mtu=start.mtu or compute_mtu(base_mtu, ipv6_peer),
             ipv6=not start.disable_ipv6,
             dtls_master_secret=master_secret,
-            dtls_ciphers=start.dtls_ciphers or DEFAULT_CIPHERS,
-            dtls12_ciphers=start.dtls12_ciphers or DEFAULT_CIPHERS12,
+            dtls_ciphers=offered[0],
+            dtls12_ciphers=offered[1],
         )
         resp = conn.exchange(connect_req)
         config = parse_connect_response_untrusted(
             resp, gateway=ipaddress.ip_address(server.address)
         )
         leftover = conn.http.trailing_data
-        dtls = None if start.no_dtls else _plan_dtls(stream, config, master_secret, base_mtu)
+        dtls = (
+            None if start.no_dtls else _plan_dtls(stream, config, master_secret, base_mtu, offered)
+        )
     except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
         conn.close()
         raise _failure_from(_as_refusal(exc, resuming=start.cookie is not None)) from None
@@ -296,7 +300,11 @@ def open_tunnel(start: Start) -> Tunnel:
 
 
 def _plan_dtls(
-    stream: TlsStream, config: TunnelConfig, master_secret: bytes | None, base_mtu: int
+    stream: TlsStream,
+    config: TunnelConfig,
+    master_secret: bytes | None,
+    base_mtu: int,
+    offered: tuple[str, str],
 ) -> DtlsPlan | NoDtls:
     psk = None
     if config.dtls_cipher == PSK_NEGOTIATE:
@@ -306,5 +314,11 @@ def _plan_dtls(
             psk = None
     ipv6_peer = stream.sock.family == socket.AF_INET6
     return plan_dtls(
-        config, psk=psk, master_secret=master_secret, base_mtu=base_mtu, ipv6_peer=ipv6_peer
+        config,
+        psk=psk,
+        master_secret=master_secret,
+        base_mtu=base_mtu,
+        ipv6_peer=ipv6_peer,
+        offered=offered[0],
+        offered12=offered[1],
     )

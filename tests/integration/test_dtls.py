@@ -118,6 +118,11 @@ MODES = [
         ("--dtls-ciphers", "UNKNOWN", "--dtls12-ciphers", "AES256-GCM-SHA384"), (),
         "DTLS1.2", "AES256-GCM-SHA384", "(RSA)-(AES-256-GCM)", id="x-dtls12-aes256gcm",
     ),
+    # a legacy-only server and our default lists (no DTLS 0.9 in them: issue 13, F16)
+    pytest.param(
+        (), ("dtls-psk = false",),
+        "DTLS1.2", "AES256-GCM-SHA384", "(RSA)-(AES-256-GCM)", id="legacy-only-server-default",
+    ),
 ]  # fmt: skip
 
 

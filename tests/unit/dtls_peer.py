@@ -24,6 +24,18 @@ from sepconnect.worker.proto.dtls_connection import (
 from sepconnect.worker.proto.dtls_records import ContentType, encode_record, records_untrusted
 
 
+def encode_fragment(msg_type: int, length: int, seq: int, offset: int, data: bytes) -> bytes:
+    """One handshake fragment: the 12-byte header (RFC 6347 §4.2.2) and *data*."""
+    return (
+        bytes((msg_type,))
+        + length.to_bytes(3, "big")
+        + seq.to_bytes(2, "big")
+        + offset.to_bytes(3, "big")
+        + len(data).to_bytes(3, "big")
+        + data
+    )
+
+
 @dataclass
 class ServerConfig:
     mode: str  # "psk" or "resume"

@@ -570,6 +570,8 @@ def test_form_actions(action: str, path: str) -> None:
         "http://vpn.example.net/auth",
         "https://user@vpn.example.net/auth",
         "/a b",
+        "https://[x/",  # issue 13, F12: urllib's ValueError, not a ProtocolError, before
+        "https://]x[/",
     ],
 )
 def test_form_action_elsewhere_refused(action: str) -> None:

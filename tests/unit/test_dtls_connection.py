@@ -7,11 +7,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
+import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dtls_peer import FakeServer, ServerConfig
+from dtls_peer import FakeServer, ServerConfig, encode_fragment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,8 +33,14 @@ from sepconnect.worker.proto.dtls_connection import (
     State,
     UnexpectedMessage,
 )
-from sepconnect.worker.proto.dtls_handshake import AlertDescription, HandshakeType
-from sepconnect.worker.proto.dtls_records import encode_record, records_untrusted
+from sepconnect.worker.proto.dtls_handshake import (
+    MAX_MESSAGE,
+    MAX_PENDING,
+    AlertDescription,
+    HandshakeType,
+    fragments_untrusted,
+)
+from sepconnect.worker.proto.dtls_records import ContentType, encode_record, records_untrusted
 
 VECTORS = Path(__file__).parent / "vectors"
 CS = dc.CipherSuite
@@ -279,6 +288,131 @@ def test_duplicated_and_reordered_server_datagrams() -> None:
     assert pair.client.established, pair.events
 
 
+def refragment(seed: int) -> Filter:
+    """Cut every plaintext handshake message of the server into pieces: out of order,
+    overlapping, duplicated, with empty ones, each piece its own datagram (RFC 6347
+    §4.2.3). Other records follow in their order (encrypted ones cannot be cut)."""
+    rng = random.Random(seed)
+
+    def cut(_i: int, d: bytes) -> list[bytes]:
+        pieces: list[bytes] = []
+        rest: list[bytes] = []
+        for r in records_untrusted(d):
+            if r.epoch or r.ctype != ContentType.HANDSHAKE:
+                rest.append(encode_record(r.ctype, r.version, r.epoch, r.seq, r.body))
+                continue
+            for f in fragments_untrusted(r.body):
+                n = len(f.data)
+                cuts = sorted({0, n, *rng.sample(range(n + 1), min(n + 1, 4))})
+                ranges = [(a, b) for a, b in itertools.pairwise(cuts) if a < b] or [(0, 0)]
+                if n:
+                    a = rng.randrange(n)
+                    ranges += [(a, rng.randint(a + 1, n)), (a, a), rng.choice(ranges)]
+                rng.shuffle(ranges)
+                for a, b in ranges:
+                    piece = encode_fragment(f.msg_type, n, f.message_seq, a, f.data[a:b])
+                    pieces.append(encode_record(r.ctype, r.version, 0, r.seq, piece))
+        return pieces + rest
+
+    return cut
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    ("params", "server"),
+    [
+        (psk_params(), ServerConfig("psk", hello_verify=True)),
+        (
+            resume_params(CS.RSA_AES_128_GCM_SHA256),
+            ServerConfig("resume", suites=(CS.RSA_AES_128_GCM_SHA256,)),
+        ),
+        (
+            resume_params(CS.RSA_AES_128_CBC_SHA, dc.DTLS_BAD_VER),
+            ServerConfig("resume", suites=(CS.RSA_AES_128_CBC_SHA,), version=dc.DTLS_BAD_VER),
+        ),
+    ],
+    ids=["psk", "resume", "dtls0.9"],
+)
+def test_fragmented_server_flights_reassemble(
+    seed: int, params: DtlsParams, server: ServerConfig
+) -> None:
+    """Both sides' Finished cover the messages as reassembled: byte-identical or no
+    handshake."""
+    pair = Pair(params, server, to_client=refragment(seed))
+    pair.pump()
+    assert pair.client.established, pair.events
+    assert pair.server.established
+
+
+# The hostile flight of issue 13 (F5): 48,000 fragments in 400 datagrams of 1,453 bytes
+# (0.58 MB), aimed at the message the client waits for. Each shape is the whole flight.
+_FLOOD = 48_000
+_PER_DATAGRAM = 120
+
+
+def _flood_fragment(shape: str, i: int) -> bytes:
+    sh = HandshakeType.SERVER_HELLO
+    if shape == "empty":  # zero-length fragments: 12 bytes each
+        return encode_fragment(sh, 100, 0, 0, b"")
+    if shape == "duplicate":  # the same byte again and again
+        return encode_fragment(sh, 100, 0, 0, b"x")
+    if shape == "gaps":  # one-byte pieces with gaps: as many ranges as it can get
+        return encode_fragment(sh, MAX_MESSAGE, 0, 2 * i % MAX_MESSAGE, b"x")
+    # "ahead": every pending message slot, each as large as allowed
+    return encode_fragment(sh, MAX_MESSAGE, i % MAX_PENDING, 2 * i % MAX_MESSAGE, b"x")
+
+
+def _flood(shape: str) -> list[bytes]:
+    return [
+        encode_record(
+            22,
+            dc.DTLS1_2,
+            0,
+            start,
+            b"".join(_flood_fragment(shape, i) for i in range(start, start + _PER_DATAGRAM)),
+        )
+        for start in range(0, _FLOOD, _PER_DATAGRAM)
+    ]
+
+
+def _receive_flood(conn: DtlsConnection, flood: list[bytes], now: float, bound: float) -> float:
+    """CPU seconds to take the flood; stops early once past *bound* (so that a
+    quadratic reassembly fails in a second, not in minutes)."""
+    start = time.process_time()
+    for datagram in flood:
+        conn.receive_datagram_untrusted(datagram, now)
+        if time.process_time() - start > bound:
+            break
+    return time.process_time() - start
+
+
+@pytest.mark.parametrize("shape", ["empty", "duplicate", "gaps", "ahead"])
+def test_a_flood_of_fragments_costs_little_and_the_handshake_completes(shape: str) -> None:
+    """Issue 13, F5: before the fix the "empty" flood took 23-220 s of CPU (depending
+    on how it was spread over messages) and grew memory with every fragment."""
+    flood = _flood(shape)
+    assert 0.55e6 < sum(map(len, flood)) < 0.65e6
+    pair = Pair(psk_params(), ServerConfig("psk"))
+    pair.client.connect(pair.now)
+    cpu = _receive_flood(pair.client, flood, pair.now, bound=1.0)
+    print(f"{shape}: {_FLOOD} fragments in {cpu * 1000:.0f} ms of CPU")
+    assert cpu < 1.0  # measured: 15-60 ms
+    assert pair.client.state is State.WAIT_SERVER_HELLO
+    # the memory it holds on to (the datagrams themselves are the caller's)
+    other = Pair(psk_params(), ServerConfig("psk"))
+    other.client.connect(other.now)
+    tracemalloc.start()
+    try:
+        _receive_flood(other.client, flood, other.now, bound=10.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"{shape}: peak {peak / 1024:.0f} KiB")
+    assert peak < 256 * 1024  # the flight budget (32 KiB) and one record's fragments
+    pair.pump()  # the real server's flight still gets through
+    assert pair.client.established, pair.events
+
+
 def test_replayed_and_forged_data_records_are_dropped() -> None:
     pair = Pair(psk_params(), ServerConfig("psk"))
     pair.pump()
@@ -392,16 +526,70 @@ def test_no_answer_is_a_handshake_timeout_with_backoff() -> None:
     assert max(gaps) <= 2.0
 
 
-def test_fatal_alert_during_handshake() -> None:
-    pair = Pair(psk_params(), ServerConfig("psk"))
+def plaintext_alert(description: int, level: int = 2, version: int = dc.DTLS1_2) -> bytes:
+    return encode_record(21, version, 0, 0, bytes((level, description)))
+
+
+@pytest.mark.parametrize(
+    ("params", "server"),
+    [
+        (psk_params(), ServerConfig("psk", hello_verify=True)),
+        (
+            resume_params(CS.RSA_AES_128_CBC_SHA, dc.DTLS_BAD_VER),
+            ServerConfig("resume", suites=(CS.RSA_AES_128_CBC_SHA,), version=dc.DTLS_BAD_VER),
+        ),
+    ],
+    ids=["psk", "dtls0.9"],
+)
+def test_a_plaintext_alert_does_not_end_the_handshake(
+    params: DtlsParams, server: ServerConfig
+) -> None:
+    """Issue 13, F16: a forged alert in epoch 0, before and in the middle of the
+    handshake, is not the end of it (RFC 6347 §4.1.2.7)."""
+    forged = [
+        plaintext_alert(AlertDescription.HANDSHAKE_FAILURE, version=params.version),
+        plaintext_alert(AlertDescription.CLOSE_NOTIFY, level=1, version=params.version),
+    ]
+
+    def alert_first(_i: int, d: bytes) -> list[bytes]:
+        return [*forged, d]
+
+    pair = Pair(params, server, to_client=alert_first)
     pair.client.connect(pair.now)
-    pair.client.datagrams_to_send()
-    alert = encode_record(21, dc.DTLS1_2, 0, 0, bytes((2, AlertDescription.HANDSHAKE_FAILURE)))
-    pair.client.receive_datagram_untrusted(alert, pair.now)
+    for d in forged:
+        pair.client.receive_datagram_untrusted(d, pair.now)
+    pair.pump()
+    assert pair.client.established, pair.events
+    assert not any(isinstance(e, ConnectionClosed) for e in pair.events)
+
+
+def test_a_plaintext_alert_is_the_reason_when_the_deadline_passes() -> None:
+    """A server that really refuses sends its alert and nothing else: the attempt ends
+    at its normal deadline, naming the alert rather than a timeout."""
+    pair = Pair(psk_params(), ServerConfig("psk"), to_client=lambda _i, _d: [])
+    pair.client.connect(pair.now)
+    start = pair.now
+    pair.client.receive_datagram_untrusted(
+        plaintext_alert(AlertDescription.HANDSHAKE_FAILURE), pair.now
+    )
+    assert not pair.client.closed
     pair.pump()
     err = pair.closed_event.error
     assert isinstance(err, PeerAlert)
+    assert not err.authenticated
     assert "handshake_failure" in str(err)
+    assert pair.now - start == pytest.approx(pair.client.params.handshake_timeout)
+
+
+def test_an_authenticated_alert_ends_the_connection_at_once() -> None:
+    pair = Pair(psk_params(), ServerConfig("psk"))
+    pair.pump()
+    pair.server.send_alert(AlertDescription.INTERNAL_ERROR, epoch=1)
+    pair.pump()
+    err = pair.closed_event.error
+    assert isinstance(err, PeerAlert)
+    assert err.authenticated
+    assert str(err) == "server sent internal_error"
 
 
 def test_params_are_validated() -> None:

@@ -10,6 +10,7 @@ from sepconnect.worker.proto.dtls_connection import Mode
 from sepconnect.worker.proto.dtls_setup import (
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERS12,
+    DTLS09_NAMES,
     DtlsPlan,
     NoDtls,
     max_payload,
@@ -28,6 +29,8 @@ def plan(headers: list[tuple[str, str]], **kw: object) -> DtlsPlan | NoDtls:
         "master_secret": SECRET,
         "base_mtu": 1500,
         "ipv6_peer": False,
+        "offered": f"{DEFAULT_CIPHERS}:AES128-SHA:AES256-SHA",  # as --dtls-ciphers would
+        "offered12": DEFAULT_CIPHERS12,
     }
     args.update(kw)
     return plan_dtls(cfg, **args)  # type: ignore[arg-type]
@@ -113,6 +116,26 @@ def test_no_dtls_reasons(
     result = plan(hdrs, **kw)
     assert isinstance(result, NoDtls)
     assert why in result.reason
+
+
+def test_dtls09_is_offered_only_when_asked_for() -> None:
+    """Issue 13, F16: by default the CONNECT offers no DTLS 0.9 (CBC-SHA1, TLS 1.0
+    PRF) suite, and a server choosing one we did not offer gets no DTLS."""
+    offered = DEFAULT_CIPHERS.split(":")
+    assert offered[0] == "PSK-NEGOTIATE"
+    assert {"OC-DTLS1_2-AES256-GCM", "OC-DTLS1_2-AES128-GCM"} <= set(offered)
+    assert {"AES128-SHA", "AES256-SHA"} == DTLS09_NAMES
+    assert not DTLS09_NAMES & set(offered)
+    for name in DTLS09_NAMES:
+        refused = plan(legacy(name), offered=DEFAULT_CIPHERS)
+        assert isinstance(refused, NoDtls)
+        assert refused.reason == f"the server chose DTLS cipher {name}, which we did not offer"
+        asked = plan(legacy(name), offered=name)
+        assert isinstance(asked, DtlsPlan)
+        assert asked.params.version == dc.DTLS_BAD_VER
+    # the same rule for every header: only what we offered
+    assert isinstance(plan(legacy("AES128-GCM-SHA256", twelve=True), offered12="NONE"), NoDtls)
+    assert isinstance(plan(without(), offered="OC-DTLS1_2-AES128-GCM"), NoDtls)  # PSK-NEGOTIATE
 
 
 def test_connect_request_offers_both_lists() -> None:

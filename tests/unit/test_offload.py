@@ -305,6 +305,18 @@ def test_a_segment_that_passes_through_goes_after_its_flows_run(version: int) ->
     assert len(frames) == 3  # our run, the FIN, the other flow's run
 
 
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("odd", [b"", b"\x45", b"\x60" * 10, b"\x45" * 23])
+def test_an_empty_or_short_packet_after_a_segment_passes_through(version: int, odd: bytes) -> None:
+    """Issue 13, F12: an empty CSTP DATA frame after a TCP segment raised IndexError."""
+    first = tcp_packet(version, 50, b"x" * 1000)
+    co = Coalescer()
+    co.add(first)
+    co.add(odd)
+    # another flow (not even a packet): may go before the run, unchanged
+    assert sorted(co.frames()) == sorted([PLAIN_HEADER + first, PLAIN_HEADER + odd])
+
+
 def _other_port(packet: bytes) -> bytes:
     """The same packet from another source port (another flow), checksums fixed."""
     version = packet[0] >> 4

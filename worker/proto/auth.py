@@ -609,7 +609,10 @@ class AuthSession:
         if len(action) > _MAX_PATH or not _PATH_CHARS.fullmatch(action):
             raise ProtocolError("Server form action is not a usable URL")
         base = f"https://{self._host_header}{self._path}"
-        target = urlsplit(urljoin(base, action))
+        try:
+            target = urlsplit(urljoin(base, action))
+        except ValueError:  # e.g. an unclosed IPv6 bracket: https://[x/
+            raise ProtocolError("Server form action is not a usable URL") from None
         if target.scheme != "https" or (target.hostname or "").lower() != self._host.lower().strip(
             "[]"
         ):

@@ -35,7 +35,9 @@ up to ``max_rto``) until the server's next flight arrives, and gives up after
 ``handshake_timeout``. In the resumed handshake the client sends the last flight;
 when the server retransmits its flight (ours was lost), ours is sent again.
 Records of the current read epoch pass a 64-record replay window after they
-authenticate; duplicates, replays and forgeries are dropped and counted.
+authenticate; duplicates, replays and forgeries are dropped and counted. A fatal alert
+or close_notify in plaintext (epoch 0) during the handshake does not end it: it fails
+with :class:`PeerAlert` only if the handshake has not completed by its deadline.
 """
 
 from __future__ import annotations
@@ -154,13 +156,21 @@ class HandshakeTimeout(DtlsError):
 
 
 class PeerAlert(DtlsError):
-    """The server sent a fatal alert or close_notify."""
+    """The server sent a fatal alert or close_notify. *authenticated* False: a plaintext
+    alert during the handshake, reported only once the attempt's deadline has passed
+    without the handshake completing (see :meth:`DtlsConnection._on_alert`)."""
 
     alert = None
 
-    def __init__(self, description: int) -> None:
-        super().__init__(f"server sent {alert_name(description)}")
+    def __init__(self, description: int, *, authenticated: bool = True) -> None:
+        name = alert_name(description)
+        super().__init__(
+            f"server sent {name}"
+            if authenticated
+            else f"server sent {name} (unauthenticated) and no handshake followed"
+        )
         self.description = description
+        self.authenticated = authenticated
 
 
 class SequenceExhausted(DtlsError):
@@ -247,6 +257,7 @@ class DtlsConnection:
         self._rtx_at: float | None = None
         self._deadline: float | None = None
         self._last_rtx = -1.0
+        self._plaintext_alert: int | None = None  # see _on_alert
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
         # counters (for status and tests)
@@ -533,11 +544,18 @@ class DtlsConnection:
                 raise UnexpectedMessage("malformed alert")
             return
         level, description = body
-        if self.state is State.ESTABLISHED and not authenticated:
-            return  # unauthenticated alert after the handshake: ignore (RFC 6347 §4.1.2.7)
-        if level == 2 or description == AlertDescription.CLOSE_NOTIFY:
+        if level != 2 and description != AlertDescription.CLOSE_NOTIFY:
+            return  # warnings other than close_notify: ignored
+        if authenticated:
             raise PeerAlert(description)
-        # warnings other than close_notify: ignored
+        if self.state is not State.ESTABLISHED:
+            # Epoch 0: anyone who can send us a datagram can forge it, and ending the
+            # attempt on it would let one datagram keep us on TLS (issue 13, F16). As
+            # with any invalid record (RFC 6347 §4.1.2.7: silently discarded, since UDP
+            # forgery is easy), the attempt goes on; the alert is its reason for failing
+            # only if the deadline passes without a handshake (handle_timer).
+            self._plaintext_alert = description
+        # after the handshake: ignored as well
 
     def _on_change_cipher_spec(self, body: bytes) -> None:
         expected_len = 3 if self.version == DTLS_BAD_VER else 1
@@ -712,7 +730,10 @@ class DtlsConnection:
         if self.state is State.CLOSED or self.state is State.ESTABLISHED:
             return
         if self._deadline is not None and now >= self._deadline:
-            self._fail(HandshakeTimeout("no answer to the DTLS handshake"))
+            if self._plaintext_alert is not None:
+                self._fail(PeerAlert(self._plaintext_alert, authenticated=False))
+            else:
+                self._fail(HandshakeTimeout("no answer to the DTLS handshake"))
             return
         if self._rtx_at is not None and now >= self._rtx_at and self._flight:
             self._rto = min(self._rto * 2, self.params.max_rto)

@@ -15,17 +15,35 @@ Handshake message header (RFC 6347 §4.2.2), 12 bytes::
     off 6..8  fragment_offset
     off 9..11 fragment_length (bytes of body in this fragment)
 
-Limits: a message body is at most :data:`MAX_MESSAGE` bytes, and the assembler keeps
-fragments of at most :data:`MAX_PENDING` future messages.
+Reassembly (RFC 6347 §4.2.3) runs before anything is authenticated, so anyone who can
+put a datagram on the path feeds it. It costs O(log n) per fragment and bounded memory:
+empty fragments of non-empty messages and fragments adding no new bytes (duplicates,
+retransmissions) are dropped without being kept; what a message has received is a list
+of merged byte ranges. Limits, each a constant below with the reason for its number:
+a message body is at most :data:`MAX_MESSAGE` bytes, a message may take
+:data:`MAX_FRAGMENTS` fragments that add bytes, the partial messages of one flight
+hold at most :data:`MAX_FLIGHT_BYTES` together, and fragments of at most
+:data:`MAX_PENDING` future messages are kept. Going over a limit is a silent drop,
+counted in :attr:`MessageAssembler.dropped`, never an error (and so is a fragment that
+disagrees with the message's earlier ones on its type or length: reassembly starts over
+from the newer one): the bytes are
+unauthenticated, and RFC 6347 says to discard invalid records silently (§4.1.2.7: an
+error there lets forged datagrams end the association) and lets a receiver discard
+fragments it will not buffer (§4.2.2: the peer retransmits its flight). A message
+dropped that way is asked for again by our own retransmission timer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import bisect
+import struct
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
+    "MAX_FLIGHT_BYTES",
+    "MAX_FRAGMENTS",
     "MAX_MESSAGE",
     "MAX_PENDING",
     "AlertDescription",
@@ -59,9 +77,27 @@ __all__ = [
     "push_server_key_exchange",
 ]
 
+#: Largest handshake message body we buffer (bytes). Every message either handshake
+#: accepts is far smaller (a ServerHello with its extensions is under 128 bytes, a
+#: HelloVerifyRequest under 260 with the largest cookie, Finished 12); 2^14, the most
+#: one TLS record carries, leaves room for a large PSK identity hint.
 MAX_MESSAGE: Final = 16384
+#: Fragments that add new bytes one message may take before its partial copy is
+#: dropped. A peer fragments to its path MTU: at the smallest IPv4 datagram every
+#: host takes (576 bytes) a fragment carries about 500 bytes, so a MAX_MESSAGE body
+#: needs 33 fragments; twice that covers a retransmission fragmented differently.
+MAX_FRAGMENTS: Final = 64
+#: Bytes all partial messages may hold together (one flight). A whole server flight
+#: of either handshake is under 1 KiB; two MAX_MESSAGE bodies let the next message
+#: use the full limit while one forged future message holds as much. The partial
+#: message farthest ahead gives way first (the peer retransmits it).
+MAX_FLIGHT_BYTES: Final = 2 * MAX_MESSAGE
+#: Future messages (beyond the next expected) whose fragments are kept.
 MAX_PENDING: Final = 8
 HS_HEADER_LEN: Final = 12
+#: The 12-byte header as type+length (I), message_seq (H), offset+fragment_length's
+#: high byte (I), fragment_length's low 16 bits (H).
+_HS_HEADER: Final = struct.Struct(">IHIH")
 
 
 class HandshakeType(IntEnum):
@@ -340,8 +376,9 @@ def encode_handshake(msg_type: int, message_seq: int, body: bytes) -> bytes:
     return bytes((msg_type,)) + n + message_seq.to_bytes(2, "big") + b"\x00\x00\x00" + n + body
 
 
-@dataclass(frozen=True, slots=True)
-class Fragment:
+class Fragment(NamedTuple):
+    """One handshake fragment (a tuple: made once per fragment of untrusted input)."""
+
     msg_type: int
     length: int
     message_seq: int
@@ -350,41 +387,75 @@ class Fragment:
 
 
 def fragments_untrusted(record_body: bytes) -> list[Fragment]:
-    """The handshake fragments in one record body (raises DecodeError)."""
+    """The handshake fragments in one record body (raises DecodeError).
+
+    Empty fragments of non-empty messages carry nothing and are left out here (a
+    ServerHelloDone, whose body is empty, comes as one empty fragment and stays).
+    """
     out: list[Fragment] = []
-    buf = Buffer(record_body)
-    while not buf.eof():
-        msg_type = buf.pull_uint(1)
-        length = buf.pull_uint(3)
-        seq = buf.pull_uint(2)
-        offset = buf.pull_uint(3)
-        frag_len = buf.pull_uint(3)
+    pos = 0
+    end = len(record_body)
+    unpack = _HS_HEADER.unpack_from
+    while pos < end:
+        if end - pos < HS_HEADER_LEN:
+            raise DecodeError("handshake message truncated")
+        type_length, seq, offset_hi, frag_lo = unpack(record_body, pos)
+        length = type_length & 0xFFFFFF
+        offset = offset_hi >> 8
+        frag_len = (offset_hi & 0xFF) << 16 | frag_lo
+        pos += HS_HEADER_LEN
         if length > MAX_MESSAGE:
             raise MessageTooLarge(f"handshake message of {length} bytes")
         if offset + frag_len > length:
             raise DecodeError("handshake fragment beyond the message end")
-        out.append(Fragment(msg_type, length, seq, offset, buf.pull_bytes(frag_len)))
+        if pos + frag_len > end:
+            raise DecodeError("handshake message truncated")
+        if frag_len or not length:
+            data = record_body[pos : pos + frag_len]
+            out.append(Fragment(type_length >> 24, length, seq, offset, data))
+        pos += frag_len
     return out
 
 
-@dataclass(slots=True)
 class _Partial:
-    msg_type: int
-    length: int
-    data: bytearray
-    have: list[tuple[int, int]] = field(default_factory=list)
+    """One message being reassembled: its body so far and the byte ranges received,
+    as disjoint, non-touching [start, end) ranges in order (``starts``/``ends``)."""
 
-    def add(self, offset: int, data: bytes) -> None:
-        self.data[offset : offset + len(data)] = data
-        self.have.append((offset, offset + len(data)))
+    __slots__ = ("data", "ends", "fragments", "length", "msg_type", "starts")
+
+    def __init__(self, msg_type: int, length: int) -> None:
+        self.msg_type = msg_type
+        self.length = length
+        self.data = bytearray(length)
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.fragments = 0
+
+    def add(self, offset: int, data: bytes) -> bool:
+        """Take a fragment; False if it is one more than :data:`MAX_FRAGMENTS` (then
+        nothing changed). A fragment that adds no bytes changes nothing."""
+        end = offset + len(data)
+        if end == offset:
+            return True  # empty: nothing to keep (an empty message is complete as it is)
+        starts, ends = self.starts, self.ends
+        lo = bisect.bisect_left(ends, offset)  # ranges before lo end before offset
+        hi = bisect.bisect_right(starts, end)  # ranges from hi on start after end
+        if hi - lo == 1 and starts[lo] <= offset and end <= ends[lo]:
+            return True  # nothing new: a duplicate or a retransmitted piece
+        if self.fragments == MAX_FRAGMENTS:
+            return False
+        self.fragments += 1
+        self.data[offset:end] = data
+        if lo < hi:
+            offset = min(offset, starts[lo])
+            end = max(end, ends[hi - 1])
+        starts[lo:hi] = (offset,)
+        ends[lo:hi] = (end,)
+        return True
 
     def complete(self) -> bool:
-        covered = 0
-        for start, end in sorted(self.have):
-            if start > covered:
-                return False
-            covered = max(covered, end)
-        return covered >= self.length
+        ends = self.ends
+        return not self.length or (len(ends) == 1 and ends[0] == self.length and not self.starts[0])
 
 
 class MessageAssembler:
@@ -392,36 +463,63 @@ class MessageAssembler:
 
     :meth:`add` returns the messages that became deliverable. Fragments of messages
     already delivered are counted in :attr:`retransmissions_seen` (the peer is
-    retransmitting: our last flight may have been lost).
+    retransmitting: our last flight may have been lost); fragments dropped at a limit
+    (see the module's docstring) in :attr:`dropped`.
     """
 
-    __slots__ = ("_pending", "next_seq", "retransmissions_seen")
+    __slots__ = ("_pending", "dropped", "next_seq", "retransmissions_seen")
 
     def __init__(self) -> None:
         self.next_seq = 0
         self._pending: dict[int, _Partial] = {}
         self.retransmissions_seen = 0
+        self.dropped = 0
 
     def add(self, frag: Fragment) -> list[tuple[int, int, bytes]]:
         """Returns (msg_type, message_seq, body) of each message now deliverable."""
-        if frag.message_seq < self.next_seq:
+        seq = frag.message_seq
+        if seq < self.next_seq:
             self.retransmissions_seen += 1
             return []
-        if frag.message_seq >= self.next_seq + MAX_PENDING:
+        if seq >= self.next_seq + MAX_PENDING:
+            self.dropped += 1
             return []  # too far ahead: drop, the peer retransmits
-        part = self._pending.get(frag.message_seq)
+        part = self._pending.get(seq)
+        if part is not None and (part.msg_type != frag.msg_type or part.length != frag.length):
+            # One of the two is forged (the peer's own fragments always agree): start
+            # over from this one, so that a forged fragment cannot block the real one.
+            del self._pending[seq]
+            self.dropped += 1
+            part = None
         if part is None:
-            part = _Partial(frag.msg_type, frag.length, bytearray(frag.length))
-            self._pending[frag.message_seq] = part
-        elif part.msg_type != frag.msg_type or part.length != frag.length:
-            raise DecodeError("inconsistent handshake fragments")
-        part.add(frag.offset, frag.data)
+            if not self._make_room(seq, frag.length):
+                self.dropped += 1
+                return []
+            part = self._pending[seq] = _Partial(frag.msg_type, frag.length)
+        if not part.add(frag.offset, frag.data):
+            del self._pending[seq]  # too many fragments: start over when it comes again
+            self.dropped += 1
+            return []
+        if seq != self.next_seq:
+            return []  # messages go out in order: only the next one can release any
         out: list[tuple[int, int, bytes]] = []
         while (ready := self._pending.get(self.next_seq)) is not None and ready.complete():
             del self._pending[self.next_seq]
             out.append((ready.msg_type, self.next_seq, bytes(ready.data)))
             self.next_seq += 1
         return out
+
+    def _make_room(self, seq: int, length: int) -> bool:
+        """Keep the flight within MAX_FLIGHT_BYTES for a new *length*-byte message
+        *seq*, dropping partial messages farther ahead than it; False if it cannot."""
+        held = sum(p.length for p in self._pending.values())
+        while held + length > MAX_FLIGHT_BYTES:
+            last = max(self._pending, default=-1)
+            if last < seq:
+                return False
+            held -= self._pending.pop(last).length
+            self.dropped += 1
+        return True
 
     def skip_to(self, seq: int) -> None:
         """Expect *seq* next (after a HelloVerifyRequest, or a DTLS 0.9 CCS)."""

@@ -3,16 +3,18 @@ and the tunnel MTU. Sans-I/O and pure.
 
 Offer (CONNECT headers, PROTOCOL.md §2.1, §4.2):
 
-- ``X-DTLS-CipherSuite``: ``PSK-NEGOTIATE`` first, then the legacy names we implement
-  (:data:`DEFAULT_CIPHERS`);
+- ``X-DTLS-CipherSuite``: ``PSK-NEGOTIATE`` first, then the legacy DTLS 1.2 names we
+  implement (:data:`DEFAULT_CIPHERS`). The Cisco DTLS 0.9 names (AES-CBC with
+  HMAC-SHA1 and the TLS 1.0 PRF, :data:`DTLS09_NAMES`) are implemented but offered
+  only when a ``--dtls-ciphers`` list names them (issue 13, F16);
 - ``X-DTLS12-CipherSuite``: the Cisco DTLS 1.2 names we implement
   (:data:`DEFAULT_CIPHERS12`).
 
 Server choice (CONNECT answer): ``X-DTLS-CipherSuite: PSK-NEGOTIATE`` plus
 ``X-DTLS-App-ID`` selects PSK mode (the PSK is the CSTP session's TLS exporter);
 otherwise ``X-DTLS-Session-ID`` plus a suite name selects the legacy resumed session
-with our X-DTLS-Master-Secret. A name we don't implement, a missing port, id or
-secret means no DTLS (CSTP only) with a one-line reason.
+with our X-DTLS-Master-Secret. A name we did not offer or don't implement, a missing
+port, id or secret means no DTLS (CSTP only) with a one-line reason.
 
 MTU (openconnect ``dtls_try_handshake``/``calculate_dtls_mtu``): the largest
 payload one record of the suite can carry in a datagram of X-CSTP-Base-MTU minus
@@ -45,6 +47,7 @@ from sepconnect.worker.proto.tunnel import TunnelConfig
 __all__ = [
     "DEFAULT_CIPHERS",
     "DEFAULT_CIPHERS12",
+    "DTLS09_NAMES",
     "LEGACY_NAMES",
     "LEGACY_NAMES12",
     "PSK_NEGOTIATE",
@@ -70,7 +73,11 @@ LEGACY_NAMES12: Final[dict[str, CipherSuite]] = {
     "ECDHE-RSA-AES256-GCM-SHA384": CipherSuite.ECDHE_RSA_AES_256_GCM_SHA384,
     "ECDHE-RSA-AES128-GCM-SHA256": CipherSuite.ECDHE_RSA_AES_128_GCM_SHA256,
 }
-DEFAULT_CIPHERS: Final = ":".join([PSK_NEGOTIATE, *LEGACY_NAMES])
+#: Legacy names of Cisco's DTLS 0.9: offered only when the user's list names them
+DTLS09_NAMES: Final = frozenset(n for n, (v, _) in LEGACY_NAMES.items() if v == DTLS_BAD_VER)
+DEFAULT_CIPHERS: Final = ":".join(
+    [PSK_NEGOTIATE, *(n for n in LEGACY_NAMES if n not in DTLS09_NAMES)]
+)
 DEFAULT_CIPHERS12: Final = ":".join(LEGACY_NAMES12)
 
 
@@ -107,12 +114,17 @@ def plan_dtls(
     master_secret: bytes | None,
     base_mtu: int,
     ipv6_peer: bool,
+    offered: str,
+    offered12: str,
 ) -> DtlsPlan | NoDtls:
     """Decide DTLS from the server's answer. *psk*: the exporter output (None if it
-    could not be had); *base_mtu*: what we sent as X-CSTP-Base-MTU."""
+    could not be had); *base_mtu*: what we sent as X-CSTP-Base-MTU; *offered* and
+    *offered12*: what we sent as X-DTLS-CipherSuite and X-DTLS12-CipherSuite."""
     if config.dtls_port is None:
         return NoDtls("the server offers no DTLS (no X-DTLS-Port)", offered=False)
     name = config.dtls_cipher
+    if name is not None and name not in (offered12 if config.dtls12 else offered).split(":"):
+        return NoDtls(f"the server chose DTLS cipher {name}, which we did not offer")
     params: DtlsParams
     if name == PSK_NEGOTIATE:
         if config.dtls_app_id is None or not 1 <= len(config.dtls_app_id) <= 32:

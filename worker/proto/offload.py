@@ -199,7 +199,7 @@ class Coalescer:
 
     def add(self, packet: bytes) -> None:
         runs = self._runs
-        if runs:
+        if runs and packet:  # an empty packet (an empty CSTP DATA frame) passes through
             first = packet[0]
             key = packet[12:24] if first == 0x45 else packet[8:44] if first >> 4 == 6 else None
             run = runs.get(key)
@@ -269,6 +269,8 @@ def _template(l4: int, header_len: int) -> _Template:
 
 def _flow_key(packet: bytes) -> bytes | None:
     """Addresses and ports of a TCP packet (the key of its run), else None."""
+    if len(packet) < 24:
+        return None  # too short for addresses and ports (IPv4; IPv6 needs 44)
     version = packet[0] >> 4
     if version == 4 and len(packet) >= 24 and packet[9] == _TCP:
         l4 = (packet[0] & 0x0F) * 4
