@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.limits import CIPHER_LIST
+from sepconnect.ipc.limits import CIPHER_LIST, PRINTABLE_TEXT
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -94,7 +94,7 @@ class Failed(Message):
 
     op: ClassVar[str] = "failed"
     kind: FailureKind
-    message: Annotated[str, Length(1, 500)]
+    message: Annotated[str, Length(1, 500), Match(PRINTABLE_TEXT)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,9 +134,9 @@ class WorkerStatus(Message):
 
     op: ClassVar[str] = "worker_status"
     channel: Literal["tls", "dtls"]
-    tls_cipher: Annotated[str, Length(0, 100)]
-    dtls_cipher: Annotated[str, Length(0, 100)] | None
-    dtls_state: Annotated[str, Length(0, 200)]
+    tls_cipher: Annotated[str, Length(0, 100), Match(PRINTABLE_TEXT)]
+    dtls_cipher: Annotated[str, Length(0, 100), Match(PRINTABLE_TEXT)] | None
+    dtls_state: Annotated[str, Length(0, 200), Match(PRINTABLE_TEXT)]
     tx_bytes: Counter
     rx_bytes: Counter
     tx_packets: Counter

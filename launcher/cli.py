@@ -20,9 +20,9 @@ import stat
 import subprocess
 import sys
 
-from sepconnect import __version__, entrypoints
+from sepconnect import __version__
 from sepconnect.ipc.limits import CIPHER_LIST, check_ifname
-from sepconnect.process import privileges
+from sepconnect.process import privileges, programs
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
@@ -399,7 +399,7 @@ def _spawn_helper(
     fd: int, peer_uid: int, interface: str | None, audit_log: str, extra: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
     argv = [
-        *entrypoints.program("sepconnect-privhelper", "sepconnect.privhelper"),
+        *programs.program("sepconnect-privhelper", "sepconnect.privhelper"),
         "--fd",
         str(fd),
         "--peer-uid",
@@ -418,7 +418,7 @@ def _spawn_helper(
         stdin=subprocess.DEVNULL,
         process_group=0,
         close_fds=True,
-        env=entrypoints.child_environment(),
+        env=programs.child_environment(),
     )
 
 
@@ -467,7 +467,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
     # The first worker starts now, before the supervisor's own modules load (~60 ms):
     # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
     # connect time, and it reads its `start` only once its imports are done.
-    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = entrypoints.start_worker(
+    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = programs.start_worker(
         allow_weak_sandbox=args.allow_weak_sandbox
     )
     set_title("sepconnect: supervisor")

@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sepconnect import entrypoints
 from sepconnect.ipc.helper_messages import LeftOut
 from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
@@ -50,6 +49,7 @@ from sepconnect.ipc.worker_messages import (
     TunnelUp,
     WorkerStatus,
 )
+from sepconnect.process import programs
 from sepconnect.process.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.supervisor import audit
 from sepconnect.supervisor.control import (
@@ -96,6 +96,7 @@ class Worker:
     purpose: str  # "login", "resume", "rekey"
     failure: Failed | None = None
     status: WorkerStatus | None = None
+    announced: tuple[str, str] | None = None  # the data channel last logged: (channel, state)
     carrying: bool = False  # has the tun and carries traffic
     dismissed_at: float | None = None
 
@@ -207,9 +208,7 @@ class Supervisor:
             # started by the launcher before it imported us (cli.connect)
             (proc, ours), self.first_worker = self.first_worker, None
         else:
-            proc, ours = entrypoints.start_worker(
-                allow_weak_sandbox=self.options.allow_weak_sandbox
-            )
+            proc, ours = programs.start_worker(allow_weak_sandbox=self.options.allow_weak_sandbox)
         channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
         worker = Worker(self.next_gen, proc, channel, time.monotonic(), purpose)
         self.next_gen += 1
@@ -323,6 +322,7 @@ class Supervisor:
                 log("the server changed the configuration; applied the difference")
             self.session.net = net
         log(f"worker {worker.gen} reconnected to the server with the session cookie")
+        worker.announced = None  # a new connection: its data channel is news again
         self._script_event("reconnect")
         self._connected(worker, up, net)
         return None
@@ -493,12 +493,9 @@ class Supervisor:
             worker.failure = msg
             return self._failed(worker, msg.kind, msg.message)
         if isinstance(msg, WorkerStatus):
-            previous = worker.status
             worker.status = msg
-            if previous is None or (previous.channel, previous.dtls_state) != (
-                msg.channel,
-                msg.dtls_state,
-            ):
+            if worker.announced != (msg.channel, msg.dtls_state):
+                worker.announced = (msg.channel, msg.dtls_state)
                 self._log_channel(msg)
             self._answer_status()
             return None

@@ -11,6 +11,8 @@ import contextlib
 import os
 import socket
 
+from sepconnect.ipc.limits import printable
+
 
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
@@ -33,7 +35,12 @@ class Notifier:
     def notify(self, **fields: str) -> None:
         if self.sock is None or self.address is None:
             return
-        text = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
+        # One line per field, whatever a value holds: a newline in it could add a field
+        # of its own choosing (MAINPID=, WATCHDOG_USEC=) to the datagram.
+        text = "\n".join(
+            f"{key.upper()}={printable(value, 200).replace(chr(10), ' ')}"
+            for key, value in fields.items()
+        )
         with contextlib.suppress(OSError):  # systemd going away must not end the session
             self.sock.sendto(text.encode(), self.address)
 

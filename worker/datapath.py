@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from sepconnect.ipc.limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
@@ -176,9 +177,9 @@ class DataPath:
         if link is None:
             return WorkerStatus(
                 channel="tls",
-                tls_cipher=self.stream.cipher[:100],
+                tls_cipher=printable(self.stream.cipher, 100),
                 dtls_cipher=None,
-                dtls_state=self.dtls_off_reason[:200] or "disabled",
+                dtls_state=printable(self.dtls_off_reason, 200) or "disabled",
                 tx_bytes=s.tx_bytes,
                 rx_bytes=s.rx_bytes,
                 tx_packets=s.tx_packets,
@@ -187,9 +188,9 @@ class DataPath:
         d = link.channel
         return WorkerStatus(
             channel="dtls" if link.usable else "tls",
-            tls_cipher=self.stream.cipher[:100],
-            dtls_cipher=d.description[:100] or None,
-            dtls_state=link.state()[:200],
+            tls_cipher=printable(self.stream.cipher, 100),
+            dtls_cipher=printable(d.description, 100) or None,
+            dtls_state=printable(link.state(), 200),
             tx_bytes=s.tx_bytes + d.tx_bytes,
             rx_bytes=s.rx_bytes + d.rx_bytes,
             tx_packets=s.tx_packets + d.tx_packets,

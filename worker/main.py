@@ -16,6 +16,7 @@ import socket
 import sys
 from typing import Literal
 
+from sepconnect.ipc.limits import printable
 from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(channel)
     except SessionFailure as exc:
         try:
-            channel.send(Failed(kind=exc.kind, message=exc.message[:500] or exc.kind))
+            channel.send(Failed(kind=exc.kind, message=printable(exc.message, 500) or exc.kind))
         except (OSError, WireError):
             _log(exc.message)
         return 1

@@ -29,13 +29,11 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "sepconnect.supervisor",
         "sepconnect.privhelper",
         "sepconnect.cli",
-        "sepconnect.entrypoints",
     ),
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
 FORBIDDEN["sepconnect.cli"] = ("sepconnect.worker",)
-FORBIDDEN["sepconnect.entrypoints"] = ("sepconnect.worker",)
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
 """All the helper loads from outside the standard library (jeepney: the D-Bus client
