@@ -476,9 +476,11 @@ tls.recv(1)
 """
 
 
-def test_malformed_server_response(lab: Lab) -> None:
-    script = Path(lab.workdir, "malformed_server.py")
-    script.write_text(MALFORMED_SERVER)
+def _fake_server(lab: Lab, name: str, source: str) -> subprocess.Popen[bytes]:
+    """A small TLS server of this test's, with the lab's certificate, in the server's
+    namespace on 198.18.1.1:4443; returns once it listens."""
+    script = Path(lab.workdir, name)
+    script.write_text(source)
     cert, key = Path(lab.workdir, "server-cert.pem"), Path(lab.workdir, "server-key.pem")
     server = lab.popen_in(
         lab.server_ns, f"{VENV}/bin/python", str(script), str(cert), str(key),
@@ -486,6 +488,11 @@ def test_malformed_server_response(lab: Lab) -> None:
     )  # fmt: skip
     assert server.stdout is not None
     assert server.stdout.readline().strip() == b"ready"
+    return server
+
+
+def test_malformed_server_response(lab: Lab) -> None:
+    server = _fake_server(lab, "malformed_server.py", MALFORMED_SERVER)
     client = Client(lab, "https://198.18.1.1:4443/")
     _assert_clean_failure(lab, client, PROTOCOL, r"xml|malformed|invalid")
     server.kill()
@@ -523,15 +530,7 @@ for _ in range(2):
 
 
 def test_url_path_and_query_on_the_wire(lab: Lab) -> None:
-    script = Path(lab.workdir, "recording_server.py")
-    script.write_text(RECORDING_SERVER)
-    cert, key = Path(lab.workdir, "server-cert.pem"), Path(lab.workdir, "server-key.pem")
-    server = lab.popen_in(
-        lab.server_ns, f"{VENV}/bin/python", str(script), str(cert), str(key),
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == b"ready"
+    server = _fake_server(lab, "recording_server.py", RECORDING_SERVER)
     client = Client(lab, "https://198.18.1.1:4443/group?secret=a%20b&x=1#not-sent")
     _assert_clean_failure(lab, client, PROTOCOL, r"HTTP 404 Not found")
     lines = server.stdout.read().decode().splitlines()

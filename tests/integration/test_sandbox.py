@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from messages import start_message
 
 from sepconnect.ipc.wire import Channel, socketpair
-from sepconnect.ipc.worker_messages import FROM_WORKER, TO_WORKER, Start
+from sepconnect.ipc.worker_messages import FROM_WORKER, TO_WORKER
 from sepconnect.worker import sandbox
 
 from lab import Lab
@@ -218,23 +219,8 @@ def run_worker(probe: str, *, weak: bool = False, timeout: float = 20) -> tuple[
     theirs.close()
     channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER)
     try:
-        channel.send(
-            Start(
-                proto=1,
-                # Loopback, nothing listens: a worker that survives its probe gets ECONNREFUSED.
-                url="https://127.0.0.1:9/",
-                username="",
-                passwords=(),
-                group=None,
-                servercert=None,
-                cafile_pem=None,
-                base_mtu=None,
-                mtu=None,
-                disable_ipv6=False,
-                hostname="probe",
-                verbose=0,
-            )
-        )
+        # Loopback, nothing listens: a worker that survives its probe gets ECONNREFUSED.
+        channel.send(start_message("https://127.0.0.1:9/"))
         _, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from messages import start_message
 from OpenSSL import SSL
 from test_tunnel import parse
 
-from sepconnect.ipc.worker_messages import Start
 from sepconnect.worker.connect import (
     Server,
     SessionFailure,
@@ -241,19 +241,8 @@ def test_connect_keeps_its_fixed_path() -> None:
 
 
 def test_an_unusable_query_is_a_clear_error() -> None:
-    start = Start(
-        proto=1,
-        url="https://198.18.1.1/?a b",
-        username="test",
-        passwords=("test123",),
-        group=None,
-        servercert=None,
-        cafile_pem=None,
-        base_mtu=None,
-        mtu=None,
-        disable_ipv6=False,
-        hostname="h",
-        verbose=0,
+    start = start_message(
+        "https://198.18.1.1/?a b", username="test", passwords=("test123",), hostname="h"
     )
     with pytest.raises(SessionFailure) as info:  # before anything is sent
         open_tunnel(start)

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from sepconnect.ipc.worker_messages import Start
+from messages import start_message
 
 
 def test_start_repr_shows_no_secret() -> None:
-    start = Start(
-        proto=1,
-        url="https://vpn.example/",
+    start = start_message(
+        "https://vpn.example/",
         username="alice",
         passwords=("hunter2", "123456"),
-        group=None,
-        servercert=None,
-        cafile_pem=None,
-        base_mtu=None,
-        mtu=None,
-        disable_ipv6=False,
-        hostname="kiosk",
-        verbose=0,
         cookie="webvpn-secret-cookie",
     )
     shown = repr(start)
