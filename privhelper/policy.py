@@ -73,7 +73,7 @@ class Refusal(Exception):
 
 
 # Address ranges that never belong on, or behind, a VPN tunnel. An address in
-# one of them, or a prefix lying entirely inside one, is refused with the label.
+# one of them, or a prefix overlapping one (the full tunnel's /1 halves excepted), is refused.
 _FORBIDDEN: Final[tuple[tuple[Network, str], ...]] = tuple(
     (ipaddress.ip_network(net), label)
     for net, label in (
@@ -107,21 +107,27 @@ installed as: more specific than any default route, so the host's own default
 route is never touched and comes back untouched when the halves go."""
 
 
+_HALVES: Final = frozenset(half for pair in DEFAULT_ROUTES.values() for half in pair)
+
+
 def full_tunnel(net: NetworkConfig) -> dict[int, bool]:
     """Per family: does everything go through the tun (the /0 halves)?"""
-    halves = {half for pair in DEFAULT_ROUTES.values() for half in pair}
-    return {v: any(r in halves and r.version == v for r in net.routes) for v in (4, 6)}
+    return {v: any(r in _HALVES and r.version == v for r in net.routes) for v in (4, 6)}
 
 
 def _forbidden(value: Address | Network) -> str | None:
-    """The label of the forbidden range holding an address or a whole prefix."""
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        first, last = value.network_address, value.broadcast_address
-    else:
-        first = last = value
+    """Why an address, or a prefix that overlaps a forbidden range, is refused (None: it is
+    not). Overlap, not containment: 169.254.0.0/15 holds the cloud metadata address too.
+    The /1 halves of a full tunnel are the one exception (they overlap everything)."""
+    if not isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return next((label for net, label in _FORBIDDEN if value in net), None)
+    if value in _HALVES:
+        return None
     for net, label in _FORBIDDEN:
-        if first in net and last in net:
-            return label
+        if value.version != net.version or not value.overlaps(net):
+            continue
+        inside = value.network_address in net and value.broadcast_address in net
+        return label if inside else f"a prefix overlapping {label} {net}"
     return None
 
 

@@ -372,15 +372,17 @@ def nft_tables(box: Box) -> list[str]:
 
 
 def test_fail_closed_keeps_public_excludes_out_unless_allowed(box: Box) -> None:
-    """Issue 13, F3: four /2 excludes would turn the kill switch into pass-all."""
-    halves = ["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"]
+    """Issue 13, F3: public excludes would open holes in the kill switch (four /2 ones,
+    pass-all; each of those also overlaps a forbidden range, refused by the value rules:
+    these public /8s overlap none)."""
+    public = ["11.0.0.0/8", "12.0.0.0/8"]
     helper = Helper(box, "--fail-closed")
     helper.up({**FULL, "dns": [], "domains": [], "exclude": ["198.18.77.0/24"]})
     table = f"sepconnect_{helper.proc.pid}"
     before = box.sh(f"nft list table inet {table}")
-    with pytest.raises(HelperRefused, match="only private space .* --allow-exclude 0.0.0.0/2"):
+    with pytest.raises(HelperRefused, match="only private space .* --allow-exclude 11.0.0.0/8"):
         helper.client.net_config(network_config(**{**FULL, "dns": [], "domains": [],
-                                                     "exclude": halves}))  # fmt: skip
+                                                     "exclude": public}))  # fmt: skip
     assert box.sh(f"nft list table inet {table}") == before  # the kill switch is unchanged
     # Private space may be excluded (root's --allow-exclude is unit-tested: the lab
     # addresses nothing outside 198.18.0.0/15).

@@ -155,6 +155,12 @@ REFUSED_CASES = [
     (dict(routes=("ff00::/8",)), "multicast"),
     (dict(routes=("fe80::/10",)), "link-local"),
     (dict(routes=("::1/128",)), "loopback"),
+    # overlapping a forbidden range is enough (issue 13, F4)
+    (dict(routes=("169.254.0.0/15",)), "overlapping link-local 169.254.0.0/16"),
+    (dict(routes=("224.0.0.0/3",)), "overlapping multicast"),
+    (dict(routes=("fe80::/9",)), "overlapping link-local fe80::/10"),
+    (dict(routes=("0.0.0.0/2",)), "overlapping unspecified"),
+    (dict(exclude=("192.0.0.0/2",)), "overlapping multicast"),
     (dict(ipv6=None, routes=("2001:2:0:20::/64",)), "the tunnel has no IPv6 address"),
     (dict(ipv6=None, routes=("::/0",)), "the tunnel has no IPv6 address"),
     (dict(ipv4=None, routes=("198.19.0.0/17",)), "the tunnel has no IPv4 address"),
@@ -949,6 +955,8 @@ def test_kill_switch_excludes_only_private_space_or_what_root_allows() -> None:
     quarters = unchecked(exclude=["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"])
     with pytest.raises(Refusal, match="exclude 0.0.0.0/2: --fail-closed lets a server"):
         check_kill_switch_excludes(quarters, ())
+    with pytest.raises(Refusal, match="overlapping"):  # and the value rules refuse them too
+        check_net_config(quarters)
     lan = unchecked(exclude=["192.168.1.0/24", "198.18.3.0/24", "fd00:1::/64"])
     check_kill_switch_excludes(lan, ())
     public = unchecked(exclude=["8.8.8.0/25"])
