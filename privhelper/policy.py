@@ -131,14 +131,25 @@ def _forbidden(value: Address | Network) -> str | None:
     return None
 
 
+MIN_ADDRESS_PREFIX: Final = {4: 8, 6: 32}
+"""A tun address's subnet is at most a /8 (IPv4) or a /32 (IPv6): the kernel installs
+that subnet's route itself, and a /1 there would carry half the address space."""
+
+
 def check_interface(iface: _I) -> _I:
     """A tun address with its prefix length (``198.18.0.2/24``, ``2001:2::2/64``)."""
     what = f"ipv{iface.version} address {iface}"
-    if iface.network.prefixlen == 0:
-        raise Refusal(f"{what}: a /0 address prefix is not allowed")
+    shortest = MIN_ADDRESS_PREFIX[iface.version]
+    if iface.network.prefixlen < shortest:
+        raise Refusal(f"{what}: a prefix shorter than /{shortest} is not allowed")
     label = _forbidden(iface.ip)
     if label is not None:
         raise Refusal(f"{what}: {label} is not allowed")
+    # The kernel routes the address's subnet through the tun by itself: that route
+    # passes the route rules too.
+    label = _forbidden(iface.network)
+    if label is not None:
+        raise Refusal(f"{what}: its subnet {iface.network} is {label}, which is not allowed")
     if (
         isinstance(iface, ipaddress.IPv4Interface)
         and iface.network.prefixlen <= 30

@@ -118,7 +118,11 @@ REFUSED_CASES = [
     (dict(ipv4="0.0.0.1/32"), "unspecified"),
     (dict(ipv4="255.255.255.255/32"), "broadcast"),
     (dict(ipv4="240.0.0.1/24"), "reserved"),
-    (dict(ipv4="198.18.10.2/0"), "/0 address prefix"),
+    (dict(ipv4="198.18.10.2/0"), "shorter than /8"),
+    (dict(ipv4="10.8.0.2/1"), "shorter than /8"),  # the kernel's /1 route (issue 13, F4)
+    (dict(ipv4="169.255.0.2/15"), "its subnet 169.254.0.0/15 is a prefix overlapping link-local"),
+    (dict(ipv4="198.18.10.2/4"), "shorter than /8"),
+    (dict(ipv6="2001:2::1/16"), "shorter than /32"),
     (dict(ipv4="198.18.10.0/24"), "network or broadcast address"),
     (dict(ipv4="198.18.10.255/24"), "network or broadcast address"),
     (dict(ipv6="::1/128"), "loopback"),
@@ -126,7 +130,7 @@ REFUSED_CASES = [
     (dict(ipv6="fe80::1/64"), "link-local"),
     (dict(ipv6="ff02::1/64"), "multicast"),
     (dict(ipv6="::ffff:198.18.0.1/128"), "IPv4-mapped"),
-    (dict(ipv6="2001:2::1/0"), "/0 address prefix"),
+    (dict(ipv6="2001:2::1/0"), "shorter than /32"),
     (dict(ipv4=None, ipv6=None, routes=()), "no address"),
     # MTU
     (dict(mtu=1279), "mtu 1279: IPv6 needs at least 1280"),
