@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
-from sepconnect.worker.dtls_link import DtlsLink
+from sepconnect.worker.dtls_link import DtlsLink, Udp
 from sepconnect.worker.io.poller import Poller
 from sepconnect.worker.io.tls import TlsError
 from sepconnect.worker.io.tun import TunIO
+from sepconnect.worker.io.udp import UdpLink
 from sepconnect.worker.proto import errors
 from sepconnect.worker.proto.dtls_setup import DtlsPlan, NoDtls
 from sepconnect.worker.proto.session import (
@@ -47,13 +50,30 @@ class Outcome:
     rx_bytes: int
 
 
+class Tun(Protocol):
+    """The tun device as the data path uses it (worker/io/tun.py; a fake in the tests)."""
+
+    def read_packets(self, budget: int) -> list[bytes]: ...
+    def write_packets(self, packets: list[bytes]) -> None: ...
+
+
 class DataPath:
-    def __init__(self, tunnel: Tunnel, tun_fd: int, channel: Channel) -> None:
+    """*tun* and *open_udp* replace the tun on *tun_fd* and the UDP sockets (tests)."""
+
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        tun_fd: int,
+        channel: Channel,
+        *,
+        tun: Tun | None = None,
+        open_udp: Callable[[str, int], Udp] = UdpLink,
+    ) -> None:
         self.held = False  # a replacement is connecting: never reconnect in place
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
-        self.tun = TunIO(tun_fd)
+        self.tun: Tun = TunIO(tun_fd) if tun is None else tun
         self.channel = channel
         cfg = tunnel.config
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
@@ -62,7 +82,7 @@ class DataPath:
         self.selector = Poller()
         plan = tunnel.dtls
         self.dtls = (
-            DtlsLink(tunnel, plan, self.selector, time.monotonic())
+            DtlsLink(tunnel, plan, self.selector, time.monotonic(), open_udp)
             if isinstance(plan, DtlsPlan)
             else None
         )

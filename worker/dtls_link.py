@@ -10,10 +10,12 @@ log lines; the data path then reports a WorkerStatus to the supervisor unasked.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Protocol
 
 from sepconnect.worker.connect import Tunnel
 from sepconnect.worker.io.poller import Poller
-from sepconnect.worker.io.udp import UdpError, UdpLink
+from sepconnect.worker.io.udp import UdpError
 from sepconnect.worker.proto.dtls_channel import (
     AttemptFailed,
     ChannelConfig,
@@ -26,18 +28,38 @@ from sepconnect.worker.proto.dtls_channel import (
 from sepconnect.worker.proto.dtls_connection import DtlsConnection
 from sepconnect.worker.proto.dtls_setup import DtlsPlan
 
-__all__ = ["DtlsLink"]
+__all__ = ["DtlsLink", "Udp"]
+
+
+class Udp(Protocol):
+    """The UDP socket as the link uses it (worker/io/udp.py; a fake in the tests)."""
+
+    drained: bool
+
+    def fileno(self) -> int: ...
+    def send_batch(self, datagrams: list[bytes]) -> int: ...
+    def send_one(self, datagram: bytes) -> bool: ...
+    def recv_batch(self, limit: int = 64) -> list[bytes]: ...
+    def close(self) -> None: ...
 
 
 class DtlsLink:
-    def __init__(self, tunnel: Tunnel, plan: DtlsPlan, selector: Poller, now: float) -> None:
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        plan: DtlsPlan,
+        selector: Poller,
+        now: float,
+        open_udp: Callable[[str, int], Udp],
+    ) -> None:
         cfg = tunnel.config
         assert cfg.dtls_port is not None
         self.address = tunnel.server.address
         self.port = cfg.dtls_port
         self.plan = plan
         self.selector = selector
-        self.udp: UdpLink | None = None
+        self._open_udp = open_udp
+        self.udp: Udp | None = None
         self.channel = DtlsChannel(
             lambda: DtlsConnection(plan.params, random=os.urandom),
             ChannelConfig(
@@ -58,15 +80,15 @@ class DtlsLink:
     def _new_socket(self) -> None:
         self._close_socket()
         try:
-            self.udp = UdpLink(self.address, self.port)
+            self.udp = self._open_udp(self.address, self.port)
         except OSError:
             self.udp = None  # e.g. no route: the channel's handshake simply times out
             return
-        self.selector.register(self.udp.sock.fileno(), "udp")
+        self.selector.register(self.udp.fileno(), "udp")
 
     def _close_socket(self) -> None:
         if self.udp is not None:
-            self.selector.unregister(self.udp.sock.fileno())
+            self.selector.unregister(self.udp.fileno())
             self.udp.close()
             self.udp = None
 
