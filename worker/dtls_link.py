@@ -38,7 +38,6 @@ class Udp(Protocol):
 
     def fileno(self) -> int: ...
     def send_batch(self, datagrams: list[bytes]) -> int: ...
-    def send_one(self, datagram: bytes) -> bool: ...
     def recv_batch(self, limit: int = 64) -> list[bytes]: ...
     def close(self) -> None: ...
 
@@ -110,7 +109,7 @@ class DtlsLink:
         if datagram is None:
             return False
         try:
-            if not udp.send_one(datagram):
+            if not udp.send_batch([datagram]):
                 self.dropped += 1
         except UdpError as exc:
             self.channel.socket_error(now, str(exc))

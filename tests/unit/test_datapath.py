@@ -90,9 +90,6 @@ class FakeUdp:
             self.sock.send(d)
         return len(datagrams)
 
-    def send_one(self, datagram: bytes) -> bool:
-        return self.send_batch([datagram]) == 1
-
     def recv_batch(self, limit: int = 64) -> list[bytes]:
         self._icmp()
         self.drained = False
