@@ -289,9 +289,10 @@ class DtlsChannel:
             or len(packet) > self.config.max_packet
         ):
             return None
-        datagram = conn.seal_data(b"\x00" + packet)
-        if not datagram:  # the connection failed (sequence numbers exhausted)
+        sealed = conn.seal_data([b"\x00" + packet])
+        if not sealed:  # the connection failed (sequence numbers exhausted)
             return None
+        datagram = sealed[0]
         self.tx_packets += 1
         self.tx_bytes += len(packet)
         self.last_tx = now
@@ -313,7 +314,7 @@ class DtlsChannel:
                 rejected.append(packet)
             else:
                 payloads.append(b"\x00" + packet)
-        datagrams = conn.seal_data_many(payloads)
+        datagrams = conn.seal_data(payloads)
         self._out += datagrams
         sent = len(datagrams)
         nbytes = sum(map(len, payloads[:sent])) - sent
@@ -331,9 +332,7 @@ class DtlsChannel:
         conn = self.conn
         if conn is None or not conn.established:
             return
-        datagram = conn.seal_data(payload)
-        if datagram:
-            self._out.append(datagram)
+        self._out += conn.seal_data([payload])
         self.last_tx = now
         if expect_answer and self._unanswered_since is None:
             self._unanswered_since = now
