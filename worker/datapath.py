@@ -259,22 +259,22 @@ class DataPath:
         # read which finds the tun empty is not on an interactive packet's path.
         first = self.tun.read_packets(1)
         if first:
-            if len(first) > 1 or dtls is None or not dtls.send_one(first[0], now):
-                self._to_server(first, now)
+            self._to_server(first, now)
             rest = self.tun.read_packets(_TUN_BURST - 1)
             if rest:
                 self._to_server(rest, now)
 
     def _to_server(self, packets: list[bytes], now: float) -> None:
+        # DTLS sends what it carries now (a lone packet at once); the rest goes over CSTP.
         dtls = self.dtls
         if dtls is not None:
-            packets = dtls.send_packets(packets, now)  # what DTLS cannot carry now
-            dtls.flush(now)
-        if packets:
-            session = self.session
-            for packet in packets:
-                session.send_packet(packet, now)
-            self._flush()
+            packets = dtls.send(packets, now)
+            if not packets:
+                return
+        session = self.session
+        for packet in packets:
+            session.send_packet(packet, now)
+        self._flush()
 
     def _flush(self) -> None:
         frames = self.session.frames_to_send()

@@ -1,8 +1,8 @@
 """The DTLS side of the data path: the UDP socket around the sans-I/O DtlsChannel.
 
-DataPath (worker/datapath.py) owns the selector loop; it asks this object to send a
-tun packet (``send_packet`` returns False when the packet must go over CSTP), feeds
-it readable events and timer expiries, and calls ``flush`` once per turn. Channel
+DataPath (worker/datapath.py) owns the selector loop; it hands this object tun packets
+(:meth:`DtlsLink.send` sends what DTLS carries now and returns the rest, for CSTP),
+feeds it readable events and timer expiries, and calls ``flush`` once per turn. Channel
 changes (DTLS up, fallback to TLS) come back from :meth:`DtlsLink.poll_events` as
 log lines; the data path then reports a WorkerStatus to the supervisor unasked.
 """
@@ -97,27 +97,17 @@ class DtlsLink:
     def usable(self) -> bool:
         return self.channel.usable
 
-    def send_packet(self, packet: bytes, now: float) -> bool:
-        return self.channel.send_packet(packet, now)
-
-    def send_one(self, packet: bytes, now: float) -> bool:
-        """Seal and send one packet at once; False when it must go over CSTP."""
-        udp = self.udp
-        if udp is None or self.channel.has_output:
-            return False  # keep the order behind what is queued
-        datagram = self.channel.seal_packet(packet, now)
-        if datagram is None:
-            return False
-        try:
-            if not udp.send_batch([datagram]):
-                self.dropped += 1
-        except UdpError as exc:
-            self.channel.socket_error(now, str(exc))
-        return True
-
-    def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
-        """Queue a burst; returns the packets that must go over CSTP."""
-        return self.channel.send_packets(packets, now)
+    def send(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Seal a burst of tun packets and send it at once; returns the packets that
+        must go over CSTP (:meth:`DtlsChannel.seal_packets` decides). A lone packet is
+        a burst of one: one send(), no queue on its path."""
+        channel = self.channel
+        datagrams, over_cstp = channel.seal_packets(packets, now)
+        if datagrams:
+            if channel.has_output:  # behind what is queued (a DPD answer, say)
+                datagrams = channel.datagrams_to_send() + datagrams
+            self._send(datagrams, now)
+        return over_cstp
 
     def read(self, now: float, *, first: bool = False) -> list[bytes]:
         """Datagrams ready on the socket → IP packets for the tun. With ``first``, only
@@ -166,9 +156,12 @@ class DtlsLink:
         return lines
 
     def flush(self, now: float) -> None:
+        """Send what the channel queued (handshake, DPD, keepalive)."""
         datagrams = self.channel.datagrams_to_send()
-        if not datagrams:
-            return
+        if datagrams:
+            self._send(datagrams, now)
+
+    def _send(self, datagrams: list[bytes], now: float) -> None:
         udp = self.udp
         if udp is None:
             self.dropped += len(datagrams)
