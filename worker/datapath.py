@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sepconnect.ipc.limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
-from sepconnect.worker.dtls_link import DtlsLink
+from sepconnect.worker.dtls_link import DtlsLink, Udp
 from sepconnect.worker.io.poller import Poller
 from sepconnect.worker.io.tls import TlsError
 from sepconnect.worker.io.tun import TunIO
+from sepconnect.worker.io.udp import UdpLink
 from sepconnect.worker.proto import errors
 from sepconnect.worker.proto.dtls_setup import DtlsPlan, NoDtls
 from sepconnect.worker.proto.session import (
@@ -48,13 +51,30 @@ class Outcome:
     rx_bytes: int
 
 
+class Tun(Protocol):
+    """The tun device as the data path uses it (worker/io/tun.py; a fake in the tests)."""
+
+    def read_packets(self, budget: int) -> list[bytes]: ...
+    def write_packets(self, packets: list[bytes]) -> None: ...
+
+
 class DataPath:
-    def __init__(self, tunnel: Tunnel, tun_fd: int, channel: Channel) -> None:
+    """*tun* and *open_udp* replace the tun on *tun_fd* and the UDP sockets (tests)."""
+
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        tun_fd: int,
+        channel: Channel,
+        *,
+        tun: Tun | None = None,
+        open_udp: Callable[[str, int], Udp] = UdpLink,
+    ) -> None:
         self.held = False  # a replacement is connecting: never reconnect in place
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
-        self.tun = TunIO(tun_fd)
+        self.tun: Tun = TunIO(tun_fd) if tun is None else tun
         self.channel = channel
         cfg = tunnel.config
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
@@ -63,7 +83,7 @@ class DataPath:
         self.selector = Poller()
         plan = tunnel.dtls
         self.dtls = (
-            DtlsLink(tunnel, plan, self.selector, time.monotonic())
+            DtlsLink(tunnel, plan, self.selector, time.monotonic(), open_udp)
             if isinstance(plan, DtlsPlan)
             else None
         )
@@ -240,22 +260,22 @@ class DataPath:
         # read which finds the tun empty is not on an interactive packet's path.
         first = self.tun.read_packets(1)
         if first:
-            if len(first) > 1 or dtls is None or not dtls.send_one(first[0], now):
-                self._to_server(first, now)
+            self._to_server(first, now)
             rest = self.tun.read_packets(_TUN_BURST - 1)
             if rest:
                 self._to_server(rest, now)
 
     def _to_server(self, packets: list[bytes], now: float) -> None:
+        # DTLS sends what it carries now (a lone packet at once); the rest goes over CSTP.
         dtls = self.dtls
         if dtls is not None:
-            packets = dtls.send_packets(packets, now)  # what DTLS cannot carry now
-            dtls.flush(now)
-        if packets:
-            session = self.session
-            for packet in packets:
-                session.send_packet(packet, now)
-            self._flush()
+            packets = dtls.send(packets, now)
+            if not packets:
+                return
+        session = self.session
+        for packet in packets:
+            session.send_packet(packet, now)
+        self._flush()
 
     def _flush(self) -> None:
         frames = self.session.frames_to_send()

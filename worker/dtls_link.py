@@ -1,8 +1,8 @@
 """The DTLS side of the data path: the UDP socket around the sans-I/O DtlsChannel.
 
-DataPath (worker/datapath.py) owns the selector loop; it asks this object to send a
-tun packet (``send_packet`` returns False when the packet must go over CSTP), feeds
-it readable events and timer expiries, and calls ``flush`` once per turn. Channel
+DataPath (worker/datapath.py) owns the selector loop; it hands this object tun packets
+(:meth:`DtlsLink.send` sends what DTLS carries now and returns the rest, for CSTP),
+feeds it readable events and timer expiries, and calls ``flush`` once per turn. Channel
 changes (DTLS up, fallback to TLS) come back from :meth:`DtlsLink.poll_events` as
 log lines; the data path then reports a WorkerStatus to the supervisor unasked.
 """
@@ -10,10 +10,12 @@ log lines; the data path then reports a WorkerStatus to the supervisor unasked.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Protocol
 
 from sepconnect.worker.connect import Tunnel
 from sepconnect.worker.io.poller import Poller
-from sepconnect.worker.io.udp import UdpError, UdpLink
+from sepconnect.worker.io.udp import UdpError
 from sepconnect.worker.proto.dtls_channel import (
     AttemptFailed,
     ChannelConfig,
@@ -26,18 +28,37 @@ from sepconnect.worker.proto.dtls_channel import (
 from sepconnect.worker.proto.dtls_connection import DtlsConnection
 from sepconnect.worker.proto.dtls_setup import DtlsPlan
 
-__all__ = ["DtlsLink"]
+__all__ = ["DtlsLink", "Udp"]
+
+
+class Udp(Protocol):
+    """The UDP socket as the link uses it (worker/io/udp.py; a fake in the tests)."""
+
+    drained: bool
+
+    def fileno(self) -> int: ...
+    def send_batch(self, datagrams: list[bytes]) -> int: ...
+    def recv_batch(self, limit: int = 64) -> list[bytes]: ...
+    def close(self) -> None: ...
 
 
 class DtlsLink:
-    def __init__(self, tunnel: Tunnel, plan: DtlsPlan, selector: Poller, now: float) -> None:
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        plan: DtlsPlan,
+        selector: Poller,
+        now: float,
+        open_udp: Callable[[str, int], Udp],
+    ) -> None:
         cfg = tunnel.config
         assert cfg.dtls_port is not None
         self.address = tunnel.server.address
         self.port = cfg.dtls_port
         self.plan = plan
         self.selector = selector
-        self.udp: UdpLink | None = None
+        self._open_udp = open_udp
+        self.udp: Udp | None = None
         self.channel = DtlsChannel(
             lambda: DtlsConnection(plan.params, random=os.urandom),
             ChannelConfig(
@@ -58,15 +79,15 @@ class DtlsLink:
     def _new_socket(self) -> None:
         self._close_socket()
         try:
-            self.udp = UdpLink(self.address, self.port)
+            self.udp = self._open_udp(self.address, self.port)
         except OSError:
             self.udp = None  # e.g. no route: the channel's handshake simply times out
             return
-        self.selector.register(self.udp.sock.fileno(), "udp")
+        self.selector.register(self.udp.fileno(), "udp")
 
     def _close_socket(self) -> None:
         if self.udp is not None:
-            self.selector.unregister(self.udp.sock.fileno())
+            self.selector.unregister(self.udp.fileno())
             self.udp.close()
             self.udp = None
 
@@ -76,27 +97,17 @@ class DtlsLink:
     def usable(self) -> bool:
         return self.channel.usable
 
-    def send_packet(self, packet: bytes, now: float) -> bool:
-        return self.channel.send_packet(packet, now)
-
-    def send_one(self, packet: bytes, now: float) -> bool:
-        """Seal and send one packet at once; False when it must go over CSTP."""
-        udp = self.udp
-        if udp is None or self.channel.has_output:
-            return False  # keep the order behind what is queued
-        datagram = self.channel.seal_packet(packet, now)
-        if datagram is None:
-            return False
-        try:
-            if not udp.send_one(datagram):
-                self.dropped += 1
-        except UdpError as exc:
-            self.channel.socket_error(now, str(exc))
-        return True
-
-    def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
-        """Queue a burst; returns the packets that must go over CSTP."""
-        return self.channel.send_packets(packets, now)
+    def send(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Seal a burst of tun packets and send it at once; returns the packets that
+        must go over CSTP (:meth:`DtlsChannel.seal_packets` decides). A lone packet is
+        a burst of one: one send(), no queue on its path."""
+        channel = self.channel
+        datagrams, over_cstp = channel.seal_packets(packets, now)
+        if datagrams:
+            if channel.has_output:  # behind what is queued (a DPD answer, say)
+                datagrams = channel.datagrams_to_send() + datagrams
+            self._send(datagrams, now)
+        return over_cstp
 
     def read(self, now: float, *, first: bool = False) -> list[bytes]:
         """Datagrams ready on the socket → IP packets for the tun. With ``first``, only
@@ -145,9 +156,12 @@ class DtlsLink:
         return lines
 
     def flush(self, now: float) -> None:
+        """Send what the channel queued (handshake, DPD, keepalive)."""
         datagrams = self.channel.datagrams_to_send()
-        if not datagrams:
-            return
+        if datagrams:
+            self._send(datagrams, now)
+
+    def _send(self, datagrams: list[bytes], now: float) -> None:
         udp = self.udp
         if udp is None:
             self.dropped += len(datagrams)

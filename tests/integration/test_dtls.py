@@ -312,12 +312,12 @@ while time.monotonic() < end and not got:
     for d in c.datagrams_to_send(): s.send(d)
     t = c.get_timer(); to = 0.1 if t is None else max(0, min(0.1, t - time.monotonic()))
     if select.select([s], [], [], to)[0]:
-        got += c.receive_datagram_untrusted(s.recv(65535), time.monotonic())
+        got += c.receive_datagrams_untrusted([s.recv(65535)], time.monotonic())
     c.handle_timer(time.monotonic())
     while (e := c.next_event()) is not None:
         if isinstance(e, HandshakeComplete):
             print("COMPLETE", e.suite.name, e.extended_master_secret, flush=True)
-            c.send_data(b"hello from sepconnect\n")
+            for d in c.seal_data([b"hello from sepconnect\n"]): s.send(d)
         if isinstance(e, ConnectionClosed):
             print("CLOSED", e.reason, flush=True); sys.exit(1)
 for d in c.datagrams_to_send(): s.send(d)

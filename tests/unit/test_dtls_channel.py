@@ -39,21 +39,30 @@ class Net:
         self.dropped = 0  # datagrams sent while the path was cut
         self.received: list[bytes] = []  # packets the channel handed up
 
+    def send(self, *packets: bytes) -> list[bytes]:
+        """Tun packets through the channel, sent at once as the link does; returns
+        those the channel hands back for CSTP."""
+        datagrams, over_cstp = self.channel.seal_packets(list(packets), self.now)
+        self._deliver(datagrams)
+        return over_cstp
+
+    def _deliver(self, datagrams: list[bytes]) -> None:
+        for d in datagrams:
+            if self.up:
+                self.to_server.append(d)
+                self.server.receive(d)
+            else:
+                self.dropped += 1
+
     def step(self) -> None:
         """Deliver what is queued (both ways) until quiet."""
         for _ in range(100):
-            moved = False
             self._events()  # as the driver: a NewSocket comes before what follows it
-            for d in self.channel.datagrams_to_send():
-                if self.up:
-                    self.to_server.append(d)
-                    self.server.receive(d)
-                else:
-                    self.dropped += 1
-            for d in self.server.datagrams():
-                if self.up:
-                    moved = True
-                    self.received += self.channel.receive_datagram_untrusted(d, self.now)
+            self._deliver(self.channel.datagrams_to_send())
+            answers = self.server.datagrams()
+            moved = self.up and bool(answers)
+            if moved:
+                self.received += self.channel.receive_datagrams_untrusted(answers, self.now)
             self._events()
             if not moved:
                 return
@@ -97,7 +106,7 @@ def test_comes_up_on_a_fresh_socket() -> None:
 def test_data_both_ways_and_dpd_request_answered() -> None:
     net = Net()
     net.connect()
-    assert net.channel.send_packet(b"\x45ip-packet", net.now)
+    assert net.send(b"\x45ip-packet") == []
     net.server.send_app(b"\x00\x45reply")
     net.server.send_app(b"\x03")  # server DPD-REQ
     net.server.send_app(b"\x07")  # keepalive: nothing to hand up
@@ -111,17 +120,16 @@ def test_data_both_ways_and_dpd_request_answered() -> None:
 def test_too_large_packets_go_over_cstp() -> None:
     net = Net(ChannelConfig(max_packet=1000))
     net.connect()
-    assert not net.channel.send_packet(b"x" * 1001, net.now)
-    assert net.channel.send_packet(b"x" * 1000, net.now)
+    assert net.send(b"x" * 1001) == [b"x" * 1001]
+    assert net.send(b"x" * 1000) == []
 
 
 def test_a_burst_goes_over_dtls_except_what_is_too_large() -> None:
     net = Net(ChannelConfig(max_packet=1000))
-    assert net.channel.send_packets([b"\x45early"], net.now) == [b"\x45early"]  # not up yet
+    assert net.send(b"\x45early") == [b"\x45early"]  # not up yet
     net.connect()
     burst = [b"\x45a", b"y" * 1001, b"\x45b" * 300, b"\x45c"]
-    assert net.channel.send_packets(burst, net.now) == [b"y" * 1001]
-    net.step()
+    assert net.send(*burst) == [b"y" * 1001]
     assert net.server.received[-3:] == [b"\x00\x45a", b"\x00" + b"\x45b" * 300, b"\x00\x45c"]
     assert net.channel.tx_packets == 3
     assert net.channel.tx_bytes == 2 + 600 + 2
@@ -129,11 +137,11 @@ def test_a_burst_goes_over_dtls_except_what_is_too_large() -> None:
 
 def test_a_single_packet_is_sealed_for_sending_at_once() -> None:
     net = Net(ChannelConfig(max_packet=1000))
-    assert net.channel.seal_packet(b"\x45early", net.now) is None  # not up yet: CSTP
+    assert net.channel.seal_packets([b"\x45early"], net.now) == ([], [b"\x45early"])
     net.connect()
-    assert net.channel.seal_packet(b"y" * 1001, net.now) is None  # too large: CSTP
-    datagram = net.channel.seal_packet(b"\x45one", net.now)
-    assert datagram is not None
+    assert net.channel.seal_packets([b"y" * 1001], net.now) == ([], [b"y" * 1001])
+    (datagram,), over_cstp = net.channel.seal_packets([b"\x45one"], net.now)
+    assert over_cstp == []
     assert not net.channel.has_output  # nothing queued: the caller sends it
     net.server.receive(datagram)
     assert net.server.received[-1] == b"\x00\x45one"
@@ -142,6 +150,22 @@ def test_a_single_packet_is_sealed_for_sending_at_once() -> None:
     timer = net.channel.get_timer()
     assert timer is not None
     assert timer <= net.now + 30
+
+
+def test_running_out_of_sequence_numbers_moves_data_to_cstp() -> None:
+    net = Net()
+    net.connect()
+    assert net.channel.conn is not None
+    net.channel.conn._write_seq[1] = 2**48 - 1  # one record left in this session
+    assert net.send(b"\x45a", b"\x45b", b"\x45c") == [b"\x45b", b"\x45c"]
+    assert net.server.received[-1] == b"\x00\x45a"
+    assert (net.channel.tx_packets, net.channel.tx_bytes) == (1, 2)
+    assert not net.channel.usable
+    net.step()
+    (down,) = net.of(DtlsDown)
+    assert "exhausted" in down.reason
+    net.advance(net.now + 5)
+    assert net.channel.usable  # a new session
 
 
 @pytest.mark.parametrize("traffic_period", [0.01, 0.1, 0.5])
@@ -153,7 +177,7 @@ def test_blackhole_fails_over_within_the_bound_and_returns(traffic_period: float
     first_loss = net.now
     # the user keeps sending; nothing comes back
     while net.channel.usable and net.now < first_loss + 10:
-        net.channel.send_packet(b"\x45data", net.now)
+        net.send(b"\x45data")
         net.advance(net.now + traffic_period)
     assert not net.channel.usable
     failover = net.now - first_loss
@@ -175,7 +199,7 @@ def test_probes_while_lost_are_paced() -> None:
     net = Net()
     net.connect()
     net.up = False
-    net.channel.send_packet(b"\x45x", net.now)
+    net.send(b"\x45x")
     net.advance(net.now + 2)
     assert not net.channel.usable
     before = net.dropped
@@ -187,7 +211,7 @@ def test_one_way_traffic_with_answers_never_fails_over() -> None:
     net = Net()
     net.connect()
     for _ in range(500):  # 50 s of upload, the server sends nothing but DPD answers
-        assert net.channel.send_packet(b"\x45upload", net.now)
+        assert net.send(b"\x45upload") == []
         net.advance(net.now + 0.1)
     assert net.channel.usable
     assert not net.of(DtlsDown)
@@ -242,7 +266,7 @@ def test_after_a_long_loss_a_new_session_is_made() -> None:
     net = Net(cfg)
     net.connect()
     net.up = False
-    net.channel.send_packet(b"\x45x", net.now)
+    net.send(b"\x45x")
     net.advance(net.now + 40)
     sockets = len(net.of(NewSocket))
     assert sockets >= 2  # gave the old session up, new handshakes on new sockets

@@ -30,6 +30,7 @@ from sepconnect.worker.proto.dtls_connection import (
     Mode,
     NotResumed,
     PeerAlert,
+    SequenceExhausted,
     State,
     UnexpectedMessage,
 )
@@ -109,7 +110,7 @@ class Pair:
             for d in self.server.datagrams():
                 for x in self.to_client(next(self.counter), d):
                     moved = True
-                    self.app += self.client.receive_datagram_untrusted(x, self.now)
+                    self.app += self.client.receive_datagrams_untrusted([x], self.now)
             while (e := self.client.next_event()) is not None:
                 self.events.append(e)
             if moved:
@@ -121,6 +122,12 @@ class Pair:
             self.client.handle_timer(self.now)
             while (e := self.client.next_event()) is not None:
                 self.events.append(e)
+
+    def send_app(self, payload: bytes) -> None:
+        """Application data from the client, through the link to the server."""
+        for d in self.client.seal_data([payload]):
+            for x in self.to_server(next(self.counter), d):
+                self.server.receive(x)
 
     @property
     def closed_event(self) -> ConnectionClosed:
@@ -152,11 +159,10 @@ def test_replays_a_handshake_captured_against_openssl(name: str) -> None:
     sent = [d.hex() for d in conn.datagrams_to_send()]
     app: list[bytes] = []
     for datagram in v["server_datagrams"]:
-        app += conn.receive_datagram_untrusted(bytes.fromhex(datagram), 0.1)
+        app += conn.receive_datagrams_untrusted([bytes.fromhex(datagram)], 0.1)
         sent += [d.hex() for d in conn.datagrams_to_send()]
         if conn.established and len(sent) < len(v["client_datagrams"]):
-            conn.send_data(b"hello from sepconnect\n")
-            sent += [d.hex() for d in conn.datagrams_to_send()]
+            sent += [d.hex() for d in conn.seal_data([b"hello from sepconnect\n"])]
     assert conn.established
     assert conn.ems is v["extended_master_secret"]
     assert conn._master.hex() == v["master_secret_from_keylog"]
@@ -179,7 +185,7 @@ def test_psk_handshake_and_data_both_ways(suite: CS, ems: bool, hello_verify: bo
     assert done.suite.suite == suite
     assert done.extended_master_secret is ems
     assert pair.server.established
-    pair.client.send_data(b"\x00ping")
+    pair.send_app(b"\x00ping")
     pair.server.send_app(b"\x00pong")
     pair.pump()
     assert pair.server.received == [b"\x00ping"]
@@ -214,7 +220,7 @@ def test_resumed_session_handshake(suite: CS, version: int, hello_verify: bool) 
     assert pair.client.established
     assert pair.server.established
     assert pair.client.version == version
-    pair.client.send_data(b"\x00up")
+    pair.send_app(b"\x00up")
     pair.server.send_app(b"\x00down")
     pair.pump()
     assert pair.server.received == [b"\x00up"]
@@ -231,7 +237,7 @@ def test_dtls09_change_cipher_spec_carries_a_message_sequence() -> None:
     assert hello[1:3] == b"\x01\x00"  # record version 0x0100
     pair.server.receive(hello)
     for d in pair.server.datagrams():
-        pair.client.receive_datagram_untrusted(d, pair.now)
+        pair.client.receive_datagrams_untrusted([d], pair.now)
     (final,) = pair.client.datagrams_to_send()
     ccs, fin = records_untrusted(final)
     # ClientHello took message_seq 0; the CCS takes 1 (OpenSSL's DTLS1_BAD_VER), Finished 2
@@ -380,7 +386,7 @@ def _receive_flood(conn: DtlsConnection, flood: list[bytes], now: float, bound: 
     quadratic reassembly fails in a second, not in minutes)."""
     start = time.process_time()
     for datagram in flood:
-        conn.receive_datagram_untrusted(datagram, now)
+        conn.receive_datagrams_untrusted([datagram], now)
         if time.process_time() - start > bound:
             break
     return time.process_time() - start
@@ -419,25 +425,41 @@ def test_replayed_and_forged_data_records_are_dropped() -> None:
     first = pair.server.app_datagram(b"\x00one")
     second = pair.server.app_datagram(b"\x00two")
     now = pair.now
-    assert pair.client.receive_datagram_untrusted(second, now) == [b"\x00two"]
-    assert pair.client.receive_datagram_untrusted(first, now) == [b"\x00one"]  # reordered: fine
-    assert pair.client.receive_datagram_untrusted(first, now) == []  # replay
+    assert pair.client.receive_datagrams_untrusted([second], now) == [b"\x00two"]
+    assert pair.client.receive_datagrams_untrusted([first], now) == [b"\x00one"]  # reordered: fine
+    assert pair.client.receive_datagrams_untrusted([first], now) == []  # replay
     forged = bytearray(pair.server.app_datagram(b"\x00three"))
     forged[-1] ^= 0x40
-    assert pair.client.receive_datagram_untrusted(bytes(forged), now) == []
+    assert pair.client.receive_datagrams_untrusted([bytes(forged)], now) == []
     assert pair.client.replays_dropped == 1
     assert pair.client.bad_records == 1
-    assert pair.client.receive_datagram_untrusted(pair.server.app_datagram(b"\x00four"), now) == [
-        b"\x00four"
-    ]
+    assert pair.client.receive_datagrams_untrusted(
+        [pair.server.app_datagram(b"\x00four")], now
+    ) == [b"\x00four"]
     assert pair.client.established
+
+
+def test_running_out_of_sequence_numbers_ends_the_connection_without_an_alert() -> None:
+    pair = Pair(psk_params(), ServerConfig("psk"))
+    pair.pump()
+    pair.client._write_seq[1] = 2**48 - 2
+    datagrams = pair.client.seal_data([b"\x00a", b"\x00b", b"\x00c"])
+    assert len(datagrams) == 2  # what still had a sequence number
+    for d in datagrams:
+        pair.server.receive(d)
+    assert pair.server.received == [b"\x00a", b"\x00b"]
+    assert pair.client.closed
+    assert pair.client.datagrams_to_send() == []  # no number is left for an alert
+    closed = pair.client.next_event()
+    assert isinstance(closed, ConnectionClosed)
+    assert isinstance(closed.error, SequenceExhausted)
 
 
 def test_plaintext_alert_after_the_handshake_is_ignored() -> None:
     pair = Pair(psk_params(), ServerConfig("psk"))
     pair.pump()
     fake = encode_record(21, dc.DTLS1_2, 0, 99, bytes((2, AlertDescription.HANDSHAKE_FAILURE)))
-    pair.client.receive_datagram_untrusted(fake, pair.now)
+    pair.client.receive_datagrams_untrusted([fake], pair.now)
     assert pair.client.established
 
 
@@ -557,7 +579,7 @@ def test_a_plaintext_alert_does_not_end_the_handshake(
     pair = Pair(params, server, to_client=alert_first)
     pair.client.connect(pair.now)
     for d in forged:
-        pair.client.receive_datagram_untrusted(d, pair.now)
+        pair.client.receive_datagrams_untrusted([d], pair.now)
     pair.pump()
     assert pair.client.established, pair.events
     assert not any(isinstance(e, ConnectionClosed) for e in pair.events)
@@ -569,8 +591,8 @@ def test_a_plaintext_alert_is_the_reason_when_the_deadline_passes() -> None:
     pair = Pair(psk_params(), ServerConfig("psk"), to_client=lambda _i, _d: [])
     pair.client.connect(pair.now)
     start = pair.now
-    pair.client.receive_datagram_untrusted(
-        plaintext_alert(AlertDescription.HANDSHAKE_FAILURE), pair.now
+    pair.client.receive_datagrams_untrusted(
+        [plaintext_alert(AlertDescription.HANDSHAKE_FAILURE)], pair.now
     )
     assert not pair.client.closed
     pair.pump()
@@ -612,19 +634,19 @@ def test_garbage_never_raises(state: str, data: bytes) -> None:
         pair.client.connect(pair.now)
     if state == "established":
         pair.pump()
-    pair.client.receive_datagram_untrusted(data, pair.now)
+    pair.client.receive_datagrams_untrusted([data], pair.now)
     # wrapped in a record of each type too
     for ctype in (20, 21, 22, 23):
         for epoch in (0, 1):
-            pair.client.receive_datagram_untrusted(
-                encode_record(ctype, dc.DTLS1_2, epoch, 7, data), pair.now
+            pair.client.receive_datagrams_untrusted(
+                [encode_record(ctype, dc.DTLS1_2, epoch, 7, data)], pair.now
             )
 
 
 def test_a_burst_gives_what_one_datagram_at_a_time_gives() -> None:
-    """receive_datagrams_untrusted (the data path's fast path) against the one-by-one
-    path: reordering, replays (also of identical bytes within the burst), a forged
-    record, a truncated one, two records in one datagram, an empty burst."""
+    """A burst through receive_datagrams_untrusted against the same datagrams as
+    bursts of one: reordering, replays (also of identical bytes within the burst), a
+    forged record, a truncated one, two records in one datagram, an empty burst."""
     pairs = [Pair(psk_params(), ServerConfig("psk")) for _ in range(2)]
     for p in pairs:
         p.pump()
@@ -638,7 +660,7 @@ def test_a_burst_gives_what_one_datagram_at_a_time_gives() -> None:
     one_by_one = pairs[0].client
     expected: list[bytes] = []
     for datagram in bursts[0]:
-        expected += one_by_one.receive_datagram_untrusted(datagram, pairs[0].now)
+        expected += one_by_one.receive_datagrams_untrusted([datagram], pairs[0].now)
     burst = pairs[1].client
     got = burst.receive_datagrams_untrusted(bursts[1], pairs[1].now)
     assert burst.receive_datagrams_untrusted([], pairs[1].now) == []

@@ -96,7 +96,7 @@ FUZZERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "nothing",
         (
             "dtls_records.records_untrusted",
-            "dtls_connection.DtlsConnection.receive_datagram_untrusted",
+            "dtls_connection.DtlsConnection.receive_datagrams_untrusted",
             "dtls_connection.DtlsConnection.receive_datagrams_untrusted",
         ),
     ),
@@ -110,7 +110,7 @@ FUZZERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_dtls_channel": (
         "nothing",
         (
-            "dtls_channel.DtlsChannel.receive_datagram_untrusted",
+            "dtls_channel.DtlsChannel.receive_datagrams_untrusted",
             "dtls_channel.DtlsChannel.receive_datagrams_untrusted",
         ),
     ),
@@ -632,8 +632,8 @@ def _pair_in(state: str) -> Pair:
             pair.server.receive(d)
         (flight,) = pair.server.datagrams()
         first = records_untrusted(flight)[0]  # the ServerHello only
-        pair.client.receive_datagram_untrusted(
-            encode_record(first.ctype, first.version, 0, first.seq, first.body), pair.now
+        pair.client.receive_datagrams_untrusted(
+            [encode_record(first.ctype, first.version, 0, first.seq, first.body)], pair.now
         )
         assert pair.client.state is State.WAIT_CCS
         return pair
@@ -696,7 +696,7 @@ def test_dtls_datagrams_in_every_state(
         client.receive_datagrams_untrusted(datagrams, pair.now)
     else:
         for d in datagrams:
-            client.receive_datagram_untrusted(d, pair.now)
+            client.receive_datagrams_untrusted([d], pair.now)
     client.handle_timer(pair.now + 10)
     while (event := client.next_event()) is not None:
         if isinstance(event, ConnectionClosed):
@@ -735,7 +735,7 @@ def test_dtls_channel(
         for d in channel.datagrams_to_send():
             server.receive(d)
         for d in server.datagrams():
-            channel.receive_datagram_untrusted(d, 100.0)
+            channel.receive_datagrams_untrusted([d], 100.0)
     datagrams = [junk]
     for sealed, ctype, epoch, seq, body in records:
         if sealed and server.write_prot[1] is not None:
@@ -744,7 +744,7 @@ def test_dtls_channel(
             datagrams.append(encode_record(ctype, dc.DTLS1_2, epoch, seq, body))
     channel.receive_datagrams_untrusted(datagrams + server.datagrams(), 100.0)
     for d in [*datagrams, *server.datagrams()]:
-        channel.receive_datagram_untrusted(d, 101.0)
+        channel.receive_datagrams_untrusted([d], 101.0)
 
 
 # --------------------------------------------------------------------------- offload

@@ -37,6 +37,8 @@ def test_gso_send_keeps_datagram_boundaries() -> None:
         datagrams = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
         assert link.send_batch(datagrams) == len(datagrams)
         assert _drain(server, len(datagrams)) == datagrams
+        assert link.send_batch([b"lone"]) == 1  # a burst of one: one send()
+        assert _drain(server, 1) == [b"lone"]
     finally:
         server.close()
         link.close()

@@ -3,7 +3,8 @@
 Batched (issue #6): :meth:`UdpLink.send_batch` takes the datagrams of one burst and
 hands each run of equal-sized ones (the last of a run may be shorter) to the kernel
 in one ``sendmsg`` with UDP GSO (a ``UDP_SEGMENT`` control message): one syscall and
-one trip through the stack for up to 64 datagrams. The kernel still sends separate
+one trip through the stack for up to 64 datagrams. A burst of one (the lone packet of
+an interactive flow) is one plain ``send``. The kernel still sends separate
 datagrams on the wire, so every DTLS record stays one datagram. :meth:`recv_batch`
 enables ``UDP_GRO``: the kernel hands over a train of equal-sized datagrams from the
 server as one buffer plus the segment size, which we split again. Both fall back to
@@ -114,10 +115,10 @@ class UdpLink:
         Raises UdpError on a path error. A datagram refused as too large (EMSGSIZE)
         is skipped and counted as sent (the data path never produces one).
         """
-        if not self.gso:
-            return self._send_each(datagrams, 0)
-        sent = 0
         n = len(datagrams)
+        if n == 1 or not self.gso:
+            return self._send_each(datagrams, 0, n)
+        sent = 0
         sendmsg = self.sock.sendmsg
         while sent < n:
             size = len(datagrams[sent])
@@ -128,7 +129,7 @@ class UdpLink:
             if end < limit and len(datagrams[end]) < size:
                 end += 1  # the last segment may be shorter
             if end - sent == 1:
-                if self._send_each(datagrams[sent:end], 0) == 0:
+                if self._send_each(datagrams, sent, end) == sent:
                     return sent
                 sent = end
                 continue
@@ -142,9 +143,9 @@ class UdpLink:
             except OSError as exc:
                 if exc.errno in _GSO_REFUSED:
                     self.gso = False  # this path cannot segment: one by one from now on
-                    return self._send_each(datagrams, sent)
+                    return self._send_each(datagrams, sent, n)
                 if exc.errno == errno.EMSGSIZE:
-                    sent = self._send_each(datagrams[:end], sent)
+                    sent = self._send_each(datagrams, sent, end)
                     if sent < end:
                         return sent
                     continue
@@ -154,36 +155,21 @@ class UdpLink:
             sent = end
         return sent
 
-    def send_one(self, datagram: bytes) -> bool:
-        """Send one datagram; False if the socket had no room (dropped)."""
-        try:
-            self.sock.send(datagram)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                return True  # as send_batch: counted as sent (never produced)
-            if exc.errno in _PATH_ERRORS:
-                raise UdpError(exc.errno) from None
-            raise
-        return True
-
-    def _send_each(self, datagrams: list[bytes], start: int) -> int:
-        """One datagram per syscall from index *start*; returns the index reached."""
+    def _send_each(self, datagrams: list[bytes], start: int, end: int) -> int:
+        """One datagram per syscall from index *start* to *end*; returns the index
+        reached (no copy of the list: this is also the lone packet's path)."""
         sent = start
         send = self.sock.send
-        for datagram in datagrams[start:]:
+        while sent < end:
             try:
-                send(datagram)
+                send(datagrams[sent])
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:
-                    sent += 1
-                    continue
                 if exc.errno in _PATH_ERRORS:
                     raise UdpError(exc.errno) from None
-                raise
+                if exc.errno != errno.EMSGSIZE:
+                    raise
             sent += 1
         return sent
 

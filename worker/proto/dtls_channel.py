@@ -9,8 +9,10 @@ It owns a :class:`DtlsConnection` at a time and decides what to do with it. Stat
                         |
                         +--retry timer--> CONNECTING (on a fresh UDP socket)
 
-Data goes over DTLS only in UP (:attr:`DtlsChannel.usable`); otherwise the driver
-sends it over CSTP. Incoming data is accepted in every state.
+:meth:`DtlsChannel.seal_packets` is where data is put on DTLS or CSTP: a tun packet
+goes over DTLS only in UP (:attr:`DtlsChannel.usable`) and when it fits one record;
+every other one is handed back for the driver to send over CSTP. Incoming data is
+accepted in every state.
 
 Loss detection (DESIGN.md §5, docs/dtls.md): the time of the first packet sent
 since the last authenticated record received is remembered ("unanswered since").
@@ -225,12 +227,9 @@ class DtlsChannel:
 
     # ------------------------------------------------------------------ input
 
-    def receive_datagram_untrusted(self, data: bytes, now: float) -> list[bytes]:
-        """IP packets from one datagram (any state); runs the handshake too."""
-        return self.receive_datagrams_untrusted([data], now)
-
     def receive_datagrams_untrusted(self, datagrams: list[bytes], now: float) -> list[bytes]:
-        """IP packets from a burst of datagrams, in order (any state)."""
+        """IP packets from a burst of datagrams, in order (any state); runs the
+        handshake too."""
         conn = self.conn
         if conn is None:
             return []
@@ -268,72 +267,41 @@ class DtlsChannel:
 
     # ------------------------------------------------------------------ output
 
-    def send_packet(self, packet: bytes, now: float) -> bool:
-        """Queue one IP packet over DTLS; False when the caller must use CSTP."""
-        if self.state is not ChannelState.UP or len(packet) > self.config.max_packet:
-            return False
-        self._send(b"\x00" + packet, now, expect_answer=True)
-        self.tx_packets += 1
-        self.tx_bytes += len(packet)
-        return True
-
-    def seal_packet(self, packet: bytes, now: float) -> bytes | None:
-        """The datagram carrying one IP packet, or None when it must go over CSTP.
-
-        The single-packet path of an interactive flow: what :meth:`send_packets`
-        does for a burst, without the queue (the caller sends the datagram now)."""
+    def seal_packets(self, packets: list[bytes], now: float) -> tuple[list[bytes], list[bytes]]:
+        """(datagrams, over_cstp): the datagrams carrying a burst of IP packets over
+        DTLS, for the caller to send now (not queued: a lone packet of an interactive
+        flow leaves at once), and the packets the caller must send over CSTP instead:
+        all of them unless the channel is up, and those too large for one record."""
         conn = self.conn
-        if (
-            self.state is not ChannelState.UP
-            or conn is None
-            or len(packet) > self.config.max_packet
-        ):
-            return None
-        datagram = conn.seal_data(b"\x00" + packet)
-        if not datagram:  # the connection failed (sequence numbers exhausted)
-            return None
-        self.tx_packets += 1
-        self.tx_bytes += len(packet)
-        self.last_tx = now
-        if self._unanswered_since is None:
-            self._unanswered_since = now
-        return datagram
-
-    def send_packets(self, packets: list[bytes], now: float) -> list[bytes]:
-        """Queue a burst of IP packets over DTLS; returns those the caller must send
-        over CSTP instead (all of them unless the channel is up; oversized ones)."""
-        conn = self.conn
-        if self.state is not ChannelState.UP or conn is None or not conn.established:
-            return packets
+        if self.state is not ChannelState.UP or conn is None:
+            return [], packets
         limit = self.config.max_packet
-        rejected: list[bytes] = []
+        over_cstp: list[bytes] = []
         payloads: list[bytes] = []
         for packet in packets:
             if len(packet) > limit:
-                rejected.append(packet)
+                over_cstp.append(packet)
             else:
                 payloads.append(b"\x00" + packet)
-        datagrams = conn.seal_data_many(payloads)
-        self._out += datagrams
+        datagrams = conn.seal_data(payloads)
         sent = len(datagrams)
-        nbytes = sum(map(len, payloads[:sent])) - sent
-        if sent < len(payloads):  # the connection failed (sequence numbers exhausted)
-            rejected += [p[1:] for p in payloads[sent:]]
+        if sent < len(payloads):  # the sequence numbers ran out: the connection failed
+            over_cstp += [p[1:] for p in payloads[sent:]]
+            del payloads[sent:]
+            self._events_from(conn, now)  # not UP any more
         if sent:
             self.tx_packets += sent
-            self.tx_bytes += nbytes
+            self.tx_bytes += sum(map(len, payloads)) - sent
             self.last_tx = now
             if self._unanswered_since is None:
                 self._unanswered_since = now
-        return rejected
+        return datagrams, over_cstp
 
     def _send(self, payload: bytes, now: float, *, expect_answer: bool) -> None:
         conn = self.conn
         if conn is None or not conn.established:
             return
-        datagram = conn.seal_data(payload)
-        if datagram:
-            self._out.append(datagram)
+        self._out += conn.seal_data([payload])
         self.last_tx = now
         if expect_answer and self._unanswered_since is None:
             self._unanswered_since = now

@@ -1,10 +1,12 @@
 """A DTLS client connection: the two AnyConnect handshakes and the record layer. Sans-I/O.
 
 API after aioquic's connection (STYLE.md §1.4): :meth:`DtlsConnection.connect`,
-:meth:`receive_datagram_untrusted` (returns the application-data payloads it
-authenticated), :meth:`seal_data` (one datagram per payload, the hot path),
-:meth:`datagrams_to_send`, :meth:`get_timer` / :meth:`handle_timer` and
-:meth:`next_event`. Time comes in as ``now``; randomness through *random*.
+:meth:`receive_datagrams_untrusted` (a burst of datagrams in; the application-data
+payloads it authenticated out), :meth:`seal_data` (a burst of payloads in, one
+datagram each out: the hot path), :meth:`datagrams_to_send` (the handshake's and the
+alerts' datagrams), :meth:`get_timer` / :meth:`handle_timer` and :meth:`next_event`.
+A single datagram or payload is a burst of one. Time comes in as ``now``; randomness
+through *random*.
 
 Handshakes (PROTOCOL.md §4.1, §4.2)::
 
@@ -35,9 +37,10 @@ up to ``max_rto``) until the server's next flight arrives, and gives up after
 ``handshake_timeout``. In the resumed handshake the client sends the last flight;
 when the server retransmits its flight (ours was lost), ours is sent again.
 Records of the current read epoch pass a 64-record replay window after they
-authenticate; duplicates, replays and forgeries are dropped and counted. A fatal alert
-or close_notify in plaintext (epoch 0) during the handshake does not end it: it fails
-with :class:`PeerAlert` only if the handshake has not completed by its deadline.
+authenticate; duplicates, replays and forgeries are dropped and counted. One routine
+does that for every record (:meth:`DtlsConnection._open`), whichever way it came in. A
+fatal alert or close_notify in plaintext (epoch 0) during the handshake does not end it:
+it fails with :class:`PeerAlert` only if the handshake has not completed by its deadline.
 """
 
 from __future__ import annotations
@@ -175,6 +178,8 @@ class PeerAlert(DtlsError):
 
 class SequenceExhausted(DtlsError):
     """2^48 records sent in one epoch (needs a new handshake)."""
+
+    alert = None  # no sequence number is left to send it with
 
 
 # --------------------------------------------------------------------------- events
@@ -359,43 +364,26 @@ class DtlsConnection:
 
     # ------------------------------------------------------------------ data (hot path)
 
-    def seal_data(self, payload: bytes) -> bytes:
-        """One datagram carrying *payload* as application data (established only)."""
+    def seal_data(self, payloads: list[bytes]) -> list[bytes]:
+        """Datagrams carrying *payloads* as application data, one record each, in order
+        (established only). Fewer come back only when the sequence numbers ran out: the
+        connection has then failed (:class:`ConnectionClosed`)."""
         prot = self._write_prot[1]
         if self.state is not State.ESTABLISHED or prot is None:
             raise RuntimeError("DTLS connection not established")
         seq = self._write_seq[1]
-        if seq >= 2**48:
+        room = 2**48 - seq
+        if len(payloads) > room:
+            out = self.seal_data(payloads[:room]) if room else []
             self._fail(SequenceExhausted("DTLS sequence numbers exhausted"))
-            return b""
-        self._write_seq[1] = seq + 1
-        version = self.version
-        body = prot.seal(1 << 48 | seq, _APP, version, payload)
-        return _PACK(_APP, version, 1, seq >> 32, seq & 0xFFFFFFFF, len(body)) + body
-
-    def seal_data_many(self, payloads: list[bytes]) -> list[bytes]:
-        """:meth:`seal_data` for a burst: datagrams in order. Fewer come back than
-        were given only when the sequence numbers ran out (the connection failed)."""
-        prot = self._write_prot[1]
-        if self.state is not State.ESTABLISHED or prot is None:
-            raise RuntimeError("DTLS connection not established")
-        seq = self._write_seq[1]
-        if seq + len(payloads) > 2**48:
-            return [d for d in map(self.seal_data, payloads) if d]
+            return out
         self._write_seq[1] = seq + len(payloads)
         version = self.version
-        bodies = prot.seal_many(1 << 48 | seq, _APP, version, payloads)
         out = []
-        for body in bodies:
+        for body in prot.seal_many(1 << 48 | seq, _APP, version, payloads):
             out.append(_PACK(_APP, version, 1, seq >> 32, seq & 0xFFFFFFFF, len(body)) + body)
             seq += 1
         return out
-
-    def send_data(self, payload: bytes) -> None:
-        """Queue *payload* as application data (see :meth:`seal_data`)."""
-        datagram = self.seal_data(payload)
-        if datagram:
-            self._out.append(datagram)
 
     @property
     def has_output(self) -> bool:
@@ -422,22 +410,16 @@ class DtlsConnection:
         """Process a burst of datagrams; returns their authenticated application-data
         payloads in order.
 
-        The fast path (issue #6) takes a datagram that is exactly one application-data
-        record of the current epoch while established, the steady state of the data
-        channel, without building Record objects; the checks are those of
-        :meth:`receive_datagram_untrusted` (framing, replay window before and after
-        authentication), which handles everything else."""
+        A datagram that is exactly one application-data record of the current epoch
+        while established, the steady state of the data channel, is framed here without
+        Record objects (issue #6); everything else goes through
+        :meth:`_receive_records`. Every record of the current epoch is opened by
+        :meth:`_open` either way."""
         out: list[bytes] = []
-        prot = self._read_prot
-        if self.state is not State.ESTABLISHED or prot is None:
-            for data in datagrams:
-                out.extend(self.receive_datagram_untrusted(data, now))
-            return out
+        fast = self.state is State.ESTABLISHED
         epoch = self._read_epoch
-        replay = self._replay
-        opened = 0
-        for i, data in enumerate(datagrams):
-            if len(data) > _HEADER_SIZE:
+        for data in datagrams:
+            if fast and len(data) > _HEADER_SIZE:
                 ctype, version, rec_epoch, seq_hi, seq_lo, length = _UNPACK(data)
                 if (
                     ctype == _APP
@@ -445,53 +427,52 @@ class DtlsConnection:
                     and length == len(data) - _HEADER_SIZE
                     and length <= MAX_RECORD_BODY
                 ):
-                    seq = seq_hi << 32 | seq_lo
-                    if not replay.is_fresh(seq):
-                        self.replays_dropped += 1
-                        continue
-                    try:
-                        plaintext = prot.open_untrusted(
-                            rec_epoch << 48 | seq, ctype, version, data[_HEADER_SIZE:]
-                        )
-                    except BadRecordMac:
-                        self.bad_records += 1
-                        continue
-                    replay.accept(seq)
-                    opened += 1
-                    out.append(plaintext)
+                    plaintext = self._open(
+                        ctype, version, epoch, seq_hi << 32 | seq_lo, data[_HEADER_SIZE:], now
+                    )
+                    if plaintext is not None:
+                        out.append(plaintext)
                     continue
-            out.extend(self.receive_datagram_untrusted(data, now))
-            if self.state is not State.ESTABLISHED or self._read_prot is not prot:
-                # the slow path changed the connection: no fast path for the rest
-                for rest in datagrams[i + 1 :]:
-                    out.extend(self.receive_datagram_untrusted(rest, now))
-                break
-        if opened:
-            self.records_in += opened
-            self.last_rx = now
+            self._receive_records(data, now, out)
+            fast = self.state is State.ESTABLISHED  # the records may have changed it
+            epoch = self._read_epoch
         return out
 
-    def receive_datagram_untrusted(self, data: bytes, now: float) -> list[bytes]:
-        """Process one datagram; returns authenticated application-data payloads."""
-        out: list[bytes] = []
+    def _open(
+        self, ctype: int, version: int, epoch: int, seq: int, body: bytes, now: float
+    ) -> bytes | None:
+        """The one record-decrypt routine: the plaintext of a record of the current read
+        epoch, or None when the replay window or the authentication drops it. The
+        window is checked before decrypting (cheap rejection) and updated after."""
+        prot = self._read_prot
+        assert prot is not None
+        replay = self._replay
+        if not replay.is_fresh(seq):
+            self.replays_dropped += 1
+            return None
+        try:
+            plaintext = prot.open_untrusted(epoch << 48 | seq, ctype, version, body)
+        except BadRecordMac:
+            self.bad_records += 1
+            return None
+        replay.accept(seq)
+        self.records_in += 1
+        self.last_rx = now
+        return plaintext
+
+    def _receive_records(self, data: bytes, now: float, out: list[bytes]) -> None:
+        """Every record of one datagram: handshake, alerts, ChangeCipherSpec, and data
+        outside the steady state. Application-data payloads are appended to *out*."""
         if self.state is State.CLOSED:
-            return out
+            return
         try:
             for rec in records_untrusted(data):
                 if rec.epoch == self._read_epoch and self._read_prot is not None:
-                    if not self._replay.is_fresh(rec.seq):
-                        self.replays_dropped += 1
+                    plaintext = self._open(
+                        rec.ctype, rec.version, rec.epoch, rec.seq, rec.body, now
+                    )
+                    if plaintext is None:
                         continue
-                    try:
-                        plaintext = self._read_prot.open_untrusted(
-                            rec.seq64, rec.ctype, rec.version, rec.body
-                        )
-                    except BadRecordMac:
-                        self.bad_records += 1
-                        continue
-                    self._replay.accept(rec.seq)
-                    self.records_in += 1
-                    self.last_rx = now
                     if rec.ctype == _APP:
                         if self.state is State.ESTABLISHED:
                             out.append(plaintext)
@@ -506,7 +487,6 @@ class DtlsConnection:
                     break
         except DtlsError as exc:
             self._fail(exc)
-        return out
 
     def _on_record(self, ctype: int, body: bytes, now: float, *, authenticated: bool) -> None:
         if ctype == ContentType.HANDSHAKE:
