@@ -123,7 +123,7 @@ class DataPath:
         session, dtls, stream = self.session, self.dtls, self.stream
         timer = session.get_timer()
         if dtls is not None:
-            dtls_timer = dtls.channel.get_timer()
+            dtls_timer = dtls.get_timer()
             if dtls_timer is not None and (timer is None or dtls_timer < timer):
                 timer = dtls_timer
         timeout = None if timer is None else max(0.0, timer - time.monotonic())
@@ -132,9 +132,9 @@ class DataPath:
             if data == "udp":
                 if dtls is not None:
                     # Latency first: deliver what one read brought, then drain.
-                    self.tun.write_packets(dtls.read(time.monotonic(), first=True))
+                    self.tun.write_packets(dtls.receive(time.monotonic(), first=True))
                     if not dtls.drained:
-                        self.tun.write_packets(dtls.read(time.monotonic()))
+                        self.tun.write_packets(dtls.receive(time.monotonic()))
             elif data == "tun":
                 self._read_tun()
             elif data == "tls":
@@ -153,25 +153,18 @@ class DataPath:
                 session.handle_timer(now)
                 self._drain_events()
             if dtls is not None:
-                dtls.on_timer(now)
-        if dtls is not None:
-            channel = dtls.channel
-            if channel.has_events:
-                self._dtls_events()
-            if channel.has_output:
-                dtls.flush(now)
-                if channel.has_events:
-                    self._dtls_events()
+                dtls.handle_timer(now)
+        if dtls is not None and dtls.has_work:
+            self._service_dtls(dtls, now)
         if session.has_output or self.backlog or self.want_write or stream.may_have_output:
             self._flush()
         return None
 
-    def _dtls_events(self) -> None:
-        assert self.dtls is not None
-        for line in self.dtls.poll_events():
+    def _service_dtls(self, dtls: DtlsLink, now: float) -> None:
+        for line in dtls.service(now):
             _log(line)
-        if self.dtls.changed:
-            self.dtls.changed = False
+        if dtls.changed:
+            dtls.changed = False
             self.channel.send(self.status())  # unasked: the data channel changed
 
     def _from_supervisor(self) -> Stop | None:
@@ -204,16 +197,16 @@ class DataPath:
                 tx_packets=s.tx_packets,
                 rx_packets=s.rx_packets,
             )
-        d = link.channel
+        tx_bytes, rx_bytes, tx_packets, rx_packets = link.traffic()
         return WorkerStatus(
             channel="dtls" if link.usable else "tls",
             tls_cipher=self.stream.cipher[:100],
-            dtls_cipher=d.description[:100] or None,
+            dtls_cipher=link.description[:100] or None,
             dtls_state=link.state()[:200],
-            tx_bytes=s.tx_bytes + d.tx_bytes,
-            rx_bytes=s.rx_bytes + d.rx_bytes,
-            tx_packets=s.tx_packets + d.tx_packets,
-            rx_packets=s.rx_packets + d.rx_packets,
+            tx_bytes=s.tx_bytes + tx_bytes,
+            rx_bytes=s.rx_bytes + rx_bytes,
+            tx_packets=s.tx_packets + tx_packets,
+            rx_packets=s.rx_packets + rx_packets,
         )
 
     def _read_server(self) -> None:
