@@ -154,7 +154,7 @@ class DataPath:
                 self._drain_events()
             if dtls is not None:
                 dtls.handle_timer(now)
-        if dtls is not None and dtls.has_work:
+        if dtls is not None and dtls.has_work():
             self._service_dtls(dtls, now)
         if session.has_output or self.backlog or self.want_write or stream.may_have_output:
             self._flush()

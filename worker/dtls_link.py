@@ -3,7 +3,7 @@
 DataPath (worker/datapath.py) owns the selector loop and talks to this object only:
 :meth:`DtlsLink.send` takes tun packets, sends what DTLS carries now and returns the
 rest for CSTP; :meth:`DtlsLink.receive` turns what the socket has into tun packets;
-:meth:`get_timer` / :meth:`handle_timer`, and :meth:`service` when :attr:`has_work`
+:meth:`get_timer` / :meth:`handle_timer`, and :meth:`service` when :meth:`has_work`
 (channel events, queued handshake or DPD datagrams). Channel changes (DTLS up,
 fallback to TLS) set :attr:`changed`; the data path then reports a WorkerStatus to
 the supervisor unasked.
@@ -70,8 +70,10 @@ class DtlsLink:
             ),
             now,
         )
+        # The channel's, bound once: the data path asks both on every wakeup.
+        self.get_timer: Callable[[], float | None] = self._channel.get_timer
+        self.has_work: Callable[[], bool] = self._channel.has_work
         self.down_reason = ""
-        self.dropped = 0  # datagrams the socket had no room for
         self.changed = False  # the data channel changed since the last poll
         self.drained = True  # the last read() found the socket empty
 
@@ -102,11 +104,8 @@ class DtlsLink:
         """Seal a burst of tun packets and send it at once; returns the packets that
         must go over CSTP (:meth:`DtlsChannel.seal_packets` decides). A lone packet is
         a burst of one: one send(), no queue on its path."""
-        channel = self._channel
-        datagrams, over_cstp = channel.seal_packets(packets, now)
+        datagrams, over_cstp = self._channel.seal_packets(packets, now)
         if datagrams:
-            if channel.has_output:  # behind what is queued (a DPD answer, say)
-                datagrams = channel.datagrams_to_send() + datagrams
             self._send(datagrams, now)
         return over_cstp
 
@@ -132,19 +131,10 @@ class DtlsLink:
             self._channel.socket_error(now, str(exc))
         return packets
 
-    def get_timer(self) -> float | None:
-        return self._channel.get_timer()
-
     def handle_timer(self, now: float) -> None:
         timer = self._channel.get_timer()
         if timer is not None and timer <= now:
             self._channel.handle_timer(now)
-
-    @property
-    def has_work(self) -> bool:
-        """Channel events or queued datagrams wait (cheap: asked on every wakeup)."""
-        channel = self._channel
-        return channel.has_events or channel.has_output
 
     def service(self, now: float) -> list[str]:
         """Handle the channel's events (a new socket before what is queued next), send
@@ -177,16 +167,13 @@ class DtlsLink:
             self._send(datagrams, now)
 
     def _send(self, datagrams: list[bytes], now: float) -> None:
+        # What the socket has no room for is dropped, as a router would.
         udp = self.udp
-        if udp is None:
-            self.dropped += len(datagrams)
-            return
-        try:
-            sent = udp.send_batch(datagrams)
-        except UdpError as exc:
-            self._channel.socket_error(now, str(exc))
-            return
-        self.dropped += len(datagrams) - sent
+        if udp is not None:
+            try:
+                udp.send_batch(datagrams)
+            except UdpError as exc:
+                self._channel.socket_error(now, str(exc))
 
     @property
     def description(self) -> str:

@@ -247,9 +247,10 @@ class DtlsChannel:
                 continue
             kind = payload[0]
             if kind == PKT_DATA:
-                if len(payload) > 1:
+                size = len(payload) - 1
+                if size:
                     packets.append(payload[1:])
-                    rx_bytes += len(payload) - 1
+                    rx_bytes += size
             elif kind == PKT_DPD_REQ:
                 self._send(_DPD_RESP, now, expect_answer=False)
             # DPD_RESP, KEEPALIVE: proof of life only; others ignored (as openconnect)
@@ -278,20 +279,24 @@ class DtlsChannel:
         limit = self.config.max_packet
         over_cstp: list[bytes] = []
         payloads: list[bytes] = []
+        nbytes = 0
         for packet in packets:
-            if len(packet) > limit:
+            size = len(packet)
+            if size > limit:
                 over_cstp.append(packet)
             else:
                 payloads.append(b"\x00" + packet)
+                nbytes += size
         datagrams = conn.seal_data(payloads)
         sent = len(datagrams)
         if sent < len(payloads):  # the sequence numbers ran out: the connection failed
-            over_cstp += [p[1:] for p in payloads[sent:]]
-            del payloads[sent:]
+            unsent = [p[1:] for p in payloads[sent:]]
+            nbytes -= sum(map(len, unsent))
+            over_cstp += unsent
             self._events_from(conn, now)  # not UP any more
         if sent:
             self.tx_packets += sent
-            self.tx_bytes += sum(map(len, payloads)) - sent
+            self.tx_bytes += nbytes
             self.last_tx = now
             if self._unanswered_since is None:
                 self._unanswered_since = now
@@ -315,9 +320,9 @@ class DtlsChannel:
         """Datagrams wait to be sent (cheap: the data path asks on every wakeup)."""
         return bool(self._out) or (self.conn is not None and self.conn.has_output)
 
-    @property
-    def has_events(self) -> bool:
-        return bool(self._events)
+    def has_work(self) -> bool:
+        """Events or datagrams wait (cheap: the data path asks on every wakeup)."""
+        return bool(self._events or self._out) or (self.conn is not None and self.conn.has_output)
 
     def datagrams_to_send(self) -> list[bytes]:
         if self.conn is not None:
