@@ -264,23 +264,18 @@ class DataPath:
             packets = dtls.send(packets, now)
             if not packets:
                 return
-        session = self.session
-        for packet in packets:
-            session.send_packet(packet, now)
+        self.session.send_packets(packets, now)
         self._flush()
 
     def _flush(self) -> None:
+        backlog = self.backlog
         frames = self.session.frames_to_send()
         if frames:
-            self.backlog.extend(frames)
-        sent = 0
-        for frame in self.backlog:
-            if not self.stream.send_record_nowait(frame):
-                break
-            sent += 1
-        del self.backlog[:sent]
+            backlog += frames
+        if backlog:
+            del backlog[: self.stream.send_records_nowait(backlog)]
         # one send() for the burst's records (worker/io/tls.py)
-        want_write = not self.stream.flush_nowait() or bool(self.backlog)
+        want_write = not self.stream.flush_nowait() or bool(backlog)
         if want_write != self.want_write:
             self.selector.modify(self.stream.sock.fileno(), write=want_write)
             self.want_write = want_write
