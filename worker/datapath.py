@@ -1,11 +1,14 @@
 """The worker's event loop: tun ⇄ DTLS (UDP) or CSTP (TLS), timers, and the supervisor
 channel.
 
-A thin I/O layer around the sans-I/O CstpSession and DtlsChannel (through
-worker/dtls_link.py): it reads what is ready, feeds the sessions, writes what they
-produced, and sleeps until the next fd event or the earliest timer.
-Single-threaded and nonblocking. Tun packets go over DTLS while it is up, else
-over CSTP; packets from the server are accepted on both channels at all times.
+Each layer below has one job and one batch call per direction (a single packet is a
+batch of one): the tun (worker/io/tun.py), the DTLS link (worker/dtls_link.py, which
+alone drives the DtlsChannel and its UDP socket), and CSTP: the sans-I/O CstpSession
+over the TlsStream (worker/io/tls.py). This loop reads what is ready, hands it on,
+and sleeps until the next fd event or the earliest timer. Single-threaded and
+nonblocking. Every tun packet goes through :meth:`DataPath._to_server`: the DTLS link
+sends what DTLS carries now (DtlsChannel.seal_packets decides) and CSTP the rest;
+packets from the server are accepted on both channels at all times.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ class DtlsLink:
         self.get_timer: Callable[[], float | None] = self._channel.get_timer
         self.has_work: Callable[[], bool] = self._channel.has_work
         self.down_reason = ""
-        self.changed = False  # the data channel changed since the last poll
-        self.drained = True  # the last read() found the socket empty
+        self.changed = False  # the data channel changed since the data path last looked
+        self.drained = True  # the last receive() found the socket empty
 
     # -- socket ---------------------------------------------------------------------
 

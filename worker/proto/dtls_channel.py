@@ -274,6 +274,8 @@ class DtlsChannel:
         flow leaves at once), and the packets the caller must send over CSTP instead:
         all of them unless the channel is up, and those too large for one record."""
         conn = self.conn
+        # In UP the connection is established: whatever ends it takes the channel out
+        # of UP at once (its events are handled where it can fail).
         if self.state is not ChannelState.UP or conn is None:
             return [], packets
         limit = self.config.max_packet
@@ -306,7 +308,11 @@ class DtlsChannel:
         conn = self.conn
         if conn is None or not conn.established:
             return
-        self._out += conn.seal_data([payload])
+        datagrams = conn.seal_data([payload])
+        if not datagrams:  # the sequence numbers ran out: the connection failed
+            self._events_from(conn, now)
+            return
+        self._out += datagrams
         self.last_tx = now
         if expect_answer and self._unanswered_since is None:
             self._unanswered_since = now
