@@ -253,8 +253,7 @@ class DtlsConnection:
         self._last_rtx = -1.0
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
-        # counters (for status and tests)
-        self.last_rx: float | None = None
+        # counters (for the channel and tests)
         self.records_in = 0
         self.replays_dropped = 0
         self.bad_records = 0
@@ -413,7 +412,7 @@ class DtlsConnection:
                     and length <= MAX_RECORD_BODY
                 ):
                     plaintext = self._open(
-                        prot, ctype, version, epoch, seq_hi << 32 | seq_lo, data[_HEADER_SIZE:], now
+                        prot, ctype, version, epoch, seq_hi << 32 | seq_lo, data[_HEADER_SIZE:]
                     )
                     if plaintext is not None:
                         out.append(plaintext)
@@ -432,7 +431,6 @@ class DtlsConnection:
         epoch: int,
         seq: int,
         body: bytes,
-        now: float,
     ) -> bytes | None:
         """The one record-decrypt routine: the plaintext of a record of the current read
         epoch (*prot* is its protection), or None when the replay window or the
@@ -449,7 +447,6 @@ class DtlsConnection:
             return None
         replay.accept(seq)
         self.records_in += 1
-        self.last_rx = now
         return plaintext
 
     def _receive_records(self, data: bytes, now: float, out: list[bytes]) -> None:
@@ -462,7 +459,7 @@ class DtlsConnection:
                 prot = self._read_prot
                 if rec.epoch == self._read_epoch and prot is not None:
                     plaintext = self._open(
-                        prot, rec.ctype, rec.version, rec.epoch, rec.seq, rec.body, now
+                        prot, rec.ctype, rec.version, rec.epoch, rec.seq, rec.body
                     )
                     if plaintext is None:
                         continue
