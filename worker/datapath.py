@@ -1,11 +1,14 @@
 """The worker's event loop: tun ⇄ DTLS (UDP) or CSTP (TLS), timers, and the supervisor
 channel.
 
-A thin I/O layer around the sans-I/O CstpSession and DtlsChannel (through
-worker/dtls_link.py): it reads what is ready, feeds the sessions, writes what they
-produced, and sleeps until the next fd event or the earliest timer.
-Single-threaded and nonblocking. Tun packets go over DTLS while it is up, else
-over CSTP; packets from the server are accepted on both channels at all times.
+Each layer below has one job and one batch call per direction (a single packet is a
+batch of one): the tun (worker/io/tun.py), the DTLS link (worker/dtls_link.py, which
+alone drives the DtlsChannel and its UDP socket), and CSTP: the sans-I/O CstpSession
+over the TlsStream (worker/io/tls.py). This loop reads what is ready, hands it on,
+and sleeps until the next fd event or the earliest timer. Single-threaded and
+nonblocking. Every tun packet goes through :meth:`DataPath._to_server`: the DTLS link
+sends what DTLS carries now (DtlsChannel.seal_packets decides) and CSTP the rest;
+packets from the server are accepted on both channels at all times.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ class DataPath:
         session, dtls, stream = self.session, self.dtls, self.stream
         timer = session.get_timer()
         if dtls is not None:
-            dtls_timer = dtls.channel.get_timer()
+            dtls_timer = dtls.get_timer()
             if dtls_timer is not None and (timer is None or dtls_timer < timer):
                 timer = dtls_timer
         timeout = None if timer is None else max(0.0, timer - time.monotonic())
@@ -133,9 +136,9 @@ class DataPath:
             if data == "udp":
                 if dtls is not None:
                     # Latency first: deliver what one read brought, then drain.
-                    self.tun.write_packets(dtls.read(time.monotonic(), first=True))
+                    self.tun.write_packets(dtls.receive(time.monotonic(), first=True))
                     if not dtls.drained:
-                        self.tun.write_packets(dtls.read(time.monotonic()))
+                        self.tun.write_packets(dtls.receive(time.monotonic()))
             elif data == "tun":
                 self._read_tun()
             elif data == "tls":
@@ -154,25 +157,18 @@ class DataPath:
                 session.handle_timer(now)
                 self._drain_events()
             if dtls is not None:
-                dtls.on_timer(now)
-        if dtls is not None:
-            channel = dtls.channel
-            if channel.has_events:
-                self._dtls_events()
-            if channel.has_output:
-                dtls.flush(now)
-                if channel.has_events:
-                    self._dtls_events()
+                dtls.handle_timer(now)
+        if dtls is not None and dtls.has_work():
+            self._service_dtls(dtls, now)
         if session.has_output or self.backlog or self.want_write or stream.may_have_output:
             self._flush()
         return None
 
-    def _dtls_events(self) -> None:
-        assert self.dtls is not None
-        for line in self.dtls.poll_events():
+    def _service_dtls(self, dtls: DtlsLink, now: float) -> None:
+        for line in dtls.service(now):
             _log(line)
-        if self.dtls.changed:
-            self.dtls.changed = False
+        if dtls.changed:
+            dtls.changed = False
             self.channel.send(self.status())  # unasked: the data channel changed
 
     def _from_supervisor(self) -> Stop | None:
@@ -205,16 +201,16 @@ class DataPath:
                 tx_packets=s.tx_packets,
                 rx_packets=s.rx_packets,
             )
-        d = link.channel
+        tx_bytes, rx_bytes, tx_packets, rx_packets = link.traffic()
         return WorkerStatus(
             channel="dtls" if link.usable else "tls",
             tls_cipher=printable(self.stream.cipher, 100),
-            dtls_cipher=printable(d.description, 100) or None,
+            dtls_cipher=printable(link.description, 100) or None,
             dtls_state=printable(link.state(), 200),
-            tx_bytes=s.tx_bytes + d.tx_bytes,
-            rx_bytes=s.rx_bytes + d.rx_bytes,
-            tx_packets=s.tx_packets + d.tx_packets,
-            rx_packets=s.rx_packets + d.rx_packets,
+            tx_bytes=s.tx_bytes + tx_bytes,
+            rx_bytes=s.rx_bytes + rx_bytes,
+            tx_packets=s.tx_packets + tx_packets,
+            rx_packets=s.rx_packets + rx_packets,
         )
 
     def _read_server(self) -> None:
@@ -272,23 +268,18 @@ class DataPath:
             packets = dtls.send(packets, now)
             if not packets:
                 return
-        session = self.session
-        for packet in packets:
-            session.send_packet(packet, now)
+        self.session.send_packets(packets, now)
         self._flush()
 
     def _flush(self) -> None:
+        backlog = self.backlog
         frames = self.session.frames_to_send()
         if frames:
-            self.backlog.extend(frames)
-        sent = 0
-        for frame in self.backlog:
-            if not self.stream.send_record_nowait(frame):
-                break
-            sent += 1
-        del self.backlog[:sent]
+            backlog += frames
+        if backlog:
+            del backlog[: self.stream.send_records_nowait(backlog)]
         # one send() for the burst's records (worker/io/tls.py)
-        want_write = not self.stream.flush_nowait() or bool(self.backlog)
+        want_write = not self.stream.flush_nowait() or bool(backlog)
         if want_write != self.want_write:
             self.selector.modify(self.stream.sock.fileno(), write=want_write)
             self.want_write = want_write

@@ -1,10 +1,12 @@
 """The DTLS side of the data path: the UDP socket around the sans-I/O DtlsChannel.
 
-DataPath (worker/datapath.py) owns the selector loop; it hands this object tun packets
-(:meth:`DtlsLink.send` sends what DTLS carries now and returns the rest, for CSTP),
-feeds it readable events and timer expiries, and calls ``flush`` once per turn. Channel
-changes (DTLS up, fallback to TLS) come back from :meth:`DtlsLink.poll_events` as
-log lines; the data path then reports a WorkerStatus to the supervisor unasked.
+DataPath (worker/datapath.py) owns the selector loop and talks to this object only:
+:meth:`DtlsLink.send` takes tun packets, sends what DTLS carries now and returns the
+rest for CSTP; :meth:`DtlsLink.receive` turns what the socket has into tun packets;
+:meth:`get_timer` / :meth:`handle_timer`, and :meth:`service` when :meth:`has_work`
+(channel events, queued handshake or DPD datagrams). Channel changes (DTLS up,
+fallback to TLS) set :attr:`changed`; the data path then reports a WorkerStatus to
+the supervisor unasked.
 """
 
 from __future__ import annotations
@@ -55,11 +57,10 @@ class DtlsLink:
         assert cfg.dtls_port is not None
         self.address = tunnel.server.address
         self.port = cfg.dtls_port
-        self.plan = plan
         self.selector = selector
         self._open_udp = open_udp
         self.udp: Udp | None = None
-        self.channel = DtlsChannel(
+        self._channel = DtlsChannel(
             lambda: DtlsConnection(plan.params, random=os.urandom),
             ChannelConfig(
                 dpd=cfg.dtls_dpd,
@@ -69,10 +70,12 @@ class DtlsLink:
             ),
             now,
         )
+        # The channel's, bound once: the data path asks both on every wakeup.
+        self.get_timer: Callable[[], float | None] = self._channel.get_timer
+        self.has_work: Callable[[], bool] = self._channel.has_work
         self.down_reason = ""
-        self.dropped = 0  # datagrams the socket had no room for
-        self.changed = False  # the data channel changed since the last poll
-        self.drained = True  # the last read() found the socket empty
+        self.changed = False  # the data channel changed since the data path last looked
+        self.drained = True  # the last receive() found the socket empty
 
     # -- socket ---------------------------------------------------------------------
 
@@ -95,21 +98,18 @@ class DtlsLink:
 
     @property
     def usable(self) -> bool:
-        return self.channel.usable
+        return self._channel.usable
 
     def send(self, packets: list[bytes], now: float) -> list[bytes]:
         """Seal a burst of tun packets and send it at once; returns the packets that
         must go over CSTP (:meth:`DtlsChannel.seal_packets` decides). A lone packet is
         a burst of one: one send(), no queue on its path."""
-        channel = self.channel
-        datagrams, over_cstp = channel.seal_packets(packets, now)
+        datagrams, over_cstp = self._channel.seal_packets(packets, now)
         if datagrams:
-            if channel.has_output:  # behind what is queued (a DPD answer, say)
-                datagrams = channel.datagrams_to_send() + datagrams
             self._send(datagrams, now)
         return over_cstp
 
-    def read(self, now: float, *, first: bool = False) -> list[bytes]:
+    def receive(self, now: float, *, first: bool = False) -> list[bytes]:
         """Datagrams ready on the socket → IP packets for the tun. With ``first``, only
         one read (with GRO, one train of datagrams): the caller delivers those before
         it reads on, so that an interactive packet does not wait for the read that
@@ -121,29 +121,34 @@ class DtlsLink:
             return packets
         try:
             while batch := udp.recv_batch(1 if first else 64):
-                packets.extend(self.channel.receive_datagrams_untrusted(batch, now))
+                packets.extend(self._channel.receive_datagrams_untrusted(batch, now))
                 if udp.drained:
                     break  # saves one recvmsg (EAGAIN) per wakeup
                 if first:
                     self.drained = False
                     break
         except UdpError as exc:
-            self.channel.socket_error(now, str(exc))
+            self._channel.socket_error(now, str(exc))
         return packets
 
-    def timer(self) -> float | None:
-        return self.channel.get_timer()
-
-    def on_timer(self, now: float) -> None:
-        timer = self.channel.get_timer()
+    def handle_timer(self, now: float) -> None:
+        timer = self._channel.get_timer()
         if timer is not None and timer <= now:
-            self.channel.handle_timer(now)
+            self._channel.handle_timer(now)
 
-    def poll_events(self) -> list[str]:
-        """Handle channel events (new socket); return log lines for failed attempts.
-        Changes of the data channel set :attr:`changed` instead."""
+    def service(self, now: float) -> list[str]:
+        """Handle the channel's events (a new socket before what is queued next), send
+        what it queued, then handle what sending caused; returns log lines for failed
+        attempts. Changes of the data channel set :attr:`changed` instead."""
+        lines = self._events()
+        if self._channel.has_output:
+            self._flush(now)
+            lines += self._events()
+        return lines
+
+    def _events(self) -> list[str]:
         lines: list[str] = []
-        while (event := self.channel.next_event()) is not None:
+        while (event := self._channel.next_event()) is not None:
             if isinstance(event, NewSocket):
                 self._new_socket()
             elif isinstance(event, DtlsUp):
@@ -155,26 +160,33 @@ class DtlsLink:
                 lines.append(f"{event.reason}; data stays on TLS, next try in {event.retry_in:g} s")
         return lines
 
-    def flush(self, now: float) -> None:
+    def _flush(self, now: float) -> None:
         """Send what the channel queued (handshake, DPD, keepalive)."""
-        datagrams = self.channel.datagrams_to_send()
+        datagrams = self._channel.datagrams_to_send()
         if datagrams:
             self._send(datagrams, now)
 
     def _send(self, datagrams: list[bytes], now: float) -> None:
+        # What the socket has no room for is dropped, as a router would.
         udp = self.udp
-        if udp is None:
-            self.dropped += len(datagrams)
-            return
-        try:
-            sent = udp.send_batch(datagrams)
-        except UdpError as exc:
-            self.channel.socket_error(now, str(exc))
-            return
-        self.dropped += len(datagrams) - sent
+        if udp is not None:
+            try:
+                udp.send_batch(datagrams)
+            except UdpError as exc:
+                self._channel.socket_error(now, str(exc))
+
+    @property
+    def description(self) -> str:
+        """e.g. ``DTLS1.2 PSK-AES128-GCM-SHA256``, or "" before the first handshake."""
+        return self._channel.description
+
+    def traffic(self) -> tuple[int, int, int, int]:
+        """Data carried over DTLS: tx bytes, rx bytes, tx packets, rx packets."""
+        c = self._channel
+        return c.tx_bytes, c.rx_bytes, c.tx_packets, c.rx_packets
 
     def state(self) -> str:
-        state = self.channel.state
+        state = self._channel.state
         if state is ChannelState.UP:
             return "up"
         if state is ChannelState.LOST:
@@ -182,10 +194,10 @@ class DtlsLink:
         if state is ChannelState.CONNECTING:
             return "handshaking"
         if state is ChannelState.WAITING:
-            return "waiting to retry" if self.channel.attempts else "starting"
+            return "waiting to retry" if self._channel.attempts else "starting"
         return "closed"
 
     def close(self, now: float) -> None:
-        self.channel.close()
-        self.flush(now)
+        self._channel.close()
+        self._flush(now)
         self._close_socket()

@@ -131,9 +131,9 @@ class FakeStream:
         except BlockingIOError:
             return None
 
-    def send_record_nowait(self, record: bytes) -> bool:
-        self._out += record
-        return True
+    def send_records_nowait(self, records: list[bytes]) -> int:
+        self._out += b"".join(records)
+        return len(records)
 
     def flush_nowait(self) -> bool:
         while self._out:

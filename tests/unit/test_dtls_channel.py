@@ -168,6 +168,17 @@ def test_running_out_of_sequence_numbers_moves_data_to_cstp() -> None:
     assert net.channel.usable  # a new session
 
 
+def test_running_out_of_sequence_numbers_on_a_dpd_answer_moves_data_to_cstp() -> None:
+    net = Net()
+    net.connect()
+    assert net.channel.conn is not None
+    net.channel.conn._write_seq[1] = 2**48  # none left
+    net.server.send_app(b"\x03")  # DPD-REQ: the answer finds no sequence number
+    net.step()
+    assert not net.channel.usable
+    assert net.send(b"\x45x") == [b"\x45x"]
+
+
 @pytest.mark.parametrize("traffic_period", [0.01, 0.1, 0.5])
 def test_blackhole_fails_over_within_the_bound_and_returns(traffic_period: float) -> None:
     cfg = ChannelConfig()

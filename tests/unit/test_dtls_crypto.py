@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sepconnect.worker.proto import dtls_crypto as dc
+from sepconnect.worker.proto.dtls_records import HEADER, encode_record
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -146,12 +147,22 @@ def test_master_and_record_keys_agree_with_openssl_capture(name: str) -> None:
 
 @pytest.mark.parametrize(
     "prot",
-    [dc.GcmProtection(b"k" * 16, b"salt"), dc.ChaChaProtection(b"k" * 32, b"i" * 12)],
-    ids=["gcm", "chacha"],
+    [
+        dc.GcmProtection(b"k" * 16, b"salt"),
+        dc.ChaChaProtection(b"k" * 32, b"i" * 12),
+        dc.CbcSha1Protection(b"k" * 16, b"m" * 20, random=lambda n: b"\x01" * n),
+    ],
+    ids=["gcm", "chacha", "cbc"],
 )
-def test_seal_many_is_seal_in_a_loop(prot: dc.RecordProtection) -> None:
+def test_seal_records_is_seal_and_the_header_in_a_loop(prot: dc.RecordProtection) -> None:
     plaintexts = [b"", b"\x00\x45one", bytes(range(256)) * 5]
     first = 1 << 48 | 0xFFFFFFFE  # crosses a 32-bit boundary
-    many = prot.seal_many(first, 23, 0xFEFD, plaintexts)
-    assert many == [prot.seal(first + i, 23, 0xFEFD, p) for i, p in enumerate(plaintexts)]
-    assert [prot.open_untrusted(first + i, 23, 0xFEFD, b) for i, b in enumerate(many)] == plaintexts
+    records = prot.seal_records(first, 23, 0xFEFD, plaintexts)
+    bodies = [prot.seal(first + i, 23, 0xFEFD, p) for i, p in enumerate(plaintexts)]
+    seqs = [(first + i) & (2**48 - 1) for i in range(len(plaintexts))]
+    assert records == [
+        encode_record(23, 0xFEFD, 1, q, b) for q, b in zip(seqs, bodies, strict=True)
+    ]
+    assert [
+        prot.open_untrusted(first + i, 23, 0xFEFD, r[HEADER.size :]) for i, r in enumerate(records)
+    ] == plaintexts

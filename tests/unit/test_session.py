@@ -46,8 +46,7 @@ def sent_types(session: CstpSession) -> list[PacketType]:
 
 def test_data_both_ways_and_counters() -> None:
     s = CstpSession(dpd=None, keepalive=None, now=0.0)
-    s.send_packet(PKT, 1.0)
-    s.send_packet(PKT[:10], 1.0)
+    s.send_packets([PKT, PKT[:10]], 1.0)
     assert s.frames_to_send() == [encode_data(PKT), encode_data(PKT[:10])]
     assert s.frames_to_send() == []
     assert (s.tx_packets, s.tx_bytes) == (2, 30)
@@ -99,7 +98,7 @@ def test_any_packet_is_proof_of_life() -> None:
     s.handle_timer(50.0)
     assert s.frames_to_send() == []
     # sending does not count as proof of life
-    s.send_packet(PKT, 54.0)
+    s.send_packets([PKT], 54.0)
     s.frames_to_send()
     s.handle_timer(55.0)
     assert s.frames_to_send() == [DPD_REQ]
@@ -115,7 +114,7 @@ def test_dpd_dead_even_if_timer_fires_late() -> None:
 def test_keepalive() -> None:
     s = CstpSession(dpd=None, keepalive=20, now=0.0)
     assert s.get_timer() == 20.0
-    s.send_packet(PKT, 15.0)
+    s.send_packets([PKT], 15.0)
     s.frames_to_send()
     assert s.get_timer() == 35.0
     s.handle_timer(20.0)
@@ -177,7 +176,7 @@ def test_server_disconnect_event() -> None:
     assert s.closed
     assert s.get_timer() is None
     assert s.receive_data_untrusted(encode_data(PKT), 2.0) == []
-    s.send_packet(PKT, 2.0)
+    s.send_packets([PKT], 2.0)
     assert s.frames_to_send() == []
 
 
@@ -209,7 +208,7 @@ def test_server_terminate_event() -> None:
 
 def test_logoff_disconnect() -> None:
     s = CstpSession(dpd=30, keepalive=30, now=0.0)
-    s.send_packet(PKT, 1.0)
+    s.send_packets([PKT], 1.0)
     s.disconnect(logoff=True)
     frames = s.frames_to_send()
     assert frames[0] == encode_data(PKT)
@@ -304,7 +303,7 @@ def test_fuzz_session_only_cstp_error(
             if kind == "rx":
                 s.receive_data_untrusted(b"STF\x01" + data, now)
             elif kind == "tx":
-                s.send_packet(data, now)
+                s.send_packets([data], now)
             else:
                 timer = s.get_timer()
                 if timer is not None:

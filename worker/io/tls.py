@@ -330,27 +330,32 @@ class TlsStream:
     def pending(self) -> int:
         return self.conn.pending()
 
-    def send_record_nowait(self, record: bytes) -> bool:
-        """Queue one record (sent by :meth:`flush_nowait`); False if too much is queued
-        already (retry later with the same bytes)."""
-        if len(self._out) >= _OUT_LIMIT:
-            return False
-        try:
-            self.conn.send(record)
-        except (SSL.WantWriteError, SSL.WantReadError):
-            return False
-        except (SSL.Error, OSError) as exc:
-            raise TlsError(f"send failed: {_describe(exc)}") from None
-        # The record is in the BIO: one read takes it (and anything before it) without
-        # asking the empty BIO again.
-        try:
-            chunk = self.conn.bio_read(_RECORD_TAKE)
-        except SSL.WantReadError:
-            return True
-        self._out += chunk
-        if len(chunk) == _RECORD_TAKE:
-            self._dirty = True
-        return True
+    def send_records_nowait(self, records: list[bytes]) -> int:
+        """Queue each of *records* as one TLS record (sent by :meth:`flush_nowait`);
+        returns how many were taken: the rest wait until the socket has taken what is
+        queued (retry them later with the same bytes)."""
+        conn, out = self.conn, self._out
+        taken = 0
+        for record in records:
+            if len(out) >= _OUT_LIMIT:
+                break
+            try:
+                conn.send(record)
+            except (SSL.WantWriteError, SSL.WantReadError):
+                break
+            except (SSL.Error, OSError) as exc:
+                raise TlsError(f"send failed: {_describe(exc)}") from None
+            taken += 1
+            # The record is in the BIO: one read takes it (and anything before it)
+            # without asking the empty BIO again.
+            try:
+                chunk = conn.bio_read(_RECORD_TAKE)
+            except SSL.WantReadError:
+                continue
+            out += chunk
+            if len(chunk) == _RECORD_TAKE:
+                self._dirty = True
+        return taken
 
     def export_keying_material(self, label: bytes, length: int) -> bytes:
         return self.conn.export_keying_material(label, length, None)

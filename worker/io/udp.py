@@ -71,6 +71,16 @@ class UdpError(Exception):
         self.code = code
 
 
+def _send_failed(exc: OSError) -> None:
+    """A send() failed: a path error is raised as UdpError; a datagram refused as too
+    large (EMSGSIZE) is skipped and counted as sent (the data path never produces one);
+    anything else is raised as it is."""
+    if exc.errno in _PATH_ERRORS:
+        raise UdpError(exc.errno) from None
+    if exc.errno != errno.EMSGSIZE:
+        raise exc
+
+
 class UdpLink:
     def __init__(self, address: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -116,7 +126,15 @@ class UdpLink:
         is skipped and counted as sent (the data path never produces one).
         """
         n = len(datagrams)
-        if n == 1 or not self.gso:
+        if n == 1:  # a burst of one (an interactive flow's lone packet): one send()
+            try:
+                self.sock.send(datagrams[0])
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                _send_failed(exc)
+            return 1
+        if not self.gso:
             return self._send_each(datagrams, 0, n)
         sent = 0
         sendmsg = self.sock.sendmsg
@@ -149,9 +167,7 @@ class UdpLink:
                     if sent < end:
                         return sent
                     continue
-                if exc.errno in _PATH_ERRORS:
-                    raise UdpError(exc.errno) from None
-                raise
+                _send_failed(exc)
             sent = end
         return sent
 
@@ -166,10 +182,7 @@ class UdpLink:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno in _PATH_ERRORS:
-                    raise UdpError(exc.errno) from None
-                if exc.errno != errno.EMSGSIZE:
-                    raise
+                _send_failed(exc)
             sent += 1
         return sent
 

@@ -247,9 +247,10 @@ class DtlsChannel:
                 continue
             kind = payload[0]
             if kind == PKT_DATA:
-                if len(payload) > 1:
+                size = len(payload) - 1
+                if size:
                     packets.append(payload[1:])
-                    rx_bytes += len(payload) - 1
+                    rx_bytes += size
             elif kind == PKT_DPD_REQ:
                 self._send(_DPD_RESP, now, expect_answer=False)
             # DPD_RESP, KEEPALIVE: proof of life only; others ignored (as openconnect)
@@ -273,25 +274,31 @@ class DtlsChannel:
         flow leaves at once), and the packets the caller must send over CSTP instead:
         all of them unless the channel is up, and those too large for one record."""
         conn = self.conn
+        # In UP the connection is established: whatever ends it takes the channel out
+        # of UP at once (its events are handled where it can fail).
         if self.state is not ChannelState.UP or conn is None:
             return [], packets
         limit = self.config.max_packet
         over_cstp: list[bytes] = []
         payloads: list[bytes] = []
+        nbytes = 0
         for packet in packets:
-            if len(packet) > limit:
+            size = len(packet)
+            if size > limit:
                 over_cstp.append(packet)
             else:
                 payloads.append(b"\x00" + packet)
+                nbytes += size
         datagrams = conn.seal_data(payloads)
         sent = len(datagrams)
         if sent < len(payloads):  # the sequence numbers ran out: the connection failed
-            over_cstp += [p[1:] for p in payloads[sent:]]
-            del payloads[sent:]
+            unsent = [p[1:] for p in payloads[sent:]]
+            nbytes -= sum(map(len, unsent))
+            over_cstp += unsent
             self._events_from(conn, now)  # not UP any more
         if sent:
             self.tx_packets += sent
-            self.tx_bytes += sum(map(len, payloads)) - sent
+            self.tx_bytes += nbytes
             self.last_tx = now
             if self._unanswered_since is None:
                 self._unanswered_since = now
@@ -301,7 +308,11 @@ class DtlsChannel:
         conn = self.conn
         if conn is None or not conn.established:
             return
-        self._out += conn.seal_data([payload])
+        datagrams = conn.seal_data([payload])
+        if not datagrams:  # the sequence numbers ran out: the connection failed
+            self._events_from(conn, now)
+            return
+        self._out += datagrams
         self.last_tx = now
         if expect_answer and self._unanswered_since is None:
             self._unanswered_since = now
@@ -315,9 +326,9 @@ class DtlsChannel:
         """Datagrams wait to be sent (cheap: the data path asks on every wakeup)."""
         return bool(self._out) or (self.conn is not None and self.conn.has_output)
 
-    @property
-    def has_events(self) -> bool:
-        return bool(self._events)
+    def has_work(self) -> bool:
+        """Events or datagrams wait (cheap: the data path asks on every wakeup)."""
+        return bool(self._events or self._out) or (self.conn is not None and self.conn.has_output)
 
     def datagrams_to_send(self) -> list[bytes]:
         if self.conn is not None:

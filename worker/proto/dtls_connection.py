@@ -118,7 +118,6 @@ EXT_RENEGOTIATION_INFO: Final = 0xFF01
 _MAX_HELLO_VERIFY: Final = 2
 _MAX_COOKIE: Final = 255
 _APP: Final = int(ContentType.APPLICATION_DATA)
-_PACK: Final = HEADER.pack
 _UNPACK: Final = HEADER.unpack_from
 _HEADER_SIZE: Final = HEADER.size
 # DtlsParams and Mode live in dtls_params.py (the CONNECT exchange needs them without
@@ -265,8 +264,7 @@ class DtlsConnection:
         self._plaintext_alert: int | None = None  # see _on_alert
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
-        # counters (for status and tests)
-        self.last_rx: float | None = None
+        # counters (for the channel and tests)
         self.records_in = 0
         self.replays_dropped = 0
         self.bad_records = 0
@@ -372,18 +370,14 @@ class DtlsConnection:
         if self.state is not State.ESTABLISHED or prot is None:
             raise RuntimeError("DTLS connection not established")
         seq = self._write_seq[1]
-        room = 2**48 - seq
-        if len(payloads) > room:
+        count = len(payloads)
+        if seq + count > 2**48:
+            room = 2**48 - seq
             out = self.seal_data(payloads[:room]) if room else []
             self._fail(SequenceExhausted("DTLS sequence numbers exhausted"))
             return out
-        self._write_seq[1] = seq + len(payloads)
-        version = self.version
-        out = []
-        for body in prot.seal_many(1 << 48 | seq, _APP, version, payloads):
-            out.append(_PACK(_APP, version, 1, seq >> 32, seq & 0xFFFFFFFF, len(body)) + body)
-            seq += 1
-        return out
+        self._write_seq[1] = seq + count
+        return prot.seal_records(1 << 48 | seq, _APP, self.version, payloads)
 
     @property
     def has_output(self) -> bool:
@@ -416,36 +410,43 @@ class DtlsConnection:
         :meth:`_receive_records`. Every record of the current epoch is opened by
         :meth:`_open` either way."""
         out: list[bytes] = []
-        fast = self.state is State.ESTABLISHED
+        prot = self._read_prot if self.state is State.ESTABLISHED else None
         epoch = self._read_epoch
         for data in datagrams:
-            if fast and len(data) > _HEADER_SIZE:
+            body_size = len(data) - _HEADER_SIZE
+            if prot is not None and body_size > 0:
                 ctype, version, rec_epoch, seq_hi, seq_lo, length = _UNPACK(data)
                 if (
                     ctype == _APP
                     and rec_epoch == epoch
-                    and length == len(data) - _HEADER_SIZE
+                    and length == body_size
                     and length <= MAX_RECORD_BODY
                 ):
                     plaintext = self._open(
-                        ctype, version, epoch, seq_hi << 32 | seq_lo, data[_HEADER_SIZE:], now
+                        prot, ctype, version, epoch, seq_hi << 32 | seq_lo, data[_HEADER_SIZE:]
                     )
                     if plaintext is not None:
                         out.append(plaintext)
                     continue
             self._receive_records(data, now, out)
-            fast = self.state is State.ESTABLISHED  # the records may have changed it
+            # the records may have changed the state
+            prot = self._read_prot if self.state is State.ESTABLISHED else None
             epoch = self._read_epoch
         return out
 
     def _open(
-        self, ctype: int, version: int, epoch: int, seq: int, body: bytes, now: float
+        self,
+        prot: RecordProtection,
+        ctype: int,
+        version: int,
+        epoch: int,
+        seq: int,
+        body: bytes,
     ) -> bytes | None:
         """The one record-decrypt routine: the plaintext of a record of the current read
-        epoch, or None when the replay window or the authentication drops it. The
-        window is checked before decrypting (cheap rejection) and updated after."""
-        prot = self._read_prot
-        assert prot is not None
+        epoch (*prot* is its protection), or None when the replay window or the
+        authentication drops it. The window is checked before decrypting (cheap
+        rejection) and updated after."""
         replay = self._replay
         if not replay.is_fresh(seq):
             self.replays_dropped += 1
@@ -457,7 +458,6 @@ class DtlsConnection:
             return None
         replay.accept(seq)
         self.records_in += 1
-        self.last_rx = now
         return plaintext
 
     def _receive_records(self, data: bytes, now: float, out: list[bytes]) -> None:
@@ -467,9 +467,10 @@ class DtlsConnection:
             return
         try:
             for rec in records_untrusted(data):
-                if rec.epoch == self._read_epoch and self._read_prot is not None:
+                prot = self._read_prot
+                if rec.epoch == self._read_epoch and prot is not None:
                     plaintext = self._open(
-                        rec.ctype, rec.version, rec.epoch, rec.seq, rec.body, now
+                        prot, rec.ctype, rec.version, rec.epoch, rec.seq, rec.body
                     )
                     if plaintext is None:
                         continue

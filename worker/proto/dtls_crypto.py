@@ -13,8 +13,9 @@ Only what AnyConnect needs (PROTOCOL.md §4):
   AES-CBC + HMAC-SHA1 and the TLS 1.0 PRF (MD5 ⊕ SHA-1).
 
 Record protection objects are built once per epoch and direction; sealing a data
-record is one AEAD call (DESIGN.md §4). The sequence number used in nonces and
-additional data is the 64-bit ``epoch << 48 | seq``.
+record is one AEAD call (DESIGN.md §4), and a burst of them is one call of
+:meth:`RecordProtection.seal_records`, which frames the records too. The sequence
+number used in nonces and additional data is the 64-bit ``epoch << 48 | seq``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from cryptography.hazmat.primitives import constant_time, hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from sepconnect.worker.proto.dtls_records import HEADER_SEQ64
 
 __all__ = [
     "DTLS1_0",
@@ -339,6 +342,7 @@ def key_block(
 
 # seq_num(8) + type(1) + version(2) + length(2): one C call per record
 _aad: Final[Callable[[int, int, int, int], bytes]] = struct.Struct(">QBHH").pack
+_header: Final[Callable[[int, int, int, int], bytes]] = HEADER_SEQ64.pack
 
 
 class RecordProtection:
@@ -353,11 +357,18 @@ class RecordProtection:
         """Plaintext of *body*, or BadRecordMac."""
         raise NotImplementedError
 
-    def seal_many(
+    def seal_records(
         self, first_seq64: int, ctype: int, version: int, plaintexts: list[bytes]
     ) -> list[bytes]:
-        """Bodies for records with consecutive sequence numbers from *first_seq64*."""
-        return [self.seal(first_seq64 + i, ctype, version, p) for i, p in enumerate(plaintexts)]
+        """Whole records (header and sealed body) carrying *plaintexts*, with
+        consecutive sequence numbers from *first_seq64*."""
+        out = []
+        seq64 = first_seq64
+        for plaintext in plaintexts:
+            body = self.seal(seq64, ctype, version, plaintext)
+            out.append(_header(ctype, version, seq64, len(body)) + body)
+            seq64 += 1
+        return out
 
 
 class GcmProtection(RecordProtection):
@@ -375,16 +386,22 @@ class GcmProtection(RecordProtection):
         explicit = aad[:8]  # the sequence number, big-endian
         return explicit + self._aead.encrypt(self._salt + explicit, plaintext, aad)
 
-    def seal_many(
+    def seal_records(
         self, first_seq64: int, ctype: int, version: int, plaintexts: list[bytes]
     ) -> list[bytes]:
-        # seal() in one loop with its lookups hoisted: the upload's hot path
+        # seal() and the header in one loop with the lookups hoisted: the upload's hot
+        # path, and a lone packet's (issue #6)
         encrypt, salt, out = self._aead.encrypt, self._salt, []
         seq64 = first_seq64
         for plaintext in plaintexts:
-            aad = _aad(seq64, ctype, version, len(plaintext))
+            size = len(plaintext)
+            aad = _aad(seq64, ctype, version, size)
             explicit = aad[:8]
-            out.append(explicit + encrypt(salt + explicit, plaintext, aad))
+            out.append(
+                _header(ctype, version, seq64, size + 24)  # + explicit nonce and tag
+                + explicit
+                + encrypt(salt + explicit, plaintext, aad)
+            )
             seq64 += 1
         return out
 

@@ -24,6 +24,7 @@ from typing import Final
 
 __all__ = [
     "HEADER",
+    "HEADER_SEQ64",
     "MAX_RECORD_BODY",
     "ContentType",
     "Record",
@@ -34,6 +35,8 @@ __all__ = [
 
 #: type, version, epoch, seq high 16 bits, seq low 32 bits, length
 HEADER: Final = struct.Struct(">BHHHIH")
+#: the same 13 bytes with epoch and sequence number as one 64-bit field
+HEADER_SEQ64: Final = struct.Struct(">BHQH")
 #: RFC 6347: 2^14 plaintext + 2048 expansion
 MAX_RECORD_BODY: Final = 2**14 + 2048
 _SEQ_MAX: Final = 2**48 - 1

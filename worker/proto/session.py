@@ -2,7 +2,7 @@
 
 API in the aioquic style (STYLE.md §1.4): the driver feeds TLS plaintext with
 :meth:`CstpSession.receive_data_untrusted`, queues tun packets with
-:meth:`CstpSession.send_packet`, writes whatever :meth:`CstpSession.frames_to_send`
+:meth:`CstpSession.send_packets`, writes whatever :meth:`CstpSession.frames_to_send`
 returns (one CSTP frame per element; write each as its own TLS record), arms a
 timer for :meth:`CstpSession.get_timer` and calls
 :meth:`CstpSession.handle_timer` when it fires, then drains
@@ -186,17 +186,21 @@ class CstpSession:
 
     # -- output ----------------------------------------------------------
 
-    def send_packet(self, packet: bytes, now: float) -> None:
-        """Queue one IP packet as a DATA frame (dropped if the session is closed).
+    def send_packets(self, packets: list[bytes], now: float) -> None:
+        """Queue IP packets as DATA frames, one each (dropped if the session is closed).
 
-        Raises ValueError if the packet exceeds cstp.MAX_PAYLOAD.
+        Raises ValueError if a packet exceeds cstp.MAX_PAYLOAD.
         """
         if self._closed:
             return
-        self._out.append(encode_data(packet))
+        out = self._out
+        nbytes = 0
+        for packet in packets:
+            out.append(encode_data(packet))
+            nbytes += len(packet)
         self.last_tx = now
-        self.tx_packets += 1
-        self.tx_bytes += len(packet)
+        self.tx_packets += len(packets)
+        self.tx_bytes += nbytes
 
     @property
     def has_output(self) -> bool:
