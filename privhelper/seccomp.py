@@ -1,7 +1,8 @@
-"""The privileged helper's own seccomp allow-list (ctypes over libseccomp.so.2).
+"""The privileged helper's seccomp allow-list (built by process/seccomp.py).
 
-The helper may import only the standard library, msgpack, pyroute2 and
-jeepney, so this is a small binding of its own rather than pyseccomp.
+The rules are the helper's own and live here; the builder that turns them into
+a libseccomp filter is the one the worker uses too (stdlib and ctypes only, so
+the helper may load it).
 
 :func:`apply` is called once, after the helper has dropped to CAP_NET_ADMIN
 and opened its netlink socket, before it reads the first request. From then on:
@@ -33,21 +34,19 @@ system calls it adds are listed here, next to the reason, and nowhere else.
   execveat off :data:`NEVER`. Prefer running scripts from a child forked
   *before* :func:`apply` with its own, narrower filter.
 
-Architectures: libseccomp resolves names for the native architecture and adds
-the arch check itself (any other arch, including x32 system calls on x86_64,
-is killed).
+Architectures: see process/seccomp.py (names are resolved for the native one;
+any other, x32 system calls on x86_64 included, is killed).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 import socket
-import termios
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from sepconnect.process import seccomp
+from sepconnect.process.seccomp import ALLOW, EQ, KILL_PROCESS, Arg, Rule
 from sepconnect.process.tun_ioctls import TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ
 
 ALLOWED: Final = (
@@ -97,73 +96,8 @@ IOCTLS: Final = (
     TUNGETIFF,
     TUNSETOFFLOAD,
     TUNSETVNETHDRSZ,
-    termios.TCGETS,
-    termios.FIONBIO,
-    termios.FIOCLEX,
-    termios.FIONCLEX,
-    termios.FIONREAD,
+    *seccomp.FD_IOCTLS,
 )
-NETLINK_ROUTE: Final = 0
-FCNTLS: Final = (0, 1, 2, 3, 4, 1030)
-"""F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC."""
-
-# <seccomp.h>
-_ACT_KILL_PROCESS: Final = 0x80000000
-_ACT_ALLOW: Final = 0x7FFF0000
-_ACT_ERRNO: Final = 0x00050000
-_CMP_EQ: Final = 4
-_CMP_GE: Final = 5
-_FLTATR_CTL_LOG: Final = 6
-_NR_SCMP_ERROR: Final = -1
-
-
-def _errno_action(code: int) -> int:
-    return _ACT_ERRNO | (code & 0xFFFF)
-
-
-class _ArgCmp(ctypes.Structure):
-    _fields_ = (
-        ("arg", ctypes.c_uint),
-        ("op", ctypes.c_int),
-        ("datum_a", ctypes.c_uint64),
-        ("datum_b", ctypes.c_uint64),
-    )
-
-
-class SeccompUnavailable(OSError):
-    """libseccomp is missing or the kernel refused the filter."""
-
-
-def _library() -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
-    except OSError as exc:
-        raise SeccompUnavailable(f"libseccomp.so.2: {exc}") from None
-    lib.seccomp_init.argtypes = (ctypes.c_uint32,)
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_release.argtypes = (ctypes.c_void_p,)
-    lib.seccomp_release.restype = None
-    lib.seccomp_load.argtypes = (ctypes.c_void_p,)
-    lib.seccomp_load.restype = ctypes.c_int
-    lib.seccomp_attr_set.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)
-    lib.seccomp_attr_set.restype = ctypes.c_int
-    lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
-    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
-    lib.seccomp_rule_add_array.argtypes = (
-        ctypes.c_void_p,
-        ctypes.c_uint32,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.POINTER(_ArgCmp),
-    )
-    lib.seccomp_rule_add_array.restype = ctypes.c_int
-    lib.seccomp_export_pfc.argtypes = (ctypes.c_void_p, ctypes.c_int)
-    lib.seccomp_export_pfc.restype = ctypes.c_int
-    return lib
-
-
-Rule = tuple[int, str, tuple[tuple[int, int, int], ...]]
-"""(action, system call, ((arg, op, value), ...))"""
 
 
 def rules(features: Iterable[str] = ()) -> Iterator[Rule]:
@@ -173,74 +107,27 @@ def rules(features: Iterable[str] = ()) -> Iterator[Rule]:
     if unknown:
         raise ValueError(f"unknown seccomp feature(s): {sorted(unknown)}")
     extra = {name for f in sorted(enabled) for name in FEATURES[f]}
-    for name in sorted(set(ALLOWED) | extra):
-        yield _ACT_ALLOW, name, ()
+    yield from seccomp.allow(sorted(set(ALLOWED) | extra))
     for name in NEVER:
         if name not in extra:
-            yield _ACT_KILL_PROCESS, name, ()
+            yield Rule(KILL_PROCESS, name)
     # Argument-checked calls: the listed values pass, any other value gets the errno.
-    for family, protocol in ((socket.AF_NETLINK, NETLINK_ROUTE), (socket.AF_UNIX, None)):
-        checks = ((0, _CMP_EQ, family),) + (() if protocol is None else ((2, _CMP_EQ, protocol),))
-        yield _ACT_ALLOW, "socket", checks
-    yield _errno_action(errno.EAFNOSUPPORT), "socket", ((0, _CMP_GE, 0),)
-    for request in IOCTLS:
-        yield _ACT_ALLOW, "ioctl", ((1, _CMP_EQ, request),)
-    yield _errno_action(errno.ENOTTY), "ioctl", ((1, _CMP_GE, 0),)
-    for cmd in FCNTLS:
-        yield _ACT_ALLOW, "fcntl", ((1, _CMP_EQ, cmd),)
-    yield _errno_action(errno.EINVAL), "fcntl", ((1, _CMP_GE, 0),)
+    netlink_route = (Arg(0, EQ, socket.AF_NETLINK), Arg(2, EQ, socket.NETLINK_ROUTE))
+    yield Rule(ALLOW, "socket", netlink_route)
+    yield from seccomp.only("socket", 0, (socket.AF_UNIX,), errno.EAFNOSUPPORT)
+    yield from seccomp.only("ioctl", 1, IOCTLS, errno.ENOTTY)
+    yield from seccomp.only("fcntl", 1, seccomp.FD_FCNTLS, errno.EINVAL)
     if "prlimit64" not in extra:
-        yield _ACT_ALLOW, "prlimit64", ((0, _CMP_EQ, 0),)
+        yield Rule(ALLOW, "prlimit64", (Arg(0, EQ, 0),))
 
 
-class Filter:
-    """A libseccomp filter context holding :func:`rules`."""
-
-    def __init__(self, features: Iterable[str] = ()) -> None:
-        self._lib = _library()
-        ctx = self._lib.seccomp_init(_errno_action(errno.EPERM))
-        if not ctx:
-            raise SeccompUnavailable("seccomp_init failed")
-        self._ctx: int = ctx
-        try:
-            if self._lib.seccomp_attr_set(self._ctx, _FLTATR_CTL_LOG, 1) != 0:
-                pass  # an old kernel cannot log denials; the filter still works
-            for action, name, checks in rules(features):
-                self._add(action, name, checks)
-        except BaseException:
-            self.release()
-            raise
-
-    def _add(self, action: int, name: str, checks: tuple[tuple[int, int, int], ...]) -> None:
-        number = self._lib.seccomp_syscall_resolve_name(name.encode())
-        if number == _NR_SCMP_ERROR:
-            return  # not a system call here (libseccomp names other archs' calls negatively)
-        array = (_ArgCmp * max(1, len(checks)))(*(_ArgCmp(a, op, v, 0) for a, op, v in checks))
-        rc = self._lib.seccomp_rule_add_array(self._ctx, action, number, len(checks), array)
-        if rc != 0:
-            raise SeccompUnavailable(-rc, f"seccomp rule for {name}: {os.strerror(-rc)}")
-
-    def export_pfc(self, fd: int) -> None:
-        """Write the filter as libseccomp's pseudo code (for review and tests)."""
-        rc = self._lib.seccomp_export_pfc(self._ctx, fd)
-        if rc != 0:
-            raise SeccompUnavailable(-rc, os.strerror(-rc))
-
-    def load(self) -> None:
-        rc = self._lib.seccomp_load(self._ctx)
-        if rc != 0:
-            raise SeccompUnavailable(-rc, f"seccomp_load: {os.strerror(-rc)}")
-
-    def release(self) -> None:
-        if self._ctx:
-            self._lib.seccomp_release(self._ctx)
-            self._ctx = 0
+def build(features: Iterable[str] = ()) -> seccomp.Filter:
+    """The helper's filter, not yet loaded: anything not in :func:`rules` fails with EPERM
+    (logged by the kernel)."""
+    return seccomp.Filter(seccomp.errno_action(errno.EPERM), rules(features), log=True)
 
 
 def apply(features: Iterable[str] = ()) -> None:
     """Load the helper's filter into this process, for good (needs no_new_privs)."""
-    f = Filter(features)
-    try:
+    with build(features) as f:
         f.load()
-    finally:
-        f.release()

@@ -8,7 +8,7 @@ network. From then on, for the rest of the worker's life:
   supervisor's uid drop and empty bounding set are what make it so);
   ``no_new_privs`` on; not dumpable (no ptrace by processes of the same uid,
   no core dumps); ``RLIMIT_CORE`` and ``RLIMIT_NPROC`` 0.
-* **seccomp** (libseccomp through pyseccomp): an allow-list of the system
+* **seccomp** (process/seccomp.py, ctypes over libseccomp): an allow-list of the system
   calls CPython, OpenSSL and the data path make; anything else kills the
   process (``SECCOMP_RET_KILL_PROCESS``): no execve, no fork/clone, no ptrace,
   no kill(2) of another process, no prctl (so it cannot make itself dumpable
@@ -53,19 +53,19 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import json
 import mmap
 import os
 import resource
 import socket
 import sys
-import termios
-import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sepconnect.process import privileges
+from sepconnect.process import privileges, seccomp
+from sepconnect.process.seccomp import ALLOW, EQ, MASKED_EQ, Arg, Rule
 from sepconnect.process.tun_ioctls import (
     TUNGETFEATURES,
     TUNGETIFF,
@@ -75,42 +75,6 @@ from sepconnect.process.tun_ioctls import (
     TUNSETVNETHDRSZ,
 )
 
-
-def _import_pyseccomp() -> Any:
-    """pyseccomp, or None where libseccomp is missing.
-
-    pyseccomp looks libc and libseccomp up with ``ctypes.util.find_library``,
-    which forks and executes ``/sbin/ldconfig -p``; a worker that executes
-    nothing is easier to confine (SELinux), so the stable sonames are given.
-    """
-    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
-    # pyseccomp imports ctypes.util for find_library alone; ctypes.util imports
-    # shutil, subprocess, tempfile, bz2 and lzma (~1 MB of RSS and ~6 ms of start-up
-    # on the connect path). Where nothing has imported it yet, pyseccomp gets a
-    # stand-in with just the lookup of the two known names, removed afterwards.
-    real: Any = sys.modules.get("ctypes.util")
-    if real is not None:
-        original = real.find_library
-        real.find_library = lambda name: known.get(name) or original(name)
-    else:
-        stand_in = types.ModuleType("ctypes.util")
-        stand_in.find_library = known.get  # type: ignore[attr-defined]
-        sys.modules["ctypes.util"] = ctypes.util = stand_in  # type: ignore[attr-defined]
-    try:
-        import pyseccomp
-
-        return pyseccomp
-    except (ImportError, OSError, RuntimeError):
-        return None
-    finally:
-        if real is not None:
-            real.find_library = original
-        else:
-            del sys.modules["ctypes.util"]
-            del ctypes.util  # type: ignore[attr-defined]
-
-
-_seccomp: Any = _import_pyseccomp()
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -170,71 +134,45 @@ SYSCALLS: Final = (
 SOCKET_FAMILIES: Final = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
 
 
-IOCTLS: Final[dict[int, str]] = {
-    termios.TCGETS: "TCGETS (isatty)",
-    termios.FIONBIO: "FIONBIO (non-blocking)",
-    termios.FIOCLEX: "FIOCLEX",
-    termios.FIONCLEX: "FIONCLEX",
-    termios.FIONREAD: "FIONREAD (bytes queued)",
-    TUNGETFEATURES: "TUNGETFEATURES",
-    TUNGETIFF: "TUNGETIFF (the handed tun's name and flags)",
-    TUNSETOFFLOAD: "TUNSETOFFLOAD (offloads of our tun only)",
-    TUNGETVNETHDRSZ: "TUNGETVNETHDRSZ",
-    TUNSETVNETHDRSZ: "TUNSETVNETHDRSZ (this fd's vnet header size)",
-}
+IOCTLS: Final = (
+    *seccomp.FD_IOCTLS,
+    TUNGETFEATURES,
+    TUNGETIFF,  # the handed tun's name and flags
+    TUNSETOFFLOAD,  # offloads of our tun only
+    TUNGETVNETHDRSZ,
+    TUNSETVNETHDRSZ,  # this fd's vnet header size
+)
 """The only ioctl requests the worker may make (others: ENOTTY)."""
 
-F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC = 0, 1, 2, 3, 4, 1030
-FCNTLS: Final = (F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC)
 
-
-def build_seccomp_filter(pid: int) -> Any:
-    """The worker's filter (a pyseccomp.SyscallFilter), not yet loaded. ``pid``: our own."""
-    s = _seccomp
-    if s is None:
-        raise SandboxUnavailable("libseccomp (libseccomp.so.2) or pyseccomp is not available")
-    f = s.SyscallFilter(s.KILL_PROCESS)
-    for name in SYSCALLS:
-        _allow(f, s.ALLOW, name)
-
-    def only(name: str, arg: int, values: Iterable[int], refusal: int) -> None:
-        """``name`` allowed when argument ``arg`` is one of ``values``, else errno ``refusal``.
-
-        libseccomp evaluates the equality rules first and the catch-all
-        ``>= 0`` (every value) last, so this is an allow-list with a refusal.
-        """
-        for value in values:
-            _allow(f, s.ALLOW, name, s.Arg(arg, s.EQ, value))
-        _allow(f, s.ERRNO(refusal), name, s.Arg(arg, s.GE, 0))
-
-    only("socket", 0, SOCKET_FAMILIES, errno.EAFNOSUPPORT)
-    only("socketcall", 0, (), errno.ENOSYS)  # i386's multiplexer: never
-    only("ioctl", 1, IOCTLS, errno.ENOTTY)
-    only("fcntl", 1, FCNTLS, errno.EINVAL)
-    only("fcntl64", 1, FCNTLS, errno.EINVAL)
+def seccomp_rules(pid: int) -> Iterator[Rule]:
+    """The worker's rules, in the order they are added. ``pid``: our own."""
+    yield from seccomp.allow(SYSCALLS)
+    yield from seccomp.only("socket", 0, SOCKET_FAMILIES, errno.EAFNOSUPPORT)
+    yield from seccomp.only("socketcall", 0, (), errno.ENOSYS)  # i386's multiplexer: never
+    yield from seccomp.only("ioctl", 1, IOCTLS, errno.ENOTTY)
+    yield from seccomp.only("fcntl", 1, seccomp.FD_FCNTLS, errno.EINVAL)
+    yield from seccomp.only("fcntl64", 1, seccomp.FD_FCNTLS, errno.EINVAL)
     # W^X: a mapping may be writable or executable, never both.
     wx = mmap.PROT_WRITE | mmap.PROT_EXEC
     for name in ("mmap", "mmap2", "mprotect"):
-        _allow(f, s.ALLOW, name, s.Arg(2, s.MASKED_EQ, mmap.PROT_EXEC, 0))
-        _allow(f, s.ALLOW, name, s.Arg(2, s.MASKED_EQ, mmap.PROT_WRITE, 0))
-        _allow(f, s.ERRNO(errno.EACCES), name, s.Arg(2, s.MASKED_EQ, wx, wx))
-    _allow(f, s.ALLOW, "prlimit64", s.Arg(0, s.EQ, 0))
-    _allow(f, s.ALLOW, "tgkill", s.Arg(0, s.EQ, pid))
-    return f
+        yield Rule(ALLOW, name, (Arg(2, MASKED_EQ, mmap.PROT_EXEC, 0),))
+        yield Rule(ALLOW, name, (Arg(2, MASKED_EQ, mmap.PROT_WRITE, 0),))
+        yield Rule(seccomp.errno_action(errno.EACCES), name, (Arg(2, MASKED_EQ, wx, wx),))
+    yield Rule(ALLOW, "prlimit64", (Arg(0, EQ, 0),))
+    yield Rule(ALLOW, "tgkill", (Arg(0, EQ, pid),))
 
 
-def _allow(f: Any, action: int, name: str, *args: Any) -> None:
-    try:
-        number = _seccomp.resolve_syscall(_seccomp.Arch.NATIVE, name)
-    except (OSError, ValueError):
-        return
-    if number == -1:  # __NR_SCMP_ERROR: no such name (an arch's missing calls are pseudo-numbers)
-        return
-    f.add_rule(action, name, *args)
+def build_seccomp_filter(pid: int) -> seccomp.Filter:
+    """The worker's filter, not yet loaded: anything not in :func:`seccomp_rules` kills it."""
+    if not seccomp.available():
+        raise SandboxUnavailable("libseccomp (libseccomp.so.2) is not available")
+    return seccomp.Filter(seccomp.KILL_PROCESS, seccomp_rules(pid))
 
 
 def apply_seccomp(pid: int) -> None:
-    build_seccomp_filter(pid).load()
+    with build_seccomp_filter(pid) as f:
+        f.load()
 
 
 # ---------------------------------------------------------------------------
@@ -435,7 +373,7 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
     abi = landlock_abi()
     if abi < 1:
         missing.append("Landlock (kernel 5.13+ with lsm=landlock)")
-    seccomp_ok = _seccomp is not None and _seccomp_filters_supported()
+    seccomp_ok = seccomp.available() and _seccomp_filters_supported()
     if not seccomp_ok:
         missing.append("seccomp filters (libseccomp.so.2 and a kernel with CONFIG_SECCOMP_FILTER)")
     if missing and not allow_weak:
@@ -510,8 +448,6 @@ def _wx_mapping() -> None:
 
 
 def _ioctl(fd: int, request: int) -> None:
-    import fcntl
-
     fcntl.ioctl(fd, request, bytes(40))
 
 
