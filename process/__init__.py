@@ -1,3 +1,4 @@
-"""Process plumbing shared by the three programs: titles, prctl, exit codes, audit-log files."""
+"""Process plumbing shared by the three programs: titles, prctl, the seccomp builder, the tun
+ioctls, exit codes, audit-log files."""
 
 from __future__ import annotations

@@ -16,14 +16,14 @@ import tempfile
 import pytest
 
 from sepconnect.privhelper import seccomp as helper_seccomp
-from sepconnect.process import seccomp
+from sepconnect.process import seccomp, tun_ioctls
 from sepconnect.worker import sandbox
 
 pytestmark = pytest.mark.skipif(not seccomp.available(), reason="no libseccomp.so.2")
 
 CHILD = """
 import errno, fcntl, mmap, os, socket
-from sepconnect.process import privileges, seccomp
+from sepconnect.process import privileges, seccomp, tun_ioctls
 from sepconnect.worker import sandbox
 
 def attempt(action):
@@ -44,7 +44,7 @@ print(attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close())
 print(attempt(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()))
 print(attempt(lambda: mmap.mmap(-1, 4096, prot=rw).close()))
 print(attempt(lambda: mmap.mmap(-1, 4096, prot=rw | mmap.PROT_EXEC).close()))
-print(attempt(lambda: fcntl.ioctl(s.fileno(), 0x400454CA, bytes(40))))  # TUNSETIFF
+print(attempt(lambda: fcntl.ioctl(s.fileno(), tun_ioctls.TUNSETIFF, bytes(40))))
 print(attempt(lambda: fcntl.fcntl(s.fileno(), fcntl.F_SETOWN, os.getpid())), flush=True)
 os.fork()
 print("survived")
@@ -100,7 +100,6 @@ def test_the_workers_filter_builds() -> None:
 
 
 def test_only_the_helper_may_create_a_tun() -> None:
-    tunsetiff = 0x400454CA
-    assert tunsetiff in helper_seccomp.IOCTLS
-    assert tunsetiff not in sandbox.IOCTLS
-    assert sandbox.TUNSETOFFLOAD in sandbox.IOCTLS
+    assert tun_ioctls.TUNSETIFF in helper_seccomp.IOCTLS
+    assert tun_ioctls.TUNSETIFF not in sandbox.IOCTLS
+    assert tun_ioctls.TUNSETOFFLOAD in sandbox.IOCTLS
