@@ -1,8 +1,6 @@
 """Privileges and process flags through prctl(2) and capset(2), for all three programs.
 
-ctypes on the program's own symbol namespace (libc is in it): no
-``ctypes.util.find_library``, which runs ``ldconfig -p`` in a child at every start.
-Stdlib only: the helper loads it too.
+The one prctl wrapper (process/libc.py's handle). Stdlib only: the helper loads it too.
 """
 
 from __future__ import annotations
@@ -11,7 +9,10 @@ import ctypes
 import os
 from typing import Final
 
+from sepconnect.process.libc import LIBC, errno_error
+
 PR_SET_DUMPABLE: Final = 4
+PR_SET_NAME: Final = 15
 PR_CAPBSET_DROP: Final = 24
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_CAP_AMBIENT: Final = 47
@@ -20,15 +21,14 @@ CAP_NET_ADMIN: Final = 12
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 _LAST_CAP_FALLBACK: Final = 63  # /proc unreadable: drop every number the kernel may know
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [
+LIBC.prctl.argtypes = [
     ctypes.c_int,
     ctypes.c_ulong,
     ctypes.c_ulong,
     ctypes.c_ulong,
     ctypes.c_ulong,
 ]
-_libc.prctl.restype = ctypes.c_int
+LIBC.prctl.restype = ctypes.c_int
 
 
 class _CapHeader(ctypes.Structure):
@@ -43,14 +43,10 @@ class _CapData(ctypes.Structure):
     )
 
 
-def _raise_errno(what: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
 def prctl(option: int, arg2: int = 0) -> None:
-    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
-        _raise_errno(f"prctl({option}, {arg2})")
+    """prctl(2) with one argument (an address, for the options that take a pointer)."""
+    if LIBC.prctl(option, arg2, 0, 0, 0) != 0:
+        raise errno_error(f"prctl({option}, {arg2})")
 
 
 def last_cap() -> int:
@@ -80,8 +76,8 @@ def keep_only_capabilities(keep: frozenset[int]) -> None:
     for cap in keep:
         words[cap // 32] |= 1 << (cap % 32)
     data = (_CapData * 2)(*(_CapData(w, w, 0) for w in words))
-    if _libc.capset(ctypes.byref(header), data) != 0:
-        _raise_errno("capset")
+    if LIBC.capset(ctypes.byref(header), data) != 0:
+        raise errno_error("capset")
 
 
 def no_new_privs_and_undumpable() -> None:

@@ -22,9 +22,9 @@ unprivileged processes; stdlib only.
 from __future__ import annotations
 
 import ctypes
-import os
 
-PR_SET_NAME = 15
+from sepconnect.process.privileges import PR_SET_NAME, prctl
+
 _COMM_LEN = 16  # TASK_COMM_LEN, with its NUL
 
 
@@ -45,8 +45,5 @@ def set_title(title: str) -> None:
     if size > 0:
         text = raw[: size - 1]  # keep at least one NUL: the kernel then reads no further
         ctypes.memmove(start, text + b"\0" * (size - len(text)), size)
-    libc = ctypes.CDLL(None, use_errno=True)
     name = ctypes.create_string_buffer(raw[: _COMM_LEN - 1], _COMM_LEN)
-    if libc.prctl(PR_SET_NAME, name, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NAME): {os.strerror(err)}")
+    prctl(PR_SET_NAME, ctypes.addressof(name))

@@ -65,6 +65,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from sepconnect.process import privileges, seccomp
+from sepconnect.process.libc import LIBC, errno_error
 from sepconnect.process.seccomp import ALLOW, EQ, MASKED_EQ, Arg, Rule
 from sepconnect.process.tun_ioctls import (
     TUNGETFEATURES,
@@ -75,8 +76,7 @@ from sepconnect.process.tun_ioctls import (
     TUNSETVNETHDRSZ,
 )
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+LIBC.syscall.restype = ctypes.c_long
 
 
 SELFTEST_ENV: Final = "SEPCONNECT_TEST_SANDBOX_SELFTEST"
@@ -217,10 +217,9 @@ class _NetPort(ctypes.Structure):
 
 
 def _syscall(number: int, *args: Any) -> int:
-    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    result = int(LIBC.syscall(ctypes.c_long(number), *args))
     if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+        raise errno_error(f"syscall {number}")
     return result
 
 
@@ -493,14 +492,14 @@ def fatal_probe(name: str) -> str:
             os._exit(0)
     elif name == "ptrace":
         ptrace_attach = 16
-        _libc.ptrace(ctypes.c_long(ptrace_attach), ctypes.c_long(parent), None, None)
+        LIBC.ptrace(ctypes.c_long(ptrace_attach), ctypes.c_long(parent), None, None)
     elif name == "kill":
         os.kill(parent, 0)
     elif name == "prctl":
         privileges.prctl(privileges.PR_SET_DUMPABLE, 1)
     elif name == "unshare":
         clone_newuser = 0x10000000
-        _libc.unshare(ctypes.c_int(clone_newuser))
+        LIBC.unshare(ctypes.c_int(clone_newuser))
     elif name == "setuid":
         os.setuid(os.getuid())
     else:

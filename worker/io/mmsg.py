@@ -20,6 +20,8 @@ import socket
 import struct
 from typing import Final
 
+from sepconnect.process.libc import LIBC
+
 __all__ = ["SLOTS", "SOL_UDP", "UDP_GRO", "BatchReceiver", "split_gro"]
 
 SLOTS: Final = 16
@@ -49,8 +51,7 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = (("hdr", _Msghdr), ("len", ctypes.c_uint))
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_recvmmsg = _libc.recvmmsg
+_recvmmsg = LIBC.recvmmsg
 _recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
 _recvmmsg.restype = ctypes.c_int
 
