@@ -38,14 +38,26 @@ NOT_PRINTABLE: Final = re.compile(f"[{_NOT_PRINTABLE_CHARS}]")
 PRINTABLE_TEXT: Final = f"[^{_NOT_PRINTABLE_CHARS}]*"
 """The pattern of text for people (a banner): printable, newlines allowed."""
 
-IFNAME: Final = r"[A-Za-z0-9_.-]{1,15}"
-"""An interface name we create or accept (IFNAMSIZ - 1; "." and ".." are refused too)."""
+IFNAME_MAX: Final = 15
+"""The longest interface name the kernel takes (IFNAMSIZ less its NUL)."""
+
+IFNAME: Final = rf"(?!\.\.?\Z)[A-Za-z0-9_.-]{{1,{IFNAME_MAX}}}"
+"""An interface name, whole (``re.fullmatch``, ``wire.Match``): 1-15 of A-Z a-z 0-9 _ . -,
+and not "." or ".." (which the kernel refuses). No "/", ":", "%" or white space: a name
+ends up in paths, in a script's environment and in audit records."""
 
 _CIPHER_NAME = r"[A-Za-z0-9_.\-]{1,64}"
 CIPHER_NAME: Final = re.compile(_CIPHER_NAME)
-"""One cipher suite name as X-DTLS-CipherSuite carries it."""
-CIPHER_LIST: Final = f"{_CIPHER_NAME}(?::{_CIPHER_NAME}){{0,31}}"
-"""A colon-separated list of at most 32 cipher names (--dtls-ciphers, X-DTLS-CipherSuite)."""
+"""One cipher-suite name as AnyConnect servers send and take them (X-DTLS-CipherSuite)."""
+
+MAX_CIPHERS: Final = 32
+MAX_CIPHER_LIST: Final = 512
+CIPHER_LIST: Final = (
+    rf"(?=.{{1,{MAX_CIPHER_LIST}}}\Z){_CIPHER_NAME}(?::{_CIPHER_NAME}){{0,{MAX_CIPHERS - 1}}}"
+)
+"""A colon-separated cipher list, whole (``re.fullmatch``, ``wire.Match``), as openconnect's
+--dtls-ciphers: at most :data:`MAX_CIPHERS` names and :data:`MAX_CIPHER_LIST` characters
+(the defaults are 4 and 5 names, under 100 characters)."""
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -56,8 +68,8 @@ def printable(text: str, limit: int) -> str:
 
 
 def check_ifname(name: str) -> str:
-    """An interface name (:data:`IFNAME`, not "." or ".."); ValueError otherwise."""
-    if re.fullmatch(IFNAME, name) is None or name in (".", ".."):
+    """An interface name (:data:`IFNAME`); ValueError otherwise."""
+    if re.fullmatch(IFNAME, name) is None:
         raise ValueError(f"invalid interface name {name[:40]!r}")
     return name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.limits import CIPHER_LIST, PRINTABLE_TEXT
+from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, IFNAME_MAX, MAX_CIPHER_LIST, PRINTABLE_TEXT
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -33,7 +33,7 @@ FailureKind = Literal[
 the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""
 
 Cookie = Annotated[str, Length(1, 512)]
-DtlsCipherList = Annotated[str, Length(1, 2100), Match(CIPHER_LIST)]
+DtlsCipherList = Annotated[str, Length(1, MAX_CIPHER_LIST), Match(CIPHER_LIST)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,7 +85,7 @@ class TunHandoff(Message):
     """Supervisor → worker: the tun device; the only message carrying an fd."""
 
     op: ClassVar[str] = "tun"
-    ifname: Annotated[str, Length(1, 15)]
+    ifname: Annotated[str, Length(1, IFNAME_MAX), Match(IFNAME)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
