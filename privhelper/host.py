@@ -31,7 +31,6 @@ from sepconnect.privhelper import firewall as _firewall
 from sepconnect.privhelper import state as _state
 from sepconnect.privhelper.netconf import (
     METRIC,
-    RT_TABLE_MAIN,
     RTPROT_SEPCONNECT,
     DelRoute,
     KernelError,
@@ -44,6 +43,7 @@ from sepconnect.privhelper.netconf import (
     route_record,
 )
 from sepconnect.privhelper.policy import Network, Refusal, check_kill_switch_excludes
+from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.privhelper.runner import (
     Ran,
     RunnerClient,

@@ -57,7 +57,7 @@ from typing import Final, Protocol
 
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper.policy import Address, Interface, Network, Refusal
-from sepconnect.privhelper.rtnl import IPRoute, NetlinkError
+from sepconnect.privhelper.rtnl import RT_TABLE_MAIN, IPRoute, NetlinkError
 
 METRIC: Final = 50
 """Priority of every route we add (NetworkManager's default for VPN routes): it
@@ -65,7 +65,6 @@ beats DHCP defaults (100+) for equal prefixes and stays clear of metric 0."""
 
 RTPROT_SEPCONNECT: Final = 157
 """Our route protocol number (unassigned in iproute2's rt_protos), on every route we add."""
-RT_TABLE_MAIN: Final = 254
 RTN_UNICAST: Final = 1
 RT_SCOPE_LINK: Final = 253
 RT_SCOPE_UNIVERSE: Final = 0

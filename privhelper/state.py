@@ -30,7 +30,6 @@ import stat
 from collections.abc import Iterator
 from typing import Any, Final
 
-DEFAULT_DIR: Final = "/run/sepconnect-helper"
 MAX_STATE: Final = 256 * 1024
 
 

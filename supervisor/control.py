@@ -14,14 +14,13 @@ import contextlib
 import json
 import os
 import socket
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_PATH = "/run/sepconnect/control.sock"
+from sepconnect.ipc.wire import peer_credentials
+
 COMMANDS = ("status", "rekey", "reconnect", "disconnect")
 _MAX = 64 * 1024
-_UCRED = struct.Struct("3i")
 
 
 class ControlError(Exception):
@@ -47,10 +46,7 @@ def _groups_of(pid: int) -> set[int]:
 
 
 def peer_of(conn: socket.socket) -> Peer:
-    pid, uid, gid = _UCRED.unpack(
-        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    )
-    return Peer(pid, uid, gid)
+    return Peer(*peer_credentials(conn))
 
 
 def authorized(peer: Peer, *, service_uid: int, control_gid: int | None) -> bool:

@@ -75,6 +75,7 @@ from sepconnect.process.tun_ioctls import (
     TUNSETOFFLOAD,
     TUNSETVNETHDRSZ,
 )
+from sepconnect.worker.io.tls import SYSTEM_CA_FILE
 
 LIBC.syscall.restype = ctypes.c_long
 
@@ -248,7 +249,6 @@ class ReadPaths:
     files: tuple[str, ...]
 
 
-SYSTEM_CA_FILE: Final = "/etc/ssl/certs/ca-certificates.crt"
 RESOLVER_FILES: Final = (
     "/etc/resolv.conf",
     "/etc/hosts",

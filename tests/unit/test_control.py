@@ -13,6 +13,12 @@ from sepconnect.supervisor import control
 from sepconnect.supervisor.control import ControlError, ControlServer, Peer, authorized
 
 
+def test_the_peer_is_read_from_so_peercred() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert control.peer_of(a) == Peer(os.getpid(), os.getuid(), os.getgid())
+
+
 @pytest.mark.parametrize("command", control.COMMANDS)
 def test_known_commands_parse(command: str) -> None:
     assert control.parse_request_untrusted(f'{{"command": "{command}"}}'.encode()) == command

@@ -22,11 +22,11 @@ from typing import Final
 
 from sepconnect.process.libc import LIBC
 
-__all__ = ["SLOTS", "SOL_UDP", "UDP_GRO", "BatchReceiver", "split_gro"]
+__all__ = ["GRO_CMSG_SPACE", "SLOTS", "SOL_UDP", "UDP_GRO", "BatchReceiver", "split_gro"]
 
 SLOTS: Final = 16
 _SLOT: Final = 65536  # a whole GRO train (the kernel never builds a bigger one)
-_CONTROL: Final = socket.CMSG_SPACE(4)  # one UDP_GRO control message (segment size)
+GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)  # one UDP_GRO control message (segment size)
 SOL_UDP: Final = 17
 UDP_GRO: Final = 104  # <linux/udp.h>: sockopt on; cmsg carries the segment size
 
@@ -84,8 +84,8 @@ class BatchReceiver:
             hdr = self._msgs[i].hdr
             hdr.iov = ctypes.pointer(self._iovecs[i])
             hdr.iovlen = 1
-            hdr.control = control_at + i * _CONTROL
-            hdr.controllen = _CONTROL
+            hdr.control = control_at + i * GRO_CMSG_SPACE
+            hdr.controllen = GRO_CMSG_SPACE
         self._msgs_at = ctypes.addressof(self._msgs)
         self._view = memoryview(self._msgs).cast("B")
         self._data_view = memoryview(self._data)
@@ -105,16 +105,16 @@ class BatchReceiver:
             size = _UINT.unpack_from(view, at + _LEN_AT)[0]
             used = _SIZE_T.unpack_from(view, at + _CONTROLLEN_AT)[0]
             flags = _INT.unpack_from(view, at + _FLAGS_AT)[0]
-            _SIZE_T.pack_into(view, at + _CONTROLLEN_AT, _CONTROL)  # room for the next call
+            _SIZE_T.pack_into(view, at + _CONTROLLEN_AT, GRO_CMSG_SPACE)  # room for the next call
             if flags & socket.MSG_TRUNC:
                 self.truncated += 1
                 continue
             start = i * _SLOT
             segment = size
             if used >= _CMSG_DATA + 4:
-                length, level, kind = _CMSG.unpack_from(control, i * _CONTROL)
+                length, level, kind = _CMSG.unpack_from(control, i * GRO_CMSG_SPACE)
                 if level == SOL_UDP and kind == UDP_GRO and length >= _CMSG_DATA + 4:
-                    segment = _INT.unpack_from(control, i * _CONTROL + _CMSG_DATA)[0] or size
+                    segment = _INT.unpack_from(control, i * GRO_CMSG_SPACE + _CMSG_DATA)[0] or size
             split_gro(out, data, start, size, segment)
         return out, 0 if count == min(limit, SLOTS) else errno.EAGAIN
 

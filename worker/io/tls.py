@@ -30,7 +30,7 @@ from sepconnect.worker.proto.pin import (
 )
 from sepconnect.worker.proto.pin import ServerPin as ServerPin  # re-exported
 
-SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"  # and worker/sandbox.py lets it be read
 
 # SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: a write
 # that hit WANT_WRITE is retried later with the same bytes, possibly moved.

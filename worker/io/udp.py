@@ -29,7 +29,7 @@ import socket
 import struct
 from typing import Final
 
-from sepconnect.worker.io.mmsg import SOL_UDP, UDP_GRO, BatchReceiver, split_gro
+from sepconnect.worker.io.mmsg import GRO_CMSG_SPACE, SOL_UDP, UDP_GRO, BatchReceiver, split_gro
 
 __all__ = ["UdpError", "UdpLink"]
 
@@ -42,7 +42,6 @@ _UDP_SEGMENT: Final = 103  # <linux/udp.h>: cmsg/sockopt, the GSO segment size
 _GSO_MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS on older kernels (128 on newer)
 _GSO_MAX_BYTES: Final = 65000  # the super-datagram must fit an IP packet
 _GSO_REFUSED: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
-_GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
 _BUFFER: Final = 4 * 1024 * 1024
 # Errors that mean "this path is broken now": ICMP errors on a connected socket, a
 # firewall's refusal, and a socket aborted from outside (`ss -K`: ECONNABORTED, then
@@ -228,7 +227,7 @@ class UdpLink:
         buf, view = self._rbuf, self._rview
         for _ in range(limit):
             try:
-                nbytes, ancdata, _flags, _addr = recvmsg_into([buf], _GRO_CMSG_SPACE)
+                nbytes, ancdata, _flags, _addr = recvmsg_into([buf], GRO_CMSG_SPACE)
             except BlockingIOError:
                 self.drained = True  # the caller need not try again before the next wakeup
                 break
