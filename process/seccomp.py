@@ -12,10 +12,10 @@ opened once, on first use, and kept: a sandbox asks :func:`available` before it
 restricts file access, and builds its filter afterwards.
 
 Architectures: libseccomp resolves names for the native architecture and adds the
-arch check itself (any other architecture, x32 system calls on x86_64 included,
-gets the bad-arch action). A name the native architecture does not know is skipped;
-one it knows only as another architecture's call (a negative pseudo-number) is
-passed on, and libseccomp leaves it out of this architecture's filter.
+arch check itself: a call made as another architecture's, x32 system calls on x86_64
+included, gets libseccomp's default bad-arch action (SCMP_ACT_KILL). A name libseccomp
+does not know is skipped; one it knows only as another architecture's call (a negative
+pseudo-number, e.g. fstat64 on x86_64) is added but can never match.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ FD_IOCTLS: Final = (
     termios.FIONCLEX,
     termios.FIONREAD,  # bytes queued
 )
-"""The ioctls CPython makes on any fd, which change nothing but that fd's own flags."""
+"""The ioctls CPython makes on any fd; they read or set only that fd's own state."""
 
 _FLTATR_CTL_LOG: Final = 6
 _NR_SCMP_ERROR: Final = -1
