@@ -82,6 +82,8 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
         raise SessionFailure("error", f"worker sandbox: {exc}") from None
     for missing in status.missing:
         _log(f"warning: --allow-weak-sandbox: running without {missing}")
+    if start.verbose:
+        _log(status.describe())
     probe = os.environ.get(sandbox.SELFTEST_ENV)
     if probe == "report":
         server = (sandbox.server_host(start.url), sandbox.server_port(start.url))

@@ -17,7 +17,7 @@ network. From then on, for the rest of the worker's life:
   CPython *probe* them and cope with a refusal (OpenSSH's sandbox denies
   ``open`` with EACCES for the same reason):
 
-  - ``socket``: AF_UNIX, AF_INET, AF_INET6 only; other families get
+  - ``socket``: AF_INET, AF_INET6 only; other families (AF_UNIX too) get
     EAFNOSUPPORT (glibc's getaddrinfo opens a netlink socket to sort
     addresses and carries on without it).
   - ``ioctl``: only :data:`IOCTLS` (isatty, non-blocking, close-on-exec,
@@ -36,11 +36,14 @@ network. From then on, for the rest of the worker's life:
   Landlock ABI 4+ TCP connect is limited to the server's port and 53 (DNS
   over TCP), and TCP bind is forbidden; with ABI 6+ the worker can neither
   signal nor connect to abstract unix sockets outside its own domain.
+  :data:`LANDLOCK_RULES` says which ABI each rule needs and which are also
+  enforced by seccomp.
 
-Fail closed: if the kernel lacks seccomp filters or Landlock, :func:`apply`
-raises :class:`SandboxUnavailable` with a message naming the missing feature,
-unless ``allow_weak`` (``sepconnect connect --allow-weak-sandbox``) is set, in
-which case it applies what the kernel has and reports what is missing.
+Fail closed: if the kernel lacks seccomp filters, Landlock, or a Landlock rule
+that nothing else enforces (ABI 4's TCP ports), :func:`apply` raises
+:class:`SandboxUnavailable` with a message naming what is missing, unless
+``allow_weak`` (``sepconnect connect --allow-weak-sandbox``) is set, in which
+case it applies what the kernel has and reports what is missing.
 
 File descriptors the worker is *handed* (the tun, via SCM_RIGHTS) keep the
 access they were opened with: Landlock checks paths at open(2), and the worker
@@ -132,7 +135,11 @@ SYSCALLS: Final = (
     "futex", "set_robust_list", "rseq", "exit", "exit_group",
 )  # fmt: skip
 
-SOCKET_FAMILIES: Final = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+SOCKET_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
+"""TCP to the server and DNS, UDP for DTLS. No AF_UNIX: the worker talks to the
+supervisor over the socket it inherits, and a unix socket of its own could reach
+pathname sockets Landlock does not cover (the helper's in the split units, journald,
+D-Bus). glibc's resolver does without (nscd and nss-resolve answer "unavailable")."""
 
 
 IOCTLS: Final = (
@@ -198,6 +205,35 @@ NET_BIND_TCP: Final = 1 << 0  # ABI 4
 NET_CONNECT_TCP: Final = 1 << 1
 SCOPE_ABSTRACT_UNIX_SOCKET: Final = 1 << 0  # ABI 6
 SCOPE_SIGNAL: Final = 1 << 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LandlockRule:
+    abi: int
+    """The first Landlock ABI that enforces it."""
+    what: str
+    also_enforced_by: str | None
+    """What enforces it on a kernel with an older ABI; None: nothing (required)."""
+
+
+LANDLOCK_RULES: Final = (
+    LandlockRule(1, "no file written, created, removed or executed, reads only where listed", None),
+    LandlockRule(2, "no file linked or renamed into another directory", "ABI 1: no write rights"),
+    LandlockRule(3, "no file truncated", "seccomp: no truncate or ftruncate"),
+    LandlockRule(4, "TCP connect only to the server's port and 53, no TCP bind", None),
+    LandlockRule(5, "no ioctl on a device opened by path", "seccomp: the listed ioctls only"),
+    LandlockRule(6, "no abstract unix socket or signal outside its domain",
+                 "seccomp: no AF_UNIX, no kill"),
+)  # fmt: skip
+
+
+def landlock_gaps(abi: int) -> tuple[tuple[LandlockRule, ...], tuple[LandlockRule, ...]]:
+    """The rules a kernel with Landlock ``abi`` cannot enforce: (required, covered otherwise)."""
+    gaps = [rule for rule in LANDLOCK_RULES if rule.abi > abi]
+    return (
+        tuple(r for r in gaps if r.also_enforced_by is None),
+        tuple(r for r in gaps if r.also_enforced_by is not None),
+    )
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -344,6 +380,16 @@ class SandboxStatus:
     seccomp: bool
     missing: tuple[str, ...]
     """Features the kernel lacks (non-empty only with allow_weak)."""
+    covered: tuple[str, ...] = ()
+    """Landlock rules the kernel's ABI lacks that seccomp or an older rule enforces."""
+
+    def describe(self) -> str:
+        """One line for the log: the Landlock ABI in use and what it leaves to others."""
+        landlock = f"Landlock ABI {self.landlock_abi}" if self.landlock else "no Landlock"
+        line = f"sandbox: {landlock}, seccomp {'on' if self.seccomp else 'off'}"
+        if self.covered:
+            line += "; not enforced by Landlock here: " + "; ".join(self.covered)
+        return line
 
 
 _CAP_FIELDS: Final = ("CapEff", "CapPrm", "CapAmb")
@@ -370,8 +416,11 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
         )
     missing: list[str] = []
     abi = landlock_abi()
+    required, covered = landlock_gaps(abi)
     if abi < 1:
         missing.append("Landlock (kernel 5.13+ with lsm=landlock)")
+    else:
+        missing += [f"Landlock ABI {r.abi} ({r.what}; this kernel has ABI {abi})" for r in required]
     seccomp_ok = seccomp.available() and _seccomp_filters_supported()
     if not seccomp_ok:
         missing.append("seccomp filters (libseccomp.so.2 and a kernel with CONFIG_SECCOMP_FILTER)")
@@ -389,7 +438,13 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
         apply_landlock(abi, read_paths(), (server_port, 53))
     if seccomp_ok:
         apply_seccomp(os.getpid())  # last: it forbids what the steps above use
-    return SandboxStatus(abi, abi >= 1, seccomp_ok, tuple(missing))
+    return SandboxStatus(
+        abi,
+        abi >= 1,
+        seccomp_ok,
+        tuple(missing),
+        tuple(f"{r.what} (ABI {r.abi}; {r.also_enforced_by})" for r in covered if abi >= 1),
+    )
 
 
 def _seccomp_filters_supported() -> bool:
@@ -465,6 +520,7 @@ def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
             lambda: _socket_close(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         ),
         "packet_socket": _attempt(lambda: _socket_close(socket.AF_PACKET, socket.SOCK_RAW, 0)),
+        "unix_socket": _attempt(lambda: _socket_close(socket.AF_UNIX, socket.SOCK_SEQPACKET)),
         "tunsetiff_ioctl": _attempt(lambda: _ioctl(channel_fd, TUNSETIFF)),
         "siocgifconf_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x8912)),
         "wx_mapping": _attempt(_wx_mapping),

@@ -184,6 +184,7 @@ EXPECTED_REPORT = {
     # sockets and ioctls: seccomp
     "netlink_socket": "EAFNOSUPPORT",
     "packet_socket": "EAFNOSUPPORT",
+    "unix_socket": "EAFNOSUPPORT",  # no pathname sockets: helper, journald, D-Bus
     "tunsetiff_ioctl": "ENOTTY",
     "siocgifconf_ioctl": "ENOTTY",
     "wx_mapping": "EACCES",
@@ -342,20 +343,22 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
 WEAK_PROBE = """
 import sys
 from sepconnect.worker import sandbox
-sandbox.landlock_abi = lambda: 0  # a kernel without Landlock
+abi = int(sys.argv[2])
+sandbox.landlock_abi = lambda: abi  # a kernel without Landlock, or with an older ABI
 try:
     status = sandbox.apply(server_port=443, allow_weak=sys.argv[1] == "weak")
 except sandbox.SandboxUnavailable as exc:
     print("refused:", exc)
     sys.exit(3)
 print("missing:", status.missing, "seccomp:", status.seccomp)
+print(status.describe())
 """
 
 
 @pytest.mark.parametrize("mode", ["strict", "weak"])
 def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -> None:
     result = subprocess.run(
-        [PYTHON, "-I", "-c", WEAK_PROBE, mode],
+        [PYTHON, "-I", "-c", WEAK_PROBE, mode, "0"],
         capture_output=True,
         text=True,
         check=False,
@@ -372,3 +375,30 @@ def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -
         assert result.returncode == 0, result.stderr
         assert "missing: ('Landlock" in result.stdout
         assert "seccomp: True" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["strict", "weak"])
+def test_a_landlock_abi_without_tcp_rules_fails_closed_unless_weak_is_allowed(mode: str) -> None:
+    """ABI 1-3 cannot limit TCP connect to the server's port: refused by default, and
+    named; the rules seccomp also enforces (ABI 5, 6) are reported, not refused."""
+    result = subprocess.run(
+        [PYTHON, "-I", "-c", WEAK_PROBE, mode, "3"],
+        capture_output=True,
+        text=True,
+        check=False,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        timeout=30,
+    )
+    if mode == "strict":
+        assert result.returncode == 3, result.stderr
+        assert "Landlock ABI 4 (TCP connect only to the server's port" in result.stdout
+        assert "this kernel has ABI 3" in result.stdout
+        assert "--allow-weak-sandbox" in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+        assert 'missing: ("Landlock ABI 4 (TCP connect' in result.stdout
+        described = "sandbox: Landlock ABI 3, seccomp on; not enforced by Landlock here:"
+        assert described in result.stdout
+        assert "no abstract unix socket or signal outside its domain (ABI 6" in result.stdout
