@@ -31,6 +31,7 @@ from sepconnect.process.title import set_title
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
+DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 _MAX_CAFILE = 60_000
@@ -118,7 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=DEFAULT_AUDIT_LOG,
         help=f"where the privileged helper appends its audit records "
-        f"(default: {DEFAULT_AUDIT_LOG})",
+        f"(default: {DEFAULT_AUDIT_LOG}); only the helper writes it",
+    )
+    c.add_argument(
+        "--session-log",
+        metavar="FILE",
+        default=DEFAULT_SESSION_LOG,
+        help=f"where the supervisor appends its own events (connect, disconnect, login "
+        f"failures, worker crashes; default: {DEFAULT_SESSION_LOG})",
     )
     c.add_argument(
         "--no-routes",
@@ -386,13 +394,14 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _open_session_audit(path: str) -> int:
-    """Open the audit log for the supervisor's own events while we are still root
-    (the audit module itself is imported once the first worker runs)."""
+def _open_session_log(path: str) -> int:
+    """Open the supervisor's own event log while we are still root (the audit module
+    itself is imported once the first worker runs). Not the helper's audit log: an
+    O_APPEND fd does not stop ftruncate, so the supervisor gets no fd of that file."""
     try:
         return open_log(path)
     except OSError as exc:
-        raise UsageError(f"--audit-log {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"--session-log {path}: {exc.strerror or exc}") from None
 
 
 def _spawn_helper(
@@ -443,8 +452,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
+        if os.path.realpath(args.session_log) == os.path.realpath(args.audit_log):
+            raise UsageError("--session-log must not be the helper's --audit-log")
         _open_audit_dir(args.audit_log)
-        audit_fd = _open_session_audit(args.audit_log)
+        _open_audit_dir(args.session_log)
+        audit_fd = _open_session_log(args.session_log)
     # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
     helper: subprocess.Popen[bytes] | None = None

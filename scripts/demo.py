@@ -35,6 +35,7 @@ def main() -> int:
         argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
                 "--servercert", lab.server_cert_pin,
                 "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
+                "--session-log", str(Path(lab.workdir, "session.jsonl")),
                 "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
                 lab.url]  # fmt: skip
         print(f"\n$ echo ... | {' '.join(argv)}", flush=True)

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,9 +45,11 @@ class Client:
         self.supervisor_audits = not any(a.startswith("--helper-socket") for a in args)
         run_id = time.monotonic_ns()
         self.audit_log = str(Path(lab.workdir, f"audit-{run_id}.jsonl"))
+        self.session_log = str(Path(lab.workdir, f"session-{run_id}.jsonl"))
         # Each run its own control socket, so that concurrent runs never meet.
         self.control = str(Path(lab.workdir, f"ctl-{run_id}", "control.sock"))
         argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--audit-log", self.audit_log]
+        argv += ["--session-log", self.session_log]
         argv += ["--control-socket", self.control]
         if user:
             argv += ["--user", user]
@@ -105,9 +108,12 @@ class Client:
     def audit(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in Path(self.audit_log).read_text().splitlines()]
 
+    def session_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in Path(self.session_log).read_text().splitlines()]
+
     def _audited(self, op: str) -> bool:
         try:
-            return any(r["op"] == op and r["result"] == "ok" for r in self.audit())
+            return any(r["op"] == op and r["result"] == "ok" for r in self.session_events())
         except (FileNotFoundError, json.JSONDecodeError):  # not yet, or a line being written
             return False
 
@@ -259,6 +265,42 @@ def test_helper_audit_log_records_each_request(lab: Lab) -> None:
     assert {r["peer_uid"] for r in requests} == {65534}
     assert all(isinstance(r["peer_pid"], int) and r["peer_pid"] > 1 for r in requests)
     assert all("time" in r for r in records)
+
+
+def test_the_supervisor_cannot_erase_or_forge_the_helpers_audit_log(lab: Lab) -> None:
+    """F9: only the helper writes the audit log. The supervisor holds no fd of it (an
+    O_APPEND fd would not stop ftruncate), and its uid can neither open it for writing
+    nor truncate it; its own events go to the session log."""
+    client = Client(lab)
+    client.wait_connected()
+    supervisor = client.proc.pid
+    audit_log = os.path.realpath(client.audit_log)
+    fds = f"/proc/{supervisor}/fd"
+    held = [os.path.realpath(f"{fds}/{fd}") for fd in os.listdir(fds)]
+    assert audit_log not in held, held
+    assert os.path.realpath(client.session_log) in held
+    uid = int(_status(supervisor)["Uid"].split()[0])
+    attempt = (
+        "import os, sys\n"
+        "for name, try_it in (('open', lambda: os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)),\n"
+        "                     ('truncate', lambda: os.truncate(sys.argv[1], 0))):\n"
+        "    try:\n"
+        "        try_it()\n"
+        "        print(name, 'allowed')\n"
+        "    except PermissionError:\n"
+        "        print(name, 'EACCES')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", attempt, audit_log],
+        user=uid, group=uid, extra_groups=[],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    assert result.stdout.split("\n")[:2] == ["open EACCES", "truncate EACCES"], result.stdout
+    assert client.stop() == 0
+    ops = {r["op"] for r in client.audit()}
+    assert "hello" in ops
+    assert "connect" not in ops  # the supervisor's events are elsewhere
+    assert {r["op"] for r in client.session_events()} >= {"connect", "disconnect"}
 
 
 # --------------------------------------------------------------------------- teardown
@@ -421,6 +463,7 @@ def test_untrusted_certificate_without_pin(lab: Lab) -> None:
         lab.client_ns,
         SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
         "--audit-log", argv_pin_free.audit_log, "--control-socket", argv_pin_free.control,
+        "--session-log", str(Path(lab.workdir, "session-nopin.jsonl")),
         lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -75,6 +75,7 @@ def _connect_options() -> str:
 def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test"]
     argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
+    argv += ["--session-log", str(Path(lab.workdir, f"session-{time.monotonic_ns()}.jsonl"))]
     argv += ["--servercert", lab.server_cert_pin]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "s"))]
@@ -272,8 +273,10 @@ def test_a_full_session_logs_no_secret(lab: Lab) -> None:
     password = "pw-" + secrets.token_urlsafe(24)
     lab.add_user("auditee", password)
     audit_log = Path(lab.workdir, "audit-secrets.jsonl")
+    session_log = Path(lab.workdir, "session-secrets.jsonl")
     argv = [SEPCONNECT, "connect", "-vvvv", "--passwd-on-stdin", "--user", "auditee"]
-    argv += ["--audit-log", str(audit_log), "--servercert", lab.server_cert_pin]
+    argv += ["--audit-log", str(audit_log), "--session-log", str(session_log)]
+    argv += ["--servercert", lab.server_cert_pin]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, "ctl-secrets", "s"))]
     proc = lab.popen_in(
@@ -293,7 +296,7 @@ def test_a_full_session_logs_no_secret(lab: Lab) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
-    text = audit_log.read_text()
+    text = audit_log.read_text() + session_log.read_text()
     records = [json.loads(line) for line in text.splitlines()]
     ops = [r["op"] for r in records]
     for op in ("start", "hello", "create_tun", "net_config", "connect", "disconnect", "teardown"):
@@ -316,11 +319,13 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
     import json
 
     audit_log = Path(lab.workdir, "audit-authfail.jsonl")
+    session_log = Path(lab.workdir, "session-authfail.jsonl")
     wrong = "wrong-" + "x" * 20
     proc = lab.popen_in(
         lab.client_ns,
         SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
-        "--audit-log", str(audit_log), "--servercert", lab.server_cert_pin,
+        "--audit-log", str(audit_log), "--session-log", str(session_log),
+        "--servercert", lab.server_cert_pin,
         *(["--control-socket", str(Path(lab.workdir, "ctl-authfail", "s"))]
           if "--control-socket" in _connect_options() else []),
         lab.url,
@@ -332,12 +337,13 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
     proc.stdin = None
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err.decode()  # AUTH_FAILED
-    text = audit_log.read_text()
+    text = session_log.read_text()
     failures = [r for r in map(json.loads, text.splitlines()) if r["op"] == "auth_failure"]
     assert len(failures) == 1, text
     assert failures[0]["result"] == "refused"
     assert failures[0]["source"] == "supervisor"
     assert wrong not in text + err.decode()
+    assert wrong not in (audit_log.read_text() if audit_log.exists() else "")
 
 
 WEAK_PROBE = """
