@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
+from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, IFNAME_MAX, MAX_CIPHER_LIST, PRINTABLE_TEXT
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
@@ -43,6 +44,9 @@ class Start(Message):
     op: ClassVar[str] = "start"
     proto: Annotated[int, Range(1, 1)]
     url: Annotated[str, Length(9, 2048)]
+    server_address: IpAddress
+    """The address to connect to: the launcher resolved the URL's host once, before any
+    worker ran, and told the helper. The worker never resolves it (F2)."""
     username: Annotated[str, Length(0, 256)]
     passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)] = (
         dataclasses.field(repr=False)

@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 from sepconnect import __version__
 from sepconnect.ipc.limits import CIPHER_LIST, check_ifname
@@ -35,6 +36,29 @@ DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 _MAX_CAFILE = 60_000
+
+
+class Unreachable(Exception):
+    """The VPN server's name does not resolve (exit UNREACHABLE)."""
+
+
+def resolve_server(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The VPN server's address, once, as root before anything else runs (as openconnect,
+    the first answer). The helper is told it and refuses any other gateway; the worker
+    connects to exactly this address and never resolves the name itself."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise UsageError(f"bad port in server URL {url!r}") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Unreachable(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    if not infos:
+        raise Unreachable(f"cannot resolve {host}")
+    return ipaddress.ip_address(str(infos[0][4][0]).partition("%")[0])
 
 
 class UsageError(Exception):
@@ -433,6 +457,7 @@ def _spawn_helper(
 
 def connect(args: argparse.Namespace) -> ExitCode:
     _check_args(args)
+    server_address = resolve_server(args.url)
     as_root = os.geteuid() == 0
     if args.helper_socket is not None:
         account, uid, gid = _split_mode_account(args, as_root)
@@ -497,6 +522,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         start = Start(
             proto=1,
             url=args.url,
+            server_address=server_address,
             username=username or "",
             passwords=passwords,
             group=args.authgroup,
@@ -627,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sepconnect: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
+    except Unreachable as exc:
+        print(f"sepconnect: {exc}", file=sys.stderr)
+        return int(ExitCode.UNREACHABLE)
     except KeyboardInterrupt:
         return int(ExitCode.ERROR)
     return int(ExitCode.USAGE)

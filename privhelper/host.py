@@ -42,7 +42,7 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Network, Refusal, check_kill_switch_excludes
+from sepconnect.privhelper.policy import Address, Network, Refusal, check_kill_switch_excludes
 from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.privhelper.runner import (
     Ran,
@@ -89,6 +89,7 @@ class Helper:
         self.router: Router | None = None
         self.dns: _dns.Backend = _dns.NoDns()
         self.table: str | None = None
+        self.gateway: Address | None = None
         self.script_wanted: NetworkConfig | None = None
         self.vpnpid = 0
         self.state = None if options.state_dir is None else _state.StateFile(options.state_dir)

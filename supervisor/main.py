@@ -283,7 +283,11 @@ class Supervisor:
         return None
 
     def _checked_net(self, up: TunnelUp) -> NetworkConfig:
-        """The routing policy again over the worker's report (it is not trusted)."""
+        """The routing policy again over the worker's report (it is not trusted), and the
+        gateway: the address the launcher resolved, whatever the worker says."""
+        server = self.start.server_address
+        if up.net.gateway != server:
+            raise UnusableConfig(f"gateway {up.net.gateway}: not the VPN server's address {server}")
         net, notes = routing_policy(up.net)
         for note in notes:
             log(note)
@@ -663,7 +667,7 @@ class Supervisor:
         # helper has answered hello (docs/performance.md).
         self._spawn("login", cookie=None)
         try:
-            self.helper.hello()
+            self.helper.hello(self.start.server_address)
         except (HelperRefused, WireError, OSError) as exc:
             log(f"the privileged helper did not start: {exc}")
             for worker in list(self.workers):

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.worker_messages import FailureKind, Start
 from sepconnect.worker.io.tls import (
     AccessDenied,
@@ -80,7 +81,9 @@ class Tunnel:
         return self.dtls.mtu if isinstance(self.dtls, DtlsPlan) else self.config.net.mtu
 
 
-def resolve(url: str) -> Server:
+def server_of(url: str, address: IpAddress) -> Server:
+    """The server to talk to: the URL's host, port and path, at ``address``, which the
+    launcher resolved once for the whole session (the helper knows it as the gateway)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise SessionFailure("error", f"server URL must be https://host[:port][/path], got {url!r}")
@@ -89,22 +92,13 @@ def resolve(url: str) -> Server:
     except ValueError:
         raise SessionFailure("error", f"bad port in server URL {url!r}") from None
     host = parts.hostname
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise SessionFailure(
-            "unreachable", f"cannot resolve {host}: {exc.strerror or exc}"
-        ) from None
-    if not infos:
-        raise SessionFailure("unreachable", f"cannot resolve {host}")
-    address = str(infos[0][4][0])
     # The login's first request goes to the URL's path and query as given (a server may
     # take a group or a secret from the query, e.g. https://vpn/?secret); the fragment
     # is the client's own. CONNECT has its fixed path (PROTOCOL.md §2.1).
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Server(host=host, port=port, path=path, address=address)
+    return Server(host=host, port=port, path=path, address=str(address))
 
 
 def _trust(start: Start) -> TrustConfig:
@@ -250,7 +244,7 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
 
 def open_tunnel(start: Start) -> Tunnel:
     """Log in (or resume with ``start.cookie``) and CONNECT; the TLS stream then carries CSTP."""
-    server = resolve(start.url)
+    server = server_of(start.url, start.server_address)
     conn = _Connection(server, _trust(start))
     try:
         if start.cookie is not None:

@@ -1,7 +1,7 @@
 """The worker's sandbox: no capabilities, a seccomp allow-list, Landlock, rlimits.
 
 :func:`apply` is called once by worker/main.py, after the worker has its Start
-message and before it resolves the server's name or reads one byte from the
+message and before it reads one byte from the
 network. From then on, for the rest of the worker's life:
 
 * **Capabilities**: none effective, permitted or ambient (checked here: the
@@ -32,8 +32,9 @@ network. From then on, for the rest of the worker's life:
 * **Landlock** (ctypes: three system calls): no file may be written, created,
   removed, renamed, truncated or executed anywhere; reading is allowed only
   beneath the Python code (``sys.path``), the shared libraries already mapped,
-  the CA store and the few files the resolver reads (:func:`read_paths`). With
-  Landlock ABI 4+ TCP connect is limited to the server's port and 53 (DNS
+  the CA store and two of the loader's files (:func:`read_paths`); no resolver file:
+  the worker resolves no name. With
+  Landlock ABI 4+ TCP connect is limited to the server's port (no DNS
   over TCP), and TCP bind is forbidden; with ABI 6+ the worker can neither
   signal nor connect to abstract unix sockets outside its own domain.
   :data:`LANDLOCK_RULES` says which ABI each rule needs and which are also
@@ -220,7 +221,7 @@ LANDLOCK_RULES: Final = (
     LandlockRule(1, "no file written, created, removed or executed, reads only where listed", None),
     LandlockRule(2, "no file linked or renamed into another directory", "ABI 1: no write rights"),
     LandlockRule(3, "no file truncated", "seccomp: no truncate or ftruncate"),
-    LandlockRule(4, "TCP connect only to the server's port and 53, no TCP bind", None),
+    LandlockRule(4, "TCP connect only to the server's port, no TCP bind", None),
     LandlockRule(5, "no ioctl on a device opened by path", "seccomp: the listed ioctls only"),
     LandlockRule(6, "no abstract unix socket or signal outside its domain",
                  "seccomp: no AF_UNIX, no kill"),
@@ -285,15 +286,11 @@ class ReadPaths:
     files: tuple[str, ...]
 
 
-RESOLVER_FILES: Final = (
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-    "/etc/ld.so.cache",  # where glibc finds NSS modules it loads lazily
+SYSTEM_FILES: Final = (
+    "/etc/ld.so.cache",  # where the dynamic loader finds a library loaded lazily
     "/etc/localtime",
 )
+"""No resolver files: the worker resolves no name (the launcher resolved the server)."""
 
 
 def _mapped_library_dirs() -> set[str]:
@@ -307,17 +304,12 @@ def _mapped_library_dirs() -> set[str]:
 
 
 def read_paths() -> ReadPaths:
-    """What the worker may read: its code, its libraries, the CA store, the resolver's files."""
+    """What the worker may read: its code, its libraries, the CA store, two loader files."""
     dirs = {p for p in sys.path if p and os.path.isdir(p)}
     dirs |= _mapped_library_dirs()
     dirs.add(os.path.dirname(SYSTEM_CA_FILE))
     dirs.add(os.path.dirname(os.path.realpath(SYSTEM_CA_FILE)))
-    files = [f for f in RESOLVER_FILES if os.path.exists(f)]
-    # /etc/resolv.conf is often a link into /run (systemd-resolved, resolvconf),
-    # whose file is replaced by rename: allow that directory.
-    resolv = os.path.realpath("/etc/resolv.conf")
-    if os.path.dirname(resolv) not in ("/etc", "/"):
-        dirs.add(os.path.dirname(resolv))
+    files = [f for f in SYSTEM_FILES if os.path.exists(f)]
     return ReadPaths(tuple(sorted(d for d in dirs if os.path.isdir(d))), tuple(files))
 
 
@@ -435,7 +427,7 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     sys.dont_write_bytecode = True  # no __pycache__ writes (Landlock would refuse them)
     if abi >= 1:
-        apply_landlock(abi, read_paths(), (server_port, 53))
+        apply_landlock(abi, read_paths(), (server_port,))
     if seccomp_ok:
         apply_seccomp(os.getpid())  # last: it forbids what the steps above use
     return SandboxStatus(
@@ -525,6 +517,8 @@ def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
         "siocgifconf_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x8912)),
         "wx_mapping": _attempt(_wx_mapping),
         "tcp_connect_other_port": _attempt(lambda: _tcp_connect((server[0], 22))),
+        "tcp_connect_dns": _attempt(lambda: _tcp_connect((server[0], 53))),
+        "read_resolv_conf": _attempt(lambda: _open_close("/etc/resolv.conf", os.O_RDONLY)),
         # and what the worker must still be able to do:
         "read_ca_store": _attempt(lambda: _open_close(SYSTEM_CA_FILE, os.O_RDONLY)),
         "udp_socket": _attempt(lambda: _socket_close(socket.AF_INET, socket.SOCK_DGRAM)),

@@ -480,6 +480,12 @@ def test_unreachable_server(lab: Lab) -> None:
     _assert_clean_failure(lab, client, UNREACHABLE, r"cannot connect")
 
 
+def test_unresolvable_server(lab: Lab) -> None:
+    """The launcher resolves the server once, before the helper or a worker starts (F2)."""
+    client = Client(lab, "https://no-such-host.invalid/")
+    _assert_clean_failure(lab, client, UNREACHABLE, r"^sepconnect: cannot resolve no-such-host")
+
+
 def test_unknown_group(lab_factory: Callable[[OcservOptions], Lab]) -> None:
     lab = lab_factory(OcservOptions(groups=("engineering", "sales")))
     client = Client(lab, "--authgroup", "no-such-group")

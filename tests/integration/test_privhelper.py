@@ -14,6 +14,7 @@ has not been reinstalled) it runs this tree's code, still under ``-I``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import queue
@@ -122,7 +123,7 @@ class Helper:
         self.ifname = ""
 
     def start_tun(self, mtu: int = 1400) -> str:
-        self.client.hello()
+        self.client.hello(ipaddress.ip_address(VPN_GW))
         self.ifname, _, self.tun_fd = self.client.create_tun(mtu)
         return self.ifname
 
@@ -298,7 +299,7 @@ def test_helper_keeps_only_net_admin_and_names_the_tun(start: Any) -> None:
     leak_r, leak_w = os.pipe()
     helper = start(interface="sctest0", extra_fds=(leak_w,))
     os.close(leak_w)
-    helper.client.hello()
+    helper.client.hello(ipaddress.ip_address(VPN_GW))
     # The helper closed every inherited fd but its socket and 0-2: the pipe is at EOF.
     assert os.read(leak_r, 1) == b""
     os.close(leak_r)
@@ -397,10 +398,12 @@ def test_default_route_mode_splits_and_pins_the_gateway(start: Any) -> None:
     left_out = helper.client.net_config(network_config(**{**FULL, "exclude": ["198.18.77.0/24"]}))
     assert left_out == ()
     assert ("198.18.77.0/24", "up0", UPLINK_GW, 50) in static_routes(helper.ns)
-    # A gateway on the uplink's own subnet: its original path has no gateway.
-    helper.client.net_config(network_config(**{**FULL, "gateway": "198.18.1.77"}))
-    assert ("198.18.1.77", "up0", None, 50) in static_routes(helper.ns)
-    assert (VPN_GW, "up0", UPLINK_GW, 50) not in static_routes(helper.ns)
+    # Another gateway (F2): the one from hello is the only one; nothing moves.
+    before = static_routes(helper.ns)
+    with pytest.raises(HelperRefused, match="not the VPN server's address"):
+        helper.client.net_config(network_config(**{**FULL, "gateway": "198.18.1.77"}))
+    assert static_routes(helper.ns) == before
+    assert (VPN_GW, "up0", UPLINK_GW, 50) in before
     helper.client.teardown()
     assert helper.wait() == 0
     assert_cleaned_up(helper.ns, helper, default_before)
@@ -436,7 +439,7 @@ def test_out_of_policy_and_kernel_refusals_change_nothing(start: Any) -> None:
     bad = [
         ({"routes": ["127.0.0.0/8"]}, "route 127.0.0.0/8: loopback is not allowed"),
         ({"ipv6": None}, "route 2001:2:0:20::/64: the tunnel has no IPv6 address"),
-        ({"gateway": "198.18.10.9"}, "gateway 198.18.10.9: inside the tunnel's own subnet"),
+        ({"gateway": "198.18.10.9"}, f"gateway 198.18.10.9: not the VPN server's address {VPN_GW}"),
         ({"exclude": ["0.0.0.0/0"]}, "exclude 0.0.0.0/0: a /0 prefix is not allowed"),
         ({"mtu": 1279}, "mtu 1279: IPv6 needs at least 1280"),
     ]
@@ -547,7 +550,7 @@ def test_sender_uid_is_checked_with_scm_credentials(start: Any) -> None:
             os.setgid(65534)
             os.setuid(65534)
             client = HelperClient(helper.sock)
-            client.hello()
+            client.hello(ipaddress.ip_address(VPN_GW))
             ifname, _, fd = client.create_tun(1400)
             os.write(w, ifname.encode())
             code = 0

@@ -13,6 +13,7 @@ network, /run and /etc/resolv.conf are never touched.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -192,7 +193,7 @@ class Helper:
         self.tun_fd: int | None = None
 
     def up(self, config: dict[str, Any]) -> str:
-        self.client.hello()
+        self.client.hello(ipaddress.ip_address(config["gateway"]))
         self.ifname, self.ifindex, self.tun_fd = self.client.create_tun(config["mtu"])
         self.client.net_config(network_config(**config))
         return self.ifname
@@ -240,13 +241,13 @@ def ours(box: Box) -> set[tuple[str, str, str | None, int]]:
 def test_ipv6_only_tunnel_split_and_full(box: Box) -> None:
     helper = Helper(box)
     v6only = {**SPLIT, "ipv4": None, "routes": ["2001:2:0:20::/64"], "dns": [], "domains": [],
-              "split_dns": []}  # fmt: skip
+              "split_dns": [], "gateway": "2001:2:0:99::7"}  # fmt: skip
     ifname = helper.up(v6only)
     assert ours(box) == {("2001:2:0:20::/64", ifname, None, 50)}
     link = box.ip("addr", "show", "dev", ifname)[0]
     assert [a["family"] for a in link["addr_info"] if a["scope"] == "global"] == ["inet6"]
     # Full tunnel, IPv6 only: the halves, and the IPv6 gateway pinned to its old path.
-    full6 = {**v6only, "routes": ["::/0"], "gateway": "2001:2:0:99::7"}
+    full6 = {**v6only, "routes": ["::/0"]}
     helper.client.net_config(network_config(**full6))
     assert ours(box) == {
         ("::/1", ifname, None, 50),
@@ -311,7 +312,7 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     assert box.resolv.read_bytes() != ORIGINAL_RESOLV
     # The next start cleans up and says so.
     fresh = Helper(box, "--dns-backend", "file")
-    fresh.client.hello()
+    fresh.client.hello(ipaddress.ip_address(VPN_GW))
     assert ours(box) == set()
     assert box.resolv.read_bytes() == ORIGINAL_RESOLV
     reasons = [r["reason"] for r in fresh.records("recover")]
@@ -336,7 +337,7 @@ def test_systemd_resolved_backend(tmp_path: Path) -> None:
     try:
         resolvectl = f"{RESOLVED}/usr/bin/resolvectl"
         helper = Helper(box)  # --dns-backend defaults to none in the helper: ask for auto
-        helper.client.hello()
+        helper.client.hello(ipaddress.ip_address(VPN_GW))
         helper.client.teardown()
         helper.close()
         helper = Helper(box, "--dns-backend", "auto")
@@ -449,7 +450,7 @@ def test_fail_closed_table_outlives_a_crash_until_the_next_start(box: Box) -> No
     crashed.kill()
     assert nft_tables(box) == [table]  # fail closed, even now
     fresh = Helper(box)
-    fresh.client.hello()
+    fresh.client.hello(ipaddress.ip_address(VPN_GW))
     assert nft_tables(box) == []
     assert any(
         f"deleted fail-closed table {table}" in r["reason"] for r in fresh.records("recover")

@@ -191,6 +191,8 @@ EXPECTED_REPORT = {
     "wx_mapping": "EACCES",
     # TCP only to the server's port (Landlock ABI 4+)
     "tcp_connect_other_port": "EACCES",
+    "tcp_connect_dns": "EACCES",  # no DNS: the launcher resolved the server
+    "read_resolv_conf": "EACCES",
     # and what the worker needs still works
     "read_ca_store": "allowed",
     "udp_socket": "allowed",

@@ -9,6 +9,7 @@ then the alert (seen in the lab; openconnect prints that status line and exits 2
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from sepconnect.worker.connect import (
     _Connection,
     _failure_from,
     open_tunnel,
-    resolve,
+    server_of,
 )
 from sepconnect.worker.io.tls import AccessDenied, TlsError, TlsStream, TrustConfig, Unreachable
 from sepconnect.worker.proto import errors
@@ -186,12 +187,12 @@ VECTORS = Path(__file__).parent / "vectors"
         ("https://198.18.1.1", "/"),
     ],
 )
-def test_resolve_keeps_the_path_and_query(url: str, path: str) -> None:
-    assert resolve(url).path == path
+def test_the_server_keeps_the_path_and_query(url: str, path: str) -> None:
+    assert server_of(url, ipaddress.ip_address("198.18.1.1")).path == path
 
 
 def _auth(url: str) -> AuthSession:
-    server = resolve(url)
+    server = server_of(url, ipaddress.ip_address("198.18.1.1"))
     return AuthSession(
         host=server.host,
         port=server.port,
