@@ -21,7 +21,7 @@ from typing import Protocol
 
 from sepconnect.ipc.limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
-from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
+from sepconnect.ipc.worker_messages import QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink, Udp
 from sepconnect.worker.io.poller import Poller
@@ -73,7 +73,6 @@ class DataPath:
         tun: Tun | None = None,
         open_udp: Callable[[str, int], Udp] = UdpLink,
     ) -> None:
-        self.held = False  # a replacement is connecting: never reconnect in place
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
@@ -181,9 +180,6 @@ class DataPath:
             return msg
         if isinstance(msg, QueryStatus):
             self.channel.send(self.status())
-            return None
-        if isinstance(msg, Hold):
-            self.held = True
             return None
         raise WireError(f"unexpected {msg.op} from the supervisor")
 
