@@ -129,7 +129,8 @@ class WorkerStatus(Message):
     """Worker → supervisor: which channel carries data, and the counters.
 
     Sent in answer to QueryStatus, and unasked whenever the data channel changes
-    (DTLS up, fallback to TLS).
+    (DTLS up, fallback to TLS) and once when packets have first moved both ways on a
+    connection (the supervisor's crash-loop guard: supervisor/policy.py, HEALTHY_AFTER).
     """
 
     op: ClassVar[str] = "worker_status"

@@ -23,6 +23,19 @@ CRASH_DELAYS = (0.0, 0.0, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Seconds before restarting a worker that died without saying why (a crash or a
 kill). Consecutive crashes before reaching CONNECTED slow down; one success resets."""
 
+HEALTHY_AFTER = 10.0
+"""A worker is *healthy* once, since it got the tun (or last reconnected in place), it
+has carried the tun this many seconds, or moved at least one data packet each way (it
+says so, once, unasked). A worker that fails before that failed *right after getting the
+tun*: the crash-loop guard counts it. A healthy worker that fails is replaced at once,
+however often that happens."""
+
+CRASH_LOOP_DELAYS = (0.0, 1.0, 2.0, 4.0, 8.0)
+"""Seconds before the next attempt after the 1st, 2nd, … failure in a row of a worker
+that was not yet healthy (any cause: a crash, a kill, a lost connection, an error);
+one more such failure ends the session with exit 13 (ExitCode.CRASH_LOOP). A dead tun
+(``tun_lost``) ends it at once."""
+
 _LOST = ("connection_lost", "unreachable", "error")
 """Failures that another connection with the cookie may cure."""
 
@@ -59,6 +72,7 @@ class RecoveryPolicy:
         attempt: int,
         outage: float,
         established: bool,
+        early: int = 0,
         in_place: bool = False,
     ) -> Decision:
         """What to do after a worker failed with ``kind`` (None: it died without a word).
@@ -66,9 +80,10 @@ class RecoveryPolicy:
         ``attempt`` counts consecutive failed attempts so far (0 = the session was
         up until now); ``outage`` is how long traffic has been down; ``established``
         says whether the session ever came up (before that, nothing is retried:
-        the user sees the first error at once, as with openconnect). ``in_place``: the
-        worker lost its connection but lives and keeps the tun, so it can reconnect
-        itself.
+        the user sees the first error at once, as with openconnect). ``early`` counts
+        the workers in a row that failed before they were healthy (HEALTHY_AFTER),
+        this one included. ``in_place``: the worker lost its connection but lives and
+        keeps the tun, so it can reconnect itself.
         """
         code = FAILURE_KINDS.get(kind or "error", ExitCode.ERROR)
         if not established:
@@ -80,10 +95,17 @@ class RecoveryPolicy:
         if kind == "tun_lost":
             # Deleted from outside: every worker handed the same fd would fail at once.
             return _give_up("the tun device is gone", ExitCode.ERROR)
+        if early > len(CRASH_LOOP_DELAYS):
+            return _give_up(
+                f"the worker failed {early} times in a row right after getting the tun",
+                ExitCode.CRASH_LOOP,
+            )
         decision = self._retry(kind, attempt, code)
         if decision.action is Action.GIVE_UP:
             return decision
         delay = decision.delay
+        if early:
+            delay = max(delay, CRASH_LOOP_DELAYS[early - 1])
         action = decision.action
         if in_place and kind == "connection_lost" and delay == 0.0:
             action = Action.RESUME_IN_PLACE

@@ -48,7 +48,7 @@ from sepconnect.ipc.worker_messages import (
     WorkerStatus,
 )
 from sepconnect.process.exitcodes import ExitCode
-from sepconnect.supervisor.policy import Action, RecoveryPolicy
+from sepconnect.supervisor.policy import HEALTHY_AFTER, Action, RecoveryPolicy
 
 if TYPE_CHECKING:  # the journal module does I/O; only its type is wanted here
     from sepconnect.process.journal import Result
@@ -63,7 +63,7 @@ REKEY_RETRY: Final = 60.0
 _AUTH_KINDS: Final = frozenset({"auth_failed", "account_locked", "unknown_group", "cert_invalid"})
 _DTLS_NOT_NEWS: Final = frozenset({"disabled", "", "starting", "handshaking"})
 """DTLS states a TLS-only report is not logged for: off, or still being set up (a
-worker's first report often comes then)."""
+worker's first report, e.g. the one that says it moved traffic, often comes then)."""
 
 ScriptReason = Literal["attempt-reconnect", "reconnect"]
 Purpose = Literal["login", "resume", "rekey"]
@@ -370,6 +370,8 @@ class _Worker:
     has_tun: bool = False
     up: TunnelUp | None = None  # its latest report
     net: NetworkConfig | None = None  # that report under the routing policy
+    up_at: float | None = None  # when it last got the tun or reconnected in place
+    traffic: bool = False  # it moved packets both ways since up_at
     status: WorkerStatus | None = None
     announced: tuple[str, str] | None = None  # its data channel last logged
     deadline: float | None = None  # leaving: killed at this time
@@ -431,6 +433,7 @@ class Session:
         self.last_error: str | None = None
         # recovery
         self.attempts = 0  # failed attempts to connect since the last connection
+        self.early = 0  # workers in a row that failed before they were healthy
         self.restarts = 0
         self.retry_at: float | None = None
         self.retry_action: Action | None = None
@@ -559,11 +562,16 @@ class Session:
         killed if it has not exited after STOP_GRACE."""
         if worker.phase in (Phase.DISMISSED, Phase.FAILED):
             return
+        if worker.phase is Phase.CARRYING and self._healthy(worker, now):
+            self.early = 0  # replaced in good health (rekey, reconnect, the end)
         self._emit(
             Send(worker.gen, Stop(logoff=logoff)) if worker.has_tun else TerminateWorker(worker.gen)
         )
         worker.phase = Phase.DISMISSED
         worker.deadline = now + STOP_GRACE
+
+    def _healthy(self, worker: _Worker, now: float) -> bool:
+        return worker.traffic or (worker.up_at is not None and now - worker.up_at >= HEALTHY_AFTER)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -651,6 +659,9 @@ class Session:
 
     def _on_status(self, worker: _Worker, status: WorkerStatus, now: float) -> None:
         worker.status = status
+        if status.rx_packets and status.tx_packets:
+            worker.traffic = True
+            self.early = 0
         announced = (status.channel, status.dtls_state)
         if announced != worker.announced:
             worker.announced = announced
@@ -776,6 +787,7 @@ class Session:
         self.established = True
         self.attempts = 0
         self.retry_at = self.retry_action = None
+        worker.up_at, worker.traffic = now, False
         self._emit(
             Audit(
                 "connect" if first else "reconnect",
@@ -859,7 +871,10 @@ class Session:
             return
         if holder:
             self.down_since = now
-            self.attempts = 0
+            if self._healthy(worker, now):
+                self.early = self.attempts = 0
+            else:
+                self.early += 1
         elif self.down_since is None:
             self.down_since = now
         self.last_error = message
@@ -868,6 +883,7 @@ class Session:
             attempt=self.attempts,
             outage=now - self.down_since,
             established=self.established,
+            early=self.early if holder else 0,
             in_place=lost and self.cookie is not None,
         )
         if decision.action is Action.GIVE_UP:

@@ -92,8 +92,15 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
         server = (sandbox.server_host(start.url), sandbox.server_port(start.url))
         line = sandbox.selftest_line(sandbox.report_probes(channel.fileno(), server))
         print(line, file=sys.stderr, flush=True)
-    elif probe:
+    elif probe and not probe.startswith(AFTER_TUN):
         _log(sandbox.fatal_probe(probe))
+
+
+AFTER_TUN = "after-tun:"
+"""Test-only, as a value of sandbox.SELFTEST_ENV: ``after-tun:<fatal probe>`` runs the
+probe right after the tun arrives, so that every worker dies there (SIGSYS), as with a
+data-path syscall missing from the allow-list: the supervisor's crash-loop guard
+(tests/integration/test_resilience.py)."""
 
 
 def _await_decision(
@@ -147,6 +154,9 @@ def run(channel: Channel) -> int:
         return 0
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
+    probe = os.environ.get(sandbox.SELFTEST_ENV, "")
+    if probe.startswith(AFTER_TUN):
+        _log(sandbox.fatal_probe(probe.removeprefix(AFTER_TUN)))
     try:
         while True:
             path = DataPath(tunnel, tun_fd, channel)

@@ -7,6 +7,7 @@ import pytest
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.supervisor.policy import (
     CRASH_DELAYS,
+    CRASH_LOOP_DELAYS,
     RETRY_DELAYS,
     Action,
     RecoveryPolicy,
@@ -87,10 +88,23 @@ def test_a_lost_connection_is_resumed_in_place_when_the_worker_lives() -> None:
     )
     assert (decision.action, decision.delay) == (Action.RESUME_IN_PLACE, 0.0)
     # anything else, or anything later, is for a new worker
-    for kind, attempt in (("terminated", 0), ("connection_lost", 1)):
+    for kind, attempt, early in (("terminated", 0, 0), ("connection_lost", 1, 0),
+                                 ("connection_lost", 0, 2)):  # fmt: skip
         later = KIOSK.after_failure(kind, attempt=attempt, outage=0, established=True,
-                                    in_place=True)  # fmt: skip
+                                    early=early, in_place=True)  # fmt: skip
         assert later.action in (Action.RESUME, Action.LOG_IN)
+
+
+def test_workers_failing_right_after_the_tun_back_off_then_give_up() -> None:
+    delays = [
+        DESKTOP.after_failure(None, attempt=0, outage=0, established=True, early=n).delay
+        for n in range(1, len(CRASH_LOOP_DELAYS) + 1)
+    ]
+    assert delays == list(CRASH_LOOP_DELAYS)
+    end = DESKTOP.after_failure(
+        None, attempt=0, outage=0, established=True, early=len(CRASH_LOOP_DELAYS) + 1
+    )
+    assert (end.action, end.code) == (Action.GIVE_UP, ExitCode.CRASH_LOOP)
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ from sepconnect.ipc.worker_messages import (
 )
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.supervisor.main import start_for
+from sepconnect.supervisor.policy import CRASH_LOOP_DELAYS, HEALTHY_AFTER
 from sepconnect.supervisor.session import (
     ApplyConfig,
     Audit,
@@ -390,6 +391,129 @@ def test_a_killed_worker_is_replaced_at_once_with_the_cookie_and_the_same_tun() 
     assert len(of(shell.done, CreateTun)) == 1  # the tun stayed
     assert shell.net_configs == 1  # the routes were not touched
     assert shell.session.restarts == 1
+
+
+def test_twenty_back_to_back_crashes_of_healthy_workers_each_recover_at_once() -> None:
+    """Each worker moved traffic (it says so once) and is then killed 50 ms later: every
+    one is replaced at once, without a growing delay, and the session never ends."""
+    shell = Shell()
+    gen = shell.connect()
+    for n in range(20):
+        shell.traffic(gen)
+        shell.wait(0.05)
+        crashed = shell.exits(gen, -signal.SIGKILL)
+        assert of(crashed, SpawnWorker) == [SpawnWorker(gen + 1, "resume", COOKIE)], n
+        gen += 1
+        shell.say(gen, UP)
+        assert shell.session.state is State.CONNECTED
+    assert shell.session.restarts == 20
+    assert shell.code is None
+
+
+def test_a_worker_that_carried_the_tun_long_enough_without_traffic_is_healthy() -> None:
+    shell = Shell()
+    gen = shell.connect()
+    for _ in range(len(CRASH_LOOP_DELAYS) + 3):
+        shell.wait(HEALTHY_AFTER)  # an idle tunnel
+        crashed = shell.exits(gen, -signal.SIGKILL)
+        gen += 1
+        assert of(crashed, SpawnWorker) == [SpawnWorker(gen, "resume", COOKIE)]
+        shell.say(gen, UP)
+    assert shell.code is None
+
+
+def test_crash_loop_guard_backs_off_then_gives_up() -> None:
+    """A worker that dies right after it gets the tun, every time (any cause): the
+    replacements wait 0, 1, 2, 4, 8 s, then the session ends with exit 13."""
+    shell = Shell()
+    gen = shell.connect()
+    delays: list[float] = []
+    for _ in range(10):
+        shell.wait(0.1)
+        crashed = shell.exits(gen, -signal.SIGSEGV)
+        if shell.code is not None:
+            break
+        waited = 0.0
+        while not of(crashed, SpawnWorker):
+            crashed = shell.wait(0.5)
+            waited += 0.5
+            assert waited < 60
+        delays.append(waited)
+        gen += 1
+        shell.say(gen, UP)
+    assert delays == list(CRASH_LOOP_DELAYS)
+    assert shell.code == ExitCode.CRASH_LOOP
+    assert "failed 6 times in a row right after getting the tun" in logs(shell.done)
+    assert of(shell.done, Teardown)
+
+
+def test_crash_loop_guard_counts_a_connection_lost_right_after_connecting() -> None:
+    """A server that drops each connection as soon as it is made: resuming in place
+    would loop at full speed; the guard slows it down and ends it."""
+    shell = Shell()
+    gen = shell.connect()
+    shell.traffic(gen)
+    resumed_in_place = 0
+    for _ in range(20):
+        done = shell.say(gen, Lost(message="the server closed the connection"))
+        if shell.code is not None or shell.session.state is State.DISCONNECTING:
+            break
+        if Reconnect(cookie=COOKIE) in sent(done, gen):
+            resumed_in_place += 1
+            shell.say(gen, UP)
+            continue
+        # a new worker, after a delay
+        assert sent(done, gen) == [Stop(logoff=False)]
+        shell.exits(gen)
+        done = shell.wait(CRASH_LOOP_DELAYS[-1])
+        assert of(done, SpawnWorker)
+        gen += 1
+        shell.say(gen, UP)
+    shell.stop_all()
+    assert resumed_in_place == 2  # the first loss (healthy), then the first early one
+    assert shell.code == ExitCode.CRASH_LOOP
+
+
+def test_a_healthy_stretch_clears_the_crash_loop_count() -> None:
+    """Quick deaths long apart are no crash loop: a worker replaced in good health (here
+    by a rekey) starts the count again."""
+    shell = Shell()
+    gen = shell.connect(REKEYING_UP)
+    for _ in range(len(CRASH_LOOP_DELAYS)):
+        shell.wait(0.1)
+        shell.exits(gen, -signal.SIGSEGV)
+        shell.wait(CRASH_LOOP_DELAYS[-1])
+        gen += 1
+        shell.say(gen, REKEYING_UP)
+    assert shell.session.early == len(CRASH_LOOP_DELAYS)
+    shell.traffic(gen)
+    shell.wait(600)  # rekey: a new worker takes over from the healthy one
+    shell.say(gen + 1, REKEYING_UP)
+    shell.exits(gen)
+    crashed = shell.exits(gen + 1, -signal.SIGSEGV)
+    assert of(crashed, SpawnWorker)  # at once, and the session goes on
+    assert shell.code is None
+
+
+def test_a_replacement_that_cannot_connect_waits_as_any_reconnect() -> None:
+    """The crash-loop delay is for the attempt after a quick death; a replacement that
+    then fails to connect backs off as any reconnect does (at once, 1 s, 2 s, …)."""
+    shell = Shell()
+    gen = shell.connect()
+    for _ in range(3):  # three quick deaths: the next attempt waits CRASH_LOOP_DELAYS[2]
+        shell.wait(0.1)
+        shell.exits(gen, -signal.SIGSEGV)
+        gen += 1
+        if shell.session.retry_at is not None:
+            assert shell.session.retry_at - shell.now == CRASH_LOOP_DELAYS[shell.session.early - 1]
+        shell.wait(CRASH_LOOP_DELAYS[-1])
+        shell.say(gen, UP)
+    shell.wait(0.1)
+    shell.exits(gen, -signal.SIGSEGV)  # the fourth: 4 s
+    assert shell.session.retry_at == shell.now + CRASH_LOOP_DELAYS[3]
+    shell.wait(CRASH_LOOP_DELAYS[3])
+    shell.say(gen + 1, Failed(kind="unreachable", message="cannot connect"))
+    assert shell.session.retry_at == shell.now + 1.0
 
 
 def test_a_deleted_tun_ends_the_session_at_once() -> None:
