@@ -133,7 +133,8 @@ class WorkerStatus(Message):
     """Worker → supervisor: which channel carries data, and the counters.
 
     Sent in answer to QueryStatus, and unasked whenever the data channel changes
-    (DTLS up, fallback to TLS).
+    (DTLS up, fallback to TLS) and once when packets have first moved both ways on a
+    connection (the supervisor's crash-loop guard: supervisor/policy.py, HEALTHY_AFTER).
     """
 
     op: ClassVar[str] = "worker_status"
@@ -148,17 +149,28 @@ class WorkerStatus(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Hold(Message):
-    """Supervisor → carrying worker: a replacement is connecting with the cookie (rekey).
+class Lost(Message):
+    """Worker → supervisor: the connection to the server is lost (reset, closed, DPD).
 
-    The server will drop this worker's connection when the new one arrives; the worker
-    must then report the loss, not reconnect in place (which would take the session
-    back from its replacement).
+    The worker keeps the tun and waits for the supervisor's decision (its session
+    machine holds the whole recovery policy): a :class:`Reconnect` (in place, with the
+    cookie) or a :class:`Stop`. Any other end of the session is a :class:`Failed`, after
+    which the worker exits.
     """
 
-    op: ClassVar[str] = "hold"
+    op: ClassVar[str] = "lost"
+    message: Annotated[str, Length(1, 500), Match(PRINTABLE_TEXT)]
 
 
-TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus, Hold)
-FROM_WORKER = Codec(TunnelUp, Failed, Stopped, WorkerStatus)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Reconnect(Message):
+    """Supervisor → worker that reported :class:`Lost`: connect again with this cookie,
+    keeping the tun; report :class:`TunnelUp` (then carry on) or :class:`Failed`."""
+
+    op: ClassVar[str] = "reconnect"
+    cookie: Cookie = dataclasses.field(repr=False)
+
+
+TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus, Reconnect)
+FROM_WORKER = Codec(TunnelUp, Failed, Lost, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

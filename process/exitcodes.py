@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     SERVER_DISCONNECTED = 10  # the server ended the session, or it went silent (DPD)
     COOKIE_REJECTED = 11  # the session cookie is no longer valid
     NEED_INPUT = 12  # the server asked for more input than was given non-interactively
+    CRASH_LOOP = 13  # the worker kept failing right after it got the tun
 
 
 FAILURE_KINDS: dict[str, ExitCode] = {

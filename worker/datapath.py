@@ -21,7 +21,7 @@ from typing import Protocol
 
 from sepconnect.ipc.limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
-from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
+from sepconnect.ipc.worker_messages import QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink, Udp
 from sepconnect.worker.io.poller import Poller
@@ -73,7 +73,7 @@ class DataPath:
         tun: Tun | None = None,
         open_udp: Callable[[str, int], Udp] = UdpLink,
     ) -> None:
-        self.held = False  # a replacement is connecting: never reconnect in place
+        self.unproven = True  # no packet has moved both ways yet (_report_traffic)
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
@@ -162,7 +162,21 @@ class DataPath:
             self._service_dtls(dtls, now)
         if session.has_output or self.backlog or self.want_write or stream.may_have_output:
             self._flush()
+        if self.unproven:
+            self._report_traffic()
         return None
+
+    def _report_traffic(self) -> None:
+        """Once, unasked: packets have moved both ways. The supervisor's crash-loop guard
+        counts a worker that fails before this (or HEALTHY_AFTER) as one that died right
+        after it got the tun (supervisor/policy.py)."""
+        tx, rx = self.session.tx_packets, self.session.rx_packets
+        if self.dtls is not None:
+            _, _, dtls_tx, dtls_rx = self.dtls.traffic()
+            tx, rx = tx + dtls_tx, rx + dtls_rx
+        if tx and rx:
+            self.unproven = False
+            self.channel.send(self.status())
 
     def _service_dtls(self, dtls: DtlsLink, now: float) -> None:
         for line in dtls.service(now):
@@ -181,9 +195,6 @@ class DataPath:
             return msg
         if isinstance(msg, QueryStatus):
             self.channel.send(self.status())
-            return None
-        if isinstance(msg, Hold):
-            self.held = True
             return None
         raise WireError(f"unexpected {msg.op} from the supervisor")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import select
 import signal
 import socket
 import sys
@@ -24,11 +23,15 @@ from sepconnect.ipc.worker_messages import (
     FROM_WORKER,
     TO_WORKER,
     Failed,
+    Lost,
+    QueryStatus,
+    Reconnect,
     Start,
     Stop,
     Stopped,
     TunHandoff,
     TunnelUp,
+    WorkerStatus,
 )
 from sepconnect.process import privileges
 from sepconnect.process.title import set_title
@@ -89,32 +92,34 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
         server = (sandbox.server_host(start.url), sandbox.server_port(start.url))
         line = sandbox.selftest_line(sandbox.report_probes(channel.fileno(), server))
         print(line, file=sys.stderr, flush=True)
-    elif probe:
+    elif probe and not probe.startswith(AFTER_TUN):
         _log(sandbox.fatal_probe(probe))
 
 
-def _supervisor_spoke(channel: Channel) -> bool:
-    """Whether a message is waiting (a Hold or Stop sent just before the loss): then
-    the loss was expected, and the supervisor, not this worker, decides what follows."""
-    return bool(select.select([channel.fileno()], [], [], 0)[0])
+AFTER_TUN = "after-tun:"
+"""Test-only, as a value of sandbox.SELFTEST_ENV: ``after-tun:<fatal probe>`` runs the
+probe right after the tun arrives, so that every worker dies there (SIGSYS), as with a
+data-path syscall missing from the allow-list: the supervisor's crash-loop guard
+(tests/integration/test_resilience.py)."""
 
 
-def _resume_in_place(start: Start, lost: Tunnel, failure: SessionFailure) -> Tunnel:
-    """One immediate reconnect with the cookie, keeping this process and its tun fd.
-
-    A reset or dropped TCP connection costs one TLS handshake and a CONNECT instead of
-    a new worker. If this attempt fails too, the original failure goes to the
-    supervisor, whose policy takes over (backoff, a new worker, logging in again).
-    """
-    lost.stream.close()
-    _log(f"{failure.message}; reconnecting with the session cookie")
-    try:
-        return open_tunnel(dataclasses.replace(start, cookie=lost.cookie))
-    except SessionFailure as retry:
-        if retry.kind == "cookie_rejected":
-            raise  # the session is gone: the supervisor logs in again if it can
-        _log(f"reconnect failed: {retry.message}")
-        raise failure from None
+def _await_decision(
+    channel: Channel, failure: SessionFailure, last: WorkerStatus
+) -> Reconnect | None:
+    """Report the lost connection and wait for the supervisor's decision (its session
+    machine holds the whole recovery policy): a Reconnect, keeping this process and its
+    tun fd, or a Stop (None). Status queries are answered with the last counters."""
+    channel.send(Lost(message=printable(failure.message, 500) or failure.kind))
+    while True:
+        msg, _ = channel.recv()
+        if isinstance(msg, Reconnect):
+            return msg
+        if isinstance(msg, Stop):
+            return None
+        if isinstance(msg, QueryStatus):
+            channel.send(last)
+            continue
+        raise WireError(f"unexpected {msg.op} after the connection was lost")
 
 
 def _log_off(tunnel: Tunnel) -> None:
@@ -149,6 +154,9 @@ def run(channel: Channel) -> int:
         return 0
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
+    probe = os.environ.get(sandbox.SELFTEST_ENV, "")
+    if probe.startswith(AFTER_TUN):
+        _log(sandbox.fatal_probe(probe.removeprefix(AFTER_TUN)))
     try:
         while True:
             path = DataPath(tunnel, tun_fd, channel)
@@ -156,10 +164,18 @@ def run(channel: Channel) -> int:
                 outcome = path.run()
                 break
             except SessionFailure as exc:
-                if exc.kind != "connection_lost" or path.held or _supervisor_spoke(channel):
+                if exc.kind != "connection_lost":
                     raise
-                tunnel = _resume_in_place(msg, tunnel, exc)
-                channel.send(_tunnel_up(tunnel))
+                lost = exc
+            last = path.status()
+            tunnel.stream.close()
+            order = _await_decision(channel, lost, last)
+            if order is None:
+                channel.send(Stopped(tx_bytes=last.tx_bytes, rx_bytes=last.rx_bytes))
+                return 0
+            # One attempt; if it fails, the supervisor hears why and decides again.
+            tunnel = open_tunnel(dataclasses.replace(msg, cookie=order.cookie, passwords=()))
+            channel.send(_tunnel_up(tunnel))
     except TunGone as exc:
         # The supervisor ends the session on this (every worker would get the same dead
         # fd): log off while the connection is still up, as an orderly stop would.

@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 from test_connect import SEPCONNECT, Client, _descendants, _routes, _title
 
+from sepconnect.worker import sandbox
+from sepconnect.worker.main import AFTER_TUN
+
 from lab import Lab, OcservOptions
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -79,6 +82,9 @@ def _status(client: Client) -> dict[str, Any]:
 
 
 def test_worker_killed_20_times_nothing_moves_and_traffic_resumes(lab: Lab) -> None:
+    """20 back-to-back SIGKILLs of a healthy worker (each has just carried a ping) each
+    recover in under 1 s: a worker that moved traffic is replaced at once however often
+    it dies (the crash-loop guard backs off only for workers that die before that)."""
     client = Client(lab)
     tun = client.wait_connected()
     _wait_ping(lab, lab.target_ip)
@@ -104,8 +110,32 @@ def test_worker_killed_20_times_nothing_moves_and_traffic_resumes(lab: Lab) -> N
     assert status["interface"] == tun["ifname"]
     assert client.stop() == 0, client.stderr
     print(f"recovery after SIGKILL: max {max(recoveries):.2f} s, all {recoveries}")
-    # Generous bound here; the benchmark reports the real figure against the 1 s target.
-    assert max(recoveries) < 5, recoveries
+    assert max(recoveries) < 1.0, recoveries
+    assert "right after getting the tun" not in client.stderr, client.stderr
+
+
+def test_a_worker_dying_each_time_right_after_it_gets_the_tun_ends_the_session(
+    lab: Lab,
+) -> None:
+    """The crash-loop guard. Every worker dies of SIGSYS as soon as it has the tun (a
+    test-only fault: as a data-path syscall missing from the seccomp allow-list would).
+    The replacements come after 0, 1, 2, 4 and 8 s; the sixth such death in a row ends
+    the session with exit 13 and a clear message, and nothing is left behind."""
+    routes_before = _routes(lab)
+    env = {**os.environ, sandbox.SELFTEST_ENV: AFTER_TUN + "exec"}
+    started = time.monotonic()
+    client = Client(lab, env=env)
+    assert client.finish(timeout=60) == 13, client.stderr
+    elapsed = time.monotonic() - started
+    stderr = client.stderr
+    assert stderr.count("exited unexpectedly (killed by SIGSYS)") == 6, stderr
+    for delay in ("now", "in 1.0 s", "in 2.0 s", "in 4.0 s", "in 8.0 s"):
+        assert f"the worker died: reconnecting {delay}" in stderr, stderr
+    assert "giving up: the worker failed 6 times in a row right after getting the tun" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert 15 < elapsed < 40, elapsed
+    assert lab.client_tun() is None
+    assert _routes(lab) == routes_before
 
 
 def test_helper_configuration_untouched_across_a_restart(lab: Lab) -> None:

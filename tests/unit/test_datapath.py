@@ -392,3 +392,29 @@ def test_without_dtls_data_goes_over_tls(dtls: NoDtls | None) -> None:
         logoff=False, tx_bytes=sum(map(len, sent)), rx_bytes=sum(map(len, down))
     )
     assert PacketType.DISCONNECT not in net.cstp_frames
+
+
+@pytest.mark.parametrize("dtls", [None, "dtls"], ids=["tls", "dtls"])
+def test_the_first_packets_both_ways_are_reported_once_unasked(dtls: str | None) -> None:
+    """The supervisor's crash-loop guard counts a worker healthy once its data path has
+    moved a packet each way (supervisor/policy.py, HEALTHY_AFTER): it says so once."""
+    net = Net(dtls_plan() if dtls else None)
+    with net.running():
+        if dtls:
+            net.pump(lambda: net.channel() == "dtls")
+        before = len(net.statuses)
+        net.to_tun(packet(1))
+        net.pump(lambda: len(net.cstp_received) + len(net.dtls_packets) == 1)
+        settled = time.monotonic() + 0.1
+        net.pump(lambda: time.monotonic() > settled)
+        assert len(net.statuses) == before  # one way only: not yet
+        (net.server_sends_udp if dtls else net.server_sends_tls)(packet(2))
+        net.pump(lambda: len(net.statuses) == before + 1)
+        report = net.statuses[-1]
+        assert (report.tx_packets, report.rx_packets) == (1, 1)
+        net.to_tun(packet(3))
+        (net.server_sends_udp if dtls else net.server_sends_tls)(packet(4))
+        net.pump(lambda: len(net.tun_received) == 2)
+        settled = time.monotonic() + 0.1
+        net.pump(lambda: time.monotonic() > settled)
+        assert len(net.statuses) == before + 1  # once

@@ -143,7 +143,15 @@ SANS_IO_FORBIDDEN = {
 }
 
 
-@pytest.mark.parametrize("path", _modules("sepconnect.worker.proto"), ids=_module_name)
+SANS_IO = [
+    *_modules("sepconnect.worker.proto"),
+    INSTALLED / "supervisor" / "session.py",
+    INSTALLED / "supervisor" / "policy.py",
+]
+"""The worker's protocol core and the supervisor's session machine (with its policy)."""
+
+
+@pytest.mark.parametrize("path", SANS_IO, ids=_module_name)
 def test_protocol_core_is_sans_io(path: Path) -> None:
     bad = {n for n in _imports(path) if n.split(".")[0] in SANS_IO_FORBIDDEN}
     assert not bad, bad
