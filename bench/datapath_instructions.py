@@ -73,7 +73,7 @@ class IdleStream:
     """The TLS stream of the DTLS scenarios: never carries anything."""
 
     cipher = "TLSv1.3 (idle)"
-    has_output = may_have_output = False
+    has_output = may_have_output = reading_blocked = False
 
     def __init__(self) -> None:
         self.sock, self._peer = socket.socketpair()

@@ -163,13 +163,14 @@ class _BrokenConnection:
 
 def test_tls_stream_tells_the_access_denied_alert_apart() -> None:
     stream = TlsStream.__new__(TlsStream)
-    stream.conn = _DeniedConnection()  # type: ignore[assignment]
-    with pytest.raises(AccessDenied, match="access denied"):
-        stream.recv_nowait()
-    stream.conn = _BrokenConnection()  # type: ignore[assignment]
-    with pytest.raises(TlsError) as info:
-        stream.recv_nowait()
-    assert not isinstance(info.value, AccessDenied)
+    for read in (stream.recv_nowait, stream.recv_buffered):
+        stream.conn = _DeniedConnection()  # type: ignore[assignment]
+        with pytest.raises(AccessDenied, match="access denied"):
+            read()
+        stream.conn = _BrokenConnection()  # type: ignore[assignment]
+        with pytest.raises(TlsError) as info:
+            read()
+        assert not isinstance(info.value, AccessDenied)
 
 
 # --------------------------------------------------------------------------- the URL's query

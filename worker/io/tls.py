@@ -139,7 +139,10 @@ def _wait(sock: socket.socket, *, read: bool, deadline: float) -> None:
 
 
 _RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv()
-_OUT_LIMIT = 256 * 1024  # ciphertext queued for the socket before writes report "full"
+# Ciphertext queued for the socket before records are refused (send_records_nowait).
+# OpenSSL's own answers to what it reads (an alert for each HelloRequest, a KeyUpdate)
+# cannot be refused; at twice this much, reading waits (:attr:`TlsStream.reading_blocked`).
+_OUT_LIMIT = 256 * 1024
 # One record's ciphertext (16 KiB of plaintext and the cipher's overhead) with room to
 # spare: pyOpenSSL's bio_read allocates the whole size asked for on every call.
 _RECORD_TAKE = 20 * 1024
@@ -235,6 +238,13 @@ class TlsStream:
         return bool(self._out)
 
     @property
+    def reading_blocked(self) -> bool:
+        """Twice :data:`_OUT_LIMIT` of ciphertext is queued: records alone stop short of
+        that, so OpenSSL is answering what the server sends faster than the server
+        reads. Do not read until the socket has taken some."""
+        return len(self._out) >= 2 * _OUT_LIMIT
+
+    @property
     def may_have_output(self) -> bool:
         """Ciphertext is queued, or OpenSSL may have produced some since it was taken."""
         return self._dirty or bool(self._out)
@@ -315,17 +325,20 @@ class TlsStream:
                     return None
             except SSL.WantWriteError:
                 return None
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.SysCallError as exc:
-                if exc.args and exc.args[0] == -1:  # unexpected EOF
-                    return b""
-                raise TlsError(f"receive failed: {_describe(exc)}") from None
             except (SSL.Error, OSError) as exc:
-                reason = _describe(exc)
-                if reason == _ACCESS_DENIED:
-                    raise AccessDenied(f"receive failed: {reason}") from None
-                raise TlsError(f"receive failed: {reason}") from None
+                return _end_of_stream(exc)
+
+    def recv_buffered(self) -> bytes | None:
+        """As :meth:`recv_nowait`, from what OpenSSL has already taken in: the socket is
+        not read. Once this returns None, whatever is left to read is in the socket,
+        where the poller sees it."""
+        self._dirty = True
+        try:
+            return self.conn.recv(65536)
+        except (SSL.WantReadError, SSL.WantWriteError):
+            return None
+        except (SSL.Error, OSError) as exc:
+            return _end_of_stream(exc)
 
     def pending(self) -> int:
         return self.conn.pending()
@@ -370,6 +383,20 @@ class TlsStream:
             self._dirty = True
             self.flush_nowait()
         self.sock.close()
+
+
+def _end_of_stream(exc: SSL.Error | OSError) -> bytes:
+    """b"" if *exc* from a read means the stream ended; raises TlsError otherwise."""
+    if isinstance(exc, SSL.ZeroReturnError):
+        return b""
+    if isinstance(exc, SSL.SysCallError):
+        if exc.args and exc.args[0] == -1:  # unexpected EOF
+            return b""
+        raise TlsError(f"receive failed: {_describe(exc)}") from None
+    reason = _describe(exc)
+    if reason == _ACCESS_DENIED:
+        raise AccessDenied(f"receive failed: {reason}") from None
+    raise TlsError(f"receive failed: {reason}") from None
 
 
 def _describe(exc: BaseException) -> str:
