@@ -174,7 +174,7 @@ class Supervisor:
         self.start = start
         self.options = options or Options()
         self.policy = RecoveryPolicy(
-            can_log_in=bool(start.passwords),
+            can_log_in=bool(start.passwords) or start.client_cert is not None,
             always_on=self.options.always_on,
             reconnect_timeout=self.options.reconnect_timeout,
         )

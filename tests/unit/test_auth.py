@@ -463,12 +463,46 @@ def test_no_form_no_success() -> None:
         s.handle_response_untrusted(ok(body))
 
 
-def test_client_cert_request() -> None:
+CERT_REQUEST = b'<config-auth client="vpn" type="auth-request"><client-cert-request/></config-auth>'
+
+
+def test_client_cert_request_without_a_certificate() -> None:
     s = session()
     s.first_request()
-    body = b'<config-auth client="vpn" type="auth-request"><client-cert-request/></config-auth>'
-    with pytest.raises(NeedMoreInput, match="certificate"):
-        s.handle_response_untrusted(ok(body))
+    with pytest.raises(NeedMoreInput, match=r"client certificate.*-c/--certificate"):
+        s.handle_response_untrusted(ok(CERT_REQUEST))
+
+
+def test_client_cert_request_with_a_certificate_starts_over_once() -> None:
+    # As openconnect: the init again, on a new connection whose handshake presents the
+    # certificate; asked a second time, the server did not accept it.
+    s = AuthSession(
+        host="vpn.example.com",
+        port=443,
+        path="/",
+        credentials=Credentials(username="", passwords=(), certificate=True),
+    )
+    first = s.first_request()
+    again = s.handle_response_untrusted(ok(CERT_REQUEST))
+    assert isinstance(again, HttpRequest)
+    assert again.new_connection
+    assert (again.method, again.path, again.body) == (first.method, first.path, first.body)
+    with pytest.raises(AuthFailed, match="did not accept ours"):
+        s.handle_response_untrusted(ok(CERT_REQUEST))
+
+
+def test_certificate_login_without_a_form() -> None:
+    # ocserv with auth = "certificate" answers the init with success at once.
+    s = AuthSession(
+        host="vpn.example.com",
+        port=443,
+        path="/",
+        credentials=Credentials(username="", passwords=(), certificate=True),
+    )
+    s.first_request()
+    result = s.handle_response_untrusted(success_response())
+    assert isinstance(result, AuthSuccess)
+    assert result.cookie == COOKIE
 
 
 def test_unknown_text_field() -> None:
