@@ -316,6 +316,27 @@ def test_no_group_requested_uses_server_default() -> None:
     assert xml(req).find("group-select") is None
 
 
+# ocserv 1.1.6 get_auth_handler2() with a client certificate whose OUs are groups
+# (cert-group-oid) and no group chosen: a form with the group select alone.
+GROUP_ONLY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<config-auth client="vpn" type="auth-request" '
+    b'aggregate-auth-version="2">\n<auth id="main">\n<message>Please select your group.'
+    b'</message>\n<form method="post" action="/auth">\n<select name="group_list" '
+    b'label="Group:">\n<option>engineering</option>\n<option>sales</option>\n</select>\n'
+    b"</form></auth>\n</config-auth>"
+)
+
+
+@pytest.mark.parametrize(("wanted", "sent"), [(None, "engineering"), ("sales", "sales")])
+def test_a_form_asking_only_for_the_group_gets_one(wanted: str | None, sent: str) -> None:
+    # Nothing else to answer, so no server default: the first option, as openconnect.
+    s = session(username="", passwords=(), group=wanted)
+    s.first_request()
+    req = s.handle_response_untrusted(ok(GROUP_ONLY))
+    assert isinstance(req, HttpRequest)
+    assert xml(req).findtext("group-select") == sent
+
+
 def test_group_without_select_is_still_sent() -> None:
     # Plain-auth groups from the passwd file are selectable without a select list.
     s = session(group="tost")
