@@ -10,6 +10,7 @@ import json
 import os
 import re
 import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,66 @@ def test_the_key_reaches_the_worker_only_in_memory(
     assert KEY_PASSWORD.encode() not in logs
     assert not [line for line in pem_lines if line in logs]
     assert encrypted.encode() not in logs
+
+
+# --------------------------------------------------------------------------- PKCS#11
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+PKCS11_ATTEMPT = Path(__file__).parent.parent / "pkcs11_attempt.py"
+
+
+def test_a_key_in_a_pkcs11_token_works_with_gnutls_not_with_our_tls_library(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    """The evidence for docs/usage.md: a SoftHSM2 token (as openconnect's own tests use)
+    holding the lab client's key and certificate. openconnect, which does TLS with GnuTLS
+    and reaches tokens through p11-kit, logs in with it; sepconnect refuses the URI. The
+    OpenSSL that pyOpenSSL uses is cryptography's own (4.x): no ENGINE API (gone in
+    OpenSSL 4), and neither OSSL_PROVIDER_load nor the OSSL_STORE calls in its bindings;
+    the key loaded by the system's OpenSSL 3 with the pkcs11 engine is a structure of
+    another library, which its SSL_CTX_use_PrivateKey refuses."""
+    lab = lab_factory(CERT_ONLY)
+    cert, key = lab.make_client_cert("token")
+    tokens = Path(lab.workdir, "tokens")
+    tokens.mkdir()
+    conf = Path(lab.workdir, "softhsm2.conf")
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+
+    def run(*argv: str) -> str:
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (argv, result.stdout, result.stderr)
+        return result.stdout
+
+    run("softhsm2-util", "--init-token", "--free", "--label", "lab", "--so-pin", "12345678",
+        "--pin", "1234")  # fmt: skip
+    pkcs8 = str(Path(lab.workdir, "token-key.p8.pem"))
+    run("openssl", "pkey", "-in", key, "-out", pkcs8)
+    run("softhsm2-util", "--import", pkcs8, "--token", "lab", "--label", "client", "--id", "01",
+        "--pin", "1234")  # fmt: skip
+    der = str(Path(lab.workdir, "token-cert.der"))
+    run("openssl", "x509", "-in", cert, "-outform", "DER", "-out", der)
+    run("pkcs11-tool", "--module", SOFTHSM_MODULE, "--login", "--pin", "1234",
+        "--write-object", der, "--type", "cert", "--id", "01", "--label", "client")  # fmt: skip
+    uri = "pkcs11:token=lab;object=client"
+    os.unlink(pkcs8)  # from here on the key is only in the token
+
+    reference = lab.popen_in(
+        lab.client_ns, "openconnect", "--non-inter", "--servercert", lab.server_cert_pin,
+        "--script", lab.vpnc_script, "-c", f"{uri};pin-value=1234", lab.url,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    lab.wait_for("openconnect's tunnel with the token's key", lab.client_tun, timeout=20)
+    assert _user_of(lab)["Username"] == "test"
+    reference.terminate()
+    reference.communicate(timeout=20)
+
+    _refused(lab, "-c", uri, pattern=r"PKCS#11 tokens are not supported")
+
+    venv_python = Path(os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv"), "bin/python")
+    facts = run(str(venv_python), str(PKCS11_ATTEMPT), f"{uri};type=private", cert, SOFTHSM_MODULE)
+    assert re.search(r"TLS library: OpenSSL [4-9]\.", facts), facts
+    for name in ("ENGINE_by_id", "OSSL_PROVIDER_load", "OSSL_STORE_open", "OSSL_STORE_load"):
+        assert f"{name} in its bindings: False" in facts, facts
+    assert re.search(r"key from the token \(EVP_PKEY of the system libcrypto\): 0x[1-9a-f]", facts)
+    assert "SSL_CTX_use_PrivateKey returned 0" in facts, facts
