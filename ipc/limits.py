@@ -59,6 +59,24 @@ CIPHER_LIST: Final = (
 --dtls-ciphers: at most :data:`MAX_CIPHERS` names and :data:`MAX_CIPHER_LIST` characters
 (the defaults are 4 and 5 names, under 100 characters)."""
 
+MAX_CAFILE: Final = 60_000
+"""``--cafile``: the most bytes of PEM the launcher reads and the Start message carries."""
+
+MAX_CLIENT_CERT_FILE: Final = 32_768
+"""``--certificate``: the certificate file (PEM or DER, with its chain, perhaps its key;
+or PKCS#12), as read by the launcher and carried in the Start message."""
+
+MAX_CLIENT_KEY_FILE: Final = 16_384
+"""``--sslkey``: the key file (PEM or DER, PKCS#1, SEC1 or PKCS#8, perhaps encrypted);
+an RSA-8192 key in encrypted PEM has ~6.6 KB."""
+
+MAX_KEY_PASSWORD: Final = 1024
+"""``--key-password``: the longest password for the key."""
+
+MAX_START_FILES: Final = 60_000
+"""--cafile, --certificate and --sslkey together: with the rest of the Start message they
+stay under the codec's 64 KiB (ipc/wire.py MAX_MSG)."""
+
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 

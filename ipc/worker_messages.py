@@ -10,7 +10,17 @@ import dataclasses
 from typing import Annotated, ClassVar, Literal
 
 from sepconnect.ipc.fields import IpAddress
-from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, IFNAME_MAX, MAX_CIPHER_LIST, PRINTABLE_TEXT
+from sepconnect.ipc.limits import (
+    CIPHER_LIST,
+    IFNAME,
+    IFNAME_MAX,
+    MAX_CAFILE,
+    MAX_CIPHER_LIST,
+    MAX_CLIENT_CERT_FILE,
+    MAX_CLIENT_KEY_FILE,
+    MAX_KEY_PASSWORD,
+    PRINTABLE_TEXT,
+)
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -29,9 +39,11 @@ FailureKind = Literal[
     "cookie_rejected",
     "need_input",
     "tun_lost",
+    "client_cert",
 ]
 """connection_lost may be retried with the cookie; terminated means the server ended
-the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""
+the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl);
+client_cert: our own certificate or key cannot be used (not the server's refusal of it)."""
 
 Cookie = Annotated[str, Length(1, 512)]
 DtlsCipherList = Annotated[str, Length(1, MAX_CIPHER_LIST), Match(CIPHER_LIST)]
@@ -53,8 +65,11 @@ class Start(Message):
     )
     """Only for a worker that logs in: one resuming with ``cookie`` gets none."""
     group: Annotated[str, Length(1, 256)] | None
-    servercert: Annotated[str, Length(8, 200)] | None
-    cafile_pem: Annotated[bytes, Length(1, 60_000)] | None
+    servercerts: Annotated[tuple[Annotated[str, Length(8, 200)], ...], Length(0, 8)] = ()
+    """``--servercert`` pins: the server's certificate must match one of them."""
+    cafile_pem: Annotated[bytes, Length(1, MAX_CAFILE)] | None
+    system_trust: bool = True
+    """Trust the system store's CAs besides ``cafile_pem`` (not with --no-system-trust)."""
     base_mtu: Annotated[int, Range(1280, 9000)] | None
     mtu: Annotated[int, Range(576, 9000)] | None
     disable_ipv6: bool
@@ -68,6 +83,19 @@ class Start(Message):
     """X-DTLS-CipherSuite to send instead of our default (as openconnect --dtls-ciphers)."""
     dtls12_ciphers: DtlsCipherList | None = None
     """X-DTLS12-CipherSuite to send instead of our default."""
+    client_cert: Annotated[bytes, Length(1, MAX_CLIENT_CERT_FILE)] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    """The ``--certificate`` file as read by the launcher (PEM, DER or PKCS#12); the
+    worker parses it. Sent to every worker: a server may ask for it on each connection."""
+    client_key: Annotated[bytes, Length(1, MAX_CLIENT_KEY_FILE)] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    """The ``--sslkey`` file's bytes (None: the key is in ``client_cert``, or no key)."""
+    key_password: Annotated[str, Length(0, MAX_KEY_PASSWORD)] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    """The password of the key (or of the PKCS#12 file)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,8 +21,8 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
-from sepconnect import __version__
-from sepconnect.ipc.limits import CIPHER_LIST, check_ifname
+from sepconnect import __version__, client_cert
+from sepconnect.ipc.limits import CIPHER_LIST, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
@@ -35,7 +35,6 @@ DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
-_MAX_CAFILE = 60_000
 
 
 class Unreachable(Exception):
@@ -96,16 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--servercert",
         metavar="PIN",
+        action="append",
         help="accept only the server certificate with this pin: pin-sha256:<base64 of the "
         "SHA-256 of its public key> or sha256:<hex of the SHA-256 of the certificate>; "
-        "replaces chain and hostname verification",
+        "replaces chain and hostname verification (repeatable: any of the pins)",
     )
     c.add_argument(
         "--cafile",
         metavar="FILE",
-        help="verify the server against the CA certificates in this PEM file instead of the "
-        "system store",
+        help="also trust the CA certificates in this PEM file, besides the system store",
     )
+    c.add_argument(
+        "--no-system-trust",
+        action="store_true",
+        help="do not trust the system store's CAs: only --cafile's",
+    )
+    client_cert.add_options(c)
     c.add_argument(
         "-i", "--interface", metavar="IFNAME", help="name of the tun device (default: sepc0, …)"
     )
@@ -304,11 +309,11 @@ def _read_cafile(path: str | None) -> bytes | None:
         return None
     try:
         with open(path, "rb") as f:
-            data = f.read(_MAX_CAFILE + 1)
+            data = f.read(MAX_CAFILE + 1)
     except OSError as exc:
         raise UsageError(f"--cafile {path}: {exc.strerror}") from None
-    if len(data) > _MAX_CAFILE:
-        raise UsageError(f"--cafile {path}: larger than {_MAX_CAFILE} bytes")
+    if len(data) > MAX_CAFILE:
+        raise UsageError(f"--cafile {path}: larger than {MAX_CAFILE} bytes")
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise UsageError(f"--cafile {path}: no PEM certificate in it")
     return data
@@ -345,13 +350,18 @@ def _check_args(args: argparse.Namespace) -> None:
             ) from None
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
-    if args.servercert is not None:
+    if args.servercert:
         from sepconnect.ipc.servercert import ServerPin  # no cryptography import
 
-        try:
-            ServerPin.parse(args.servercert)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        if len(args.servercert) > 8:
+            raise UsageError("--servercert: at most 8 pins")
+        for pin in args.servercert:
+            try:
+                ServerPin.parse(pin)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+    if args.no_system_trust and args.cafile is None and not args.servercert:
+        raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
 
 
 def _open_audit_dir(path: str) -> None:
@@ -470,6 +480,10 @@ def connect(args: argparse.Namespace) -> ExitCode:
     else:
         account, uid, gid = _service_account(args.setuid)
     cafile_pem = _read_cafile(args.cafile)
+    try:  # as root, and the key's password before --passwd-on-stdin's lines
+        client_files = client_cert.read_client_cert(args, len(cafile_pem or b""))
+    except client_cert.OptionError as exc:
+        raise UsageError(str(exc)) from None
     username = args.user
     if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
         username = input("Username: ")
@@ -526,8 +540,12 @@ def connect(args: argparse.Namespace) -> ExitCode:
             username=username or "",
             passwords=passwords,
             group=args.authgroup,
-            servercert=args.servercert,
+            servercerts=tuple(args.servercert or ()),
             cafile_pem=cafile_pem,
+            system_trust=not args.no_system_trust,
+            client_cert=client_files.cert,
+            client_key=client_files.key,
+            key_password=client_files.password,
             base_mtu=args.base_mtu,
             mtu=args.mtu,
             disable_ipv6=args.disable_ipv6,

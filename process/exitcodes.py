@@ -12,7 +12,7 @@ import enum
 class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # internal error: a bug, or an unexpected local failure
-    USAGE = 2  # bad command line or configuration, or not started as root
+    USAGE = 2  # bad command line or configuration (a key that cannot be loaded), or not root
     AUTH_FAILED = 3  # wrong username or password, or the server refused the login
     ACCOUNT_LOCKED = 4
     UNKNOWN_GROUP = 5  # --authgroup is not offered by the server
@@ -41,4 +41,5 @@ FAILURE_KINDS: dict[str, ExitCode] = {
     "cookie_rejected": ExitCode.COOKIE_REJECTED,
     "need_input": ExitCode.NEED_INPUT,
     "tun_lost": ExitCode.ERROR,  # the tun device was deleted from outside the session
+    "client_cert": ExitCode.USAGE,  # our certificate or key cannot be loaded (wrong password)
 }

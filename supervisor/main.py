@@ -135,7 +135,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.session = Session(
             SessionConfig(
-                can_log_in=bool(start.passwords),
+                can_log_in=bool(start.passwords) or start.client_cert is not None,
                 gateway=start.server_address,
                 always_on=self.options.always_on,
                 reconnect_timeout=self.options.reconnect_timeout,

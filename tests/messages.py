@@ -25,7 +25,6 @@ def start_message(url: str, **fields: Any) -> Start:
         "username": "",
         "passwords": (),
         "group": None,
-        "servercert": None,
         "cafile_pem": None,
         "base_mtu": None,
         "mtu": None,

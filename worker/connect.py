@@ -15,6 +15,11 @@ from urllib.parse import urlsplit
 
 from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.worker_messages import FailureKind, Start
+from sepconnect.worker.client_cert import (
+    ClientCertError,
+    ClientCredential,
+    load_client_credential,
+)
 from sepconnect.worker.io.tls import (
     AccessDenied,
     CertificateInvalid,
@@ -103,25 +108,41 @@ def server_of(url: str, address: IpAddress) -> Server:
 
 def _trust(start: Start) -> TrustConfig:
     try:
-        pin = ServerPin.parse(start.servercert) if start.servercert else None
+        pins = tuple(ServerPin.parse(text) for text in start.servercerts)
     except ValueError as exc:
         raise SessionFailure("error", str(exc)) from None
-    return TrustConfig(pin=pin, ca_pem=start.cafile_pem)
+    return TrustConfig(pins=pins, ca_pem=start.cafile_pem, system_store=start.system_trust)
+
+
+def _client_credential(start: Start) -> ClientCredential | None:
+    if start.client_cert is None:
+        return None
+    try:
+        return load_client_credential(start.client_cert, start.client_key, start.key_password)
+    except ClientCertError as exc:
+        raise SessionFailure("client_cert", f"client certificate: {exc}") from None
 
 
 class _Connection:
     """The current TLS connection and its HTTP state."""
 
-    def __init__(self, server: Server, trust: TrustConfig) -> None:
+    def __init__(
+        self, server: Server, trust: TrustConfig, client: ClientCredential | None = None
+    ) -> None:
         self.server = server
         self.trust = trust
+        self.client = client
         self.stream: TlsStream | None = None
         self.http = HttpClient()
 
     def open(self) -> TlsStream:
         if self.stream is None:
             self.stream = TlsStream.connect(
-                self.server.host, self.server.port, self.server.address, self.trust
+                self.server.host,
+                self.server.port,
+                self.server.address,
+                self.trust,
+                client=self.client,
             )
             self.http = HttpClient()
         return self.stream
@@ -228,7 +249,10 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
             port=server.port,
             path=server.path,
             credentials=Credentials(
-                username=start.username, passwords=start.passwords, group=start.group
+                username=start.username,
+                passwords=start.passwords,
+                group=start.group,
+                certificate=start.client_cert is not None,
             ),
         )
     except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
@@ -244,8 +268,9 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
 
 def open_tunnel(start: Start) -> Tunnel:
     """Log in (or resume with ``start.cookie``) and CONNECT; the TLS stream then carries CSTP."""
+    client = _client_credential(start)
     server = server_of(start.url, start.server_address)
-    conn = _Connection(server, _trust(start))
+    conn = _Connection(server, _trust(start), client)
     try:
         if start.cookie is not None:
             success = AuthSuccess(cookie=start.cookie, banner=None)

@@ -316,6 +316,27 @@ def test_no_group_requested_uses_server_default() -> None:
     assert xml(req).find("group-select") is None
 
 
+# ocserv 1.1.6 get_auth_handler2() with a client certificate whose OUs are groups
+# (cert-group-oid) and no group chosen: a form with the group select alone.
+GROUP_ONLY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<config-auth client="vpn" type="auth-request" '
+    b'aggregate-auth-version="2">\n<auth id="main">\n<message>Please select your group.'
+    b'</message>\n<form method="post" action="/auth">\n<select name="group_list" '
+    b'label="Group:">\n<option>engineering</option>\n<option>sales</option>\n</select>\n'
+    b"</form></auth>\n</config-auth>"
+)
+
+
+@pytest.mark.parametrize(("wanted", "sent"), [(None, "engineering"), ("sales", "sales")])
+def test_a_form_asking_only_for_the_group_gets_one(wanted: str | None, sent: str) -> None:
+    # Nothing else to answer, so no server default: the first option, as openconnect.
+    s = session(username="", passwords=(), group=wanted)
+    s.first_request()
+    req = s.handle_response_untrusted(ok(GROUP_ONLY))
+    assert isinstance(req, HttpRequest)
+    assert xml(req).findtext("group-select") == sent
+
+
 def test_group_without_select_is_still_sent() -> None:
     # Plain-auth groups from the passwd file are selectable without a select list.
     s = session(group="tost")
@@ -463,12 +484,46 @@ def test_no_form_no_success() -> None:
         s.handle_response_untrusted(ok(body))
 
 
-def test_client_cert_request() -> None:
+CERT_REQUEST = b'<config-auth client="vpn" type="auth-request"><client-cert-request/></config-auth>'
+
+
+def test_client_cert_request_without_a_certificate() -> None:
     s = session()
     s.first_request()
-    body = b'<config-auth client="vpn" type="auth-request"><client-cert-request/></config-auth>'
-    with pytest.raises(NeedMoreInput, match="certificate"):
-        s.handle_response_untrusted(ok(body))
+    with pytest.raises(NeedMoreInput, match=r"client certificate.*-c/--certificate"):
+        s.handle_response_untrusted(ok(CERT_REQUEST))
+
+
+def test_client_cert_request_with_a_certificate_starts_over_once() -> None:
+    # As openconnect: the init again, on a new connection whose handshake presents the
+    # certificate; asked a second time, the server did not accept it.
+    s = AuthSession(
+        host="vpn.example.com",
+        port=443,
+        path="/",
+        credentials=Credentials(username="", passwords=(), certificate=True),
+    )
+    first = s.first_request()
+    again = s.handle_response_untrusted(ok(CERT_REQUEST))
+    assert isinstance(again, HttpRequest)
+    assert again.new_connection
+    assert (again.method, again.path, again.body) == (first.method, first.path, first.body)
+    with pytest.raises(AuthFailed, match="did not accept ours"):
+        s.handle_response_untrusted(ok(CERT_REQUEST))
+
+
+def test_certificate_login_without_a_form() -> None:
+    # ocserv with auth = "certificate" answers the init with success at once.
+    s = AuthSession(
+        host="vpn.example.com",
+        port=443,
+        path="/",
+        credentials=Credentials(username="", passwords=(), certificate=True),
+    )
+    s.first_request()
+    result = s.handle_response_untrusted(success_response())
+    assert isinstance(result, AuthSuccess)
+    assert result.cookie == COOKIE
 
 
 def test_unknown_text_field() -> None:

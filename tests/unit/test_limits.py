@@ -92,7 +92,6 @@ def test_every_cipher_list_check_agrees(ciphers: str, ok: bool) -> None:
         username="u",
         passwords=(),
         group=None,
-        servercert=None,
         cafile_pem=None,
         base_mtu=None,
         mtu=None,

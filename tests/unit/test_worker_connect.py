@@ -59,7 +59,7 @@ class FakeStream:
 
 
 def _connection(stream: FakeStream) -> _Connection:
-    conn = _Connection(SERVER, TrustConfig(pin=None, ca_pem=None))
+    conn = _Connection(SERVER, TrustConfig(pins=(), ca_pem=None))
     conn.stream = stream  # type: ignore[assignment]
     return conn
 

@@ -3,10 +3,13 @@
 pyOpenSSL is used (not the ssl module) because DTLS PSK-NEGOTIATE needs the TLS
 exporter of this connection (DESIGN.md §3). OpenSSL runs the handshake with
 verification off; the server is then checked here, before one byte of
-application data is sent: either its key is pinned (``--servercert``), or its
-chain and name are verified with cryptography's RFC 5280 verifier against
-``--cafile`` or the system store. There is no way to accept a certificate
-silently.
+application data is sent: either its key is pinned (``--servercert``, one of
+several pins), or its chain and name are verified with cryptography's RFC 5280
+verifier against the system store and ``--cafile`` (only ``--cafile`` with
+``--no-system-trust``). There is no way to accept a certificate silently.
+
+A client certificate (``-c``) is given to OpenSSL from memory (worker/client_cert.py);
+OpenSSL sends it when the server asks for one in the handshake.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, IPAddress, verification
 from OpenSSL import SSL
 
+from sepconnect.worker.client_cert import ClientCredential
 from sepconnect.worker.proto.pin import (
     MalformedCertificate,
     matches_untrusted,
@@ -81,17 +85,34 @@ def describe_pin(cert: x509.Certificate) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    pin: ServerPin | None
-    ca_pem: bytes | None  # None: the system store
+    pins: tuple[ServerPin, ...]  # any one of them accepts the server; then no CA check
+    ca_pem: bytes | None  # --cafile: trusted besides the system store
+    system_store: bool = True  # False: --no-system-trust
+
+
+def _anchors(trust: TrustConfig) -> list[x509.Certificate]:
+    anchors: list[x509.Certificate] = []
+    try:
+        if trust.system_store:
+            with open(SYSTEM_CA_FILE, "rb") as f:
+                anchors += x509.load_pem_x509_certificates(f.read())
+        if trust.ca_pem is not None:
+            anchors += x509.load_pem_x509_certificates(trust.ca_pem)
+    except (OSError, ValueError) as exc:
+        raise CertificateInvalid(f"cannot load trusted CA certificates: {exc}") from None
+    if not anchors:
+        raise CertificateInvalid("no trusted CA certificates (--no-system-trust and no --cafile)")
+    return anchors
 
 
 def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> None:
     if not chain:
         raise CertificateInvalid("the server sent no certificate")
     leaf = chain[0]
-    if trust.pin is not None:
+    if trust.pins:
         try:
-            matches = matches_untrusted(trust.pin, leaf.public_bytes(Encoding.DER))
+            der = leaf.public_bytes(Encoding.DER)
+            matches = any(matches_untrusted(pin, der) for pin in trust.pins)
         except MalformedCertificate as exc:
             raise CertificateInvalid(f"server certificate is malformed: {exc}") from None
         if not matches:
@@ -99,14 +120,7 @@ def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> Non
                 f"server certificate does not match --servercert (server has {describe_pin(leaf)})"
             )
         return
-    try:
-        if trust.ca_pem is not None:
-            anchors = x509.load_pem_x509_certificates(trust.ca_pem)
-        else:
-            with open(SYSTEM_CA_FILE, "rb") as f:
-                anchors = x509.load_pem_x509_certificates(f.read())
-    except (OSError, ValueError) as exc:
-        raise CertificateInvalid(f"cannot load trusted CA certificates: {exc}") from None
+    anchors = _anchors(trust)
     subject: verification.Subject
     try:
         subject = IPAddress(ipaddress.ip_address(host))
@@ -171,7 +185,14 @@ class TlsStream:
 
     @classmethod
     def connect(
-        cls, host: str, port: int, address: str, trust: TrustConfig, *, timeout: float = 15.0
+        cls,
+        host: str,
+        port: int,
+        address: str,
+        trust: TrustConfig,
+        *,
+        client: ClientCredential | None = None,
+        timeout: float = 15.0,
     ) -> TlsStream:
         deadline = time.monotonic() + timeout
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -191,6 +212,8 @@ class TlsStream:
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
         ctx.set_mode(_SSL_MODES)
         ctx.set_verify(SSL.VERIFY_NONE)  # checked by _verify before any data is sent
+        if client is not None:
+            _use_client_certificate(ctx, client)
         conn = SSL.Connection(ctx, None)  # memory BIOs: we move the bytes
         try:
             ipaddress.ip_address(host)
@@ -397,6 +420,19 @@ def _end_of_stream(exc: SSL.Error | OSError) -> bytes:
     if reason == _ACCESS_DENIED:
         raise AccessDenied(f"receive failed: {reason}") from None
     raise TlsError(f"receive failed: {reason}") from None
+
+
+def _use_client_certificate(ctx: SSL.Context, client: ClientCredential) -> None:
+    """The certificate, its chain and its key, from memory: OpenSSL sends them if the
+    server asks for a certificate (CertificateRequest)."""
+    try:
+        ctx.use_certificate(client.leaf)
+        for cert in client.chain:
+            ctx.add_extra_chain_cert(cert)
+        ctx.use_privatekey(client.key)
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise TlsError(f"the client certificate cannot be used: {_describe(exc)}") from None
 
 
 def _describe(exc: BaseException) -> str:

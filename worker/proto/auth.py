@@ -145,10 +145,15 @@ class Credentials:
     username: str
     passwords: tuple[str, ...]
     group: str | None = None
+    certificate: bool = False
+    """A client certificate is configured (the TLS layer presents it when asked)."""
 
     def __repr__(self) -> str:  # never print secrets
         hidden = f"<{len(self.passwords)} hidden>"
-        return f"Credentials(username={self.username!r}, passwords={hidden}, group={self.group!r})"
+        return (
+            f"Credentials(username={self.username!r}, passwords={hidden}, group={self.group!r}, "
+            f"certificate={self.certificate})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +434,10 @@ def _check_xml_safe(value: str, what: str) -> None:
         raise ValueError(f"{what} contains control characters that XML cannot carry")
 
 
+def _only_asks_for_group(form: AuthForm) -> bool:
+    return all(f.kind == "hidden" or f.name == "group_list" for f in form.fields)
+
+
 def _failure_error(text: str) -> AuthFailed | AccountLocked:
     if _LOCKED.search(text):
         return AccountLocked(f"Login rejected by server: {text}")
@@ -467,6 +476,7 @@ class AuthSession:
         self._sent_password = False
         self._started = False
         self._done = False
+        self._certificate_retried = False
         self.pre_login_banner: str | None = None
         """Banner the server showed with the login form, if any."""
         self.last_message: str | None = None
@@ -512,9 +522,26 @@ class AuthSession:
         if self._started:
             raise RuntimeError("first_request() called twice")
         self._started = True
+        return self._init_request()
+
+    def _init_request(self) -> HttpRequest:
         url = f"https://{self._host_header}{self._path}"
         inner = f"<group-access>{escape(url)}</group-access>"
         return self._request(self._path, _xml_doc("init", inner), new_connection=True)
+
+    def _certificate_requested(self) -> HttpRequest:
+        """``<client-cert-request>``: the server wants a certificate it did not get in
+        the handshake (Cisco's gateways ask so). As openconnect does: start over once on
+        a new connection, whose handshake presents ours; asked again, it was refused."""
+        if not self._creds.certificate:
+            raise NeedMoreInput(
+                "Server asks for a client certificate and none is configured (-c/--certificate)"
+            )
+        if self._certificate_retried:
+            self._done = True
+            raise AuthFailed("Server asks for a client certificate again: it did not accept ours")
+        self._certificate_retried = True
+        return self._init_request()
 
     # -- responses -------------------------------------------------------
 
@@ -553,7 +580,7 @@ class AuthSession:
             self._done = True
             return AuthSuccess(cookie=self._session_cookie(doc), banner=doc.banner)
         if doc.client_cert_request:
-            raise NeedMoreInput("Server asks for a client certificate, which is not configured")
+            return self._certificate_requested()
         if doc.banner and self.pre_login_banner is None:
             self.pre_login_banner = doc.banner
         self.last_message = doc.message
@@ -643,7 +670,7 @@ class AuthSession:
         for field in doc.form.fields:
             if field.kind == "select":
                 if field.name == "group_list":
-                    group_select = self._choose_group(field)
+                    group_select = self._choose_group(field, _only_asks_for_group(doc.form))
                     continue
                 chosen = next((o for o in field.options if o.selected), field.options[0])
                 answers.append((field.name, chosen.value))
@@ -669,8 +696,14 @@ class AuthSession:
             inner += f"<group-select>{escape(group_select)}</group-select>"
         return _xml_doc("auth-reply", inner), sent_password
 
-    def _choose_group(self, field: FormField) -> str | None:
+    def _choose_group(self, field: FormField, only_question: bool = False) -> str | None:
         wanted = self._creds.group
+        if wanted is None and only_question:
+            # The form asks for the group and nothing else, so the server has no default:
+            # ocserv's "Please select your group." when a client certificate names several
+            # groups (its OUs with cert-group-oid). Its selected option, else the first,
+            # as openconnect takes it.
+            return next((o for o in field.options if o.selected), field.options[0]).value
         if wanted is None:
             return None  # server default
         for opt in field.options:
