@@ -3,18 +3,13 @@ what it queues for the socket, and reading only what OpenSSL already holds."""
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import select
 import socket
 from collections.abc import Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from tls_pair import tls_pair
 
 from sepconnect.worker.io import tls
 from sepconnect.worker.io.tls import TlsStream
@@ -23,39 +18,9 @@ from sepconnect.worker.io.tls import TlsStream
 @pytest.fixture
 def pair() -> Iterator[tuple[TlsStream, SSL.Connection, socket.socket]]:
     """Our TlsStream, the server's OpenSSL connection, and the server's socket."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    server_ctx.use_certificate(cert)
-    server_ctx.use_privatekey(key)
-    server = SSL.Connection(server_ctx, None)
-    server.set_accept_state()
-    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    client_ctx.set_mode(tls._SSL_MODES)
-    client = SSL.Connection(client_ctx, None)
-    client.set_connect_state()
-    for _ in range(20):  # the handshake, BIO to BIO
-        for a, b in ((client, server), (server, client)):
-            with contextlib.suppress(SSL.WantReadError):
-                a.do_handshake()
-            with contextlib.suppress(SSL.WantReadError):
-                b.bio_write(a.bio_read(65536))
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    stream = TlsStream(ours, client)
+    stream, server, theirs = tls_pair()
     yield stream, server, theirs
-    ours.close()
+    stream.sock.close()
     theirs.close()
 
 
