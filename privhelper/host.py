@@ -51,7 +51,7 @@ from sepconnect.privhelper.runner import (
     RunResolvconf,
     RunScript,
 )
-from sepconnect.privhelper.script import encode_env, script_env
+from sepconnect.privhelper.script import check_script_env, encode_env, script_env
 from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process.journal import Result
 
@@ -124,6 +124,13 @@ class Helper:
             raise Refusal("no tun")
         if self.options.fail_closed:
             check_kill_switch_excludes(wanted, self.options.allow_exclude)
+        if self.options.script is not None:
+            check_script_env(
+                wanted,
+                ifname=self.tun.name,
+                vpnpid=self.vpnpid,
+                log_level=self.options.log_level,
+            )
         left_out: dict[Network, str] = {}
         if self.options.script is None and not self.options.no_routes:
             # An exclude the host cannot route outside the tunnel stays in it; the
