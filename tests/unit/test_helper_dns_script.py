@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -19,16 +20,21 @@ from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
 from sepconnect.ipc.netconfig import NetworkConfig, routing_policy
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import dns, firewall, script, state
+from sepconnect.privhelper.audit import Audit
+from sepconnect.privhelper.host import Helper, Options
+from sepconnect.privhelper.netconf import Router
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
 from sepconnect.privhelper.runner import (
     MAX_SCRIPT_ENV,
     Programs,
+    Ran,
     RunnerClient,
     RunScript,
     check_env,
     check_script,
 )
 from sepconnect.privhelper.runner import REQUESTS as RUNNER_REQUESTS
+from sepconnect.privhelper.tun import Tun
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",
@@ -445,3 +451,59 @@ def test_a_request_the_runner_would_refuse_is_not_sent() -> None:
     finally:
         client.close()
     assert client.proc.returncode == 0
+
+
+class FakeRunner:
+    """The runner's answers: exit status 1 for the reasons in ``failing``."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+        self.runs: list[str] = []
+
+    def call(self, msg: RunScript) -> Ran:
+        self.runs.append(msg.reason)
+        if msg.reason in self.failing:
+            return Ran(status=1, note="/x exited with 1")
+        return Ran(status=0, note="")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    helper = Helper(
+        None,  # type: ignore[arg-type]  # script mode never reaches netlink here
+        Options(ifname="sepc0", script="/x", state_dir=str(tmp_path)),
+        Audit(None, stderr_fd=None),
+        runner,  # type: ignore[arg-type]
+    )
+    helper.tun = Tun(fd=os.open(os.devnull, os.O_RDONLY), name="sepc0")
+    helper.router = Router(None, 1, 1400)  # type: ignore[arg-type]
+    wanted = check_net_config(NC)
+    runner.failing = {"connect"}
+    failed = "vpnc-script connect failed: /x exited with 1; disconnect run"
+    for _ in range(2):  # the same configuration again runs connect again
+        with pytest.raises(Refusal, match=f"^{re.escape(failed)}$"):
+            helper.net_config(wanted)
+        assert helper.script_wanted is None
+    assert runner.runs == ["connect", "disconnect"] * 2
+    runner.failing = {"connect", "disconnect"}
+    with pytest.raises(Refusal, match="; disconnect failed too$"):
+        helper.net_config(wanted)
+    assert helper.undo_errors == ["vpnc-script disconnect: /x exited with 1"]  # for the cleanup
+    helper.undo_errors = []
+    runner.failing = {"attempt-reconnect", "reconnect"}
+    runner.runs = []
+    assert helper.net_config(wanted) == {}
+    helper.script_event("attempt-reconnect")  # configures nothing: a failure is ignored
+    with pytest.raises(Refusal, match="^vpnc-script reconnect failed: /x exited with 1$"):
+        helper.script_event("reconnect")
+    assert helper.script_wanted == wanted  # still configured: the teardown undoes it
+    runner.failing = {"disconnect"}
+    helper.teardown()
+    helper.cleanup()  # the helper's main loop cleans up once more on its way out
+    assert runner.runs == ["connect", "attempt-reconnect", "reconnect", "disconnect"]
+    assert helper.tun is None
+    assert helper.state is not None
+    assert json.loads(Path(helper.state.path).read_text())["script_env"]  # for the next start
