@@ -61,7 +61,8 @@ class NetConfig(Message):
 class ScriptEvent(Message):
     """The supervisor's news for a vpnc-script: the worker is about to reconnect
     (``attempt-reconnect``) or has reconnected (``reconnect``). Without
-    ``--script`` the helper answers Done and does nothing."""
+    ``--script`` the helper answers Done and does nothing; a ``reconnect`` run that
+    fails is refused (the session ends)."""
 
     op: ClassVar[str] = "script_event"
     seq: Seq

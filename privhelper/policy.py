@@ -305,7 +305,8 @@ class Host(Protocol):
         Return the excludes left out (no path outside the tunnel) and why."""
 
     def script_event(self, reason: str) -> None:
-        """Run the vpnc-script for ``reason`` if there is one; Refusal if it cannot run."""
+        """Run the vpnc-script for ``reason`` if there is one; Refusal if a ``reconnect``
+        run fails."""
 
     def teardown(self) -> None:
         """Remove everything installed and close the tun."""

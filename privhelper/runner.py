@@ -34,8 +34,9 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
-from sepconnect.ipc.limits import IFNAME
+from sepconnect.ipc.limits import IFNAME, MAX_DNS, MAX_DOMAINS, MAX_ROUTES
 from sepconnect.ipc.wire import (
+    MAX_MSG,
     Channel,
     Codec,
     Length,
@@ -55,6 +56,16 @@ SAFE_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 Reason = Literal["pre-init", "connect", "disconnect", "reconnect", "attempt-reconnect"]
 
+MAX_SCRIPT_ENV: Final = MAX_MSG - 512
+"""The most bytes of a vpnc-script environment (``NAME=value`` items separated by NUL
+bytes) the runner takes: one :class:`RunScript` message, whose other fields fit in the
+rest of ``MAX_MSG``. The helper's policy refuses a configuration whose environment would
+be larger (script.check_script_env), so a script never runs without its configuration.
+execve(2) takes any environment this size whatever the stack limit: each string is
+below MAX_ARG_STRLEN (128 KiB), and strings, pointers (8 bytes per item, every item at
+least 9 bytes long), PATH and the script's path stay below the 128 KiB (ARG_MAX) it
+always allows."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RunScript(Message):
@@ -62,7 +73,7 @@ class RunScript(Message):
 
     op: ClassVar[str] = "run_script"
     reason: Reason
-    env: Annotated[bytes, Length(0, 60_000)]
+    env: Annotated[bytes, Length(0, MAX_SCRIPT_ENV)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +108,11 @@ REPLIES: Final = Codec(Ran)
 
 # The variables a vpnc-script may get (PROTOCOL.md §6), each with the values it may have.
 _ADDR = r"[0-9A-Fa-f:.]{2,39}"
+# CISCO_CSTP_OPTIONS: a line per MTU, idle timeout, address (3), DNS server, split-DNS
+# domain and split route; the longest value is the search domains on one line (253
+# characters and a space each).
+_MAX_OPTIONS = 5 + MAX_DNS + MAX_DOMAINS + 2 * MAX_ROUTES
+_MAX_OPTION_VALUE = MAX_DOMAINS * 254
 _ENV_RULES: Final[tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]] = tuple(
     (re.compile(name), re.compile(value))
     for name, value in (
@@ -115,7 +131,11 @@ _ENV_RULES: Final[tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]] = tuple(
         (r"CISCO_(IPV6_)?SPLIT_(INC|EXC)", r"[0-9]{1,3}"),
         (r"CISCO_(IPV6_)?SPLIT_(INC|EXC)_[0-9]{1,3}_(ADDR|MASK)", _ADDR),
         (r"CISCO_(IPV6_)?SPLIT_(INC|EXC)_[0-9]{1,3}_MASKLEN", r"[0-9]{1,3}"),
-        (r"CISCO_CSTP_OPTIONS", r"(X-CSTP-[A-Za-z0-9-]{1,40}=[A-Za-z0-9 .:/,-]{0,4000}\n){0,600}"),
+        (
+            r"CISCO_CSTP_OPTIONS",
+            rf"(X-CSTP-[A-Za-z0-9-]{{1,40}}=[A-Za-z0-9 .:/,-]{{0,{_MAX_OPTION_VALUE}}}\n)"
+            rf"{{0,{_MAX_OPTIONS}}}",
+        ),
     )
 )
 
@@ -268,7 +288,14 @@ class RunnerClient:
         self.channel.pass_credentials()
 
     def call(self, msg: RunScript | RunNft | RunResolvconf) -> Ran:
-        """Send one request and wait for its answer (the runner enforces the timeout)."""
+        """Send one request and wait for its answer (the runner enforces the timeout).
+
+        A request the runner's schema would refuse is not sent: the runner treats one as
+        a protocol violation and exits, and every later run (``disconnect``) would fail."""
+        try:
+            REQUESTS.decode_untrusted(REQUESTS.encode(msg))
+        except WireError as exc:
+            return Ran(status=126, note=f"not run: {exc}"[:200])
         try:
             self.channel.send(msg)
             reply, _ = self.channel.recv()

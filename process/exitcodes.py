@@ -19,7 +19,8 @@ class ExitCode(enum.IntEnum):
     CERT_INVALID = 6  # server certificate failed verification or the pin
     UNREACHABLE = 7  # name resolution, TCP or TLS connection failed
     PROTOCOL = 8  # the server sent something malformed or unexpected
-    HELPER_REFUSED = 9  # the privileged helper refused the network configuration
+    HELPER_REFUSED = 9  # the privileged helper refused the network configuration (or the
+    # vpnc-script failed to apply it: --script's connect or reconnect)
     SERVER_DISCONNECTED = 10  # the server ended the session, or it went silent (DPD)
     COOKIE_REJECTED = 11  # the session cookie is no longer valid
     NEED_INPUT = 12  # the server asked for more input than was given non-interactively

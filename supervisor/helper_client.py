@@ -94,7 +94,8 @@ class HelperClient:
         the new worker reported its tunnel and got the tun). The helper runs the script
         as root for that reason, with the environment of the current connection, and
         answers when it has finished (the runner gives it at most 60 s: use a timeout of
-        at least that, see ``SCRIPT_TIMEOUT``). Without ``--script`` it is a no-op."""
+        at least that, see ``SCRIPT_TIMEOUT``). Without ``--script`` it is a no-op. A
+        ``reconnect`` run that fails raises HelperRefused: the session must end."""
         self._call(ScriptEvent(seq=self._next_seq(), reason=reason), Done, SCRIPT_TIMEOUT)
 
     def teardown(self) -> None:

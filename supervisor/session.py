@@ -746,6 +746,11 @@ class Session:
             self._configuring = None
             self._log(f"the privileged helper refused the network configuration: {event.reason}")
             self._finish(ExitCode.HELPER_REFUSED, logoff=True, now=now)
+        elif request == "script reconnect":
+            # The script failed to configure the reconnected tunnel: as a refused
+            # configuration (the helper refuses no other script event).
+            self._log(f"the privileged helper refused the network configuration: {event.reason}")
+            self._finish(ExitCode.HELPER_REFUSED, logoff=True, now=now)
         elif request.startswith("script "):
             self._log(f"vpnc-script {request.removeprefix('script ')}: {event.reason}")
         elif request == "teardown":
@@ -755,7 +760,7 @@ class Session:
     def _on_helper_gone(self, event: HelperGone, now: float) -> None:
         request = self._asked.popleft() if self._asked else ""
         if request.startswith("script "):
-            # As a refusal: a script that misbehaves does not end the session; a helper
+            # No answer to a script event does not end the session by itself; a helper
             # that is really gone is seen next (its socket closes, or the next request).
             self._log(f"vpnc-script {request.removeprefix('script ')}: {event.reason}")
             return

@@ -14,6 +14,7 @@ has not been reinstalled) it runs this tree's code, still under ``-I``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -32,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netconfigs import network_config
+from netconfigs import largest_script_config, network_config
 
 from sepconnect.ipc.wire import PeerClosed, WireError, socketpair
+from sepconnect.privhelper.runner import MAX_SCRIPT_ENV
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -99,6 +101,7 @@ class Helper:
         peer_uid: int = 0,
         interface: str | None = None,
         extra_fds: tuple[int, ...] = (),
+        script: Path | None = None,
     ) -> None:
         self.ns = ns
         self.audit_path = tmp / "audit.log"
@@ -107,6 +110,8 @@ class Helper:
         argv += ["--audit-log", str(self.audit_path)]
         if interface is not None:
             argv += ["--interface", interface]
+        if script is not None:
+            argv += ["--script", str(script)]
         self.stderr_path = tmp / "helper.stderr"
         with open(self.stderr_path, "wb") as stderr:
             # `ip netns exec` execs the command itself: proc.pid is the helper's pid.
@@ -471,6 +476,36 @@ def test_out_of_policy_and_kernel_refusals_change_nothing(start: Any) -> None:
     results = [r["result"] for r in helper.records() if r["op"] == "net_config"]
     assert results == ["ok"] + ["refused"] * 6 + ["ok"]
     assert ifname
+
+
+def test_a_configuration_too_large_for_the_script_is_refused(start: Any, tmp_path: Path) -> None:
+    """--script: the largest configuration whose vpnc-script environment fits is applied;
+    one byte more is refused, audited, and no script runs for it."""
+    log = tmp_path / "reasons.log"
+    script = tmp_path / "script"
+    script.write_text(f'#!/bin/sh\necho "$reason" >> {log}\n')
+    script.chmod(0o755)
+    helper = start(script=script)
+    ifname = helper.start_tun()
+    largest = largest_script_config(ifname=ifname, vpnpid=os.getpid(), gateway=VPN_GW)
+    assert largest.banner is not None
+    one_more = dataclasses.replace(largest, banner=largest.banner + "x")
+    with pytest.raises(HelperRefused) as info:
+        helper.client.net_config(one_more)
+    reason = (
+        f"the vpnc-script environment for this configuration ({MAX_SCRIPT_ENV + 1} bytes) "
+        f"exceeds the runner's limit of {MAX_SCRIPT_ENV}: too many routes, excludes or "
+        "domains for --script"
+    )
+    assert info.value.reason == reason
+    assert log.read_text().split() == ["pre-init"]
+    helper.client.net_config(largest)
+    assert log.read_text().split() == ["pre-init", "connect"]
+    helper.client.teardown()
+    assert helper.wait() == 0
+    assert log.read_text().split() == ["pre-init", "connect", "disconnect"]
+    records = [(r["result"], r["reason"]) for r in helper.records() if r["op"] == "net_config"]
+    assert records == [("refused", reason), ("ok", "")]
 
 
 @pytest.mark.parametrize("violation", ["garbage", "wrong_phase"])

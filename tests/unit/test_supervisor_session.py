@@ -911,6 +911,29 @@ def test_a_failing_vpnc_script_does_not_end_the_session() -> None:
     assert shell.session.state is State.CONNECTED
 
 
+def test_a_refused_reconnect_script_ends_the_session() -> None:
+    """The helper refuses a reconnect run that failed (--script): exit 9, logged off and
+    torn down; a refused attempt-reconnect is only logged."""
+    shell = Shell()
+    gen = shell.connect()
+    shell.traffic(gen)
+    shell.helper_fails[RunScript] = HelperRefusal("vpnc-script attempt-reconnect failed")
+    done = shell.say(gen, Lost(message="reset"))
+    assert "vpnc-script attempt-reconnect: vpnc-script attempt-reconnect failed" in logs(done)
+    assert shell.session.state is State.RECONNECTING
+    shell.helper_fails[RunScript] = HelperRefusal("vpnc-script reconnect failed: /x exited with 1")
+    back = shell.say(gen, UP)
+    assert RunScript("reconnect") in back
+    assert (
+        "the privileged helper refused the network configuration: vpnc-script reconnect "
+        "failed: /x exited with 1"
+    ) in logs(back)
+    assert sent(back, gen) == [Stop(logoff=True)]
+    end = shell.exits(gen)
+    assert of(end, Teardown)
+    assert shell.code == ExitCode.HELPER_REFUSED
+
+
 def test_only_a_worker_that_logs_in_gets_the_passwords() -> None:
     start = start_message("https://vpn.example/", username="alice", passwords=("hunter2",))
     assert start_for(start, SpawnWorker(1, "login", None)) == start
