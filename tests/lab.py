@@ -869,6 +869,11 @@ route add {self.pool6} via {self.server_target_ip6}
     def ocserv_pid(self) -> int | None:
         return self._ocserv.pid if self._ocserv is not None else None
 
+    @property
+    def iperf_pid(self) -> int | None:
+        """The ``iperf3 -s`` in the target namespace."""
+        return self._iperf.pid if self._iperf is not None else None
+
     def occtl(self, *args: str) -> str:
         """occtl against this lab's ocserv, e.g. ``lab.occtl("-j", "show", "users")``."""
         sock = str(Path(self.workdir, "occtl.sock"))
@@ -884,14 +889,21 @@ route add {self.pool6} via {self.server_target_ip6}
         return _wait_for(what, probe, timeout)
 
     def openconnect(
-        self, user: str = "test", *args: str, password: str | None = None, **kw: Any
+        self,
+        user: str = "test",
+        *args: str,
+        password: str | None = None,
+        prefix: tuple[str, ...] = (),
+        **kw: Any,
     ) -> subprocess.Popen[bytes]:
         """Start the reference client (openconnect) in the client ns with the lab's
-        vpnc-script and pinned server cert; the password is written to its stdin."""
+        vpnc-script and pinned server cert; the password is written to its stdin.
+        ``prefix``: a command that execs openconnect, e.g. ``("taskset", "-c", "0")``."""
         if password is None:
             password = self.users[user]
         proc = self.popen_in(
             self.client_ns,
+            *prefix,
             "openconnect",
             "--user",
             user,
