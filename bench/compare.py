@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recovery  # noqa: E402  (bench/recovery.py)
 from dtls_lab import UdpFilter, VpnClient, measure_failover  # noqa: E402
 
-from lab import Lab, OcservOptions  # noqa: E402
+from lab import Lab, OcservOptions, descendants  # noqa: E402
 
 KINDS = ("sepconnect", "openconnect")
 DTLS_UP = {
@@ -129,23 +129,6 @@ def udp_key(direction: str, rate: int, name: str) -> str:
 
 
 # ---------------------------------------------------------------------- /proc helpers
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError:
-        return out
-    for task in tasks:
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue
-        for child in children:
-            out.append(int(child))
-            out.extend(descendants(int(child)))
-    return out
 
 
 def tree(pid: int | None) -> list[int]:

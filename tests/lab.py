@@ -257,6 +257,25 @@ def openssl_spki_pin(cert_pem: bytes) -> str:
     return "pin-sha256:" + out.stdout.decode().strip()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of each of its threads, recursively); a
+    process that exits meanwhile is skipped."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            out.append(int(child))
+            out.extend(descendants(int(child)))
+    return out
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Signal the process group led by ``proc`` (started with start_new_session), but
     only while ``proc`` is unreaped, so its pid/pgid cannot have been reused."""

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_connect import AUTH_FAILED, USAGE, Client, _descendants, _status, _title
+from test_connect import AUTH_FAILED, USAGE, Client, _status, _title
 
-from lab import Lab, OcservOptions
+from lab import Lab, OcservOptions, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -269,7 +269,7 @@ def test_the_key_reaches_the_worker_only_in_memory(
             user="", password=KEY_PASSWORD,
         )  # fmt: skip
         client.wait_connected()
-        workers = [p for p in _descendants(client.proc.pid) if "worker" in _title(p)]
+        workers = [p for p in descendants(client.proc.pid) if "worker" in _title(p)]
         assert len(workers) == 1
         worker = workers[0]
         # The worker's uid could not read the file even if its sandbox let it try.

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from lab import Lab, OcservOptions
+from lab import Lab, OcservOptions, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -155,17 +155,6 @@ def _status(pid: int) -> dict[str, str]:
     return fields
 
 
-def _descendants(pid: int) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        children.extend(int(c) for c in text)
-    result = list(children)
-    for child in children:
-        result.extend(_descendants(child))
-    return result
-
-
 def _title(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
 
@@ -231,7 +220,7 @@ def test_processes_are_separated_and_unprivileged(
 ) -> None:
     _, client, _ = connected
     supervisor = client.proc.pid  # `ip netns exec` execs: this is sepconnect itself
-    titles = {pid: _title(pid) for pid in [supervisor, *_descendants(supervisor)]}
+    titles = {pid: _title(pid) for pid in [supervisor, *descendants(supervisor)]}
     roles = {}
     for pid, title in titles.items():
         match = re.match(r"sepconnect: (\w+)", title)
@@ -311,7 +300,7 @@ def test_sigint_logs_off_and_removes_everything(lab: Lab) -> None:
     addrs_before = lab.ip_json(lab.client_ns, "addr", "show")
     client = Client(lab)
     tun = client.wait_connected()
-    pids = [client.proc.pid, *_descendants(client.proc.pid)]
+    pids = [client.proc.pid, *descendants(client.proc.pid)]
     assert len(pids) == 3
     assert json.loads(lab.occtl("-j", "show", "users"))  # one session on the server
     assert client.stop(signal.SIGINT) == 0, client.stderr
