@@ -91,7 +91,10 @@ def test_worker_killed_20_times_nothing_moves_and_traffic_resumes(lab: Lab) -> N
     before = _snapshot(lab, tun["ifname"])
     supervisor = client.proc.pid
     helper = _role_pid(client, "privhelper")
-    fds_before = _fd_count(supervisor), _fd_count(helper) if helper else 0
+    spawner = _role_pid(client, "spawner")
+    assert helper is not None
+    assert spawner is not None
+    fds_before = _fd_count(supervisor), _fd_count(helper), _fd_count(spawner)
     recoveries = []
     for _ in range(20):
         worker = _role_pid(client, "worker")
@@ -99,12 +102,10 @@ def test_worker_killed_20_times_nothing_moves_and_traffic_resumes(lab: Lab) -> N
         os.kill(worker, signal.SIGKILL)
         recoveries.append(_wait_ping(lab, lab.target_ip))
         assert _snapshot(lab, tun["ifname"]) == before
-    # No process or fd leaks: one helper, one worker, the same fds as before.
+    # No process or fd leaks: one helper, the spawner, one worker, the same fds as before.
     lab.wait_for("the last dismissed worker to be reaped", lambda: True if len(
-        _descendants(supervisor)) == 2 else None)  # fmt: skip
-    assert _fd_count(supervisor) == fds_before[0]
-    assert helper is not None
-    assert _fd_count(helper) == fds_before[1]
+        _descendants(supervisor)) == 3 else None)  # fmt: skip
+    assert (_fd_count(supervisor), _fd_count(helper), _fd_count(spawner)) == fds_before
     status = _status(client)
     assert status["worker_restarts"] == 20
     assert status["interface"] == tun["ifname"]
