@@ -501,7 +501,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
     # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
     # First, so that its start-up overlaps the helper's: the workers' own account.
-    spawner_proc, spawner_sock = open_spawner(args.spawner_socket, uid, gid)
+    spawner_proc, spawner_sock, first_channel = open_spawner(
+        args.spawner_socket, uid, gid, allow_weak_sandbox=args.allow_weak_sandbox
+    )
     helper: subprocess.Popen[bytes] | None = None
     if args.helper_socket is not None:
         ours = _connect_helper(args.helper_socket)
@@ -519,14 +521,18 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
-    # The first worker starts now, before the supervisor's own modules load (~60 ms):
-    # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
-    # connect time, and it reads its `start` only once its imports are done. Asked of
-    # the spawner now that we are the supervisor's uid, which it checks.
+    # The first worker starts before the supervisor's own modules load (~60 ms): the
+    # worker's start-up (Python, imports: ~0.15 s) is the longest item of the connect
+    # time, and it reads its `start` only once its imports are done. The spawner we
+    # started starts it at once; one of the split units' is asked now (as the
+    # supervisor's uid, which it checks).
     spawner = SpawnerClient(spawner_sock)
     first_worker: tuple[WorkerProcess, socket.socket] | None = None
-    with contextlib.suppress(SpawnerGone):  # the supervisor's first spawn fails as well
-        first_worker = spawner.spawn(allow_weak_sandbox=args.allow_weak_sandbox)
+    if first_channel is not None:
+        first_worker = spawner.started_at_exec(first_channel)
+    else:
+        with contextlib.suppress(SpawnerGone):  # the supervisor's first spawn fails too
+            first_worker = spawner.spawn(allow_weak_sandbox=args.allow_weak_sandbox)
     set_title("sepconnect: supervisor")
     if audit_fd is not None:
         from sepconnect.supervisor import audit as session_audit

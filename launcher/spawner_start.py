@@ -91,9 +91,11 @@ def worker_account(
 
 
 def start_spawner(
-    account: WorkerAccount, supervisor_uid: int
-) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start the spawner as ``account`` (we are root); returns it and our end of its channel.
+    account: WorkerAccount, supervisor_uid: int, *, allow_weak_sandbox: bool
+) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
+    """Start the spawner as ``account`` (we are root), with the first worker's channel
+    end, which it starts at once; returns it, our end of its channel and our end of the
+    first worker's.
 
     Between fork and exec the child empties its capability bounding set, drops every
     supplementary group, takes the account's gid and uid (all three of each) and sets
@@ -108,17 +110,22 @@ def start_spawner(
         privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
 
     ours, theirs = socketpair()
+    worker_ours, worker_theirs = socketpair()
     argv = [
         *programs.program("sepconnect-spawner", "sepconnect.spawner"),
         "--fd",
         str(theirs.fileno()),
         "--peer-uid",
         str(supervisor_uid),
+        "--first-worker",
+        str(worker_theirs.fileno()),
     ]
+    if allow_weak_sandbox:
+        argv.append("--allow-weak-sandbox")
     try:
         proc = subprocess.Popen(
             argv,
-            pass_fds=(theirs.fileno(),),
+            pass_fds=(theirs.fileno(), worker_theirs.fileno()),
             stdin=subprocess.DEVNULL,
             process_group=0,  # a ^C at the terminal is the supervisor's to handle
             close_fds=True,
@@ -127,10 +134,12 @@ def start_spawner(
         )
     except BaseException:
         ours.close()
+        worker_ours.close()
         raise
     finally:
         theirs.close()
-    return proc, ours
+        worker_theirs.close()
+    return proc, ours, worker_ours
 
 
 def connect_spawner(path: str) -> socket.socket:
@@ -145,11 +154,13 @@ def connect_spawner(path: str) -> socket.socket:
 
 
 def open_spawner(
-    spawner_socket: str | None, service_uid: int, service_gid: int
-) -> tuple[subprocess.Popen[bytes] | None, socket.socket]:
+    spawner_socket: str | None, service_uid: int, service_gid: int, *, allow_weak_sandbox: bool
+) -> tuple[subprocess.Popen[bytes] | None, socket.socket, socket.socket | None]:
     """The spawner for this session: the split units' socket, or started here (as root)
-    under the worker's account. Returns the process we started (None for the socket)
-    and our end of its channel."""
+    under the workers' account. Returns the process we started (None for the socket),
+    our end of its channel, and our end of the first worker's channel if it starts one
+    at once (the one we start does)."""
     if spawner_socket is not None:
-        return None, connect_spawner(spawner_socket)
-    return start_spawner(worker_account(service_uid, service_gid), service_uid)
+        return None, connect_spawner(spawner_socket), None
+    account = worker_account(service_uid, service_gid)
+    return start_spawner(account, service_uid, allow_weak_sandbox=allow_weak_sandbox)

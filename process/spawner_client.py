@@ -6,9 +6,10 @@ capabilities) can neither start nor signal; the spawner (spawner/) does both for
 (``pid``, ``poll``, ``terminate``, ``kill``, ``wait`` with a timeout, ``returncode``),
 carried over the spawner's channel by :class:`SpawnerClient`.
 
-Kept out of supervisor/ so that the launcher can start the first worker before it
-imports the supervisor (docs/performance.md, "Connect time"): a spawn is sent at once
-and its reply read only when the worker's pid is first wanted.
+Kept out of supervisor/ so that the launcher can have the first worker started before
+it imports the supervisor (docs/performance.md, "Connect time"): a spawn is sent at once
+(or the spawner starts the first worker from its command line) and the reply is read
+only when the worker's pid is first wanted.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ class SpawnerClient:
         finally:
             theirs.close()  # the spawner has its copy, and the worker will
         self._pending.append(proc)
+        return proc, ours
+
+    def started_at_exec(self, ours: socket.socket) -> tuple[WorkerProcess, socket.socket]:
+        """The worker the spawner starts from its command line (``--first-worker``, the
+        other end of ``ours``), before anything we send: its reply comes first."""
+        proc = WorkerProcess(self)
+        self._pending.appendleft(proc)
         return proc, ours
 
     def signal(self, proc: WorkerProcess, name: Literal["SIGTERM", "SIGKILL"]) -> None:

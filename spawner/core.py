@@ -27,15 +27,13 @@ from sepconnect.ipc.spawner_messages import (
     Spawned,
 )
 from sepconnect.ipc.wire import Message
+from sepconnect.spawner.exitcodes import EXIT_OK, EXIT_REFUSED
 
 MAX_WORKERS: Final = 16
 """Workers alive at once. A session has one carrying the tun, at most one connecting
 and a few leaving (each is killed 5 s after it is dismissed); more is a supervisor
 gone wrong."""
 
-EXIT_OK: Final = 0  # the supervisor closed its channel
-EXIT_REFUSED: Final = 1  # a request from another uid, or a broken channel
-EXIT_USAGE: Final = 2  # bad command line, or refused to start (see main.py)
 
 Sender = tuple[int, int, int] | None
 """(pid, uid, gid) of a message's sender, from SCM_CREDENTIALS; None if not attached."""

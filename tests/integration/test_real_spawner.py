@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from sepconnect.ipc.spawner_messages import FROM_SPAWNER, Exited, Spawned
 from sepconnect.ipc.wire import socketpair
 
 pytestmark = [pytest.mark.root]
@@ -206,6 +207,38 @@ def test_closing_the_channel_kills_the_workers_and_ends_the_spawner(spawner: Spa
     code, err = spawner.close()  # the peer's copy is gone with it
     assert code == 0, err
     assert not Path(f"/proc/{worker}").exists()  # killed and reaped before it exited
+
+
+def test_the_first_worker_starts_from_the_command_line() -> None:
+    """As the launcher starts it: the first worker's channel end on its command line; it
+    is started before anything is asked, and reported first."""
+    ours, theirs = socketpair()
+    worker_ours, worker_theirs = socketpair()
+    fds = (theirs.fileno(), worker_theirs.fileno())
+    argv = [SPAWNER, "--fd", str(fds[0]), "--peer-uid", str(NOBODY)]
+    argv += ["--first-worker", str(fds[1])]
+    proc = subprocess.Popen(
+        [*as_account(WORKER), *argv], pass_fds=fds, stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    theirs.close()
+    worker_theirs.close()
+    try:
+        ours.settimeout(10)
+        spawned = FROM_SPAWNER.decode_untrusted(ours.recv(65536))
+        assert isinstance(spawned, Spawned)
+        st = status(spawned.pid)
+        assert st["PPid"] == str(proc.pid)
+        assert st["Uid"].split() == [str(WORKER)] * 4
+        # Its channel is the one we hold: it ends when we close our end.
+        worker_ours.close()
+        exited = FROM_SPAWNER.decode_untrusted(ours.recv(65536))
+        assert exited == Exited(pid=spawned.pid, status=1)  # PeerClosed before its start
+    finally:
+        worker_ours.close()
+        ours.close()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
 
 
 @pytest.mark.parametrize(

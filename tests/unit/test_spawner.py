@@ -29,6 +29,7 @@ from sepconnect.ipc.spawner_messages import (
 )
 from sepconnect.ipc.wire import Channel, WireError, socketpair
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone
+from sepconnect.spawner.children import Args, parse_argv
 from sepconnect.spawner.core import (
     MAX_WORKERS,
     CloseFd,
@@ -144,6 +145,23 @@ def test_the_end_of_the_channel_ends_the_spawner() -> None:
     ]
 
 
+def test_the_command_line() -> None:
+    assert parse_argv(["--fd", "3", "--peer-uid=998"]) == Args(3, 998, None, False)
+    full = ["--fd=5", "--peer-uid", "998", "--first-worker", "6", "--allow-weak-sandbox"]
+    assert parse_argv(full) == Args(5, 998, 6, True)
+    for bad in (
+        ["--fd", "3"],
+        ["--peer-uid", "998"],
+        ["--fd", "3", "--peer-uid", "998", "--fd", "4"],
+        ["--fd", "-3", "--peer-uid", "998"],
+        ["--fd", "3", "--peer-uid", "998", "--allow-weak-sandbox"],  # only the first's
+        ["--fd", "3", "--peer-uid", "998", "--exec", "/bin/sh"],
+        ["--fd", "3", "--peer-uid"],
+    ):
+        with pytest.raises(ValueError):
+            parse_argv(bad)
+
+
 # --------------------------------------------------------------------------- the messages
 
 
@@ -222,6 +240,21 @@ def test_workers_get_their_pids_in_the_order_of_the_requests(
     assert second.poll() is None
     first_channel.close()
     second_channel.close()
+
+
+def test_the_worker_started_from_the_spawners_command_line_is_answered_first(
+    pair: tuple[SpawnerClient, FakeSpawner],
+) -> None:
+    client, fake = pair
+    later, later_channel = client.spawn(allow_weak_sandbox=False)
+    first_ours, _first_theirs = socketpair()
+    first, first_channel = client.started_at_exec(first_ours)
+    assert first_channel is first_ours
+    fake.request()
+    fake.say(Spawned(pid=4999), Spawned(pid=5000))
+    assert (first.pid, later.pid) == (4999, 5000)
+    for sock in (later_channel, first_channel, _first_theirs):
+        sock.close()
 
 
 def test_signals_go_through_the_spawner_and_a_late_refusal_is_no_failure(
