@@ -29,6 +29,11 @@ from sepconnect.ipc.spawner_messages import (
 from sepconnect.ipc.wire import Message
 from sepconnect.spawner.exitcodes import EXIT_OK, EXIT_REFUSED
 
+CLOSE_GRACE: Final = 5.0
+"""Seconds the workers get to exit by themselves once the supervisor has closed our
+channel (it died: each worker sees its own channel close too, and logs off the server),
+before they are killed. The supervisor's own grace for a dismissed worker is the same."""
+
 MAX_WORKERS: Final = 16
 """Workers alive at once. A session has one carrying the tun, at most one connecting
 and a few leaving (each is killed 5 s after it is dismissed); more is a supervisor
@@ -66,11 +71,12 @@ class CloseFd:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Kill every worker (SIGKILL), reap them and exit with ``code``; log ``reason`` if
-    there is one."""
+    """Give the workers ``grace`` seconds to exit, kill those left (SIGKILL), reap them
+    and exit with ``code``; log ``reason`` if there is one."""
 
     code: int
     reason: str
+    grace: float = 0.0
 
 
 Action = StartWorker | SendSignal | Reply | CloseFd | Finish
@@ -124,5 +130,6 @@ class SpawnerCore:
         return [Finish(EXIT_REFUSED, f"protocol violation: {reason}")]
 
     def closed(self) -> list[Action]:
-        """The supervisor closed its end: the session is over."""
-        return [Finish(EXIT_OK, "")]
+        """The supervisor closed its end: the session is over. Normally it has reaped
+        every worker first; if it died, they log off and exit (or are killed)."""
+        return [Finish(EXIT_OK, "", CLOSE_GRACE)]

@@ -21,6 +21,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from sepconnect.ipc.spawner_messages import FD_TO_SPAWNER, FROM_SPAWNER, TO_SPAWNER
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
@@ -109,11 +110,22 @@ class Shell:
             elif isinstance(action, Finish):
                 if action.reason:
                     _log(action.reason)
-                self.kill_all()
+                self.kill_all(action.grace)
                 return action.code
         return None
 
-    def kill_all(self) -> None:
+    def kill_all(self, grace: float = 0.0) -> None:
+        """Wait up to ``grace`` seconds for the workers to exit; kill the rest; reap all."""
+        deadline = time.monotonic() + grace
+        while self.pidfds and (left := deadline - time.monotonic()) > 0:
+            waiting = select.poll()
+            for pidfd in self.pidfds.values():
+                waiting.register(pidfd, select.POLLIN)
+            for fd, _ in waiting.poll(max(1, round(left * 1000))):
+                pid = next(p for p, f in self.pidfds.items() if f == fd)
+                self.poller.unregister(fd)
+                os.close(self.pidfds.pop(pid))
+                os.waitpid(pid, 0)
         for pid, pidfd in list(self.pidfds.items()):
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)

@@ -71,6 +71,8 @@ for step in sys.argv[2:]:
         print(json.dumps({"op": msg.op, **plain(msg)}), flush=True)
     elif step == "pause":
         sys.stdin.readline()  # the test looks at the processes meanwhile
+    elif step == "close":
+        channel.sock.close()  # the spawner's channel only: the workers' stay open
 """
 
 
@@ -199,14 +201,32 @@ def test_the_workers_end_with_the_spawner(spawner: Spawner) -> None:
     replies(peer, "\n")
 
 
-def test_closing_the_channel_kills_the_workers_and_ends_the_spawner(spawner: Spawner) -> None:
+def test_closing_the_channel_ends_the_spawner_after_its_workers(spawner: Spawner) -> None:
+    """The supervisor gone (its channels closed), a worker exits by itself (logging off
+    the server): the spawner waits for it, reaps it and exits."""
     peer = spawner.peer("spawn", "recv")
-    (spawned,) = replies(peer)
+    (spawned,) = replies(peer)  # the peer has exited: the worker's channel is closed
     worker = int(str(spawned["pid"]))
-    assert Path(f"/proc/{worker}").exists()
-    code, err = spawner.close()  # the peer's copy is gone with it
+    started = time.monotonic()
+    code, err = spawner.close()
     assert code == 0, err
-    assert not Path(f"/proc/{worker}").exists()  # killed and reaped before it exited
+    assert time.monotonic() - started < 4  # it did not need the grace
+    assert not Path(f"/proc/{worker}").exists()  # reaped before the spawner exited
+
+
+def test_a_worker_still_running_when_the_channel_closes_is_killed(spawner: Spawner) -> None:
+    """One whose channel is still open (here: held by the peer) gets the grace (5 s),
+    then SIGKILL."""
+    peer = spawner.peer("spawn", "recv", "close", "pause")
+    assert peer.stdout is not None
+    worker = int(str(json.loads(peer.stdout.readline())["pid"]))
+    started = time.monotonic()
+    code, err = spawner.close()
+    waited = time.monotonic() - started
+    assert code == 0, err
+    assert 4.5 < waited < 9, waited
+    assert not Path(f"/proc/{worker}").exists()
+    replies(peer, "\n")
 
 
 def test_the_first_worker_starts_from_the_command_line() -> None:

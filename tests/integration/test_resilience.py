@@ -318,18 +318,23 @@ def test_sigusr2_reconnects_and_sigusr1_raises_verbosity(lab: Lab) -> None:
 
 
 def test_supervisor_killed_helper_removes_everything(lab: Lab) -> None:
+    """The helper tears down; the worker, its channel closed, logs off the server and
+    exits (its spawner gives it the time, then exits too)."""
     routes_before = _routes(lab)
     client = Client(lab)
     client.wait_connected()
     pids = [client.proc.pid, *_descendants(client.proc.pid)]
+    assert _resumable(lab)  # one session on the server
     os.kill(client.proc.pid, signal.SIGKILL)
     client.finish()
     lab.wait_for("the tun to go", lambda: True if lab.client_tun() is None else None)
     lab.wait_for(
-        "helper and worker to exit",
+        "helper, spawner and worker to exit",
         lambda: True if not any(Path(f"/proc/{p}").exists() for p in pids) else None,
     )
     assert _routes(lab) == routes_before
+    # Logged off: no session of ours is left that the cookie could resume.
+    lab.wait_for("ocserv to drop the session", lambda: True if not _resumable(lab) else None)
 
 
 def test_control_socket_status_and_permissions(lab: Lab) -> None:
