@@ -102,6 +102,7 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
     "pss_total_mb": ("PSS total (shared split)", "MB", "lower", ""),
     "rss_supervisor_mb": ("RSS supervisor", "MB", "lower", ""),
     "rss_helper_mb": ("RSS helper", "MB", "lower", ""),
+    "rss_spawner_mb": ("RSS spawner", "MB", "lower", ""),
     "rss_worker_mb": ("RSS worker", "MB", "lower", ""),
     "failover_s": ("DTLS failover (UDP cut)", "s", "lower", ""),
     "back_s": ("back on DTLS", "s", "lower", ""),
@@ -152,6 +153,8 @@ def client_pids(client: VpnClient) -> dict[str, int]:
             pids["worker"] = pid
         elif b"helper" in title:
             pids["helper"] = pid
+        elif b"spawner" in title:
+            pids["spawner"] = pid
     return pids
 
 

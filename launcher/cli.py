@@ -9,6 +9,7 @@ as root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import grp
 import ipaddress
@@ -27,7 +28,9 @@ from sepconnect.process import privileges, programs
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
+from sepconnect.spawner_start import SpawnerSetupError, open_spawner
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -206,6 +209,12 @@ def _parser() -> argparse.ArgumentParser:
         "start as the service account, not root",
     )
     c.add_argument(
+        "--spawner-socket",
+        metavar="PATH",
+        help="with --helper-socket: have the worker spawner listening at PATH "
+        "(sepconnect-spawner.socket) run the workers under their own account",
+    )
+    c.add_argument(
         "--credentials-file",
         metavar="FILE",
         help="read the password (and further answers, one per line) from FILE instead of "
@@ -339,6 +348,13 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and not re.fullmatch(CIPHER_LIST, value):
             raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
+    if args.spawner_socket is not None and args.helper_socket is None:
+        raise UsageError("--spawner-socket goes with --helper-socket (the split units)")
+    if args.helper_socket is not None and args.spawner_socket is None:
+        raise UsageError(
+            "--helper-socket needs --spawner-socket: started as the service account, we "
+            "cannot run the workers under an account of their own (the spawner's unit does)"
+        )
     if args.allow_exclude and not args.fail_closed:
         raise UsageError("--allow-exclude goes with --fail-closed")
     for prefix in args.allow_exclude:
@@ -498,6 +514,10 @@ def connect(args: argparse.Namespace) -> ExitCode:
         audit_fd = _open_session_log(args.session_log)
     # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
+    # First, so that its start-up overlaps the helper's: the workers' own account.
+    spawner_proc, spawner_sock, first_channel = open_spawner(
+        args.spawner_socket, uid, gid, allow_weak_sandbox=args.allow_weak_sandbox
+    )
     helper: subprocess.Popen[bytes] | None = None
     if args.helper_socket is not None:
         ours = _connect_helper(args.helper_socket)
@@ -515,12 +535,18 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
-    # The first worker starts now, before the supervisor's own modules load (~60 ms):
-    # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
-    # connect time, and it reads its `start` only once its imports are done.
-    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = programs.start_worker(
-        allow_weak_sandbox=args.allow_weak_sandbox
-    )
+    # The first worker starts before the supervisor's own modules load (~60 ms): the
+    # worker's start-up (Python, imports: ~0.15 s) is the longest item of the connect
+    # time, and it reads its `start` only once its imports are done. The spawner we
+    # started starts it at once; one of the split units' is asked now (as the
+    # supervisor's uid, which it checks).
+    spawner = SpawnerClient(spawner_sock)
+    first_worker: tuple[WorkerProcess, socket.socket] | None = None
+    if first_channel is not None:
+        first_worker = spawner.started_at_exec(first_channel)
+    else:
+        with contextlib.suppress(SpawnerGone):  # the supervisor's first spawn fails too
+            first_worker = spawner.spawn(allow_weak_sandbox=args.allow_weak_sandbox)
     set_title("sepconnect: supervisor")
     if audit_fd is not None:
         from sepconnect.supervisor import audit as session_audit
@@ -565,14 +591,19 @@ def connect(args: argparse.Namespace) -> ExitCode:
             tun_offload=not args.no_tun_offload,
         )
         VERBOSITY[0] = args.verbose
-        supervisor = Supervisor(HelperClient(ours), start, options, first_worker)
+        supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
         if first_worker is not None:  # we failed before the supervisor took it
-            first_worker[1].close()  # it exits when it finds its channel closed
-            first_worker[0].wait()
+            first_worker[1].close()  # the spawner kills it when we close its channel
+        spawner.close()  # the spawner exits, killing any worker still there
         ours.close()
+        if spawner_proc is not None:
+            try:
+                spawner_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log("the worker spawner did not exit")
         if helper is not None:
             try:
                 helper.wait(timeout=10)
@@ -668,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(connect(args))
         if args.command in ("status", "rekey", "reconnect", "disconnect"):
             return int(control(args))
-    except UsageError as exc:
+    except (UsageError, SpawnerSetupError) as exc:
         print(f"sepconnect: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except Unreachable as exc:

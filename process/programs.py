@@ -1,8 +1,8 @@
-"""How the launcher and the supervisor start the helper and the worker.
+"""How the launcher starts the helper and the worker spawner, and the spawner the worker.
 
 Each process is exec'd through its own installed program (`sepconnect-privhelper`,
-`sepconnect-worker`), so that an SELinux policy can move it into its own domain on
-exec (selinux/sepconnect.fc labels these files). The environment is replaced by a
+`sepconnect-spawner`, `sepconnect-worker`), so that an SELinux policy can move it into
+its own domain on exec (selinux/sepconnect.fc labels these files). The environment is replaced by a
 fixed, minimal one: with no PYTHON* variables the interpreter is as isolated as
 under `python -I`, and nothing the user's shell exported reaches a child.
 
@@ -13,8 +13,6 @@ module is run with `python -I -m` instead, and no domain transition happens.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import sysconfig
 
@@ -39,31 +37,3 @@ def child_environment() -> dict[str, str]:
         if name in os.environ:
             env[name] = os.environ[name]
     return env
-
-
-def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start a worker program; returns it and our end of its SEQPACKET channel.
-
-    Kept apart from supervisor/main.py so that the launcher can start the first worker
-    before it imports the supervisor (docs/performance.md, "Connect time"). The worker reads
-    nothing until its own imports are done (~0.15 s), so its `start` may follow later.
-    """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        argv = [*program("sepconnect-worker", "sepconnect.worker"), "--fd", str(theirs.fileno())]
-        if allow_weak_sandbox:
-            argv.append("--allow-weak-sandbox")
-        proc = subprocess.Popen(
-            argv,
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-            close_fds=True,
-            env=child_environment(),
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    return proc, ours

@@ -31,8 +31,8 @@ from typing import Any
 
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import FD_TO_WORKER, FROM_WORKER, TO_WORKER, Start, TunHandoff
-from sepconnect.process import programs
 from sepconnect.process.exitcodes import ExitCode
+from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.supervisor import audit
 from sepconnect.supervisor.control import (
     ControlError,
@@ -73,6 +73,7 @@ from sepconnect.supervisor.session import (
     Session,
     SessionConfig,
     SignalReceived,
+    SpawnerFailed,
     SpawnWorker,
     Teardown,
     TerminateWorker,
@@ -111,7 +112,7 @@ def start_for(start: Start, action: SpawnWorker) -> Start:
 
 @dataclass(slots=True)
 class _Process:
-    proc: subprocess.Popen[bytes]
+    proc: WorkerProcess  # Popen's interface, carried out by the spawner (another uid)
     channel: Channel
 
 
@@ -122,11 +123,15 @@ class Supervisor:
     def __init__(
         self,
         helper: HelperClient,
+        spawner: SpawnerClient,
         start: Start,
         options: Options | None = None,
-        first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = None,
+        first_worker: tuple[WorkerProcess, socket.socket] | None = None,
     ) -> None:
         self.helper = helper
+        # Workers run under their own uid: the spawner starts and signals them for us.
+        self.spawner = spawner
+        self.spawner_failed = False  # SpawnerFailed fed (once)
         # A worker already started (by the launcher, to overlap its start-up with ours):
         # the first SpawnWorker takes it instead of starting one.
         self.first_worker = first_worker
@@ -186,6 +191,7 @@ class Supervisor:
         try:
             self.sel.register(wake_r, selectors.EVENT_READ, ("signal", 0))
             self.sel.register(self.helper.fileno(), selectors.EVENT_READ, ("helper", 0))
+            self.sel.register(self.spawner.fileno(), selectors.EVENT_READ, ("spawner", 0))
             self._feed(Begin())
             while self.code is None:
                 self._turn(wake_r)
@@ -210,10 +216,13 @@ class Supervisor:
             elif kind == "helper":
                 self.sel.unregister(key.fd)  # closed: it stays readable
                 self._feed(HelperGone("its socket closed"))
+            elif kind == "spawner":
+                self.spawner.pump()  # workers' exits, replies to signals
             elif kind == "control":
                 self._accept()
             elif kind == "worker" and ident in self.workers:
                 self._from_worker(ident)
+            self._check_spawner()
             if self.code is not None:
                 return
         while self.signals and self.code is None:
@@ -234,18 +243,38 @@ class Supervisor:
 
     # -- workers --------------------------------------------------------------------------
 
+    def _check_spawner(self) -> None:
+        """The spawner gone (its channel closed or broke, or it refused us): the session
+        machine hears of it once; its workers die with it (PR_SET_PDEATHSIG)."""
+        if self.spawner.gone is not None and not self.spawner_failed:
+            self._feed(self._spawner_failed())
+
+    def _spawner_failed(self) -> SpawnerFailed:
+        self.spawner_failed = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.spawner.fileno())
+        return SpawnerFailed(self.spawner.gone or "the worker spawner failed")
+
     def _spawn(self, action: SpawnWorker) -> Event:
         if self.first_worker is not None:
-            # started by the launcher before it imported us (cli.connect)
+            # asked for by the launcher before it imported us (cli.connect)
             (proc, ours), self.first_worker = self.first_worker, None
         else:
-            proc, ours = programs.start_worker(allow_weak_sandbox=self.options.allow_weak_sandbox)
+            try:
+                proc, ours = self.spawner.spawn(allow_weak_sandbox=self.options.allow_weak_sandbox)
+            except SpawnerGone:
+                return self._spawner_failed()
+        try:
+            pid = proc.pid  # the spawner's reply
+        except SpawnerGone:
+            ours.close()
+            return self._spawner_failed()
         channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
         self.workers[action.gen] = _Process(proc, channel)
         self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", action.gen))
         with contextlib.suppress(OSError):  # if it died already, its exit is reported
             channel.send(start_for(self.start, action))
-        return WorkerStarted(action.gen, proc.pid)
+        return WorkerStarted(action.gen, pid)
 
     def _send(self, action: Send) -> None:
         worker = self.workers.get(action.gen)
@@ -255,15 +284,23 @@ class Supervisor:
         with contextlib.suppress(OSError, WireError):  # gone: its exit is reported
             worker.channel.send(action.message, fd)
 
-    def _terminate(self, action: TerminateWorker) -> None:
-        worker = self.workers.get(action.gen)
-        if worker is not None and worker.proc.poll() is None:
-            worker.proc.terminate()
+    def _terminate(self, action: TerminateWorker) -> Event | None:
+        return self._signal(action.gen, WorkerProcess.terminate)
 
-    def _kill(self, action: KillWorker) -> None:
-        worker = self.workers.get(action.gen)
-        if worker is not None and worker.proc.poll() is None:
-            worker.proc.kill()  # its channel closes: _from_worker reaps it
+    def _kill(self, action: KillWorker) -> Event | None:
+        return self._signal(action.gen, WorkerProcess.kill)
+
+    def _signal(self, gen: int, send: Callable[[WorkerProcess], None]) -> Event | None:
+        worker = self.workers.get(gen)
+        if worker is None:
+            return None
+        if self.spawner.gone is not None:
+            # No one can signal it now (its spawner is gone, or we gave up on it): it is
+            # dropped here; closing its channel ends it if it still runs.
+            return WorkerExited(gen, self._reap(gen))
+        if worker.proc.poll() is None:
+            send(worker.proc)  # its channel closes: _from_worker reaps it
+        return None
 
     def _from_worker(self, gen: int) -> None:
         try:
@@ -281,10 +318,13 @@ class Supervisor:
             self.sel.unregister(worker.channel.fileno())
         worker.channel.sock.close()
         try:
-            return worker.proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            return worker.proc.wait()
+            try:
+                return worker.proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                return worker.proc.wait()
+        except SpawnerGone:  # it was killed with its spawner
+            return -signal.SIGKILL
 
     # -- the helper -----------------------------------------------------------------------
 
@@ -371,7 +411,8 @@ class Supervisor:
         """What is still open when the loop ends (normally: only the tun fd)."""
         for gen in list(self.workers):
             self._kill(KillWorker(gen))
-            self._reap(gen)
+            if gen in self.workers:
+                self._reap(gen)
         for conn in self.requests.values():
             conn.close()
         self.requests.clear()

@@ -166,6 +166,16 @@ class HelperGone:
 
 
 @dataclass(frozen=True, slots=True)
+class SpawnerFailed:
+    """The worker spawner is gone (its channel closed or broke), runs under a forbidden
+    uid, or refused to start a worker: no worker can be started or signalled any more,
+    and those it ran die with it. As the answer to :class:`SpawnWorker`, that worker was
+    never started."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ControlCommand:
     """An authorized control request; ``wall`` is the wall clock (status times)."""
 
@@ -213,6 +223,7 @@ Event = (
     | ConfigApplied
     | HelperRefusal
     | HelperGone
+    | SpawnerFailed
     | ControlCommand
     | ControlRefused
     | ControlMalformed
@@ -227,7 +238,7 @@ Event = (
 class SpawnWorker:
     """Start worker ``gen`` with the Start message: to resume, with this cookie and
     without the passwords (only a worker that logs in gets them); answer
-    :class:`WorkerStarted`."""
+    :class:`WorkerStarted`, or :class:`SpawnerFailed`."""
 
     gen: int
     purpose: Purpose
@@ -691,7 +702,7 @@ class Session:
 
     def _on_helper_done(self, _event: HelperDone, now: float) -> None:
         request = self._asked.popleft() if self._asked else ""
-        if request == "hello":
+        if request == "hello" and self.state is not State.DISCONNECTING:
             if self.config.control:
                 self._emit(OpenControl())
             if self.config.watchdog_interval:
@@ -783,6 +794,17 @@ class Session:
             self._log(f"the privileged helper failed: {event.reason}")
         else:
             self._log("the privileged helper exited unexpectedly")
+        self._finish(ExitCode.ERROR, logoff=True, now=now)
+
+    def _on_spawner_failed(self, event: SpawnerFailed, now: float) -> None:
+        for gen in [gen for gen, worker in self.workers.items() if worker.pid is None]:
+            del self.workers[gen]  # the SpawnWorker this answers: never started
+        self._log(f"{event.reason}; ending the session")
+        if self.state is State.DISCONNECTING:
+            if self.exit_code == ExitCode.OK:
+                self.exit_code = ExitCode.ERROR
+            self._after_workers()
+            return
         self._finish(ExitCode.ERROR, logoff=True, now=now)
 
     # -- the session comes up -------------------------------------------------------------
@@ -1101,6 +1123,7 @@ _ALWAYS: Final[dict[type, str]] = {
     ConfigApplied: "_on_config_applied",
     HelperRefusal: "_on_helper_refusal",
     HelperGone: "_on_helper_gone",
+    SpawnerFailed: "_on_spawner_failed",
     ControlMalformed: "_on_control_malformed",
 }
 """What every live state handles: the workers, the helper, timers."""

@@ -88,10 +88,11 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
     if start.verbose:
         _log(status.describe())
     probe = os.environ.get(sandbox.SELFTEST_ENV)
-    if probe == "report":
+    report, _, unix_path = (probe or "").partition(":")
+    if report == sandbox.REPORT:
         server = (sandbox.server_host(start.url), sandbox.server_port(start.url))
-        line = sandbox.selftest_line(sandbox.report_probes(channel.fileno(), server))
-        print(line, file=sys.stderr, flush=True)
+        results = sandbox.report_probes(channel.fileno(), server, unix_path or None)
+        print(sandbox.selftest_line(results), file=sys.stderr, flush=True)
     elif probe and not probe.startswith(AFTER_TUN):
         _log(sandbox.fatal_probe(probe))
 

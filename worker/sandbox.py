@@ -86,7 +86,10 @@ LIBC.syscall.restype = ctypes.c_long
 
 SELFTEST_ENV: Final = "SEPCONNECT_TEST_SANDBOX_SELFTEST"
 """Test-only: "report" (try the non-fatal forbidden operations, print the outcomes,
-carry on) or one of :data:`FATAL_PROBES` (try it; the worker must die of SIGSYS)."""
+carry on), "report:PATH" (the same, and connect to the unix socket at PATH: the helper's
+in the split units) or one of :data:`FATAL_PROBES` (try it; the worker must die of
+SIGSYS)."""
+REPORT: Final = "report"
 
 
 def server_port(url: str) -> int:
@@ -489,6 +492,11 @@ def _tcp_connect(address: tuple[str, int]) -> None:
             return
 
 
+def _unix_connect(path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)
+
+
 def _wx_mapping() -> None:
     mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
 
@@ -497,8 +505,11 @@ def _ioctl(fd: int, request: int) -> None:
     fcntl.ioctl(fd, request, bytes(40))
 
 
-def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
-    """Try every non-fatal forbidden operation; return probe → outcome (an errno name)."""
+def report_probes(
+    channel_fd: int, server: tuple[str, int], unix_path: str | None = None
+) -> dict[str, str]:
+    """Try every non-fatal forbidden operation; return probe → outcome (an errno name).
+    With ``unix_path``, also connect to the pathname socket there."""
     tmp = f"/tmp/sepconnect-sandbox-probe-{os.getpid()}"  # noqa: S108  # must fail
     results = {
         "read_etc_shadow": _attempt(lambda: _open_close("/etc/shadow", os.O_RDONLY)),
@@ -525,6 +536,8 @@ def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
         "udp6_socket": _attempt(lambda: _socket_close(socket.AF_INET6, socket.SOCK_DGRAM)),
         "isatty": _attempt(lambda: os.isatty(channel_fd)),
     }
+    if unix_path is not None:
+        results["connect_unix_path"] = _attempt(lambda: _unix_connect(unix_path))
     if results["create_file_in_tmp"] == "allowed":  # a weak sandbox: tidy up
         with contextlib.suppress(OSError):
             os.unlink(tmp)

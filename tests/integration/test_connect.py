@@ -226,9 +226,9 @@ def test_processes_are_separated_and_unprivileged(
         match = re.match(r"sepconnect: (\w+)", title)
         if match:
             roles[match.group(1)] = pid
-    assert set(roles) == {"supervisor", "privhelper", "worker"}, titles
+    assert set(roles) == {"supervisor", "privhelper", "spawner", "worker"}, titles
     assert roles["supervisor"] == supervisor  # the process the user started stays the one
-    for role in ("supervisor", "worker"):
+    for role in ("supervisor", "spawner", "worker"):
         st = _status(roles[role])
         uids = st["Uid"].split()
         assert all(u != "0" for u in uids), (role, st["Uid"])
@@ -301,7 +301,7 @@ def test_sigint_logs_off_and_removes_everything(lab: Lab) -> None:
     client = Client(lab)
     tun = client.wait_connected()
     pids = [client.proc.pid, *descendants(client.proc.pid)]
-    assert len(pids) == 3
+    assert len(pids) == 4  # supervisor, helper, spawner, worker
     assert json.loads(lab.occtl("-j", "show", "users"))  # one session on the server
     assert client.stop(signal.SIGINT) == 0, client.stderr
     assert lab.client_tun() is None

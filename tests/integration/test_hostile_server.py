@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_connect import VENV, Client, _descendants, _title
+from test_connect import VENV, Client, _title
 
-from lab import Lab
+from lab import Lab, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -99,7 +99,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def _worker(client: Client) -> int:
-    for pid in _descendants(client.proc.pid):
+    for pid in descendants(client.proc.pid):
         try:
             if _title(pid) == "sepconnect: worker":
                 return pid

@@ -16,6 +16,7 @@ Two ways of running the worker:
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -125,8 +126,8 @@ def test_every_process_runs_with_its_manifest(
     session: tuple[Lab, subprocess.Popen[bytes], dict[str, int]],
 ) -> None:
     lab, proc, pids = session
-    assert set(pids) == {"supervisor", "privhelper", "worker"}, pids
-    for name in ("supervisor", "worker"):
+    assert set(pids) == {"supervisor", "privhelper", "spawner", "worker"}, pids
+    for name in ("supervisor", "spawner", "worker"):
         st = status(pids[name])
         assert all(u != "0" for u in st["Uid"].split()), (name, st["Uid"])
         assert all(g != "0" for g in st["Gid"].split()), (name, st["Gid"])
@@ -149,6 +150,54 @@ def test_every_process_runs_with_its_manifest(
     # The data path works inside the sandbox.
     ping = lab.run_in(lab.client_ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", lab.target_ip)
     assert ping.returncode == 0
+
+
+# What a process with the worker's uid and no sandbox at all (a worker that escaped its
+# sandbox) tries against the other processes of the session: a signal (0: only the
+# permission check is made).
+REACH = r"""
+import os, sys
+for name, pid in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        os.kill(int(pid), 0)
+        print(name, "allowed")
+    except OSError as exc:
+        print(name, exc.errno)
+"""
+
+
+@pytest.mark.netns
+def test_helper_supervisor_and_worker_run_under_three_uids(
+    session: tuple[Lab, subprocess.Popen[bytes], dict[str, int]],
+) -> None:
+    """Issue 13, item 2: the worker (and its spawner) have a uid and gid of their own,
+    neither the supervisor's nor the helper's, and no supplementary group; a process
+    with that uid cannot signal the supervisor or the helper."""
+    lab, proc, pids = session
+    st = {name: status(pid) for name, pid in pids.items()}
+    uids = {name: s["Uid"].split() for name, s in st.items()}
+    gids = {name: s["Gid"].split() for name, s in st.items()}
+    for name in pids:
+        assert len(set(uids[name])) == 1, (name, uids[name])  # real, effective, saved, fs
+        assert len(set(gids[name])) == 1, (name, gids[name])
+    helper, supervisor, worker = (uids[n][0] for n in ("privhelper", "supervisor", "worker"))
+    assert len({helper, supervisor, worker}) == 3, uids
+    assert uids["spawner"] == uids["worker"]
+    assert gids["worker"][0] not in (gids["supervisor"][0], gids["privhelper"][0]), gids
+    assert st["worker"]["Groups"] == st["spawner"]["Groups"] == "", st["worker"]["Groups"]
+    assert worker != "0"
+    try:
+        owner = pwd.getpwuid(int(worker)).pw_name
+    except KeyError:
+        owner = None  # the fixed uid (no sepconnect-worker account on the lab machine)
+    assert owner in (None, "sepconnect-worker"), owner
+    targets = [str(a) for n in ("supervisor", "privhelper") for a in (n, pids[n])]
+    result = subprocess.run(
+        [PYTHON, "-I", "-c", REACH, *targets],
+        user=int(worker), group=int(gids["worker"][0]), extra_groups=[],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    assert result.stdout.splitlines() == ["supervisor 1", "privhelper 1"], result.stdout  # EPERM
 
 
 @pytest.mark.netns

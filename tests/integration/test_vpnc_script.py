@@ -143,8 +143,9 @@ def test_debian_vpnc_script_runs_as_root_for_every_reason(
     assert not Path("/tmp/sepconnect-pwned").exists()
     assert not Path("/tmp/sepconnect-pwned2").exists()
     # A worker dies: the tun stays, the script hears attempt-reconnect and reconnect.
+    (spawner,) = _pids_titled("sepconnect: spawner", proc.pid)  # the workers' parent
     (worker,) = lab.wait_for(
-        "the worker", lambda: _pids_titled("sepconnect: worker", proc.pid) or None
+        "the worker", lambda: _pids_titled("sepconnect: worker", spawner) or None
     )
     os.kill(worker, signal.SIGKILL)
     lab.wait_for(

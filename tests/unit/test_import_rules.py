@@ -22,18 +22,30 @@ SHARED = ("sepconnect.ipc", "sepconnect.process")
 """The packages every process may use; they import nothing but each other."""
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "sepconnect.worker": ("sepconnect.supervisor", "sepconnect.privhelper", "sepconnect.cli"),
-    "sepconnect.supervisor": ("sepconnect.worker", "sepconnect.privhelper", "sepconnect.cli"),
+    "sepconnect.worker": (
+        "sepconnect.supervisor",
+        "sepconnect.privhelper",
+        "sepconnect.spawner",
+        "sepconnect.cli",
+    ),
+    "sepconnect.supervisor": (
+        "sepconnect.worker",
+        "sepconnect.privhelper",
+        "sepconnect.spawner",
+        "sepconnect.cli",
+    ),
     "sepconnect.ipc": (
         "sepconnect.worker",
         "sepconnect.supervisor",
         "sepconnect.privhelper",
+        "sepconnect.spawner",
         "sepconnect.cli",
     ),
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
-FORBIDDEN["sepconnect.cli"] = ("sepconnect.worker",)
+FORBIDDEN["sepconnect.cli"] = ("sepconnect.worker", "sepconnect.spawner")
+FORBIDDEN["sepconnect.spawner_start"] = FORBIDDEN["sepconnect.cli"]
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
 """All the helper loads from outside the standard library (jeepney: the D-Bus client
@@ -84,7 +96,7 @@ ALL = _modules("sepconnect")
 def test_the_installed_package_is_laid_out_as_the_source() -> None:
     """Each top-level folder of the repository is one subpackage; no package twice."""
     names = {_module_name(p) for p in ALL}
-    for package in ("ipc", "process", "privhelper", "supervisor", "worker"):
+    for package in ("ipc", "process", "privhelper", "spawner", "supervisor", "worker"):
         assert f"sepconnect.{package}" in names
     assert not any(p.is_symlink() for p in ALL)
 
@@ -109,6 +121,19 @@ def test_privhelper_imports_only_itself_the_shared_packages_and_its_libraries(
             assert any(_within(name, a) for a in allowed), name
         else:
             assert top in sys.stdlib_module_names or top in HELPER_THIRD_PARTY, name
+
+
+@pytest.mark.parametrize("path", _modules("sepconnect.spawner"), ids=_module_name)
+def test_the_spawner_imports_only_itself_the_shared_packages_and_msgpack(path: Path) -> None:
+    """It runs every worker: as little code as the helper's rule allows, and none of the
+    processes it serves."""
+    for name in _imports(path):
+        top = name.split(".")[0]
+        if top == "sepconnect":
+            allowed = ("sepconnect.spawner", *SHARED)
+            assert any(_within(name, a) for a in allowed), name
+        else:
+            assert top in sys.stdlib_module_names or top == "msgpack", name
 
 
 def test_the_rules_see_every_form_of_import() -> None:
@@ -147,8 +172,10 @@ SANS_IO = [
     *_modules("sepconnect.worker.proto"),
     INSTALLED / "supervisor" / "session.py",
     INSTALLED / "supervisor" / "policy.py",
+    INSTALLED / "spawner" / "core.py",
 ]
-"""The worker's protocol core and the supervisor's session machine (with its policy)."""
+"""The worker's protocol core, the supervisor's session machine (with its policy) and the
+spawner's decisions."""
 
 
 @pytest.mark.parametrize("path", SANS_IO, ids=_module_name)

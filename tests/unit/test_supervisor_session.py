@@ -65,6 +65,7 @@ from sepconnect.supervisor.session import (
     Session,
     SessionConfig,
     SignalReceived,
+    SpawnerFailed,
     SpawnWorker,
     State,
     Teardown,
@@ -99,6 +100,7 @@ class Shell:
         self.left_out: tuple[LeftOut, ...] = ()  # what the helper answers them with
         # helper events that answer the next request of this kind instead of success
         self.helper_fails: dict[type, Event] = {}
+        self.spawner_fails: SpawnerFailed | None = None  # answers every SpawnWorker if set
 
     def feed(self, event: Event) -> list[Effect]:
         """One event (then the timer, if due); every action it led to, in order."""
@@ -130,7 +132,7 @@ class Shell:
 
     def _answer(self, action: Effect) -> Event | None:
         if isinstance(action, SpawnWorker):
-            return WorkerStarted(action.gen, 1000 + action.gen)
+            return self.spawner_fails or WorkerStarted(action.gen, 1000 + action.gen)
         failure = self.helper_fails.pop(type(action), None)
         if failure is not None:
             return failure
@@ -895,6 +897,47 @@ def test_a_helper_that_does_not_start_ends_everything_at_once(
     assert not of(done, OpenControl)
     end = shell.exits(1, -signal.SIGTERM)
     assert not of(end, Teardown)
+    assert shell.code == ExitCode.ERROR
+
+
+GONE = SpawnerFailed("the worker spawner: its channel closed")
+
+
+def test_the_spawner_going_away_ends_the_session_with_a_teardown() -> None:
+    """Its workers die with it; the helper is fine: the session ends in order."""
+    shell = Shell()
+    gen = shell.connect()
+    done = shell.feed(GONE)
+    assert "the worker spawner: its channel closed; ending the session" in logs(done)
+    assert sent(done, gen) == [Stop(logoff=True)]
+    assert not of(done, SpawnWorker)
+    end = shell.exits(gen, -signal.SIGKILL)
+    assert of(end, Teardown)
+    assert shell.code == ExitCode.ERROR
+
+
+def test_a_worker_the_spawner_cannot_start_ends_the_session() -> None:
+    shell = Shell()
+    shell.spawner_fails = GONE
+    done = shell.feed(Begin())
+    assert of(done, SpawnWorker) == [SpawnWorker(1, "login", None)]
+    assert "ending the session" in logs(done)
+    assert not shell.session.workers  # never started: nothing to wait for
+    assert not of(done, TerminateWorker)
+    assert not of(done, OpenControl)  # the helper's hello answered while ending
+    assert of(done, Teardown)
+    assert shell.code == ExitCode.ERROR
+
+
+def test_a_replacement_the_spawner_cannot_start_ends_the_session() -> None:
+    shell = Shell()
+    gen = shell.connect()
+    shell.traffic(gen)
+    shell.spawner_fails = GONE
+    done = shell.exits(gen, -signal.SIGKILL)
+    assert of(done, SpawnWorker) == [SpawnWorker(2, "resume", COOKIE)]
+    assert "ending the session" in logs(done)
+    assert of(done, Teardown)
     assert shell.code == ExitCode.ERROR
 
 
