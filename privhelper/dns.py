@@ -87,6 +87,20 @@ class Backend(Protocol):
         """What a later helper needs to undo this after a crash (JSON-ready)."""
 
 
+def _settled(dns: Dns, applied: Dns | None, revert: Callable[[], list[str]]) -> bool:
+    """What every file-based apply() starts with: True when there is nothing more to do,
+    because ``dns`` is what is applied, or it is empty and what was applied is reverted
+    (its first error refuses)."""
+    if dns == applied:
+        return True
+    if not dns:
+        errors = revert()
+        if errors:
+            raise Refusal(errors[0])
+        return True
+    return False
+
+
 class NoDns:
     name: BackendName = "none"
 
@@ -222,12 +236,7 @@ class Resolvconf:
         self.applied: Dns | None = None
 
     def apply(self, dns: Dns) -> None:
-        if dns == self.applied:
-            return
-        if not dns:
-            errors = self.revert()
-            if errors:
-                raise Refusal(errors[0])
+        if _settled(dns, self.applied, self.revert):
             return
         self.run("add", self.record_name, resolvconf_text(dns))
         self.applied = dns
@@ -376,12 +385,7 @@ class ResolvConfFile:
         self.notes: list[str] = []
 
     def apply(self, dns: Dns) -> None:
-        if dns == self.applied:
-            return
-        if not dns:
-            errors = self.revert()
-            if errors:
-                raise Refusal(errors[0])
+        if _settled(dns, self.applied, self.revert):
             return
         try:
             if self.original is None:
