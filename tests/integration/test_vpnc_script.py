@@ -204,8 +204,9 @@ def test_a_failing_connect_or_reconnect_script_ends_the_session(
 
         lab.wait_for("the session to be connected", connected, 20)
         assert "nameserver 198.18.2.53" in resolv.read_text()
+        (spawner,) = _pids_titled("sepconnect: spawner", proc.pid)  # the workers' parent
         (worker,) = lab.wait_for(
-            "the worker", lambda: _pids_titled("sepconnect: worker", proc.pid) or None
+            "the worker", lambda: _pids_titled("sepconnect: worker", spawner) or None
         )
         os.kill(worker, signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
