@@ -9,7 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, IFNAME_MAX, MAX_CIPHER_LIST, PRINTABLE_TEXT
+from sepconnect.ipc.limits import (
+    CIPHER_LIST,
+    FORM_ID,
+    FORM_NAME,
+    IFNAME,
+    IFNAME_MAX,
+    MAX_BANNER,
+    MAX_CIPHER_LIST,
+    PRINTABLE_LINE,
+    PRINTABLE_TEXT,
+)
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -43,12 +53,6 @@ class Start(Message):
     op: ClassVar[str] = "start"
     proto: Annotated[int, Range(1, 1)]
     url: Annotated[str, Length(9, 2048)]
-    username: Annotated[str, Length(0, 256)]
-    passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)] = (
-        dataclasses.field(repr=False)
-    )
-    """Only for a worker that logs in: one resuming with ``cookie`` gets none."""
-    group: Annotated[str, Length(1, 256)] | None
     servercert: Annotated[str, Length(8, 200)] | None
     cafile_pem: Annotated[bytes, Length(1, 60_000)] | None
     base_mtu: Annotated[int, Range(1280, 9000)] | None
@@ -64,6 +68,80 @@ class Start(Message):
     """X-DTLS-CipherSuite to send instead of our default (as openconnect --dtls-ciphers)."""
     dtls12_ciphers: DtlsCipherList | None = None
     """X-DTLS12-CipherSuite to send instead of our default."""
+
+
+Label = Annotated[str, Length(0, 256), Match(PRINTABLE_LINE)]
+FieldName = Annotated[str, Length(1, 64), Match(FORM_NAME)]
+MAX_FORM_FIELDS = 32
+MAX_FORM_TEXT = 12_000
+"""Characters of labels and option values in one LoginForm: at most 4 bytes each in
+UTF-8, so that the form fits one message (wire.MAX_MSG) with room to spare."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FormChoice(Message):
+    """One option of a select field: the value sent back, the label shown."""
+
+    op: ClassVar[str] = "form_choice"
+    value: Label
+    label: Label
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginField(Message):
+    """One field of a login form someone must answer (the worker answers hidden ones)."""
+
+    op: ClassVar[str] = "login_field"
+    kind: Literal["text", "password", "select"]
+    name: FieldName
+    label: Label
+    choices: Annotated[tuple[FormChoice, ...], Length(0, 256)] = ()
+
+    def __post_init__(self) -> None:
+        if (self.kind == "select") != bool(self.choices):
+            raise ValueError(f"field {self.name}: choices belong to a select, which has some")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginForm(Message):
+    """Worker → supervisor: the server's login form, to be answered with
+    :class:`LoginAnswers`. The supervisor holds the passwords, the one-time-code secret
+    and the terminal; the worker holds the connection and the form's hidden fields."""
+
+    op: ClassVar[str] = "login_form"
+    form_id: Annotated[str, Length(0, 64), Match(f"(?:{FORM_ID})?")]
+    """The form's ``<auth id>`` ("" if the server gave none usable): --form-entry's FORM."""
+    banner: Annotated[str, Length(1, MAX_BANNER), Match(PRINTABLE_TEXT)] | None
+    message: Annotated[str, Length(1, 1024), Match(PRINTABLE_TEXT)] | None
+    error: Annotated[str, Length(1, 1024), Match(PRINTABLE_TEXT)] | None
+    fields: Annotated[tuple[LoginField, ...], Length(1, MAX_FORM_FIELDS)]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError("a field name appears twice")
+        text = sum(len(f.label) + sum(len(c.value) + len(c.label) for c in f.choices)
+                   for f in self.fields)  # fmt: skip
+        if text > MAX_FORM_TEXT:
+            raise ValueError(f"more than {MAX_FORM_TEXT} characters of labels and options")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FieldAnswer(Message):
+    op: ClassVar[str] = "field_answer"
+    name: FieldName
+    value: Annotated[str, Length(0, 1024)] = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginAnswers(Message):
+    """Supervisor → worker: an answer to each field of the LoginForm it sent last."""
+
+    op: ClassVar[str] = "login_answers"
+    answers: Annotated[tuple[FieldAnswer, ...], Length(1, MAX_FORM_FIELDS)]
+    group: Annotated[str, Length(1, 256)] | None = None
+    """--authgroup, for ``<group-select>`` when the form has no group list: ocserv takes
+    a group of the user's (plain auth) that it does not list."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +233,6 @@ class Hold(Message):
     op: ClassVar[str] = "hold"
 
 
-TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus, Hold)
-FROM_WORKER = Codec(TunnelUp, Failed, Stopped, WorkerStatus)
+TO_WORKER = Codec(Start, LoginAnswers, TunHandoff, Stop, QueryStatus, Hold)
+FROM_WORKER = Codec(LoginForm, TunnelUp, Failed, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import os
 import selectors
 import signal
@@ -41,6 +42,7 @@ from sepconnect.ipc.worker_messages import (
     Failed,
     FailureKind,
     Hold,
+    LoginForm,
     QueryStatus,
     Start,
     Stop,
@@ -52,6 +54,13 @@ from sepconnect.ipc.worker_messages import (
 from sepconnect.process import programs
 from sepconnect.process.exitcodes import FAILURE_KINDS, ExitCode
 from sepconnect.supervisor import audit
+from sepconnect.supervisor.answers import (
+    AnswerSources,
+    Login,
+    LoginCancelled,
+    TokenCodes,
+    Unanswerable,
+)
 from sepconnect.supervisor.control import (
     ControlError,
     ControlServer,
@@ -62,6 +71,7 @@ from sepconnect.supervisor.control import (
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 from sepconnect.supervisor.notify import Notifier
 from sepconnect.supervisor.policy import Action, RecoveryPolicy
+from sepconnect.supervisor.terminal import Terminal
 
 _STOP_GRACE = 5.0  # seconds a dismissed worker gets to close before it is killed
 _STATUS_WAIT = 1.0  # seconds a control `status` waits for the worker's counters
@@ -99,6 +109,7 @@ class Worker:
     announced: tuple[str, str] | None = None  # the data channel last logged: (channel, state)
     carrying: bool = False  # has the tun and carries traffic
     dismissed_at: float | None = None
+    login: Login | None = None  # a worker that logs in: the answers to its forms
 
 
 @dataclass(slots=True)
@@ -127,6 +138,9 @@ class Options:
     control_gid: int | None = None
     allow_weak_sandbox: bool = False
     tun_offload: bool = True  # create the tun with a virtio-net header (worker offloads)
+    answers: AnswerSources = field(default_factory=AnswerSources)  # for login forms
+    codes: TokenCodes | None = None  # --token-mode: one-time codes
+    terminal: Terminal | None = None  # asked during the first login only
 
 
 @dataclass(slots=True)
@@ -174,7 +188,7 @@ class Supervisor:
         self.start = start
         self.options = options or Options()
         self.policy = RecoveryPolicy(
-            can_log_in=bool(start.passwords),
+            can_log_in=self.options.answers.unattended,
             always_on=self.options.always_on,
             reconnect_timeout=self.options.reconnect_timeout,
         )
@@ -191,6 +205,7 @@ class Supervisor:
         self.pending_status: list[_PendingStatus] = []
         self.watchdog_at: float | None = None
         self.sel = selectors.DefaultSelector()
+        self.wake_fd: int | None = None  # the signal wake-up fd, which also ends a question
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -215,8 +230,10 @@ class Supervisor:
         self.workers.append(worker)
         self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", worker))
         start = self.start
-        if cookie is not None:  # it resumes the session: it never needs the passwords
-            start = dataclasses.replace(start, cookie=cookie, passwords=())
+        if cookie is not None:
+            start = dataclasses.replace(start, cookie=cookie)
+        else:  # it logs in: the supervisor answers its forms
+            worker.login = Login(self.options.answers, self.options.codes)
         channel.send(start)
         if VERBOSITY[0]:
             log(f"worker {worker.gen} started ({purpose}, pid {proc.pid})")
@@ -485,6 +502,8 @@ class Supervisor:
             if isinstance(msg, (Stopped, WorkerStatus)):
                 worker.status = msg if isinstance(msg, WorkerStatus) else worker.status
             return None
+        if isinstance(msg, LoginForm) and worker.login is not None and not worker.carrying:
+            return self._on_login_form(worker, msg)
         if isinstance(msg, TunnelUp):
             if worker.carrying:
                 return self._on_resumed_in_place(worker, msg)
@@ -502,6 +521,25 @@ class Supervisor:
         log(f"unexpected {msg.op} from worker {worker.gen}")
         worker.proc.kill()
         return self._worker_gone(worker)
+
+    def _on_login_form(self, worker: Worker, form: LoginForm) -> ExitCode | None:
+        """Answer a login form (supervisor/answers.py); the terminal only until the session
+        first came up: a re-login must not wait for someone who may not be there."""
+        assert worker.login is not None
+        terminal = self.options.terminal
+        ask = (
+            None
+            if terminal is None or self.session.established
+            else functools.partial(terminal.ask, wake=self.wake_fd)
+        )
+        try:
+            answers = worker.login.answer(form, time.time(), ask)
+        except LoginCancelled:
+            return None  # a signal came while asking: the loop acts on it next
+        except Unanswerable as exc:
+            return self._failed(worker, exc.kind, str(exc))
+        worker.channel.send(answers)
+        return None
 
     def _log_channel(self, status: WorkerStatus) -> None:
         if status.channel == "dtls":
@@ -640,6 +678,7 @@ class Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        self.wake_fd = wake_r.fileno()
         for signum in (
             signal.SIGINT,
             signal.SIGTERM,

@@ -8,12 +8,9 @@ from sepconnect.ipc.worker_messages import Start
 
 
 def start_message(url: str, **fields: Any) -> Start:
-    """A Start for ``url``: no credentials, no pin, default MTUs, unless ``fields`` say."""
+    """A Start for ``url``: no pin, default MTUs, unless ``fields`` say."""
     defaults: dict[str, Any] = {
         "proto": 1,
-        "username": "",
-        "passwords": (),
-        "group": None,
         "servercert": None,
         "cafile_pem": None,
         "base_mtu": None,

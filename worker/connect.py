@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,7 +25,7 @@ from sepconnect.worker.io.tls import (
     Unreachable,
 )
 from sepconnect.worker.proto import errors
-from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, Credentials, HttpRequest
+from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, FormPrompt, HttpRequest
 from sepconnect.worker.proto.dtls_setup import (
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERS12,
@@ -43,6 +44,11 @@ from sepconnect.worker.proto.tunnel import (
 
 DEFAULT_PORT = 443
 PSK_LABEL = b"EXPORTER-openconnect-psk"  # PROTOCOL.md §4.1: no context, 32 bytes
+
+
+Ask = Callable[[FormPrompt], tuple[Mapping[str, str], str | None]]
+"""Who answers a login form's fields (and gives the group for a form without a group
+list): the worker asks the supervisor (worker/main.py)."""
 
 
 class SessionFailure(Exception):
@@ -203,7 +209,6 @@ def _failure_from(exc: Exception) -> SessionFailure:
         (errors.AccountLocked, "account_locked"),
         (errors.AuthFailed, "auth_failed"),
         (errors.LoginRefused, "auth_failed"),
-        (errors.UnknownGroup, "unknown_group"),
         (errors.NeedMoreInput, "need_input"),
         (errors.CookieRejected, "cookie_rejected"),
         (errors.ProtocolError, "protocol"),
@@ -227,20 +232,22 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
     return max(1280, min(9000, mss + headers))
 
 
-def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
+def _log_in(start: Start, server: Server, conn: _Connection, ask: Ask | None) -> AuthSuccess:
     try:
-        auth = AuthSession(
-            host=server.host,
-            port=server.port,
-            path=server.path,
-            credentials=Credentials(
-                username=start.username, passwords=start.passwords, group=start.group
-            ),
-        )
+        auth = AuthSession(host=server.host, port=server.port, path=server.path)
     except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
         raise SessionFailure("error", f"cannot log in to {start.url!r}: {exc}") from None
-    step: HttpRequest | AuthSuccess = auth.first_request()
-    while isinstance(step, HttpRequest):
+    step: HttpRequest | AuthSuccess | FormPrompt = auth.first_request()
+    while not isinstance(step, AuthSuccess):
+        if isinstance(step, FormPrompt):
+            if ask is None:
+                raise SessionFailure("error", "a login form arrived where none was expected")
+            values, group = ask(step)
+            try:
+                step = auth.answer(values, group=group)
+            except ValueError as exc:  # the supervisor's answers do not fit the form
+                raise SessionFailure("error", f"login form answers: {exc}") from None
+            continue
         resp = conn.exchange(step)
         step = auth.handle_response_untrusted(resp)
         if not conn.http.reuse():
@@ -248,15 +255,16 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
     return step
 
 
-def open_tunnel(start: Start) -> Tunnel:
-    """Log in (or resume with ``start.cookie``) and CONNECT; the TLS stream then carries CSTP."""
+def open_tunnel(start: Start, ask: Ask | None = None) -> Tunnel:
+    """Log in, answering forms with *ask* (or resume with ``start.cookie``), and CONNECT;
+    the TLS stream then carries CSTP."""
     server = resolve(start.url)
     conn = _Connection(server, _trust(start))
     try:
         if start.cookie is not None:
             success = AuthSuccess(cookie=start.cookie, banner=None)
         else:
-            success = _log_in(start, server, conn)
+            success = _log_in(start, server, conn, ask)
         stream = conn.open()
         base_mtu = _base_mtu(stream, start.base_mtu)
         # DTLS "resumed session" secret (PROTOCOL.md §4.2); unused in PSK mode

@@ -16,7 +16,7 @@ import socket
 import sys
 from typing import Literal
 
-from sepconnect.ipc.limits import printable
+from sepconnect.ipc.limits import MAX_BANNER, printable
 from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
@@ -24,6 +24,10 @@ from sepconnect.ipc.worker_messages import (
     FROM_WORKER,
     TO_WORKER,
     Failed,
+    FormChoice,
+    LoginAnswers,
+    LoginField,
+    LoginForm,
     Start,
     Stop,
     Stopped,
@@ -33,7 +37,8 @@ from sepconnect.ipc.worker_messages import (
 from sepconnect.process import privileges
 from sepconnect.process.title import set_title
 from sepconnect.worker import sandbox
-from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.connect import Ask, SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.proto.auth import FormPrompt
 
 
 def _log(text: str) -> None:
@@ -57,6 +62,49 @@ def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
         rekey_method=_rekey_method(cfg.rekey_method),
         cookie=tunnel.cookie,
     )
+
+
+def _login_form(prompt: FormPrompt) -> LoginForm:
+    """The server's form as the supervisor takes it, checked against the schema here: a
+    form that does not fit (too large, a name used twice) is the server's fault."""
+
+    def text(value: str | None, limit: int) -> str | None:
+        return printable(value, limit) or None if value else None
+
+    try:
+        form = LoginForm(
+            form_id=prompt.form_id,
+            banner=text(prompt.banner, MAX_BANNER),
+            message=text(prompt.message, 1024),
+            error=text(prompt.error, 1024),
+            fields=tuple(
+                LoginField(
+                    kind=f.kind,  # type: ignore[arg-type]  # FormPrompt has no hidden field
+                    name=f.name,
+                    label=f.label,
+                    choices=tuple(FormChoice(value=o.value, label=o.label) for o in f.options),
+                )
+                for f in prompt.fields
+            ),
+        )
+        FROM_WORKER.decode_untrusted(FROM_WORKER.encode(form))
+    except (ValueError, WireError) as exc:
+        raise SessionFailure("protocol", f"the server's login form is unusable: {exc}") from None
+    return form
+
+
+def _asker(channel: Channel) -> Ask:
+    """Login forms go to the supervisor, which answers each field (it holds the
+    passwords, the one-time-code secret and the terminal; this process holds none)."""
+
+    def ask(prompt: FormPrompt) -> tuple[dict[str, str], str | None]:
+        channel.send(_login_form(prompt))
+        reply, _ = channel.recv()
+        if not isinstance(reply, LoginAnswers):
+            raise WireError(f"expected login answers, got {reply.op}")
+        return {answer.name: answer.value for answer in reply.answers}, reply.group
+
+    return ask
 
 
 def _rekey_method(method: str | None) -> Literal["ssl", "new-tunnel", "none"] | None:
@@ -136,7 +184,7 @@ def run(channel: Channel) -> int:
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
     _enter_sandbox(msg, channel)
-    tunnel = open_tunnel(msg)
+    tunnel = open_tunnel(msg, _asker(channel))
     channel.send(_tunnel_up(tunnel))
     # The data path's modules (~10-15 ms) load while the supervisor and the helper set
     # up the tun, instead of before the login: they are not needed until the tun comes.

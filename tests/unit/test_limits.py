@@ -87,9 +87,6 @@ def test_every_cipher_list_check_agrees(ciphers: str, ok: bool) -> None:
     start = Start(
         proto=1,
         url="https://vpn.example/",
-        username="u",
-        passwords=(),
-        group=None,
         servercert=None,
         cafile_pem=None,
         base_mtu=None,
