@@ -7,6 +7,7 @@ type and size, and again semantically before anything reaches the helper.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import Annotated, ClassVar, Literal
 
 from sepconnect.ipc.limits import (
@@ -68,6 +69,10 @@ class Start(Message):
     """X-DTLS-CipherSuite to send instead of our default (as openconnect --dtls-ciphers)."""
     dtls12_ciphers: DtlsCipherList | None = None
     """X-DTLS12-CipherSuite to send instead of our default."""
+    authenticate: bool = False
+    """Log in, report :class:`LoggedIn` and exit: no CONNECT, no tunnel (--authenticate)."""
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    """Connect to this address instead of looking the URL's host up (--resolve)."""
 
 
 Label = Annotated[str, Length(0, 256), Match(PRINTABLE_LINE)]
@@ -142,6 +147,22 @@ class LoginAnswers(Message):
     group: Annotated[str, Length(1, 256)] | None = None
     """--authgroup, for ``<group-select>`` when the form has no group list: ocserv takes
     a group of the user's (plain auth) that it does not list."""
+
+
+PIN_SHA256 = r"pin-sha256:[A-Za-z0-9+/]{43}="
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedIn(Message):
+    """Worker → supervisor, with ``Start.authenticate``: the login succeeded; the worker
+    exits next without logging off, so that the cookie stays valid (--authenticate)."""
+
+    op: ClassVar[str] = "logged_in"
+    cookie: Cookie = dataclasses.field(repr=False)
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    """The server's address the worker logged in at (openconnect's HOST and RESOLVE)."""
+    server_pin: Annotated[str, Match(PIN_SHA256)]
+    """The server certificate's ``pin-sha256:`` pin (openconnect's FINGERPRINT)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,5 +255,5 @@ class Hold(Message):
 
 
 TO_WORKER = Codec(Start, LoginAnswers, TunHandoff, Stop, QueryStatus, Hold)
-FROM_WORKER = Codec(LoginForm, TunnelUp, Failed, Stopped, WorkerStatus)
+FROM_WORKER = Codec(LoginForm, LoggedIn, TunnelUp, Failed, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

@@ -100,6 +100,25 @@ def _parser() -> argparse.ArgumentParser:
         "(as --credentials-file; hotp writes each new counter back to it)",
     )
     c.add_argument(
+        "--authenticate",
+        action="store_true",
+        help="log in, print COOKIE, HOST, CONNECT_URL, FINGERPRINT and RESOLVE as shell "
+        "assignments (as openconnect --authenticate) and exit; no tunnel, no helper; "
+        "root is not needed",
+    )
+    c.add_argument(
+        "--resolve",
+        metavar="HOST:IP",
+        help="connect to IP instead of looking up HOST, the server URL's host (as openconnect; "
+        "--authenticate prints it as RESOLVE)",
+    )
+    c.add_argument(
+        "--cookie-on-stdin",
+        action="store_true",
+        help="connect with the session cookie on standard input instead of logging in "
+        "(webvpn=…, as openconnect --authenticate prints COOKIE)",
+    )
+    c.add_argument(
         "--servercert",
         metavar="PIN",
         help="accept only the server certificate with this pin: pin-sha256:<base64 of the "
@@ -287,9 +306,29 @@ def _read_cafile(path: str | None) -> bytes | None:
     return data
 
 
+def _resolve_address(
+    args: argparse.Namespace,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """--resolve HOST:IP (as openconnect: HOST up to the first colon) for the URL's host."""
+    if args.resolve is None:
+        return None
+    from urllib.parse import urlsplit  # not imported at start-up otherwise (~3 ms)
+
+    host, _, address = args.resolve.partition(":")
+    try:
+        ip = ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
+        url_host = urlsplit(args.url).hostname or ""
+    except ValueError:
+        raise UsageError(f"--resolve {args.resolve!r}: expected HOST:IP") from None
+    if host.lower() != url_host:
+        raise UsageError(f"--resolve {args.resolve!r}: HOST must be the URL's host, {url_host}")
+    return ip
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if not args.url.startswith("https://"):
         raise UsageError(f"the server URL must start with https://, got {args.url!r}")
+    _resolve_address(args)
     if args.interface is not None:
         try:
             check_ifname(args.interface)
@@ -435,7 +474,9 @@ def _read_login(args: argparse.Namespace) -> credentials.LoginInput:
         raise UsageError(str(exc)) from None
 
 
-def _start_message(args: argparse.Namespace, cafile_pem: bytes | None) -> Start:
+def _start_message(
+    args: argparse.Namespace, cafile_pem: bytes | None, *, authenticate: bool = False
+) -> Start:
     from sepconnect.ipc.worker_messages import Start
 
     return Start(
@@ -451,11 +492,17 @@ def _start_message(args: argparse.Namespace, cafile_pem: bytes | None) -> Start:
         dtls12_ciphers=args.dtls12_ciphers,
         hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
         verbose=min(args.verbose, 4),
+        authenticate=authenticate,
+        server_address=_resolve_address(args),
     )
 
 
 def connect(args: argparse.Namespace) -> ExitCode:
     _check_args(args)
+    if args.authenticate:
+        from sepconnect.authenticate import authenticate_only
+
+        return authenticate_only(args)
     as_root = os.geteuid() == 0
     if args.helper_socket is not None:
         account, uid, gid = _split_mode_account(args, as_root)
@@ -526,6 +573,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
             answers=answers,
             codes=codes,
             terminal=terminal,
+            cookie=login.cookie,
         )
         VERBOSITY[0] = args.verbose
         supervisor = Supervisor(HelperClient(ours), start, options, first_worker)

@@ -1,5 +1,5 @@
 """What the launcher reads for the login while it is still root: password lines, the
-one-time-code secret, and whether the terminal may be asked.
+session cookie, the one-time-code secret, and whether the terminal may be asked.
 
 Files are read before the privilege drop, with the checks --credentials-file has always
 had (a regular file, not a symlink, owned by root or by the account sepconnect runs as,
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 MAX_LINES = 8
 _MAX_FILE = 64 * 1024
 _FORM_ENTRY = re.compile(r"[^:=]+:[^=]+=.*", re.DOTALL)
+# the webvpn cookie's value, as worker/proto/auth.py accepts it from a server
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,512}")
 _XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -86,6 +88,26 @@ def read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
     return ()
 
 
+def read_cookie(args: argparse.Namespace) -> str | None:
+    """--cookie-on-stdin: the first line of standard input, as openconnect --authenticate
+    prints COOKIE: ``webvpn=<value>``, maybe after other cookies (openconnect 9's
+    ``openconnect_strapkey=…; webvpn=…``, which ocserv does not use), separated by ``;``.
+    """
+    if not args.cookie_on_stdin:
+        return None
+    line = sys.stdin.readline(_MAX_FILE).strip()
+    for part in line.split(";"):
+        name, eq, value = part.strip().partition("=")
+        if eq and name == "webvpn":
+            if not _COOKIE_VALUE.fullmatch(value):
+                raise ValueError("--cookie-on-stdin: the webvpn cookie is empty or not valid")
+            return value
+    raise ValueError(
+        "--cookie-on-stdin: expected webvpn=<cookie> on standard input (as openconnect "
+        "--authenticate prints COOKIE)"
+    )
+
+
 def check_form_entries(entries: list[str]) -> None:
     for entry in entries:
         if not _FORM_ENTRY.fullmatch(entry):
@@ -142,7 +164,7 @@ def no_prompt_reason(args: argparse.Namespace) -> str | None:
     """Why the terminal may not be asked for login answers; None if it may."""
     if args.non_inter:
         return "--non-inter"
-    if args.passwd_on_stdin:
+    if args.passwd_on_stdin or args.cookie_on_stdin:
         return "standard input carried the login's input"
     if not os.isatty(0):
         return "standard input is not a terminal"
@@ -153,18 +175,22 @@ class LoginInput(NamedTuple):
     """Everything the login needs that was read as root."""
 
     passwords: tuple[str, ...]
+    cookie: str | None
     token: Token | None
 
     def __repr__(self) -> str:
-        return f"LoginInput(<{len(self.passwords)} passwords>, token={self.token is not None})"
+        return f"LoginInput(<{len(self.passwords)} passwords>, cookie={self.cookie is not None})"
 
 
 def read_login(args: argparse.Namespace) -> LoginInput:
     """Read (as root) and check every login option; ValueError names the bad one."""
+    if args.cookie_on_stdin and (args.passwd_on_stdin or args.authenticate):
+        other = "--passwd-on-stdin" if args.passwd_on_stdin else "--authenticate"
+        raise ValueError(f"--cookie-on-stdin and {other} cannot go together")
     if args.user is not None and (_XML_FORBIDDEN.search(args.user) or len(args.user) > 256):
         raise ValueError("--user: at most 256 characters, without control characters")
     check_form_entries(args.form_entry)
-    return LoginInput(read_passwords(args), read_token(args))
+    return LoginInput(read_passwords(args), read_cookie(args), read_token(args))
 
 
 def answer_sources(

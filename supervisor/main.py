@@ -141,6 +141,7 @@ class Options:
     answers: AnswerSources = field(default_factory=AnswerSources)  # for login forms
     codes: TokenCodes | None = None  # --token-mode: one-time codes
     terminal: Terminal | None = None  # asked during the first login only
+    cookie: str | None = field(default=None, repr=False)  # --cookie-on-stdin
 
 
 @dataclass(slots=True)
@@ -700,7 +701,8 @@ class Supervisor:
         # The worker starts first: its start-up (imports, TLS, login: ~0.15 s of the
         # connect time) overlaps the helper's; nothing it reports is read before the
         # helper has answered hello (docs/performance.md).
-        self._spawn("login", cookie=None)
+        cookie = self.options.cookie
+        self._spawn("login" if cookie is None else "resume", cookie=cookie)
         try:
             self.helper.hello()
         except (HelperRefused, WireError, OSError) as exc:

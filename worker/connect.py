@@ -86,7 +86,8 @@ class Tunnel:
         return self.dtls.mtu if isinstance(self.dtls, DtlsPlan) else self.config.net.mtu
 
 
-def resolve(url: str) -> Server:
+def resolve(url: str, address: str | None = None) -> Server:
+    """The server of *url*; *address* (--resolve) instead of a name lookup."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise SessionFailure("error", f"server URL must be https://host[:port][/path], got {url!r}")
@@ -95,15 +96,16 @@ def resolve(url: str) -> Server:
     except ValueError:
         raise SessionFailure("error", f"bad port in server URL {url!r}") from None
     host = parts.hostname
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise SessionFailure(
-            "unreachable", f"cannot resolve {host}: {exc.strerror or exc}"
-        ) from None
-    if not infos:
-        raise SessionFailure("unreachable", f"cannot resolve {host}")
-    address = str(infos[0][4][0])
+    if address is None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise SessionFailure(
+                "unreachable", f"cannot resolve {host}: {exc.strerror or exc}"
+            ) from None
+        if not infos:
+            raise SessionFailure("unreachable", f"cannot resolve {host}")
+        address = str(infos[0][4][0])
     # The login's first request goes to the URL's path and query as given (a server may
     # take a group or a secret from the query, e.g. https://vpn/?secret); the fragment
     # is the client's own. CONNECT has its fixed path (PROTOCOL.md §2.1).
@@ -111,6 +113,10 @@ def resolve(url: str) -> Server:
     if parts.query:
         path += "?" + parts.query
     return Server(host=host, port=port, path=path, address=address)
+
+
+def _address(start: Start) -> str | None:
+    return None if start.server_address is None else str(start.server_address)
 
 
 def _trust(start: Start) -> TrustConfig:
@@ -129,6 +135,7 @@ class _Connection:
         self.trust = trust
         self.stream: TlsStream | None = None
         self.http = HttpClient()
+        self.server_pin = ""  # the pin of the certificate last verified
 
     def open(self) -> TlsStream:
         if self.stream is None:
@@ -136,6 +143,7 @@ class _Connection:
                 self.server.host, self.server.port, self.server.address, self.trust
             )
             self.http = HttpClient()
+            self.server_pin = self.stream.server_pin
         return self.stream
 
     def close(self) -> None:
@@ -255,10 +263,35 @@ def _log_in(start: Start, server: Server, conn: _Connection, ask: Ask | None) ->
     return step
 
 
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A login alone (--authenticate): the cookie, and where and whom it is valid at."""
+
+    cookie: str
+    address: str
+    server_pin: str
+
+    def __repr__(self) -> str:
+        return f"Authenticated(cookie=<hidden>, address={self.address!r})"
+
+
+def authenticate(start: Start, ask: Ask) -> Authenticated:
+    """Log in and stop there: no CONNECT, and no logoff, so the cookie stays valid."""
+    server = resolve(start.url, _address(start))
+    conn = _Connection(server, _trust(start))
+    try:
+        success = _log_in(start, server, conn, ask)
+    except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
+        raise _failure_from(_as_refusal(exc, resuming=False)) from None
+    finally:
+        conn.close()
+    return Authenticated(cookie=success.cookie, address=server.address, server_pin=conn.server_pin)
+
+
 def open_tunnel(start: Start, ask: Ask | None = None) -> Tunnel:
     """Log in, answering forms with *ask* (or resume with ``start.cookie``), and CONNECT;
     the TLS stream then carries CSTP."""
-    server = resolve(start.url)
+    server = resolve(start.url, _address(start))
     conn = _Connection(server, _trust(start))
     try:
         if start.cookie is not None:

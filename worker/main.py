@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import select
 import signal
@@ -25,6 +26,7 @@ from sepconnect.ipc.worker_messages import (
     TO_WORKER,
     Failed,
     FormChoice,
+    LoggedIn,
     LoginAnswers,
     LoginField,
     LoginForm,
@@ -37,7 +39,7 @@ from sepconnect.ipc.worker_messages import (
 from sepconnect.process import privileges
 from sepconnect.process.title import set_title
 from sepconnect.worker import sandbox
-from sepconnect.worker.connect import Ask, SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.connect import Ask, SessionFailure, Tunnel, authenticate, open_tunnel
 from sepconnect.worker.proto.auth import FormPrompt
 
 
@@ -184,6 +186,11 @@ def run(channel: Channel) -> int:
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
     _enter_sandbox(msg, channel)
+    if msg.authenticate:
+        done = authenticate(msg, _asker(channel))
+        address = ipaddress.ip_address(done.address)
+        channel.send(LoggedIn(cookie=done.cookie, address=address, server_pin=done.server_pin))
+        return 0
     tunnel = open_tunnel(msg, _asker(channel))
     channel.send(_tunnel_up(tunnel))
     # The data path's modules (~10-15 ms) load while the supervisor and the helper set

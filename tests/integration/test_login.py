@@ -1,7 +1,8 @@
-"""Login methods against the lab's ocserv 1.1.6 (issue 14, items 2 and 4): one-time codes
-from --token-mode (ocserv's OTP round through liboath), and forms as openconnect handles
-them (--form-entry, --non-inter, prompts on a terminal, clear errors before any password
-is sent)."""
+"""Login methods against the lab's ocserv 1.1.6 (issue 14, items 2-4): one-time codes
+from --token-mode (ocserv's OTP round through liboath), the two-phase login with
+openconnect 9.01 both ways (--authenticate, --cookie-on-stdin), and forms as openconnect
+handles them (--form-entry, --non-inter, prompts on a terminal, clear errors before any
+password is sent)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,27 @@ import pty
 import re
 import select
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_connect import Client, _assert_clean_failure, _ping
+from test_connect import (
+    SEPCONNECT,
+    Client,
+    _assert_clean_failure,
+    _fake_server,
+    _ping,
+)
 
 from lab import Lab, OcservOptions
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
-NEED_INPUT, UNKNOWN_GROUP = 12, 5
+NEED_INPUT, COOKIE_REJECTED, UNKNOWN_GROUP = 12, 11, 5
 KEY = bytes(range(7, 27))  # the token's secret: 20 bytes, as liboath's examples
+VARIABLES = ("COOKIE", "HOST", "CONNECT_URL", "FINGERPRINT", "RESOLVE")
 
 
 def _hotp(counter: int) -> str:
@@ -134,6 +143,170 @@ def test_a_token_secret_file_must_be_private(lab: Lab) -> None:
     assert client.finish() == 2
     assert "mode 0600" in client.stderr
     assert _logins(lab) == 0
+
+
+# --------------------------------------------------------------------------- two phases
+
+
+def _variables(output: str) -> dict[str, str]:
+    """The assignments as a shell reads them (eval), in the order printed."""
+    names = [line.partition("=")[0] for line in output.splitlines()]
+    assert names == list(VARIABLES), output
+    script = 'eval "$1"; printf "%s\\n" ' + " ".join(f'"${n}"' for n in VARIABLES)
+    result = subprocess.run(
+        ["bash", "-c", script, "-", output], check=True, capture_output=True, text=True
+    )
+    return dict(zip(VARIABLES, result.stdout.splitlines(), strict=True))
+
+
+def _openconnect_authenticate(lab: Lab, *args: str) -> dict[str, str]:
+    result = lab.run_in(
+        lab.client_ns, "openconnect", "--authenticate", "--non-inter", "--user", "test",
+        "--passwd-on-stdin", "--servercert", lab.server_cert_pin, *args,
+        input=b"test123\n",
+    )  # fmt: skip
+    return _variables(result.stdout.decode())
+
+
+def _sepconnect_authenticate(lab: Lab, *args: str, setpriv: tuple[str, ...] = ()) -> str:
+    result = lab.run_in(
+        lab.client_ns, *setpriv, SEPCONNECT, "connect", "--authenticate", "--user", "test",
+        "--passwd-on-stdin", "--audit-log", str(Path(lab.workdir, "no-audit.jsonl")), *args,
+        input=b"test123\n", check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b"", result.stderr.decode()
+    return result.stdout.decode()
+
+
+@contextlib.contextmanager
+def _openconnect_with_cookie(lab: Lab, cookie: str, *args: str) -> Iterator[None]:
+    proc = lab.popen_in(
+        lab.client_ns, "openconnect", "--non-inter", "--cookie-on-stdin",
+        "--script", lab.vpnc_script, *args,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(f"{cookie}\n".encode())
+    proc.stdin.close()
+    proc.stdin = None  # so that communicate() does not flush it
+    try:
+        lab.wait_for("openconnect's tunnel", lambda: lab.client_tun(), timeout=15)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        print(err.decode(errors="replace")[-2000:])
+
+
+@pytest.mark.parametrize("as_root", [True, False], ids=["root", "unprivileged"])
+def test_authenticate_prints_what_openconnect_prints_and_openconnect_connects(
+    lab: Lab, as_root: bool
+) -> None:
+    url = f"https://{lab.hostname}/"
+    resolve = f"{lab.hostname}:{lab.server_ip}"
+    theirs = _openconnect_authenticate(lab, "--resolve", resolve, url)
+    setpriv = () if as_root else ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    output = _sepconnect_authenticate(
+        lab, "--resolve", resolve, "--cafile", lab.ca_file, url, setpriv=setpriv
+    )
+    ours = _variables(output)
+    # openconnect 9.01 prints 'value' as is; ours is the same text for these values
+    assert output == "".join(f"{n}='{ours[n]}'\n" for n in VARIABLES)
+    for name in ("HOST", "CONNECT_URL", "FINGERPRINT", "RESOLVE"):
+        assert ours[name] == theirs[name], name
+    assert (ours["HOST"], ours["CONNECT_URL"]) == (lab.server_ip, url)
+    assert (ours["FINGERPRINT"], ours["RESOLVE"]) == (lab.server_cert_pin, resolve)
+    assert re.fullmatch(r"webvpn=[A-Za-z0-9+/=]{44}", ours["COOKIE"]), ours["COOKIE"]
+    assert re.search(r"(^|; )webvpn=[A-Za-z0-9+/=]{44}$", theirs["COOKIE"]), theirs["COOKIE"]
+    # a login only: no helper (its audit log was never opened), no tun, no tunnel
+    assert not Path(lab.workdir, "no-audit.jsonl").exists()
+    assert _tun_links(lab) == []
+    assert _logins(lab) == 2
+    with _openconnect_with_cookie(
+        lab, ours["COOKIE"], "--servercert", ours["FINGERPRINT"], "--resolve", ours["RESOLVE"],
+        ours["CONNECT_URL"],
+    ):  # fmt: skip
+        assert _ping(lab, lab.target_ip).returncode == 0
+    assert _logins(lab) == 2  # openconnect did not log in: the cookie was enough
+
+
+def test_openconnects_cookie_connects_sepconnect(lab: Lab) -> None:
+    theirs = _openconnect_authenticate(lab, lab.url)
+    assert theirs["COOKIE"].startswith("openconnect_strapkey=")  # 9.01's, before webvpn=
+    client = Client(
+        lab, "--cookie-on-stdin", "--servercert", theirs["FINGERPRINT"], theirs["CONNECT_URL"],
+        user="", passwd_on_stdin=False, stdin=theirs["COOKIE"] + "\n",
+    )  # fmt: skip
+    client.wait_connected()
+    assert _ping(lab, lab.target_ip).returncode == 0
+    assert _logins(lab) == 1  # openconnect's; sepconnect used its cookie
+    assert client.stop() == 0, client.stderr
+    _no_secret_in(_logs(client), theirs["COOKIE"].rpartition("webvpn=")[2])
+
+
+def test_sepconnects_cookie_connects_sepconnect(lab: Lab) -> None:
+    ours = _variables(_sepconnect_authenticate(lab, "--servercert", lab.server_cert_pin, lab.url))
+    client = Client(
+        lab, "--cookie-on-stdin", "--servercert", ours["FINGERPRINT"], ours["CONNECT_URL"],
+        user="", passwd_on_stdin=False, stdin=ours["COOKIE"] + "\n",
+    )  # fmt: skip
+    client.wait_connected()
+    assert _logins(lab) == 1
+    assert client.stop() == 0, client.stderr
+
+
+def test_a_cookie_the_server_does_not_know(lab: Lab) -> None:
+    client = Client(
+        lab, "--cookie-on-stdin", user="", passwd_on_stdin=False,
+        stdin="webvpn=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )  # fmt: skip
+    _assert_clean_failure(lab, client, COOKIE_REJECTED, r"rejected the session cookie")
+    bare = Client(lab, "--cookie-on-stdin", user="", passwd_on_stdin=False, stdin="AAAA\n")
+    assert bare.finish() == 2
+    assert "expected webvpn=<cookie>" in bare.stderr
+
+
+SSO_SERVER = r"""
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = socket.create_server(("198.18.1.1", 4443))
+print("ready", flush=True)
+body = open(sys.argv[3], "rb").read()
+conn, _ = srv.accept()
+with ctx.wrap_socket(conn, server_side=True) as tls:
+    tls.settimeout(3)
+    requests = 0
+    try:
+        while True:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    raise EOFError
+                head += chunk
+            requests += 1
+            print(head.split(b"\r\n")[0].decode(), flush=True)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+    except (EOFError, OSError):
+        pass
+"""
+
+
+def test_single_sign_on_says_to_use_cookie_on_stdin(lab: Lab) -> None:
+    form = Path(__file__).parent.parent / "unit" / "vectors" / "cisco-asa-sso-v2.xml"
+    copy = Path(lab.workdir, "sso.xml")
+    copy.write_bytes(form.read_bytes())
+    script = SSO_SERVER.replace("sys.argv[3]", repr(str(copy)))
+    server = _fake_server(lab, "sso_server.py", script)
+    client = Client(lab, "https://198.18.1.1:4443/")
+    _assert_clean_failure(lab, client, NEED_INPUT, r"single sign-on.*--cookie-on-stdin")
+    assert server.stdout is not None
+    lines = server.stdout.read().decode().splitlines()
+    server.wait()
+    assert lines == ["POST / HTTP/1.1"]  # the init; no reply to the SSO form
 
 
 # --------------------------------------------------------------------------- forms

@@ -7,7 +7,8 @@ oc_success_msg_head + banner + OC_SUCCESS_MSG_FOOT; pass_msg_failed and
 pass_msg_otp from src/auth/common.c). The ``plain-*`` ones are byte for byte what the
 lab's ocserv 1.1.6 sent (``auth = "plain[passwd=…,otp=…]"``, openconnect 9.01's
 --dump-http-traffic): the username, the password, and the OTP round, which asks for
-``Password:`` again.
+``Password:`` again. vectors/cisco-asa-sso-v2.xml is a single sign-on form as Cisco's
+servers send it (the elements openconnect 9 reads in auth.c).
 
 The session answers no field itself: each test plays the supervisor with
 :func:`answer`.
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from sepconnect.worker.proto.auth import (
     MAX_ROUNDS,
     MAX_XML_BYTES,
+    SSO_MESSAGE,
     USER_AGENT,
     AuthSession,
     AuthSuccess,
@@ -53,6 +55,7 @@ PLAIN_USERNAME = (VECTORS / "ocserv-1.1.6-plain-username.xml").read_bytes()
 PLAIN_USERNAME_GROUPS = (VECTORS / "ocserv-1.1.6-plain-username-groups.xml").read_bytes()
 PLAIN_PASSWORD = (VECTORS / "ocserv-1.1.6-plain-password.xml").read_bytes()
 PLAIN_OTP = (VECTORS / "ocserv-1.1.6-plain-otp.xml").read_bytes()
+SSO_V2 = (VECTORS / "cisco-asa-sso-v2.xml").read_bytes()
 
 CONTEXT = "SGVsbG8gc2Vzc2lvbiBpZGVudGlmaWVyIQ=="
 COOKIE = "3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs="  # base64 of 32 bytes, 44 chars
@@ -297,6 +300,27 @@ def test_a_form_must_be_answered_before_the_next_response() -> None:
     prompt(s, ok(AUTH_REQUEST))
     with pytest.raises(RuntimeError):
         s.handle_response_untrusted(success_response())
+
+
+def test_single_sign_on_names_cookie_on_stdin() -> None:
+    s = session()
+    s.first_request()
+    with pytest.raises(NeedMoreInput) as info:
+        s.handle_response_untrusted(ok(SSO_V2))
+    assert str(info.value) == SSO_MESSAGE
+    assert "--cookie-on-stdin" in SSO_MESSAGE
+    assert parse_config_auth_untrusted(SSO_V2).sso
+
+
+def test_an_sso_input_alone_is_single_sign_on() -> None:
+    body = AUTH_REQUEST.replace(
+        b'<input type="password" name="password" label="Password:" />',
+        b'<input type="sso" name="sso-token" />',
+    )
+    s = session()
+    s.first_request()
+    with pytest.raises(NeedMoreInput, match="single sign-on"):
+        s.handle_response_untrusted(ok(body))
 
 
 def test_special_characters_escaped() -> None:

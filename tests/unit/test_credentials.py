@@ -17,6 +17,36 @@ def _args(*argv: str) -> argparse.Namespace:
     return cli._parser().parse_args(["connect", *argv, "https://vpn.example/"])
 
 
+@pytest.mark.parametrize(
+    ("line", "cookie"),
+    [
+        ("webvpn=AHKE1sREqvj2h+Zj3uAQYj=", "AHKE1sREqvj2h+Zj3uAQYj="),
+        # openconnect 9.01's COOKIE: its STRAP key first
+        ("openconnect_strapkey=MHcCAQ+/==; webvpn=AAeix0DFp4KV1WNg=", "AAeix0DFp4KV1WNg="),
+        ("  webvpn=abc ;other=1", "abc"),
+    ],
+)  # fmt: skip
+def test_cookie_on_stdin(monkeypatch: pytest.MonkeyPatch, line: str, cookie: str) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(line + "\nmore\n"))
+    assert credentials.read_cookie(_args("--cookie-on-stdin")) == cookie
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("AHKE1sREqvj2h+Zj3uAQYjr/PJzAbZlpcqYjmUa5WPc=", "expected webvpn=<cookie>"),
+        ("", "expected webvpn=<cookie>"),
+        ("webvpn=", "empty or not valid"),
+        ("webvpn=a b", "empty or not valid"),
+        ("webvpn=" + "A" * 600, "empty or not valid"),
+    ],
+)
+def test_bad_cookies(monkeypatch: pytest.MonkeyPatch, line: str, message: str) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(line + "\n"))
+    with pytest.raises(ValueError, match=message):
+        credentials.read_cookie(_args("--cookie-on-stdin"))
+
+
 def _private(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     path = tmp_path / "secret"
     path.write_text(text)
@@ -60,7 +90,11 @@ def test_token_options(tmp_path: Path) -> None:
         _args("--token-mode", "rsa")
 
 
-def test_bad_login_options() -> None:
+def test_login_options_that_cannot_go_together() -> None:
+    with pytest.raises(ValueError, match="--cookie-on-stdin and --passwd-on-stdin"):
+        credentials.read_login(_args("--cookie-on-stdin", "--passwd-on-stdin"))
+    with pytest.raises(ValueError, match="--cookie-on-stdin and --authenticate"):
+        credentials.read_login(_args("--cookie-on-stdin", "--authenticate"))
     with pytest.raises(ValueError, match="FORM:FIELD=VALUE"):
         credentials.read_login(_args("--form-entry", "username=alice"))
     with pytest.raises(ValueError, match="--user"):
@@ -89,3 +123,22 @@ def test_no_prompt_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert credentials.no_prompt_reason(_args()) == "standard input is not a terminal"
     monkeypatch.setattr(os, "isatty", lambda fd: True)
     assert credentials.no_prompt_reason(_args()) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [("vpn.example:192.0.2.1", "192.0.2.1"), ("VPN.example:2001:db8::1", "2001:db8::1"),
+     ("vpn.example:[2001:db8::2]", "2001:db8::2")],
+)  # fmt: skip
+def test_resolve(value: str, address: str) -> None:
+    assert str(cli._resolve_address(_args("--resolve", value))) == address
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("vpn.example", "expected HOST:IP"), ("vpn.example:nowhere", "expected HOST:IP"),
+     ("other.example:192.0.2.1", "the URL's host, vpn.example")],
+)  # fmt: skip
+def test_bad_resolve(value: str, message: str) -> None:
+    with pytest.raises(cli.UsageError, match=message):
+        cli._check_args(_args("--resolve", value))

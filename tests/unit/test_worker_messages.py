@@ -3,6 +3,8 @@ a login form is checked before it reaches the supervisor."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from messages import start_message
 
@@ -12,6 +14,7 @@ from sepconnect.ipc.worker_messages import (
     TO_WORKER,
     FieldAnswer,
     FormChoice,
+    LoggedIn,
     LoginAnswers,
     LoginField,
     LoginForm,
@@ -26,7 +29,7 @@ def test_start_repr_shows_no_secret() -> None:
     assert not hasattr(start, "passwords")  # a worker gets secrets only in LoginAnswers
 
 
-def test_login_answers_show_no_secret() -> None:
+def test_login_answers_and_logged_in_show_no_secret() -> None:
     answers = LoginAnswers(
         answers=(
             FieldAnswer(name="username", value="alice"),
@@ -35,6 +38,12 @@ def test_login_answers_show_no_secret() -> None:
     )
     assert "hunter2" not in repr(answers)
     assert TO_WORKER.decode_untrusted(TO_WORKER.encode(answers)) == answers
+    done = LoggedIn(
+        cookie="webvpn-secret", address=ipaddress.ip_address("198.18.1.1"),
+        server_pin="pin-sha256:" + "A" * 43 + "=",
+    )  # fmt: skip
+    assert "webvpn-secret" not in repr(done)
+    assert FROM_WORKER.decode_untrusted(FROM_WORKER.encode(done)) == done
 
 
 def _form(*fields: LoginField, form_id: str = "main") -> LoginForm:

@@ -19,7 +19,9 @@ The exchange, as ocserv runs it:
 select). The session answers hidden fields itself and knows no secret: the driver
 obtains the answers (the worker asks the supervisor, which holds the passwords,
 the one-time-code secret and the terminal) and passes them to
-:meth:`AuthSession.answer`.
+:meth:`AuthSession.answer`. A form for single sign-on in a web browser (SAML
+``sso-v2``) raises :class:`NeedMoreInput` with a message naming
+``--cookie-on-stdin``.
 
 Server XML is parsed with defusedxml (no DTDs, no entities, no external
 references), at most :data:`MAX_XML_BYTES` bytes and :data:`MAX_XML_DEPTH`
@@ -133,6 +135,11 @@ _LOCKED = re.compile(r"\b(locked|disabled)\b", re.IGNORECASE)
 _RENAMED_TO_PASSWORD: Final = frozenset({"answer", "whichpin"})
 #: The select whose answer goes into ``<group-select>`` (openconnect's authgroup).
 GROUP_FIELD: Final = "group_list"
+SSO_MESSAGE: Final = (
+    "the server asks for single sign-on (SAML) in a web browser, which sepconnect does not "
+    "do: log in with a client that can (such as openconnect --authenticate), then connect "
+    "with its cookie: sepconnect connect --cookie-on-stdin"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +239,8 @@ class AuthDocument:
     opaque: str | None
     session_token: str | None
     client_cert_request: bool
+    sso: bool = False
+    """A single sign-on form (``<sso-v2-login>``, or an ``<input type="sso">``)."""
 
 
 # ---------------------------------------------------------------------------
@@ -319,7 +328,8 @@ def _parse_form(elem: ET.Element) -> AuthForm:
                 parsed = FormField(
                     kind, name, label, child.get("value") if kind == "hidden" else None
                 )
-            # submit/reset/unknown input types ask for nothing (as openconnect)
+            # submit/reset/unknown input types ask for nothing (as openconnect); "sso"
+            # is seen by parse_config_auth_untrusted
         if parsed is not None:
             if len(fields) >= _MAX_FIELDS:
                 raise ProtocolError(f"Server form has more than {_MAX_FIELDS} fields")
@@ -354,7 +364,7 @@ def parse_config_auth_untrusted(body: bytes) -> AuthDocument:
 
     auth_id = banner = message = error = opaque = session_token = None
     form: AuthForm | None = None
-    cert_request = False
+    cert_request = sso = False
     seen_auth = False
     for child in root:
         tag = child.tag
@@ -370,6 +380,11 @@ def parse_config_auth_untrusted(body: bytes) -> AuthDocument:
                     error = _clean_text(_elem_text(sub))
                 elif sub.tag == "form" and form is None:
                     form = _parse_form(sub)
+                    sso = sso or any(
+                        i.tag == "input" and (i.get("type") or "").lower() == "sso" for i in sub
+                    )
+                elif sub.tag == "sso-v2-login":
+                    sso = True
         elif tag == "opaque" and opaque is None:
             node = copy.copy(child)
             node.tail = None
@@ -388,6 +403,7 @@ def parse_config_auth_untrusted(body: bytes) -> AuthDocument:
         opaque=opaque,
         session_token=session_token or None,
         client_cert_request=cert_request,
+        sso=sso,
     )
 
 
@@ -557,6 +573,9 @@ class AuthSession:
             return AuthSuccess(cookie=self._session_cookie(doc), banner=doc.banner)
         if doc.client_cert_request:
             raise NeedMoreInput("Server asks for a client certificate, which is not configured")
+        if doc.sso:
+            self._done = True
+            raise NeedMoreInput(SSO_MESSAGE)
         if self._sent_password:
             failure = doc.error or (
                 doc.message

@@ -71,8 +71,9 @@ class AccountLocked(AuthError):
 
 
 class NeedMoreInput(AuthError):
-    """The server asked for something the worker cannot give: a client certificate.
-    (Which form fields have answers is the supervisor's to decide: supervisor/answers.py.)"""
+    """The server asked for something the worker cannot give: a client certificate, or
+    single sign-on in a web browser. (Which form fields have answers is the supervisor's
+    to decide: supervisor/answers.py.)"""
 
 
 class CookieRejected(AuthError):
