@@ -472,6 +472,7 @@ def test_untrusted_certificate_without_pin(lab: Lab) -> None:
         SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
         "--audit-log", argv_pin_free.audit_log, "--control-socket", argv_pin_free.control,
         "--session-log", str(Path(lab.workdir, "session-nopin.jsonl")),
+        "--state-dir", str(Path(lab.workdir, "state-nopin")),
         lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
