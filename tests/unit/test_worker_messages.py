@@ -97,3 +97,19 @@ def test_the_largest_form_fits_one_message() -> None:
     )
     form = _form(*fields)
     assert len(FROM_WORKER.encode(form)) < 64 * 1024
+
+
+def test_the_worker_passes_a_form_on_only_if_it_fits() -> None:
+    from sepconnect.worker.connect import SessionFailure
+    from sepconnect.worker.main import _login_form
+    from sepconnect.worker.proto.auth import FormField, FormOption, FormPrompt
+
+    user = FormField("text", "username", "Username:")
+    fine = _login_form(FormPrompt("main", None, "Please enter your username.", None, (user,)))
+    assert fine.fields == (LoginField(kind="text", name="username", label="Username:"),)
+    options = tuple(FormOption(f"{i:0>250}", f"{i:0>250}", False) for i in range(30))
+    huge = FormPrompt("main", None, None, None, (FormField("select", "s", "S", None, options),))
+    with pytest.raises(SessionFailure) as info:
+        _login_form(huge)
+    assert info.value.kind == "protocol"
+    assert "login form is unusable" in info.value.message
