@@ -309,12 +309,17 @@ def _read_cafile(path: str | None) -> bytes | None:
 def _resolve_address(
     args: argparse.Namespace,
 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """--resolve HOST:IP (as openconnect: HOST up to the first colon) for the URL's host."""
+    """--resolve HOST:IP (as openconnect: HOST up to the first colon, or in brackets) for
+    the URL's host."""
     if args.resolve is None:
         return None
     from urllib.parse import urlsplit  # not imported at start-up otherwise (~3 ms)
 
-    host, _, address = args.resolve.partition(":")
+    value = args.resolve
+    if value.startswith("["):  # an IPv6 literal host, as --authenticate prints RESOLVE for one
+        host, _, address = value[1:].partition("]:")
+    else:
+        host, _, address = value.partition(":")
     try:
         ip = ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
         url_host = urlsplit(args.url).hostname or ""

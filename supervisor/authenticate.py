@@ -97,7 +97,8 @@ def shell_variables(url: str, result: LoggedIn) -> str:
     COOKIE (``webvpn=<cookie>``: openconnect sends it as the Cookie header), HOST (the
     address logged in at, IPv6 in brackets), CONNECT_URL (``https://`` host, port when
     not 443, ``/``: the path is the login's only), FINGERPRINT (the certificate's
-    ``pin-sha256:``), RESOLVE (``host:address``, for ``--resolve``).
+    ``pin-sha256:``), RESOLVE (``host:address``, for ``--resolve``; an IPv6 host in
+    brackets, as openconnect 9.01 prints it).
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -111,6 +112,6 @@ def shell_variables(url: str, result: LoggedIn) -> str:
         ("HOST", bracketed),
         ("CONNECT_URL", connect_url),
         ("FINGERPRINT", result.server_pin),
-        ("RESOLVE", f"{host}:{address}"),
+        ("RESOLVE", f"{netloc}:{address}"),
     ]
     return "".join(f"{name}={_quoted(value)}\n" for name, value in lines)

@@ -134,6 +134,36 @@ def test_resolve(value: str, address: str) -> None:
     assert str(cli._resolve_address(_args("--resolve", value))) == address
 
 
+def test_resolve_for_an_ipv6_literal_host() -> None:
+    # openconnect 9.01 prints RESOLVE='[2001:2:0:1::1]:2001:2:0:1::1' for such a URL
+    args = cli._parser().parse_args(
+        ["connect", "--resolve", "[2001:db8::1]:2001:db8::2", "https://[2001:db8::1]/"]
+    )
+    assert str(cli._resolve_address(args)) == "2001:db8::2"
+
+
+def test_shell_variables_as_openconnect_prints_them() -> None:
+    import ipaddress
+
+    from sepconnect.ipc.worker_messages import LoggedIn
+    from sepconnect.supervisor.authenticate import shell_variables
+
+    pin = "pin-sha256:" + "A" * 43 + "="
+    v6 = LoggedIn(cookie="c'k", address=ipaddress.ip_address("2001:db8::1"), server_pin=pin)
+    # the lab's ocserv on IPv6, what openconnect 9.01 printed but the cookie's quote
+    assert shell_variables("https://[2001:db8::1]/path?q", v6) == (
+        "COOKIE='webvpn=c'\\''k'\n"
+        "HOST='[2001:db8::1]'\n"
+        "CONNECT_URL='https://[2001:db8::1]/'\n"
+        f"FINGERPRINT='{pin}'\n"
+        "RESOLVE='[2001:db8::1]:2001:db8::1'\n"
+    )
+    v4 = LoggedIn(cookie="x", address=ipaddress.ip_address("192.0.2.1"), server_pin=pin)
+    out = shell_variables("https://VPN.example:8443/group", v4)
+    assert "CONNECT_URL='https://vpn.example:8443/'\n" in out
+    assert out.endswith("RESOLVE='vpn.example:192.0.2.1'\n")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [("vpn.example", "expected HOST:IP"), ("vpn.example:nowhere", "expected HOST:IP"),
