@@ -21,19 +21,23 @@ INSTALLED = Path(next(iter(_SPEC.submodule_search_locations)))
 SHARED = ("sepconnect.ipc", "sepconnect.process")
 """The packages every process may use; they import nothing but each other."""
 
+LAUNCHER = ("sepconnect.cli", "sepconnect.credentials", "sepconnect.authenticate")
+"""The launcher's modules (launcher/, installed as the top-level package)."""
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "sepconnect.worker": ("sepconnect.supervisor", "sepconnect.privhelper", "sepconnect.cli"),
-    "sepconnect.supervisor": ("sepconnect.worker", "sepconnect.privhelper", "sepconnect.cli"),
+    "sepconnect.worker": ("sepconnect.supervisor", "sepconnect.privhelper", *LAUNCHER),
+    "sepconnect.supervisor": ("sepconnect.worker", "sepconnect.privhelper", *LAUNCHER),
     "sepconnect.ipc": (
         "sepconnect.worker",
         "sepconnect.supervisor",
         "sepconnect.privhelper",
-        "sepconnect.cli",
+        *LAUNCHER,
     ),
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
-FORBIDDEN["sepconnect.cli"] = ("sepconnect.worker",)
+for _module in LAUNCHER:
+    FORBIDDEN[_module] = ("sepconnect.worker",)
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
 """All the helper loads from outside the standard library (jeepney: the D-Bus client

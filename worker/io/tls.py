@@ -182,6 +182,8 @@ class TlsStream:
         # exception (~3 µs in pyOpenSSL), so the data path asks only after a call
         # that can have produced some.
         self._dirty = True
+        self.server_pin = ""
+        """The verified certificate's ``pin-sha256:`` pin (--authenticate's FINGERPRINT)."""
 
     @classmethod
     def connect(
@@ -225,6 +227,7 @@ class TlsStream:
             stream._handshake(deadline)
             chain = conn.get_peer_cert_chain(as_cryptography=True) or []
             _verify(host, chain, trust)
+            stream.server_pin = describe_pin(chain[0])
         except BaseException:
             stream.close()
             raise
