@@ -53,6 +53,7 @@ class Client:
                         "--servercert", lab.server_cert_pin, "--control-socket", self.control,
                         "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
                         "--session-log", str(Path(lab.workdir, "session.jsonl")),
+                        "--state-dir", str(Path(lab.workdir, f"state-{run}")),
                         lab.url]  # fmt: skip
                 self.proc = lab.popen_in(lab.client_ns, *argv, stdin=subprocess.PIPE,
                                          stderr=log)  # fmt: skip

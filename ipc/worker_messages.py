@@ -12,13 +12,17 @@ from typing import Annotated, ClassVar, Literal
 from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.limits import (
     CIPHER_LIST,
+    FORM_ID,
+    FORM_NAME,
     IFNAME,
     IFNAME_MAX,
+    MAX_BANNER,
     MAX_CAFILE,
     MAX_CIPHER_LIST,
     MAX_CLIENT_CERT_FILE,
     MAX_CLIENT_KEY_FILE,
     MAX_KEY_PASSWORD,
+    PRINTABLE_LINE,
     PRINTABLE_TEXT,
 )
 from sepconnect.ipc.netconfig import NetworkConfig
@@ -57,14 +61,9 @@ class Start(Message):
     proto: Annotated[int, Range(1, 1)]
     url: Annotated[str, Length(9, 2048)]
     server_address: IpAddress
-    """The address to connect to: the launcher resolved the URL's host once, before any
-    worker ran, and told the helper. The worker never resolves it (F2)."""
-    username: Annotated[str, Length(0, 256)]
-    passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)] = (
-        dataclasses.field(repr=False)
-    )
-    """Only for a worker that logs in: one resuming with ``cookie`` gets none."""
-    group: Annotated[str, Length(1, 256)] | None
+    """The address to connect to: the launcher resolved the URL's host once (or took it
+    from --resolve), before any worker ran, and told the helper. The worker never
+    resolves it (F2)."""
     servercerts: Annotated[tuple[Annotated[str, Length(8, 200)], ...], Length(0, 8)] = ()
     """``--servercert`` pins: the server's certificate must match one of them."""
     cafile_pem: Annotated[bytes, Length(1, MAX_CAFILE)] | None
@@ -96,6 +95,100 @@ class Start(Message):
         default=None, repr=False
     )
     """The password of the key (or of the PKCS#12 file)."""
+    authenticate: bool = False
+    """Log in, report :class:`LoggedIn` and exit: no CONNECT, no tunnel (--authenticate)."""
+
+
+Label = Annotated[str, Length(0, 256), Match(PRINTABLE_LINE)]
+FieldName = Annotated[str, Length(1, 64), Match(FORM_NAME)]
+MAX_FORM_FIELDS = 32
+MAX_FORM_TEXT = 12_000
+"""Characters of labels and option values in one LoginForm: at most 4 bytes each in
+UTF-8, so that the form fits one message (wire.MAX_MSG) with room to spare."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FormChoice(Message):
+    """One option of a select field: the value sent back, the label shown, and whether
+    the server marked it selected (the choice for a form that asks only for the group)."""
+
+    op: ClassVar[str] = "form_choice"
+    value: Label
+    label: Label
+    selected: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginField(Message):
+    """One field of a login form someone must answer (the worker answers hidden ones)."""
+
+    op: ClassVar[str] = "login_field"
+    kind: Literal["text", "password", "select"]
+    name: FieldName
+    label: Label
+    choices: Annotated[tuple[FormChoice, ...], Length(0, 256)] = ()
+
+    def __post_init__(self) -> None:
+        if (self.kind == "select") != bool(self.choices):
+            raise ValueError(f"field {self.name}: choices belong to a select, which has some")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginForm(Message):
+    """Worker → supervisor: the server's login form, to be answered with
+    :class:`LoginAnswers`. The supervisor holds the passwords, the one-time-code secret
+    and the terminal; the worker holds the connection and the form's hidden fields."""
+
+    op: ClassVar[str] = "login_form"
+    form_id: Annotated[str, Length(0, 64), Match(f"(?:{FORM_ID})?")]
+    """The form's ``<auth id>`` ("" if the server gave none usable): --form-entry's FORM."""
+    banner: Annotated[str, Length(1, MAX_BANNER), Match(PRINTABLE_TEXT)] | None
+    message: Annotated[str, Length(1, 1024), Match(PRINTABLE_TEXT)] | None
+    error: Annotated[str, Length(1, 1024), Match(PRINTABLE_TEXT)] | None
+    fields: Annotated[tuple[LoginField, ...], Length(1, MAX_FORM_FIELDS)]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError("a field name appears twice")
+        text = sum(len(f.label) + sum(len(c.value) + len(c.label) for c in f.choices)
+                   for f in self.fields)  # fmt: skip
+        if text > MAX_FORM_TEXT:
+            raise ValueError(f"more than {MAX_FORM_TEXT} characters of labels and options")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FieldAnswer(Message):
+    op: ClassVar[str] = "field_answer"
+    name: FieldName
+    value: Annotated[str, Length(0, 1024)] = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginAnswers(Message):
+    """Supervisor → worker: an answer to each field of the LoginForm it sent last."""
+
+    op: ClassVar[str] = "login_answers"
+    answers: Annotated[tuple[FieldAnswer, ...], Length(1, MAX_FORM_FIELDS)]
+    group: Annotated[str, Length(1, 256)] | None = None
+    """--authgroup, for ``<group-select>`` when the form has no group list: ocserv takes
+    a group of the user's (plain auth) that it does not list."""
+
+
+PIN_SHA256 = r"pin-sha256:[A-Za-z0-9+/]{43}="
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedIn(Message):
+    """Worker → supervisor, with ``Start.authenticate``: the login succeeded; the worker
+    exits next without logging off, so that the cookie stays valid (--authenticate)."""
+
+    op: ClassVar[str] = "logged_in"
+    cookie: Cookie = dataclasses.field(repr=False)
+    address: IpAddress
+    """The server's address the worker logged in at (openconnect's HOST and RESOLVE)."""
+    server_pin: Annotated[str, Match(PIN_SHA256)]
+    """The server certificate's ``pin-sha256:`` pin (openconnect's FINGERPRINT)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +292,6 @@ class Reconnect(Message):
     cookie: Cookie = dataclasses.field(repr=False)
 
 
-TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus, Reconnect)
-FROM_WORKER = Codec(TunnelUp, Failed, Lost, Stopped, WorkerStatus)
+TO_WORKER = Codec(Start, LoginAnswers, TunHandoff, Stop, QueryStatus, Reconnect)
+FROM_WORKER = Codec(LoginForm, LoggedIn, TunnelUp, Failed, Lost, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import grp
 import ipaddress
 import os
@@ -20,9 +19,10 @@ import socket
 import stat
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert
+from sepconnect import __version__, client_cert, credentials
 from sepconnect.ipc.limits import CIPHER_LIST, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.auditfile import open_log
@@ -31,6 +31,9 @@ from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
+
+if TYPE_CHECKING:
+    from sepconnect.ipc.worker_messages import Start
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -95,6 +98,52 @@ def _parser() -> argparse.ArgumentParser:
         "prompts (e.g. a one-time code), in order",
     )
     c.add_argument("-g", "--authgroup", metavar="GROUP", help="choose this login group")
+    c.add_argument(
+        "--form-entry",
+        metavar="FORM:FIELD=VALUE",
+        action="append",
+        default=[],
+        help="answer the field FIELD of the server's login form FORM with VALUE (repeatable; "
+        "as openconnect; VALUE is visible in ps until the session starts: give passwords "
+        "on stdin or in --credentials-file)",
+    )
+    c.add_argument(
+        "--non-inter",
+        action="store_true",
+        help="never ask on the terminal: a login field without an answer ends the login",
+    )
+    c.add_argument(
+        "--token-mode",
+        choices=("totp", "hotp"),
+        help="answer the server's one-time-code prompt with a code computed from "
+        "--token-secret (a fresh one for every login)",
+    )
+    c.add_argument(
+        "--token-secret",
+        metavar="SECRET|@FILE",
+        help="the token's secret in openconnect's syntax (base32:…, 0x<hex>, optionally "
+        "sha256: or sha512: first, and ,COUNTER for hotp), or @FILE to read it from FILE "
+        "(as --credentials-file; hotp writes each new counter back to it)",
+    )
+    c.add_argument(
+        "--authenticate",
+        action="store_true",
+        help="log in, print COOKIE, HOST, CONNECT_URL, FINGERPRINT and RESOLVE as shell "
+        "assignments (as openconnect --authenticate) and exit; no tunnel, no helper; "
+        "root is not needed",
+    )
+    c.add_argument(
+        "--resolve",
+        metavar="HOST:IP",
+        help="connect to IP instead of looking up HOST, the server URL's host (as openconnect; "
+        "--authenticate prints it as RESOLVE)",
+    )
+    c.add_argument(
+        "--cookie-on-stdin",
+        action="store_true",
+        help="connect with the session cookie on standard input instead of logging in "
+        "(webvpn=…, as openconnect --authenticate prints COOKIE)",
+    )
     c.add_argument(
         "--servercert",
         metavar="PIN",
@@ -230,8 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--always-on",
         action="store_true",
-        help="for kiosks: log in again when the server ends the session (needs a password "
-        "given non-interactively)",
+        help="for kiosks: log in again when the server ends the session (needs a password, "
+        "form entry or token given non-interactively)",
     )
     c.add_argument(
         "--control-socket",
@@ -280,39 +329,6 @@ def _service_account(name: str | None) -> tuple[str, int, int]:
     raise UsageError(f"no such account: {' or '.join(candidates)}")
 
 
-def _read_credentials_file(path: str) -> tuple[str, ...]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"--credentials-file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
-            raise UsageError(
-                f"--credentials-file {path}: must be a regular file owned by root (or by the "
-                "account sepconnect runs as), mode 0600 or stricter"
-            )
-        data = f.read(64 * 1024)
-    lines = data.decode("utf-8", "strict").splitlines()
-    if not 1 <= len(lines) <= 8:
-        raise UsageError(f"--credentials-file {path}: 1 to 8 lines")
-    return tuple(lines)
-
-
-def _read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
-    if args.credentials_file:
-        return _read_credentials_file(args.credentials_file)
-    if args.passwd_on_stdin:
-        data = sys.stdin.read(64 * 1024)
-        lines = data.splitlines()
-        if len(lines) > 8:
-            raise UsageError("--passwd-on-stdin: at most 8 lines")
-        return tuple(lines)
-    if sys.stdin.isatty():
-        return (getpass.getpass("Password: "),)
-    return ()
-
-
 def _read_cafile(path: str | None) -> bytes | None:
     if path is None:
         return None
@@ -328,9 +344,32 @@ def _read_cafile(path: str | None) -> bytes | None:
     return data
 
 
+def _resolve_address(
+    args: argparse.Namespace,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """--resolve HOST:IP (as openconnect: HOST up to the first colon, or in brackets) for
+    the URL's host."""
+    if args.resolve is None:
+        return None
+    value = args.resolve
+    if value.startswith("["):  # an IPv6 literal host, as --authenticate prints RESOLVE for one
+        host, _, address = value[1:].partition("]:")
+    else:
+        host, _, address = value.partition(":")
+    try:
+        ip = ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
+        url_host = urlsplit(args.url).hostname or ""
+    except ValueError:
+        raise UsageError(f"--resolve {args.resolve!r}: expected HOST:IP") from None
+    if host.lower() != url_host:
+        raise UsageError(f"--resolve {args.resolve!r}: HOST must be the URL's host, {url_host}")
+    return ip
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if not args.url.startswith("https://"):
         raise UsageError(f"the server URL must start with https://, got {args.url!r}")
+    _resolve_address(args)
     if args.interface is not None:
         try:
             check_ifname(args.interface)
@@ -481,9 +520,68 @@ def _spawn_helper(
     )
 
 
+def _read_login(args: argparse.Namespace) -> credentials.LoginInput:
+    try:
+        return credentials.read_login(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _read_client_cert(
+    args: argparse.Namespace, cafile_pem: bytes | None
+) -> client_cert.ClientCertFiles:
+    try:  # as root, and the key's password before --passwd-on-stdin's lines
+        return client_cert.read_client_cert(args, len(cafile_pem or b""))
+    except client_cert.OptionError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def server_address_of(args: argparse.Namespace) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The one address the session talks to: --resolve's for the URL's host, else the
+    name looked up once (:func:`resolve_server`)."""
+    given = _resolve_address(args)
+    return resolve_server(args.url) if given is None else given
+
+
+def _start_message(
+    args: argparse.Namespace,
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    cafile_pem: bytes | None,
+    client_files: client_cert.ClientCertFiles,
+    *,
+    authenticate: bool = False,
+) -> Start:
+    from sepconnect.ipc.worker_messages import Start
+
+    return Start(
+        proto=1,
+        url=args.url,
+        server_address=server_address,
+        servercerts=tuple(args.servercert or ()),
+        cafile_pem=cafile_pem,
+        system_trust=not args.no_system_trust,
+        client_cert=client_files.cert,
+        client_key=client_files.key,
+        key_password=client_files.password,
+        base_mtu=args.base_mtu,
+        mtu=args.mtu,
+        disable_ipv6=args.disable_ipv6,
+        no_dtls=args.no_dtls,
+        dtls_ciphers=args.dtls_ciphers,
+        dtls12_ciphers=args.dtls12_ciphers,
+        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+        verbose=min(args.verbose, 4),
+        authenticate=authenticate,
+    )
+
+
 def connect(args: argparse.Namespace) -> ExitCode:
     _check_args(args)
-    server_address = resolve_server(args.url)
+    if args.authenticate:
+        from sepconnect.authenticate import authenticate_only
+
+        return authenticate_only(args)
+    server_address = server_address_of(args)
     as_root = os.geteuid() == 0
     if args.helper_socket is not None:
         account, uid, gid = _split_mode_account(args, as_root)
@@ -496,14 +594,8 @@ def connect(args: argparse.Namespace) -> ExitCode:
     else:
         account, uid, gid = _service_account(args.setuid)
     cafile_pem = _read_cafile(args.cafile)
-    try:  # as root, and the key's password before --passwd-on-stdin's lines
-        client_files = client_cert.read_client_cert(args, len(cafile_pem or b""))
-    except client_cert.OptionError as exc:
-        raise UsageError(str(exc)) from None
-    username = args.user
-    if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
-        username = input("Username: ")
-    passwords = _read_passwords(args)
+    client_files = _read_client_cert(args, cafile_pem)
+    login = _read_login(args)  # after the key's password: both may come on standard input
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
@@ -552,35 +644,14 @@ def connect(args: argparse.Namespace) -> ExitCode:
         from sepconnect.supervisor import audit as session_audit
 
         session_audit.configure(audit_fd)
-    from sepconnect.ipc.worker_messages import Start
     from sepconnect.supervisor.helper_client import HelperClient
     from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
 
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
     try:
-        start = Start(
-            proto=1,
-            url=args.url,
-            server_address=server_address,
-            username=username or "",
-            passwords=passwords,
-            group=args.authgroup,
-            servercerts=tuple(args.servercert or ()),
-            cafile_pem=cafile_pem,
-            system_trust=not args.no_system_trust,
-            client_cert=client_files.cert,
-            client_key=client_files.key,
-            key_password=client_files.password,
-            base_mtu=args.base_mtu,
-            mtu=args.mtu,
-            disable_ipv6=args.disable_ipv6,
-            no_dtls=args.no_dtls,
-            dtls_ciphers=args.dtls_ciphers,
-            dtls12_ciphers=args.dtls12_ciphers,
-            hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-            verbose=min(args.verbose, 4),
-        )
+        start = _start_message(args, server_address, cafile_pem, client_files)
+        answers, codes, terminal = credentials.answer_sources(args, login)
         options = Options(
             always_on=args.always_on,
             reconnect_timeout=args.reconnect_timeout,
@@ -589,6 +660,10 @@ def connect(args: argparse.Namespace) -> ExitCode:
             control_gid=control_gid,
             allow_weak_sandbox=args.allow_weak_sandbox,
             tun_offload=not args.no_tun_offload,
+            answers=answers,
+            codes=codes,
+            terminal=terminal,
+            cookie=login.cookie,
         )
         VERBOSITY[0] = args.verbose
         supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)

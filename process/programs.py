@@ -13,6 +13,8 @@ module is run with `python -I -m` instead, and no domain transition happens.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 import sysconfig
 
@@ -37,3 +39,31 @@ def child_environment() -> dict[str, str]:
         if name in os.environ:
             env[name] = os.environ[name]
     return env
+
+
+def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a worker program under our own uid; returns it and our end of its channel.
+
+    Only for ``--authenticate``, which starts no helper and makes no tun: its one worker
+    runs under the account the launcher dropped to (a session's workers run under their
+    own account, started by the spawner: spawner/children.py).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        argv = [*program("sepconnect-worker", "sepconnect.worker"), "--fd", str(theirs.fileno())]
+        if allow_weak_sandbox:
+            argv.append("--allow-weak-sandbox")
+        proc = subprocess.Popen(
+            argv,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            close_fds=True,
+            env=child_environment(),
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, ours

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import selectors
 import signal
@@ -26,7 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
@@ -34,6 +35,13 @@ from sepconnect.ipc.worker_messages import FD_TO_WORKER, FROM_WORKER, TO_WORKER,
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.supervisor import audit
+from sepconnect.supervisor.answers import (
+    AnswerSources,
+    Login,
+    LoginCancelled,
+    TokenCodes,
+    Unanswerable,
+)
 from sepconnect.supervisor.control import (
     ControlError,
     ControlServer,
@@ -45,6 +53,7 @@ from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 from sepconnect.supervisor.notify import Notifier
 from sepconnect.supervisor.session import (
     STOP_GRACE,
+    AnswerForm,
     ApplyConfig,
     Audit,
     Begin,
@@ -58,6 +67,8 @@ from sepconnect.supervisor.session import (
     Effect,
     Event,
     Exit,
+    FormAnswered,
+    FormUnanswerable,
     FromWorker,
     HelperDone,
     HelperGone,
@@ -83,6 +94,7 @@ from sepconnect.supervisor.session import (
     WorkerExited,
     WorkerStarted,
 )
+from sepconnect.supervisor.terminal import Terminal
 
 VERBOSITY = [0]  # set by the launcher before the supervisor starts
 
@@ -100,14 +112,18 @@ class Options:
     control_gid: int | None = None
     allow_weak_sandbox: bool = False
     tun_offload: bool = True  # create the tun with a virtio-net header (worker offloads)
+    answers: AnswerSources = field(default_factory=AnswerSources)  # for login forms
+    codes: TokenCodes | None = None  # --token-mode: one-time codes
+    terminal: Terminal | None = None  # asked during the first login only
+    cookie: str | None = field(default=None, repr=False)  # --cookie-on-stdin
 
 
 def start_for(start: Start, action: SpawnWorker) -> Start:
-    """The Start message of a new worker: a worker that resumes the session gets the
-    cookie and never the passwords; only one that logs in gets them."""
+    """The Start message of a new worker: one that resumes the session gets the cookie.
+    No worker gets a password: the forms of one that logs in are answered here."""
     if action.cookie is None:
         return start
-    return dataclasses.replace(start, cookie=action.cookie, passwords=())
+    return dataclasses.replace(start, cookie=action.cookie)
 
 
 @dataclass(slots=True)
@@ -140,8 +156,9 @@ class Supervisor:
         self.notifier = Notifier()
         self.session = Session(
             SessionConfig(
-                can_log_in=bool(start.passwords) or start.client_cert is not None,
+                can_log_in=self.options.answers.unattended or start.client_cert is not None,
                 gateway=start.server_address,
+                cookie=self.options.cookie,
                 always_on=self.options.always_on,
                 reconnect_timeout=self.options.reconnect_timeout,
                 control=self.options.control_path is not None,
@@ -151,6 +168,8 @@ class Supervisor:
             )
         )
         self.workers: dict[int, _Process] = {}
+        self.logins: dict[int, Login] = {}  # a worker that logs in: its forms' answers
+        self.wake_fd: int | None = None  # the signal wake-up fd, which also ends a question
         self.tun_fd: int | None = None
         self.control: ControlServer | None = None
         self.requests: dict[int, socket.socket] = {}
@@ -161,6 +180,7 @@ class Supervisor:
         self._execute: dict[type, Callable[[Any], Event | None]] = {
             SpawnWorker: self._spawn,
             Send: self._send,
+            AnswerForm: self._answer_form,
             TerminateWorker: self._terminate,
             KillWorker: self._kill,
             HelperHello: lambda action: self._ask(lambda: self.helper.hello(action.gateway)),
@@ -186,6 +206,7 @@ class Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        self.wake_fd = wake_r.fileno()
         for signum in _SIGNALS:
             signal.signal(signum, self._on_signal)
         try:
@@ -271,6 +292,8 @@ class Supervisor:
             return self._spawner_failed()
         channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
         self.workers[action.gen] = _Process(proc, channel)
+        if action.cookie is None:
+            self.logins[action.gen] = Login(self.options.answers, self.options.codes)
         self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", action.gen))
         with contextlib.suppress(OSError):  # if it died already, its exit is reported
             channel.send(start_for(self.start, action))
@@ -283,6 +306,26 @@ class Supervisor:
         fd = self.tun_fd if isinstance(action.message, TunHandoff) else None
         with contextlib.suppress(OSError, WireError):  # gone: its exit is reported
             worker.channel.send(action.message, fd)
+
+    def _answer_form(self, action: AnswerForm) -> Event | None:
+        """The login's answers (supervisor/answers.py); the terminal blocks the loop
+        while it asks, and a signal ends the question (the loop acts on it next)."""
+        login = self.logins.get(action.gen)
+        if login is None:
+            return None
+        terminal = self.options.terminal
+        ask = (
+            functools.partial(terminal.ask, wake=self.wake_fd)
+            if terminal is not None and action.may_ask
+            else None
+        )
+        try:
+            answers = login.answer(action.form, time.time(), ask)
+        except LoginCancelled:
+            return None
+        except Unanswerable as exc:
+            return FormUnanswerable(action.gen, exc.kind, str(exc))
+        return FormAnswered(action.gen, answers)
 
     def _terminate(self, action: TerminateWorker) -> Event | None:
         return self._signal(action.gen, WorkerProcess.terminate)
@@ -314,6 +357,7 @@ class Supervisor:
 
     def _reap(self, gen: int) -> int:
         worker = self.workers.pop(gen)
+        self.logins.pop(gen, None)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(worker.channel.fileno())
         worker.channel.sock.close()

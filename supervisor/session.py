@@ -39,6 +39,8 @@ from sepconnect.ipc.wire import Message
 from sepconnect.ipc.worker_messages import (
     Failed,
     FailureKind,
+    LoginAnswers,
+    LoginForm,
     Lost,
     QueryStatus,
     Reconnect,
@@ -108,8 +110,8 @@ class WorkerStarted:
 
 @dataclass(frozen=True, slots=True)
 class FromWorker:
-    """A validated message from worker ``gen`` (TunnelUp, Failed, Lost, WorkerStatus,
-    Stopped)."""
+    """A validated message from worker ``gen`` (LoginForm, TunnelUp, Failed, Lost,
+    WorkerStatus, Stopped)."""
 
     gen: int
     message: Message
@@ -211,6 +213,24 @@ class SignalReceived:
     signum: signal.Signals
 
 
+@dataclass(frozen=True, slots=True)
+class FormAnswered:
+    """The answers to the login form worker ``gen`` sent (:class:`AnswerForm`)."""
+
+    gen: int
+    answers: LoginAnswers = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FormUnanswerable:
+    """Nothing answers a field of worker ``gen``'s login form (or a choice is not
+    offered): its login ends before any answer is sent."""
+
+    gen: int
+    kind: FailureKind
+    message: str
+
+
 Event = (
     Begin
     | Timer
@@ -229,6 +249,8 @@ Event = (
     | ControlMalformed
     | ControlUnavailable
     | SignalReceived
+    | FormAnswered
+    | FormUnanswerable
 )
 
 # -- actions ------------------------------------------------------------------------------
@@ -236,8 +258,8 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class SpawnWorker:
-    """Start worker ``gen`` with the Start message: to resume, with this cookie and
-    without the passwords (only a worker that logs in gets them); answer
+    """Start worker ``gen`` with the Start message (to resume, with this cookie; one
+    without logs in, and its forms come as :class:`AnswerForm`); answer
     :class:`WorkerStarted`, or :class:`SpawnerFailed`."""
 
     gen: int
@@ -252,6 +274,18 @@ class Send:
 
     gen: int
     message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerForm:
+    """Answer worker ``gen``'s login form from the answer sources (supervisor/answers.py,
+    which keeps the login's place among the password lines); the terminal only if
+    ``may_ask``. Answer :class:`FormAnswered` or :class:`FormUnanswerable` (nothing if a
+    signal interrupted the terminal: the signal is the next event)."""
+
+    gen: int
+    form: LoginForm
+    may_ask: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +377,7 @@ class Exit:
 Effect = (
     SpawnWorker
     | Send
+    | AnswerForm
     | TerminateWorker
     | KillWorker
     | HelperHello
@@ -364,8 +399,10 @@ Effect = (
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
-    can_log_in: bool  # a password was given non-interactively and is kept
+    can_log_in: bool  # a login can run unattended (kept answers, a token, a certificate)
     gateway: IpAddress  # the server's address, resolved by the launcher (F2)
+    cookie: str | None = field(default=None, repr=False)
+    """--cookie-on-stdin: the first worker resumes with it instead of logging in."""
     always_on: bool = False
     reconnect_timeout: float = 300.0
     control: bool = False  # a control socket is wanted
@@ -592,7 +629,11 @@ class Session:
         # The worker starts first: its start-up (imports, TLS, login: ~0.15 s of the
         # connect time) overlaps the helper's; nothing it reports is read before the
         # helper has answered hello (docs/performance.md).
-        self._spawn("login", None)
+        self.cookie = self.config.cookie
+        if self.cookie is None:
+            self._spawn("login", None)
+        else:
+            self._spawn("resume", self.cookie)
         self._ask("hello", HelperHello(self.config.gateway))
 
     def _on_control_unavailable(self, event: ControlUnavailable, now: float) -> None:
@@ -667,6 +708,28 @@ class Session:
             self._ask("net_config", ApplyConfig(worker.net))
         else:
             self._configured(worker, now)
+
+    def _on_login_form(self, worker: _Worker, form: LoginForm, _now: float) -> None:
+        """Only a worker that logs in gets forms answered (one with the cookie has
+        nothing to ask); the terminal only until the session first came up: a login
+        after that must not wait for someone who may not be there."""
+        if worker.purpose != "login":
+            self._log(f"unexpected {form.op} from worker {worker.gen}")
+            self._emit(KillWorker(worker.gen))
+            return
+        self._emit(AnswerForm(worker.gen, form, may_ask=not self.established))
+
+    def _on_form_answered(self, event: FormAnswered, _now: float) -> None:
+        worker = self.workers.get(event.gen)
+        if worker is not None and worker.phase is Phase.STARTING:
+            self._emit(Send(worker.gen, event.answers))
+
+    def _on_form_unanswerable(self, event: FormUnanswerable, now: float) -> None:
+        worker = self.workers.get(event.gen)
+        if worker is None or worker.phase is not Phase.STARTING:
+            return
+        self._emit(TerminateWorker(worker.gen))  # it waits for answers that will not come
+        self._failed(worker, event.kind, event.message, now)
 
     def _on_failed(self, worker: _Worker, failed: Failed, now: float) -> None:
         self._failed(worker, failed.kind, failed.message, now)
@@ -1125,6 +1188,8 @@ _ALWAYS: Final[dict[type, str]] = {
     HelperGone: "_on_helper_gone",
     SpawnerFailed: "_on_spawner_failed",
     ControlMalformed: "_on_control_malformed",
+    FormAnswered: "_on_form_answered",
+    FormUnanswerable: "_on_form_unanswerable",
 }
 """What every live state handles: the workers, the helper, timers."""
 
@@ -1147,9 +1212,10 @@ _TRANSITIONS: Final[dict[State, dict[type, str]]] = {
 """(session state, event) → handler; an event its state does not list is ignored (a
 signal or a control request while disconnecting, anything after Exit)."""
 
-_WORKER_MESSAGES: Final = (TunnelUp, Failed, Lost, WorkerStatus, Stopped)
+_WORKER_MESSAGES: Final = (LoginForm, TunnelUp, Failed, Lost, WorkerStatus, Stopped)
 
 _ON_MESSAGE: Final[dict[tuple[Phase, type[Message]], str]] = {
+    (Phase.STARTING, LoginForm): "_on_login_form",
     (Phase.STARTING, TunnelUp): "_on_tunnel_up",
     (Phase.STARTING, Failed): "_on_failed",
     (Phase.CARRYING, Lost): "_on_lost",

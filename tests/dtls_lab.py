@@ -61,6 +61,7 @@ class VpnClient:
                 "--session-log", audit.replace("audit-", "session-"),
                 # a session of its own: other sessions may run at the same time
                 "--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "sock")),
+                "--state-dir", str(Path(lab.workdir, f"state-{time.monotonic_ns()}")),
                 *self.args, lab.url,
             ]  # fmt: skip
             self.proc = lab.popen_in(

@@ -18,13 +18,10 @@ def _address_of(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def start_message(url: str, **fields: Any) -> Start:
-    """A Start for ``url``: no credentials, no pin, default MTUs, unless ``fields`` say."""
+    """A Start for ``url``: no pin, default MTUs, unless ``fields`` say."""
     defaults: dict[str, Any] = {
         "proto": 1,
         "server_address": _address_of(url),
-        "username": "",
-        "passwords": (),
-        "group": None,
         "cafile_pem": None,
         "base_mtu": None,
         "mtu": None,

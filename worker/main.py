@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import signal
 import socket
 import sys
 from typing import Literal
 
-from sepconnect.ipc.limits import printable
+from sepconnect.ipc.limits import MAX_BANNER, printable
 from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
@@ -23,6 +24,11 @@ from sepconnect.ipc.worker_messages import (
     FROM_WORKER,
     TO_WORKER,
     Failed,
+    FormChoice,
+    LoggedIn,
+    LoginAnswers,
+    LoginField,
+    LoginForm,
     Lost,
     QueryStatus,
     Reconnect,
@@ -36,7 +42,8 @@ from sepconnect.ipc.worker_messages import (
 from sepconnect.process import privileges
 from sepconnect.process.title import set_title
 from sepconnect.worker import sandbox
-from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.connect import Ask, SessionFailure, Tunnel, authenticate, open_tunnel
+from sepconnect.worker.proto.auth import FormPrompt
 
 
 def _log(text: str) -> None:
@@ -60,6 +67,52 @@ def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
         rekey_method=_rekey_method(cfg.rekey_method),
         cookie=tunnel.cookie,
     )
+
+
+def _login_form(prompt: FormPrompt) -> LoginForm:
+    """The server's form as the supervisor takes it, checked against the schema here: a
+    form that does not fit (too large, a name used twice) is the server's fault."""
+
+    def text(value: str | None, limit: int) -> str | None:
+        return printable(value, limit) or None if value else None
+
+    try:
+        form = LoginForm(
+            form_id=prompt.form_id,
+            banner=text(prompt.banner, MAX_BANNER),
+            message=text(prompt.message, 1024),
+            error=text(prompt.error, 1024),
+            fields=tuple(
+                LoginField(
+                    kind=f.kind,  # type: ignore[arg-type]  # FormPrompt has no hidden field
+                    name=f.name,
+                    label=f.label,
+                    choices=tuple(
+                        FormChoice(value=o.value, label=o.label, selected=o.selected)
+                        for o in f.options
+                    ),
+                )
+                for f in prompt.fields
+            ),
+        )
+        FROM_WORKER.decode_untrusted(FROM_WORKER.encode(form))
+    except (ValueError, WireError) as exc:
+        raise SessionFailure("protocol", f"the server's login form is unusable: {exc}") from None
+    return form
+
+
+def _asker(channel: Channel) -> Ask:
+    """Login forms go to the supervisor, which answers each field (it holds the
+    passwords, the one-time-code secret and the terminal; this process holds none)."""
+
+    def ask(prompt: FormPrompt) -> tuple[dict[str, str], str | None]:
+        channel.send(_login_form(prompt))
+        reply, _ = channel.recv()
+        if not isinstance(reply, LoginAnswers):
+            raise WireError(f"expected login answers, got {reply.op}")
+        return {answer.name: answer.value for answer in reply.answers}, reply.group
+
+    return ask
 
 
 def _rekey_method(method: str | None) -> Literal["ssl", "new-tunnel", "none"] | None:
@@ -142,7 +195,12 @@ def run(channel: Channel) -> int:
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
     _enter_sandbox(msg, channel)
-    tunnel = open_tunnel(msg)
+    if msg.authenticate:
+        done = authenticate(msg, _asker(channel))
+        address = ipaddress.ip_address(done.address)
+        channel.send(LoggedIn(cookie=done.cookie, address=address, server_pin=done.server_pin))
+        return 0
+    tunnel = open_tunnel(msg, _asker(channel))
     channel.send(_tunnel_up(tunnel))
     # The data path's modules (~10-15 ms) load while the supervisor and the helper set
     # up the tun, instead of before the login: they are not needed until the tun comes.
@@ -175,7 +233,7 @@ def run(channel: Channel) -> int:
                 channel.send(Stopped(tx_bytes=last.tx_bytes, rx_bytes=last.rx_bytes))
                 return 0
             # One attempt; if it fails, the supervisor hears why and decides again.
-            tunnel = open_tunnel(dataclasses.replace(msg, cookie=order.cookie, passwords=()))
+            tunnel = open_tunnel(dataclasses.replace(msg, cookie=order.cookie))
             channel.send(_tunnel_up(tunnel))
     except TunGone as exc:
         # The supervisor ends the session on this (every worker would get the same dead

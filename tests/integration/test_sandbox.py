@@ -78,6 +78,7 @@ def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
     argv += ["--session-log", str(Path(lab.workdir, f"session-{time.monotonic_ns()}.jsonl"))]
     argv += ["--servercert", lab.server_cert_pin]
+    argv += ["--state-dir", str(Path(lab.workdir, f"state-{time.monotonic_ns()}"))]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "s"))]
     proc = lab.popen_in(
@@ -328,6 +329,7 @@ def test_a_full_session_logs_no_secret(lab: Lab) -> None:
     argv = [SEPCONNECT, "connect", "-vvvv", "--passwd-on-stdin", "--user", "auditee"]
     argv += ["--audit-log", str(audit_log), "--session-log", str(session_log)]
     argv += ["--servercert", lab.server_cert_pin]
+    argv += ["--state-dir", str(Path(lab.workdir, "state-secrets"))]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, "ctl-secrets", "s"))]
     proc = lab.popen_in(
@@ -377,6 +379,7 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
         SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
         "--audit-log", str(audit_log), "--session-log", str(session_log),
         "--servercert", lab.server_cert_pin,
+        "--state-dir", str(Path(lab.workdir, "state-authfail")),
         *(["--control-socket", str(Path(lab.workdir, "ctl-authfail", "s"))]
           if "--control-socket" in _connect_options() else []),
         lab.url,

@@ -21,31 +21,34 @@ INSTALLED = Path(next(iter(_SPEC.submodule_search_locations)))
 SHARED = ("sepconnect.ipc", "sepconnect.process")
 """The packages every process may use; they import nothing but each other."""
 
+LAUNCHER = ("sepconnect.cli", "sepconnect.credentials", "sepconnect.authenticate")
+"""The launcher's modules (launcher/, installed as the top-level package)."""
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "sepconnect.worker": (
         "sepconnect.supervisor",
         "sepconnect.privhelper",
         "sepconnect.spawner",
-        "sepconnect.cli",
+        *LAUNCHER,
     ),
     "sepconnect.supervisor": (
         "sepconnect.worker",
         "sepconnect.privhelper",
         "sepconnect.spawner",
-        "sepconnect.cli",
+        *LAUNCHER,
     ),
     "sepconnect.ipc": (
         "sepconnect.worker",
         "sepconnect.supervisor",
         "sepconnect.privhelper",
         "sepconnect.spawner",
-        "sepconnect.cli",
+        *LAUNCHER,
     ),
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
-FORBIDDEN["sepconnect.cli"] = ("sepconnect.worker", "sepconnect.spawner")
-FORBIDDEN["sepconnect.spawner_start"] = FORBIDDEN["sepconnect.cli"]
+for _module in (*LAUNCHER, "sepconnect.spawner_start"):
+    FORBIDDEN[_module] = ("sepconnect.worker", "sepconnect.spawner")
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
 """All the helper loads from outside the standard library (jeepney: the D-Bus client

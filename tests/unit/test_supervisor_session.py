@@ -27,6 +27,10 @@ from sepconnect.ipc.netconfig import routing_policy
 from sepconnect.ipc.worker_messages import (
     Failed,
     FailureKind,
+    FieldAnswer,
+    LoginAnswers,
+    LoginField,
+    LoginForm,
     Lost,
     QueryStatus,
     Reconnect,
@@ -40,6 +44,7 @@ from sepconnect.process.exitcodes import ExitCode
 from sepconnect.supervisor.main import start_for
 from sepconnect.supervisor.policy import CRASH_LOOP_DELAYS, HEALTHY_AFTER
 from sepconnect.supervisor.session import (
+    AnswerForm,
     ApplyConfig,
     Audit,
     Begin,
@@ -50,6 +55,8 @@ from sepconnect.supervisor.session import (
     Effect,
     Event,
     Exit,
+    FormAnswered,
+    FormUnanswerable,
     FromWorker,
     HelperDone,
     HelperGone,
@@ -977,12 +984,84 @@ def test_a_refused_reconnect_script_ends_the_session() -> None:
     assert shell.code == ExitCode.HELPER_REFUSED
 
 
-def test_only_a_worker_that_logs_in_gets_the_passwords() -> None:
-    start = start_message("https://vpn.example/", username="alice", passwords=("hunter2",))
+def test_only_a_worker_that_resumes_gets_the_cookie() -> None:
+    start = start_message("https://vpn.example/")
     assert start_for(start, SpawnWorker(1, "login", None)) == start
     for purpose in ("resume", "rekey"):
         resuming = start_for(start, SpawnWorker(2, purpose, COOKIE))  # type: ignore[arg-type]
-        assert (resuming.cookie, resuming.passwords) == (COOKIE, ())
+        assert resuming.cookie == COOKIE
+        assert dataclasses.replace(resuming, cookie=None) == start
+
+
+# -- login forms ----------------------------------------------------------------------------
+
+FORM = LoginForm(
+    form_id="main",
+    banner=None,
+    message=None,
+    error=None,
+    fields=(LoginField(kind="password", name="password", label="Password:"),),
+)
+ANSWERS = LoginAnswers(answers=(FieldAnswer(name="password", value="hunter2"),))
+
+
+def test_a_login_form_is_answered_by_the_shell_and_the_answers_sent() -> None:
+    shell = Shell()
+    shell.feed(Begin())
+    asked = shell.say(1, FORM)
+    assert of(asked, AnswerForm) == [AnswerForm(1, FORM, may_ask=True)]
+    assert sent(shell.feed(FormAnswered(1, ANSWERS))) == [ANSWERS]
+    shell.say(1, UP)  # then the worker connects as ever
+    assert shell.session.state is State.CONNECTED
+
+
+def test_a_login_after_the_session_came_up_never_asks_the_terminal() -> None:
+    shell = Shell()
+    gen = shell.connect()
+    shell.traffic(gen)
+    shell.say(gen, Lost(message="reset"))
+    relogin = shell.say(gen, Failed(kind="cookie_rejected", message="the cookie was rejected"))
+    relogin += shell.exits(gen, 1)
+    assert of(relogin, SpawnWorker) == [SpawnWorker(2, "login", None)]
+    assert of(shell.say(2, FORM), AnswerForm) == [AnswerForm(2, FORM, may_ask=False)]
+
+
+def test_a_worker_with_the_cookie_that_sends_a_form_is_killed() -> None:
+    shell = Shell()
+    gen = shell.connect()
+    shell.feed(SignalReceived(signal.SIGUSR2))  # reconnect: a worker resumes with the cookie
+    assert shell.session.workers[2].purpose == "resume"
+    out = shell.say(2, FORM)
+    assert not of(out, AnswerForm)
+    assert of(out, KillWorker) == [KillWorker(2)]
+    assert gen in shell.session.workers
+
+
+def test_a_form_nothing_answers_ends_the_login_without_answers() -> None:
+    shell = Shell(can_log_in=False)
+    shell.feed(Begin())
+    shell.say(1, FORM)
+    out = shell.feed(FormUnanswerable(1, "need_input", "nothing answers Password:"))
+    assert not sent(out)
+    assert of(out, TerminateWorker) == [TerminateWorker(1)]  # it waits for answers
+    out += shell.exits(1, 0)
+    assert shell.code == ExitCode.NEED_INPUT
+    assert "nothing answers Password:" in logs(out)
+
+
+def test_answers_for_a_worker_no_longer_logging_in_are_dropped() -> None:
+    shell = Shell()
+    shell.feed(Begin())
+    shell.say(1, FORM)
+    shell.feed(SignalReceived(signal.SIGTERM))  # while the terminal asked
+    assert not sent(shell.feed(FormAnswered(1, ANSWERS)))
+
+
+def test_a_cookie_given_at_the_start_resumes_instead_of_logging_in() -> None:
+    shell = Shell(cookie=COOKIE)
+    started = shell.feed(Begin())
+    assert of(started, SpawnWorker) == [SpawnWorker(1, "resume", COOKIE)]
+    assert of(shell.say(1, FORM), KillWorker) == [KillWorker(1)]
 
 
 # -- more of a worker's life ----------------------------------------------------------------

@@ -29,7 +29,7 @@ from sepconnect.worker.connect import (
 )
 from sepconnect.worker.io.tls import AccessDenied, TlsError, TlsStream, TrustConfig, Unreachable
 from sepconnect.worker.proto import errors
-from sepconnect.worker.proto.auth import AuthSession, Credentials, HttpRequest
+from sepconnect.worker.proto.auth import AuthSession, FormPrompt, HttpRequest
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
 from sepconnect.worker.proto.tunnel import build_connect_request
 
@@ -194,12 +194,13 @@ def test_the_server_keeps_the_path_and_query(url: str, path: str) -> None:
 
 def _auth(url: str) -> AuthSession:
     server = server_of(url, ipaddress.ip_address("198.18.1.1"))
-    return AuthSession(
-        host=server.host,
-        port=server.port,
-        path=server.path,
-        credentials=Credentials(username="test", passwords=("test123",)),
-    )
+    return AuthSession(host=server.host, port=server.port, path=server.path)
+
+
+def _answered(auth: AuthSession, resp: HttpResponse) -> HttpRequest:
+    form = auth.handle_response_untrusted(resp)
+    assert isinstance(form, FormPrompt)
+    return auth.answer({"username": "test", "password": "test123"})
 
 
 def _wire(req: HttpRequest) -> bytes:
@@ -224,13 +225,11 @@ def test_the_first_request_carries_the_query() -> None:
 def test_a_form_action_replaces_the_query_and_no_action_keeps_it() -> None:
     auth = _auth("https://198.18.1.1/?secret")
     auth.first_request()
-    to_action = auth.handle_response_untrusted(_form("/auth"))
-    assert isinstance(to_action, HttpRequest)
+    to_action = _answered(auth, _form("/auth"))
     assert _wire(to_action).startswith(b"POST /auth HTTP/1.1\r\n")
     auth = _auth("https://198.18.1.1/?secret")
     auth.first_request()
-    same_url = auth.handle_response_untrusted(_form(None))
-    assert isinstance(same_url, HttpRequest)
+    same_url = _answered(auth, _form(None))
     assert _wire(same_url).startswith(b"POST /?secret HTTP/1.1\r\n")
 
 
@@ -243,9 +242,7 @@ def test_connect_keeps_its_fixed_path() -> None:
 
 
 def test_an_unusable_query_is_a_clear_error() -> None:
-    start = start_message(
-        "https://198.18.1.1/?a b", username="test", passwords=("test123",), hostname="h"
-    )
+    start = start_message("https://198.18.1.1/?a b", hostname="h")
     with pytest.raises(SessionFailure) as info:  # before anything is sent
         open_tunnel(start)
     assert info.value.kind == "error"
@@ -267,8 +264,7 @@ def test_a_404_to_the_init_post_asks_again_with_get() -> None:
     assert wire.endswith(b"\r\n\r\n")
     assert b"Content-Length" not in wire
     assert b"X-Pad" not in wire
-    post = auth.handle_response_untrusted(_form("/auth"))
-    assert isinstance(post, HttpRequest)
+    post = _answered(auth, _form("/auth"))
     assert _wire(post).startswith(b"POST /auth HTTP/1.1\r\n")
 
 
@@ -280,6 +276,6 @@ def test_only_the_first_404_is_retried() -> None:
         auth.handle_response_untrusted(NOT_FOUND)
     auth = _auth("https://198.18.1.1/")
     auth.first_request()
-    auth.handle_response_untrusted(_form("/auth"))
+    _answered(auth, _form("/auth"))
     with pytest.raises(errors.ServerRefused, match="404"):
         auth.handle_response_untrusted(NOT_FOUND)

@@ -19,10 +19,12 @@ import ipaddress
 import select
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import DNSName, IPAddress, verification
 from OpenSSL import SSL
 
@@ -94,7 +96,11 @@ def _anchors(trust: TrustConfig) -> list[x509.Certificate]:
     anchors: list[x509.Certificate] = []
     try:
         if trust.system_store:
-            with open(SYSTEM_CA_FILE, "rb") as f:
+            with open(SYSTEM_CA_FILE, "rb") as f, warnings.catch_warnings():
+                # Debian's store has a CA with a serial number of 0, which cryptography
+                # warns about on every load: nothing the user can act on, and noise on
+                # the standard error of --authenticate.
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
                 anchors += x509.load_pem_x509_certificates(f.read())
         if trust.ca_pem is not None:
             anchors += x509.load_pem_x509_certificates(trust.ca_pem)
@@ -182,6 +188,8 @@ class TlsStream:
         # exception (~3 µs in pyOpenSSL), so the data path asks only after a call
         # that can have produced some.
         self._dirty = True
+        self.server_pin = ""
+        """The verified certificate's ``pin-sha256:`` pin (--authenticate's FINGERPRINT)."""
 
     @classmethod
     def connect(
@@ -225,6 +233,7 @@ class TlsStream:
             stream._handshake(deadline)
             chain = conn.get_peer_cert_chain(as_cryptography=True) or []
             _verify(host, chain, trust)
+            stream.server_pin = describe_pin(chain[0])
         except BaseException:
             stream.close()
             raise
