@@ -121,7 +121,11 @@ class RecoveryPolicy:
         if kind == "cookie_rejected":
             if self.can_log_in:
                 return Decision(Action.LOG_IN, delay, "the session cookie was rejected")
-            return _give_up("the session cookie was rejected and no password is kept", code)
+            return _give_up(
+                "the session cookie was rejected and nothing is kept to log in again unattended"
+                " (a password, a form entry, a token or a client certificate)",
+                code,
+            )
         if kind == "terminated":
             if self.always_on and self.can_log_in:
                 return Decision(Action.LOG_IN, delay, "the server ended the session")

@@ -575,7 +575,7 @@ def test_cookie_rejected_logs_in_again_only_with_kept_credentials(can_log_in: bo
     else:
         assert not of(rejected, SpawnWorker)
         assert shell.code == ExitCode.COOKIE_REJECTED
-        assert "no password is kept" in logs(rejected)
+        assert "nothing is kept to log in again unattended" in logs(rejected)
 
 
 @pytest.mark.parametrize("always_on", [False, True])
