@@ -415,10 +415,10 @@ print(status.describe())
 """
 
 
-@pytest.mark.parametrize("mode", ["strict", "weak"])
-def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -> None:
-    result = subprocess.run(
-        [PYTHON, "-I", "-c", WEAK_PROBE, mode, "0"],
+def _weak_probe(mode: str, abi: int) -> subprocess.CompletedProcess[str]:
+    """WEAK_PROBE as nobody, with the kernel's Landlock ABI taken to be ``abi``."""
+    return subprocess.run(
+        [PYTHON, "-I", "-c", WEAK_PROBE, mode, str(abi)],
         capture_output=True,
         text=True,
         check=False,
@@ -427,6 +427,11 @@ def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -
         extra_groups=[],
         timeout=30,
     )
+
+
+@pytest.mark.parametrize("mode", ["strict", "weak"])
+def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -> None:
+    result = _weak_probe(mode, abi=0)
     if mode == "strict":
         assert result.returncode == 3, result.stderr
         assert "lacks Landlock" in result.stdout
@@ -441,16 +446,7 @@ def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -
 def test_a_landlock_abi_without_tcp_rules_fails_closed_unless_weak_is_allowed(mode: str) -> None:
     """ABI 1-3 cannot limit TCP connect to the server's port: refused by default, and
     named; the rules seccomp also enforces (ABI 5, 6) are reported, not refused."""
-    result = subprocess.run(
-        [PYTHON, "-I", "-c", WEAK_PROBE, mode, "3"],
-        capture_output=True,
-        text=True,
-        check=False,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        timeout=30,
-    )
+    result = _weak_probe(mode, abi=3)
     if mode == "strict":
         assert result.returncode == 3, result.stderr
         assert "Landlock ABI 4 (TCP connect only to the server's port" in result.stdout
