@@ -1017,6 +1017,9 @@ class Session:
         self._script("attempt-reconnect")
         if action is Action.LOG_IN:
             self.cookie = None
+        # No cookie (the server ended the session, then a login failed to reach it):
+        # only a new login can bring the session back.
+        if self.cookie is None:
             self._spawn("login", None)
         else:
             self._spawn("resume", self.cookie)

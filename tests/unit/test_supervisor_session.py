@@ -596,6 +596,23 @@ def test_admin_disconnect_ends_the_session_unless_always_on(always_on: bool) -> 
         assert disconnect[0].args == {"logoff": False}  # nothing to log off from
 
 
+def test_a_login_that_cannot_reach_the_server_is_retried_as_a_login() -> None:
+    # Once the server ended the session, no cookie is left: every later attempt
+    # (after the restarting server resets the connection) logs in again.
+    shell = Shell(always_on=True)
+    gen = shell.connect()
+    shell.traffic(gen)
+    ended = shell.say(gen, Failed(kind="terminated", message="the server ended the session"))
+    assert of(ended + shell.exits(gen, 1), SpawnWorker) == [SpawnWorker(2, "login", None)]
+    again = shell.say(2, Failed(kind="unreachable", message="TLS handshake failed"))
+    again += shell.exits(2, 1) + shell.wait(5)
+    assert of(again, SpawnWorker) == [SpawnWorker(3, "login", None)]
+    form = shell.say(3, FORM)
+    assert not of(form, KillWorker)
+    shell.say(3, dataclasses.replace(UP, cookie="cookie-3"))
+    assert shell.session.state is State.CONNECTED
+
+
 def test_always_on_needs_credentials_to_log_in_again() -> None:
     shell = Shell(always_on=True, can_log_in=False)
     gen = shell.connect()
