@@ -194,6 +194,10 @@ def run(channel: Channel) -> int:
     msg, _ = channel.recv()
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
+    # The data path's compiled accelerator, if built, is mapped now: loading a shared
+    # object is not something the sandbox should have to allow (worker/accel.py).
+    from sepconnect.worker import accel  # noqa: F401
+
     _enter_sandbox(msg, channel)
     if msg.authenticate:
         done = authenticate(msg, _asker(channel))

@@ -75,7 +75,9 @@ def test_worker_argv() -> None:
             _parse_argv(bad)
 
 
-def test_worker_program_does_not_map_the_system_libcrypto() -> None:
+def test_worker_program_maps_the_system_libcrypto_only_for_the_accelerator() -> None:
+    # hashlib never loads it (_hashlib is blocked); the compiled accelerator links it
+    # for AES-GCM (worker/_accel.c), so only with the accelerator is it mapped.
     out = _in_child(
         "import sys\n"
         "sys.argv = ['sepconnect-worker', '--fd', 'bad']\n"
@@ -83,8 +85,12 @@ def test_worker_program_does_not_map_the_system_libcrypto() -> None:
         "assert boot.main() == 2\n"
         "import hashlib\n"
         "print(hashlib.sha1(b'abc').hexdigest())\n"
+        "print(sys.modules['_hashlib'])\n"
+        "from sepconnect.worker import accel\n"
+        "print(accel.IMPLEMENTATION)\n"
         "print('libcrypto.so' in open('/proc/self/maps').read())\n"
     )
-    digest, mapped = out.split()
+    digest, hashlib_backend, implementation, mapped = out.split()
     assert digest == "a9993e364706816aba3e25717850c26c9cd0d89d"  # FIPS 180-2 "abc"
-    assert mapped == "False"
+    assert hashlib_backend == "None"
+    assert mapped == str(implementation == "compiled")

@@ -16,6 +16,9 @@ Record protection objects are built once per epoch and direction; sealing a data
 record is one AEAD call (DESIGN.md §4), and a burst of them is one call of
 :meth:`RecordProtection.seal_records`, which frames the records too. The sequence
 number used in nonces and additional data is the 64-bit ``epoch << 48 | seq``.
+With the compiled accelerator (worker/accel.py), AES-GCM records are sealed and
+opened by :class:`CompiledGcmProtection`, the same bytes as :class:`GcmProtection`
+(the reference) with one OpenSSL cipher context per epoch and direction.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from sepconnect.worker import accel
 from sepconnect.worker.proto.dtls_records import HEADER_SEQ64
 
 __all__ = [
@@ -415,6 +419,32 @@ class GcmProtection(RecordProtection):
             raise BadRecordMac("authentication failed") from None
 
 
+class CompiledGcmProtection(GcmProtection):
+    """:class:`GcmProtection` with the record loop in C (worker/_accel.c): the same
+    records, byte for byte (tests/unit/test_accel.py)."""
+
+    __slots__ = ("_compiled",)
+
+    def __init__(self, key: bytes, salt: bytes) -> None:
+        super().__init__(key, salt)
+        assert accel.Gcm is not None
+        self._compiled = accel.Gcm(key, salt)
+
+    def seal(self, seq64: int, ctype: int, version: int, plaintext: bytes) -> bytes:
+        return self._compiled.seal_records(seq64, ctype, version, [plaintext])[0][13:]
+
+    def seal_records(
+        self, first_seq64: int, ctype: int, version: int, plaintexts: list[bytes]
+    ) -> list[bytes]:
+        return self._compiled.seal_records(first_seq64, ctype, version, plaintexts)
+
+    def open_untrusted(self, seq64: int, ctype: int, version: int, body: bytes) -> bytes:
+        plaintext = self._compiled.open(seq64, ctype, version, body)
+        if plaintext is None:
+            raise BadRecordMac("authentication failed")
+        return plaintext
+
+
 class ChaChaProtection(RecordProtection):
     """ChaCha20-Poly1305 (RFC 7905): nonce = IV xor the padded 64-bit sequence number."""
 
@@ -494,7 +524,7 @@ def make_protection(
     key = keys.client_key if client_write else keys.server_key
     iv = keys.client_iv if client_write else keys.server_iv
     if info.aead is Aead.AES_GCM:
-        return GcmProtection(key, iv)
+        return GcmProtection(key, iv) if accel.Gcm is None else CompiledGcmProtection(key, iv)
     if info.aead is Aead.CHACHA20_POLY1305:
         return ChaChaProtection(key, iv)
     mac = keys.client_mac if client_write else keys.server_mac

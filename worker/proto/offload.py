@@ -1,4 +1,4 @@
-"""Tun offloads, sans-I/O: the virtio-net header and receive coalescing.
+"""Tun offloads, sans-I/O: the virtio-net header, TSO splitting, receive coalescing.
 
 With ``IFF_VNET_HDR`` every packet read from or written to the tun starts with a
 10-byte ``struct virtio_net_hdr`` (<linux/virtio_net.h>, native byte order: the
@@ -11,10 +11,16 @@ tun's legacy default)::
     u16 csum_start  where the checksummed part begins (the transport header)
     u16 csum_offset where the checksum field sits, from csum_start
 
-Reads use no offload (worker/io/tun.py keeps TUNSETOFFLOAD at 0), so every frame the
-kernel hands us is :data:`PLAIN_HEADER` and one ordinary packet. TSO on the read side
-was built and measured (docs/performance.md, "Tried and dropped"): splitting and checksumming
-each segment in Python cost more than the reads it saved.
+Reads (:func:`split_frame`): with TUNSETOFFLOAD (CSUM | TSO4 | TSO6) the kernel's TCP
+hands us up to 64 KiB in one read instead of ~45, and leaves checksums to us. We cut
+super-packets into segments exactly as the kernel's own TCP segmentation would
+(sequence numbers, IPv4 IDs, FIN/PSH only on the last segment, CWR only on the first)
+and give every packet complete, valid checksums: the server and everything behind it
+see ordinary packets. This module is the reference; the worker turns TSO on only with
+the compiled accelerator (worker/accel.py), whose ``split_frame`` gives the same bytes
+(tests/unit/test_accel.py): in Python the split costs more than the reads it saves
+(docs/performance.md). Without TSO, a frame that still asks for a checksum or a split
+is completed here all the same.
 
 Writes (:class:`Coalescer`): consecutive in-order TCP segments of one flow from a
 burst become one super-packet (like the kernel's GRO), so the tun takes one write
@@ -41,21 +47,26 @@ __all__ = [
     "GSO_NONE",
     "GSO_TCPV4",
     "GSO_TCPV6",
+    "NEEDS_CSUM",
     "PLAIN_HEADER",
     "VNET_HDR_LEN",
     "Coalescer",
+    "OffloadError",
+    "split_frame",
 ]
 
 GSO_NONE: Final = 0
 GSO_TCPV4: Final = 1
 GSO_TCPV6: Final = 4
+NEEDS_CSUM: Final = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
+_GSO_ECN: Final = 0x80
 
 _VNET = struct.Struct("=BBHHHH")
 PLAIN_HEADER: Final = bytes(VNET_HDR_LEN)
 """The header of a packet as it is: no offload; the kernel checks the packet."""
 
 _TCP: Final = 6
-_PSH: Final = 0x08
+_FIN, _PSH, _CWR = 0x01, 0x08, 0x80
 _MAX_SUPER: Final = 65535  # an IPv4 total length; also the tun's write limit
 _MAX_SEGMENTS: Final = 64
 _U16 = struct.Struct("!H")
@@ -65,6 +76,117 @@ _U32 = struct.Struct("!I")
 def _checksum(total: int) -> int:
     """The checksum field for a sum (mod 0xFFFF) over everything but the field."""
     return 0xFFFF - (total % 0xFFFF or 0xFFFF)
+
+
+class OffloadError(ValueError):
+    """A frame from the tun that cannot be turned into valid packets (dropped)."""
+
+
+def _sum(data: bytes | bytearray | memoryview) -> int:
+    """The Internet checksum's sum of ``data``, mod 0xFFFF (0 stands for 0xFFFF)."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # an odd tail is padded with a zero byte
+    return value % 0xFFFF
+
+
+# -- upload: the kernel's super-packets → ordinary packets with valid checksums --------
+
+
+def split_frame(frame: bytes) -> list[bytes]:
+    """One read from a vnet-header tun → IP packets ready for the server.
+
+    Raises OffloadError for a frame that the kernel would never produce (short,
+    inconsistent offsets, a GSO type we never enabled).
+    """
+    if len(frame) < VNET_HDR_LEN:
+        raise OffloadError("frame shorter than its virtio-net header")
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(frame)
+    packet = frame[VNET_HDR_LEN:]
+    gso = gso_type & ~_GSO_ECN
+    if gso == GSO_NONE:
+        if flags & NEEDS_CSUM:
+            return [_complete_checksum(packet, csum_start, csum_offset)]
+        return [packet]
+    if gso not in (GSO_TCPV4, GSO_TCPV6):
+        raise OffloadError("GSO type that was never enabled")
+    return _segment(packet, gso == GSO_TCPV4, gso_size)
+
+
+def _complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
+    """Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header's sum;
+    sum from ``start`` to the end and store the complement there."""
+    at = start + offset
+    if at + 2 > len(packet) or start < 20:
+        raise OffloadError("checksum outside the packet")
+    check = _checksum(_sum(memoryview(packet)[start:]))
+    if check == 0 and offset == 6:  # UDP: 0 means "no checksum", send 0xFFFF instead
+        check = 0xFFFF
+    out = bytearray(packet)
+    _U16.pack_into(out, at, check)
+    return bytes(out)
+
+
+def _segment(packet: bytes, ipv4: bool, mss: int) -> list[bytes]:
+    """Cut a TCP super-packet into segments of ``mss`` payload bytes (tcp_gso_segment)."""
+    if ipv4:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            raise OffloadError("TCPv4 GSO frame without an IPv4 header")
+        l4 = (packet[0] & 0x0F) * 4
+        if l4 < 20 or packet[9] != _TCP:
+            raise OffloadError("TCPv4 GSO frame that is not TCP")
+        addresses = packet[12:20]
+    else:
+        if len(packet) < 40 or packet[0] >> 4 != 6 or packet[6] != _TCP:
+            raise OffloadError("TCPv6 GSO frame that is not plain IPv6 + TCP")
+        l4 = 40
+        addresses = packet[8:40]
+    if len(packet) < l4 + 20:
+        raise OffloadError("GSO frame shorter than its TCP header")
+    header_len = l4 + (packet[l4 + 12] >> 4) * 4
+    payload_len = len(packet) - header_len
+    if header_len < l4 + 20 or payload_len <= 0 or mss <= 0:
+        raise OffloadError("GSO frame with a bad TCP header, no payload or no MSS")
+    if payload_len <= mss:
+        mss = payload_len  # one segment after all: only the checksums are left to do
+    count = -(-payload_len // mss)
+    header = bytearray(packet[:header_len])
+    ip_id = _U16.unpack_from(header, 4)[0] if ipv4 else 0
+    seq = _U32.unpack_from(header, l4 + 4)[0]
+    flags = header[l4 + 13]
+    address_sum = int.from_bytes(addresses, "big") + _TCP
+    tcp_header_len = header_len - l4
+    view = memoryview(packet)
+    out: list[bytes] = []
+    for i in range(count):
+        start = header_len + i * mss
+        payload = view[start : start + mss]
+        size = len(payload)
+        if ipv4:
+            _U16.pack_into(header, 2, header_len + size)
+            _U16.pack_into(header, 4, (ip_id + i) & 0xFFFF)
+            header[10:12] = b"\0\0"
+            _U16.pack_into(header, 10, _checksum(_sum(memoryview(header)[:l4])))
+        else:
+            _U16.pack_into(header, 4, tcp_header_len + size)
+        _U32.pack_into(header, l4 + 4, (seq + i * mss) & 0xFFFFFFFF)
+        f = flags
+        if i:
+            f &= ~_CWR
+        if i != count - 1:
+            f &= ~(_FIN | _PSH)
+        header[l4 + 13] = f
+        header[l4 + 16 : l4 + 18] = b"\0\0"
+        total = (
+            address_sum
+            + tcp_header_len
+            + size
+            + int.from_bytes(memoryview(header)[l4:], "big")
+            + _sum(payload)
+        )
+        _U16.pack_into(header, l4 + 16, _checksum(total))
+        out.append(bytes(header) + payload)
+    return out
 
 
 # -- download: in-order TCP segments → one super-packet per flow and burst -------------

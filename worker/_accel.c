@@ -1,0 +1,478 @@
+/* The worker's optional compiled accelerator (DESIGN.md §4): the hot loops of the data
+ * path, byte for byte what the pure-Python reference computes.
+ *
+ *   split_frame(frame)  worker/proto/offload.py split_frame: one read from a
+ *                       vnet-header tun with TSO on -> IP packets with full checksums
+ *   Gcm(key, salt)      worker/proto/dtls_crypto.py GcmProtection: DTLS AES-GCM records
+ *                       sealed and opened with one OpenSSL cipher context per direction
+ *                       and epoch, kept across records (cryptography's AEAD builds a new
+ *                       one on every call)
+ *
+ * Pure computation on the caller's buffers: no system call once imported. The module's
+ * import does all of OpenSSL's one-time work (library set-up without reading a
+ * configuration file, fetching the ciphers), before the worker's sandbox closes; a
+ * cipher context afterwards is memory only. Malformed input raises ValueError with the
+ * reference's meaning (the caller drops the frame); a record that does not
+ * authenticate gives None.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#define VNET_HDR_LEN 10
+#define NEEDS_CSUM 1
+#define GSO_NONE 0
+#define GSO_TCPV4 1
+#define GSO_TCPV6 4
+#define GSO_ECN 0x80
+#define TCP_PROTO 6
+#define FIN 0x01
+#define PSH 0x08
+#define CWR 0x80
+
+/* Ones'-complement sum of data read as big-endian 16-bit words (an odd tail padded
+ * with a zero byte), folded into 1..0xFFFF, or 0 for no data or all zeros. */
+static uint32_t be_sum(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t acc = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t lo = w & 0xFFFFFFFFu, hi = w >> 32;
+        acc += lo + hi;
+    }
+    for (; i + 2 <= n; i += 2) {
+        uint16_t w;
+        memcpy(&w, p + i, 2);
+        acc += w;
+    }
+    if (i < n)
+        acc += p[i]; /* the tail byte is the high byte of a big-endian word: native low */
+    while (acc >> 16)
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    /* native little-endian words: swap the folded sum into big-endian order */
+#if PY_LITTLE_ENDIAN
+    acc = ((acc & 0xFF) << 8) | (acc >> 8);
+#endif
+    return (uint32_t)acc;
+}
+
+/* The checksum field for a total (any size) over everything but the field:
+ * the reference's 0xFFFF - (total % 0xFFFF or 0xFFFF). */
+static uint16_t checksum_field(uint64_t total)
+{
+    while (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16);
+    if (total == 0)
+        total = 0xFFFF;
+    return (uint16_t)(0xFFFF - total);
+}
+
+static uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put16(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static PyObject *refuse(const char *message)
+{
+    PyErr_SetString(PyExc_ValueError, message);
+    return NULL;
+}
+
+static PyObject *one_packet_list(const unsigned char *p, Py_ssize_t n)
+{
+    PyObject *packet = PyBytes_FromStringAndSize((const char *)p, n);
+    if (packet == NULL)
+        return NULL;
+    PyObject *out = PyList_New(1);
+    if (out == NULL) {
+        Py_DECREF(packet);
+        return NULL;
+    }
+    PyList_SET_ITEM(out, 0, packet);
+    return out;
+}
+
+/* A CHECKSUM_PARTIAL packet: the field holds the pseudo-header's sum; sum from start
+ * to the end and store the complement there (0 becomes 0xFFFF for UDP). */
+static PyObject *complete_checksum(const unsigned char *p, Py_ssize_t n, Py_ssize_t start,
+                                   Py_ssize_t offset)
+{
+    Py_ssize_t at = start + offset;
+    if (at + 2 > n || start < 20)
+        return refuse("checksum outside the packet");
+    PyObject *out = one_packet_list(p, n);
+    if (out == NULL)
+        return NULL;
+    unsigned char *q = (unsigned char *)PyBytes_AS_STRING(PyList_GET_ITEM(out, 0));
+    uint16_t check = checksum_field(be_sum(p + start, n - start));
+    if (check == 0 && offset == 6)
+        check = 0xFFFF;
+    put16(q + at, check);
+    return out;
+}
+
+/* Cut a TCP super-packet into segments of mss payload bytes (tcp_gso_segment). */
+static PyObject *segment(const unsigned char *p, Py_ssize_t n, int ipv4, Py_ssize_t mss)
+{
+    Py_ssize_t l4;
+    const unsigned char *addresses;
+    Py_ssize_t address_len;
+    if (ipv4) {
+        if (n < 20 || p[0] >> 4 != 4)
+            return refuse("TCPv4 GSO frame without an IPv4 header");
+        l4 = (p[0] & 0x0F) * 4;
+        if (l4 < 20 || p[9] != TCP_PROTO)
+            return refuse("TCPv4 GSO frame that is not TCP");
+        addresses = p + 12;
+        address_len = 8;
+    }
+    else {
+        if (n < 40 || p[0] >> 4 != 6 || p[6] != TCP_PROTO)
+            return refuse("TCPv6 GSO frame that is not plain IPv6 + TCP");
+        l4 = 40;
+        addresses = p + 8;
+        address_len = 32;
+    }
+    if (n < l4 + 20)
+        return refuse("GSO frame shorter than its TCP header");
+    Py_ssize_t header_len = l4 + (p[l4 + 12] >> 4) * 4;
+    Py_ssize_t payload_len = n - header_len;
+    if (header_len < l4 + 20 || payload_len <= 0 || mss <= 0)
+        return refuse("GSO frame with a bad TCP header, no payload or no MSS");
+    if (payload_len <= mss)
+        mss = payload_len;
+    Py_ssize_t count = (payload_len + mss - 1) / mss;
+    uint32_t ip_id = ipv4 ? get16(p + 4) : 0;
+    uint32_t seq = get32(p + l4 + 4);
+    unsigned char flags = p[l4 + 13];
+    uint64_t address_sum = be_sum(addresses, address_len) + TCP_PROTO;
+    Py_ssize_t tcp_header_len = header_len - l4;
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t start = header_len + i * mss;
+        Py_ssize_t size = n - start < mss ? n - start : mss;
+        PyObject *seg = PyBytes_FromStringAndSize(NULL, header_len + size);
+        if (seg == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, seg);
+        unsigned char *q = (unsigned char *)PyBytes_AS_STRING(seg);
+        memcpy(q, p, header_len);
+        memcpy(q + header_len, p + start, size);
+        if (ipv4) {
+            put16(q + 2, (uint32_t)(header_len + size));
+            put16(q + 4, (ip_id + (uint32_t)i) & 0xFFFF);
+            q[10] = q[11] = 0;
+            put16(q + 10, checksum_field(be_sum(q, l4)));
+        }
+        else {
+            put16(q + 4, (uint32_t)(tcp_header_len + size));
+        }
+        put32(q + l4 + 4, seq + (uint32_t)(i * mss));
+        unsigned char f = flags;
+        if (i)
+            f &= (unsigned char)~CWR;
+        if (i != count - 1)
+            f &= (unsigned char)~(FIN | PSH);
+        q[l4 + 13] = f;
+        q[l4 + 16] = q[l4 + 17] = 0;
+        uint64_t total = address_sum + (uint64_t)(tcp_header_len + size) +
+                         be_sum(q + l4, tcp_header_len) + be_sum(q + header_len, size);
+        put16(q + l4 + 16, checksum_field(total));
+    }
+    return out;
+}
+
+static PyObject *split_frame(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *f = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *result;
+    if (n < VNET_HDR_LEN) {
+        result = refuse("frame shorter than its virtio-net header");
+        goto done;
+    }
+    /* struct virtio_net_hdr in native byte order (the tun's legacy default) */
+    uint16_t gso_size, csum_start, csum_offset;
+    memcpy(&gso_size, f + 4, 2);
+    memcpy(&csum_start, f + 6, 2);
+    memcpy(&csum_offset, f + 8, 2);
+    int gso = f[1] & ~GSO_ECN;
+    const unsigned char *packet = f + VNET_HDR_LEN;
+    Py_ssize_t size = n - VNET_HDR_LEN;
+    if (gso == GSO_NONE) {
+        if (f[0] & NEEDS_CSUM)
+            result = complete_checksum(packet, size, csum_start, csum_offset);
+        else
+            result = one_packet_list(packet, size);
+    }
+    else if (gso == GSO_TCPV4 || gso == GSO_TCPV6) {
+        result = segment(packet, size, gso == GSO_TCPV4, gso_size);
+    }
+    else {
+        result = refuse("GSO type that was never enabled");
+    }
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+
+/* -- DTLS AES-GCM records (RFC 5288, RFC 6347) -------------------------------------- */
+
+#define RECORD_HEADER 13
+#define EXPLICIT_NONCE 8
+#define TAG 16
+
+static EVP_CIPHER *aes128gcm, *aes256gcm;
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+    unsigned char salt[4];
+} GcmObject;
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+
+static void gcm_dealloc(GcmObject *self)
+{
+    EVP_CIPHER_CTX_free(self->enc);
+    EVP_CIPHER_CTX_free(self->dec);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *openssl_error(const char *what)
+{
+    PyErr_Format(PyExc_RuntimeError, "OpenSSL: %s failed", what);
+    return NULL;
+}
+
+static PyObject *gcm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"key", "salt", NULL};
+    Py_buffer key, salt;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*", names, &key, &salt))
+        return NULL;
+    GcmObject *self = NULL;
+    const EVP_CIPHER *cipher = key.len == 16 ? aes128gcm : key.len == 32 ? aes256gcm : NULL;
+    if (cipher == NULL || salt.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "AES-GCM needs a 16- or 32-byte key and a 4-byte salt");
+        goto done;
+    }
+    self = (GcmObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        goto done;
+    memcpy(self->salt, salt.buf, 4);
+    self->enc = EVP_CIPHER_CTX_new();
+    self->dec = EVP_CIPHER_CTX_new();
+    if (self->enc == NULL || self->dec == NULL ||
+        !EVP_EncryptInit_ex2(self->enc, cipher, key.buf, NULL, NULL) ||
+        !EVP_DecryptInit_ex2(self->dec, cipher, key.buf, NULL, NULL)) {
+        Py_CLEAR(self);
+        openssl_error("AES-GCM key set-up");
+    }
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&salt);
+    return (PyObject *)self;
+}
+
+/* Whole records carrying plaintexts, consecutive sequence numbers from first_seq64:
+ * header (type, version, epoch and sequence, length), explicit nonce (the sequence
+ * number), ciphertext, tag; the AAD is seq64, type, version, plaintext length. */
+static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
+{
+    unsigned long long first;
+    int ctype, version;
+    PyObject *plaintexts;
+    if (!PyArg_ParseTuple(args, "KiiO!", &first, &ctype, &version, &PyList_Type, &plaintexts))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(plaintexts);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    EVP_CIPHER_CTX *ctx = self->enc;
+    unsigned char nonce[12], aad[13];
+    memcpy(nonce, self->salt, 4);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(plaintexts, i);
+        if (!PyBytes_Check(item)) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_TypeError, "plaintexts must be bytes");
+            return NULL;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(item);
+        if (size > 0xFFFF - EXPLICIT_NONCE - TAG) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_ValueError, "plaintext too long for a record");
+            return NULL;
+        }
+        uint64_t seq64 = first + (uint64_t)i;
+        PyObject *record = PyBytes_FromStringAndSize(NULL, RECORD_HEADER + EXPLICIT_NONCE + size + TAG);
+        if (record == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, record);
+        unsigned char *q = (unsigned char *)PyBytes_AS_STRING(record);
+        q[0] = (unsigned char)ctype;
+        put16(q + 1, (uint32_t)version);
+        put64(q + 3, seq64);
+        put16(q + 11, (uint32_t)(size + EXPLICIT_NONCE + TAG));
+        put64(q + RECORD_HEADER, seq64);
+        memcpy(nonce + 4, q + RECORD_HEADER, 8);
+        memcpy(aad, q + 3, 8);
+        aad[8] = (unsigned char)ctype;
+        put16(aad + 9, (uint32_t)version);
+        put16(aad + 11, (uint32_t)size);
+        unsigned char *body = q + RECORD_HEADER + EXPLICIT_NONCE;
+        int n;
+        if (!EVP_EncryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
+            !EVP_EncryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
+            (size && !EVP_EncryptUpdate(ctx, body, &n, (const unsigned char *)PyBytes_AS_STRING(item),
+                                        (int)size)) ||
+            !EVP_EncryptFinal_ex(ctx, body + size, &n) ||
+            !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG, body + size)) {
+            Py_DECREF(out);
+            return openssl_error("AES-GCM seal");
+        }
+    }
+    return out;
+}
+
+/* The plaintext of a record body (explicit nonce, ciphertext, tag), or None when it is
+ * too short or does not authenticate. */
+static PyObject *gcm_open(GcmObject *self, PyObject *args)
+{
+    unsigned long long seq64;
+    int ctype, version;
+    Py_buffer body;
+    if (!PyArg_ParseTuple(args, "Kiiy*", &seq64, &ctype, &version, &body))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t size = body.len - EXPLICIT_NONCE - TAG;
+    if (size < 0 || size > 0xFFFF) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    const unsigned char *b = body.buf;
+    unsigned char nonce[12], aad[13], tag[TAG];
+    memcpy(nonce, self->salt, 4);
+    memcpy(nonce + 4, b, EXPLICIT_NONCE);
+    put64(aad, (uint64_t)seq64);
+    aad[8] = (unsigned char)ctype;
+    put16(aad + 9, (uint32_t)version);
+    put16(aad + 11, (uint32_t)size);
+    memcpy(tag, b + EXPLICIT_NONCE + size, TAG);
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        goto done;
+    EVP_CIPHER_CTX *ctx = self->dec;
+    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(result);
+    int n;
+    if (!EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
+        !EVP_DecryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
+        (size && !EVP_DecryptUpdate(ctx, plain, &n, b + EXPLICIT_NONCE, (int)size)) ||
+        !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG, tag)) {
+        Py_CLEAR(result);
+        openssl_error("AES-GCM open");
+        goto done;
+    }
+    if (EVP_DecryptFinal_ex(ctx, plain + size, &n) <= 0) {
+        Py_SETREF(result, Py_NewRef(Py_None)); /* authentication failed */
+    }
+done:
+    PyBuffer_Release(&body);
+    return result;
+}
+
+static PyMethodDef gcm_methods[] = {
+    {"seal_records", (PyCFunction)gcm_seal_records, METH_VARARGS,
+     "seal_records(first_seq64, ctype, version, plaintexts) -> list[bytes]: whole records"},
+    {"open", (PyCFunction)gcm_open, METH_VARARGS,
+     "open(seq64, ctype, version, body) -> bytes | None: None if it does not authenticate"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GcmType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sepconnect.worker._accel.Gcm",
+    .tp_basicsize = sizeof(GcmObject),
+    .tp_dealloc = (destructor)gcm_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Gcm(key, salt): DTLS AES-GCM record protection of one epoch and direction",
+    .tp_methods = gcm_methods,
+    .tp_new = gcm_new,
+};
+
+static PyMethodDef methods[] = {
+    {"split_frame", split_frame, METH_O,
+     "split_frame(frame) -> list[bytes]: a TSO/partial-checksum tun frame as packets"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_accel",
+    .m_doc = "The worker's compiled data-path accelerator (worker/accel.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__accel(void)
+{
+    /* OpenSSL's one-time work now, before the sandbox: no configuration file (nothing
+     * here needs one), the two ciphers fetched once and kept. */
+    if (aes128gcm == NULL) {
+        if (!OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL))
+            return openssl_error("library set-up");
+        aes128gcm = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
+        aes256gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+        if (aes128gcm == NULL || aes256gcm == NULL)
+            return openssl_error("fetching AES-GCM");
+    }
+    if (PyType_Ready(&GcmType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Gcm", (PyObject *)&GcmType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
