@@ -263,6 +263,9 @@ class WorkerStatus(Message):
     tls_cipher: Annotated[str, Length(0, 100), Match(PRINTABLE_TEXT)]
     dtls_cipher: Annotated[str, Length(0, 100), Match(PRINTABLE_TEXT)] | None
     dtls_state: Annotated[str, Length(0, 200), Match(PRINTABLE_TEXT)]
+    # the data path's implementation: the compiled accelerator or pure Python
+    # (worker/accel.py; docs/performance.md)
+    data_path: Literal["compiled", "python"]
     tx_bytes: Counter
     rx_bytes: Counter
     tx_packets: Counter

@@ -570,6 +570,7 @@ class Session:
             "tls_cipher": live.tls_cipher if live else None,
             "dtls_cipher": live.dtls_cipher if live else None,
             "dtls_state": live.dtls_state if live else None,
+            "data_path": live.data_path if live else None,
             "tx_bytes": total.tx_bytes,
             "rx_bytes": total.rx_bytes,
             "tx_packets": total.tx_packets,

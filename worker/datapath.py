@@ -24,6 +24,7 @@ from typing import Protocol
 from sepconnect.ipc.limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import QueryStatus, Stop, WorkerStatus
+from sepconnect.worker import accel
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink, Udp
 from sepconnect.worker.io.poller import Poller
@@ -221,6 +222,7 @@ class DataPath:
                 tls_cipher=printable(self.stream.cipher, 100),
                 dtls_cipher=None,
                 dtls_state=printable(self.dtls_off_reason, 200) or "disabled",
+                data_path=accel.IMPLEMENTATION,
                 tx_bytes=s.tx_bytes,
                 rx_bytes=s.rx_bytes,
                 tx_packets=s.tx_packets,
@@ -232,6 +234,7 @@ class DataPath:
             tls_cipher=printable(self.stream.cipher, 100),
             dtls_cipher=printable(link.description, 100) or None,
             dtls_state=printable(link.state(), 200),
+            data_path=accel.IMPLEMENTATION,
             tx_bytes=s.tx_bytes + tx_bytes,
             rx_bytes=s.rx_bytes + rx_bytes,
             tx_packets=s.tx_packets + tx_packets,

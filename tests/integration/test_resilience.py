@@ -345,7 +345,7 @@ def test_control_socket_status_and_permissions(lab: Lab) -> None:
     for key in (
         "state", "server", "addresses", "routes", "channel", "tls_cipher", "tx_bytes",
         "rx_bytes", "tx_packets", "rx_packets", "uptime", "worker_restarts", "last_rekey",
-        "last_error", "interface",
+        "last_error", "interface", "data_path",
     ):  # fmt: skip
         assert key in status, key
     assert status["state"] == "connected"

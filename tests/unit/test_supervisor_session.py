@@ -207,7 +207,7 @@ def index(actions: list[Effect], predicate: Any) -> int:
 def status(**counters: int) -> WorkerStatus:
     values = {"tx_bytes": 0, "rx_bytes": 0, "tx_packets": 0, "rx_packets": 0, **counters}
     return WorkerStatus(channel="tls", tls_cipher="TLSv1.3", dtls_cipher=None,
-                        dtls_state="disabled", **values)  # fmt: skip
+                        dtls_state="disabled", data_path="python", **values)  # fmt: skip
 
 
 def command(shell: Shell, name: str, request: int = 1) -> list[Effect]:
