@@ -376,6 +376,113 @@ static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
 
 /* The plaintext of a record body (explicit nonce, ciphertext, tag), or None when it is
  * too short or does not authenticate. */
+/* One record body opened into a new bytes object, or NULL with no exception set when
+ * it does not authenticate (NULL with an exception: out of memory, OpenSSL failure). */
+static PyObject *gcm_open_body(GcmObject *self, uint64_t seq64, int ctype, int version,
+                               const unsigned char *b, Py_ssize_t len)
+{
+    Py_ssize_t size = len - EXPLICIT_NONCE - TAG;
+    if (size < 0 || size > 0xFFFF)
+        return NULL;
+    unsigned char nonce[12], aad[13];
+    memcpy(nonce, self->salt, 4);
+    memcpy(nonce + 4, b, EXPLICIT_NONCE);
+    put64(aad, seq64);
+    aad[8] = (unsigned char)ctype;
+    put16(aad + 9, (uint32_t)version);
+    put16(aad + 11, (uint32_t)size);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        return NULL;
+    EVP_CIPHER_CTX *ctx = self->dec;
+    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(result);
+    int n;
+    if (!EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
+        !EVP_DecryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
+        (size && !EVP_DecryptUpdate(ctx, plain, &n, b + EXPLICIT_NONCE, (int)size)) ||
+        !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG,
+                             (void *)(b + EXPLICIT_NONCE + size))) {
+        Py_DECREF(result);
+        openssl_error("AES-GCM open");
+        return NULL;
+    }
+    if (EVP_DecryptFinal_ex(ctx, plain + size, &n) <= 0) {
+        Py_DECREF(result); /* authentication failed */
+        return NULL;
+    }
+    return result;
+}
+
+#define APPLICATION_DATA 23
+#define MAX_RECORD_BODY (16384 + 2048)
+
+/* RecordProtection.open_datagrams_untrusted (worker/proto/dtls_crypto.py) with the
+ * replay window as (top, bits): from datagrams[start] on, each datagram that is exactly
+ * one application-data record of epoch is checked against the window, opened, and its
+ * plaintext appended to out; stops at the first other datagram. Returns (stop index,
+ * top, bits, accepted, replays, bad). */
+static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
+{
+    PyObject *datagrams, *out;
+    Py_ssize_t start;
+    int epoch;
+    long long top;
+    unsigned long long bits;
+    if (!PyArg_ParseTuple(args, "O!niLKO!", &PyList_Type, &datagrams, &start, &epoch, &top,
+                          &bits, &PyList_Type, &out))
+        return NULL;
+    Py_ssize_t end = PyList_GET_SIZE(datagrams), i = start < 0 ? 0 : start;
+    long accepted = 0, replays = 0, bad = 0;
+    for (; i < end; i++) {
+        PyObject *item = PyList_GET_ITEM(datagrams, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "datagrams must be bytes");
+            return NULL;
+        }
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(item);
+        Py_ssize_t body_size = PyBytes_GET_SIZE(item) - RECORD_HEADER;
+        if (body_size <= 0)
+            break;
+        int ctype = d[0], version = get16(d + 1), rec_epoch = get16(d + 3);
+        Py_ssize_t length = get16(d + 11);
+        if (ctype != APPLICATION_DATA || rec_epoch != epoch || length != body_size ||
+            length > MAX_RECORD_BODY)
+            break;
+        long long seq = (long long)get16(d + 5) << 32 | get32(d + 7);
+        if (seq <= top) { /* ReplayWindow.is_fresh, 64 wide */
+            long long offset = top - seq;
+            if (offset >= 64 || (bits >> offset) & 1) {
+                replays++;
+                continue;
+            }
+        }
+        PyObject *plaintext = gcm_open_body(self, (uint64_t)epoch << 48 | (uint64_t)seq, ctype,
+                                            version, d + RECORD_HEADER, body_size);
+        if (plaintext == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            bad++;
+            continue;
+        }
+        if (seq > top) { /* ReplayWindow.accept */
+            long long shift = seq - top;
+            bits = shift >= 64 ? 1 : bits << shift | 1;
+            top = seq;
+        }
+        else {
+            bits |= 1ULL << (top - seq);
+        }
+        accepted++;
+        int failed = PyList_Append(out, plaintext);
+        Py_DECREF(plaintext);
+        if (failed)
+            return NULL;
+    }
+    return Py_BuildValue("nLKlll", i, top, bits, accepted, replays, bad);
+}
+
+/* The plaintext of a record body (explicit nonce, ciphertext, tag), or None when it is
+ * too short or does not authenticate. */
 static PyObject *gcm_open(GcmObject *self, PyObject *args)
 {
     unsigned long long seq64;
@@ -383,44 +490,17 @@ static PyObject *gcm_open(GcmObject *self, PyObject *args)
     Py_buffer body;
     if (!PyArg_ParseTuple(args, "Kiiy*", &seq64, &ctype, &version, &body))
         return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t size = body.len - EXPLICIT_NONCE - TAG;
-    if (size < 0 || size > 0xFFFF) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    const unsigned char *b = body.buf;
-    unsigned char nonce[12], aad[13], tag[TAG];
-    memcpy(nonce, self->salt, 4);
-    memcpy(nonce + 4, b, EXPLICIT_NONCE);
-    put64(aad, (uint64_t)seq64);
-    aad[8] = (unsigned char)ctype;
-    put16(aad + 9, (uint32_t)version);
-    put16(aad + 11, (uint32_t)size);
-    memcpy(tag, b + EXPLICIT_NONCE + size, TAG);
-    result = PyBytes_FromStringAndSize(NULL, size);
-    if (result == NULL)
-        goto done;
-    EVP_CIPHER_CTX *ctx = self->dec;
-    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(result);
-    int n;
-    if (!EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
-        !EVP_DecryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
-        (size && !EVP_DecryptUpdate(ctx, plain, &n, b + EXPLICIT_NONCE, (int)size)) ||
-        !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG, tag)) {
-        Py_CLEAR(result);
-        openssl_error("AES-GCM open");
-        goto done;
-    }
-    if (EVP_DecryptFinal_ex(ctx, plain + size, &n) <= 0) {
-        Py_SETREF(result, Py_NewRef(Py_None)); /* authentication failed */
-    }
-done:
+    PyObject *result = gcm_open_body(self, seq64, ctype, version, body.buf, body.len);
     PyBuffer_Release(&body);
+    if (result == NULL && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
     return result;
 }
 
 static PyMethodDef gcm_methods[] = {
+    {"open_datagrams", (PyCFunction)gcm_open_datagrams, METH_VARARGS,
+     "open_datagrams(datagrams, start, epoch, top, bits, out) -> (stop, top, bits, accepted, "
+     "replays, bad)"},
     {"seal_records", (PyCFunction)gcm_seal_records, METH_VARARGS,
      "seal_records(first_seq64, ctype, version, plaintexts) -> list[bytes]: whole records"},
     {"open", (PyCFunction)gcm_open, METH_VARARGS,

@@ -39,6 +39,7 @@ from test_offload import split_frame as textbook_split
 
 from sepconnect.worker import accel
 from sepconnect.worker.proto import dtls_crypto as dc
+from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record
 from sepconnect.worker.proto.offload import (
     GSO_NONE,
     GSO_TCPV4,
@@ -333,3 +334,28 @@ def test_make_protection_uses_the_compiled_gcm_for_aes_gcm_suites() -> None:
         keys = dc.key_block(info, info.prf_hash, bytes(48), bytes(32), bytes(32))
         prot = dc.make_protection(info, keys, client_write=True, random=os.urandom)
         assert isinstance(prot, dc.CompiledGcmProtection) == (info.aead is dc.Aead.AES_GCM), suite
+
+
+@pytest.mark.parametrize("top", [-1, 0, 63, 64, 100, 2**48 - 2])
+def test_both_replay_windows_agree_at_the_edges(top: int) -> None:
+    sealer = dc.GcmProtection(b"\x07" * 16, b"salt")
+
+    def record(seq: int) -> bytes:
+        body = sealer.seal(1 << 48 | seq, 23, dc.DTLS1_2, seq.to_bytes(8, "big"))
+        return encode_record(23, dc.DTLS1_2, 1, seq, body)
+
+    base = max(top, 0)
+    seqs = [base - 64, base - 63, base - 62, base - 1, base, base + 1, base + 1, base - 63,
+            base + 64, base + 1, base + 2, base + 65, base + 200, base + 137, base + 136,
+            base + 200]  # fmt: skip
+    datagrams = [record(s) for s in seqs if 0 <= s < 2**48]
+    results = []
+    key, salt = b"\x07" * 16, b"salt"
+    for prot in (dc.GcmProtection(key, salt), dc.CompiledGcmProtection(key, salt)):
+        window = ReplayWindow()
+        window.restore(top, (1 << 64) - 1 - (1 << 63) if top >= 0 else 0)  # all but top - 63 seen
+        out: list[bytes] = []
+        step = prot.open_datagrams_untrusted(datagrams, 0, 1, window, out)
+        results.append((step, out, window.position()))
+    assert results[0] == results[1]
+    assert results[0][0][0] == len(datagrams)

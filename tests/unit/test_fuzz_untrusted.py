@@ -48,7 +48,7 @@ from sepconnect.worker.proto.dtls_connection import (
     State,
 )
 from sepconnect.worker.proto.dtls_handshake import DtlsError
-from sepconnect.worker.proto.dtls_records import encode_record, records_untrusted
+from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record, records_untrusted
 from sepconnect.worker.proto.dtls_setup import DEFAULT_CIPHERS, DEFAULT_CIPHERS12, plan_dtls
 from sepconnect.worker.proto.errors import AuthError, ProtocolError
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
@@ -116,6 +116,13 @@ FUZZERS: dict[str, tuple[str, tuple[str, ...]]] = {
                 "ChaChaProtection",
                 "CbcSha1Protection",
             )
+        ),
+    ),
+    "test_dtls_record_bursts": (
+        "nothing",
+        tuple(
+            f"dtls_crypto.{c}.open_datagrams_untrusted"
+            for c in ("RecordProtection", "CompiledGcmProtection")
         ),
     ),
     "test_dtls_channel": (
@@ -737,6 +744,58 @@ def test_dtls_record_protection(
         for gcm in (dc.GcmProtection, dc.CompiledGcmProtection):
             with contextlib.suppress(dc.BadRecordMac):
                 gcm(keys.server_key, keys.server_iv).open_untrusted(seq, ctype, version, body)
+
+
+@st.composite
+def record_bursts(draw: st.DrawFn) -> tuple[int, list[bytes]]:
+    """(epoch, datagrams): application-data records of the epoch around a window's edge,
+    repeated, of other epochs and types, mutated, and junk."""
+    sealer = dc.GcmProtection(b"\x07" * 16, b"salt")
+    epoch = draw(st.integers(0, 3))
+    datagrams: list[bytes] = []
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["record", "record", "record", "junk", "epoch", "type"]))
+        if kind == "junk":
+            datagrams.append(draw(st.binary(max_size=40)))
+            continue
+        seq = draw(st.integers(0, 150) | st.integers(2**48 - 70, 2**48 - 1))
+        rec_epoch = epoch + 1 if kind == "epoch" else epoch
+        ctype = 22 if kind == "type" else 23
+        body = sealer.seal(rec_epoch << 48 | seq, ctype, dc.DTLS1_2, draw(st.binary(max_size=64)))
+        data = bytearray(encode_record(ctype, dc.DTLS1_2, rec_epoch, seq, body))
+        if draw(st.booleans()):
+            at = draw(st.integers(0, len(data) - 1))
+            data[at] ^= draw(st.integers(1, 255))
+        datagrams += [bytes(data)] * draw(st.integers(1, 2))
+    return epoch, datagrams
+
+
+@FUZZ
+@given(
+    burst=record_bursts(),
+    top=st.integers(-1, 160) | st.integers(2**48 - 100, 2**48 - 1),
+    bits=st.integers(0, 2**64 - 1),
+)
+def test_dtls_record_bursts(burst: tuple[int, list[bytes]], top: int, bits: int) -> None:
+    # The data channel's steady state, both implementations: the same plaintexts, the
+    # same counts, the same window afterwards (docs/performance.md: differential).
+    epoch, datagrams = burst
+    results = []
+    for prot in (
+        dc.GcmProtection(b"\x07" * 16, b"salt"),
+        dc.CompiledGcmProtection(b"\x07" * 16, b"salt"),
+    ):
+        window = ReplayWindow()
+        window.restore(top, bits if top >= 0 else 0)
+        out: list[bytes] = []
+        steps = []
+        i = 0
+        while i < len(datagrams):
+            step = prot.open_datagrams_untrusted(datagrams, i, epoch, window, out)
+            steps.append(step)
+            i = step[0] + 1  # the caller's general path takes the one it stopped at
+        results.append((out, steps, window.position()))
+    assert results[0] == results[1]
 
 
 @FUZZ

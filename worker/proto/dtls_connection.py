@@ -91,7 +91,6 @@ from sepconnect.worker.proto.dtls_handshake import (
 from sepconnect.worker.proto.dtls_params import DtlsParams, Mode
 from sepconnect.worker.proto.dtls_records import (
     HEADER,
-    MAX_RECORD_BODY,
     ContentType,
     ReplayWindow,
     encode_record,
@@ -118,8 +117,6 @@ EXT_RENEGOTIATION_INFO: Final = 0xFF01
 _MAX_HELLO_VERIFY: Final = 2
 _MAX_COOKIE: Final = 255
 _APP: Final = int(ContentType.APPLICATION_DATA)
-_UNPACK: Final = HEADER.unpack_from
-_HEADER_SIZE: Final = HEADER.size
 # DtlsParams and Mode live in dtls_params.py (the CONNECT exchange needs them without
 # this module: issue #6, connect time); they are re-exported here.
 
@@ -404,34 +401,26 @@ class DtlsConnection:
         """Process a burst of datagrams; returns their authenticated application-data
         payloads in order.
 
-        A datagram that is exactly one application-data record of the current epoch
-        while established, the steady state of the data channel, is framed here without
-        Record objects (issue #6); everything else goes through
-        :meth:`_receive_records`. Every record of the current epoch is opened by
-        :meth:`_open` either way."""
+        Datagrams that are exactly one application-data record of the current epoch
+        while established, the steady state of the data channel, are opened a run at a
+        time by the read protection's :meth:`RecordProtection.open_datagrams_untrusted`
+        (in C with the compiled accelerator); everything else goes through
+        :meth:`_receive_records` and :meth:`_open`. Both check the same replay window."""
         out: list[bytes] = []
-        prot = self._read_prot if self.state is State.ESTABLISHED else None
-        epoch = self._read_epoch
-        for data in datagrams:
-            body_size = len(data) - _HEADER_SIZE
-            if prot is not None and body_size > 0:
-                ctype, version, rec_epoch, seq_hi, seq_lo, length = _UNPACK(data)
-                if (
-                    ctype == _APP
-                    and rec_epoch == epoch
-                    and length == body_size
-                    and length <= MAX_RECORD_BODY
-                ):
-                    plaintext = self._open(
-                        prot, ctype, version, epoch, seq_hi << 32 | seq_lo, data[_HEADER_SIZE:]
-                    )
-                    if plaintext is not None:
-                        out.append(plaintext)
-                    continue
-            self._receive_records(data, now, out)
-            # the records may have changed the state
-            prot = self._read_prot if self.state is State.ESTABLISHED else None
-            epoch = self._read_epoch
+        i, end = 0, len(datagrams)
+        while i < end:
+            prot = self._read_prot
+            if prot is not None and self.state is State.ESTABLISHED:
+                i, accepted, replays, bad = prot.open_datagrams_untrusted(
+                    datagrams, i, self._read_epoch, self._replay, out
+                )
+                self.records_in += accepted
+                self.replays_dropped += replays
+                self.bad_records += bad
+                if i == end:
+                    break
+            self._receive_records(datagrams[i], now, out)  # may change the state
+            i += 1
         return out
 
     def _open(

@@ -35,7 +35,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from sepconnect.worker import accel
-from sepconnect.worker.proto.dtls_records import HEADER_SEQ64
+from sepconnect.worker.proto.dtls_records import (
+    HEADER,
+    HEADER_SEQ64,
+    MAX_RECORD_BODY,
+    ContentType,
+    ReplayWindow,
+)
 
 __all__ = [
     "DTLS1_0",
@@ -347,6 +353,9 @@ def key_block(
 # seq_num(8) + type(1) + version(2) + length(2): one C call per record
 _aad: Final[Callable[[int, int, int, int], bytes]] = struct.Struct(">QBHH").pack
 _header: Final[Callable[[int, int, int, int], bytes]] = HEADER_SEQ64.pack
+_UNPACK: Final = HEADER.unpack_from
+_HEADER_SIZE: Final = HEADER.size
+_APP: Final = int(ContentType.APPLICATION_DATA)
 
 
 class RecordProtection:
@@ -360,6 +369,54 @@ class RecordProtection:
     def open_untrusted(self, seq64: int, ctype: int, version: int, body: bytes) -> bytes:
         """Plaintext of *body*, or BadRecordMac."""
         raise NotImplementedError
+
+    def open_datagrams_untrusted(
+        self,
+        datagrams: list[bytes],
+        start: int,
+        epoch: int,
+        window: ReplayWindow,
+        out: list[bytes],
+    ) -> tuple[int, int, int, int]:
+        """The data channel's steady state, a burst at a time: from ``datagrams[start]``
+        on, every datagram that is exactly one application-data record of *epoch* is
+        checked against the replay *window* (before decrypting, and updated after) and
+        opened; the plaintexts are appended to *out*. Stops at the first datagram that
+        is anything else, for the caller's general path. Returns (the index where it
+        stopped, records accepted, replays dropped, records that failed to
+        authenticate)."""
+        accepted = replays = bad = 0
+        end = len(datagrams)
+        i = start
+        while i < end:
+            data = datagrams[i]
+            body_size = len(data) - _HEADER_SIZE
+            if body_size <= 0:
+                break
+            ctype, version, rec_epoch, seq_hi, seq_lo, length = _UNPACK(data)
+            if not (
+                ctype == _APP
+                and rec_epoch == epoch
+                and length == body_size
+                and length <= MAX_RECORD_BODY
+            ):
+                break
+            i += 1
+            seq = seq_hi << 32 | seq_lo
+            if not window.is_fresh(seq):
+                replays += 1
+                continue
+            try:
+                plaintext = self.open_untrusted(
+                    epoch << 48 | seq, ctype, version, data[_HEADER_SIZE:]
+                )
+            except BadRecordMac:
+                bad += 1
+                continue
+            window.accept(seq)
+            accepted += 1
+            out.append(plaintext)
+        return i, accepted, replays, bad
 
     def seal_records(
         self, first_seq64: int, ctype: int, version: int, plaintexts: list[bytes]
@@ -443,6 +500,23 @@ class CompiledGcmProtection(GcmProtection):
         if plaintext is None:
             raise BadRecordMac("authentication failed")
         return plaintext
+
+    def open_datagrams_untrusted(
+        self,
+        datagrams: list[bytes],
+        start: int,
+        epoch: int,
+        window: ReplayWindow,
+        out: list[bytes],
+    ) -> tuple[int, int, int, int]:
+        if window.size != 64:  # the compiled window is one 64-bit word
+            return super().open_datagrams_untrusted(datagrams, start, epoch, window, out)
+        top, bits = window.position()
+        stop, top, bits, accepted, replays, bad = self._compiled.open_datagrams(
+            datagrams, start, epoch, top, bits, out
+        )
+        window.restore(top, bits)
+        return stop, accepted, replays, bad
 
 
 class ChaChaProtection(RecordProtection):

@@ -108,6 +108,14 @@ class ReplayWindow:
             return False
         return not (self._bits >> offset) & 1
 
+    def position(self) -> tuple[int, int]:
+        """(highest accepted sequence number or -1, bitmap): for the compiled accelerator,
+        which runs the same window over a burst (worker/proto/dtls_crypto.py)."""
+        return self._top, self._bits
+
+    def restore(self, top: int, bits: int) -> None:
+        self._top, self._bits = top, bits
+
     def accept(self, seq: int) -> None:
         if seq > self._top:
             shift = seq - self._top
