@@ -3,6 +3,9 @@
  *
  *   split_frame(frame)  worker/proto/offload.py split_frame: one read from a
  *                       vnet-header tun with TSO on -> IP packets with full checksums
+ *   coalesce(packets)   worker/proto/offload.py coalesce: a burst of IP packets from the
+ *                       server as tun frames, in-order TCP segments joined into
+ *                       super-packets (each frame whole: vnet header, header, payloads)
  *   Gcm(key, salt)      worker/proto/dtls_crypto.py GcmProtection: DTLS AES-GCM records
  *                       sealed and opened with one OpenSSL cipher context per direction
  *                       and epoch, kept across records (cryptography's AEAD builds a new
@@ -246,6 +249,362 @@ done:
     return result;
 }
 
+
+
+/* -- download: in-order TCP segments -> one super-packet per flow and burst ---------- */
+
+#define MAX_SUPER 65535
+#define MAX_SEGMENTS 64
+
+typedef struct {
+    Py_ssize_t first;     /* index of the first segment in the burst */
+    Py_ssize_t last;      /* index of the last one; next[] links them */
+    int l4, header_len, nparts, push, closed;
+    Py_ssize_t mss, size;
+    uint32_t next_seq, next_id;
+    uint64_t payload_sum; /* mod 0xFFFF */
+} Run;
+
+typedef struct {
+    PyObject *packets; /* the burst (borrowed) */
+    Py_ssize_t *next;  /* next segment of the same run */
+    Run *runs;
+    Py_ssize_t nruns;
+    PyObject *index;   /* flow key -> run number, in the reference's dict order */
+    PyObject *out;
+} Coalescing;
+
+static const unsigned char *pkt(Coalescing *c, Py_ssize_t i, Py_ssize_t *n)
+{
+    PyObject *p = PyList_GET_ITEM(c->packets, i);
+    *n = PyBytes_GET_SIZE(p);
+    return (const unsigned char *)PyBytes_AS_STRING(p);
+}
+
+static uint64_t fold(uint64_t total)
+{
+    while (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16);
+    return total;
+}
+
+/* What the payload sums to if the segment's checksum is right (offload.py's Coalescer):
+ * addresses and TCP header from start to header_len, the pseudo-header's rest. */
+static uint64_t payload_sum_of(const unsigned char *p, Py_ssize_t n, int start, int l4,
+                               int header_len)
+{
+    uint64_t known = fold(be_sum(p + start, header_len - start) + TCP_PROTO + (uint64_t)(n - l4));
+    return 0xFFFF - known;
+}
+
+/* offload.py _mergeable: 1 and the fields of a TCP data segment that may join a run. */
+static int mergeable(const unsigned char *p, Py_ssize_t n, int *l4, int *header_len,
+                     uint64_t *payload_sum)
+{
+    int start;
+    if (n < 60)
+        return 0;
+    if (p[0] == 0x45) {
+        if (p[9] != TCP_PROTO || (p[6] & 0x3F) || p[7] || get16(p + 2) != n)
+            return 0;
+        if (be_sum(p, 20) != 0xFFFF)
+            return 0;
+        *l4 = 20;
+        start = 12;
+    }
+    else if (p[0] >> 4 == 6) {
+        if (p[6] != TCP_PROTO || get16(p + 4) != n - 40)
+            return 0;
+        *l4 = 40;
+        start = 8;
+    }
+    else {
+        return 0;
+    }
+    *header_len = *l4 + (p[*l4 + 12] >> 4) * 4;
+    if (*header_len < *l4 + 20 || *header_len >= n)
+        return 0;
+    if (p[*l4 + 13] & ~(PSH | 0x10))
+        return 0;
+    *payload_sum = payload_sum_of(p, n, start, *l4, *header_len);
+    return 1;
+}
+
+/* offload.py _flow_key: addresses and ports of a TCP packet, or NULL (None). */
+static PyObject *flow_key(const unsigned char *p, Py_ssize_t n)
+{
+    if (n < 24)
+        Py_RETURN_NONE;
+    int version = p[0] >> 4;
+    if (version == 4 && p[9] == TCP_PROTO) {
+        Py_ssize_t l4 = (p[0] & 0x0F) * 4, ports = n - l4 < 0 ? 0 : n - l4 > 4 ? 4 : n - l4;
+        unsigned char key[12];
+        memcpy(key, p + 12, 8);
+        memcpy(key + 8, p + (l4 < n ? l4 : n), ports);
+        return PyBytes_FromStringAndSize((const char *)key, 8 + ports);
+    }
+    if (version == 6 && n >= 44 && p[6] == TCP_PROTO)
+        return PyBytes_FromStringAndSize((const char *)p + 8, 36);
+    Py_RETURN_NONE;
+}
+
+static int emit(Coalescing *c, PyObject *frame)
+{
+    if (frame == NULL)
+        return -1;
+    int failed = PyList_Append(c->out, frame);
+    Py_DECREF(frame);
+    return failed;
+}
+
+static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n)
+{
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, VNET_HDR_LEN + n);
+    if (frame != NULL) {
+        memset(PyBytes_AS_STRING(frame), 0, VNET_HDR_LEN);
+        memcpy(PyBytes_AS_STRING(frame) + VNET_HDR_LEN, p, n);
+    }
+    return frame;
+}
+
+/* offload.py _Run.pieces, joined. */
+static PyObject *run_frame(Coalescing *c, Run *r)
+{
+    Py_ssize_t n;
+    const unsigned char *first = pkt(c, r->first, &n);
+    if (r->nparts == 1)
+        return plain_frame(first, n);
+    int l4 = r->l4, hl = r->header_len;
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, VNET_HDR_LEN + r->size);
+    if (frame == NULL)
+        return NULL;
+    unsigned char *f = (unsigned char *)PyBytes_AS_STRING(frame);
+    uint16_t vnet[5] = {(uint16_t)(l4 == 20 ? GSO_TCPV4 : GSO_TCPV6) << 8, (uint16_t)hl,
+                        (uint16_t)r->mss, 0, 0};
+    memcpy(f, vnet, VNET_HDR_LEN); /* flags 0, gso_type, hdr_len, gso_size, csum 0, 0 */
+    f[0] = 0;
+    f[1] = l4 == 20 ? GSO_TCPV4 : GSO_TCPV6;
+    unsigned char *h = f + VNET_HDR_LEN;
+    memcpy(h, first, hl);
+    if (r->push)
+        h[l4 + 13] |= PSH;
+    Py_ssize_t tcp_len = r->size - l4;
+    const unsigned char *addresses;
+    int address_len;
+    if (l4 == 20) {
+        put16(h + 2, (uint32_t)r->size);
+        h[10] = h[11] = 0;
+        put16(h + 10, checksum_field(be_sum(h, 20)));
+        addresses = first + 12;
+        address_len = 8;
+    }
+    else {
+        put16(h + 4, (uint32_t)tcp_len);
+        addresses = first + 8;
+        address_len = 32;
+    }
+    h[l4 + 16] = h[l4 + 17] = 0;
+    uint64_t total = be_sum(addresses, address_len) + TCP_PROTO + (uint64_t)tcp_len +
+                     be_sum(h + l4, hl - l4) + r->payload_sum;
+    put16(h + l4 + 16, checksum_field(total));
+    unsigned char *q = h + hl;
+    for (Py_ssize_t i = r->first;; i = c->next[i]) {
+        Py_ssize_t m;
+        const unsigned char *p = pkt(c, i, &m);
+        memcpy(q, p + hl, m - hl);
+        q += m - hl;
+        if (i == r->last)
+            break;
+    }
+    return frame;
+}
+
+/* offload.py _Run.try_join. */
+static int try_join(Coalescing *c, Run *r, Py_ssize_t i, const unsigned char *p, Py_ssize_t n)
+{
+    int hl = r->header_len, l4 = r->l4;
+    Py_ssize_t size = n - hl;
+    if (r->closed || size <= 0 || size > r->mss || r->size + size > MAX_SUPER ||
+        r->nparts >= MAX_SEGMENTS)
+        return 0;
+    Py_ssize_t m;
+    const unsigned char *f = pkt(c, r->first, &m);
+    /* every header byte as the first segment's, but the fields that vary per segment */
+    for (int k = 0; k < hl; k++) {
+        if (k == l4 + 4) { /* sequence number */
+            k += 3;
+            continue;
+        }
+        if (k == l4 + 16) { /* TCP checksum */
+            k += 1;
+            continue;
+        }
+        if (k == l4 + 13) {
+            if ((p[k] ^ f[k]) & ~PSH)
+                return 0;
+            continue;
+        }
+        if (l4 == 20 && (k == 2 || k == 4 || k == 10)) { /* length, ID, checksum */
+            k += 1;
+            continue;
+        }
+        if (l4 == 40 && k == 4) { /* payload length */
+            k += 1;
+            continue;
+        }
+        if (p[k] != f[k])
+            return 0;
+    }
+    if (get32(p + l4 + 4) != r->next_seq)
+        return 0;
+    if (l4 == 20) {
+        if (get16(p + 2) != n || get16(p + 4) != r->next_id || be_sum(p, 20) != 0xFFFF)
+            return 0;
+        r->next_id = (r->next_id + 1) & 0xFFFF;
+    }
+    else if (get16(p + 4) != n - 40) {
+        return 0;
+    }
+    r->payload_sum = fold(r->payload_sum + payload_sum_of(p, n, l4 == 20 ? 12 : 8, l4, hl));
+    c->next[r->last] = i;
+    r->last = i;
+    r->nparts++;
+    r->size += size;
+    r->next_seq += (uint32_t)size;
+    if (p[l4 + 13] & PSH)
+        r->push = r->closed = 1;
+    else if (size < r->mss)
+        r->closed = 1;
+    return 1;
+}
+
+static Py_ssize_t run_of(Coalescing *c, PyObject *key)
+{
+    PyObject *found = PyDict_GetItemWithError(c->index, key);
+    if (found == NULL)
+        return PyErr_Occurred() ? -2 : -1;
+    return PyLong_AsSsize_t(found);
+}
+
+/* offload.py Coalescer.add */
+static int add(Coalescing *c, Py_ssize_t i)
+{
+    Py_ssize_t n;
+    const unsigned char *p = pkt(c, i, &n);
+    if (PyDict_GET_SIZE(c->index) && n) {
+        PyObject *key = NULL;
+        if (p[0] == 0x45)
+            key = PyBytes_FromStringAndSize((const char *)p + 12, n < 12 ? 0 : n < 24 ? n - 12 : 12);
+        else if (p[0] >> 4 == 6)
+            key = PyBytes_FromStringAndSize((const char *)p + 8, n < 8 ? 0 : n < 44 ? n - 8 : 36);
+        if (key != NULL) {
+            Py_ssize_t r = run_of(c, key);
+            Py_DECREF(key);
+            if (r == -2)
+                return -1;
+            if (r >= 0 && try_join(c, &c->runs[r], i, p, n))
+                return 0;
+        }
+        else if (PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    int l4, hl;
+    uint64_t payload_sum;
+    if (!mergeable(p, n, &l4, &hl, &payload_sum)) {
+        if (PyDict_GET_SIZE(c->index)) {
+            PyObject *key = flow_key(p, n);
+            if (key == NULL)
+                return -1;
+            Py_ssize_t r = run_of(c, key);
+            if (r >= 0 && PyDict_DelItem(c->index, key) < 0)
+                r = -2;
+            Py_DECREF(key);
+            if (r == -2 || (r >= 0 && emit(c, run_frame(c, &c->runs[r])) < 0))
+                return -1;
+        }
+        return emit(c, plain_frame(p, n));
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)p + (l4 == 20 ? 12 : 8),
+                                              l4 == 20 ? 12 : 36);
+    if (key == NULL)
+        return -1;
+    Py_ssize_t r = run_of(c, key);
+    if (r == -2 || (r >= 0 && emit(c, run_frame(c, &c->runs[r])) < 0)) {
+        Py_DECREF(key);
+        return -1;
+    }
+    Run *run = &c->runs[c->nruns];
+    PyObject *number = PyLong_FromSsize_t(c->nruns);
+    int failed = number == NULL || PyDict_SetItem(c->index, key, number) < 0;
+    Py_XDECREF(number);
+    Py_DECREF(key);
+    if (failed)
+        return -1;
+    c->nruns++;
+    run->first = run->last = i;
+    run->l4 = l4;
+    run->header_len = hl;
+    run->nparts = 1;
+    run->mss = n - hl;
+    run->size = n;
+    run->next_seq = get32(p + l4 + 4) + (uint32_t)run->mss;
+    run->push = (p[l4 + 13] & PSH) != 0;
+    run->closed = run->push || (run->mss & 1);
+    run->payload_sum = payload_sum;
+    run->next_id = l4 == 20 ? (get16(p + 4) + 1) & 0xFFFF : 0;
+    return 0;
+}
+
+static PyObject *coalesce(PyObject *self, PyObject *packets)
+{
+    (void)self;
+    if (!PyList_Check(packets)) {
+        PyErr_SetString(PyExc_TypeError, "coalesce() takes a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(packets);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(PyList_GET_ITEM(packets, i))) {
+            PyErr_SetString(PyExc_TypeError, "coalesce() takes a list of bytes");
+            return NULL;
+        }
+    }
+    Coalescing c = {.packets = packets, .nruns = 0};
+    c.next = PyMem_Malloc(sizeof(Py_ssize_t) * (count ? count : 1));
+    c.runs = PyMem_Malloc(sizeof(Run) * (count ? count : 1));
+    c.index = PyDict_New();
+    c.out = PyList_New(0);
+    PyObject *result = NULL;
+    if (c.next == NULL || c.runs == NULL || c.index == NULL || c.out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* The list must not change under us: hold our own reference to each packet. */
+    Py_INCREF(packets);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (add(&c, i) < 0) {
+            Py_DECREF(packets);
+            goto done;
+        }
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *number;
+    while (PyDict_Next(c.index, &pos, &key, &number)) {
+        if (emit(&c, run_frame(&c, &c.runs[PyLong_AsSsize_t(number)])) < 0) {
+            Py_DECREF(packets);
+            goto done;
+        }
+    }
+    Py_DECREF(packets);
+    result = Py_NewRef(c.out);
+done:
+    PyMem_Free(c.next);
+    PyMem_Free(c.runs);
+    Py_XDECREF(c.index);
+    Py_XDECREF(c.out);
+    return result;
+}
 
 /* -- DTLS AES-GCM records (RFC 5288, RFC 6347) -------------------------------------- */
 
@@ -520,6 +879,8 @@ static PyTypeObject GcmType = {
 };
 
 static PyMethodDef methods[] = {
+    {"coalesce", coalesce, METH_O,
+     "coalesce(packets) -> list[bytes]: a burst from the server as tun frames"},
     {"split_frame", split_frame, METH_O,
      "split_frame(frame) -> list[bytes]: a TSO/partial-checksum tun frame as packets"},
     {NULL, NULL, 0, NULL},

@@ -14,18 +14,20 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from sepconnect.worker import _accel
 
-__all__ = ["IMPLEMENTATION", "Gcm", "split_frame"]
+__all__ = ["IMPLEMENTATION", "Gcm", "coalesce", "split_frame"]
 
 # Each None on the Python path.
 Gcm: type[_accel.Gcm] | None  # DTLS AES-GCM records (worker/proto/dtls_crypto.py)
 split_frame: Callable[[bytes], list[bytes]] | None  # TSO frames (worker/proto/offload.py)
+coalesce: Callable[[list[bytes]], list[bytes]] | None  # tun writes (worker/proto/offload.py)
 
 try:
     from sepconnect.worker import _accel as _compiled
 except ImportError:  # built without a compiler (or SEPCONNECT_NO_ACCEL=1)
-    Gcm = split_frame = None
+    Gcm = split_frame = coalesce = None
 else:
     Gcm = _compiled.Gcm
     split_frame = _compiled.split_frame
+    coalesce = _compiled.coalesce
 
 IMPLEMENTATION: Literal["compiled", "python"] = "python" if Gcm is None else "compiled"

@@ -32,6 +32,7 @@ from test_offload import (
     pseudo,
     rfc1071,
     tcp_header,
+    tcp_packet,
     valid,
     vnet,
 )
@@ -48,6 +49,7 @@ from sepconnect.worker.proto.offload import (
     VNET_HDR_LEN,
     split_frame,
 )
+from sepconnect.worker.proto.offload import coalesce as offload_coalesce
 
 FUZZ = settings(
     max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -359,3 +361,40 @@ def test_both_replay_windows_agree_at_the_edges(top: int) -> None:
         results.append((step, out, window.position()))
     assert results[0] == results[1]
     assert results[0][0][0] == len(datagrams)
+
+
+# -- coalescing (tun writes) -----------------------------------------------------------
+
+
+def refreshed(packet: bytes, version: int) -> bytes:
+    """Both checksums recomputed from the packet's own addresses (after an edit)."""
+    p = bytearray(packet)
+    if version == 4:
+        p[10:12] = b"\0\0"
+        p[10:12] = struct.pack("!H", rfc1071(bytes(p[:20])))
+        l4, addresses, tail = 20, bytes(p[12:20]), b"\0\x06"
+    else:
+        l4, addresses, tail = 40, bytes(p[8:40]), b"\0\0\0\x06"
+    p[l4 + 16 : l4 + 18] = b"\0\0"
+    length = len(p) - l4
+    pseudo_header = addresses + (b"\0\x06" + struct.pack("!H", length) if version == 4
+                                 else struct.pack("!I", length) + tail)  # fmt: skip
+    p[l4 + 16 : l4 + 18] = struct.pack("!H", rfc1071(pseudo_header + bytes(p[l4:])))
+    return bytes(p)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("fix", [True, False], ids=["checksums-fixed", "as-edited"])
+def test_both_coalescers_agree_whatever_header_byte_differs(version: int, fix: bool) -> None:
+    segments = [
+        tcp_packet(version, 1000 + 1368 * i, bytes([i]) * 1368, ident=7 + i) for i in range(4)
+    ]
+    header_len = (20 if version == 4 else 40) + 32
+    assert accel.coalesce is not None
+    for at in range(header_len):
+        for xor in (0x01, 0x08, 0x80):
+            burst = list(segments)
+            edited = bytearray(burst[2])
+            edited[at] ^= xor
+            burst[2] = refreshed(bytes(edited), version) if fix else bytes(edited)
+            assert accel.coalesce(burst) == offload_coalesce(burst), (at, xor)

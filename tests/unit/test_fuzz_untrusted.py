@@ -32,6 +32,7 @@ from test_tunnel import OCSERV_CONNECT, parse, response
 import sepconnect.worker.proto as proto_pkg
 from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
 from sepconnect.ipc.worker_messages import FROM_WORKER, TunnelUp
+from sepconnect.worker import accel
 from sepconnect.worker.proto import dtls_crypto as dc
 from sepconnect.worker.proto import dtls_handshake as hs
 from sepconnect.worker.proto.auth import (
@@ -52,7 +53,7 @@ from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record, re
 from sepconnect.worker.proto.dtls_setup import DEFAULT_CIPHERS, DEFAULT_CIPHERS12, plan_dtls
 from sepconnect.worker.proto.errors import AuthError, ProtocolError
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
-from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer
+from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer, coalesce
 from sepconnect.worker.proto.session import CstpSession
 
 FUZZ = settings(
@@ -853,6 +854,9 @@ def tun_bursts(draw: st.DrawFn) -> list[bytes]:
 @FUZZ
 @given(burst=tun_bursts())
 def test_tun_coalescer(burst: list[bytes]) -> None:
+    # both implementations: the compiled accelerator gives the reference's frames
+    assert accel.coalesce is not None
+    assert accel.coalesce(burst) == coalesce(burst)
     co = Coalescer()
     for packet in burst:
         co.add(packet)

@@ -1,5 +1,8 @@
 """Tun offloads (worker/proto/offload.py): TSO splitting and receive coalescing.
 
+Every test runs twice: with the Python :class:`Coalescer` (the reference) and with the
+compiled accelerator's ``coalesce`` (worker/_accel.c) in its place.
+
 Checksums are checked against a plain RFC 1071 loop, not against the module's own
 arithmetic; the split of a coalesced burst must give back the original packets
 byte for byte.
@@ -14,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sepconnect.worker import accel
 from sepconnect.worker.proto.offload import (
     GSO_NONE,
     GSO_TCPV4,
@@ -27,6 +31,27 @@ SRC4, DST4 = ipaddress.IPv4Address("198.18.0.2"), ipaddress.IPv4Address("198.19.
 SRC6, DST6 = ipaddress.IPv6Address("2001:db8::2"), ipaddress.IPv6Address("2001:db8:7::1")
 ACK, PSH, FIN, CWR, SYN = 0x10, 0x08, 0x01, 0x80, 0x02
 TS_OPTION = bytes.fromhex("0101080a0001e24000abcdef")  # NOP NOP timestamps
+
+
+class CompiledCoalescer:
+    """The accelerator's ``coalesce`` behind the Coalescer's interface."""
+
+    def __init__(self) -> None:
+        self._packets: list[bytes] = []
+
+    def add(self, packet: bytes) -> None:
+        self._packets.append(packet)
+
+    def frames(self) -> list[bytes]:
+        assert accel.coalesce is not None
+        packets, self._packets = self._packets, []
+        return accel.coalesce(packets)
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def coalescer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "compiled":
+        monkeypatch.setitem(globals(), "Coalescer", CompiledCoalescer)
 
 
 def rfc1071(data: bytes) -> int:

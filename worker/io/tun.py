@@ -115,15 +115,24 @@ class TunIO:
             for packet in packets:
                 self._writev((PLAIN_HEADER, packet))
             return
+        coalesce = accel.coalesce
+        if coalesce is not None:  # compiled: whole frames, one write each
+            for frame in coalesce(packets):
+                if not self._writev((frame,)) and frame[1]:
+                    self._refused()
+            return
         coalescer = Coalescer()
         for packet in packets:
             coalescer.add(packet)
         for pieces in coalescer.frame_pieces():
             if not self._writev(pieces) and pieces[0][1]:
-                # The kernel refused a super-packet: its segments are lost (TCP resends
-                # them), and from now on packets go one by one.
-                self.coalesce = False
-                _log("the tun refused a coalesced write; writing packets one by one")
+                self._refused()
+
+    def _refused(self) -> None:
+        # The kernel refused a super-packet: its segments are lost (TCP resends them),
+        # and from now on packets go one by one.
+        self.coalesce = False
+        _log("the tun refused a coalesced write; writing packets one by one")
 
     def _writev(self, pieces: tuple[bytes, ...]) -> bool:
         """One frame from its pieces: the kernel gathers them (no copy to join)."""

@@ -52,6 +52,7 @@ __all__ = [
     "VNET_HDR_LEN",
     "Coalescer",
     "OffloadError",
+    "coalesce",
     "split_frame",
 ]
 
@@ -354,6 +355,15 @@ class Coalescer:
         self._runs = {}
         self._out = []
         return out
+
+
+def coalesce(packets: list[bytes]) -> list[bytes]:
+    """A burst from the server as whole tun frames (:class:`Coalescer`'s, joined): the
+    reference for the compiled accelerator's ``coalesce`` (worker/accel.py)."""
+    coalescer = Coalescer()
+    for packet in packets:
+        coalescer.add(packet)
+    return coalescer.frames()
 
 
 class _Template(NamedTuple):
