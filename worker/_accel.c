@@ -6,6 +6,8 @@
  *   coalesce(packets)   worker/proto/offload.py coalesce: a burst of IP packets from the
  *                       server as tun frames, in-order TCP segments joined into
  *                       super-packets (each frame whole: vnet header, header, payloads)
+ *   split_mmsg(...)     worker/io/mmsg.py BatchReceiver.datagrams: what one recvmmsg
+ *                       brought (the call itself stays in Python), GRO trains split
  *   Gcm(key, salt)      worker/proto/dtls_crypto.py GcmProtection: DTLS AES-GCM records
  *                       sealed and opened with one OpenSSL cipher context per direction
  *                       and epoch, kept across records (cryptography's AEAD builds a new
@@ -21,7 +23,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
+
+#include <sys/socket.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -606,6 +611,91 @@ done:
     return result;
 }
 
+
+/* -- UDP receive: the datagrams of one recvmmsg call ------------------------------- */
+
+#define SOL_UDP_LEVEL 17
+#define UDP_GRO_TYPE 104
+
+static int append_bytes(PyObject *out, const unsigned char *p, Py_ssize_t n)
+{
+    PyObject *item = PyBytes_FromStringAndSize((const char *)p, n);
+    if (item == NULL)
+        return -1;
+    int failed = PyList_Append(out, item);
+    Py_DECREF(item);
+    return failed;
+}
+
+/* split_mmsg(msgs, data, control, count, slot, cmsg_space) -> (datagrams, truncated):
+ * msgs is the struct mmsghdr array the kernel filled (each controllen is set back to
+ * cmsg_space for the next call), message i's data at data[i * slot], its control
+ * message at control[i * cmsg_space]. */
+static PyObject *split_mmsg(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer msgs, data, control;
+    Py_ssize_t count, slot, cmsg_space;
+    if (!PyArg_ParseTuple(args, "w*y*y*nnn", &msgs, &data, &control, &count, &slot, &cmsg_space))
+        return NULL;
+    PyObject *out = NULL, *result = NULL;
+    if (count < 0 || slot <= 0 || cmsg_space < (Py_ssize_t)CMSG_SPACE(sizeof(int)) ||
+        (size_t)msgs.len < (size_t)count * sizeof(struct mmsghdr) || data.len < count * slot ||
+        control.len < count * cmsg_space) {
+        PyErr_SetString(PyExc_ValueError, "split_mmsg: buffers smaller than count slots");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    long truncated = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        struct mmsghdr m;
+        unsigned char *at = (unsigned char *)msgs.buf + i * sizeof(struct mmsghdr);
+        memcpy(&m, at, sizeof m);
+        Py_ssize_t size = m.msg_len;
+        size_t used = m.msg_hdr.msg_controllen;
+        size_t room = (size_t)cmsg_space;
+        memcpy(at + offsetof(struct mmsghdr, msg_hdr) + offsetof(struct msghdr, msg_controllen),
+               &room, sizeof room); /* room for the next call */
+        if (m.msg_hdr.msg_flags & MSG_TRUNC) {
+            truncated++;
+            continue;
+        }
+        if (size > slot)
+            size = slot;
+        const unsigned char *start = (const unsigned char *)data.buf + i * slot;
+        Py_ssize_t segment = size;
+        if (used >= CMSG_LEN(0) + sizeof(int)) {
+            struct cmsghdr c;
+            const unsigned char *cm = (const unsigned char *)control.buf + i * cmsg_space;
+            memcpy(&c, cm, sizeof c);
+            if (c.cmsg_level == SOL_UDP_LEVEL && c.cmsg_type == UDP_GRO_TYPE &&
+                c.cmsg_len >= CMSG_LEN(0) + sizeof(int)) {
+                int gro;
+                memcpy(&gro, cm + CMSG_LEN(0), sizeof gro);
+                segment = gro ? gro : size;
+            }
+        }
+        if (segment >= size) {
+            if (append_bytes(out, start, size) < 0)
+                goto done;
+            continue;
+        }
+        for (Py_ssize_t pos = 0; segment > 0 && pos < size; pos += segment) {
+            if (append_bytes(out, start + pos, size - pos < segment ? size - pos : segment) < 0)
+                goto done;
+        }
+    }
+    result = Py_BuildValue("Ol", out, truncated);
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&msgs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&control);
+    return result;
+}
+
 /* -- DTLS AES-GCM records (RFC 5288, RFC 6347) -------------------------------------- */
 
 #define RECORD_HEADER 13
@@ -881,6 +971,8 @@ static PyTypeObject GcmType = {
 static PyMethodDef methods[] = {
     {"coalesce", coalesce, METH_O,
      "coalesce(packets) -> list[bytes]: a burst from the server as tun frames"},
+    {"split_mmsg", split_mmsg, METH_VARARGS,
+     "split_mmsg(msgs, data, control, count, slot, cmsg_space) -> (datagrams, truncated)"},
     {"split_frame", split_frame, METH_O,
      "split_frame(frame) -> list[bytes]: a TSO/partial-checksum tun frame as packets"},
     {NULL, NULL, 0, NULL},

@@ -16,6 +16,8 @@ accelerator must be there: a build that silently fell back to Python fails here.
 from __future__ import annotations
 
 import os
+import random
+import socket
 import struct
 from collections.abc import Callable
 
@@ -39,6 +41,7 @@ from test_offload import (
 from test_offload import split_frame as textbook_split
 
 from sepconnect.worker import accel
+from sepconnect.worker.io import mmsg
 from sepconnect.worker.proto import dtls_crypto as dc
 from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record
 from sepconnect.worker.proto.offload import (
@@ -398,3 +401,49 @@ def test_both_coalescers_agree_whatever_header_byte_differs(version: int, fix: b
             edited[at] ^= xor
             burst[2] = refreshed(bytes(edited), version) if fix else bytes(edited)
             assert accel.coalesce(burst) == offload_coalesce(burst), (at, xor)
+
+
+# -- UDP receive (recvmmsg's messages) -------------------------------------------------
+
+
+def test_both_read_recvmmsg_messages_alike() -> None:
+    """Slots as the kernel could fill them (sizes, MSG_TRUNC, GRO control messages with
+    any segment size, other control messages, junk), read by both: the same datagrams,
+    the same truncated count, the same controllen reset."""
+    rng = random.Random(15)  # deterministic: a bounded fuzz
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver = mmsg.BatchReceiver(sock.fileno())
+    assert accel.split_mmsg is not None
+    try:
+        for _ in range(300):
+            count = rng.randrange(0, mmsg.SLOTS + 1)
+            for i in range(mmsg.SLOTS):
+                m = receiver._msgs[i]
+                m.len = rng.choice([0, 1, 13, 1400, 1432, 4000, 65535, 65536, rng.randrange(70000)])
+                m.hdr.controllen = rng.choice([0, 4, mmsg.GRO_CMSG_SPACE, socket.CMSG_LEN(4)])
+                m.hdr.flags = rng.choice([0, 0, 0, socket.MSG_TRUNC, socket.MSG_CTRUNC])
+                control = struct.pack(
+                    "@Nii",
+                    rng.choice([socket.CMSG_LEN(4), socket.CMSG_LEN(0), 0]),
+                    rng.choice([mmsg.SOL_UDP, mmsg.SOL_UDP, 0]),
+                    rng.choice([mmsg.UDP_GRO, mmsg.UDP_GRO, 1]),
+                ) + struct.pack("=i", rng.choice([0, 1, 7, 1400, 1432, -5, 65535]))
+                at = i * mmsg.GRO_CMSG_SPACE
+                receiver._control[at : at + len(control)] = control
+                start = i * 65536 + rng.randrange(0, 2000)
+                receiver._data[start : start + 16] = rng.randbytes(16)
+            before = bytes(receiver._view)
+            expected = mmsg.split_messages(
+                receiver._view, receiver._data_view, receiver._control_view, count
+            )
+            after_python = bytes(receiver._view)
+            receiver._view[:] = before
+            got = accel.split_mmsg(
+                receiver._view, receiver._data_view, receiver._control_view, count,
+                65536, mmsg.GRO_CMSG_SPACE,
+            )  # fmt: skip
+            assert got == expected
+            assert bytes(receiver._view) == after_python
+    finally:
+        receiver.close()
+        sock.close()

@@ -9,6 +9,9 @@ GRO train (64 KiB) and its UDP_GRO control message, so both batchings add up.
 Memory: the slots live in one anonymous mapping; pages are touched only as
 datagrams land in them, so RSS grows by what the traffic uses (a page per slot for
 ordinary datagrams), not by the 1 MiB reserved.
+
+The call is made here (ctypes); what it brought is read out by :func:`split_messages`,
+or with the compiled accelerator by its ``split_mmsg`` (the same datagrams).
 """
 
 from __future__ import annotations
@@ -21,8 +24,17 @@ import struct
 from typing import Final
 
 from sepconnect.process.libc import LIBC
+from sepconnect.worker import accel
 
-__all__ = ["GRO_CMSG_SPACE", "SLOTS", "SOL_UDP", "UDP_GRO", "BatchReceiver", "split_gro"]
+__all__ = [
+    "GRO_CMSG_SPACE",
+    "SLOTS",
+    "SOL_UDP",
+    "UDP_GRO",
+    "BatchReceiver",
+    "split_gro",
+    "split_messages",
+]
 
 SLOTS: Final = 16
 _SLOT: Final = 65536  # a whole GRO train (the kernel never builds a bigger one)
@@ -98,24 +110,13 @@ class BatchReceiver:
         count = _recvmmsg(self.fd, self._msgs_at, min(limit, SLOTS), socket.MSG_DONTWAIT, None)
         if count < 0:
             return [], ctypes.get_errno() or errno.EIO
-        out: list[bytes] = []
-        view, data, control = self._view, self._data_view, self._control_view
-        for i in range(count):
-            at = i * _STRIDE
-            size = _UINT.unpack_from(view, at + _LEN_AT)[0]
-            used = _SIZE_T.unpack_from(view, at + _CONTROLLEN_AT)[0]
-            flags = _INT.unpack_from(view, at + _FLAGS_AT)[0]
-            _SIZE_T.pack_into(view, at + _CONTROLLEN_AT, GRO_CMSG_SPACE)  # room for the next call
-            if flags & socket.MSG_TRUNC:
-                self.truncated += 1
-                continue
-            start = i * _SLOT
-            segment = size
-            if used >= _CMSG_DATA + 4:
-                length, level, kind = _CMSG.unpack_from(control, i * GRO_CMSG_SPACE)
-                if level == SOL_UDP and kind == UDP_GRO and length >= _CMSG_DATA + 4:
-                    segment = _INT.unpack_from(control, i * GRO_CMSG_SPACE + _CMSG_DATA)[0] or size
-            split_gro(out, data, start, size, segment)
+        if accel.split_mmsg is None:
+            out, truncated = split_messages(self._view, self._data_view, self._control_view, count)
+        else:
+            out, truncated = accel.split_mmsg(
+                self._view, self._data_view, self._control_view, count, _SLOT, GRO_CMSG_SPACE
+            )
+        self.truncated += truncated
         return out, 0 if count == min(limit, SLOTS) else errno.EAGAIN
 
     def close(self) -> None:
@@ -126,6 +127,33 @@ class BatchReceiver:
         del self._iovecs, self._msgs
         self._data.close()
         self._control.close()
+
+
+def split_messages(
+    view: memoryview, data: memoryview, control: memoryview, count: int
+) -> tuple[list[bytes], int]:
+    """(datagrams, truncated): what one recvmmsg call brought into the slots, GRO trains
+    split again; each message's controllen is set back for the next call. The
+    reference for the compiled accelerator's ``split_mmsg`` (worker/accel.py)."""
+    out: list[bytes] = []
+    truncated = 0
+    for i in range(count):
+        at = i * _STRIDE
+        size = min(_UINT.unpack_from(view, at + _LEN_AT)[0], _SLOT)
+        used = _SIZE_T.unpack_from(view, at + _CONTROLLEN_AT)[0]
+        flags = _INT.unpack_from(view, at + _FLAGS_AT)[0]
+        _SIZE_T.pack_into(view, at + _CONTROLLEN_AT, GRO_CMSG_SPACE)  # room for the next call
+        if flags & socket.MSG_TRUNC:
+            truncated += 1
+            continue
+        start = i * _SLOT
+        segment = size
+        if used >= _CMSG_DATA + 4:
+            length, level, kind = _CMSG.unpack_from(control, i * GRO_CMSG_SPACE)
+            if level == SOL_UDP and kind == UDP_GRO and length >= _CMSG_DATA + 4:
+                segment = _INT.unpack_from(control, i * GRO_CMSG_SPACE + _CMSG_DATA)[0] or size
+        split_gro(out, data, start, size, segment)
+    return out, truncated
 
 
 def split_gro(out: list[bytes], data: memoryview, start: int, size: int, segment: int) -> None:
