@@ -166,6 +166,9 @@ _OUT_LIMIT = 256 * 1024
 # One record's ciphertext (16 KiB of plaintext and the cipher's overhead) with room to
 # spare: pyOpenSSL's bio_read allocates the whole size asked for on every call.
 _RECORD_TAKE = 20 * 1024
+# What a record adds to its plaintext, at most (header, explicit IV or nonce, MAC or tag,
+# CBC padding, TLS 1.3's inner type).
+_RECORD_OVERHEAD = 256
 
 
 class TlsStream:
@@ -381,9 +384,16 @@ class TlsStream:
         queued (retry them later with the same bytes)."""
         conn, out = self.conn, self._out
         taken = 0
+        # Ciphertext in the BIO, at most: taken out by one read per _RECORD_TAKE rather
+        # than per record (each bio_read allocates the size asked for).
+        waiting = 0
         for record in records:
-            if len(out) >= _OUT_LIMIT:
+            if len(out) + waiting >= _OUT_LIMIT:
                 break
+            size = len(record) + _RECORD_OVERHEAD
+            if waiting and waiting + size > _RECORD_TAKE:
+                self._take_records()
+                waiting = 0
             try:
                 conn.send(record)
             except (SSL.WantWriteError, SSL.WantReadError):
@@ -391,16 +401,21 @@ class TlsStream:
             except (SSL.Error, OSError) as exc:
                 raise TlsError(f"send failed: {_describe(exc)}") from None
             taken += 1
-            # The record is in the BIO: one read takes it (and anything before it)
-            # without asking the empty BIO again.
-            try:
-                chunk = conn.bio_read(_RECORD_TAKE)
-            except SSL.WantReadError:
-                continue
-            out += chunk
-            if len(chunk) == _RECORD_TAKE:
-                self._dirty = True
+            waiting += size
+        if waiting:
+            self._take_records()
         return taken
+
+    def _take_records(self) -> None:
+        """What the records just sent put in the BIO: one read, as it is less than
+        :data:`_RECORD_TAKE` (if OpenSSL added more, :meth:`flush_nowait` takes it)."""
+        try:
+            chunk = self.conn.bio_read(_RECORD_TAKE)
+        except SSL.WantReadError:
+            return
+        self._out += chunk
+        if len(chunk) == _RECORD_TAKE:
+            self._dirty = True
 
     def export_keying_material(self, label: bytes, length: int) -> bytes:
         return self.conn.export_keying_material(label, length, None)
