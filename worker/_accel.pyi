@@ -1,8 +1,13 @@
 def split_frame(frame: bytes, /) -> list[bytes]: ...
 def coalesce(packets: list[bytes], /) -> list[bytes]: ...
 def split_mmsg(
-    msgs: memoryview, data: memoryview, control: memoryview, count: int, slot: int,
-    cmsg_space: int, /,
+    msgs: memoryview,
+    data: memoryview,
+    control: memoryview,
+    count: int,
+    slot: int,
+    cmsg_space: int,
+    /,
 ) -> tuple[list[bytes], int]: ...
 
 class Gcm:
@@ -12,6 +17,12 @@ class Gcm:
     ) -> list[bytes]: ...
     def open(self, seq64: int, ctype: int, version: int, body: bytes, /) -> bytes | None: ...
     def open_datagrams(
-        self, datagrams: list[bytes], start: int, epoch: int, top: int, bits: int,
-        out: list[bytes], /,
+        self,
+        datagrams: list[bytes],
+        start: int,
+        epoch: int,
+        top: int,
+        bits: int,
+        out: list[bytes],
+        /,
     ) -> tuple[int, int, int, int, int, int]: ...

@@ -20,8 +20,8 @@ __all__ = ["IMPLEMENTATION", "Gcm", "coalesce", "split_frame", "split_mmsg"]
 Gcm: type[_accel.Gcm] | None  # DTLS AES-GCM records (worker/proto/dtls_crypto.py)
 split_frame: Callable[[bytes], list[bytes]] | None  # TSO frames (worker/proto/offload.py)
 coalesce: Callable[[list[bytes]], list[bytes]] | None  # tun writes (worker/proto/offload.py)
-# recvmmsg's messages (worker/io/mmsg.py)
-split_mmsg: Callable[[memoryview, memoryview, memoryview, int, int, int], tuple[list[bytes], int]] | None
+_SplitMmsg = Callable[[memoryview, memoryview, memoryview, int, int, int], tuple[list[bytes], int]]
+split_mmsg: _SplitMmsg | None  # recvmmsg's messages (worker/io/mmsg.py)
 
 try:
     from sepconnect.worker import _accel as _compiled
