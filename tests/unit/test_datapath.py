@@ -33,7 +33,7 @@ from sepconnect.ipc.worker_messages import (
     Stop,
     WorkerStatus,
 )
-from sepconnect.worker import datapath, dtls_link
+from sepconnect.worker import accel, datapath, dtls_link
 from sepconnect.worker.connect import Server, Tunnel
 from sepconnect.worker.datapath import DataPath, Outcome
 from sepconnect.worker.io.udp import UdpError
@@ -48,6 +48,18 @@ from sepconnect.worker.proto.cstp import (
 )
 from sepconnect.worker.proto.dtls_params import DtlsParams, Mode
 from sepconnect.worker.proto.dtls_setup import DtlsPlan, NoDtls
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test on both implementations (worker/accel.py): the compiled accelerator,
+    and the Python path as a worker built without it runs (DTLS records through
+    GcmProtection and the Python burst receive)."""
+    if request.param == "python":
+        for name in ("Gcm", "coalesce", "split_frame", "split_mmsg"):
+            monkeypatch.setattr(accel, name, None)
+        monkeypatch.setattr(accel, "IMPLEMENTATION", "python")
+
 
 MAX_PACKET = 1000  # larger packets go over CSTP even while DTLS is up
 PARAMS = DtlsParams(mode=Mode.PSK, session_id=b"\x33" * 32, suites=dc.PSK_SUITES, psk=b"\x11" * 32)
