@@ -70,13 +70,13 @@ def main() -> int:
                 figures.update(bench.run_tls(kind))
                 for key, value in figures.items():
                     results[client].setdefault(key, []).append(value)
-    print(f"{'metric':24}" + "".join(f"{Path(c).name:>24}" for c in args.clients))
+    print(f"{'metric':24}" + "".join(f" {Path(c).name:>26}" for c in args.clients))
     for key in KEYS:
         cells = []
         for client in args.clients:
             values = results[client][key]
             cells.append(f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]")
-        print(f"{key:24}" + "".join(f"{cell:>24}" for cell in cells))
+        print(f"{key:24}" + "".join(f" {cell:>26}" for cell in cells))
     if OPENCONNECT in args.clients:
         reference = results[OPENCONNECT]
         for client in args.clients:
