@@ -59,6 +59,9 @@ CIPHER_LIST: Final = (
 --dtls-ciphers: at most :data:`MAX_CIPHERS` names and :data:`MAX_CIPHER_LIST` characters
 (the defaults are 4 and 5 names, under 100 characters)."""
 
+DNS_BACKENDS: Final = ("auto", "resolved", "resolvconf", "file", "none")
+"""``--dns-backend``: how the tunnel's DNS is applied (privhelper/dns.py), root's choice."""
+
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 

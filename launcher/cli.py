@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from sepconnect import __version__
-from sepconnect.ipc.limits import CIPHER_LIST, check_ifname
+from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--dns-backend",
-        choices=("auto", "resolved", "resolvconf", "file", "none"),
+        choices=DNS_BACKENDS,
         default="auto",
         help="how to apply the server's DNS servers and domains: systemd-resolved over D-Bus, "
         "resolvconf, rewriting /etc/resolv.conf, or not at all (default: auto, in that order)",
@@ -376,7 +376,7 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
     for prefix in args.allow_exclude:
         argv += ["--allow-exclude", prefix]
     if args.script is not None:
-        from sepconnect.privhelper.runner import check_script
+        from sepconnect.rootrunner.script import check_script
 
         try:
             check_script(args.script)

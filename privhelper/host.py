@@ -1,20 +1,22 @@
 """The system operations behind the policy's handlers (:class:`policy.Host`), for one session.
 
 :class:`Helper` owns the tun, its routes (netconf.Router), the resolver backend
-(dns.py), the fail-closed table (firewall.py), the vpnc-script (script.py, run
-by runner.py) and the state file (state.py). Two modes:
+(dns.py), the fail-closed table (firewall.py, loaded by the nft runner: nft.py), the
+vpnc-script (script.py, run by the root runner: rootrunner/) and the state file
+(process/statefile.py). The optional parts are imported only when root's options ask
+for them. Two modes:
 
 * normal: the helper installs addresses, MTU, routes and DNS itself
   (``--no-routes``: addresses and MTU only; ``--dns-backend none``: no DNS);
 * ``--script PATH``: the vpnc-script does it, as under openconnect. The helper
-  creates the tun and runs the script as root for ``pre-init`` (before the
+  creates the tun and has the root runner run the script for ``pre-init`` (before the
   tun), ``connect`` (the first NetConfig, and again after a ``disconnect`` when
   a later NetConfig differs), ``attempt-reconnect`` and ``reconnect``
   (ScriptEvent from the supervisor) and ``disconnect`` (teardown, and every
   other way out). A script's exit status is audited and otherwise ignored, as
   openconnect does.
 
-:func:`recover` undoes what crashed helpers left behind (see state.py).
+:func:`recover` undoes what crashed helpers left behind (bypass routes, nft tables).
 """
 
 from __future__ import annotations
@@ -22,13 +24,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper import audit as _audit
-from sepconnect.privhelper import dns as _dns
-from sepconnect.privhelper import firewall as _firewall
-from sepconnect.privhelper import state as _state
 from sepconnect.privhelper.netconf import (
     METRIC,
     RTPROT_SEPCONNECT,
@@ -42,18 +41,18 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Network, Refusal, check_kill_switch_excludes
+from sepconnect.privhelper.policy import Network, Refusal
 from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
-from sepconnect.privhelper.runner import (
-    Ran,
-    RunnerClient,
-    RunNft,
-    RunResolvconf,
-    RunScript,
-)
-from sepconnect.privhelper.script import encode_env, script_env
 from sepconnect.privhelper.tun import Tun, open_tun
+from sepconnect.process import statefile
 from sepconnect.process.journal import Result
+
+if TYPE_CHECKING:
+    from sepconnect.ipc.runner_messages import Ran
+    from sepconnect.privhelper.dns import Backend, BackendName
+    from sepconnect.process.runner import RunnerClient
+
+STATE_PREFIX = "helper"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,7 +64,7 @@ class Options:
     no_routes: bool = False
     fail_closed: bool = False
     allow_exclude: tuple[Network, ...] = ()  # what --fail-closed lets a server exclude
-    dns_backend: _dns.BackendName = "none"
+    dns_backend: BackendName = "none"
     script: str | None = None
     log_level: int = 0
     state_dir: str | None = None
@@ -79,19 +78,23 @@ class Helper:
         netlink: Netlink,
         options: Options,
         audit: _audit.Audit,
-        runner: RunnerClient | None = None,
+        root: RunnerClient | None = None,
+        nft: RunnerClient | None = None,
     ) -> None:
         self.netlink = netlink
         self.options = options
         self.audit = audit
-        self.runner = runner
+        self.root = root  # the root runner: --script, DNS file/resolvconf
+        self.nft = nft  # the nft runner: --fail-closed
         self.tun: Tun | None = None
         self.router: Router | None = None
-        self.dns: _dns.Backend = _dns.NoDns()
+        self.dns: Backend | None = None
         self.table: str | None = None
         self.script_wanted: NetworkConfig | None = None
         self.vpnpid = 0
-        self.state = None if options.state_dir is None else _state.StateFile(options.state_dir)
+        self.state = None
+        if options.state_dir is not None:
+            self.state = statefile.StateFile(options.state_dir, STATE_PREFIX)
 
     # -- the policy's operations -------------------------------------------------------
 
@@ -122,6 +125,8 @@ class Helper:
         if self.router is None or self.tun is None:  # the phase table makes this unreachable
             raise Refusal("no tun")
         if self.options.fail_closed:
+            from sepconnect.privhelper.policy import check_kill_switch_excludes
+
             check_kill_switch_excludes(wanted, self.options.allow_exclude)
         left_out: dict[Network, str] = {}
         if self.options.script is None and not self.options.no_routes:
@@ -137,15 +142,6 @@ class Helper:
                 if self.script_wanted is not None:
                     self._script("disconnect", self.script_wanted, self.tun.name)
                 self.script_wanted = wanted
-                self._save(
-                    script_env=script_env(
-                        "disconnect",
-                        ifname=self.tun.name,
-                        vpnpid=self.vpnpid,
-                        log_level=self.options.log_level,
-                        wanted=wanted,
-                    )
-                )
                 self._script("connect", wanted, self.tun.name)
             return left_out
         routed = wanted
@@ -163,10 +159,10 @@ class Helper:
                         f"metric than ours ({METRIC}) exists and may win: {other}",
                     )
         self._save(bypass=self._bypass_records())
-        try:
-            self.dns.apply(_dns.Dns.of(wanted))
-        finally:
-            self._save(dns={"backend": self.dns.name, **self.dns.record()})
+        if self.dns is not None:
+            from sepconnect.privhelper.dns import Dns
+
+            self.dns.apply(Dns.of(wanted))
         return left_out
 
     def script_event(self, reason: str) -> None:
@@ -185,14 +181,16 @@ class Helper:
             if ran.status != 0:
                 errors.append(f"vpnc-script disconnect: {ran.note}")
             self.script_wanted = None
-        errors += self.dns.revert()
-        for note in getattr(self.dns, "notes", []):
-            self.audit.record("dns", "info", note)
+        if self.dns is not None:
+            errors += self.dns.revert()
         if self.router is not None:
             errors += self.router.clear()
             self.router = None
-        if self.table is not None and self.runner is not None:
-            ran = self.runner.call(RunNft(ruleset=_firewall.delete(self.table)))
+        if self.table is not None and self.nft is not None:
+            from sepconnect.ipc.runner_messages import RunNft
+            from sepconnect.privhelper import firewall
+
+            ran = self.nft.call(RunNft(ruleset=firewall.delete(self.table)))
             if ran.status != 0:
                 errors.append(f"fail-closed table {self.table}: {ran.note}")
             self.table = None
@@ -205,46 +203,33 @@ class Helper:
             self.tun = None
         if self.state is not None and not errors:
             self.state.remove()
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
+        for runner in (self.root, self.nft):
+            if runner is not None:
+                runner.close()  # the root runner undoes what it still holds, then exits
+        self.root = self.nft = None
 
     # -- parts ---------------------------------------------------------------------------
 
-    def _dns_backend(self, ifname: str, ifindex: int) -> _dns.Backend:
+    def _dns_backend(self, ifname: str, ifindex: int) -> Backend | None:
         backend = self.options.dns_backend
-        if backend == "resolved":
-            return _dns.Resolved(ifindex)
-        if backend == "resolvconf":
-            return _dns.Resolvconf(ifname, self._resolvconf)
-        if backend == "file":
-            if self.options.state_dir is None:
-                raise Refusal("the file DNS backend needs a state directory")
-            saved = os.path.join(self.options.state_dir, f"resolv.conf.{os.getpid()}.orig")
-            return _dns.ResolvConfFile(ifname, saved)
-        return _dns.NoDns()
+        if backend == "none":
+            return None
+        from sepconnect.privhelper import dns
 
-    def _resolvconf(self, action: str, record: str, content: str) -> None:
-        if self.runner is None:
-            raise Refusal("resolvconf: no script runner")
-        msg = RunResolvconf(
-            action="add" if action == "add" else "delete", record=record, content=content
-        )
-        ran = self.runner.call(msg)
-        self.audit.record(
-            "resolvconf",
-            "ok" if ran.status == 0 else "refused",
-            ran.note,
-            {"action": action, "record": record},
-        )
-        if ran.status != 0:
-            raise Refusal(f"resolvconf {action} {record}: {ran.note or ran.status}")
+        if backend == "resolved":
+            return dns.Resolved(ifindex)
+        if self.root is None:
+            raise Refusal(f"the {backend} DNS backend needs the root runner")
+        return dns.RootDns(backend, ifname, self.root)
 
     def _firewall(self, wanted: NetworkConfig) -> None:
-        if self.runner is None or self.tun is None:
-            raise Refusal("fail-closed: no script runner")
-        table = _firewall.table_name(os.getpid())
-        ran = self.runner.call(RunNft(ruleset=_firewall.ruleset(table, self.tun.name, wanted)))
+        from sepconnect.ipc.runner_messages import RunNft
+        from sepconnect.privhelper import firewall
+
+        if self.nft is None or self.tun is None:
+            raise Refusal("fail-closed: no nft runner")
+        table = firewall.table_name(os.getpid())
+        ran = self.nft.call(RunNft(ruleset=firewall.ruleset(table, self.tun.name, wanted)))
         self.audit.record(
             "fail_closed",
             "ok" if ran.status == 0 else "refused",
@@ -258,8 +243,11 @@ class Helper:
             self._save(firewall=table)
 
     def _script(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
-        if self.runner is None:
-            raise Refusal("vpnc-script: no script runner")
+        from sepconnect.ipc.runner_messages import RunScript
+        from sepconnect.privhelper.script import encode_env, script_env
+
+        if self.root is None:
+            raise Refusal("vpnc-script: no root runner")
         env = script_env(
             reason,
             ifname=ifname,
@@ -267,7 +255,7 @@ class Helper:
             log_level=self.options.log_level,
             wanted=wanted,
         )
-        ran = self.runner.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
+        ran = self.root.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
         self.audit.record(
             "script",
             "ok" if ran.status == 0 else "info",
@@ -297,10 +285,13 @@ class Helper:
 def recover(
     stale: list[tuple[str, dict[str, Any]]],
     netlink: Netlink,
-    runner: RunnerClient | None,
+    nft: RunnerClient | None,
     audit: _audit.Audit,
 ) -> None:
-    """Undo what crashed helpers left behind; one ``recover`` audit record per step."""
+    """Undo what crashed helpers left behind; one ``recover`` audit record per step.
+
+    (What a root runner changed, the next root runner undoes: rootrunner/main.py.)
+    """
     for path, data in stale:
         who = {"pid": data.get("pid"), "ifname": str(data.get("ifname", ""))[:15]}
 
@@ -308,17 +299,6 @@ def recover(
             audit.record("recover", result, what[:500], dict(who))  # noqa: B023
 
         ok = True
-        env = data.get("script_env")
-        if isinstance(env, list) and runner is not None and runner.programs.script is not None:
-            try:
-                items = [(str(k), str(v)) for k, v in env]
-                ran = runner.call(RunScript(reason="disconnect", env=encode_env(items)))
-                note(
-                    "ok" if ran.status == 0 else "info",
-                    f"vpnc-script disconnect for the crashed session: status {ran.status}",
-                )
-            except (TypeError, ValueError):
-                note("info", "unreadable vpnc-script environment: not run")
         for record in data.get("bypass", []) if isinstance(data.get("bypass"), list) else []:
             route = route_from_record(record)
             if route is None:
@@ -334,40 +314,20 @@ def recover(
                 if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
                     ok = False
                     note("info", f"stale route {route}: {exc}")
-        dns = data.get("dns")
-        if isinstance(dns, dict):
-            if dns.get("backend") == "file" and all(
-                isinstance(dns.get(k), str) for k in ("path", "saved", "written")
-            ):
-                try:
-                    note("ok", _dns.restore_resolv_conf(dns["path"], dns["written"], dns["saved"]))
-                except OSError as exc:
-                    ok = False
-                    note("info", f"resolv.conf not restored: {exc}")
-            elif (
-                dns.get("backend") == "resolvconf"
-                and isinstance(dns.get("record"), str)
-                and runner is not None
-                and runner.programs.resolvconf is not None
-            ):
-                ran = runner.call(RunResolvconf(action="delete", record=dns["record"], content=""))
+        table = data.get("firewall")
+        if isinstance(table, str) and table.startswith("sepconnect_") and table[11:].isdigit():
+            from sepconnect.ipc.runner_messages import RunNft
+            from sepconnect.privhelper import firewall
+
+            if nft is None:
+                ok = False
+                note("info", f"fail-closed table {table}: no nft runner")
+            else:
+                ran = nft.call(RunNft(ruleset=firewall.delete(table)))
                 note(
                     "ok" if ran.status == 0 else "info",
-                    f"resolvconf -d {dns['record']}: status {ran.status}",
+                    f"deleted fail-closed table {table}: status {ran.status}",
                 )
-        table = data.get("firewall")
-        if (
-            isinstance(table, str)
-            and table.startswith("sepconnect_")
-            and table[11:].isdigit()
-            and runner is not None
-            and runner.programs.nft is not None
-        ):
-            ran = runner.call(RunNft(ruleset=_firewall.delete(table)))
-            note(
-                "ok" if ran.status == 0 else "info",
-                f"deleted fail-closed table {table}: status {ran.status}",
-            )
         if ok:
             try:
                 os.unlink(path)

@@ -16,19 +16,13 @@ protocol violation) removes exactly what it installed before exiting.
 Single-threaded; no shell, no exec; signal handlers only set a flag.
 Exit status: 0 clean, 1 protocol violation or internal error, 2 bad argv.
 
-Structure (issue #7; seccomp.py readers please note): everything that needs
-to *execute* a program — a vpnc-script, ``nft`` for --fail-closed,
-``resolvconf`` — is done by a separate root process, the script runner
-(runner.py), which :func:`main` starts *before* it drops capabilities and
-before the seccomp filter is loaded, and only when argv (or a crashed
-session's state) needs it. The helper itself still never forks or execs; its
-filter keeps execve/fork on NEVER. It talks to the runner over a socketpair
-(sendmsg/recvmsg) and to systemd-resolved over the system bus (an AF_UNIX
-stream socket: socket, connect). The ``dns_files`` seccomp group is on: the
-state file (state.py) and the ``file`` DNS backend write, fsync, rename and
-unlink files. Before the filter, as full root, main creates the state
-directory and reads the state of crashed sessions; it undoes them (host.recover)
-once the netlink socket is open.
+What needs a program runs in a runner (process/runner.py) that :func:`main` starts
+only when root's options (or a crashed session's state) need it, before the seccomp
+filter: the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvconf``)
+and the nft runner (nft.py: ``--fail-closed``). The helper itself never forks or
+execs; its filter keeps execve/fork on NEVER. Before the filter, main creates the
+state directory and reads the state of crashed sessions; it undoes them
+(host.recover) once the netlink socket is open.
 """
 
 from __future__ import annotations
@@ -42,16 +36,14 @@ import signal
 import socket
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
-from sepconnect.ipc.limits import check_ifname
+from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
-from sepconnect.privhelper import dns as _dns
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper import state as _state
-from sepconnect.privhelper.host import Helper, Options, recover
+from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options, recover
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
     Host,
@@ -60,18 +52,22 @@ from sepconnect.privhelper.policy import (
     ProtocolViolation,
 )
 from sepconnect.privhelper.rtnl import IPRoute
-from sepconnect.privhelper.runner import Programs, RunnerClient, check_script
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
-from sepconnect.process import privileges
+from sepconnect.process import privileges, programs, statefile
 from sepconnect.process import title as _proctitle
 from sepconnect.process.helpformat import HelpFormatter
+
+if TYPE_CHECKING:
+    from sepconnect.privhelper.dns import BackendName
+    from sepconnect.process.runner import RunnerClient
 
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
-NFT: Final = "/usr/sbin/nft"
+ROOT_PROGRAM: Final = "sepconnect-rootrunner"
+ROOT_MODULE: Final = "sepconnect.rootrunner"
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +211,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--audit-log", type=_path, default=None, help="JSON-lines audit file")
     parser.add_argument("--state-dir", type=_path, default=None, help="crash-recovery state")
     parser.add_argument("--no-routes", action="store_true", help="addresses and MTU only")
-    parser.add_argument("--dns-backend", choices=_dns.BACKENDS, default="none")
+    parser.add_argument("--dns-backend", choices=DNS_BACKENDS, default="none")
     parser.add_argument("--fail-closed", action="store_true", help="nftables: tun or gateway only")
     parser.add_argument(
         "--allow-exclude",
@@ -283,38 +279,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
-    if args.script is not None:
-        try:
-            check_script(args.script)
-        except (OSError, ValueError) as exc:
-            return _fail(f"--script: {exc}")
-    if args.fail_closed and not os.access(NFT, os.X_OK):
-        return _fail(f"--fail-closed needs {NFT} (Debian package nftables)")
+    nft = programs.installed(programs.NFT) if args.fail_closed else None
+    if args.fail_closed and nft is None:
+        return _fail(f"--fail-closed needs {programs.NFT[0]} (Debian package nftables)")
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
-            _state.ensure_dir(args.state_dir)
-            stale = list(_state.stale(args.state_dir))
+            statefile.ensure_dir(args.state_dir, os.getuid(), os.getgid())
+            stale = list(statefile.stale(args.state_dir, STATE_PREFIX))
         except OSError as exc:
             return _fail(f"--state-dir: {exc}")
     # A vpnc-script does the DNS itself, as under openconnect.
-    backend = "none" if args.script is not None else _dns.choose(args.dns_backend)
-    resolvconf = _dns.find_resolvconf()
-    if backend == "resolvconf" and resolvconf is None:
-        return _fail("--dns-backend resolvconf: no resolvconf program installed")
-    stale_dns = {str(d["dns"].get("backend")) for _, d in stale if isinstance(d.get("dns"), dict)}
-    programs = Programs(
-        script=args.script,
-        nft=NFT if args.fail_closed or any(d.get("firewall") for _, d in stale) else None,
-        resolvconf=resolvconf if "resolvconf" in {backend, *stale_dns} else None,
-    )
-    # The script runner: started now, as full root, before our own privileges go.
-    runner = RunnerClient(programs) if programs != Programs() else None
+    backend: BackendName = "none"
+    if args.script is None and args.dns_backend != "none":
+        from sepconnect.privhelper.dns import choose
+
+        backend = choose(args.dns_backend)
+    try:
+        root = _root_runner(args, backend, log_fd)
+    except OSError as exc:
+        return _fail(str(exc))
     try:
         drop_privileges()
     except OSError as exc:
         audit.record("start", "fatal", f"cannot drop privileges: {exc}")
         return EXIT_FATAL
+    if nft is None and any(d.get("firewall") for _, d in stale):
+        nft = programs.installed(programs.NFT)  # to delete a crashed session's table
+    nft_runner = None if nft is None else _nft_runner(nft)
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     start_args: _audit.Args = {
@@ -326,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fail_closed": int(args.fail_closed),
         "allow_exclude": [str(p) for p in args.allow_exclude],
         "script": args.script,
-        "script_runner": None if runner is None else runner.proc.pid,
+        "root_runner": None if root is None else root.proc.pid,
+        "nft_runner": None if nft_runner is None else nft_runner.proc.pid,
     }
     with IPRoute() as ipr:
         # The netlink socket is open: from here on, only the allow-list.
@@ -340,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
         audit.record("start", "info", args=start_args)
         netlink = Netlink(ipr)
-        recover(stale, netlink, runner, audit)
+        recover(stale, netlink, nft_runner, audit)
         options = Options(
             ifname=args.interface or DEFAULT_TEMPLATE,
             named=args.interface is not None,
@@ -352,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             state_dir=args.state_dir,
         )
-        helper = Helper(netlink, options, audit, runner)
+        helper = Helper(netlink, options, audit, root, nft_runner)
         status = EXIT_FATAL
         try:
             status = serve(channel, Monitor(), helper, audit, args.peer_uid, wakeup_r)
@@ -364,3 +357,53 @@ def main(argv: Sequence[str] | None = None) -> int:
                 channel.sock.close()
                 audit.record("exit", "info", f"exit status {status}")
     return status
+
+
+def _root_runner(
+    args: argparse.Namespace, backend: BackendName, log_fd: int | None
+) -> RunnerClient | None:
+    """The root runner, started while we are root, if root's options need it; with none of
+    them, a crashed one's leftovers are still undone (``--recover``, waited for)."""
+    needed = args.script is not None or backend in ("file", "resolvconf")
+    if args.state_dir is None:
+        if needed:
+            raise OSError("--script and --dns-backend file|resolvconf need --state-dir")
+        return None
+    root_dir = f"{args.state_dir}-root"
+    if not needed and not _has_files(root_dir):
+        return None
+    from sepconnect.ipc.runner_messages import ROOT_REQUESTS
+    from sepconnect.process.runner import RunnerClient
+
+    extra = ["--state-dir", root_dir]
+    if log_fd is not None:
+        extra += ["--audit-fd", str(log_fd)]
+    if args.script is not None:
+        extra += ["--script", args.script]
+    if backend in ("file", "resolvconf"):
+        extra += ["--dns-backend", backend]
+    fds = () if log_fd is None else (log_fd,)
+    runner = RunnerClient(
+        ROOT_PROGRAM, ROOT_MODULE, extra + ([] if needed else ["--recover"]), ROOT_REQUESTS,
+        os.getuid(), fds,
+    )  # fmt: skip
+    if needed:
+        return runner
+    runner.close()  # --recover: it undoes, then exits; wait for it
+    return None
+
+
+def _has_files(directory: str) -> bool:
+    try:
+        return any(name.endswith(".json") for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _nft_runner(nft: str) -> RunnerClient:
+    from sepconnect.ipc.runner_messages import NFT_REQUESTS
+    from sepconnect.privhelper.nft import PROGRAM
+    from sepconnect.process.runner import RunnerClient
+
+    module = "sepconnect.privhelper.nft"
+    return RunnerClient(PROGRAM, module, ["--nft", nft], NFT_REQUESTS, os.getuid())

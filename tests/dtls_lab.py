@@ -53,7 +53,7 @@ class VpnClient:
             audit = str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))
             argv = [
                 SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
-                "--servercert", lab.server_cert_pin, "--audit-log", audit,
+                "--servercert", lab.server_cert_pin, "--audit-log", audit, "--dns-backend", "none",
                 # a session of its own: other sessions may run at the same time
                 "--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "sock")),
                 *self.args, lab.url,

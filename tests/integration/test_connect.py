@@ -52,6 +52,10 @@ class Client:
             argv += ["--user", user]
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):
             argv += ["--servercert", lab.server_cert_pin]
+        if not any(a.startswith(("--dns-backend", "--helper-socket")) for a in args):
+            # The tunnel's own tests leave DNS alone (the default connect of
+            # docs/security.md); DNS: test_routes_dns.py, and test_root_runner_* below.
+            argv += ["--dns-backend", "none"]
         argv += [*args]
         if not any(a.startswith("https://") for a in args):
             argv.append(lab.url)

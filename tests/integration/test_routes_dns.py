@@ -300,17 +300,26 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     assert ("198.18.77.0/24", "up0", UPLINK_GW, 50) in ours(box)  # the exclude's bypass
     assert helper.stop() == 0
     assert box.resolv.read_bytes() == ORIGINAL_RESOLV  # byte for byte
-    # Now a crash: SIGKILL leaves the bypass routes and resolv.conf behind.
+    # A crash of the helper: its bypass routes stay behind; the root runner, which
+    # rewrote resolv.conf, sees its channel close and puts the original back at once.
     crashed = Helper(box, "--dns-backend", "file")
     ifname = crashed.up(FULL)
     assert box.resolv.read_bytes() != ORIGINAL_RESOLV
     crashed.kill()
+    box.wait_for(lambda: box.resolv.read_bytes() == ORIGINAL_RESOLV)
     box.wait_for(lambda: run("ip", "-n", box.ns, "link", "show", ifname, check=False).returncode)
-    stale = ours(box)
-    assert {r[0] for r in stale} == {VPN_GW, "198.18.77.0/24"}
+    assert {r[0] for r in ours(box)} == {VPN_GW, "198.18.77.0/24"}
+    # Root runner and helper killed alike (the root runner first): both leave their
+    # state files, and the next start undoes routes and resolv.conf and says so.
+    crashed = Helper(box, "--dns-backend", "file")
+    ifname = crashed.up(FULL)
+    root_runner = crashed.records("start")[0]["args"]["root_runner"]
+    os.kill(root_runner, signal.SIGKILL)  # the root runner this test's helper started
+    crashed.kill()
+    box.wait_for(lambda: run("ip", "-n", box.ns, "link", "show", ifname, check=False).returncode)
+    assert {r[0] for r in ours(box)} == {VPN_GW, "198.18.77.0/24"}
     assert box.resolv.read_bytes() != ORIGINAL_RESOLV
-    # The next start cleans up and says so.
-    fresh = Helper(box, "--dns-backend", "file")
+    fresh = Helper(box)  # no DNS option of its own: the root runner comes to recover only
     fresh.client.hello()
     assert ours(box) == set()
     assert box.resolv.read_bytes() == ORIGINAL_RESOLV
@@ -320,7 +329,10 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     assert any(r.startswith("restored /etc/resolv.conf") for r in reasons), reasons
     assert f"helper-{crashed.proc.pid}.json" not in box.sh("ls /run/sepconnect-helper")
     assert fresh.stop() == 0
-    assert box.sh("ls -A /run/sepconnect-helper").split() == []
+    assert box.sh("ls -A /run/sepconnect-helper /run/sepconnect-helper-root").split() == [
+        "/run/sepconnect-helper:",
+        "/run/sepconnect-helper-root:",
+    ]
 
 
 # --------------------------------------------------------------------------- DNS: resolved

@@ -73,7 +73,7 @@ def _connect_options() -> str:
 
 
 def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test"]
+    argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test", "--dns-backend", "none"]
     argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
     argv += ["--servercert", lab.server_cert_pin]
     if "--control-socket" in _connect_options():

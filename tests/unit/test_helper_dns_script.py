@@ -16,10 +16,13 @@ from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
 from sepconnect.ipc.netconfig import NetworkConfig, routing_policy
+from sepconnect.ipc.runner_messages import SetDns
 from sepconnect.ipc.wire import WireError
-from sepconnect.privhelper import dns, firewall, script, state
+from sepconnect.privhelper import dns, firewall, script
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
-from sepconnect.privhelper.runner import check_env, check_script
+from sepconnect.process import statefile as state
+from sepconnect.rootrunner import dns as root_dns
+from sepconnect.rootrunner.script import check_env, check_script
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",
@@ -187,16 +190,21 @@ def test_runner_refuses_hostile_environments(item: bytes) -> None:
         check_env(item)
 
 
+def set_dns(d: dns.Dns, ifname: str = "sepc0") -> SetDns:
+    """What the helper sends the root runner for ``d``."""
+    return SetDns(ifname=ifname, servers=d.servers, domains=d.domains, split=d.split)
+
+
 def test_resolver_texts() -> None:
     d = dns.Dns.of(check_net_config(NC))
-    assert dns.resolvconf_text(d) == (
+    assert root_dns.resolvconf_text(set_dns(d)) == (
         "nameserver 198.18.2.53\nnameserver 2001:2:0:2::53\n"
         "search corp.example lab.test intra.example\n"
     )
     original = (
         b"# host\nnameserver 192.0.2.1\nnameserver 192.0.2.2\nsearch home.arpa\noptions edns0\n"
     )
-    text = dns.resolv_conf_text(original, d, "sepc0").decode()
+    text = root_dns.resolv_conf_text(original, set_dns(d)).decode()
     assert text.splitlines()[1:] == [
         "nameserver 198.18.2.53",
         "nameserver 2001:2:0:2::53",
@@ -241,19 +249,19 @@ def test_resolv_conf_file_backend_restores_byte_for_byte(tmp_path: Path) -> None
     conf = tmp_path / "resolv.conf"
     original = b"# odd bytes \xff\xfe kept\nnameserver 192.0.2.1\n\n\toptions  rotate\n"
     conf.write_bytes(original)
-    backend = dns.ResolvConfFile("sepc0", str(tmp_path / "saved"), str(conf))
-    d = dns.Dns.of(check_net_config(NC))
+    backend = root_dns.ResolvConfFile(str(tmp_path / "saved"), str(conf))
+    d = set_dns(dns.Dns.of(check_net_config(NC)))
     backend.apply(d)
     assert b"nameserver 198.18.2.53" in conf.read_bytes()
     record = backend.record()
     assert (tmp_path / "saved").read_bytes() == original
     # A crash now: the next helper restores from the record alone.
-    note = dns.restore_resolv_conf(record["path"], record["written"], record["saved"])
+    note = root_dns.restore_resolv_conf(record["path"], record["written"], record["saved"])
     assert note.startswith("restored")
     assert conf.read_bytes() == original
     assert not (tmp_path / "saved").exists()
     # Someone else rewrote it meanwhile: left alone, the original kept.
-    backend = dns.ResolvConfFile("sepc0", str(tmp_path / "saved"), str(conf))
+    backend = root_dns.ResolvConfFile(str(tmp_path / "saved"), str(conf))
     backend.apply(d)
     conf.write_bytes(b"nameserver 192.0.2.99\n")
     errors = backend.revert()
@@ -305,21 +313,22 @@ def test_script_path_checks(tmp_path: Path) -> None:
 
 
 def test_state_files_of_dead_helpers_are_stale(tmp_path: Path) -> None:
-    mine = state.StateFile(str(tmp_path))
+    mine = state.StateFile(str(tmp_path), "helper")
     mine.write(bypass=[{"dst": "198.18.1.1/32", "oif": 2, "gateway": None}])
-    assert list(state.stale(str(tmp_path))) == []  # our own
+    assert list(state.stale(str(tmp_path), "helper")) == []  # our own
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    dead = state.StateFile(str(tmp_path), pid=int(proc.stdout))
+    dead = state.StateFile(str(tmp_path), "helper", pid=int(proc.stdout))
     dead.data["start_time"] = "1"
     dead.write()
-    (found,) = state.stale(str(tmp_path))
+    (found,) = state.stale(str(tmp_path), "helper")
+    assert list(state.stale(str(tmp_path), "rootrunner")) == []  # another process's files
     assert found[0] == dead.path
-    other_ns = state.StateFile(str(tmp_path), pid=int(proc.stdout) + 100000)
+    other_ns = state.StateFile(str(tmp_path), "helper", pid=int(proc.stdout) + 100000)
     other_ns.write()
     raw = Path(other_ns.path).read_text().replace(f'"netns": {state.netns_id()}', '"netns": 1')
     Path(other_ns.path).write_text(raw)
-    assert [p for p, _ in state.stale(str(tmp_path))] == [dead.path]
+    assert [p for p, _ in state.stale(str(tmp_path), "helper")] == [dead.path]
     assert os.stat(mine.path).st_mode & 0o777 == 0o600
 
 
