@@ -51,7 +51,8 @@ class Client:
             if kind == "sepconnect":
                 argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
                         "--servercert", lab.server_cert_pin, "--control-socket", self.control,
-                        "--audit-log", str(Path(lab.workdir, "audit.jsonl")), lab.url]  # fmt: skip
+                        "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
+                        "--state-dir", str(Path(lab.workdir, "helper-state")), lab.url]  # fmt: skip
                 self.proc = lab.popen_in(lab.client_ns, *argv, stdin=subprocess.PIPE,
                                          stderr=log)  # fmt: skip
                 assert self.proc.stdin is not None

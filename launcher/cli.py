@@ -23,13 +23,20 @@ import sys
 from sepconnect import __version__
 from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, check_ifname
 from sepconnect.process import privileges, programs
+from sepconnect.process.accounts import (
+    HELPER_ACCOUNT,
+    HELPER_FALLBACK_UID,
+    SERVICE_ACCOUNT,
+    SERVICE_FALLBACK,
+    AccountError,
+    helper_account,
+    service_account,
+)
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.process.title import set_title
 
-DEFAULT_ACCOUNT = "sepconnect"
-FALLBACK_ACCOUNT = "nobody"
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
@@ -88,8 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         "-U",
         "--setuid",
         metavar="USER",
-        help=f"account to run as after dropping root (default: {DEFAULT_ACCOUNT} if it exists, "
-        f"else {FALLBACK_ACCOUNT})",
+        help=f"account to run as after dropping root (default: {SERVICE_ACCOUNT} if it exists, "
+        f"else {SERVICE_FALLBACK})",
+    )
+    c.add_argument(
+        "--helper-user",
+        metavar="USER",
+        help=f"the privileged helper's own account (default: {HELPER_ACCOUNT} if it exists, "
+        f"else uid {HELPER_FALLBACK_UID}, which no account may have); never root, never the "
+        "--setuid account",
     )
     c.add_argument("--base-mtu", type=int, metavar="BYTES", help="MTU of the path to the server")
     c.add_argument("--mtu", type=int, metavar="BYTES", help="request this tunnel MTU")
@@ -219,19 +233,6 @@ def _parser() -> argparse.ArgumentParser:
         if name == "status":
             s.add_argument("--json", action="store_true", help="print JSON")
     return parser
-
-
-def _service_account(name: str | None) -> tuple[str, int, int]:
-    candidates = [name] if name else [DEFAULT_ACCOUNT, FALLBACK_ACCOUNT]
-    for candidate in candidates:
-        try:
-            entry = pwd.getpwnam(candidate)
-        except KeyError:
-            continue
-        if entry.pw_uid == 0:
-            raise UsageError(f"--setuid {candidate}: refusing to run the unprivileged side as root")
-        return candidate, entry.pw_uid, entry.pw_gid
-    raise UsageError(f"no such account: {' or '.join(candidates)}")
 
 
 def _read_credentials_file(path: str) -> tuple[str, ...]:
@@ -365,9 +366,10 @@ def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
         )
 
 
-def _network_argv(args: argparse.Namespace) -> list[str]:
-    """The helper's argv for routes, DNS, fail-closed and the vpnc-script (issue #7)."""
-    argv = ["--state-dir", args.state_dir, "--dns-backend", args.dns_backend]
+def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> list[str]:
+    """The helper's argv: its account, routes, DNS, fail-closed and the vpnc-script."""
+    argv = ["--uid", str(helper[1]), "--gid", str(helper[2])]
+    argv += ["--state-dir", args.state_dir, "--dns-backend", args.dns_backend]
     argv += ["--log-level", str(min(args.verbose, 4))]
     if args.no_routes:
         argv.append("--no-routes")
@@ -425,6 +427,7 @@ def _spawn_helper(
 def connect(args: argparse.Namespace) -> ExitCode:
     _check_args(args)
     as_root = os.geteuid() == 0
+    helper_user = ("", 0, 0)  # the helper's account: ours to choose when we start it
     if args.helper_socket is not None:
         account, uid, gid = _split_mode_account(args, as_root)
     elif not as_root:
@@ -434,7 +437,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
             "(or connect to an already running helper with --helper-socket)"
         )
     else:
-        account, uid, gid = _service_account(args.setuid)
+        try:
+            account, uid, gid = service_account(args.setuid)
+            helper_user = helper_account(args.helper_user, uid)
+        except AccountError as exc:
+            raise UsageError(str(exc)) from None
     cafile_pem = _read_cafile(args.cafile)
     username = args.user
     if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
@@ -454,7 +461,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
         helper = _spawn_helper(
-            theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args) + weak
+            theirs.fileno(),
+            uid,
+            args.interface,
+            args.audit_log,
+            _network_argv(args, helper_user) + weak,
         )
         theirs.close()
     if as_root:
@@ -481,6 +492,8 @@ def connect(args: argparse.Namespace) -> ExitCode:
 
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
+        if helper is not None:
+            log(f"the privileged helper runs as {helper_user[0]} (uid {helper_user[1]})")
     try:
         start = Start(
             proto=1,
@@ -541,6 +554,7 @@ def _split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, i
             ("--fail-closed", args.fail_closed),
             ("--no-routes", args.no_routes),
             ("--interface", args.interface is not None),
+            ("--helper-user", args.helper_user is not None),
         )
         if given
     ]

@@ -40,6 +40,16 @@ SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
 RESOLVED_NAME: Final = "org.freedesktop.resolve1"
 RESOLVED_PATH: Final = "/org/freedesktop/resolve1"
 RESOLVED_IFACE: Final = "org.freedesktop.resolve1.Manager"
+POLKIT_RULES: Final = tuple(
+    f"{d}/polkit-1/rules.d/50-sepconnect-helper.rules" for d in ("/etc", "/usr/share")
+)
+"""The install step's polkit rule: the helper's account may change link DNS settings."""
+DENIED: Final = frozenset(
+    {
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,7 +127,7 @@ class Resolved:
         self.applied: Dns | None = None
 
     def _call(self, method: str, signature: str, body: tuple[Any, ...]) -> None:
-        from jeepney import DBusAddress, MessageType, new_method_call
+        from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call
         from jeepney.io.blocking import open_dbus_connection
 
         target = DBusAddress(RESOLVED_PATH, bus_name=RESOLVED_NAME, interface=RESOLVED_IFACE)
@@ -128,8 +138,10 @@ class Resolved:
         except (OSError, TimeoutError, ValueError) as exc:
             raise Refusal(f"systemd-resolved {method}: {exc}") from None
         if reply.header.message_type == MessageType.error:
-            why = reply.body[0] if reply.body else reply.header.fields
-            raise Refusal(f"systemd-resolved {method}: {str(why)[:120]}")
+            why = str(reply.body[0] if reply.body else reply.header.fields)[:120]
+            if reply.header.fields.get(HeaderFields.error_name, "") in DENIED:
+                why += " (the helper's account needs the polkit rule of scripts/install-system.sh)"
+            raise Refusal(f"systemd-resolved {method}: {why}")
 
     def apply(self, dns: Dns) -> None:
         if dns == self.applied:
@@ -223,17 +235,24 @@ class RootDns:
 # ---------------------------------------------------------------------------
 
 
+def polkit_rule_installed() -> bool:
+    return any(os.path.exists(path) for path in POLKIT_RULES)
+
+
 def choose(
     requested: str,
     *,
     resolved: Callable[[], bool] = resolved_running,
+    polkit: Callable[[], bool] = polkit_rule_installed,
     resolvconf: Callable[[], str | None] = lambda: programs.installed(programs.RESOLVCONF_PATHS),
     resolv_conf: str = programs.RESOLV_CONF,
 ) -> BackendName:
-    """The backend for ``--dns-backend`` (``auto`` decides from what this host runs)."""
+    """The backend for ``--dns-backend`` (``auto`` decides from what this host runs):
+    systemd-resolved only where the install step's polkit rule lets the helper's account
+    use it (resolved trusts uid 0 or polkit, never a capability)."""
     if requested in ("resolved", "resolvconf", "file", "none"):
         return requested  # type: ignore[return-value]  # checked just above
-    if resolved():
+    if polkit() and resolved():
         return "resolved"
     if resolvconf() is not None:
         return "resolvconf"

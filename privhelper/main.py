@@ -2,14 +2,17 @@
 
 Started by the launcher (root) as::
 
-    python3 -I -m sepconnect.privhelper --fd N --peer-uid UID
+    python3 -I -m sepconnect.privhelper --fd N --peer-uid UID [--uid UID --gid GID]
             [--interface NAME] [--audit-log PATH] [--state-dir DIR]
             [--no-routes] [--dns-backend auto|resolved|resolvconf|file|none]
             [--fail-closed] [--script PATH] [--log-level N]
 
 fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
-belongs to the supervisor (running as UID). The helper keeps uid 0 but only
-CAP_NET_ADMIN, answers the requests :data:`policy.POLICY` permits, one at a
+belongs to the supervisor (running as UID). Started as root, the helper becomes
+``--uid``/``--gid`` (its own account, never 0, never the supervisor's) keeping
+CAP_NET_ADMIN alone; started by systemd as that account with CAP_NET_ADMIN ambient, it
+keeps CAP_NET_ADMIN alone. Then Landlock (no writes outside its state directory) and
+seccomp. It answers the requests :data:`policy.POLICY` permits, one at a
 time, and on any way out (Teardown, the supervisor going away, SIGTERM, a
 protocol violation) removes exactly what it installed before exiting.
 
@@ -34,6 +37,7 @@ import resource
 import select
 import signal
 import socket
+import sys
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -52,8 +56,8 @@ from sepconnect.privhelper.policy import (
     ProtocolViolation,
 )
 from sepconnect.privhelper.rtnl import IPRoute
-from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
-from sepconnect.process import privileges, programs, statefile
+from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
+from sepconnect.process import landlock, privileges, programs, statefile
 from sepconnect.process import title as _proctitle
 from sepconnect.process.helpformat import HelpFormatter
 
@@ -66,6 +70,7 @@ EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
+SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
 ROOT_PROGRAM: Final = "sepconnect-rootrunner"
 ROOT_MODULE: Final = "sepconnect.rootrunner"
 
@@ -165,15 +170,36 @@ def _drain(fd: int) -> None:
 # Privileges
 
 
-def drop_privileges() -> None:
-    """Keep uid 0 but only CAP_NET_ADMIN: no_new_privs, bounding set, then capset(2).
+KEEP: Final = frozenset({privileges.CAP_NET_ADMIN})
 
-    The bounding set goes first, while CAP_SETPCAP is still effective.
-    """
-    keep = frozenset({privileges.CAP_NET_ADMIN})
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` with CAP_NET_ADMIN alone (effective, permitted, bounding),
+    no_new_privs, not dumpable. The bounding set goes first, while CAP_SETPCAP is still
+    effective. Started by systemd as that uid already (AmbientCapabilities=), only
+    the ambient and inheritable sets are left to clear."""
     privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
-    privileges.drop_bounding_set(keep=keep)
-    privileges.keep_only_capabilities(keep)
+    privileges.drop_bounding_set(keep=KEEP)
+    if os.getuid() == 0:
+        privileges.drop_to(uid, gid, keep=KEEP)
+    else:
+        privileges.keep_only_capabilities(KEEP)
+    privileges.prctl(privileges.PR_SET_DUMPABLE, 0)
+
+
+def confine(state_dir: str | None) -> None:
+    """Landlock: no file written, created, removed or executed anywhere but in our state
+    directory, and /dev/net/tun opened for writing (reading stays as DAC allows)."""
+    abi = landlock.abi()
+    if abi < 1:
+        raise OSError("Landlock is not available (kernel 5.13+ with lsm=landlock)")
+    sys.dont_write_bytecode = True  # no __pycache__ writes (they would be refused)
+    handled = landlock.fs_rights(abi) & ~landlock.FS_READ
+    paths = [(TUN_DEVICE, landlock.FS_WRITE_FILE | landlock.FS_IOCTL_DEV)]
+    if state_dir is not None:
+        write = landlock.FS_WRITE_FILE | landlock.FS_MAKE_REG | landlock.FS_REMOVE_FILE
+        paths.append((state_dir, write | landlock.FS_TRUNCATE))
+    landlock.restrict(abi, handled, paths)
 
 
 # ---------------------------------------------------------------------------
@@ -207,6 +233,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--fd", type=_fd, required=True, help="our end of the SEQPACKET pair")
     parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
+    parser.add_argument("--uid", type=_uid, help="our own uid (started as root)")
+    parser.add_argument("--gid", type=_uid, help="our own gid (started as root)")
     parser.add_argument("--interface", type=check_ifname, default=None, help="tun name")
     parser.add_argument("--audit-log", type=_path, default=None, help="JSON-lines audit file")
     parser.add_argument("--state-dir", type=_path, default=None, help="crash-recovery state")
@@ -274,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         channel = _channel(args.fd)
     except (OSError, ValueError) as exc:
         return _fail(f"--fd {args.fd}: {exc}")
+    uid, gid = (args.uid, args.gid) if os.getuid() == 0 else (os.getuid(), os.getgid())
+    if uid is None or gid is None or uid in (0, args.peer_uid):
+        return _fail("--uid/--gid (started as root): our own account, not root, not --peer-uid")
     try:
         log_fd = None if args.audit_log is None else _audit.open_log(args.audit_log)
     except OSError as exc:
@@ -285,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
-            statefile.ensure_dir(args.state_dir, os.getuid(), os.getgid())
+            statefile.ensure_dir(args.state_dir, uid, gid)
             stale = list(statefile.stale(args.state_dir, STATE_PREFIX))
         except OSError as exc:
             return _fail(f"--state-dir: {exc}")
@@ -296,23 +327,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         backend = choose(args.dns_backend)
     try:
-        root = _root_runner(args, backend, log_fd)
+        root = _root_runner(args, backend, log_fd, uid)
     except OSError as exc:
         return _fail(str(exc))
     try:
-        drop_privileges()
+        drop_privileges(uid, gid)
     except OSError as exc:
         audit.record("start", "fatal", f"cannot drop privileges: {exc}")
         return EXIT_FATAL
     if nft is None and any(d.get("firewall") for _, d in stale):
         nft = programs.installed(programs.NFT)  # to delete a crashed session's table
     nft_runner = None if nft is None else _nft_runner(nft)
+    weak = None
+    try:
+        confine(args.state_dir)
+    except OSError as exc:
+        if not args.allow_weak_sandbox:
+            audit.record("start", "fatal", f"cannot confine the helper: {exc}")
+            return EXIT_FATAL
+        weak = f"none (--allow-weak-sandbox): {exc}"[:200]
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     start_args: _audit.Args = {
+        "uid": uid,
         "peer_uid": args.peer_uid,
         "interface": args.interface or DEFAULT_TEMPLATE,
         "seccomp": "allow-list",
+        "landlock": weak or "no writes but the state directory",
         "routes": "none" if args.no_routes or args.script else "helper",
         "dns_backend": backend,
         "fail_closed": int(args.fail_closed),
@@ -324,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with IPRoute() as ipr:
         # The netlink socket is open: from here on, only the allow-list.
         try:
-            _seccomp.apply(features={"dns_files"})
+            _seccomp.apply()
         except OSError as exc:
             if not args.allow_weak_sandbox:
                 reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
@@ -332,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_FATAL
             start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
         audit.record("start", "info", args=start_args)
+        if SELFTEST_ENV in os.environ:  # test-only (tests/integration/test_helper_hostile.py)
+            from sepconnect.privhelper import selftest
+
+            selftest.run(os.environ[SELFTEST_ENV], args.state_dir)
         netlink = Netlink(ipr)
         recover(stale, netlink, nft_runner, audit)
         options = Options(
@@ -360,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _root_runner(
-    args: argparse.Namespace, backend: BackendName, log_fd: int | None
+    args: argparse.Namespace, backend: BackendName, log_fd: int | None, uid: int
 ) -> RunnerClient | None:
     """The root runner, started while we are root, if root's options need it; with none of
     them, a crashed one's leftovers are still undone (``--recover``, waited for)."""
@@ -370,7 +415,9 @@ def _root_runner(
             raise OSError("--script and --dns-backend file|resolvconf need --state-dir")
         return None
     root_dir = f"{args.state_dir}-root"
-    if not needed and not _has_files(root_dir):
+    if needed and os.getuid() != 0:
+        raise OSError("--script and --dns-backend file|resolvconf need the helper started as root")
+    if not needed and (os.getuid() != 0 or not _has_files(root_dir)):
         return None
     from sepconnect.ipc.runner_messages import ROOT_REQUESTS
     from sepconnect.process.runner import RunnerClient
@@ -385,7 +432,7 @@ def _root_runner(
     fds = () if log_fd is None else (log_fd,)
     runner = RunnerClient(
         ROOT_PROGRAM, ROOT_MODULE, extra + ([] if needed else ["--recover"]), ROOT_REQUESTS,
-        os.getuid(), fds,
+        uid, fds,
     )  # fmt: skip
     if needed:
         return runner
@@ -405,5 +452,11 @@ def _nft_runner(nft: str) -> RunnerClient:
     from sepconnect.privhelper.nft import PROGRAM
     from sepconnect.process.runner import RunnerClient
 
-    module = "sepconnect.privhelper.nft"
-    return RunnerClient(PROGRAM, module, ["--nft", nft], NFT_REQUESTS, os.getuid())
+    # CAP_NET_ADMIN ambient while it starts, so that it (and nft) keep it as our uid.
+    privileges.keep_only_capabilities(KEEP, inheritable=True)
+    privileges.raise_ambient(privileges.CAP_NET_ADMIN)
+    try:
+        module = "sepconnect.privhelper.nft"
+        return RunnerClient(PROGRAM, module, ["--nft", nft], NFT_REQUESTS, os.getuid())
+    finally:
+        privileges.keep_only_capabilities(KEEP)

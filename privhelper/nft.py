@@ -20,6 +20,7 @@ from typing import Final
 
 from sepconnect.ipc.runner_messages import NFT_REQUESTS, Ran, RunNft
 from sepconnect.ipc.wire import Message
+from sepconnect.process.privileges import PR_SET_DUMPABLE, prctl
 from sepconnect.process.runner import run_program, runner_channel, serve
 from sepconnect.process.title import set_title
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nft", required=True)
     args = parser.parse_args(argv)
     set_title(PROCESS_TITLE)
+    prctl(PR_SET_DUMPABLE, 0)  # the helper's uid may not ptrace it either
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the helper decides when we end
 

@@ -27,9 +27,9 @@ NFT = ("/usr/sbin/nft",)
 """Where ``--fail-closed`` finds nft (Debian package nftables)."""
 RESOLVCONF_PATHS = ("/usr/sbin/resolvconf", "/sbin/resolvconf")
 """Where ``--dns-backend resolvconf`` finds resolvconf."""
-# Test-only switch read by the worker (tests/integration/test_sandbox.py); passed on
-# only when set, and inert in normal runs.
-_PASSED_THROUGH = ("SEPCONNECT_TEST_SANDBOX_SELFTEST",)
+# Test-only switches read by the worker and the helper (tests/integration/test_sandbox.py,
+# test_helper_hostile.py); passed on only when set, and inert in normal runs.
+_PASSED_THROUGH = ("SEPCONNECT_TEST_SANDBOX_SELFTEST", "SEPCONNECT_TEST_HELPER_SELFTEST")
 
 
 def program(name: str, module: str) -> list[str]:

@@ -36,6 +36,7 @@ def main() -> int:
                 "--servercert", lab.server_cert_pin,
                 "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
                 "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
+                "--state-dir", str(Path(lab.workdir, "helper-state")),
                 lab.url]  # fmt: skip
         print(f"\n$ echo ... | {' '.join(argv)}", flush=True)
         started = time.monotonic()

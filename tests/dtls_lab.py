@@ -54,6 +54,7 @@ class VpnClient:
             argv = [
                 SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
                 "--servercert", lab.server_cert_pin, "--audit-log", audit, "--dns-backend", "none",
+                "--state-dir", str(Path(lab.workdir, "helper-state")),
                 # a session of its own: other sessions may run at the same time
                 "--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "sock")),
                 *self.args, lab.url,

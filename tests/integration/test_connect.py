@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from sepconnect.process.accounts import HELPER_FALLBACK_UID
+
 from lab import Lab, OcservOptions
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -38,6 +40,7 @@ class Client:
         user: str = "test",
         password: str | None = None,
         env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ):
         self.lab = lab
         # With --helper-socket the supervisor's own records go to the journal only.
@@ -48,6 +51,8 @@ class Client:
         self.control = str(Path(lab.workdir, f"ctl-{run_id}", "control.sock"))
         argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--audit-log", self.audit_log]
         argv += ["--control-socket", self.control]
+        # The lab's own state directory: the host's /run is never written.
+        argv += ["--state-dir", str(Path(lab.workdir, "helper-state"))]
         if user:
             argv += ["--user", user]
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):
@@ -61,6 +66,7 @@ class Client:
             argv.append(lab.url)
         self.proc = lab.popen_in(
             lab.client_ns,
+            *prefix,  # a program that runs sepconnect (strace: test_code_budget.py)
             *argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -247,8 +253,29 @@ def test_processes_are_separated_and_unprivileged(
         assert st["NoNewPrivs"] == "1", role
     helper = _status(roles["privhelper"])
     cap_net_admin = 1 << 12
-    assert int(helper["CapEff"], 16) & ~cap_net_admin == 0, helper["CapEff"]
-    assert int(helper["CapBnd"], 16) & ~cap_net_admin == 0, helper["CapBnd"]
+    for caps in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(helper[caps], 16) == cap_net_admin, (caps, helper[caps])
+    assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0
+    # Issue 13, F6: with --dns-backend none, no process of the session has uid 0 (in any
+    # of the four slots); the helper has a uid of its own.
+    for pid in titles:
+        assert "0" not in _status(pid)["Uid"].split(), (titles[pid], _status(pid)["Uid"])
+    helper_uid = helper["Uid"].split()[0]
+    assert helper_uid != _status(supervisor)["Uid"].split()[0]
+    assert helper["Uid"].split() == [str(HELPER_FALLBACK_UID)] * 4
+
+
+def test_root_runner_is_the_only_root_process_and_only_when_asked(lab: Lab) -> None:
+    """`--dns-backend file` (what `auto` picks in the lab: no resolved, no resolvconf)
+    rewrites the client's resolv.conf, which is root's: the root runner, the one process
+    of the session with uid 0, does it; with `none` there is none (issue 13, F6)."""
+    client = Client(lab, "--dns-backend", "auto")
+    client.wait_connected()
+    pids = [client.proc.pid, *_descendants(client.proc.pid)]
+    as_root = [_title(p) for p in pids if "0" in _status(p)["Uid"].split()]
+    assert as_root == ["sepconnect: root-runner"], [(_title(p), _status(p)["Uid"]) for p in pids]
+    assert client.stop() == 0, client.stderr
+    assert any(r["op"] == "start" and r["args"]["dns_backend"] == "file" for r in client.audit())
 
 
 def test_helper_audit_log_records_each_request(lab: Lab) -> None:
@@ -425,7 +452,7 @@ def test_untrusted_certificate_without_pin(lab: Lab) -> None:
         lab.client_ns,
         SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
         "--audit-log", argv_pin_free.audit_log, "--control-socket", argv_pin_free.control,
-        lab.url,
+        "--state-dir", str(Path(lab.workdir, "helper-state")), lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert argv_pin_free.proc.stdin is not None

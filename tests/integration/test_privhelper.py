@@ -34,6 +34,7 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.wire import PeerClosed, WireError, socketpair
+from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -103,6 +104,7 @@ class Helper:
         self.audit_path = tmp / "audit.log"
         self.sock, theirs = socketpair()
         argv = [*cmd, "--fd", str(theirs.fileno()), "--peer-uid", str(peer_uid)]
+        argv += ["--uid", str(HELPER_UID), "--gid", str(HELPER_UID)]
         argv += ["--audit-log", str(self.audit_path)]
         if interface is not None:
             argv += ["--interface", interface]
@@ -305,7 +307,9 @@ def test_helper_keeps_only_net_admin_and_names_the_tun(start: Any) -> None:
     lines = Path(f"/proc/{helper.proc.pid}/status").read_text().splitlines()
     status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
     net_admin = f"{1 << 12:016x}"
-    assert status["Uid"].split() == ["0", "0", "0", "0"]
+    assert status["Uid"].split() == [str(HELPER_UID)] * 4  # its own account, never root
+    assert status["Gid"].split() == [str(HELPER_UID)] * 4
+    assert status["Groups"].split() == [str(HELPER_UID)]
     assert status["CapEff"] == net_admin
     assert status["CapPrm"] == net_admin
     assert status["CapBnd"] == net_admin

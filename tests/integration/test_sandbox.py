@@ -31,6 +31,7 @@ from messages import start_message
 
 from sepconnect.ipc.wire import Channel, socketpair
 from sepconnect.ipc.worker_messages import FROM_WORKER, TO_WORKER
+from sepconnect.process.accounts import HELPER_FALLBACK_UID
 from sepconnect.worker import sandbox
 
 from lab import Lab
@@ -76,6 +77,7 @@ def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test", "--dns-backend", "none"]
     argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
     argv += ["--servercert", lab.server_cert_pin]
+    argv += ["--state-dir", str(Path(lab.workdir, "helper-state"))]  # not the host's /run
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "s"))]
     proc = lab.popen_in(
@@ -138,7 +140,9 @@ def test_every_process_runs_with_its_manifest(
     assert worker["Seccomp"] == "2", worker["Seccomp"]  # filter mode
     assert int(worker["Seccomp_filters"]) >= 1
     helper = status(pids["privhelper"])
-    assert helper["Uid"].split() == ["0"] * 4
+    assert helper["Uid"].split() == [str(HELPER_FALLBACK_UID)] * 4  # its own uid, not root
+    assert helper["Gid"].split() == [str(HELPER_FALLBACK_UID)] * 4
+    assert os.stat(f"/proc/{pids['privhelper']}/status").st_uid == 0  # not dumpable
     for cap in ("CapPrm", "CapEff", "CapBnd"):
         assert int(helper[cap], 16) == CAP_NET_ADMIN, (cap, helper[cap])
     assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0
@@ -273,6 +277,7 @@ def test_a_full_session_logs_no_secret(lab: Lab) -> None:
     audit_log = Path(lab.workdir, "audit-secrets.jsonl")
     argv = [SEPCONNECT, "connect", "-vvvv", "--passwd-on-stdin", "--user", "auditee"]
     argv += ["--audit-log", str(audit_log), "--servercert", lab.server_cert_pin]
+    argv += ["--state-dir", str(Path(lab.workdir, "helper-state"))]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, "ctl-secrets", "s"))]
     proc = lab.popen_in(
@@ -320,6 +325,7 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
         lab.client_ns,
         SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
         "--audit-log", str(audit_log), "--servercert", lab.server_cert_pin,
+        "--state-dir", str(Path(lab.workdir, "helper-state")),
         *(["--control-socket", str(Path(lab.workdir, "ctl-authfail", "s"))]
           if "--control-socket" in _connect_options() else []),
         lab.url,

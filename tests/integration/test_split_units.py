@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from test_connect import SEPCONNECT, VENV, _descendants, _ping, _status, _title
 
+from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
+
 from lab import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -42,12 +44,20 @@ def test_session_as_the_service_account_with_a_socket_activated_helper(lab: Lab)
     work = Path(lab.workdir)
     helper_socket, ready = work / "helper.sock", work / "helper.ready"
     (work / "acceptor.py").write_text(ACCEPTOR)
-    audit = work / "helper-audit.jsonl"
+    # LogsDirectory= and RuntimeDirectory= of the helper's unit: its account's, 0700.
+    logs, state = work / "helper-logs", work / "helper-state"
+    for directory in (logs, state):
+        directory.mkdir(mode=0o700)
+        os.chown(directory, HELPER_UID, HELPER_UID)
+    audit = logs / "audit.jsonl"
+    # What the unit's User=, AmbientCapabilities=CAP_NET_ADMIN and
+    # CapabilityBoundingSet=CAP_NET_ADMIN do: the helper never is root.
     acceptor = lab.popen_in(
         lab.client_ns, f"{VENV}/bin/python", str(work / "acceptor.py"), str(helper_socket),
-        str(ready), f"{VENV}/bin/sepconnect-privhelper", "--fd", "3",
-        "--peer-uid", str(NOBODY), "--audit-log", str(audit),
-        "--state-dir", str(work / "helper-state"),
+        str(ready), "/usr/bin/setpriv", f"--reuid={HELPER_UID}", f"--regid={HELPER_UID}",
+        "--clear-groups", "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
+        "--bounding-set=-all,+net_admin", f"{VENV}/bin/sepconnect-privhelper", "--fd", "3",
+        "--peer-uid", str(NOBODY), "--audit-log", str(audit), "--state-dir", str(state),
     )  # fmt: skip
     lab.wait_for("the helper socket", lambda: True if ready.exists() else None)
     # RuntimeDirectory= of the session unit: a directory the service account owns.
@@ -69,9 +79,14 @@ def test_session_as_the_service_account_with_a_socket_activated_helper(lab: Lab)
     try:
         lab.wait_for("the tunnel", lab.client_tun, timeout=20)
         assert _ping(lab, lab.target_ip).returncode == 0
-        # The helper is root (started by "systemd"), the session never was.
+        # The helper runs as its own account with CAP_NET_ADMIN alone; the session never
+        # was root either.
         helper_pid = next(p for p in [acceptor.pid] if _title(p) == "sepconnect: privhelper")
-        assert Path(f"/proc/{helper_pid}").stat().st_uid == 0
+        helper = _status(helper_pid)
+        assert helper["Uid"].split() == [str(HELPER_UID)] * 4
+        for caps in ("CapEff", "CapPrm", "CapBnd"):
+            assert int(helper[caps], 16) == 1 << 12, (caps, helper[caps])
+        assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0
         titles = {_title(p) for p in [session.pid, *_descendants(session.pid)]}
         assert titles == {"sepconnect: supervisor", "sepconnect: worker"}, titles
         for pid in [session.pid, *_descendants(session.pid)]:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netconfigs import network_config
@@ -232,9 +233,12 @@ def test_resolver_texts() -> None:
 def test_backend_choice(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 192.0.2.1\n")
-    kw = {"resolv_conf": str(conf)}
+    kw: dict[str, Any] = {"resolv_conf": str(conf), "polkit": lambda: True}
     assert dns.choose("auto", resolved=lambda: True, resolvconf=lambda: "/x", **kw) == "resolved"
     assert dns.choose("auto", resolved=lambda: False, resolvconf=lambda: "/x", **kw) == "resolvconf"
+    # resolved runs, but the helper's account may not use it (no polkit rule): the next one
+    no_rule = {**kw, "polkit": lambda: False}
+    assert dns.choose("auto", resolved=lambda: True, resolvconf=lambda: None, **no_rule) == "file"
     assert dns.choose("auto", resolved=lambda: False, resolvconf=lambda: None, **kw) == "file"
     link = tmp_path / "link"
     link.symlink_to(conf)
