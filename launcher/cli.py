@@ -3,7 +3,8 @@
 `sepconnect connect` starts as root, spawns the privileged helper, drops to the
 service account for good, and then *is* the supervisor: the process the user
 started stays the one to signal. Nothing that parses network data ever runs
-as root.
+as root. This module is the launcher's root phase; what runs after the drop is
+session.py, the control commands remote.py (neither is loaded as root).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import getpass
 import grp
 import ipaddress
 import os
-import pwd
 import re
 import socket
 import stat
@@ -35,7 +35,6 @@ from sepconnect.process.accounts import (
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
-from sepconnect.process.title import set_title
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
@@ -429,7 +428,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
     as_root = os.geteuid() == 0
     helper_user = ("", 0, 0)  # the helper's account: ours to choose when we start it
     if args.helper_socket is not None:
-        account, uid, gid = _split_mode_account(args, as_root)
+        from sepconnect.session import split_mode_account
+
+        account, uid, gid = split_mode_account(args, as_root)
     elif not as_root:
         raise UsageError(
             "sepconnect connect must be started as root: its small helper keeps CAP_NET_ADMIN "
@@ -456,7 +457,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
     _prepare_control_dir(args.control_socket, uid, gid)
     helper: subprocess.Popen[bytes] | None = None
     if args.helper_socket is not None:
-        ours = _connect_helper(args.helper_socket)
+        from sepconnect.session import connect_helper
+
+        ours = connect_helper(args.helper_socket)
     else:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
@@ -475,148 +478,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
-    # The first worker starts now, before the supervisor's own modules load (~60 ms):
-    # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
-    # connect time, and it reads its `start` only once its imports are done.
-    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = programs.start_worker(
-        allow_weak_sandbox=args.allow_weak_sandbox
-    )
-    set_title("sepconnect: supervisor")
-    if audit_fd is not None:
-        from sepconnect.supervisor import audit as session_audit
+    # The session, from modules no root ever loads: the supervisor (launcher/session.py).
+    from sepconnect.session import run
 
-        session_audit.configure(audit_fd)
-    from sepconnect.ipc.worker_messages import Start
-    from sepconnect.supervisor.helper_client import HelperClient
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
-
-    if args.verbose:
-        log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
-        if helper is not None:
-            log(f"the privileged helper runs as {helper_user[0]} (uid {helper_user[1]})")
-    try:
-        start = Start(
-            proto=1,
-            url=args.url,
-            username=username or "",
-            passwords=passwords,
-            group=args.authgroup,
-            servercert=args.servercert,
-            cafile_pem=cafile_pem,
-            base_mtu=args.base_mtu,
-            mtu=args.mtu,
-            disable_ipv6=args.disable_ipv6,
-            no_dtls=args.no_dtls,
-            dtls_ciphers=args.dtls_ciphers,
-            dtls12_ciphers=args.dtls12_ciphers,
-            hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-            verbose=min(args.verbose, 4),
-        )
-        options = Options(
-            always_on=args.always_on,
-            reconnect_timeout=args.reconnect_timeout,
-            service_uid=uid,
-            control_path=args.control_socket,
-            control_gid=control_gid,
-            allow_weak_sandbox=args.allow_weak_sandbox,
-            tun_offload=not args.no_tun_offload,
-        )
-        VERBOSITY[0] = args.verbose
-        supervisor = Supervisor(HelperClient(ours), start, options, first_worker)
-        first_worker = None  # the supervisor's now: it reaps it
-        code = supervisor.run()
-    finally:
-        if first_worker is not None:  # we failed before the supervisor took it
-            first_worker[1].close()  # it exits when it finds its channel closed
-            first_worker[0].wait()
-        ours.close()
-        if helper is not None:
-            try:
-                helper.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log("the privileged helper did not exit; it will clean up when it notices")
-    return code
-
-
-def _split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, int, int]:
-    """--helper-socket: we already are the service account; the helper runs apart."""
-    if as_root:
-        raise UsageError(
-            "--helper-socket: start as the service account, not root (the helper that "
-            "listens there already has the privilege)"
-        )
-    if args.setuid is not None:
-        raise UsageError("--helper-socket: --setuid has no meaning; start as that account")
-    privileged = [
-        option
-        for option, given in (
-            ("--script", args.script is not None),
-            ("--fail-closed", args.fail_closed),
-            ("--no-routes", args.no_routes),
-            ("--interface", args.interface is not None),
-            ("--helper-user", args.helper_user is not None),
-        )
-        if given
-    ]
-    if privileged:
-        raise UsageError(
-            f"--helper-socket: {', '.join(privileged)} belong(s) to the helper's own "
-            "configuration (its unit's command line), not to the unprivileged session"
-        )
-    uid, gid = os.getuid(), os.getgid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    return name, uid, gid
-
-
-def _connect_helper(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
-    return sock
-
-
-_TIMES = ("connected_since", "last_rekey")  # seconds since the epoch in the JSON
-
-
-def _format_status(status: dict[str, object]) -> str:
-    import datetime
-
-    lines = []
-    for key, value in status.items():
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-            value = "; ".join(f"{v.get('prefix')} ({v.get('reason')})" for v in value) or "-"
-        elif isinstance(value, list):
-            value = " ".join(str(v) for v in value) or "-"
-        elif key in _TIMES and isinstance(value, int | float):
-            when = datetime.datetime.fromtimestamp(value, datetime.UTC)
-            value = when.isoformat(timespec="seconds")
-        lines.append(f"{key.replace('_', ' '):>16}: {'-' if value is None else value}")
-    return "\n".join(lines)
-
-
-def control(args: argparse.Namespace) -> ExitCode:
-    import json
-
-    from sepconnect.supervisor.control import ControlError, request
-
-    try:
-        answer = request(args.socket, args.command)
-    except ControlError as exc:
-        print(f"sepconnect: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
-    if not answer.get("ok"):
-        print(f"sepconnect: {answer.get('error', 'refused')}", file=sys.stderr)
-        return ExitCode.ERROR
-    if args.command == "status":
-        status = answer.get("status", {})
-        print(json.dumps(status, indent=2, sort_keys=True) if args.json else _format_status(status))
-    return ExitCode.OK
+    login = (username or "", passwords, cafile_pem)
+    return run(args, ours, helper, (account, uid, gid), helper_user, control_gid, audit_fd, login)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -625,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "connect":
             return int(connect(args))
         if args.command in ("status", "rekey", "reconnect", "disconnect"):
+            from sepconnect.remote import control
+
             return int(control(args))
     except UsageError as exc:
         print(f"sepconnect: {exc}", file=sys.stderr)

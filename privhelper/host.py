@@ -41,7 +41,7 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Network, Refusal
+from sepconnect.privhelper.policy import Network, Refusal, check_kill_switch_excludes
 from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process import statefile
@@ -125,8 +125,6 @@ class Helper:
         if self.router is None or self.tun is None:  # the phase table makes this unreachable
             raise Refusal("no tun")
         if self.options.fail_closed:
-            from sepconnect.privhelper.policy import check_kill_switch_excludes
-
             check_kill_switch_excludes(wanted, self.options.allow_exclude)
         left_out: dict[Network, str] = {}
         if self.options.script is None and not self.options.no_routes:
@@ -136,7 +134,12 @@ class Helper:
             for prefix, reason in left_out.items():
                 self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
         if self.options.fail_closed:
-            self._firewall(wanted)
+            from sepconnect.privhelper import firewall
+
+            first = self.table is None
+            self.table = firewall.apply(self.nft, self.tun.name, wanted, self.audit)
+            if first:
+                self._save(firewall=self.table)
         if self.options.script is not None:
             if wanted != self.script_wanted:
                 if self.script_wanted is not None:
@@ -187,12 +190,9 @@ class Helper:
             errors += self.router.clear()
             self.router = None
         if self.table is not None and self.nft is not None:
-            from sepconnect.ipc.runner_messages import RunNft
             from sepconnect.privhelper import firewall
 
-            ran = self.nft.call(RunNft(ruleset=firewall.delete(self.table)))
-            if ran.status != 0:
-                errors.append(f"fail-closed table {self.table}: {ran.note}")
+            errors += firewall.delete(self.nft, self.table)
             self.table = None
         if self.tun is not None or errors:
             self.audit.record(
@@ -221,26 +221,6 @@ class Helper:
         if self.root is None:
             raise Refusal(f"the {backend} DNS backend needs the root runner")
         return dns.RootDns(backend, ifname, self.root)
-
-    def _firewall(self, wanted: NetworkConfig) -> None:
-        from sepconnect.ipc.runner_messages import RunNft
-        from sepconnect.privhelper import firewall
-
-        if self.nft is None or self.tun is None:
-            raise Refusal("fail-closed: no nft runner")
-        table = firewall.table_name(os.getpid())
-        ran = self.nft.call(RunNft(ruleset=firewall.ruleset(table, self.tun.name, wanted)))
-        self.audit.record(
-            "fail_closed",
-            "ok" if ran.status == 0 else "refused",
-            ran.note,
-            {"table": table, "gateway": str(wanted.gateway)},
-        )
-        if ran.status != 0:
-            raise Refusal(f"fail-closed rules: {ran.note or ran.status}")
-        if self.table is None:
-            self.table = table
-            self._save(firewall=table)
 
     def _script(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
         from sepconnect.ipc.runner_messages import RunScript
@@ -315,19 +295,10 @@ def recover(
                     ok = False
                     note("info", f"stale route {route}: {exc}")
         table = data.get("firewall")
-        if isinstance(table, str) and table.startswith("sepconnect_") and table[11:].isdigit():
-            from sepconnect.ipc.runner_messages import RunNft
+        if isinstance(table, str):
             from sepconnect.privhelper import firewall
 
-            if nft is None:
-                ok = False
-                note("info", f"fail-closed table {table}: no nft runner")
-            else:
-                ran = nft.call(RunNft(ruleset=firewall.delete(table)))
-                note(
-                    "ok" if ran.status == 0 else "info",
-                    f"deleted fail-closed table {table}: status {ran.status}",
-                )
+            ok = firewall.recover(nft, table, note) and ok
         if ok:
             try:
                 os.unlink(path)

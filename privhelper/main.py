@@ -57,13 +57,11 @@ from sepconnect.privhelper.policy import (
 )
 from sepconnect.privhelper.rtnl import IPRoute
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
-from sepconnect.process import landlock, privileges, programs, statefile
+from sepconnect.process import landlock, privileges, statefile
 from sepconnect.process import title as _proctitle
-from sepconnect.process.helpformat import HelpFormatter
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName
-    from sepconnect.process.runner import RunnerClient
 
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
@@ -71,8 +69,6 @@ EXIT_USAGE: Final = 2
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
 SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
-ROOT_PROGRAM: Final = "sepconnect-rootrunner"
-ROOT_MODULE: Final = "sepconnect.rootrunner"
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +225,10 @@ def _path(text: str) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Root wrote this argv, but it is still checked; errors exit with status 2."""
     parser = argparse.ArgumentParser(
-        prog="sepconnect.privhelper", allow_abbrev=False, formatter_class=HelpFormatter
+        prog="sepconnect.privhelper",
+        allow_abbrev=False,
+        # A fixed width: argparse imports shutil (and bz2, lzma) to measure the terminal.
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
     )
     parser.add_argument("--fd", type=_fd, required=True, help="our end of the SEQPACKET pair")
     parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
@@ -286,6 +285,13 @@ def _channel(fd: int) -> Channel:
     return channel
 
 
+def _has_files(directory: str) -> bool:
+    try:
+        return any(name.endswith(".json") for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
 def _fail(message: str) -> int:
     os.write(2, f"sepconnect.privhelper: {message}\n".encode(errors="replace"))
     return EXIT_USAGE
@@ -310,9 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
-    nft = programs.installed(programs.NFT) if args.fail_closed else None
-    if args.fail_closed and nft is None:
-        return _fail(f"--fail-closed needs {programs.NFT[0]} (Debian package nftables)")
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
@@ -326,18 +329,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sepconnect.privhelper.dns import choose
 
         backend = choose(args.dns_backend)
+    # The runners (runners.py), only where root's options or a crashed session need them.
+    root = nft_runner = None
+    root_dir = None if args.state_dir is None else f"{args.state_dir}-root"
+    needs_root = args.script is not None or backend in ("file", "resolvconf")
+    needs_nft = args.fail_closed or any(d.get("firewall") for _, d in stale)
+    stale_root = root_dir is not None and os.getuid() == 0 and _has_files(root_dir)
     try:
-        root = _root_runner(args, backend, log_fd, uid)
+        if needs_root or needs_nft or stale_root:
+            from sepconnect.privhelper import runners
+
+            root = runners.root_runner(args, root_dir, needs_root, stale_root, backend, log_fd, uid)
     except OSError as exc:
         return _fail(str(exc))
     try:
         drop_privileges(uid, gid)
+        if needs_nft:
+            nft_runner = runners.nft_runner(KEEP)
     except OSError as exc:
         audit.record("start", "fatal", f"cannot drop privileges: {exc}")
         return EXIT_FATAL
-    if nft is None and any(d.get("firewall") for _, d in stale):
-        nft = programs.installed(programs.NFT)  # to delete a crashed session's table
-    nft_runner = None if nft is None else _nft_runner(nft)
     weak = None
     try:
         confine(args.state_dir)
@@ -402,61 +413,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                 channel.sock.close()
                 audit.record("exit", "info", f"exit status {status}")
     return status
-
-
-def _root_runner(
-    args: argparse.Namespace, backend: BackendName, log_fd: int | None, uid: int
-) -> RunnerClient | None:
-    """The root runner, started while we are root, if root's options need it; with none of
-    them, a crashed one's leftovers are still undone (``--recover``, waited for)."""
-    needed = args.script is not None or backend in ("file", "resolvconf")
-    if args.state_dir is None:
-        if needed:
-            raise OSError("--script and --dns-backend file|resolvconf need --state-dir")
-        return None
-    root_dir = f"{args.state_dir}-root"
-    if needed and os.getuid() != 0:
-        raise OSError("--script and --dns-backend file|resolvconf need the helper started as root")
-    if not needed and (os.getuid() != 0 or not _has_files(root_dir)):
-        return None
-    from sepconnect.ipc.runner_messages import ROOT_REQUESTS
-    from sepconnect.process.runner import RunnerClient
-
-    extra = ["--state-dir", root_dir]
-    if log_fd is not None:
-        extra += ["--audit-fd", str(log_fd)]
-    if args.script is not None:
-        extra += ["--script", args.script]
-    if backend in ("file", "resolvconf"):
-        extra += ["--dns-backend", backend]
-    fds = () if log_fd is None else (log_fd,)
-    runner = RunnerClient(
-        ROOT_PROGRAM, ROOT_MODULE, extra + ([] if needed else ["--recover"]), ROOT_REQUESTS,
-        uid, fds,
-    )  # fmt: skip
-    if needed:
-        return runner
-    runner.close()  # --recover: it undoes, then exits; wait for it
-    return None
-
-
-def _has_files(directory: str) -> bool:
-    try:
-        return any(name.endswith(".json") for name in os.listdir(directory))
-    except OSError:
-        return False
-
-
-def _nft_runner(nft: str) -> RunnerClient:
-    from sepconnect.ipc.runner_messages import NFT_REQUESTS
-    from sepconnect.privhelper.nft import PROGRAM
-    from sepconnect.process.runner import RunnerClient
-
-    # CAP_NET_ADMIN ambient while it starts, so that it (and nft) keep it as our uid.
-    privileges.keep_only_capabilities(KEEP, inheritable=True)
-    privileges.raise_ambient(privileges.CAP_NET_ADMIN)
-    try:
-        module = "sepconnect.privhelper.nft"
-        return RunnerClient(PROGRAM, module, ["--nft", nft], NFT_REQUESTS, os.getuid())
-    finally:
-        privileges.keep_only_capabilities(KEEP)

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sepconnect.ipc.helper_messages import LeftOut
-from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,

@@ -88,7 +88,7 @@ def test_server_round_trip_and_stale_socket(tmp_path: Path) -> None:
 
 
 def test_status_text_shows_times_as_dates_and_lists_as_words() -> None:
-    from sepconnect.cli import _format_status
+    from sepconnect.remote import _format_status
 
     text = _format_status(
         {"state": "connected", "connected_since": 0, "last_rekey": None, "routes": ["a", "b"]}

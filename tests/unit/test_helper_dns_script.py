@@ -16,7 +16,8 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
-from sepconnect.ipc.netconfig import NetworkConfig, routing_policy
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.routing import routing_policy
 from sepconnect.ipc.runner_messages import SetDns
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import dns, firewall, script
@@ -283,7 +284,7 @@ def test_fail_closed_ruleset() -> None:
     assert 'oifname "sepc0" accept' in text
     assert "ip daddr { 198.18.1.1, 198.18.3.0/24 } accept" in text
     assert text.rstrip().endswith("}")
-    assert firewall.delete("sepconnect_77").endswith("delete table inet sepconnect_77\n")
+    assert firewall.delete_ruleset("sepconnect_77").endswith("delete table inet sepconnect_77\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make root-owned files")

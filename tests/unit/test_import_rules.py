@@ -22,19 +22,17 @@ SHARED = ("sepconnect.ipc", "sepconnect.process")
 """The packages every process may use; they import nothing but each other."""
 
 _RUNNERS = ("sepconnect.privhelper", "sepconnect.rootrunner")
+LAUNCHER = ("sepconnect.cli", "sepconnect.session", "sepconnect.remote")
+"""The launcher's modules (launcher/, installed as the top of the package)."""
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "sepconnect.worker": ("sepconnect.supervisor", *_RUNNERS, "sepconnect.cli"),
-    "sepconnect.supervisor": ("sepconnect.worker", *_RUNNERS, "sepconnect.cli"),
-    "sepconnect.ipc": (
-        "sepconnect.worker",
-        "sepconnect.supervisor",
-        *_RUNNERS,
-        "sepconnect.cli",
-    ),
+    "sepconnect.worker": ("sepconnect.supervisor", *_RUNNERS, *LAUNCHER),
+    "sepconnect.supervisor": ("sepconnect.worker", *_RUNNERS, *LAUNCHER),
+    "sepconnect.ipc": ("sepconnect.worker", "sepconnect.supervisor", *_RUNNERS, *LAUNCHER),
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
-FORBIDDEN["sepconnect.cli"] = ("sepconnect.worker",)
+for _module in LAUNCHER:
+    FORBIDDEN[_module] = ("sepconnect.worker",)
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
 """All the helper loads from outside the standard library (jeepney: the D-Bus client

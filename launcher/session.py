@@ -1,0 +1,140 @@
+"""The launcher after it dropped root: the session, run by the supervisor.
+
+Kept out of cli.py so that no root ever loads it: the launcher's root phase
+(cli.connect) starts the helper and drops to the service account, then calls :func:`run`,
+which starts the first worker and hands over to the supervisor. Also the split mode's
+own start (``--helper-socket``: started as the service account, never root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import socket
+import subprocess
+
+from sepconnect.cli import UsageError
+from sepconnect.process import programs
+from sepconnect.process.exitcodes import ExitCode
+from sepconnect.process.title import set_title
+
+
+def run(
+    args: argparse.Namespace,
+    ours: socket.socket,
+    helper: subprocess.Popen[bytes] | None,
+    account: tuple[str, int, int],
+    helper_user: tuple[str, int, int],
+    control_gid: int | None,
+    audit_fd: int | None,
+    login: tuple[str, tuple[str, ...], bytes | None],
+) -> ExitCode:
+    """The session as the supervisor; its exit code."""
+    name, uid, gid = account
+    username, passwords, cafile_pem = login
+    # The first worker starts now, before the supervisor's own modules load (~60 ms):
+    # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
+    # connect time, and it reads its `start` only once its imports are done.
+    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = programs.start_worker(
+        allow_weak_sandbox=args.allow_weak_sandbox
+    )
+    set_title("sepconnect: supervisor")
+    if audit_fd is not None:
+        from sepconnect.supervisor import audit as session_audit
+
+        session_audit.configure(audit_fd)
+    from sepconnect.ipc.worker_messages import Start
+    from sepconnect.supervisor.helper_client import HelperClient
+    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
+
+    if args.verbose:
+        log(f"running as {name} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
+        if helper is not None:
+            log(f"the privileged helper runs as {helper_user[0]} (uid {helper_user[1]})")
+    try:
+        start = Start(
+            proto=1,
+            url=args.url,
+            username=username,
+            passwords=passwords,
+            group=args.authgroup,
+            servercert=args.servercert,
+            cafile_pem=cafile_pem,
+            base_mtu=args.base_mtu,
+            mtu=args.mtu,
+            disable_ipv6=args.disable_ipv6,
+            no_dtls=args.no_dtls,
+            dtls_ciphers=args.dtls_ciphers,
+            dtls12_ciphers=args.dtls12_ciphers,
+            hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+            verbose=min(args.verbose, 4),
+        )
+        options = Options(
+            always_on=args.always_on,
+            reconnect_timeout=args.reconnect_timeout,
+            service_uid=uid,
+            control_path=args.control_socket,
+            control_gid=control_gid,
+            allow_weak_sandbox=args.allow_weak_sandbox,
+            tun_offload=not args.no_tun_offload,
+        )
+        VERBOSITY[0] = args.verbose
+        supervisor = Supervisor(HelperClient(ours), start, options, first_worker)
+        first_worker = None  # the supervisor's now: it reaps it
+        code = supervisor.run()
+    finally:
+        if first_worker is not None:  # we failed before the supervisor took it
+            first_worker[1].close()  # it exits when it finds its channel closed
+            first_worker[0].wait()
+        ours.close()
+        if helper is not None:
+            try:
+                helper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log("the privileged helper did not exit; it will clean up when it notices")
+    return code
+
+
+def split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, int, int]:
+    """--helper-socket: we already are the service account; the helper runs apart."""
+    if as_root:
+        raise UsageError(
+            "--helper-socket: start as the service account, not root (the helper that "
+            "listens there already has the privilege)"
+        )
+    if args.setuid is not None:
+        raise UsageError("--helper-socket: --setuid has no meaning; start as that account")
+    privileged = [
+        option
+        for option, given in (
+            ("--script", args.script is not None),
+            ("--fail-closed", args.fail_closed),
+            ("--no-routes", args.no_routes),
+            ("--interface", args.interface is not None),
+            ("--helper-user", args.helper_user is not None),
+        )
+        if given
+    ]
+    if privileged:
+        raise UsageError(
+            f"--helper-socket: {', '.join(privileged)} belong(s) to the helper's own "
+            "configuration (its unit's command line), not to the unprivileged session"
+        )
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return name, uid, gid
+
+
+def connect_helper(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
+    return sock
