@@ -46,9 +46,8 @@ def ensure_dir(path: str, uid: int, gid: int) -> None:
     """Create the state directory, 0700 and ``uid``'s, or check that an existing one is.
 
     Called as root, a new directory is made ``uid``'s, and so is an existing *private*
-    one of root's (the helper's state directory was root's while the helper ran as
-    root); anything else (``--state-dir /etc``, somebody else's directory) is refused,
-    never taken over.
+    one of root's (made by root for it); anything else (``--state-dir /etc``, somebody
+    else's directory) is refused, never taken over.
     """
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
