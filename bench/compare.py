@@ -1,7 +1,8 @@
 """Benchmark (not a test): sepconnect next to openconnect, same lab, same ocserv, same run.
 
     sudo /opt/sepconnect-venv/bin/python bench/compare.py [--quick] [--repeat N]
-        [--seconds S] [--json FILE] [--png FILE]
+        [--seconds S] [--pin] [--udp-rates PPS,...] [--udp-seconds S]
+        [--json FILE] [--png FILE]
 
 One lab (throwaway namespaces, real ocserv 1.1.6 with DTLS, dpd 10). For each
 repetition both clients run in turn, the order alternating between repetitions:
@@ -9,30 +10,47 @@ repetition both clients run in turn, the order alternating between repetitions:
 - over DTLS: connect time (process start → tun up with its address → first ping
   through the tunnel answered, polled with ``ping -c1 -W 0.01``), ping RTT (50 pings
   at 20 ms, minus the raw RTT client → server outside the tunnel), iperf3 TCP up and
-  down, client CPU seconds per GB moved (utime+stime of every client process from
-  /proc over each iperf3 run), RSS of each client process and their sum;
+  down, CPU seconds per GB moved (utime+stime from /proc over each iperf3 run) of the
+  client's processes and, beside it, of ocserv's (main, sec-mod, workers), RSS of each
+  client process and their sum;
+- packet rate, in the same DTLS session: iperf3 UDP with 100-byte datagrams at each
+  offered rate of ``--udp-rates``, up and down: datagrams delivered per second, loss,
+  where datagrams were dropped (the client's tun queue or DTLS socket, ocserv's socket
+  or tun queue, the receiving iperf3's socket), client CPU (% of one CPU) and CPU µs
+  per packet of the client and of ocserv; the highest offered rate with < 1% loss;
 - over TLS (both clients with ``--no-dtls``): iperf3 up and down, CPU per GB;
 - unless ``--quick``: DTLS failover/return (bench/dtls_failover.py) and recovery after
   faults (bench/recovery.py), once per client.
 
+``--pin`` puts the client side on CPU 0 and the server side on CPU 1: the client is
+started under ``taskset``, so its processes and all they start later (sepconnect's
+helper and every worker) inherit CPU 0, as does ``iperf3 -c``; ocserv's processes and
+``iperf3 -s`` are pinned to CPU 1 by pid before each run (workers ocserv forks later
+inherit it). The affinities are read back from /proc after every run, recorded in the
+JSON and, with ``--pin``, checked. Failover and recovery run unpinned clients.
+
 Prints one table with medians, ranges and the ratio sepconnect/openconnect (ratios
-from the same run are what count: the machine is noisy), writes JSON, and draws a
-PNG when matplotlib is installed (``pip install sepconnect[bench]``; without it the
-chart is skipped with a message). CI runs it with tiny durations as a smoke test
-(tests/integration/test_bench_smoke.py) and asserts nothing about timing.
+from the same run are what count: the machine is noisy) and a packet-rate table,
+writes JSON, and draws a PNG when matplotlib is installed (``pip install
+sepconnect[bench]``; without it the chart is skipped with a message). CI runs it with
+tiny durations as a smoke test (tests/integration/test_bench_smoke.py) and asserts
+nothing about timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recovery  # noqa: E402  (bench/recovery.py)
 from dtls_lab import UdpFilter, VpnClient, measure_failover  # noqa: E402
 
-from lab import Lab, OcservOptions  # noqa: E402
+from lab import Lab, OcservOptions, descendants  # noqa: E402
 
 KINDS = ("sepconnect", "openconnect")
 DTLS_UP = {
@@ -51,16 +69,32 @@ DTLS_UP = {
 }
 _TICK = os.sysconf("SC_CLK_TCK")
 
+# --pin: the client machine's CPU (the client, all it starts, iperf3 -c) and the
+# server side's (ocserv, iperf3 -s)
+CLIENT_CPU = 0
+SERVER_CPU = 1
+
+UDP_PAYLOAD = 100  # bytes of iperf3 payload per datagram (128-byte IPv4 packets)
+UDP_RATES = (10_000, 20_000, 50_000, 100_000)  # offered datagrams per second, default
+UDP_LOSS_LIMIT = 1.0  # % loss under which a rate counts as carried
+DIRECTIONS = ("up", "down")
+
 # metric key -> (label, unit, better: "higher"/"lower", target text)
 METRICS: dict[str, tuple[str, str, str, str]] = {
     "dtls_up_mbps": ("DTLS iperf3 up", "Mbit/s", "higher", ">= 1.2x"),
     "dtls_down_mbps": ("DTLS iperf3 down", "Mbit/s", "higher", ">= 1.2x"),
     "tls_up_mbps": ("TLS iperf3 up", "Mbit/s", "higher", ">= 1.0x"),
     "tls_down_mbps": ("TLS iperf3 down", "Mbit/s", "higher", ">= 1.0x"),
-    "dtls_up_cpu_s_per_gb": ("CPU/GB DTLS up", "s", "lower", "<= 1.0x"),
-    "dtls_down_cpu_s_per_gb": ("CPU/GB DTLS down", "s", "lower", "<= 1.0x"),
-    "tls_up_cpu_s_per_gb": ("CPU/GB TLS up", "s", "lower", "<= 1.0x"),
-    "tls_down_cpu_s_per_gb": ("CPU/GB TLS down", "s", "lower", "<= 1.0x"),
+    "dtls_up_cpu_s_per_gb": ("client CPU/GB DTLS up", "s", "lower", "<= 1.0x"),
+    "dtls_down_cpu_s_per_gb": ("client CPU/GB DTLS down", "s", "lower", "<= 1.0x"),
+    "tls_up_cpu_s_per_gb": ("client CPU/GB TLS up", "s", "lower", "<= 1.0x"),
+    "tls_down_cpu_s_per_gb": ("client CPU/GB TLS down", "s", "lower", "<= 1.0x"),
+    "dtls_up_ocserv_cpu_s_per_gb": ("ocserv CPU/GB DTLS up", "s", "lower", ""),
+    "dtls_down_ocserv_cpu_s_per_gb": ("ocserv CPU/GB DTLS down", "s", "lower", ""),
+    "tls_up_ocserv_cpu_s_per_gb": ("ocserv CPU/GB TLS up", "s", "lower", ""),
+    "tls_down_ocserv_cpu_s_per_gb": ("ocserv CPU/GB TLS down", "s", "lower", ""),
+    "udp_up_max_pps": ("UDP up: max rate <1% loss", "pkt/s", "higher", ""),
+    "udp_down_max_pps": ("UDP down: max rate <1% loss", "pkt/s", "higher", ""),
     "rtt_ms": ("ping RTT (DTLS)", "ms", "lower", ""),
     "added_rtt_ms": ("added RTT vs raw", "ms", "lower", "<= oc + 0.1"),
     "connect_s": ("connect → 1st ping", "s", "lower", "<= 0.3 s"),
@@ -68,6 +102,7 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
     "pss_total_mb": ("PSS total (shared split)", "MB", "lower", ""),
     "rss_supervisor_mb": ("RSS supervisor", "MB", "lower", ""),
     "rss_helper_mb": ("RSS helper", "MB", "lower", ""),
+    "rss_spawner_mb": ("RSS spawner", "MB", "lower", ""),
     "rss_worker_mb": ("RSS worker", "MB", "lower", ""),
     "failover_s": ("DTLS failover (UDP cut)", "s", "lower", ""),
     "back_s": ("back on DTLS", "s", "lower", ""),
@@ -76,25 +111,30 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
     "recovery_server_crash_s": ("recovery: server crash", "s", "lower", ""),
 }
 
+# figures of one UDP rate, key suffix -> column heading of the packet-rate table
+UDP_FIELDS: dict[str, tuple[str, int]] = {  # heading, digits
+    "delivered_pps": ("delivered", 0),
+    "loss_pct": ("loss%", 2),
+    "lost_client_pct": ("client%", 2),
+    "lost_server_pct": ("server%", 2),
+    "lost_receiver_pct": ("recv%", 2),
+    "cpu_pct": ("CPU%", 0),
+    "cpu_us_per_pkt": ("µs/pkt", 1),
+    "ocserv_cpu_us_per_pkt": ("ocserv µs", 1),
+}
+
+
+def udp_key(direction: str, rate: int, name: str) -> str:
+    """Result key of one figure of one offered rate, e.g. ``udp_up_20000_loss_pct``."""
+    return f"udp_{direction}_{rate}_{name}"
+
 
 # ---------------------------------------------------------------------- /proc helpers
 
 
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError:
-        return out
-    for task in tasks:
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue
-        for child in children:
-            out.append(int(child))
-            out.extend(descendants(int(child)))
-    return out
+def tree(pid: int | None) -> list[int]:
+    """``pid`` and all its descendants ([] for None)."""
+    return [] if pid is None else [pid, *descendants(pid)]
 
 
 def client_pids(client: VpnClient) -> dict[str, int]:
@@ -113,6 +153,8 @@ def client_pids(client: VpnClient) -> dict[str, int]:
             pids["worker"] = pid
         elif b"helper" in title:
             pids["helper"] = pid
+        elif b"spawner" in title:
+            pids["spawner"] = pid
     return pids
 
 
@@ -147,6 +189,35 @@ def _kb_field(path: str, name: str) -> float:
     return int(m.group(1)) if m else 0.0
 
 
+def threads(pids: list[int]) -> Iterator[int]:
+    """Every thread id of ``pids`` (affinity is a property of each thread)."""
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                yield int(task.name)
+
+
+def pin(pids: list[int], cpu: int) -> None:
+    """Restrict every thread of ``pids`` to ``cpu``; what they start later inherits it."""
+    for tid in threads(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, {cpu})
+
+
+def cpus_allowed(pids: list[int]) -> set[str]:
+    """The Cpus_allowed_list values (e.g. "0", "0-1") seen on the threads of ``pids``."""
+    seen: set[str] = set()
+    for tid in threads(pids):
+        try:
+            status = Path(f"/proc/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        m = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.M)
+        if m:
+            seen.add(m.group(1))
+    return seen
+
+
 # ---------------------------------------------------------------------- measurements
 
 
@@ -165,36 +236,199 @@ def ping_avg_ms(lab: Lab, target: str, count: int) -> float:
     return float(m.group(1))
 
 
-def iperf(lab: Lab, pids: list[int], *, reverse: bool, seconds: float) -> tuple[float, float]:
-    """(Mbit/s, client CPU seconds per GB moved) of one iperf3 TCP run."""
+def run_iperf3(
+    lab: Lab, prefix: tuple[str, ...], *args: str, seconds: float, timeout: float | None = None
+) -> tuple[dict[str, Any], float]:
+    """One ``iperf3 -c`` run to the target from the client namespace: its JSON report,
+    and how long the run took (not counting attempts the busy server turned away).
+    Raises subprocess.TimeoutExpired after ``timeout`` (default ``seconds`` + 30)."""
     for _ in range(10):
-        cpu0 = cpu_seconds(pids)
+        started = time.monotonic()
         out = lab.run_in(
-            lab.client_ns, "iperf3", "-c", lab.target_ip, "-t", f"{seconds:g}", "-J",
-            "--connect-timeout", "3000", *(["-R"] if reverse else []),
-            timeout=seconds + 30, check=False,
+            lab.client_ns, *prefix, "iperf3", "-c", lab.target_ip, "-t", f"{seconds:g}", "-J",
+            "--connect-timeout", "3000", *args, check=False,
+            timeout=seconds + 30 if timeout is None else timeout,
         )  # fmt: skip
-        cpu = cpu_seconds(pids) - cpu0
-        result = json.loads(out.stdout)
+        result: dict[str, Any] = json.loads(out.stdout)
         if "busy" not in result.get("error", ""):
             break
         time.sleep(1)  # the server still winds down an earlier test (lab.py: --idle-timeout)
     if "error" in result:
-        raise AssertionError(f"iperf3 {'-R ' if reverse else ''}failed: {result['error']}")
+        raise AssertionError(f"iperf3 {' '.join(args)} failed: {result['error']}")
+    return result, time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class Side:
+    """The processes whose CPU time is counted: the client's and ocserv's."""
+
+    client: list[int]
+    ocserv: list[int]
+
+    def cpu(self) -> tuple[float, float]:
+        return cpu_seconds(self.client), cpu_seconds(self.ocserv)
+
+
+def iperf_tcp(
+    lab: Lab, side: Side, prefix: tuple[str, ...], *, reverse: bool, seconds: float
+) -> tuple[float, float, float]:
+    """(Mbit/s, client CPU s per GB, ocserv CPU s per GB) of one iperf3 TCP run."""
+    client0, ocserv0 = side.cpu()
+    result, _ = run_iperf3(lab, prefix, *(["-R"] if reverse else []), seconds=seconds)
+    client1, ocserv1 = side.cpu()
     end = result["end"]["sum_received"]
     gigabytes = max(1e-9, float(end["bytes"]) / 1e9)
-    return float(end["bits_per_second"]) / 1e6, cpu / gigabytes
+    mbps = float(end["bits_per_second"]) / 1e6
+    return mbps, (client1 - client0) / gigabytes, (ocserv1 - ocserv0) / gigabytes
+
+
+def netns_udp_errors(pid: int | None) -> int:
+    """RcvbufErrors of UDP (datagrams dropped for a full socket buffer) in the network
+    namespace of ``pid`` (/proc/<pid>/net is that namespace's)."""
+    if pid is None:
+        return 0
+    rows = [line.split()[1:] for line in _read(f"/proc/{pid}/net/snmp") if line.startswith("Udp:")]
+    return int(dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"]) if len(rows) == 2 else 0
+
+
+def netns_devices(pid: int | None) -> dict[str, list[int]]:
+    """Device name → the 16 counters of /proc/<pid>/net/dev (rx: bytes packets errs
+    drop …, then tx: bytes packets errs drop …) in the namespace of ``pid``."""
+    out: dict[str, list[int]] = {}
+    for line in _read(f"/proc/{pid}/net/dev")[2:] if pid is not None else []:
+        name, _, counters = line.partition(":")
+        out[name.strip()] = [int(v) for v in counters.split()]
+    return out
+
+
+def udp_socket_drops(pid: int | None, peer: str, port: int) -> int:
+    """Drops of the UDP sockets connected to ``peer``:``port`` in the namespace of ``pid``."""
+    a, b, c, d = (int(x) for x in peer.split("."))
+    remote = f"{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"  # /proc/net/udp's little-endian form
+    drops = 0
+    for line in _read(f"/proc/{pid}/net/udp")[1:] if pid is not None else []:
+        fields = line.split()
+        if len(fields) >= 13 and fields[2] == remote:
+            drops += int(fields[12])
+    return drops
+
+
+def _read(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+RX_PACKETS, TX_PACKETS, TX_DROP = 1, 9, 11  # columns of /proc/net/dev
+
+
+@dataclass(frozen=True)
+class PacketCounters:
+    """What is read before and after a UDP run: CPU seconds, the packets that went
+    through the client's tun, and where datagrams were dropped."""
+
+    client_cpu: float
+    ocserv_cpu: float
+    tun_rx: int  # packets the client wrote to its tun (download)
+    tun_tx: int  # packets the client read from its tun (upload)
+    tun_tx_dropped: int  # the tun's queue was full: the client did not read them in time
+    dtls_socket_drops: int  # the client's UDP socket to the server was full
+    client_rcvbuf_errors: int  # full UDP sockets in the client namespace (DTLS, iperf3 -c)
+    server_drops: int  # ocserv's: its UDP socket full, or its tuns' queues
+    target_rcvbuf_errors: int  # iperf3 -s's socket full
+
+
+def packet_counters(lab: Lab, side: Side, client_root: int, tun: str) -> PacketCounters:
+    client_cpu, ocserv_cpu = side.cpu()
+    ocserv, target = lab.ocserv_pid, lab.iperf_pid
+    tun_counters = netns_devices(client_root).get(tun, [0] * 16)
+    ocserv_tuns = [c for name, c in netns_devices(ocserv).items() if name.startswith("vpns")]
+    return PacketCounters(
+        client_cpu=client_cpu,
+        ocserv_cpu=ocserv_cpu,
+        tun_rx=tun_counters[RX_PACKETS],
+        tun_tx=tun_counters[TX_PACKETS],
+        tun_tx_dropped=tun_counters[TX_DROP],
+        dtls_socket_drops=udp_socket_drops(client_root, lab.server_ip, lab.port),
+        client_rcvbuf_errors=netns_udp_errors(client_root),
+        server_drops=netns_udp_errors(ocserv) + sum(c[TX_DROP] for c in ocserv_tuns),
+        target_rcvbuf_errors=netns_udp_errors(target),
+    )
+
+
+def udp_rate(
+    lab: Lab,
+    side: Side,
+    client_root: int,
+    prefix: tuple[str, ...],
+    rate: int,
+    *,
+    reverse: bool,
+    seconds: float,
+) -> dict[str, float]:
+    """Figures of one iperf3 UDP run at ``rate`` datagrams per second offered. A run
+    that gives no report within ``seconds`` + 10 s counts as 100% loss (``timed_out``)."""
+    tun = lab.client_tun()
+    assert tun is not None, "no tun"
+    before = packet_counters(lab, side, client_root, tun["ifname"])
+    result: dict[str, Any] | None = None
+    try:
+        result, wall = run_iperf3(
+            lab, prefix, "-u", "-l", str(UDP_PAYLOAD), "-b", str(rate * UDP_PAYLOAD * 8),
+            *(["-R"] if reverse else []), seconds=seconds, timeout=seconds + 10,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        wall = seconds + 10
+    after = packet_counters(lab, side, client_root, tun["ifname"])
+    client_cpu = after.client_cpu - before.client_cpu
+    # packets that went through the client: read from its tun going up, written to it
+    # going down
+    through = after.tun_rx - before.tun_rx if reverse else after.tun_tx - before.tun_tx
+    r = {
+        # over the whole iperf3 run, its ~0.1 s of set-up included
+        "cpu_pct": 100.0 * client_cpu / wall,
+        "cpu_us_per_pkt": 1e6 * client_cpu / max(1, through),
+    }
+    if result is None:
+        return {**r, "delivered_pps": 0.0, "loss_pct": 100.0, "timed_out": 1.0}
+    sent, received = result["end"]["sum_sent"], result["end"]["sum_received"]
+    # the receiver's "packets" is the highest sequence number it saw, lost ones included
+    sent_packets = max(1, int(sent["packets"]))
+    delivered = int(received["packets"]) - int(received["lost_packets"])
+    dtls_drops = after.dtls_socket_drops - before.dtls_socket_drops
+    at_client = after.tun_tx_dropped - before.tun_tx_dropped + dtls_drops
+    at_server = after.server_drops - before.server_drops
+    if reverse:  # the receiver is iperf3 -c, beside the client
+        at_receiver = max(0, after.client_rcvbuf_errors - before.client_rcvbuf_errors - dtls_drops)
+    else:
+        at_receiver = after.target_rcvbuf_errors - before.target_rcvbuf_errors
+    return {
+        **r,
+        "sent_pps": sent_packets / max(1e-9, float(sent["seconds"])),
+        "delivered_pps": delivered / max(1e-9, float(received["seconds"])),
+        # what never reached the receiver while it listened; iperf3's own figure counts
+        # only gaps before the highest sequence number seen, so a client still working
+        # through a backlog when the test ends looked almost lossless
+        "loss_pct": 100.0 * max(0, sent_packets - delivered) / sent_packets,
+        "iperf3_lost_pct": float(received["lost_percent"]),
+        "lost_client_pct": 100.0 * at_client / sent_packets,
+        "lost_server_pct": 100.0 * at_server / sent_packets,
+        "lost_receiver_pct": 100.0 * at_receiver / sent_packets,
+        "ocserv_cpu_us_per_pkt": 1e6 * (after.ocserv_cpu - before.ocserv_cpu) / max(1, delivered),
+    }
 
 
 SEPCONNECT_EXTRA: list[str] = []  # --sepconnect-arg: e.g. --no-tun-offload, for A/B runs
 
 
-def start(lab: Lab, kind: str, *args: str) -> tuple[VpnClient, float]:
-    """Start a client; returns it and its connect time (start → first answered ping)."""
+def start(lab: Lab, kind: str, *args: str, cpu: int | None = None) -> tuple[VpnClient, float]:
+    """Start a client (on ``cpu`` only, if given); returns it and its connect time
+    (start → first answered ping)."""
     if kind == "sepconnect":
         args = (*args, *SEPCONNECT_EXTRA)
     t0 = time.monotonic()
-    client = VpnClient(lab, kind, args).start()
+    client = VpnClient(lab, kind, args, cpu=cpu).start()
     try:
         connect = ping_until_answered(lab, t0)
     except AssertionError:
@@ -208,51 +442,135 @@ def stop(lab: Lab, client: VpnClient) -> None:
     lab.wait_for("the tun to go", lambda: True if lab.client_tun() is None else None, 15)
 
 
-def run_dtls(lab: Lab, kind: str, seconds: float, pings: int) -> dict[str, float]:
-    client, connect = start(lab, kind)
-    try:
-        client.wait_for_line(DTLS_UP[kind], timeout=30)
-        time.sleep(0.5)
-        roles = client_pids(client)
-        pids = list(roles.values())
-        raw = ping_avg_ms(lab, lab.server_ip, pings)
-        rtt = ping_avg_ms(lab, lab.target_ip, pings)
-        up, up_cpu = iperf(lab, pids, reverse=False, seconds=seconds)
-        down, down_cpu = iperf(lab, pids, reverse=True, seconds=seconds)
-        r: dict[str, float] = {
-            "connect_s": connect,
-            "rtt_ms": rtt,
-            "raw_rtt_ms": raw,
-            "added_rtt_ms": rtt - raw,
-            "dtls_up_mbps": up,
-            "dtls_down_mbps": down,
-            "dtls_up_cpu_s_per_gb": up_cpu,
-            "dtls_down_cpu_s_per_gb": down_cpu,
-        }
-        for role, pid in roles.items():
-            if kind == "sepconnect":
-                r[f"rss_{role}_mb"] = rss_mb(pid)
-        r["rss_total_mb"] = sum(rss_mb(pid) for pid in pids)
-        r["pss_total_mb"] = sum(pss_mb(pid) for pid in pids)
+@dataclass
+class Bench:
+    """One lab and the settings of the throughput and packet-rate runs."""
+
+    lab: Lab
+    seconds: float
+    pings: int
+    udp_rates: tuple[int, ...]
+    udp_seconds: float
+    pinned: bool
+    # Cpus_allowed_list values seen, by process group ("sepconnect", "ocserv", ...)
+    affinity: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def client_cpu(self) -> int | None:
+        return CLIENT_CPU if self.pinned else None
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """What runs iperf3 -c on the client's CPU."""
+        return ("taskset", "-c", str(CLIENT_CPU)) if self.pinned else ()
+
+    def server_pids(self) -> dict[str, list[int]]:
+        return {"ocserv": tree(self.lab.ocserv_pid), "iperf3 -s": tree(self.lab.iperf_pid)}
+
+    def pin_server(self) -> None:
+        """ocserv and iperf3 -s on the server's CPU, again before every run: ocserv may
+        have been restarted (bench/recovery.py's server crash)."""
+        if self.pinned:
+            for pids in self.server_pids().values():
+                pin(pids, SERVER_CPU)
+
+    def check_affinity(self, client: VpnClient) -> None:
+        """Record where every process of the run may run; with --pin, insist that the
+        client side is on CPU 0 only and the server side on CPU 1 only (a worker that
+        sepconnect started during the run is in the client's tree too)."""
+        assert client.proc is not None
+        groups = {client.kind: tree(client.proc.pid), **self.server_pids()}
+        for name, pids in groups.items():
+            seen = cpus_allowed(pids)
+            self.affinity.setdefault(name, set()).update(seen)
+            want = str(CLIENT_CPU if name == client.kind else SERVER_CPU)
+            if self.pinned and seen != {want}:
+                raise AssertionError(f"--pin: {name} may run on CPUs {sorted(seen)}, not {want}")
+
+    def side(self, client: VpnClient) -> Side:
+        return Side(list(client_pids(client).values()), tree(self.lab.ocserv_pid))
+
+    def run_dtls(self, kind: str) -> dict[str, float]:
+        lab = self.lab
+        self.pin_server()
+        client, connect = start(lab, kind, cpu=self.client_cpu)
+        try:
+            client.wait_for_line(DTLS_UP[kind], timeout=30)
+            time.sleep(0.5)
+            roles = client_pids(client)
+            pids = list(roles.values())
+            side = self.side(client)
+            raw = ping_avg_ms(lab, lab.server_ip, self.pings)
+            rtt = ping_avg_ms(lab, lab.target_ip, self.pings)
+            r: dict[str, float] = {
+                "connect_s": connect,
+                "rtt_ms": rtt,
+                "raw_rtt_ms": raw,
+                "added_rtt_ms": rtt - raw,
+            }
+            for direction in DIRECTIONS:
+                mbps, cpu, ocserv_cpu = iperf_tcp(
+                    lab, side, self.prefix, reverse=direction == "down", seconds=self.seconds
+                )
+                r[f"dtls_{direction}_mbps"] = mbps
+                r[f"dtls_{direction}_cpu_s_per_gb"] = cpu
+                r[f"dtls_{direction}_ocserv_cpu_s_per_gb"] = ocserv_cpu
+            for role, pid in roles.items():
+                if kind == "sepconnect":
+                    r[f"rss_{role}_mb"] = rss_mb(pid)
+            r["rss_total_mb"] = sum(rss_mb(pid) for pid in pids)
+            r["pss_total_mb"] = sum(pss_mb(pid) for pid in pids)
+            r.update(self.packet_rates(client, side))
+            self.check_affinity(client)
+            return r
+        finally:
+            stop(lab, client)
+
+    def packet_rates(self, client: VpnClient, side: Side) -> dict[str, float]:
+        """The UDP ladder, up then down, lowest rate first. After a rate that timed out
+        the higher ones are left out, and the ladder ends if the tunnel does not pass a
+        ping again within 30 s."""
+        assert client.proc is not None
+        r: dict[str, float] = {}
+        for direction in DIRECTIONS if self.udp_rates else ():
+            carried, timed_out = 0, False
+            for rate in self.udp_rates:
+                figures = udp_rate(
+                    self.lab, side, client.proc.pid, self.prefix, rate,
+                    reverse=direction == "down", seconds=self.udp_seconds,
+                )  # fmt: skip
+                for name, value in figures.items():
+                    r[udp_key(direction, rate, name)] = value
+                if figures["loss_pct"] < UDP_LOSS_LIMIT:
+                    carried = max(carried, rate)
+                timed_out = "timed_out" in figures
+                if timed_out:
+                    print(f"  {client.kind}: UDP {direction} at {rate} datagrams/s gave no "
+                          "report in time", file=sys.stderr, flush=True)  # fmt: skip
+                    break
+            r[f"udp_{direction}_max_pps"] = carried
+            if timed_out and recovery.wait_ping(self.lab, 30.0) is None:
+                break
         return r
-    finally:
-        stop(lab, client)
 
-
-def run_tls(lab: Lab, kind: str, seconds: float) -> dict[str, float]:
-    client, _ = start(lab, kind, "--no-dtls")
-    try:
-        pids = list(client_pids(client).values())
-        up, up_cpu = iperf(lab, pids, reverse=False, seconds=seconds)
-        down, down_cpu = iperf(lab, pids, reverse=True, seconds=seconds)
-        return {
-            "tls_up_mbps": up,
-            "tls_down_mbps": down,
-            "tls_up_cpu_s_per_gb": up_cpu,
-            "tls_down_cpu_s_per_gb": down_cpu,
-        }
-    finally:
-        stop(lab, client)
+    def run_tls(self, kind: str) -> dict[str, float]:
+        lab = self.lab
+        self.pin_server()
+        client, _ = start(lab, kind, "--no-dtls", cpu=self.client_cpu)
+        try:
+            side = self.side(client)
+            r: dict[str, float] = {}
+            for direction in DIRECTIONS:
+                mbps, cpu, ocserv_cpu = iperf_tcp(
+                    lab, side, self.prefix, reverse=direction == "down", seconds=self.seconds
+                )
+                r[f"tls_{direction}_mbps"] = mbps
+                r[f"tls_{direction}_cpu_s_per_gb"] = cpu
+                r[f"tls_{direction}_ocserv_cpu_s_per_gb"] = ocserv_cpu
+            self.check_affinity(client)
+            return r
+        finally:
+            stop(lab, client)
 
 
 def run_failover(lab: Lab, udp: UdpFilter, kind: str, blocked: float) -> dict[str, float]:
@@ -292,6 +610,11 @@ def summary(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def median(results: dict[str, dict[str, list[float]]], kind: str, key: str) -> float | None:
+    s = summary(results[kind].get(key, []))
+    return None if s is None else s["median"]
+
+
 def fmt_cell(s: dict[str, float] | None) -> str:
     if s is None:
         return "-"
@@ -303,11 +626,14 @@ def fmt_cell(s: dict[str, float] | None) -> str:
 
 
 def table(results: dict[str, dict[str, list[float]]], meta: dict[str, Any]) -> str:
+    pinned = (
+        f"client on CPU {CLIENT_CPU}, ocserv on CPU {SERVER_CPU}" if meta["pin"] else "unpinned"
+    )
     lines = [
         f"sepconnect vs openconnect — ocserv {meta['ocserv']}, {meta['repeat']} run(s), "
-        f"iperf3 {meta['seconds']:g} s, {meta['cpus']} CPUs; median [range]; "
+        f"iperf3 {meta['seconds']:g} s, {meta['cpus']} CPUs, {pinned}; median [range]; "
         "ratio = sepconnect/openconnect",
-        f"{'metric':<26}{'unit':>7}  {'sepconnect':>24}  {'openconnect':>24}  {'ratio':>6}  target",
+        f"{'metric':<28}{'unit':>7}  {'sepconnect':>24}  {'openconnect':>24}  {'ratio':>6}  target",
     ]
     for key, (label, unit, _, target) in METRICS.items():
         sep = summary(results["sepconnect"].get(key, []))
@@ -320,12 +646,52 @@ def table(results: dict[str, dict[str, list[float]]], meta: dict[str, Any]) -> s
             else "-"
         )
         lines.append(
-            f"{label:<26}{unit:>7}  {fmt_cell(sep):>24}  {fmt_cell(oc):>24}  {ratio:>6}  {target}"
+            f"{label:<28}{unit:>7}  {fmt_cell(sep):>24}  {fmt_cell(oc):>24}  {ratio:>6}  {target}"
         )
     return "\n".join(lines)
 
 
-def chart(results: dict[str, dict[str, list[float]]], path: str) -> str:
+def has_packet_rates(results: dict[str, dict[str, list[float]]], rates: list[int]) -> bool:
+    return any(
+        udp_key(d, r, "cpu_pct") in results[k] for k in KINDS for d in DIRECTIONS for r in rates
+    )
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def packet_table(results: dict[str, dict[str, list[float]]], meta: dict[str, Any]) -> str:
+    """Medians of every offered rate, one line per client."""
+    rates: list[int] = meta["udp_rates"]
+    if not has_packet_rates(results, rates):
+        return ""
+    lines = [
+        f"UDP over DTLS, {UDP_PAYLOAD}-byte datagrams, {meta['udp_seconds']:g} s per rate; "
+        "median. delivered: datagrams/s at the receiver; loss%: sent but not received; "
+        "dropped at the client (its tun queue, its DTLS socket), at ocserv (its socket, its "
+        "tun queue), at the receiving iperf3's socket: % of sent; CPU%: the client's, of "
+        "one CPU; µs/pkt: client CPU per packet through its tun; ocserv µs: ocserv CPU per "
+        "delivered datagram",
+        f"{'dir':<5}{'offered':>8}  {'client':<12}"
+        + "".join(f"{heading:>10}" for heading, _ in UDP_FIELDS.values()),
+    ]
+    for direction in DIRECTIONS:
+        for rate in rates:
+            for kind in KINDS:
+                if udp_key(direction, rate, "cpu_pct") not in results[kind]:
+                    continue
+                cells = "".join(
+                    f"{_num(median(results, kind, udp_key(direction, rate, name)), digits):>10}"
+                    for name, (_, digits) in UDP_FIELDS.items()
+                )
+                timeouts = len(results[kind].get(udp_key(direction, rate, "timed_out"), []))
+                note = f"  ({timeouts} run(s) timed out: 100% loss)" if timeouts else ""
+                lines.append(f"{direction:<5}{rate:>8}  {kind:<12}{cells}{note}")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict[str, list[float]]], meta: dict[str, Any], path: str) -> str:
     try:
         import matplotlib
 
@@ -336,14 +702,21 @@ def chart(results: dict[str, dict[str, list[float]]], path: str) -> str:
     groups = [
         ("Throughput (Mbit/s, higher is better)",
          ["dtls_up_mbps", "dtls_down_mbps", "tls_up_mbps", "tls_down_mbps"]),
-        ("CPU s per GB (lower is better)",
+        ("Client CPU s per GB (lower is better)",
          ["dtls_up_cpu_s_per_gb", "dtls_down_cpu_s_per_gb", "tls_up_cpu_s_per_gb",
           "tls_down_cpu_s_per_gb"]),
+        ("ocserv CPU s per GB (lower is better)",
+         ["dtls_up_ocserv_cpu_s_per_gb", "dtls_down_ocserv_cpu_s_per_gb",
+          "tls_up_ocserv_cpu_s_per_gb", "tls_down_ocserv_cpu_s_per_gb"]),
         ("Latency (ms) and connect (s)", ["rtt_ms", "added_rtt_ms", "connect_s"]),
         ("Memory (MB)", ["rss_total_mb", "pss_total_mb"]),
     ]  # fmt: skip
-    fig, axes = plt.subplots(1, len(groups), figsize=(18, 4.5))
-    for ax, (title, keys) in zip(axes, groups, strict=True):
+    rates: list[int] = meta["udp_rates"]
+    udp = has_packet_rates(results, rates)
+    fig = plt.figure(figsize=(22, 10 if udp else 5))
+    grid = fig.add_gridspec(2 if udp else 1, 2 * len(groups))
+    for n, (title, keys) in enumerate(groups):
+        ax = fig.add_subplot(grid[0, 2 * n : 2 * n + 2])
         x = range(len(keys))
         for i, kind in enumerate(KINDS):
             meds, errs_lo, errs_hi = [], [], []
@@ -359,6 +732,32 @@ def chart(results: dict[str, dict[str, list[float]]], path: str) -> str:
         ax.set_xticklabels([METRICS[k][0] for k in keys], rotation=20, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
+    if udp:
+        half = len(groups)
+        plots = [
+            ("cpu_pct", "Client CPU (% of one CPU) vs offered load, UDP 100 B", "client CPU %"),
+            ("delivered_pps", "Delivered vs offered, UDP 100 B", "delivered datagrams/s"),
+        ]
+        for n, (name, title, ylabel) in enumerate(plots):
+            ax = fig.add_subplot(grid[1, n * half : (n + 1) * half])
+            for colour, kind in zip(("C0", "C1"), KINDS, strict=True):  # as in the bars
+                for direction, style in (("up", "-o"), ("down", "--s")):
+                    points = [
+                        (r, median(results, kind, udp_key(direction, r, name))) for r in rates
+                    ]
+                    xs = [r for r, v in points if v is not None]
+                    ys = [v for _, v in points if v is not None]
+                    if xs:
+                        ax.plot(xs, ys, style, color=colour, label=f"{kind} {direction}")
+            if name == "delivered_pps":
+                ax.plot(rates, rates, ":", color="grey", label="offered")
+            ax.set_xlabel("offered datagrams/s")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    pinned = f", client on CPU {CLIENT_CPU}, ocserv on CPU {SERVER_CPU}" if meta["pin"] else ""
+    fig.suptitle(f"sepconnect vs openconnect — {meta['repeat']} run(s){pinned}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return f"chart written to {path}"
@@ -370,6 +769,17 @@ def ocserv_version() -> str:
     return m.group(1).decode() if m else "?"
 
 
+def rates_arg(text: str) -> tuple[int, ...]:
+    """``--udp-rates``: comma-separated datagrams per second, '' for none."""
+    try:
+        rates = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if any(not 1 <= rate <= 1_000_000 for rate in rates):
+        raise argparse.ArgumentTypeError("each rate must be 1..1000000 datagrams per second")
+    return rates
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip failover and recovery")
@@ -378,6 +788,23 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=50)
     parser.add_argument("--blocked", type=float, default=20.0, help="seconds UDP stays cut")
     parser.add_argument("--clients", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help=f"client side on CPU {CLIENT_CPU}, ocserv and iperf3 -s on CPU {SERVER_CPU}",
+    )
+    parser.add_argument(
+        "--udp-rates",
+        type=rates_arg,
+        default=UDP_RATES,
+        metavar="PPS,...",
+        help="offered rates of the UDP packet-rate runs ('' skips them; default "
+        + ",".join(map(str, UDP_RATES))
+        + ")",
+    )
+    parser.add_argument(
+        "--udp-seconds", type=float, default=3.0, help="duration of each UDP rate (<= 10)"
+    )
     parser.add_argument(
         "--sepconnect-arg",
         action="append",
@@ -392,6 +819,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (it builds network namespaces)", file=sys.stderr)
         return 2
+    if args.pin:
+        usable = os.sched_getaffinity(0)
+        if not {CLIENT_CPU, SERVER_CPU} <= usable or shutil.which("taskset") is None:
+            print(f"--pin needs CPUs {CLIENT_CPU} and {SERVER_CPU} (this process may use "
+                  f"{sorted(usable)}) and taskset (util-linux)", file=sys.stderr)  # fmt: skip
+            return 2
     seconds = min(args.seconds, 10.0)
     results: dict[str, dict[str, list[float]]] = {k: {} for k in KINDS}
 
@@ -400,12 +833,20 @@ def main() -> int:
             results[kind].setdefault(key, []).append(value)
 
     with Lab(OcservOptions(dtls=True, dpd=10)) as lab:
+        bench = Bench(
+            lab,
+            seconds=seconds,
+            pings=args.pings,
+            udp_rates=args.udp_rates,
+            udp_seconds=min(args.udp_seconds, 10.0),
+            pinned=args.pin,
+        )
         for rep in range(args.repeat):
             order = args.clients if rep % 2 == 0 else list(reversed(args.clients))
             for kind in order:
                 print(f"run {rep + 1}/{args.repeat}: {kind} ...", file=sys.stderr, flush=True)
-                record(kind, lambda k=kind: run_dtls(lab, k, seconds, args.pings))
-                record(kind, lambda k=kind: run_tls(lab, k, seconds))
+                record(kind, lambda k=kind: bench.run_dtls(k))
+                record(kind, lambda k=kind: bench.run_tls(k))
         if not args.quick:
             udp = UdpFilter(lab)
             for kind in args.clients:
@@ -417,9 +858,18 @@ def main() -> int:
         "repeat": args.repeat,
         "seconds": seconds,
         "cpus": os.cpu_count(),
+        "pin": {"client_cpu": CLIENT_CPU, "server_cpu": SERVER_CPU} if args.pin else None,
+        # Cpus_allowed_list values seen on every thread, read back after every run
+        "affinity_seen": {name: sorted(seen) for name, seen in bench.affinity.items()},
+        "udp_rates": list(bench.udp_rates),
+        "udp_seconds": bench.udp_seconds,
+        "udp_payload_bytes": UDP_PAYLOAD,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     text = table(results, meta)
+    packets = packet_table(results, meta)
+    if packets:
+        text += "\n\n" + packets
     print(text)
     doc = {
         "meta": meta,
@@ -432,7 +882,7 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"results written to {args.json}", file=sys.stderr)
     if args.png:
-        print(chart(results, args.png), file=sys.stderr)
+        print(chart(results, meta, args.png), file=sys.stderr)
     return 0
 
 

@@ -25,8 +25,6 @@ alternately. Without it the installed package is measured. Needs valgrind; no ro
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import itertools
 import os
 import re
@@ -73,7 +71,7 @@ class IdleStream:
     """The TLS stream of the DTLS scenarios: never carries anything."""
 
     cipher = "TLSv1.3 (idle)"
-    has_output = may_have_output = False
+    has_output = may_have_output = reading_blocked = False
 
     def __init__(self) -> None:
         self.sock, self._peer = socket.socketpair()
@@ -106,48 +104,11 @@ class IdleChannel:
 
 def _tls_pair() -> tuple[Any, Any, socket.socket]:
     """A TlsStream and the OpenSSL server at the other end of a socketpair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    from OpenSSL import SSL
+    from tls_pair import tls_pair  # tests/unit, on sys.path in main()
 
-    from sepconnect.worker.io.tls import TlsStream
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    server_ctx.use_certificate(cert)
-    server_ctx.use_privatekey(key)
-    server = SSL.Connection(server_ctx, None)
-    server.set_accept_state()
-    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    client_ctx.set_mode(0x1 | 0x2)  # as TlsStream.connect
-    client = SSL.Connection(client_ctx, None)
-    client.set_connect_state()
-    for _ in range(20):  # the handshake, BIO to BIO
-        for a, b in ((client, server), (server, client)):
-            with contextlib.suppress(SSL.WantReadError):
-                a.do_handshake()
-            with contextlib.suppress(SSL.WantReadError):
-                b.bio_write(a.bio_read(65536))
-    ours, theirs = socket.socketpair()
-    for s in (ours, theirs):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.setblocking(False)
-    return TlsStream(ours, client), server, theirs
+    stream, server, theirs = tls_pair(socket_buffer=4 << 20)
+    theirs.setblocking(False)
+    return stream, server, theirs
 
 
 # The harness catches its exceptions in short functions: a traceback entry costs

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from lab import Lab  # noqa: E402
+from lab import Lab, descendants  # noqa: E402
 
 VENV = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
 SEPCONNECT = f"{VENV}/bin/sepconnect"
@@ -52,7 +52,9 @@ class Client:
                 argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
                         "--servercert", lab.server_cert_pin, "--control-socket", self.control,
                         "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
-                        "--state-dir", str(Path(lab.workdir, "helper-state")), lab.url]  # fmt: skip
+                        "--session-log", str(Path(lab.workdir, "session.jsonl")),
+                        "--state-dir", str(Path(lab.workdir, f"state-{run}")),
+                        lab.url]  # fmt: skip
                 self.proc = lab.popen_in(lab.client_ns, *argv, stdin=subprocess.PIPE,
                                          stderr=log)  # fmt: skip
                 assert self.proc.stdin is not None
@@ -75,7 +77,7 @@ class Client:
                           else None, timeout=15)  # fmt: skip
 
     def descendant(self, title: str) -> int | None:
-        for pid in _descendants(self.proc.pid):
+        for pid in descendants(self.proc.pid):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
@@ -83,19 +85,6 @@ class Client:
             if cmdline.replace(b"\0", b" ").strip() == title.encode():
                 return pid
         return None
-
-
-def _descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError:
-        return out
-    for task in tasks:
-        for child in (task / "children").read_text().split():
-            out.append(int(child))
-            out.extend(_descendants(int(child)))
-    return out
 
 
 def wait_ping(lab: Lab, limit: float) -> float | None:

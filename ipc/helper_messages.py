@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.fields import IpNetwork, Mtu, Reason, Seq
+from sepconnect.ipc.fields import IpAddress, IpNetwork, Mtu, Reason, Seq
 from sepconnect.ipc.limits import IFNAME, MAX_ROUTES
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
@@ -18,12 +18,17 @@ from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Message):
-    """First message; the helper refuses everything before it."""
+    """First message; the helper refuses everything before it.
+
+    ``gateway``: the VPN server's address, resolved by the launcher before any worker
+    ran. The helper keeps it for the session and refuses a NetConfig naming another:
+    neither a worker nor a server chooses what is routed around the tunnel."""
 
     op: ClassVar[str] = "hello"
     seq: Seq
     proto: Annotated[int, Range(1, 1)]
     role: Literal["supervisor"]
+    gateway: IpAddress
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +61,8 @@ class NetConfig(Message):
 class ScriptEvent(Message):
     """The supervisor's news for a vpnc-script: the worker is about to reconnect
     (``attempt-reconnect``) or has reconnected (``reconnect``). Without
-    ``--script`` the helper answers Done and does nothing."""
+    ``--script`` the helper answers Done and does nothing; a ``reconnect`` run that
+    fails is refused (the session ends)."""
 
     op: ClassVar[str] = "script_event"
     seq: Seq

@@ -37,6 +37,8 @@ NOT_PRINTABLE: Final = re.compile(f"[{_NOT_PRINTABLE_CHARS}]")
 (C0 and C1, DEL) but the newline, and the bidirectional-text controls (Trojan Source)."""
 PRINTABLE_TEXT: Final = f"[^{_NOT_PRINTABLE_CHARS}]*"
 """The pattern of text for people (a banner): printable, newlines allowed."""
+PRINTABLE_LINE: Final = f"[^{_NOT_PRINTABLE_CHARS}\n]*"
+"""One line of text for people (a prompt's label): printable, no newline."""
 
 IFNAME_MAX: Final = 15
 """The longest interface name the kernel takes (IFNAMSIZ less its NUL)."""
@@ -61,6 +63,31 @@ CIPHER_LIST: Final = (
 
 DNS_BACKENDS: Final = ("auto", "resolved", "resolvconf", "file", "none")
 """``--dns-backend``: how the tunnel's DNS is applied (privhelper/dns.py), root's choice."""
+MAX_CAFILE: Final = 60_000
+"""``--cafile``: the most bytes of PEM the launcher reads and the Start message carries."""
+
+MAX_CLIENT_CERT_FILE: Final = 32_768
+"""``--certificate``: the certificate file (PEM or DER, with its chain, perhaps its key;
+or PKCS#12), as read by the launcher and carried in the Start message."""
+
+MAX_CLIENT_KEY_FILE: Final = 16_384
+"""``--sslkey``: the key file (PEM or DER, PKCS#1, SEC1 or PKCS#8, perhaps encrypted);
+an RSA-8192 key in encrypted PEM has ~6.6 KB."""
+
+MAX_KEY_PASSWORD: Final = 1024
+"""``--key-password``: the longest password for the key."""
+
+MAX_START_FILES: Final = 60_000
+"""--cafile, --certificate and --sslkey together: with the rest of the Start message they
+stay under the codec's 64 KiB (ipc/wire.py MAX_MSG)."""
+
+FORM_NAME: Final = r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}"
+"""A login form field's name, whole: the subset of XML names the worker writes back as
+an element name (``<password>…</password>``), so that nothing can break out of it."""
+
+FORM_ID: Final = r"[A-Za-z0-9_.\-]{1,64}"
+"""A login form's id (``<auth id="main">``) as ``--form-entry FORM:FIELD=VALUE`` names it:
+no ``:`` or ``=``, which separate the parts of that option."""
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 

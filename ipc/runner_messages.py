@@ -20,9 +20,19 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from sepconnect.ipc.fields import Domain, IpAddress
 from sepconnect.ipc.limits import IFNAME, MAX_DNS, MAX_DOMAINS
-from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
+from sepconnect.ipc.wire import MAX_MSG, Codec, Length, Match, Message, Range
 
 ScriptReason = Literal["pre-init", "connect", "disconnect", "reconnect", "attempt-reconnect"]
+
+MAX_SCRIPT_ENV: Final = MAX_MSG - 512
+"""The most bytes of a vpnc-script environment (``NAME=value`` items separated by NUL
+bytes) the root runner takes: one :class:`RunScript` message, whose other fields fit in
+the rest of ``MAX_MSG``. The helper's policy refuses a configuration whose environment
+would be larger (privhelper/script.py check_script_env), so a script never runs without
+its configuration. execve(2) takes any environment this size whatever the stack limit:
+each string is below MAX_ARG_STRLEN (128 KiB), and strings, pointers (8 bytes per item,
+every item at least 9 bytes long), PATH and the script's path stay below the 128 KiB
+(ARG_MAX) it always allows."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +41,7 @@ class RunScript(Message):
 
     op: ClassVar[str] = "run_script"
     reason: ScriptReason
-    env: Annotated[bytes, Length(0, 60_000)]
+    env: Annotated[bytes, Length(0, MAX_SCRIPT_ENV)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

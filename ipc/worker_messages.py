@@ -9,7 +9,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, ClassVar, Literal
 
-from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, IFNAME_MAX, MAX_CIPHER_LIST, PRINTABLE_TEXT
+from sepconnect.ipc.fields import IpAddress
+from sepconnect.ipc.limits import (
+    CIPHER_LIST,
+    FORM_ID,
+    FORM_NAME,
+    IFNAME,
+    IFNAME_MAX,
+    MAX_BANNER,
+    MAX_CAFILE,
+    MAX_CIPHER_LIST,
+    MAX_CLIENT_CERT_FILE,
+    MAX_CLIENT_KEY_FILE,
+    MAX_KEY_PASSWORD,
+    PRINTABLE_LINE,
+    PRINTABLE_TEXT,
+)
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
@@ -28,9 +43,11 @@ FailureKind = Literal[
     "cookie_rejected",
     "need_input",
     "tun_lost",
+    "client_cert",
 ]
 """connection_lost may be retried with the cookie; terminated means the server ended
-the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl)."""
+the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl);
+client_cert: our own certificate or key cannot be used (not the server's refusal of it)."""
 
 Cookie = Annotated[str, Length(1, 512)]
 DtlsCipherList = Annotated[str, Length(1, MAX_CIPHER_LIST), Match(CIPHER_LIST)]
@@ -43,14 +60,15 @@ class Start(Message):
     op: ClassVar[str] = "start"
     proto: Annotated[int, Range(1, 1)]
     url: Annotated[str, Length(9, 2048)]
-    username: Annotated[str, Length(0, 256)]
-    passwords: Annotated[tuple[Annotated[str, Length(0, 1024)], ...], Length(0, 8)] = (
-        dataclasses.field(repr=False)
-    )
-    """Only for a worker that logs in: one resuming with ``cookie`` gets none."""
-    group: Annotated[str, Length(1, 256)] | None
-    servercert: Annotated[str, Length(8, 200)] | None
-    cafile_pem: Annotated[bytes, Length(1, 60_000)] | None
+    server_address: IpAddress
+    """The address to connect to: the launcher resolved the URL's host once (or took it
+    from --resolve), before any worker ran, and told the helper. The worker never
+    resolves it (F2)."""
+    servercerts: Annotated[tuple[Annotated[str, Length(8, 200)], ...], Length(0, 8)] = ()
+    """``--servercert`` pins: the server's certificate must match one of them."""
+    cafile_pem: Annotated[bytes, Length(1, MAX_CAFILE)] | None
+    system_trust: bool = True
+    """Trust the system store's CAs besides ``cafile_pem`` (not with --no-system-trust)."""
     base_mtu: Annotated[int, Range(1280, 9000)] | None
     mtu: Annotated[int, Range(576, 9000)] | None
     disable_ipv6: bool
@@ -64,6 +82,113 @@ class Start(Message):
     """X-DTLS-CipherSuite to send instead of our default (as openconnect --dtls-ciphers)."""
     dtls12_ciphers: DtlsCipherList | None = None
     """X-DTLS12-CipherSuite to send instead of our default."""
+    client_cert: Annotated[bytes, Length(1, MAX_CLIENT_CERT_FILE)] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    """The ``--certificate`` file as read by the launcher (PEM, DER or PKCS#12); the
+    worker parses it. Sent to every worker: a server may ask for it on each connection."""
+    client_key: Annotated[bytes, Length(1, MAX_CLIENT_KEY_FILE)] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    """The ``--sslkey`` file's bytes (None: the key is in ``client_cert``, or no key)."""
+    key_password: Annotated[str, Length(0, MAX_KEY_PASSWORD)] | None = dataclasses.field(
+        default=None, repr=False
+    )
+    """The password of the key (or of the PKCS#12 file)."""
+    authenticate: bool = False
+    """Log in, report :class:`LoggedIn` and exit: no CONNECT, no tunnel (--authenticate)."""
+
+
+Label = Annotated[str, Length(0, 256), Match(PRINTABLE_LINE)]
+FieldName = Annotated[str, Length(1, 64), Match(FORM_NAME)]
+MAX_FORM_FIELDS = 32
+MAX_FORM_TEXT = 12_000
+"""Characters of labels and option values in one LoginForm: at most 4 bytes each in
+UTF-8, so that the form fits one message (wire.MAX_MSG) with room to spare."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FormChoice(Message):
+    """One option of a select field: the value sent back, the label shown, and whether
+    the server marked it selected (the choice for a form that asks only for the group)."""
+
+    op: ClassVar[str] = "form_choice"
+    value: Label
+    label: Label
+    selected: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginField(Message):
+    """One field of a login form someone must answer (the worker answers hidden ones)."""
+
+    op: ClassVar[str] = "login_field"
+    kind: Literal["text", "password", "select"]
+    name: FieldName
+    label: Label
+    choices: Annotated[tuple[FormChoice, ...], Length(0, 256)] = ()
+
+    def __post_init__(self) -> None:
+        if (self.kind == "select") != bool(self.choices):
+            raise ValueError(f"field {self.name}: choices belong to a select, which has some")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginForm(Message):
+    """Worker → supervisor: the server's login form, to be answered with
+    :class:`LoginAnswers`. The supervisor holds the passwords, the one-time-code secret
+    and the terminal; the worker holds the connection and the form's hidden fields."""
+
+    op: ClassVar[str] = "login_form"
+    form_id: Annotated[str, Length(0, 64), Match(f"(?:{FORM_ID})?")]
+    """The form's ``<auth id>`` ("" if the server gave none usable): --form-entry's FORM."""
+    banner: Annotated[str, Length(1, MAX_BANNER), Match(PRINTABLE_TEXT)] | None
+    message: Annotated[str, Length(1, 1024), Match(PRINTABLE_TEXT)] | None
+    error: Annotated[str, Length(1, 1024), Match(PRINTABLE_TEXT)] | None
+    fields: Annotated[tuple[LoginField, ...], Length(1, MAX_FORM_FIELDS)]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError("a field name appears twice")
+        text = sum(len(f.label) + sum(len(c.value) + len(c.label) for c in f.choices)
+                   for f in self.fields)  # fmt: skip
+        if text > MAX_FORM_TEXT:
+            raise ValueError(f"more than {MAX_FORM_TEXT} characters of labels and options")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FieldAnswer(Message):
+    op: ClassVar[str] = "field_answer"
+    name: FieldName
+    value: Annotated[str, Length(0, 1024)] = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoginAnswers(Message):
+    """Supervisor → worker: an answer to each field of the LoginForm it sent last."""
+
+    op: ClassVar[str] = "login_answers"
+    answers: Annotated[tuple[FieldAnswer, ...], Length(1, MAX_FORM_FIELDS)]
+    group: Annotated[str, Length(1, 256)] | None = None
+    """--authgroup, for ``<group-select>`` when the form has no group list: ocserv takes
+    a group of the user's (plain auth) that it does not list."""
+
+
+PIN_SHA256 = r"pin-sha256:[A-Za-z0-9+/]{43}="
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedIn(Message):
+    """Worker → supervisor, with ``Start.authenticate``: the login succeeded; the worker
+    exits next without logging off, so that the cookie stays valid (--authenticate)."""
+
+    op: ClassVar[str] = "logged_in"
+    cookie: Cookie = dataclasses.field(repr=False)
+    address: IpAddress
+    """The server's address the worker logged in at (openconnect's HOST and RESOLVE)."""
+    server_pin: Annotated[str, Match(PIN_SHA256)]
+    """The server certificate's ``pin-sha256:`` pin (openconnect's FINGERPRINT)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +254,8 @@ class WorkerStatus(Message):
     """Worker → supervisor: which channel carries data, and the counters.
 
     Sent in answer to QueryStatus, and unasked whenever the data channel changes
-    (DTLS up, fallback to TLS).
+    (DTLS up, fallback to TLS) and once when packets have first moved both ways on a
+    connection (the supervisor's crash-loop guard: supervisor/policy.py, HEALTHY_AFTER).
     """
 
     op: ClassVar[str] = "worker_status"
@@ -144,17 +270,28 @@ class WorkerStatus(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Hold(Message):
-    """Supervisor → carrying worker: a replacement is connecting with the cookie (rekey).
+class Lost(Message):
+    """Worker → supervisor: the connection to the server is lost (reset, closed, DPD).
 
-    The server will drop this worker's connection when the new one arrives; the worker
-    must then report the loss, not reconnect in place (which would take the session
-    back from its replacement).
+    The worker keeps the tun and waits for the supervisor's decision (its session
+    machine holds the whole recovery policy): a :class:`Reconnect` (in place, with the
+    cookie) or a :class:`Stop`. Any other end of the session is a :class:`Failed`, after
+    which the worker exits.
     """
 
-    op: ClassVar[str] = "hold"
+    op: ClassVar[str] = "lost"
+    message: Annotated[str, Length(1, 500), Match(PRINTABLE_TEXT)]
 
 
-TO_WORKER = Codec(Start, TunHandoff, Stop, QueryStatus, Hold)
-FROM_WORKER = Codec(TunnelUp, Failed, Stopped, WorkerStatus)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Reconnect(Message):
+    """Supervisor → worker that reported :class:`Lost`: connect again with this cookie,
+    keeping the tun; report :class:`TunnelUp` (then carry on) or :class:`Failed`."""
+
+    op: ClassVar[str] = "reconnect"
+    cookie: Cookie = dataclasses.field(repr=False)
+
+
+TO_WORKER = Codec(Start, LoginAnswers, TunHandoff, Stop, QueryStatus, Reconnect)
+FROM_WORKER = Codec(LoginForm, LoggedIn, TunnelUp, Failed, Lost, Stopped, WorkerStatus)
 FD_TO_WORKER = frozenset({TunHandoff.op})

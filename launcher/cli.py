@@ -10,7 +10,6 @@ session.py, the control commands remote.py (neither is loaded as root).
 from __future__ import annotations
 
 import argparse
-import getpass
 import grp
 import ipaddress
 import os
@@ -19,9 +18,11 @@ import socket
 import stat
 import subprocess
 import sys
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from sepconnect import __version__
-from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, check_ifname
+from sepconnect import __version__, client_cert, credentials
+from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.accounts import (
     HELPER_ACCOUNT,
@@ -35,11 +36,38 @@ from sepconnect.process.accounts import (
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.spawner_start import SpawnerSetupError, open_spawner
+
+if TYPE_CHECKING:
+    from sepconnect.ipc.worker_messages import Start
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
+DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
 DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
-_MAX_CAFILE = 60_000
+
+
+class Unreachable(Exception):
+    """The VPN server's name does not resolve (exit UNREACHABLE)."""
+
+
+def resolve_server(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The VPN server's address, once, as root before anything else runs (as openconnect,
+    the first answer). The helper is told it and refuses any other gateway; the worker
+    connects to exactly this address and never resolves the name itself."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise UsageError(f"bad port in server URL {url!r}") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Unreachable(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    if not infos:
+        raise Unreachable(f"cannot resolve {host}")
+    return ipaddress.ip_address(str(infos[0][4][0]).partition("%")[0])
 
 
 class UsageError(Exception):
@@ -75,18 +103,70 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("-g", "--authgroup", metavar="GROUP", help="choose this login group")
     c.add_argument(
+        "--form-entry",
+        metavar="FORM:FIELD=VALUE",
+        action="append",
+        default=[],
+        help="answer the field FIELD of the server's login form FORM with VALUE (repeatable; "
+        "as openconnect; VALUE is visible in ps until the session starts: give passwords "
+        "on stdin or in --credentials-file)",
+    )
+    c.add_argument(
+        "--non-inter",
+        action="store_true",
+        help="never ask on the terminal: a login field without an answer ends the login",
+    )
+    c.add_argument(
+        "--token-mode",
+        choices=("totp", "hotp"),
+        help="answer the server's one-time-code prompt with a code computed from "
+        "--token-secret (a fresh one for every login)",
+    )
+    c.add_argument(
+        "--token-secret",
+        metavar="SECRET|@FILE",
+        help="the token's secret in openconnect's syntax (base32:…, 0x<hex>, optionally "
+        "sha256: or sha512: first, and ,COUNTER for hotp), or @FILE to read it from FILE "
+        "(as --credentials-file; hotp writes each new counter back to it)",
+    )
+    c.add_argument(
+        "--authenticate",
+        action="store_true",
+        help="log in, print COOKIE, HOST, CONNECT_URL, FINGERPRINT and RESOLVE as shell "
+        "assignments (as openconnect --authenticate) and exit; no tunnel, no helper; "
+        "root is not needed",
+    )
+    c.add_argument(
+        "--resolve",
+        metavar="HOST:IP",
+        help="connect to IP instead of looking up HOST, the server URL's host (as openconnect; "
+        "--authenticate prints it as RESOLVE)",
+    )
+    c.add_argument(
+        "--cookie-on-stdin",
+        action="store_true",
+        help="connect with the session cookie on standard input instead of logging in "
+        "(webvpn=…, as openconnect --authenticate prints COOKIE)",
+    )
+    c.add_argument(
         "--servercert",
         metavar="PIN",
+        action="append",
         help="accept only the server certificate with this pin: pin-sha256:<base64 of the "
         "SHA-256 of its public key> or sha256:<hex of the SHA-256 of the certificate>; "
-        "replaces chain and hostname verification",
+        "replaces chain and hostname verification (repeatable: any of the pins)",
     )
     c.add_argument(
         "--cafile",
         metavar="FILE",
-        help="verify the server against the CA certificates in this PEM file instead of the "
-        "system store",
+        help="also trust the CA certificates in this PEM file, besides the system store",
     )
+    c.add_argument(
+        "--no-system-trust",
+        action="store_true",
+        help="do not trust the system store's CAs: only --cafile's",
+    )
+    client_cert.add_options(c)
     c.add_argument(
         "-i", "--interface", metavar="IFNAME", help="name of the tun device (default: sepc0, …)"
     )
@@ -131,7 +211,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=DEFAULT_AUDIT_LOG,
         help=f"where the privileged helper appends its audit records "
-        f"(default: {DEFAULT_AUDIT_LOG})",
+        f"(default: {DEFAULT_AUDIT_LOG}); only the helper writes it",
+    )
+    c.add_argument(
+        "--session-log",
+        metavar="FILE",
+        default=DEFAULT_SESSION_LOG,
+        help=f"where the supervisor appends its own events (connect, disconnect, login "
+        f"failures, worker crashes; default: {DEFAULT_SESSION_LOG})",
     )
     c.add_argument(
         "--no-routes",
@@ -182,6 +269,12 @@ def _parser() -> argparse.ArgumentParser:
         "start as the service account, not root",
     )
     c.add_argument(
+        "--spawner-socket",
+        metavar="PATH",
+        help="with --helper-socket: have the worker spawner listening at PATH "
+        "(sepconnect-spawner.socket) run the workers under their own account",
+    )
+    c.add_argument(
         "--credentials-file",
         metavar="FILE",
         help="read the password (and further answers, one per line) from FILE instead of "
@@ -197,8 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--always-on",
         action="store_true",
-        help="for kiosks: log in again when the server ends the session (needs a password "
-        "given non-interactively)",
+        help="for kiosks: log in again when the server ends the session (needs a password, "
+        "form entry or token given non-interactively)",
     )
     c.add_argument(
         "--control-socket",
@@ -234,57 +327,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_credentials_file(path: str) -> tuple[str, ...]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"--credentials-file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
-            raise UsageError(
-                f"--credentials-file {path}: must be a regular file owned by root (or by the "
-                "account sepconnect runs as), mode 0600 or stricter"
-            )
-        data = f.read(64 * 1024)
-    lines = data.decode("utf-8", "strict").splitlines()
-    if not 1 <= len(lines) <= 8:
-        raise UsageError(f"--credentials-file {path}: 1 to 8 lines")
-    return tuple(lines)
-
-
-def _read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
-    if args.credentials_file:
-        return _read_credentials_file(args.credentials_file)
-    if args.passwd_on_stdin:
-        data = sys.stdin.read(64 * 1024)
-        lines = data.splitlines()
-        if len(lines) > 8:
-            raise UsageError("--passwd-on-stdin: at most 8 lines")
-        return tuple(lines)
-    if sys.stdin.isatty():
-        return (getpass.getpass("Password: "),)
-    return ()
-
-
 def _read_cafile(path: str | None) -> bytes | None:
     if path is None:
         return None
     try:
         with open(path, "rb") as f:
-            data = f.read(_MAX_CAFILE + 1)
+            data = f.read(MAX_CAFILE + 1)
     except OSError as exc:
         raise UsageError(f"--cafile {path}: {exc.strerror}") from None
-    if len(data) > _MAX_CAFILE:
-        raise UsageError(f"--cafile {path}: larger than {_MAX_CAFILE} bytes")
+    if len(data) > MAX_CAFILE:
+        raise UsageError(f"--cafile {path}: larger than {MAX_CAFILE} bytes")
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise UsageError(f"--cafile {path}: no PEM certificate in it")
     return data
 
 
+def _resolve_address(
+    args: argparse.Namespace,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """--resolve HOST:IP (as openconnect: HOST up to the first colon, or in brackets) for
+    the URL's host."""
+    if args.resolve is None:
+        return None
+    value = args.resolve
+    if value.startswith("["):  # an IPv6 literal host, as --authenticate prints RESOLVE for one
+        host, _, address = value[1:].partition("]:")
+    else:
+        host, _, address = value.partition(":")
+    try:
+        ip = ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
+        url_host = urlsplit(args.url).hostname or ""
+    except ValueError:
+        raise UsageError(f"--resolve {args.resolve!r}: expected HOST:IP") from None
+    if host.lower() != url_host:
+        raise UsageError(f"--resolve {args.resolve!r}: HOST must be the URL's host, {url_host}")
+    return ip
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if not args.url.startswith("https://"):
         raise UsageError(f"the server URL must start with https://, got {args.url!r}")
+    _resolve_address(args)
     if args.interface is not None:
         try:
             check_ifname(args.interface)
@@ -302,6 +385,13 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and not re.fullmatch(CIPHER_LIST, value):
             raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
+    if args.spawner_socket is not None and args.helper_socket is None:
+        raise UsageError("--spawner-socket goes with --helper-socket (the split units)")
+    if args.helper_socket is not None and args.spawner_socket is None:
+        raise UsageError(
+            "--helper-socket needs --spawner-socket: started as the service account, we "
+            "cannot run the workers under an account of their own (the spawner's unit does)"
+        )
     if args.allow_exclude and not args.fail_closed:
         raise UsageError("--allow-exclude goes with --fail-closed")
     for prefix in args.allow_exclude:
@@ -313,13 +403,18 @@ def _check_args(args: argparse.Namespace) -> None:
             ) from None
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
-    if args.servercert is not None:
+    if args.servercert:
         from sepconnect.ipc.servercert import ServerPin  # no cryptography import
 
-        try:
-            ServerPin.parse(args.servercert)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        if len(args.servercert) > 8:
+            raise UsageError("--servercert: at most 8 pins")
+        for pin in args.servercert:
+            try:
+                ServerPin.parse(pin)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+    if args.no_system_trust and args.cafile is None and not args.servercert:
+        raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
 
 
 def _open_audit_dir(path: str) -> None:
@@ -387,13 +482,14 @@ def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> lis
     return argv
 
 
-def _open_session_audit(path: str) -> int:
-    """Open the audit log for the supervisor's own events while we are still root
-    (the audit module itself is imported once the first worker runs)."""
+def _open_session_log(path: str) -> int:
+    """Open the supervisor's own event log while we are still root (the audit module
+    itself is imported once the first worker runs). Not the helper's audit log: an
+    O_APPEND fd does not stop ftruncate, so the supervisor gets no fd of that file."""
     try:
         return open_log(path)
     except OSError as exc:
-        raise UsageError(f"--audit-log {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"--session-log {path}: {exc.strerror or exc}") from None
 
 
 def _spawn_helper(
@@ -423,8 +519,68 @@ def _spawn_helper(
     )
 
 
+def _read_login(args: argparse.Namespace) -> credentials.LoginInput:
+    try:
+        return credentials.read_login(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _read_client_cert(
+    args: argparse.Namespace, cafile_pem: bytes | None
+) -> client_cert.ClientCertFiles:
+    try:  # as root, and the key's password before --passwd-on-stdin's lines
+        return client_cert.read_client_cert(args, len(cafile_pem or b""))
+    except client_cert.OptionError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def server_address_of(args: argparse.Namespace) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The one address the session talks to: --resolve's for the URL's host, else the
+    name looked up once (:func:`resolve_server`)."""
+    given = _resolve_address(args)
+    return resolve_server(args.url) if given is None else given
+
+
+def _start_message(
+    args: argparse.Namespace,
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    cafile_pem: bytes | None,
+    client_files: client_cert.ClientCertFiles,
+    *,
+    authenticate: bool = False,
+) -> Start:
+    from sepconnect.ipc.worker_messages import Start
+
+    return Start(
+        proto=1,
+        url=args.url,
+        server_address=server_address,
+        servercerts=tuple(args.servercert or ()),
+        cafile_pem=cafile_pem,
+        system_trust=not args.no_system_trust,
+        client_cert=client_files.cert,
+        client_key=client_files.key,
+        key_password=client_files.password,
+        base_mtu=args.base_mtu,
+        mtu=args.mtu,
+        disable_ipv6=args.disable_ipv6,
+        no_dtls=args.no_dtls,
+        dtls_ciphers=args.dtls_ciphers,
+        dtls12_ciphers=args.dtls12_ciphers,
+        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+        verbose=min(args.verbose, 4),
+        authenticate=authenticate,
+    )
+
+
 def connect(args: argparse.Namespace) -> ExitCode:
     _check_args(args)
+    if args.authenticate:
+        from sepconnect.authenticate import authenticate_only
+
+        return authenticate_only(args)
+    server_address = server_address_of(args)
     as_root = os.geteuid() == 0
     helper_user = ("", 0, 0)  # the helper's account: ours to choose when we start it
     if args.helper_socket is not None:
@@ -444,17 +600,26 @@ def connect(args: argparse.Namespace) -> ExitCode:
         except AccountError as exc:
             raise UsageError(str(exc)) from None
     cafile_pem = _read_cafile(args.cafile)
-    username = args.user
-    if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
-        username = input("Username: ")
-    passwords = _read_passwords(args)
+    client_files = _read_client_cert(args, cafile_pem)
+    login = _read_login(args)  # after the key's password: both may come on standard input
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
+        if os.path.realpath(args.session_log) == os.path.realpath(args.audit_log):
+            raise UsageError("--session-log must not be the helper's --audit-log")
         _open_audit_dir(args.audit_log)
-        audit_fd = _open_session_audit(args.audit_log)
+        _open_audit_dir(args.session_log)
+        audit_fd = _open_session_log(args.session_log)
     # else: the helper's unit keeps the audit log; our own events go to the journal.
     _prepare_control_dir(args.control_socket, uid, gid)
+    # First, so that its start-up overlaps the helper's: the workers' own account.
+    spawner_proc, spawner_sock, first_channel = open_spawner(
+        args.spawner_socket,
+        uid,
+        gid,
+        helper_uid=helper_user[1] if helper_user[1] else None,
+        allow_weak_sandbox=args.allow_weak_sandbox,
+    )
     helper: subprocess.Popen[bytes] | None = None
     if args.helper_socket is not None:
         from sepconnect.session import connect_helper
@@ -479,10 +644,22 @@ def connect(args: argparse.Namespace) -> ExitCode:
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
     # The session, from modules no root ever loads: the supervisor (launcher/session.py).
-    from sepconnect.session import run
+    from sepconnect.session import Spawner, run
 
-    login = (username or "", passwords, cafile_pem)
-    return run(args, ours, helper, (account, uid, gid), helper_user, control_gid, audit_fd, login)
+    spawner = Spawner(spawner_proc, spawner_sock, first_channel)
+    return run(
+        args,
+        ours,
+        helper,
+        spawner,
+        (account, uid, gid),
+        helper_user,
+        control_gid,
+        audit_fd,
+        # built after the drop: the message's schema is none of the root phase's code
+        lambda: _start_message(args, server_address, cafile_pem, client_files),
+        login,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,9 +671,12 @@ def main(argv: list[str] | None = None) -> int:
             from sepconnect.remote import control
 
             return int(control(args))
-    except UsageError as exc:
+    except (UsageError, SpawnerSetupError) as exc:
         print(f"sepconnect: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
+    except Unreachable as exc:
+        print(f"sepconnect: {exc}", file=sys.stderr)
+        return int(ExitCode.UNREACHABLE)
     except KeyboardInterrupt:
         return int(ExitCode.ERROR)
     return int(ExitCode.USAGE)

@@ -9,43 +9,69 @@ own start (``--helper-socket``: started as the service account, never root).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import grp
 import os
 import pwd
 import socket
 import subprocess
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sepconnect.cli import UsageError
-from sepconnect.process import programs
 from sepconnect.process.exitcodes import ExitCode
+from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
+
+if TYPE_CHECKING:
+    from sepconnect.credentials import LoginInput
+    from sepconnect.ipc.worker_messages import Start
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Spawner:
+    """The worker spawner as the root phase left it (launcher/spawner_start.py): the
+    process it started (None: the split units' socket), our end of its channel, and
+    our end of the first worker's channel if it started one at once."""
+
+    proc: subprocess.Popen[bytes] | None
+    sock: socket.socket
+    first_channel: socket.socket | None
 
 
 def run(
     args: argparse.Namespace,
     ours: socket.socket,
     helper: subprocess.Popen[bytes] | None,
+    spawner_setup: Spawner,
     account: tuple[str, int, int],
     helper_user: tuple[str, int, int],
     control_gid: int | None,
     audit_fd: int | None,
-    login: tuple[str, tuple[str, ...], bytes | None],
+    start_message: Callable[[], Start],
+    login: LoginInput,
 ) -> ExitCode:
     """The session as the supervisor; its exit code."""
     name, uid, gid = account
-    username, passwords, cafile_pem = login
-    # The first worker starts now, before the supervisor's own modules load (~60 ms):
-    # the worker's start-up (Python, imports: ~0.15 s) is the longest item of the
-    # connect time, and it reads its `start` only once its imports are done.
-    first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = programs.start_worker(
-        allow_weak_sandbox=args.allow_weak_sandbox
-    )
+    # The first worker starts before the supervisor's own modules load (~60 ms): the
+    # worker's start-up (Python, imports: ~0.15 s) is the longest item of the connect
+    # time, and it reads its `start` only once its imports are done. The spawner we
+    # started starts it at once; one of the split units' is asked now (as the
+    # supervisor's uid, which it checks).
+    spawner = SpawnerClient(spawner_setup.sock)
+    first_worker: tuple[WorkerProcess, socket.socket] | None = None
+    if spawner_setup.first_channel is not None:
+        first_worker = spawner.started_at_exec(spawner_setup.first_channel)
+    else:
+        with contextlib.suppress(SpawnerGone):  # the supervisor's first spawn fails too
+            first_worker = spawner.spawn(allow_weak_sandbox=args.allow_weak_sandbox)
     set_title("sepconnect: supervisor")
     if audit_fd is not None:
         from sepconnect.supervisor import audit as session_audit
 
         session_audit.configure(audit_fd)
-    from sepconnect.ipc.worker_messages import Start
+    from sepconnect.credentials import answer_sources
     from sepconnect.supervisor.helper_client import HelperClient
     from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
 
@@ -54,23 +80,8 @@ def run(
         if helper is not None:
             log(f"the privileged helper runs as {helper_user[0]} (uid {helper_user[1]})")
     try:
-        start = Start(
-            proto=1,
-            url=args.url,
-            username=username,
-            passwords=passwords,
-            group=args.authgroup,
-            servercert=args.servercert,
-            cafile_pem=cafile_pem,
-            base_mtu=args.base_mtu,
-            mtu=args.mtu,
-            disable_ipv6=args.disable_ipv6,
-            no_dtls=args.no_dtls,
-            dtls_ciphers=args.dtls_ciphers,
-            dtls12_ciphers=args.dtls12_ciphers,
-            hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-            verbose=min(args.verbose, 4),
-        )
+        start = start_message()
+        answers, codes, terminal = answer_sources(args, login)
         options = Options(
             always_on=args.always_on,
             reconnect_timeout=args.reconnect_timeout,
@@ -79,16 +90,25 @@ def run(
             control_gid=control_gid,
             allow_weak_sandbox=args.allow_weak_sandbox,
             tun_offload=not args.no_tun_offload,
+            answers=answers,
+            codes=codes,
+            terminal=terminal,
+            cookie=login.cookie,
         )
         VERBOSITY[0] = args.verbose
-        supervisor = Supervisor(HelperClient(ours), start, options, first_worker)
+        supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
         if first_worker is not None:  # we failed before the supervisor took it
-            first_worker[1].close()  # it exits when it finds its channel closed
-            first_worker[0].wait()
+            first_worker[1].close()  # the spawner kills it when we close its channel
+        spawner.close()  # the spawner exits, killing any worker still there
         ours.close()
+        if spawner_setup.proc is not None:
+            try:
+                spawner_setup.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log("the worker spawner did not exit")
         if helper is not None:
             try:
                 helper.wait(timeout=10)

@@ -13,8 +13,14 @@ for them. Two modes:
   tun), ``connect`` (the first NetConfig, and again after a ``disconnect`` when
   a later NetConfig differs), ``attempt-reconnect`` and ``reconnect``
   (ScriptEvent from the supervisor) and ``disconnect`` (teardown, and every
-  other way out). A script's exit status is audited and otherwise ignored, as
-  openconnect does.
+  other way out). Scripts never fail open: a configuration whose environment the
+  runner would not take is refused before any script runs
+  (script.check_script_env), and a ``connect`` or ``reconnect`` run that cannot
+  start or exits non-zero is refused (``connect`` after running ``disconnect`` to
+  undo what it did), which ends the session. openconnect ignores every exit
+  status; a failing ``pre-init`` or ``attempt-reconnect`` is audited and ignored
+  here too (neither configures the tunnel), a failing ``disconnect`` keeps the
+  state file for the next start.
 
 :func:`recover` undoes what crashed helpers left behind (bypass routes, nft tables).
 """
@@ -41,7 +47,7 @@ from sepconnect.privhelper.netconf import (
     route_from_record,
     route_record,
 )
-from sepconnect.privhelper.policy import Network, Refusal, check_kill_switch_excludes
+from sepconnect.privhelper.policy import Address, Network, Refusal, check_kill_switch_excludes
 from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process import statefile
@@ -90,7 +96,11 @@ class Helper:
         self.router: Router | None = None
         self.dns: Backend | None = None
         self.table: str | None = None
+        self.gateway: Address | None = None
         self.script_wanted: NetworkConfig | None = None
+        """What the script last configured (``connect`` ran for it), until ``disconnect``."""
+        self.undo_errors: list[str] = []
+        """What could not be undone; the cleanup keeps the state file for the next start."""
         self.vpnpid = 0
         self.state = None
         if options.state_dir is not None:
@@ -126,6 +136,15 @@ class Helper:
             raise Refusal("no tun")
         if self.options.fail_closed:
             check_kill_switch_excludes(wanted, self.options.allow_exclude)
+        if self.options.script is not None:
+            from sepconnect.privhelper.script import check_script_env
+
+            check_script_env(
+                wanted,
+                ifname=self.tun.name,
+                vpnpid=self.vpnpid,
+                log_level=self.options.log_level,
+            )
         left_out: dict[Network, str] = {}
         if self.options.script is None and not self.options.no_routes:
             # An exclude the host cannot route outside the tunnel stays in it; the
@@ -142,10 +161,16 @@ class Helper:
                 self._save(firewall=self.table)
         if self.options.script is not None:
             if wanted != self.script_wanted:
-                if self.script_wanted is not None:
-                    self._script("disconnect", self.script_wanted, self.tun.name)
+                self._script_disconnect()
                 self.script_wanted = wanted
-                self._script("connect", wanted, self.tun.name)
+                ran = self._script("connect", wanted, self.tun.name)
+                if ran.status != 0:
+                    # It may have done part of its work: undone now, as at teardown.
+                    undone = self._script_disconnect()
+                    raise Refusal(
+                        f"vpnc-script connect failed: {ran.note or ran.status}; "
+                        + ("disconnect run" if undone else "disconnect failed too")
+                    )
             return left_out
         routed = wanted
         if self.options.no_routes:
@@ -171,19 +196,18 @@ class Helper:
     def script_event(self, reason: str) -> None:
         if self.options.script is None or self.script_wanted is None or self.tun is None:
             return
-        self._script(reason, self.script_wanted, self.tun.name)
+        ran = self._script(reason, self.script_wanted, self.tun.name)
+        if ran.status != 0 and reason == "reconnect":
+            raise Refusal(f"vpnc-script reconnect failed: {ran.note or ran.status}")
 
     def teardown(self) -> None:
         self.cleanup()
 
     def cleanup(self) -> None:
-        """Remove what we installed, then close the tun (the device disappears). Idempotent."""
+        """Remove what we installed, then close the tun (the device disappears). Idempotent;
+        the state file stays if anything could not be undone, now or before."""
+        self._script_disconnect()  # before the tun goes; a failure joins undo_errors
         errors: list[str] = []
-        if self.script_wanted is not None and self.tun is not None:
-            ran = self._script("disconnect", self.script_wanted, self.tun.name)
-            if ran.status != 0:
-                errors.append(f"vpnc-script disconnect: {ran.note}")
-            self.script_wanted = None
         if self.dns is not None:
             errors += self.dns.revert()
         if self.router is not None:
@@ -194,14 +218,14 @@ class Helper:
 
             errors += firewall.delete(self.nft, self.table)
             self.table = None
+        self.undo_errors += errors
         if self.tun is not None or errors:
-            self.audit.record(
-                "cleanup", "info" if not errors else "fatal", "; ".join(errors)[:1000]
-            )
+            failures = "; ".join(self.undo_errors)[:1000]
+            self.audit.record("cleanup", "fatal" if failures else "info", failures)
         if self.tun is not None:
             os.close(self.tun.fd)
             self.tun = None
-        if self.state is not None and not errors:
+        if self.state is not None and not self.undo_errors:
             self.state.remove()
         for runner in (self.root, self.nft):
             if runner is not None:
@@ -236,13 +260,26 @@ class Helper:
             wanted=wanted,
         )
         ran = self.root.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
+        ignored = ran.status != 0 and reason in ("pre-init", "attempt-reconnect")
         self.audit.record(
             "script",
             "ok" if ran.status == 0 else "info",
-            ran.note + (" (ignored, as openconnect does)" if ran.status else ""),
+            ran.note + (" (ignored, as openconnect does)" if ignored else ""),
             {"reason": reason, "status": ran.status, "tundev": ifname},
         )
         return ran
+
+    def _script_disconnect(self) -> bool:
+        """``disconnect`` for what the script configured, if anything; False if it failed
+        (kept in :attr:`undo_errors`)."""
+        if self.script_wanted is None or self.tun is None:
+            return True
+        ran = self._script("disconnect", self.script_wanted, self.tun.name)
+        self.script_wanted = None
+        if ran.status != 0:
+            self.undo_errors.append(f"vpnc-script disconnect: {ran.note or ran.status}")
+            return False
+        return True
 
     def _bypass_records(self) -> list[dict[str, Any]]:
         if self.router is None:

@@ -210,6 +210,13 @@ def check_kill_switch_excludes(net: NetworkConfig, allowed: tuple[Network, ...])
         )
 
 
+def check_gateway(net: NetworkConfig, fixed: Address) -> None:
+    """The configuration names the VPN server's address the helper was given in Hello:
+    what is routed around the tunnel is not the worker's or the server's choice."""
+    if net.gateway != fixed:
+        raise Refusal(f"gateway {net.gateway}: not the VPN server's address {fixed}")
+
+
 def check_net_config(net: NetworkConfig) -> NetworkConfig:
     """Apply every value rule; raise :class:`Refusal` on the first one broken.
 
@@ -287,6 +294,9 @@ Reply = tuple[Message, int | None]
 class Host(Protocol):
     """The system operations the handlers may use (main.Helper; a fake in tests)."""
 
+    gateway: Address | None
+    """The VPN server's address from Hello, fixed for the session; None before."""
+
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         """Create the tun; return its name, its ifindex and a dup of its fd to send."""
 
@@ -295,7 +305,8 @@ class Host(Protocol):
         Return the excludes left out (no path outside the tunnel) and why."""
 
     def script_event(self, reason: str) -> None:
-        """Run the vpnc-script for ``reason`` if there is one; Refusal if it cannot run."""
+        """Run the vpnc-script for ``reason`` if there is one; Refusal if a ``reconnect``
+        run fails."""
 
     def teardown(self) -> None:
         """Remove everything installed and close the tun."""
@@ -323,7 +334,9 @@ def _as(msg: Message, cls: type[_M]) -> _M:
 
 def on_hello(host: Host, msg: Message) -> Reply:
     # The schema already pinned proto == PROTO_VERSION and role == "supervisor".
-    return Done(seq=_as(msg, Hello).seq), None
+    req = _as(msg, Hello)
+    host.gateway = check_unicast(req.gateway, "gateway")
+    return Done(seq=req.seq), None
 
 
 def on_create_tun(host: Host, msg: Message) -> Reply:
@@ -334,6 +347,9 @@ def on_create_tun(host: Host, msg: Message) -> Reply:
 
 def on_net_config(host: Host, msg: Message) -> Reply:
     req = _as(msg, NetConfig)
+    if host.gateway is None:  # only a mistake in POLICY can get here: Hello comes first
+        raise ProtocolViolation("net_config before hello")
+    check_gateway(req.net, host.gateway)
     left_out = host.net_config(check_net_config(req.net))
     notes = tuple(LeftOut(prefix=p, reason=r[:200]) for p, r in left_out.items())
     return NetApplied(seq=req.seq, left_out=notes), None

@@ -6,7 +6,9 @@ prefixes and numbers parsed by :mod:`ipaddress`, domains that passed
 :func:`policy.check_domain`, a banner of printable characters — plus what it
 knows itself (its tun's name, the supervisor's pid from SCM_CREDENTIALS). No
 raw server string reaches the environment. The runner (runner.py) checks each
-variable's name and value once more before it executes the script.
+variable's name and value once more before it executes the script; the helper's
+policy refuses, before any run, a configuration whose environment the runner would
+not take (:func:`check_script_env`), so a script never runs with less than it should.
 
 Differences from openconnect, all deliberate:
 
@@ -27,9 +29,13 @@ import ipaddress
 from collections.abc import Iterable
 
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.privhelper.policy import Network, full_tunnel
+from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV
+from sepconnect.ipc.script_env import check_env
+from sepconnect.privhelper.policy import Network, Refusal, full_tunnel
 
 MAX_SCRIPT_DNS = 3  # as openconnect
+SESSION_REASONS = ("connect", "attempt-reconnect", "reconnect", "disconnect")
+"""The reasons a script runs with a network configuration's environment."""
 
 
 def _routes(prefix: str, nets: Iterable[Network], v6: bool) -> list[tuple[str, str]]:
@@ -119,3 +125,24 @@ def script_env(
 def encode_env(env: list[tuple[str, str]]) -> bytes:
     """The runner's wire form: ``NAME=value`` items separated by NUL bytes."""
     return b"\0".join(f"{k}={v}".encode() for k, v in env)
+
+
+def check_script_env(wanted: NetworkConfig, *, ifname: str, vpnpid: int, log_level: int) -> None:
+    """Refusal unless the runner takes the environment of every run ``wanted`` would get:
+    built by :func:`script_env` itself, at most ``MAX_SCRIPT_ENV`` bytes, and every
+    variable allowed (ipc/script_env.py check_env). A configuration the script cannot get whole is
+    refused before anything runs, rather than the script failing later."""
+    for reason in SESSION_REASONS:
+        blob = encode_env(
+            script_env(reason, ifname=ifname, vpnpid=vpnpid, log_level=log_level, wanted=wanted)
+        )
+        if len(blob) > MAX_SCRIPT_ENV:
+            raise Refusal(
+                f"the vpnc-script environment for this configuration ({len(blob)} bytes) "
+                f"exceeds the runner's limit of {MAX_SCRIPT_ENV}: too many routes, excludes "
+                "or domains for --script"
+            )
+        try:
+            check_env(blob)
+        except ValueError as exc:
+            raise Refusal(f"the vpnc-script environment for this configuration: {exc}") from None

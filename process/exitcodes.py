@@ -12,17 +12,19 @@ import enum
 class ExitCode(enum.IntEnum):
     OK = 0
     ERROR = 1  # internal error: a bug, or an unexpected local failure
-    USAGE = 2  # bad command line or configuration, or not started as root
+    USAGE = 2  # bad command line or configuration (a key that cannot be loaded), or not root
     AUTH_FAILED = 3  # wrong username or password, or the server refused the login
     ACCOUNT_LOCKED = 4
     UNKNOWN_GROUP = 5  # --authgroup is not offered by the server
     CERT_INVALID = 6  # server certificate failed verification or the pin
     UNREACHABLE = 7  # name resolution, TCP or TLS connection failed
     PROTOCOL = 8  # the server sent something malformed or unexpected
-    HELPER_REFUSED = 9  # the privileged helper refused the network configuration
+    HELPER_REFUSED = 9  # the privileged helper refused the network configuration (or the
+    # vpnc-script failed to apply it: --script's connect or reconnect)
     SERVER_DISCONNECTED = 10  # the server ended the session, or it went silent (DPD)
     COOKIE_REJECTED = 11  # the session cookie is no longer valid
     NEED_INPUT = 12  # the server asked for more input than was given non-interactively
+    CRASH_LOOP = 13  # the worker kept failing right after it got the tun
 
 
 FAILURE_KINDS: dict[str, ExitCode] = {
@@ -40,4 +42,5 @@ FAILURE_KINDS: dict[str, ExitCode] = {
     "cookie_rejected": ExitCode.COOKIE_REJECTED,
     "need_input": ExitCode.NEED_INPUT,
     "tun_lost": ExitCode.ERROR,  # the tun device was deleted from outside the session
+    "client_cert": ExitCode.USAGE,  # our certificate or key cannot be loaded (wrong password)
 }

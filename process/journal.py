@@ -2,8 +2,8 @@
 
 journald's native protocol: one datagram of ``KEY=value`` lines to
 :data:`JOURNAL_SOCKET`, connected once at start (before any seccomp filter).
-Every sepconnect audit record carries :data:`MESSAGE_ID`; docs/security.md
-documents the fields.
+The helper's records carry :data:`MESSAGE_ID`, the supervisor's events
+:data:`SESSION_MESSAGE_ID`; docs/security.md documents the fields.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ Result = Literal["ok", "refused", "fatal", "info"]
 
 JOURNAL_SOCKET: Final = "/run/systemd/journal/socket"
 MESSAGE_ID: Final = "2c5a1d3f0e8b4b6e9a7c5d4e3f2a1b0c"
-"""MESSAGE_ID of every sepconnect audit record in the journal (journalctl MESSAGE_ID=…)."""
+"""MESSAGE_ID of the helper's audit records in the journal (journalctl MESSAGE_ID=… _UID=…:
+anyone may send this id, only the helper's uid is the helper)."""
+SESSION_MESSAGE_ID: Final = "7d3e9b1c4a2f4e8d9c6b5a4f3e2d1c0b"
+"""MESSAGE_ID of the supervisor's session events."""
 PRIORITY: Final[dict[str, int]] = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
 """syslog priority of a record, by its result."""
 

@@ -1,8 +1,8 @@
-"""How the launcher and the supervisor start the helper and the worker.
+"""How the launcher starts the helper and the worker spawner, and the spawner the worker.
 
 Each process is exec'd through its own installed program (`sepconnect-privhelper`,
-`sepconnect-worker`), so that an SELinux policy can move it into its own domain on
-exec (selinux/sepconnect.fc labels these files). The environment is replaced by a
+`sepconnect-spawner`, `sepconnect-worker`), so that an SELinux policy can move it into
+its own domain on exec (selinux/sepconnect.fc labels these files). The environment is replaced by a
 fixed, minimal one: with no PYTHON* variables the interpreter is as isolated as
 under `python -I`, and nothing the user's shell exported reaches a child.
 
@@ -55,11 +55,11 @@ def child_environment() -> dict[str, str]:
 
 
 def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start a worker program; returns it and our end of its SEQPACKET channel.
+    """Start a worker program under our own uid; returns it and our end of its channel.
 
-    Kept apart from supervisor/main.py so that the launcher can start the first worker
-    before it imports the supervisor (docs/performance.md, "Connect time"). The worker reads
-    nothing until its own imports are done (~0.15 s), so its `start` may follow later.
+    Only for ``--authenticate``, which starts no helper and makes no tun: its one worker
+    runs under the account the launcher dropped to (a session's workers run under their
+    own account, started by the spawner: spawner/children.py).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:

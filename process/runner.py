@@ -113,7 +113,15 @@ class RunnerClient:
         self.channel.pass_credentials()
 
     def call(self, msg: Message) -> Ran:
-        """Send one request and wait for its answer (the runner enforces the timeout)."""
+        """Send one request and wait for its answer (the runner enforces the timeout).
+
+        A request the runner's schema would refuse is not sent: the runner treats one as
+        a protocol violation and exits, and every later run (``disconnect``) would fail."""
+        codec = self.channel.send_codec
+        try:
+            codec.decode_untrusted(codec.encode(msg))
+        except WireError as exc:
+            return Ran(status=126, note=f"not run: {exc}"[:200])
         try:
             self.channel.send(msg)
             reply, _ = self.channel.recv()

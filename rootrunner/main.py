@@ -35,13 +35,14 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from sepconnect.ipc.runner_messages import ROOT_REQUESTS, Ran, RevertDns, RunScript, SetDns
+from sepconnect.ipc.script_env import check_env
 from sepconnect.ipc.wire import Message
 from sepconnect.process import programs, statefile
 from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, journal_datagram, open_journal
 from sepconnect.process.runner import run_program, runner_channel, serve
 from sepconnect.process.title import set_title
 from sepconnect.rootrunner import dns as _dns
-from sepconnect.rootrunner.script import check_env, check_script
+from sepconnect.rootrunner.script import check_script
 
 PROCESS_TITLE: Final = "sepconnect: root-runner"
 STATE_PREFIX: Final = "rootrunner"

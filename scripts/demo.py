@@ -35,6 +35,7 @@ def main() -> int:
         argv = [SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
                 "--servercert", lab.server_cert_pin,
                 "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
+                "--session-log", str(Path(lab.workdir, "session.jsonl")),
                 "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
                 "--state-dir", str(Path(lab.workdir, "helper-state")),
                 lab.url]  # fmt: skip

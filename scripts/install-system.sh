@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The system side of installing sepconnect (run as root, once; idempotent):
 #
-#  - two system accounts: the service account (supervisor and worker) and the helper's
-#    own (the helper runs as it, with CAP_NET_ADMIN alone): `sepconnect` and
-#    `sepconnect-helper` unless named otherwise;
+#  - three system accounts: the service account (the supervisor), the workers'
+#    (`sepconnect-worker`: the worker spawner and the workers) and the helper's own (the
+#    helper runs as it, with CAP_NET_ADMIN alone): `sepconnect` and `sepconnect-helper`
+#    unless named otherwise;
 #  - the polkit rule that lets the helper's account change link DNS settings in
 #    systemd-resolved, and nothing else (polkit/50-sepconnect-helper.rules.in);
 #  - /etc/sepconnect/helper.env for the split systemd units (the service account's uid,
@@ -19,6 +20,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 prefix=""
 service_user=sepconnect
 helper_user=sepconnect-helper
+worker_user=sepconnect-worker  # fixed: launcher/spawner_start.py WORKER_ACCOUNT
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -37,6 +39,12 @@ if [ "$service_user" = "$helper_user" ]; then
   echo "install-system: the helper needs an account of its own" >&2
   exit 2
 fi
+for name in "$service_user" "$helper_user"; do
+  if [ "$name" = "$worker_user" ]; then
+    echo "install-system: $worker_user is the workers' account" >&2
+    exit 2
+  fi
+done
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-system: run as root" >&2
   exit 2
@@ -48,7 +56,7 @@ if [ -n "$prefix" ]; then prefix_args=(--prefix "$prefix"); fi
 # The account's uid from the passwd file it is in (getent does not read a prefix).
 uid_of() { awk -F: -v u="$1" '$1 == u { print $3 }' "$prefix/etc/passwd"; }
 
-for name in "$service_user" "$helper_user"; do
+for name in "$service_user" "$worker_user" "$helper_user"; do
   if [ -z "$(uid_of "$name")" ]; then
     useradd "${prefix_args[@]}" --system --user-group --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin "$name"

@@ -1,10 +1,11 @@
-"""The supervisor's security events in the audit trail (docs/security.md, "Audit trail").
+"""The supervisor's security events: its session log (docs/security.md, "Audit trail").
 
-The launcher opens the audit log (append-only) while it is still root and hands the
-fd to :func:`configure`; the supervisor, unprivileged from then on, appends one JSON
-line per event to the same file the helper writes its records to — each record is a
-single write(2) to an O_APPEND file, so lines from both never interleave — and sends
-it to the journal where journald runs.
+The launcher opens the session log (append-only, ``--session-log``) while it is still
+root and hands the fd to :func:`configure`; the supervisor, unprivileged from then
+on, appends one JSON line per event and sends it to the journal where journald runs.
+The helper's audit log is a different file, which the supervisor cannot open: an
+O_APPEND fd does not stop ftruncate, so a supervisor holding one could erase or forge
+the helper's records. These events are only as trustworthy as the supervisor.
 
 Events: ``connect``, ``disconnect``, ``auth_failure``, ``worker_crash``,
 ``control_refused`` (and whatever later code records with :func:`event`). A record
@@ -24,8 +25,8 @@ from typing import Final
 from sepconnect.process.auditfile import open_log as open_log  # re-exported: opened while root
 from sepconnect.process.journal import (
     JOURNAL_SOCKET,
-    MESSAGE_ID,
     PRIORITY,
+    SESSION_MESSAGE_ID,
     Result,
     journal_datagram,
     open_journal,
@@ -42,8 +43,10 @@ class _Sink:
 
 
 def configure(fd: int | None, journal_path: str | None = JOURNAL_SOCKET) -> None:
-    """Where events go from now on: the audit log fd (ours to keep) and the journal."""
+    """Where events go from now on: the session log fd (ours to keep) and the journal."""
     _Sink.fd = fd
+    if _Sink.journal is not None:
+        _Sink.journal.close()
     _Sink.journal = None if journal_path is None else open_journal(journal_path)
 
 
@@ -69,7 +72,7 @@ def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str
     if _Sink.journal is not None:
         fields = {
             "MESSAGE": f"sepconnect supervisor: {op} {result}" + (f": {reason}" if reason else ""),
-            "MESSAGE_ID": MESSAGE_ID,
+            "MESSAGE_ID": SESSION_MESSAGE_ID,
             "PRIORITY": str(PRIORITY[result]),
             "SYSLOG_IDENTIFIER": "sepconnect-supervisor",
             "SEPCONNECT_OP": op,

@@ -3,7 +3,7 @@
 An AF_UNIX SOCK_SEQPACKET socket created by the (unprivileged) supervisor,
 mode 0660 with the group from --control-group, or 0600 without one. One
 request and one reply per connection, each a single JSON datagram. Every peer
-is identified with SO_PEERCRED: root and members of the control group are
+is identified with SO_PEERCRED and SO_PEERGROUPS: root and members of the control group are
 served; anyone else — including the service account itself, which is what a
 compromised worker would be — is refused, and the refusal is logged.
 """
@@ -11,13 +11,17 @@ compromised worker would be — is refused, and the refusal is logged.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import socket
+import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sepconnect.ipc.wire import peer_credentials
+from sepconnect.process.libc import LIBC, errno_error
 
 COMMANDS = ("status", "rekey", "reconnect", "disconnect")
 _MAX = 64 * 1024
@@ -32,21 +36,39 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()
+    """Supplementary groups at connect() (SO_PEERGROUPS)."""
 
 
-def _groups_of(pid: int) -> set[int]:
+SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)  # <asm-generic/socket.h>
+_GETSOCKOPT_MAX: Final = 1024
+"""The largest buffer CPython's socket.getsockopt takes: 256 groups."""
+_NGROUPS_MAX: Final = 65536
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The supplementary groups the peer had when it connected (SO_PEERGROUPS).
+
+    Recorded by the kernel at connect(), like SO_PEERCRED: not a later /proc read,
+    which races with the peer's exit and is blind under ProtectProc=invisible.
+    """
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GETSOCKOPT_MAX)
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            raise
+        buffer = (ctypes.c_uint32 * _NGROUPS_MAX)()  # more than 256 groups
+        size = ctypes.c_uint32(ctypes.sizeof(buffer))
+        if LIBC.getsockopt(
+            sock.fileno(), socket.SOL_SOCKET, SO_PEERGROUPS, buffer, ctypes.byref(size)
+        ):
+            raise errno_error("getsockopt(SO_PEERGROUPS)") from None
+        raw = bytes(buffer)[: size.value]
+    return frozenset(struct.unpack(f"={len(raw) // 4}I", raw))
 
 
 def peer_of(conn: socket.socket) -> Peer:
-    return Peer(*peer_credentials(conn))
+    return Peer(*peer_credentials(conn), groups=peer_groups(conn))
 
 
 def authorized(peer: Peer, *, service_uid: int, control_gid: int | None) -> bool:
@@ -54,7 +76,7 @@ def authorized(peer: Peer, *, service_uid: int, control_gid: int | None) -> bool
         return True
     if peer.uid == service_uid or control_gid is None:
         return False
-    return peer.gid == control_gid or control_gid in _groups_of(peer.pid)
+    return peer.gid == control_gid or control_gid in peer.groups
 
 
 def parse_request_untrusted(data: bytes) -> str:

@@ -14,6 +14,7 @@ import select
 import socket
 from typing import Literal, TypeVar
 
+from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.helper_messages import (
     FD_REPLIES,
     REPLIES,
@@ -67,8 +68,10 @@ class HelperClient:
     def close(self) -> None:
         self.channel.sock.close()
 
-    def hello(self) -> None:
-        self._call(Hello(seq=self._next_seq(), proto=PROTO_VERSION, role="supervisor"), Done)
+    def hello(self, gateway: IpAddress) -> None:
+        """Open the session; ``gateway``, the VPN server's address, is fixed from now on."""
+        hello = Hello(seq=self._next_seq(), proto=PROTO_VERSION, role="supervisor", gateway=gateway)
+        self._call(hello, Done)
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool = False) -> tuple[str, int, int]:
         """Have the helper create the tun; return (ifname, ifindex, fd). The fd is ours to close."""
@@ -91,7 +94,8 @@ class HelperClient:
         the new worker reported its tunnel and got the tun). The helper runs the script
         as root for that reason, with the environment of the current connection, and
         answers when it has finished (the runner gives it at most 60 s: use a timeout of
-        at least that, see ``SCRIPT_TIMEOUT``). Without ``--script`` it is a no-op."""
+        at least that, see ``SCRIPT_TIMEOUT``). Without ``--script`` it is a no-op. A
+        ``reconnect`` run that fails raises HelperRefused: the session must end."""
         self._call(ScriptEvent(seq=self._next_seq(), reason=reason), Done, SCRIPT_TIMEOUT)
 
     def teardown(self) -> None:

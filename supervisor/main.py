@@ -1,26 +1,23 @@
 """The supervisor: unprivileged; runs the worker and mediates everything it asks of the helper.
 
-It is the process the user started, after the launcher dropped root, and it owns
-the session's lifecycle:
+It is the process the user started, after the launcher dropped root. Every decision
+of the session's lifecycle — when to start, replace, reconnect or dismiss a worker,
+what to ask the helper, what to answer on the control socket, when to give up and
+with which exit code — is taken by the sans-I/O session machine
+(supervisor/session.py). This module is its I/O shell, and nothing else: one
+selector loop over the workers' channels, the helper's, the control socket and a
+signal wake-up fd; it turns what happens into the machine's events (with the real
+monotonic clock as ``now``) and executes the actions it gets back, in order. A helper
+request is a blocking call whose reply is fed back at once.
 
-- spawn a worker, turn its tunnel report into the helper's NetConfig
-  (re-validated), and hand it the tun fd the helper keeps for the whole session;
-- when a worker dies or loses the server, start another that resumes the
-  session with the cookie — the tun, its addresses and routes stay put, and the
-  helper is asked for changes only when the server's configuration changed;
-- rekey make-before-break: a second worker connects with the cookie, then gets
-  the tun, then the first one is dismissed without logging off;
-- answer the control socket, talk to systemd, and on a signal or a final
-  failure end everything in order, leaving nothing installed behind.
-
-Single-threaded: one selector loop; signal handlers only record the signal.
+Single-threaded: signal handlers only record the signal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
+import functools
 import os
 import selectors
 import signal
@@ -28,31 +25,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from sepconnect.ipc.helper_messages import LeftOut
-from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
-from sepconnect.ipc.worker_messages import (
-    FD_TO_WORKER,
-    FROM_WORKER,
-    TO_WORKER,
-    Failed,
-    FailureKind,
-    Hold,
-    QueryStatus,
-    Start,
-    Stop,
-    Stopped,
-    TunHandoff,
-    TunnelUp,
-    WorkerStatus,
-)
-from sepconnect.process import programs
-from sepconnect.process.exitcodes import FAILURE_KINDS, ExitCode
+from sepconnect.ipc.worker_messages import FD_TO_WORKER, FROM_WORKER, TO_WORKER, Start, TunHandoff
+from sepconnect.process.exitcodes import ExitCode
+from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.supervisor import audit
+from sepconnect.supervisor.answers import (
+    AnswerSources,
+    Login,
+    LoginCancelled,
+    TokenCodes,
+    Unanswerable,
+)
 from sepconnect.supervisor.control import (
     ControlError,
     ControlServer,
@@ -62,61 +51,56 @@ from sepconnect.supervisor.control import (
 )
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 from sepconnect.supervisor.notify import Notifier
-from sepconnect.supervisor.policy import Action, RecoveryPolicy
+from sepconnect.supervisor.session import (
+    STOP_GRACE,
+    AnswerForm,
+    ApplyConfig,
+    Audit,
+    Begin,
+    CloseControl,
+    ConfigApplied,
+    ControlCommand,
+    ControlMalformed,
+    ControlRefused,
+    ControlUnavailable,
+    CreateTun,
+    Effect,
+    Event,
+    Exit,
+    FormAnswered,
+    FormUnanswerable,
+    FromWorker,
+    HelperDone,
+    HelperGone,
+    HelperHello,
+    HelperRefusal,
+    KillWorker,
+    Log,
+    Notify,
+    OpenControl,
+    Reply,
+    RunScript,
+    Send,
+    Session,
+    SessionConfig,
+    SignalReceived,
+    SpawnerFailed,
+    SpawnWorker,
+    Teardown,
+    TerminateWorker,
+    Timer,
+    TunCreated,
+    WorkerBroke,
+    WorkerExited,
+    WorkerStarted,
+)
+from sepconnect.supervisor.terminal import Terminal
 
-_STOP_GRACE = 5.0  # seconds a dismissed worker gets to close before it is killed
-_STATUS_WAIT = 1.0  # seconds a control `status` waits for the worker's counters
-
-VERBOSITY = [0]
+VERBOSITY = [0]  # set by the launcher before the supervisor starts
 
 
 def log(text: str) -> None:
     print(f"sepconnect: {text}", file=sys.stderr, flush=True)
-
-
-class State(enum.Enum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    DISCONNECTING = "disconnecting"
-
-
-@dataclass(slots=True)
-class _Tun:
-    ifname: str
-    ifindex: int
-    fd: int
-
-
-@dataclass(eq=False, slots=True)
-class Worker:
-    gen: int
-    proc: subprocess.Popen[bytes]
-    channel: Channel
-    started: float
-    purpose: str  # "login", "resume", "rekey"
-    failure: Failed | None = None
-    status: WorkerStatus | None = None
-    announced: tuple[str, str] | None = None  # the data channel last logged: (channel, state)
-    carrying: bool = False  # has the tun and carries traffic
-    dismissed_at: float | None = None
-
-
-@dataclass(slots=True)
-class Counters:
-    """Traffic of dismissed workers, so totals survive restarts."""
-
-    tx_bytes: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    rx_packets: int = 0
-
-    def add(self, status: WorkerStatus | None) -> None:
-        if status is not None:
-            self.tx_bytes += status.tx_bytes
-            self.rx_bytes += status.rx_bytes
-            self.tx_packets += status.tx_packets
-            self.rx_packets += status.rx_packets
 
 
 @dataclass(slots=True)
@@ -128,687 +112,357 @@ class Options:
     control_gid: int | None = None
     allow_weak_sandbox: bool = False
     tun_offload: bool = True  # create the tun with a virtio-net header (worker offloads)
+    answers: AnswerSources = field(default_factory=AnswerSources)  # for login forms
+    codes: TokenCodes | None = None  # --token-mode: one-time codes
+    terminal: Terminal | None = None  # asked during the first login only
+    cookie: str | None = field(default=None, repr=False)  # --cookie-on-stdin
+
+
+def start_for(start: Start, action: SpawnWorker) -> Start:
+    """The Start message of a new worker: one that resumes the session gets the cookie.
+    No worker gets a password: the forms of one that logs in are answered here."""
+    if action.cookie is None:
+        return start
+    return dataclasses.replace(start, cookie=action.cookie)
 
 
 @dataclass(slots=True)
-class _PendingStatus:
-    conn: socket.socket
-    deadline: float
+class _Process:
+    proc: WorkerProcess  # Popen's interface, carried out by the spawner (another uid)
+    channel: Channel
 
 
-@dataclass(slots=True)
-class _Session:
-    """What the supervisor knows of the server session; the cookie never leaves memory."""
-
-    cookie: str | None = None
-    server: str = ""
-    gateway: str = ""
-    net: NetworkConfig | None = None
-    left_out: tuple[LeftOut, ...] = ()  # excludes the helper could not route outside
-    rekey_at: float | None = None
-    rekey_interval: float | None = None
-    established: bool = False
-    connected_since: float | None = None
-    down_since: float | None = None
-    attempts: int = 0
-    restarts: int = 0
-    last_rekey: float | None = None
-    last_error: str | None = None
-    retry_at: float | None = None
-    retry_action: Action | None = None
-    banner_shown: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Supervisor:
     def __init__(
         self,
         helper: HelperClient,
+        spawner: SpawnerClient,
         start: Start,
         options: Options | None = None,
-        first_worker: tuple[subprocess.Popen[bytes], socket.socket] | None = None,
+        first_worker: tuple[WorkerProcess, socket.socket] | None = None,
     ) -> None:
         self.helper = helper
+        # Workers run under their own uid: the spawner starts and signals them for us.
+        self.spawner = spawner
+        self.spawner_failed = False  # SpawnerFailed fed (once)
         # A worker already started (by the launcher, to overlap its start-up with ours):
-        # the first _spawn takes it instead of starting one.
+        # the first SpawnWorker takes it instead of starting one.
         self.first_worker = first_worker
         self.start = start
         self.options = options or Options()
-        self.policy = RecoveryPolicy(
-            can_log_in=bool(start.passwords),
-            always_on=self.options.always_on,
-            reconnect_timeout=self.options.reconnect_timeout,
-        )
-        self.state = State.CONNECTING
-        self.session = _Session()
-        self.tun: _Tun | None = None
-        self.workers: list[Worker] = []
-        self.next_gen = 1
-        self.counters = Counters()
-        self.signals: list[int] = []
-        self.started_at = time.time()
         self.notifier = Notifier()
+        self.session = Session(
+            SessionConfig(
+                can_log_in=self.options.answers.unattended or start.client_cert is not None,
+                gateway=start.server_address,
+                cookie=self.options.cookie,
+                always_on=self.options.always_on,
+                reconnect_timeout=self.options.reconnect_timeout,
+                control=self.options.control_path is not None,
+                watchdog_interval=self.notifier.watchdog_interval,
+                supervisor_pid=os.getpid(),
+                verbose=VERBOSITY[0],
+            )
+        )
+        self.workers: dict[int, _Process] = {}
+        self.logins: dict[int, Login] = {}  # a worker that logs in: its forms' answers
+        self.wake_fd: int | None = None  # the signal wake-up fd, which also ends a question
+        self.tun_fd: int | None = None
         self.control: ControlServer | None = None
-        self.pending_status: list[_PendingStatus] = []
-        self.watchdog_at: float | None = None
+        self.requests: dict[int, socket.socket] = {}
+        self.next_request = 1
+        self.signals: list[int] = []
+        self.code: ExitCode | None = None
         self.sel = selectors.DefaultSelector()
-
-    # -- workers ---------------------------------------------------------------------------
-
-    @property
-    def carrier(self) -> Worker | None:
-        return next((w for w in self.workers if w.carrying and w.dismissed_at is None), None)
-
-    @property
-    def candidate(self) -> Worker | None:
-        """A worker still connecting (first login, resume, or rekey)."""
-        return next((w for w in self.workers if not w.carrying and w.dismissed_at is None), None)
-
-    def _spawn(self, purpose: str, *, cookie: str | None) -> Worker:
-        if self.first_worker is not None:
-            # started by the launcher before it imported us (cli.connect)
-            (proc, ours), self.first_worker = self.first_worker, None
-        else:
-            proc, ours = programs.start_worker(allow_weak_sandbox=self.options.allow_weak_sandbox)
-        channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
-        worker = Worker(self.next_gen, proc, channel, time.monotonic(), purpose)
-        self.next_gen += 1
-        self.workers.append(worker)
-        self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", worker))
-        start = self.start
-        if cookie is not None:  # it resumes the session: it never needs the passwords
-            start = dataclasses.replace(start, cookie=cookie, passwords=())
-        channel.send(start)
-        if VERBOSITY[0]:
-            log(f"worker {worker.gen} started ({purpose}, pid {proc.pid})")
-        return worker
-
-    def _dismiss(self, worker: Worker, *, logoff: bool) -> None:
-        """Ask a worker to close its connection; it is reaped when it exits."""
-        if worker.dismissed_at is not None:
-            return
-        worker.dismissed_at = time.monotonic()
-        was_carrying = worker.carrying
-        worker.carrying = False
-        if was_carrying:
-            with contextlib.suppress(OSError, WireError):
-                worker.channel.send(Stop(logoff=logoff))
-        elif worker.proc.poll() is None:
-            worker.proc.terminate()  # still logging in: nothing to close politely
-
-    def _reap(self, worker: Worker) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.sel.unregister(worker.channel.fileno())
-        worker.channel.sock.close()
-        if worker.proc.poll() is None:
-            try:
-                worker.proc.wait(timeout=_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                worker.proc.wait()
-        self.counters.add(worker.status)
-        worker.status = None
-        self.workers.remove(worker)
-
-    # -- tunnel ----------------------------------------------------------------------------
-
-    def _on_tunnel_up(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
-        try:
-            net = self._checked_net(up)
-        except UnusableConfig as exc:
-            return self._failed(worker, "protocol", f"unusable configuration: {exc}")
-        try:
-            if self.tun is None:
-                ifname, ifindex, fd = self.helper.create_tun(
-                    net.mtu, vnet_hdr=self.options.tun_offload
-                )
-                self.tun = _Tun(ifname, ifindex, fd)
-            if self._needs_apply(net):
-                changed = net != self.session.net
-                self._apply(net)
-                if self.session.net is not None and changed:
-                    log("the server changed the configuration; applied the difference")
-        except HelperRefused as exc:
-            log(f"the privileged helper refused the network configuration: {exc}")
-            return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
-        except (WireError, OSError) as exc:  # the helper is gone or broke its protocol
-            log(f"the privileged helper failed: {exc}")
-            return self._finish(ExitCode.ERROR, logoff=True)
-        self.session.net = net
-        worker.channel.send(TunHandoff(ifname=self.tun.ifname), self.tun.fd)
-        previous = self.carrier
-        worker.carrying = True
-        if previous is not None:
-            self._dismiss(previous, logoff=False)
-        self._connected(worker, up, net)
-        return None
-
-    def _checked_net(self, up: TunnelUp) -> NetworkConfig:
-        """The routing policy again over the worker's report (it is not trusted)."""
-        net, notes = routing_policy(up.net)
-        for note in notes:
-            log(note)
-        return net
-
-    def _apply(self, net: NetworkConfig) -> None:
-        """The helper's one declarative request; it changes only what differs."""
-        left_out = self.helper.net_config(net)
-        if left_out != self.session.left_out:
-            for item in left_out:
-                log(f"exclude {item.prefix} left out, it stays in the tunnel: {item.reason}")
-        self.session.left_out = left_out
-
-    def _needs_apply(self, net: NetworkConfig) -> bool:
-        """A changed configuration, or excludes left out last time (a path may exist now)."""
-        return net != self.session.net or bool(self.session.left_out)
-
-    def _on_resumed_in_place(self, worker: Worker, up: TunnelUp) -> ExitCode | None:
-        """The carrying worker lost its connection and made a new one itself, keeping
-        the tun fd: only the configuration may need the helper, and only if it changed."""
-        try:
-            net = self._checked_net(up)
-        except UnusableConfig as exc:
-            return self._failed(worker, "protocol", f"unusable configuration: {exc}")
-        if self._needs_apply(net):
-            changed = net != self.session.net
-            try:
-                self._apply(net)
-            except HelperRefused as exc:
-                log(f"the privileged helper refused the network configuration: {exc}")
-                return self._finish(ExitCode.HELPER_REFUSED, logoff=True)
-            except (WireError, OSError) as exc:  # the helper is gone or broke its protocol
-                log(f"the privileged helper failed: {exc}")
-                return self._finish(ExitCode.ERROR, logoff=True)
-            if changed:
-                log("the server changed the configuration; applied the difference")
-            self.session.net = net
-        log(f"worker {worker.gen} reconnected to the server with the session cookie")
-        worker.announced = None  # a new connection: its data channel is news again
-        self._script_event("reconnect")
-        self._connected(worker, up, net)
-        return None
-
-    def _connected(self, worker: Worker, up: TunnelUp, net: NetworkConfig) -> None:
-        assert self.tun is not None
-        s = self.session
-        now = time.monotonic()
-        first = not s.established
-        s.cookie = up.cookie or s.cookie
-        s.server, s.gateway = up.server, str(net.gateway)
-        s.established = True
-        s.attempts = 0
-        s.retry_at = s.retry_action = None
-        audit.event(
-            "connect" if first else "reconnect",
-            "ok",
-            server=up.server,
-            gateway=str(net.gateway),
-            ifname=self.tun.ifname,
-            ipv4=None if net.ipv4 is None else str(net.ipv4),
-            ipv6=None if net.ipv6 is None else str(net.ipv6),
-            purpose=worker.purpose,
-        )
-        if s.down_since is not None:
-            log(f"session resumed after {now - s.down_since:.2f} s (worker {worker.gen})")
-            self._script_event("reconnect")
-        if worker.purpose == "rekey":
-            s.last_rekey = time.time()
-            log(f"rekeyed: worker {worker.gen} took over the tunnel")
-        s.down_since = None
-        if s.connected_since is None:
-            s.connected_since = time.time()
-        s.rekey_interval = (
-            float(up.rekey_time)
-            if up.rekey_method in ("ssl", "new-tunnel") and up.rekey_time
-            else None
-        )
-        s.rekey_at = None if s.rekey_interval is None else now + s.rekey_interval
-        self.state = State.CONNECTED
-        if first:
-            addresses = ", ".join(map(str, net.addresses))
-            log(
-                f"connected to {up.server} ({net.gateway}): {addresses} on {self.tun.ifname}, "
-                f"MTU {net.mtu}, routes {' '.join(map(str, net.routes))}"
-                + (f", excluded {' '.join(map(str, net.exclude))}" if net.exclude else "")
-            )
-            if net.banner:
-                log(f"server banner: {net.banner}")
-            self.notifier.notify(ready="1", status=f"connected to {up.server}")
-        else:
-            self.notifier.notify(status=f"connected to {up.server}")
-
-    # -- failures and recovery -------------------------------------------------------------
-
-    def _failed(self, worker: Worker, kind: FailureKind | None, message: str) -> ExitCode | None:
-        """A worker ended (with a reason, or None if it just died): recover or give up."""
-        if kind in ("auth_failed", "account_locked", "unknown_group", "cert_invalid"):
-            audit.event("auth_failure", "refused", message[:500], kind=kind)
-        carrying = worker.carrying
-        self._dismiss(worker, logoff=False)
-        if worker.purpose == "rekey" and self.carrier is not None:
-            log(f"rekey failed ({message}); keeping the current connection")
-            s = self.session
-            s.rekey_at = time.monotonic() + 60.0 if s.rekey_interval else None
-            return None
-        if self.state == State.DISCONNECTING:
-            return None
-        s = self.session
-        now = time.monotonic()
-        rekeying = self.candidate
-        if carrying and rekeying is not None and rekeying.purpose == "rekey":
-            # The server drops the old connection as soon as the new one presents
-            # the cookie: expected, and the new worker takes over the tun next.
-            if VERBOSITY[0]:
-                log(f"worker {worker.gen}: {message} (replaced by the rekey)")
-            s.down_since = now
-            self.state = State.RECONNECTING
-            return None
-        if carrying or s.down_since is None:
-            s.down_since = now
-        if carrying and s.established:
-            s.attempts = 0
-        s.last_error = message
-        decision = self.policy.after_failure(
-            kind, attempt=s.attempts, outage=now - s.down_since, established=s.established
-        )
-        if decision.action == Action.GIVE_UP:
-            log(message)
-            code = FAILURE_KINDS.get(kind or "error", ExitCode.ERROR)
-            if s.established and kind in (None, "connection_lost", "unreachable", "error"):
-                log(f"giving up: {decision.reason}")
-                code = ExitCode.SERVER_DISCONNECTED
-            return self._finish(code, logoff=kind != "terminated")
-        s.attempts += 1
-        s.restarts += 1
-        self.state = State.RECONNECTING
-        when = "now" if decision.delay == 0 else f"in {decision.delay:.1f} s"
-        log(f"{message}; {decision.reason}: reconnecting {when}")
-        self.notifier.notify(status=f"reconnecting: {decision.reason}")
-        s.retry_at = now + decision.delay
-        s.retry_action = decision.action
-        return None
-
-    def _script_event(self, reason: Literal["attempt-reconnect", "reconnect"]) -> None:
-        """The helper's vpnc-script (--script) hears of reconnects; a no-op without one."""
-        try:
-            self.helper.script_event(reason)
-        except (HelperRefused, WireError, OSError) as exc:
-            log(f"vpnc-script {reason}: {exc}")
-
-    def _retry(self) -> None:
-        s = self.session
-        action, s.retry_at, s.retry_action = s.retry_action, None, None
-        if self.candidate is not None:
-            return
-        if self.tun is not None:
-            self._script_event("attempt-reconnect")
-        if action == Action.LOG_IN:
-            s.cookie = None
-            self._spawn("login", cookie=None)
-        else:
-            self._spawn("resume", cookie=s.cookie)
-
-    def _rekey(self, reason: str) -> None:
-        s = self.session
-        s.rekey_at = None if s.rekey_interval is None else time.monotonic() + s.rekey_interval
-        if self.candidate is not None or self.carrier is None or s.cookie is None:
-            return
-        log(f"rekey ({reason}): connecting a new tunnel before dropping the old one")
-        with contextlib.suppress(OSError, WireError):
-            self.carrier.channel.send(Hold())
-        self._spawn("rekey", cookie=s.cookie)
-
-    def _reconnect(self, reason: str) -> None:
-        carrier = self.carrier
-        if carrier is None or self.session.cookie is None:
-            return
-        log(f"reconnecting ({reason})")
-        self._dismiss(carrier, logoff=False)
-        s = self.session
-        s.down_since = time.monotonic()
-        s.restarts += 1
-        self.state = State.RECONNECTING
-        self._script_event("attempt-reconnect")
-        self._spawn("resume", cookie=s.cookie)
-
-    # -- messages from workers -------------------------------------------------------------
-
-    def _from_worker(self, worker: Worker) -> ExitCode | None:
-        try:
-            msg, _ = worker.channel.recv()
-        except PeerClosed:
-            return self._worker_gone(worker)
-        except WireError as exc:
-            log(f"worker {worker.gen} broke the IPC protocol ({exc}); stopping it")
-            worker.proc.kill()
-            return self._worker_gone(worker)
-        if worker.dismissed_at is not None:
-            if isinstance(msg, (Stopped, WorkerStatus)):
-                worker.status = msg if isinstance(msg, WorkerStatus) else worker.status
-            return None
-        if isinstance(msg, TunnelUp):
-            if worker.carrying:
-                return self._on_resumed_in_place(worker, msg)
-            return self._on_tunnel_up(worker, msg)
-        if isinstance(msg, Failed):
-            worker.failure = msg
-            return self._failed(worker, msg.kind, msg.message)
-        if isinstance(msg, WorkerStatus):
-            worker.status = msg
-            if worker.announced != (msg.channel, msg.dtls_state):
-                worker.announced = (msg.channel, msg.dtls_state)
-                self._log_channel(msg)
-            self._answer_status()
-            return None
-        log(f"unexpected {msg.op} from worker {worker.gen}")
-        worker.proc.kill()
-        return self._worker_gone(worker)
-
-    def _log_channel(self, status: WorkerStatus) -> None:
-        if status.channel == "dtls":
-            log(f"data channel: DTLS ({status.dtls_cipher})")
-        elif status.dtls_state not in ("disabled", ""):
-            log(f"data channel: TLS ({status.tls_cipher}); DTLS {status.dtls_state}")
-
-    def _worker_gone(self, worker: Worker) -> ExitCode | None:
-        dismissed = worker.dismissed_at is not None
-        self._reap(worker)
-        if dismissed or worker.failure is not None:
-            return None
-        status = worker.proc.returncode
-        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"status {status}"
-        audit.event("worker_crash", "info", how, worker=worker.gen, status=status)
-        return self._failed(worker, None, f"worker {worker.gen} exited unexpectedly ({how})")
-
-    # -- control socket --------------------------------------------------------------------
-
-    def _on_control(self) -> ExitCode | None:
-        assert self.control is not None
-        accepted = self.control.accept()
-        if accepted is None:
-            return None
-        conn, peer = accepted
-        if not authorized(
-            peer, service_uid=self.options.service_uid, control_gid=self.options.control_gid
-        ):
-            log(f"control socket: refused pid {peer.pid} uid {peer.uid} gid {peer.gid}")
-            audit.event(
-                "control_refused",
-                "refused",
-                "only root and the control group may use it",
-                peer_pid=peer.pid,
-                peer_uid=peer.uid,
-                peer_gid=peer.gid,
-            )
-            # Drain the request if it is there (without waiting for it): closing on
-            # unread data would reset the connection before the peer reads our answer.
-            with contextlib.suppress(OSError):
-                conn.recv(4096, socket.MSG_DONTWAIT)
-            reply(conn, {"ok": False, "error": "permission denied"})
-            return None
-        try:
-            command = parse_request_untrusted(conn.recv(4096))
-        except (ValueError, OSError) as exc:
-            reply(conn, {"ok": False, "error": str(exc)})
-            return None
-        if command == "status":
-            carrier = self.carrier
-            if carrier is None:
-                reply(conn, {"ok": True, "status": self.status()})
-                return None
-            self.pending_status.append(_PendingStatus(conn, time.monotonic() + _STATUS_WAIT))
-            with contextlib.suppress(OSError, WireError):
-                carrier.channel.send(QueryStatus())
-            return None
-        if command == "disconnect":
-            reply(conn, {"ok": True})
-            log(f"disconnect requested over the control socket by uid {peer.uid}")
-            return self._finish(ExitCode.OK, logoff=True)
-        if command == "rekey":
-            if self.carrier is None:
-                reply(conn, {"ok": False, "error": f"not connected ({self.state.value})"})
-                return None
-            self._rekey(f"requested by uid {peer.uid}")
-        elif command == "reconnect":
-            if self.carrier is None:
-                reply(conn, {"ok": False, "error": f"not connected ({self.state.value})"})
-                return None
-            self._reconnect(f"requested by uid {peer.uid}")
-        reply(conn, {"ok": True})
-        return None
-
-    def _answer_status(self, *, expired_only: bool = False) -> None:
-        now = time.monotonic()
-        keep: list[_PendingStatus] = []
-        for pending in self.pending_status:
-            if expired_only and pending.deadline > now:
-                keep.append(pending)
-            else:
-                reply(pending.conn, {"ok": True, "status": self.status()})
-        self.pending_status = keep
-
-    def status(self) -> dict[str, Any]:
-        s, net, tun = self.session, self.session.net, self.tun
-        carrier = self.carrier
-        live = carrier.status if carrier is not None else None
-        total = Counters(**{k: getattr(self.counters, k) for k in Counters.__slots__})
-        for worker in self.workers:
-            total.add(worker.status)
-        return {
-            "state": self.state.value,
-            "server": s.server,
-            "gateway": s.gateway,
-            "interface": tun.ifname if tun else None,
-            "ifindex": tun.ifindex if tun else None,
-            "mtu": net.mtu if net else None,
-            "addresses": [str(a) for a in net.addresses] if net else [],
-            "routes": [str(r) for r in net.routes] if net else [],
-            "excluded_routes": [
-                str(r) for r in net.exclude if r not in {i.prefix for i in s.left_out}
-            ]
-            if net
-            else [],
-            "left_out_excludes": [
-                {"prefix": str(item.prefix), "reason": item.reason} for item in s.left_out
-            ],
-            "channel": live.channel if live else None,
-            "tls_cipher": live.tls_cipher if live else None,
-            "dtls_cipher": live.dtls_cipher if live else None,
-            "dtls_state": live.dtls_state if live else None,
-            "tx_bytes": total.tx_bytes,
-            "rx_bytes": total.rx_bytes,
-            "tx_packets": total.tx_packets,
-            "rx_packets": total.rx_packets,
-            "uptime": round(time.time() - s.connected_since, 3) if s.connected_since else 0.0,
-            "connected_since": s.connected_since,
-            "worker_pid": carrier.proc.pid if carrier else None,
-            "worker_restarts": s.restarts,
-            "last_rekey": s.last_rekey,
-            "next_rekey_in": (
-                round(s.rekey_at - time.monotonic(), 1) if s.rekey_at is not None else None
+        self._execute: dict[type, Callable[[Any], Event | None]] = {
+            SpawnWorker: self._spawn,
+            Send: self._send,
+            AnswerForm: self._answer_form,
+            TerminateWorker: self._terminate,
+            KillWorker: self._kill,
+            HelperHello: lambda action: self._ask(lambda: self.helper.hello(action.gateway)),
+            CreateTun: self._create_tun,
+            ApplyConfig: lambda action: self._ask(
+                lambda: ConfigApplied(self.helper.net_config(action.net))
             ),
-            "last_error": s.last_error,
-            "supervisor_pid": os.getpid(),
+            RunScript: lambda action: self._ask(lambda: self.helper.script_event(action.reason)),
+            Teardown: lambda _: self._ask(self.helper.teardown),
+            OpenControl: self._open_control,
+            CloseControl: self._close_control,
+            Reply: self._reply,
+            Notify: lambda action: self.notifier.notify(**action.fields),
+            Audit: self._audit,
+            Log: lambda action: log(action.text),
+            Exit: self._exit,
         }
 
-    # -- main loop -------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self.signals.append(signum)  # acted on in the loop, never here
+    # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> ExitCode:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (
-            signal.SIGINT,
-            signal.SIGTERM,
-            signal.SIGHUP,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-        ):
+        self.wake_fd = wake_r.fileno()
+        for signum in _SIGNALS:
             signal.signal(signum, self._on_signal)
         try:
-            return self._main(wake_r)
+            self.sel.register(wake_r, selectors.EVENT_READ, ("signal", 0))
+            self.sel.register(self.helper.fileno(), selectors.EVENT_READ, ("helper", 0))
+            self.sel.register(self.spawner.fileno(), selectors.EVENT_READ, ("spawner", 0))
+            self._feed(Begin())
+            while self.code is None:
+                self._turn(wake_r)
+            return self.code
         finally:
             signal.set_wakeup_fd(old_wakeup)
             wake_r.close()
             wake_w.close()
-            self.sel.close()
-            self.notifier.close()
+            self._release()
 
-    def _main(self, wake: socket.socket) -> ExitCode:
-        # The worker starts first: its start-up (imports, TLS, login: ~0.15 s of the
-        # connect time) overlaps the helper's; nothing it reports is read before the
-        # helper has answered hello (docs/performance.md).
-        self._spawn("login", cookie=None)
-        try:
-            self.helper.hello()
-        except (HelperRefused, WireError, OSError) as exc:
-            log(f"the privileged helper did not start: {exc}")
-            for worker in list(self.workers):
-                self._dismiss(worker, logoff=False)
-                self._reap(worker)
-            return ExitCode.ERROR
-        if self.options.control_path:
-            try:
-                self.control = ControlServer(
-                    self.options.control_path,
-                    service_uid=self.options.service_uid,
-                    control_gid=self.options.control_gid,
-                )
-            except (OSError, ControlError) as exc:
-                log(str(exc))
-                return self._finish(ExitCode.USAGE, logoff=False)
-            self.sel.register(self.control.fileno(), selectors.EVENT_READ, ("control", None))
-        self.sel.register(wake, selectors.EVENT_READ, ("signal", None))
-        self.sel.register(self.helper.fileno(), selectors.EVENT_READ, ("helper", None))
-        if self.notifier.watchdog_interval:
-            self.watchdog_at = time.monotonic()
-        while True:
-            code = self._turn(wake)
-            if code is not None:
-                return code
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)  # acted on in the loop, never here
 
-    def _timeout(self) -> float | None:
-        deadlines = [
-            t
-            for t in (
-                self.session.retry_at,
-                self.session.rekey_at,
-                self.watchdog_at,
-                *(p.deadline for p in self.pending_status),
-                *(w.dismissed_at + _STOP_GRACE for w in self.workers if w.dismissed_at),
-            )
-            if t is not None
-        ]
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - time.monotonic())
-
-    def _turn(self, wake: socket.socket) -> ExitCode | None:
-        for key, _ in self.sel.select(self._timeout()):
-            kind, worker = key.data
-            code: ExitCode | None = None
+    def _turn(self, wake: socket.socket) -> None:
+        timer = self.session.get_timer()
+        timeout = None if timer is None else max(0.0, timer - time.monotonic())
+        for key, _ in self.sel.select(timeout):
+            kind, ident = key.data
             if kind == "signal":
                 with contextlib.suppress(BlockingIOError):
                     wake.recv(64)
             elif kind == "helper":
-                log("the privileged helper exited unexpectedly")
-                return self._finish(ExitCode.ERROR, logoff=True)
+                self.sel.unregister(key.fd)  # closed: it stays readable
+                self._feed(HelperGone("its socket closed"))
+            elif kind == "spawner":
+                self.spawner.pump()  # workers' exits, replies to signals
             elif kind == "control":
-                code = self._on_control()
-            elif kind == "worker" and worker in self.workers:
-                code = self._from_worker(worker)
-            if code is not None:
-                return code
-        while self.signals:
-            code = self._on_signal_number(self.signals.pop(0))
-            if code is not None:
-                return code
-        return self._timers()
+                self._accept()
+            elif kind == "worker" and ident in self.workers:
+                self._from_worker(ident)
+            self._check_spawner()
+            if self.code is not None:
+                return
+        while self.signals and self.code is None:
+            self._feed(SignalReceived(signal.Signals(self.signals.pop(0))))
+        timer = self.session.get_timer()
+        if self.code is None and timer is not None and timer <= time.monotonic():
+            self._feed(Timer())
 
-    def _on_signal_number(self, signum: int) -> ExitCode | None:
-        if signum == signal.SIGUSR1:
-            VERBOSITY[0] += 1
-            log(f"verbosity {VERBOSITY[0]}")
+    def _feed(self, event: Event) -> None:
+        """One event in; its actions executed in order. A helper request's reply is fed
+        back at once, and the actions it brings are queued after those already due."""
+        queue: deque[Effect] = deque(self.session.handle(event, time.monotonic()))
+        while queue:
+            action = queue.popleft()
+            answer = self._execute[type(action)](action)
+            if answer is not None:
+                queue.extend(self.session.handle(answer, time.monotonic()))
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _check_spawner(self) -> None:
+        """The spawner gone (its channel closed or broke, or it refused us): the session
+        machine hears of it once; its workers die with it (PR_SET_PDEATHSIG)."""
+        if self.spawner.gone is not None and not self.spawner_failed:
+            self._feed(self._spawner_failed())
+
+    def _spawner_failed(self) -> SpawnerFailed:
+        self.spawner_failed = True
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.spawner.fileno())
+        return SpawnerFailed(self.spawner.gone or "the worker spawner failed")
+
+    def _spawn(self, action: SpawnWorker) -> Event:
+        if self.first_worker is not None:
+            # asked for by the launcher before it imported us (cli.connect)
+            (proc, ours), self.first_worker = self.first_worker, None
+        else:
+            try:
+                proc, ours = self.spawner.spawn(allow_weak_sandbox=self.options.allow_weak_sandbox)
+            except SpawnerGone:
+                return self._spawner_failed()
+        try:
+            pid = proc.pid  # the spawner's reply
+        except SpawnerGone:
+            ours.close()
+            return self._spawner_failed()
+        channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
+        self.workers[action.gen] = _Process(proc, channel)
+        if action.cookie is None:
+            self.logins[action.gen] = Login(self.options.answers, self.options.codes)
+        self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", action.gen))
+        with contextlib.suppress(OSError):  # if it died already, its exit is reported
+            channel.send(start_for(self.start, action))
+        return WorkerStarted(action.gen, pid)
+
+    def _send(self, action: Send) -> None:
+        worker = self.workers.get(action.gen)
+        if worker is None:
+            return
+        fd = self.tun_fd if isinstance(action.message, TunHandoff) else None
+        with contextlib.suppress(OSError, WireError):  # gone: its exit is reported
+            worker.channel.send(action.message, fd)
+
+    def _answer_form(self, action: AnswerForm) -> Event | None:
+        """The login's answers (supervisor/answers.py); the terminal blocks the loop
+        while it asks, and a signal ends the question (the loop acts on it next)."""
+        login = self.logins.get(action.gen)
+        if login is None:
             return None
-        if signum == signal.SIGUSR2:
-            self._reconnect("SIGUSR2")
-            return None
-        logoff = signum != signal.SIGHUP
-        log(
-            f"{signal.Signals(signum).name}: disconnecting"
-            + ("" if logoff else " (keeping the server session)")
+        terminal = self.options.terminal
+        ask = (
+            functools.partial(terminal.ask, wake=self.wake_fd)
+            if terminal is not None and action.may_ask
+            else None
         )
-        return self._finish(ExitCode.OK, logoff=logoff)
+        try:
+            answers = login.answer(action.form, time.time(), ask)
+        except LoginCancelled:
+            return None
+        except Unanswerable as exc:
+            return FormUnanswerable(action.gen, exc.kind, str(exc))
+        return FormAnswered(action.gen, answers)
 
-    def _timers(self) -> ExitCode | None:
-        now = time.monotonic()
-        s = self.session
-        if s.retry_at is not None and s.retry_at <= now:
-            self._retry()
-        if s.rekey_at is not None and s.rekey_at <= now:
-            self._rekey("rekey time reached")
-        if self.watchdog_at is not None and self.watchdog_at <= now:
-            self.notifier.notify(watchdog="1")
-            assert self.notifier.watchdog_interval is not None
-            self.watchdog_at = now + self.notifier.watchdog_interval
-        for worker in list(self.workers):
-            if worker.dismissed_at is not None and now - worker.dismissed_at > _STOP_GRACE:
-                worker.proc.kill()
-                self._reap(worker)
-        if self.pending_status:
-            self._answer_status(expired_only=True)
+    def _terminate(self, action: TerminateWorker) -> Event | None:
+        return self._signal(action.gen, WorkerProcess.terminate)
+
+    def _kill(self, action: KillWorker) -> Event | None:
+        return self._signal(action.gen, WorkerProcess.kill)
+
+    def _signal(self, gen: int, send: Callable[[WorkerProcess], None]) -> Event | None:
+        worker = self.workers.get(gen)
+        if worker is None:
+            return None
+        if self.spawner.gone is not None:
+            # No one can signal it now (its spawner is gone, or we gave up on it): it is
+            # dropped here; closing its channel ends it if it still runs.
+            return WorkerExited(gen, self._reap(gen))
+        if worker.proc.poll() is None:
+            send(worker.proc)  # its channel closes: _from_worker reaps it
         return None
 
-    def _finish(self, code: ExitCode, *, logoff: bool) -> ExitCode:
-        """End the session: workers, then the helper's teardown; return the exit code."""
-        audit.event("disconnect", "info", f"exit {code.name}", logoff=logoff)
-        self.state = State.DISCONNECTING
-        self.notifier.notify(stopping="1", status="disconnecting")
-        for worker in list(self.workers):
-            if worker.carrying:
-                self._dismiss(worker, logoff=logoff)
-                self._await_stopped(worker)
-            else:
-                self._dismiss(worker, logoff=False)
-        for worker in list(self.workers):
-            self._reap(worker)
-        for pending in self.pending_status:
-            reply(pending.conn, {"ok": False, "error": "disconnecting"})
-        self.pending_status = []
+    def _from_worker(self, gen: int) -> None:
+        try:
+            msg, _ = self.workers[gen].channel.recv()
+        except PeerClosed:
+            self._feed(WorkerExited(gen, self._reap(gen)))
+        except WireError as exc:
+            self._feed(WorkerBroke(gen, str(exc)))
+        else:
+            self._feed(FromWorker(gen, msg))
+
+    def _reap(self, gen: int) -> int:
+        worker = self.workers.pop(gen)
+        self.logins.pop(gen, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(worker.channel.fileno())
+        worker.channel.sock.close()
+        try:
+            try:
+                return worker.proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                return worker.proc.wait()
+        except SpawnerGone:  # it was killed with its spawner
+            return -signal.SIGKILL
+
+    # -- the helper -----------------------------------------------------------------------
+
+    def _ask(self, call: Callable[[], object]) -> Event:
+        """A blocking helper request; its outcome as the machine's event."""
+        try:
+            answer = call()
+        except HelperRefused as exc:
+            return HelperRefusal(exc.reason)
+        except (WireError, OSError) as exc:
+            return HelperGone(str(exc))
+        return answer if isinstance(answer, TunCreated | ConfigApplied) else HelperDone()
+
+    def _create_tun(self, action: CreateTun) -> Event:
+        def create() -> TunCreated:
+            ifname, ifindex, self.tun_fd = self.helper.create_tun(
+                action.mtu, vnet_hdr=self.options.tun_offload
+            )
+            return TunCreated(ifname, ifindex)
+
+        return self._ask(create)
+
+    # -- control socket -------------------------------------------------------------------
+
+    def _open_control(self, _action: OpenControl) -> Event | None:
+        assert self.options.control_path is not None
+        try:
+            self.control = ControlServer(
+                self.options.control_path,
+                service_uid=self.options.service_uid,
+                control_gid=self.options.control_gid,
+            )
+        except (OSError, ControlError) as exc:
+            return ControlUnavailable(str(exc))
+        self.sel.register(self.control.fileno(), selectors.EVENT_READ, ("control", 0))
+        return None
+
+    def _close_control(self, _action: CloseControl) -> None:
         if self.control is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.control.fileno())
             self.control.close()
             self.control = None
-        try:
-            self.helper.teardown()
-        except (HelperRefused, WireError, OSError) as exc:
-            log(f"helper teardown: {exc}")
-            if code == ExitCode.OK:
-                code = ExitCode.ERROR
-        if self.tun is not None:
-            os.close(self.tun.fd)
-            self.tun = None
-        return code
 
-    def _await_stopped(self, worker: Worker) -> None:
-        deadline = time.monotonic() + _STOP_GRACE
-        probe = selectors.DefaultSelector()
-        probe.register(worker.channel.fileno(), selectors.EVENT_READ)
+    def _accept(self) -> None:
+        assert self.control is not None
+        accepted = self.control.accept()
+        if accepted is None:
+            return
+        conn, peer = accepted
+        request = self.next_request
+        self.next_request += 1
+        self.requests[request] = conn
+        if not authorized(
+            peer, service_uid=self.options.service_uid, control_gid=self.options.control_gid
+        ):
+            # Drain the request if it is there (without waiting for it): closing on
+            # unread data would reset the connection before the peer reads our answer.
+            with contextlib.suppress(OSError):
+                conn.recv(4096, socket.MSG_DONTWAIT)
+            self._feed(ControlRefused(request, peer.pid, peer.uid, peer.gid))
+            return
         try:
-            while time.monotonic() < deadline:
-                if not probe.select(max(0.0, deadline - time.monotonic())):
-                    return
-                try:
-                    msg, _ = worker.channel.recv()
-                except (PeerClosed, WireError, OSError):
-                    return
-                if isinstance(msg, WorkerStatus):
-                    worker.status = msg
-                if isinstance(msg, Stopped):
-                    log(f"session closed ({msg.tx_bytes} bytes sent, {msg.rx_bytes} received)")
-                    return
-        finally:
-            probe.close()
+            command = parse_request_untrusted(conn.recv(4096))
+        except (ValueError, OSError) as exc:
+            self._feed(ControlMalformed(request, str(exc)))
+            return
+        self._feed(ControlCommand(request, command, peer.uid, time.time()))
+
+    def _reply(self, action: Reply) -> None:
+        conn = self.requests.pop(action.request, None)
+        if conn is not None:
+            reply(conn, action.body)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _audit(self, action: Audit) -> None:
+        audit.event(action.op, action.result, action.reason, **action.args)
+
+    def _exit(self, action: Exit) -> None:
+        self.code = action.code
+
+    def _release(self) -> None:
+        """What is still open when the loop ends (normally: only the tun fd)."""
+        for gen in list(self.workers):
+            self._kill(KillWorker(gen))
+            if gen in self.workers:
+                self._reap(gen)
+        for conn in self.requests.values():
+            conn.close()
+        self.requests.clear()
+        self._close_control(CloseControl())
+        if self.tun_fd is not None:
+            os.close(self.tun_fd)
+            self.tun_fd = None
+        self.sel.close()
+        self.notifier.close()

@@ -38,29 +38,35 @@ _TABLE = "sepconnect_dtls_lab"
 @dataclass
 class VpnClient:
     """One client process in the lab's client namespace; stderr lines are timestamped
-    (time.time()) as they arrive."""
+    (time.time()) as they arrive. With ``cpu``, the client is started under ``taskset``:
+    it and every process or thread it ever creates run on that CPU only."""
 
     lab: Lab
     kind: str = "sepconnect"  # or "openconnect"
     args: tuple[str, ...] = ()
+    cpu: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     lines: list[tuple[float, str]] = field(default_factory=list)
     _reader: threading.Thread | None = None
 
     def start(self) -> VpnClient:
         lab = self.lab
+        # taskset sets the affinity and execs the client: the pid stays the client's
+        prefix = () if self.cpu is None else ("taskset", "-c", str(self.cpu))
         if self.kind == "sepconnect":
             audit = str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))
             argv = [
                 SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
                 "--servercert", lab.server_cert_pin, "--audit-log", audit, "--dns-backend", "none",
+                "--session-log", audit.replace("audit-", "session-"),
                 "--state-dir", str(Path(lab.workdir, "helper-state")),
                 # a session of its own: other sessions may run at the same time
                 "--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "sock")),
+                "--state-dir", str(Path(lab.workdir, f"state-{time.monotonic_ns()}")),
                 *self.args, lab.url,
             ]  # fmt: skip
             self.proc = lab.popen_in(
-                lab.client_ns, *argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                lab.client_ns, *prefix, *argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
             assert self.proc.stdin is not None
@@ -69,7 +75,7 @@ class VpnClient:
             self.proc.stdin = None
         else:
             self.proc = lab.openconnect(
-                "test", *self.args, stderr=subprocess.PIPE, stdout=subprocess.PIPE
+                "test", *self.args, prefix=prefix, stderr=subprocess.PIPE, stdout=subprocess.PIPE
             )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

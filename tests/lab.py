@@ -114,10 +114,21 @@ class OcservOptions:
     # certtool --key-type of the server certificate's key: ecdsa, rsa, rsa-pss, ed25519
     # (read when the lab starts; restart_ocserv keeps the certificate)
     server_key_type: str = "ecdsa"
+    # ocserv's `auth` methods, all required ("plain": the lab's password file; "certificate":
+    # a client certificate from the lab's CA, see Lab.make_client_cert), and `enable-auth`
+    # methods, any one of which is enough on its own
+    auth: tuple[str, ...] = ("plain",)
+    enable_auth: tuple[str, ...] = ()
+    # with "certificate": the user's groups are the certificate's OUs (cert-group-oid);
+    # with "plain" too, ocserv then wants the password file's group among them
+    cert_groups: bool = False
     # raw extra lines; a "key = value" line replaces the lab's own line for that key,
     # except for the keys that may repeat (route, dns, ...), which are added to.
     extra: tuple[str, ...] = ()
 
+
+CERT_UID_OID = "0.9.2342.19200300.100.1.1"
+CERT_OU_OID = "2.5.4.11"
 
 _REPEATABLE_KEYS = frozenset(
     {"route", "no-route", "dns", "nbns", "split-dns", "select-group", "custom-header"}
@@ -132,8 +143,10 @@ def _is_ipv6(value: str) -> bool:
 def ocserv_config(options: OcservOptions, workdir: str) -> str:
     """ocserv.conf text for ``options``, with every path inside ``workdir``."""
     w = Path(workdir)
+    methods = {"plain": f'"plain[passwd={w / "passwd"}]"', "certificate": '"certificate"'}
     lines: list[tuple[str, str]] = [
-        ("auth", f'"plain[passwd={w / "passwd"}]"'),
+        *(("auth", methods[m]) for m in options.auth),
+        *(("enable-auth", methods[m]) for m in options.enable_auth),
         ("listen-host", Lab.server_ip),
         ("tcp-port", str(Lab.port)),
         ("run-as-user", "nobody"),
@@ -173,6 +186,10 @@ def ocserv_config(options: OcservOptions, workdir: str) -> str:
         ("dtls-legacy", "true"),
         ("client-bypass-protocol", "false"),
     ]
+    if "certificate" in options.auth + options.enable_auth:
+        lines.append(("cert-user-oid", CERT_UID_OID))  # the user name: the certificate's UID
+        if options.cert_groups:
+            lines.append(("cert-group-oid", CERT_OU_OID))  # its groups: the OUs
     if options.ipv6:
         lines += [("ipv6-network", Lab.pool6), ("ipv6-subnet-prefix", "128")]
     if options.dtls:
@@ -238,6 +255,25 @@ def openssl_spki_pin(cert_pem: bytes) -> str:
     """``pin-sha256:<base64>`` of a PEM certificate, computed by the openssl CLI."""
     out = _run(["bash", "-c", f"set -o pipefail; {OPENSSL_PIN_PIPELINE}"], input=cert_pem)
     return "pin-sha256:" + out.stdout.decode().strip()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of each of its threads, recursively); a
+    process that exits meanwhile is skipped."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            out.append(int(child))
+            out.extend(descendants(int(child)))
+    return out
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -435,6 +471,15 @@ signing_key
 {encryption_key}
 tls_www_server
 """
+_CLIENT_TEMPLATE = """cn = "{uid}"
+uid = "{uid}"
+{units}
+organization = "sepconnect lab"
+serial = {serial}
+expiration_days = 2
+signing_key
+tls_www_client
+"""
 # certtool options for the server key, by OcservOptions.server_key_type
 _SERVER_KEY_ARGS = {
     "ecdsa": ("--key-type=ecdsa",),
@@ -483,6 +528,7 @@ class Lab:
         self.vpnc_script = ""
         self.server_cert_pin = ""
         self.server_cert_sha256 = ""
+        self._client_serial = 0
         self._ocserv: subprocess.Popen[bytes] | None = None
         self._iperf: subprocess.Popen[bytes] | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -686,6 +732,31 @@ route add {self.pool6} via {self.server_target_ip6}
             "sha256:" + hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         )
 
+    def make_client_cert(
+        self, name: str, uid: str = "test", groups: tuple[str, ...] = (), key_type: str = "ecdsa"
+    ) -> tuple[str, str]:
+        """A client certificate from the lab's CA (which ocserv trusts, ``ca-cert``) for user
+        ``uid`` with ``groups`` as its OUs, and its key (certtool's PEM: SEC1 for EC, PKCS#1
+        for RSA, as ``server_key_type`` names them); returns (cert path, key path), both
+        root-owned in the lab's directory, the key of mode 0600."""
+        if key_type not in _SERVER_KEY_ARGS:
+            raise LabError(f"unknown key type {key_type!r}")
+        w = Path(self.workdir)
+        key, cert, template = w / f"{name}-key.pem", w / f"{name}-cert.pem", w / f"{name}.tmpl"
+        self._client_serial += 1
+        units = "\n".join(f'unit = "{g}"' for g in groups)
+        template.write_text(
+            _CLIENT_TEMPLATE.format(uid=uid, units=units, serial=100 + self._client_serial)
+        )
+        _run(["certtool", "--generate-privkey", *_SERVER_KEY_ARGS[key_type], f"--outfile={key}"])
+        key.chmod(0o600)
+        _run(
+            ["certtool", "--generate-certificate", f"--load-privkey={key}"]
+            + [f"--load-ca-certificate={w / 'ca.pem'}", f"--load-ca-privkey={w / 'ca-key.pem'}"]
+            + [f"--template={template}", f"--outfile={cert}"]
+        )
+        return str(cert), str(key)
+
     def _make_users(self) -> None:
         for user, password in self.users.items():
             groups = self.options.groups if user == "test" else ()
@@ -817,6 +888,11 @@ route add {self.pool6} via {self.server_target_ip6}
     def ocserv_pid(self) -> int | None:
         return self._ocserv.pid if self._ocserv is not None else None
 
+    @property
+    def iperf_pid(self) -> int | None:
+        """The ``iperf3 -s`` in the target namespace."""
+        return self._iperf.pid if self._iperf is not None else None
+
     def occtl(self, *args: str) -> str:
         """occtl against this lab's ocserv, e.g. ``lab.occtl("-j", "show", "users")``."""
         sock = str(Path(self.workdir, "occtl.sock"))
@@ -832,14 +908,21 @@ route add {self.pool6} via {self.server_target_ip6}
         return _wait_for(what, probe, timeout)
 
     def openconnect(
-        self, user: str = "test", *args: str, password: str | None = None, **kw: Any
+        self,
+        user: str = "test",
+        *args: str,
+        password: str | None = None,
+        prefix: tuple[str, ...] = (),
+        **kw: Any,
     ) -> subprocess.Popen[bytes]:
         """Start the reference client (openconnect) in the client ns with the lab's
-        vpnc-script and pinned server cert; the password is written to its stdin."""
+        vpnc-script and pinned server cert; the password is written to its stdin.
+        ``prefix``: a command that execs openconnect, e.g. ``("taskset", "-c", "0")``."""
         if password is None:
             password = self.users[user]
         proc = self.popen_in(
             self.client_ns,
+            *prefix,
             "openconnect",
             "--user",
             user,

@@ -10,10 +10,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.worker_messages import FailureKind, Start
+from sepconnect.worker.client_cert import (
+    ClientCertError,
+    ClientCredential,
+    load_client_credential,
+)
 from sepconnect.worker.io.tls import (
     AccessDenied,
     CertificateInvalid,
@@ -24,7 +31,7 @@ from sepconnect.worker.io.tls import (
     Unreachable,
 )
 from sepconnect.worker.proto import errors
-from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, Credentials, HttpRequest
+from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, FormPrompt, HttpRequest
 from sepconnect.worker.proto.dtls_setup import (
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERS12,
@@ -43,6 +50,11 @@ from sepconnect.worker.proto.tunnel import (
 
 DEFAULT_PORT = 443
 PSK_LABEL = b"EXPORTER-openconnect-psk"  # PROTOCOL.md §4.1: no context, 32 bytes
+
+
+Ask = Callable[[FormPrompt], tuple[Mapping[str, str], str | None]]
+"""Who answers a login form's fields (and gives the group for a form without a group
+list): the worker asks the supervisor (worker/main.py)."""
 
 
 class SessionFailure(Exception):
@@ -80,7 +92,9 @@ class Tunnel:
         return self.dtls.mtu if isinstance(self.dtls, DtlsPlan) else self.config.net.mtu
 
 
-def resolve(url: str) -> Server:
+def server_of(url: str, address: IpAddress) -> Server:
+    """The server to talk to: the URL's host, port and path, at ``address``, which the
+    launcher resolved once for the whole session (the helper knows it as the gateway)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise SessionFailure("error", f"server URL must be https://host[:port][/path], got {url!r}")
@@ -89,47 +103,56 @@ def resolve(url: str) -> Server:
     except ValueError:
         raise SessionFailure("error", f"bad port in server URL {url!r}") from None
     host = parts.hostname
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise SessionFailure(
-            "unreachable", f"cannot resolve {host}: {exc.strerror or exc}"
-        ) from None
-    if not infos:
-        raise SessionFailure("unreachable", f"cannot resolve {host}")
-    address = str(infos[0][4][0])
     # The login's first request goes to the URL's path and query as given (a server may
     # take a group or a secret from the query, e.g. https://vpn/?secret); the fragment
     # is the client's own. CONNECT has its fixed path (PROTOCOL.md §2.1).
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Server(host=host, port=port, path=path, address=address)
+    return Server(host=host, port=port, path=path, address=str(address))
 
 
 def _trust(start: Start) -> TrustConfig:
     try:
-        pin = ServerPin.parse(start.servercert) if start.servercert else None
+        pins = tuple(ServerPin.parse(text) for text in start.servercerts)
     except ValueError as exc:
         raise SessionFailure("error", str(exc)) from None
-    return TrustConfig(pin=pin, ca_pem=start.cafile_pem)
+    return TrustConfig(pins=pins, ca_pem=start.cafile_pem, system_store=start.system_trust)
+
+
+def _client_credential(start: Start) -> ClientCredential | None:
+    if start.client_cert is None:
+        return None
+    try:
+        return load_client_credential(start.client_cert, start.client_key, start.key_password)
+    except ClientCertError as exc:
+        raise SessionFailure("client_cert", f"client certificate: {exc}") from None
 
 
 class _Connection:
     """The current TLS connection and its HTTP state."""
 
-    def __init__(self, server: Server, trust: TrustConfig) -> None:
+    def __init__(
+        self, server: Server, trust: TrustConfig, client: ClientCredential | None = None
+    ) -> None:
         self.server = server
         self.trust = trust
+        self.client = client
         self.stream: TlsStream | None = None
         self.http = HttpClient()
+        self.server_pin = ""  # the pin of the certificate last verified
 
     def open(self) -> TlsStream:
         if self.stream is None:
             self.stream = TlsStream.connect(
-                self.server.host, self.server.port, self.server.address, self.trust
+                self.server.host,
+                self.server.port,
+                self.server.address,
+                self.trust,
+                client=self.client,
             )
             self.http = HttpClient()
+            self.server_pin = self.stream.server_pin
         return self.stream
 
     def close(self) -> None:
@@ -203,7 +226,6 @@ def _failure_from(exc: Exception) -> SessionFailure:
         (errors.AccountLocked, "account_locked"),
         (errors.AuthFailed, "auth_failed"),
         (errors.LoginRefused, "auth_failed"),
-        (errors.UnknownGroup, "unknown_group"),
         (errors.NeedMoreInput, "need_input"),
         (errors.CookieRejected, "cookie_rejected"),
         (errors.ProtocolError, "protocol"),
@@ -227,20 +249,27 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
     return max(1280, min(9000, mss + headers))
 
 
-def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
+def _log_in(start: Start, server: Server, conn: _Connection, ask: Ask | None) -> AuthSuccess:
     try:
         auth = AuthSession(
             host=server.host,
             port=server.port,
             path=server.path,
-            credentials=Credentials(
-                username=start.username, passwords=start.passwords, group=start.group
-            ),
+            certificate=start.client_cert is not None,
         )
     except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
         raise SessionFailure("error", f"cannot log in to {start.url!r}: {exc}") from None
-    step: HttpRequest | AuthSuccess = auth.first_request()
-    while isinstance(step, HttpRequest):
+    step: HttpRequest | AuthSuccess | FormPrompt = auth.first_request()
+    while not isinstance(step, AuthSuccess):
+        if isinstance(step, FormPrompt):
+            if ask is None:
+                raise SessionFailure("error", "a login form arrived where none was expected")
+            values, group = ask(step)
+            try:
+                step = auth.answer(values, group=group)
+            except ValueError as exc:  # the supervisor's answers do not fit the form
+                raise SessionFailure("error", f"login form answers: {exc}") from None
+            continue
         resp = conn.exchange(step)
         step = auth.handle_response_untrusted(resp)
         if not conn.http.reuse():
@@ -248,15 +277,43 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
     return step
 
 
-def open_tunnel(start: Start) -> Tunnel:
-    """Log in (or resume with ``start.cookie``) and CONNECT; the TLS stream then carries CSTP."""
-    server = resolve(start.url)
-    conn = _Connection(server, _trust(start))
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A login alone (--authenticate): the cookie, and where and whom it is valid at."""
+
+    cookie: str
+    address: str
+    server_pin: str
+
+    def __repr__(self) -> str:
+        return f"Authenticated(cookie=<hidden>, address={self.address!r})"
+
+
+def authenticate(start: Start, ask: Ask) -> Authenticated:
+    """Log in and stop there: no CONNECT, and no logoff, so the cookie stays valid."""
+    client = _client_credential(start)
+    server = server_of(start.url, start.server_address)
+    conn = _Connection(server, _trust(start), client)
+    try:
+        success = _log_in(start, server, conn, ask)
+    except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
+        raise _failure_from(_as_refusal(exc, resuming=False)) from None
+    finally:
+        conn.close()
+    return Authenticated(cookie=success.cookie, address=server.address, server_pin=conn.server_pin)
+
+
+def open_tunnel(start: Start, ask: Ask | None = None) -> Tunnel:
+    """Log in, answering forms with *ask* (or resume with ``start.cookie``), and CONNECT;
+    the TLS stream then carries CSTP."""
+    client = _client_credential(start)
+    server = server_of(start.url, start.server_address)
+    conn = _Connection(server, _trust(start), client)
     try:
         if start.cookie is not None:
             success = AuthSuccess(cookie=start.cookie, banner=None)
         else:
-            success = _log_in(start, server, conn)
+            success = _log_in(start, server, conn, ask)
         stream = conn.open()
         base_mtu = _base_mtu(stream, start.base_mtu)
         # DTLS "resumed session" secret (PROTOCOL.md §4.2); unused in PSK mode

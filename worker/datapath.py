@@ -8,7 +8,9 @@ over the TlsStream (worker/io/tls.py). This loop reads what is ready, hands it o
 and sleeps until the next fd event or the earliest timer. Single-threaded and
 nonblocking. Every tun packet goes through :meth:`DataPath._to_server`: the DTLS link
 sends what DTLS carries now (DtlsChannel.seal_packets decides) and CSTP the rest;
-packets from the server are accepted on both channels at all times.
+packets from the server are accepted on both channels at all times. Every queue here
+has a limit, and while CSTP output cannot leave, what would add to it is not read
+(:meth:`DataPath._pace`; docs/security.md, "Bounded memory in the worker").
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Protocol
 
 from sepconnect.ipc.limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
-from sepconnect.ipc.worker_messages import Hold, QueryStatus, Stop, WorkerStatus
+from sepconnect.ipc.worker_messages import QueryStatus, Stop, WorkerStatus
 from sepconnect.worker.connect import SessionFailure, Tunnel
 from sepconnect.worker.dtls_link import DtlsLink, Udp
 from sepconnect.worker.io.poller import Poller
@@ -39,6 +41,12 @@ from sepconnect.worker.proto.session import (
 
 _TUN_BURST = 64  # packets read from the tun per wakeup before servicing the TLS side
 _SERVER_BURST = 96 * 1024  # CSTP bytes decoded before their packets go to the tun
+_SERVER_READ = 1024 * 1024  # TLS plaintext read per wakeup; the rest waits in the socket
+# CSTP frames waiting for room in the TLS stream (DataPath.backlog). The tun feeds CSTP
+# only while none wait, so our own packets queue at most one tun burst; only answers
+# the server asks for (DPD, up to 16 KiB each) can fill it. While it is full the TLS
+# socket is not read, so nothing the server sends can queue more.
+_BACKLOG_LIMIT = 2 * _TUN_BURST
 
 
 def _log(text: str) -> None:
@@ -73,7 +81,7 @@ class DataPath:
         tun: Tun | None = None,
         open_udp: Callable[[str, int], Udp] = UdpLink,
     ) -> None:
-        self.held = False  # a replacement is connecting: never reconnect in place
+        self.unproven = True  # no packet has moved both ways yet (_report_traffic)
         self.tunnel = tunnel
         self.stream = tunnel.stream
         self.tun_fd = tun_fd
@@ -83,6 +91,8 @@ class DataPath:
         self.session = CstpSession(dpd=cfg.dpd, keepalive=cfg.keepalive, now=time.monotonic())
         self.backlog: list[bytes] = []  # CSTP frames waiting for room in the TLS socket
         self.want_write = False  # the TLS socket is watched for writability
+        self.tls_paused = False  # the TLS socket is not read: its output is full
+        self.tun_paused = False  # the tun is not read: CSTP carries its packets and is full
         self.selector = Poller()
         plan = tunnel.dtls
         self.dtls = (
@@ -142,8 +152,11 @@ class DataPath:
             elif data == "tun":
                 self._read_tun()
             elif data == "tls":
-                self._read_server()  # a write-readiness wakeup ends in _flush below
-                tls_read = True
+                # A write-readiness wakeup ends in _flush below; while reading is
+                # paused, that is the only kind.
+                if not self.tls_paused:
+                    self._read_server()
+                    tls_read = True
             elif data == "ipc":
                 stop = self._from_supervisor()
                 if stop is not None:
@@ -154,7 +167,7 @@ class DataPath:
         if timer is not None and timer <= now:
             session_timer = session.get_timer()
             if session_timer is not None and session_timer <= now:
-                session.handle_timer(now)
+                session.handle_timer(now, output_waiting=bool(self.backlog))
                 self._drain_events()
             if dtls is not None:
                 dtls.handle_timer(now)
@@ -162,13 +175,28 @@ class DataPath:
             self._service_dtls(dtls, now)
         if session.has_output or self.backlog or self.want_write or stream.may_have_output:
             self._flush()
+        if self.unproven:
+            self._report_traffic()
         return None
+
+    def _report_traffic(self) -> None:
+        """Once, unasked: packets have moved both ways. The supervisor's crash-loop guard
+        counts a worker that fails before this (or HEALTHY_AFTER) as one that died right
+        after it got the tun (supervisor/policy.py)."""
+        tx, rx = self.session.tx_packets, self.session.rx_packets
+        if self.dtls is not None:
+            _, _, dtls_tx, dtls_rx = self.dtls.traffic()
+            tx, rx = tx + dtls_tx, rx + dtls_rx
+        if tx and rx:
+            self.unproven = False
+            self.channel.send(self.status())
 
     def _service_dtls(self, dtls: DtlsLink, now: float) -> None:
         for line in dtls.service(now):
             _log(line)
         if dtls.changed:
             dtls.changed = False
+            self._pace(self.want_write)  # the tun may now feed DTLS, or CSTP again
             self.channel.send(self.status())  # unasked: the data channel changed
 
     def _from_supervisor(self) -> Stop | None:
@@ -181,9 +209,6 @@ class DataPath:
             return msg
         if isinstance(msg, QueryStatus):
             self.channel.send(self.status())
-            return None
-        if isinstance(msg, Hold):
-            self.held = True
             return None
         raise WireError(f"unexpected {msg.op} from the supervisor")
 
@@ -215,11 +240,17 @@ class DataPath:
 
     def _read_server(self) -> None:
         # OpenSSL hands over one record (one CSTP packet) per read: gather what is
-        # ready, so that the tun gets the packets as a burst it can coalesce.
+        # ready, so that the tun gets the packets as a burst it can coalesce. A burst
+        # may ask for answers (DPD), queued before reading on. Once they fill the
+        # backlog, or _SERVER_READ is read, the socket is left alone and only what
+        # OpenSSL holds is read: what is left is then in the socket, where the poller
+        # sees it (the supervisor, the tun and the timers get their turn meanwhile).
         chunks: list[bytes] = []
-        size = 0
+        size = total = 0
+        stream = self.stream
+        recv = stream.recv_nowait
         while True:
-            data = self.stream.recv_nowait()
+            data = recv()
             if data is None:
                 break
             if not data:
@@ -230,7 +261,13 @@ class DataPath:
             size += len(data)
             if size >= _SERVER_BURST:
                 self._from_server(b"".join(chunks))
-                chunks, size = [], 0
+                chunks = []
+                total += size
+                size = 0
+                if self.session.has_output:
+                    self._flush()
+                if total >= _SERVER_READ or self.tls_paused:
+                    recv = stream.recv_buffered
         if chunks:
             self._from_server(b"".join(chunks))
 
@@ -268,6 +305,8 @@ class DataPath:
             packets = dtls.send(packets, now)
             if not packets:
                 return
+            if self.backlog and dtls.usable:
+                return  # too large for DTLS, and TLS is full: dropped, as a full link drops
         self.session.send_packets(packets, now)
         self._flush()
 
@@ -280,9 +319,25 @@ class DataPath:
             del backlog[: self.stream.send_records_nowait(backlog)]
         # one send() for the burst's records (worker/io/tls.py)
         want_write = not self.stream.flush_nowait() or bool(backlog)
-        if want_write != self.want_write:
-            self.selector.modify(self.stream.sock.fileno(), write=want_write)
+        if want_write or self.want_write:
+            self._pace(want_write)
+
+    def _pace(self, want_write: bool) -> None:
+        """Backpressure while CSTP output waits: watch the TLS socket for room; stop
+        reading it while the backlog is full or OpenSSL's own answers pile up, and stop
+        reading the tun while its packets go over CSTP and any frame waits (the kernel
+        drops at the tun queue, as with any full link)."""
+        backlog, stream = self.backlog, self.stream
+        tls_paused = len(backlog) >= _BACKLOG_LIMIT or stream.reading_blocked
+        if want_write != self.want_write or tls_paused != self.tls_paused:
+            self.selector.modify(stream.sock.fileno(), read=not tls_paused, write=want_write)
             self.want_write = want_write
+            self.tls_paused = tls_paused
+        dtls = self.dtls
+        tun_paused = bool(backlog) and (dtls is None or not dtls.usable)
+        if tun_paused != self.tun_paused:
+            self.selector.modify(self.tun_fd, read=not tun_paused)
+            self.tun_paused = tun_paused
 
     def _stop(self, stop: Stop) -> Outcome:
         self.session.disconnect(logoff=stop.logoff)

@@ -32,6 +32,11 @@ from sepconnect.worker.proto.dtls_setup import DtlsPlan
 
 __all__ = ["DtlsLink", "Udp"]
 
+# Datagrams read per receive(): the rest wait in the socket (the kernel drops beyond its
+# buffer), so that a flood from the server neither piles up here (the packets, and the
+# answers to DPD requests) nor keeps the data path from its other fds and timers.
+_RECEIVE_LIMIT = 512
+
 
 class Udp(Protocol):
     """The UDP socket as the link uses it (worker/io/udp.py; a fake in the tests)."""
@@ -113,12 +118,14 @@ class DtlsLink:
         """Datagrams ready on the socket → IP packets for the tun. With ``first``, only
         one read (with GRO, one train of datagrams): the caller delivers those before
         it reads on, so that an interactive packet does not wait for the read that
-        finds the socket empty. :attr:`drained` says whether that read happened."""
+        finds the socket empty. :attr:`drained` says whether that read happened. At most
+        about :data:`_RECEIVE_LIMIT` datagrams per call."""
         packets: list[bytes] = []
         udp = self.udp
         self.drained = True
         if udp is None:
             return packets
+        received = 0
         try:
             while batch := udp.recv_batch(1 if first else 64):
                 packets.extend(self._channel.receive_datagrams_untrusted(batch, now))
@@ -126,6 +133,10 @@ class DtlsLink:
                     break  # saves one recvmsg (EAGAIN) per wakeup
                 if first:
                     self.drained = False
+                    break
+                received += len(batch)
+                if received >= _RECEIVE_LIMIT:
+                    self.drained = False  # the rest waits for the next wakeup
                     break
         except UdpError as exc:
             self._channel.socket_error(now, str(exc))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
-import select
 import signal
 import socket
 import sys
 from typing import Literal
 
-from sepconnect.ipc.limits import printable
+from sepconnect.ipc.limits import MAX_BANNER, printable
 from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
@@ -24,16 +24,26 @@ from sepconnect.ipc.worker_messages import (
     FROM_WORKER,
     TO_WORKER,
     Failed,
+    FormChoice,
+    LoggedIn,
+    LoginAnswers,
+    LoginField,
+    LoginForm,
+    Lost,
+    QueryStatus,
+    Reconnect,
     Start,
     Stop,
     Stopped,
     TunHandoff,
     TunnelUp,
+    WorkerStatus,
 )
 from sepconnect.process import privileges
 from sepconnect.process.title import set_title
 from sepconnect.worker import sandbox
-from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.connect import Ask, SessionFailure, Tunnel, authenticate, open_tunnel
+from sepconnect.worker.proto.auth import FormPrompt
 
 
 def _log(text: str) -> None:
@@ -59,6 +69,52 @@ def _tunnel_up(tunnel: Tunnel) -> TunnelUp:
     )
 
 
+def _login_form(prompt: FormPrompt) -> LoginForm:
+    """The server's form as the supervisor takes it, checked against the schema here: a
+    form that does not fit (too large, a name used twice) is the server's fault."""
+
+    def text(value: str | None, limit: int) -> str | None:
+        return printable(value, limit) or None if value else None
+
+    try:
+        form = LoginForm(
+            form_id=prompt.form_id,
+            banner=text(prompt.banner, MAX_BANNER),
+            message=text(prompt.message, 1024),
+            error=text(prompt.error, 1024),
+            fields=tuple(
+                LoginField(
+                    kind=f.kind,  # type: ignore[arg-type]  # FormPrompt has no hidden field
+                    name=f.name,
+                    label=f.label,
+                    choices=tuple(
+                        FormChoice(value=o.value, label=o.label, selected=o.selected)
+                        for o in f.options
+                    ),
+                )
+                for f in prompt.fields
+            ),
+        )
+        FROM_WORKER.decode_untrusted(FROM_WORKER.encode(form))
+    except (ValueError, WireError) as exc:
+        raise SessionFailure("protocol", f"the server's login form is unusable: {exc}") from None
+    return form
+
+
+def _asker(channel: Channel) -> Ask:
+    """Login forms go to the supervisor, which answers each field (it holds the
+    passwords, the one-time-code secret and the terminal; this process holds none)."""
+
+    def ask(prompt: FormPrompt) -> tuple[dict[str, str], str | None]:
+        channel.send(_login_form(prompt))
+        reply, _ = channel.recv()
+        if not isinstance(reply, LoginAnswers):
+            raise WireError(f"expected login answers, got {reply.op}")
+        return {answer.name: answer.value for answer in reply.answers}, reply.group
+
+    return ask
+
+
 def _rekey_method(method: str | None) -> Literal["ssl", "new-tunnel", "none"] | None:
     if method in ("ssl", "new-tunnel", "none"):
         return method  # type: ignore[return-value]
@@ -82,37 +138,42 @@ def _enter_sandbox(start: Start, channel: Channel) -> None:
         raise SessionFailure("error", f"worker sandbox: {exc}") from None
     for missing in status.missing:
         _log(f"warning: --allow-weak-sandbox: running without {missing}")
+    if start.verbose:
+        _log(status.describe())
     probe = os.environ.get(sandbox.SELFTEST_ENV)
-    if probe == "report":
+    report, _, unix_path = (probe or "").partition(":")
+    if report == sandbox.REPORT:
         server = (sandbox.server_host(start.url), sandbox.server_port(start.url))
-        line = sandbox.selftest_line(sandbox.report_probes(channel.fileno(), server))
-        print(line, file=sys.stderr, flush=True)
-    elif probe:
+        results = sandbox.report_probes(channel.fileno(), server, unix_path or None)
+        print(sandbox.selftest_line(results), file=sys.stderr, flush=True)
+    elif probe and not probe.startswith(AFTER_TUN):
         _log(sandbox.fatal_probe(probe))
 
 
-def _supervisor_spoke(channel: Channel) -> bool:
-    """Whether a message is waiting (a Hold or Stop sent just before the loss): then
-    the loss was expected, and the supervisor, not this worker, decides what follows."""
-    return bool(select.select([channel.fileno()], [], [], 0)[0])
+AFTER_TUN = "after-tun:"
+"""Test-only, as a value of sandbox.SELFTEST_ENV: ``after-tun:<fatal probe>`` runs the
+probe right after the tun arrives, so that every worker dies there (SIGSYS), as with a
+data-path syscall missing from the allow-list: the supervisor's crash-loop guard
+(tests/integration/test_resilience.py)."""
 
 
-def _resume_in_place(start: Start, lost: Tunnel, failure: SessionFailure) -> Tunnel:
-    """One immediate reconnect with the cookie, keeping this process and its tun fd.
-
-    A reset or dropped TCP connection costs one TLS handshake and a CONNECT instead of
-    a new worker. If this attempt fails too, the original failure goes to the
-    supervisor, whose policy takes over (backoff, a new worker, logging in again).
-    """
-    lost.stream.close()
-    _log(f"{failure.message}; reconnecting with the session cookie")
-    try:
-        return open_tunnel(dataclasses.replace(start, cookie=lost.cookie))
-    except SessionFailure as retry:
-        if retry.kind == "cookie_rejected":
-            raise  # the session is gone: the supervisor logs in again if it can
-        _log(f"reconnect failed: {retry.message}")
-        raise failure from None
+def _await_decision(
+    channel: Channel, failure: SessionFailure, last: WorkerStatus
+) -> Reconnect | None:
+    """Report the lost connection and wait for the supervisor's decision (its session
+    machine holds the whole recovery policy): a Reconnect, keeping this process and its
+    tun fd, or a Stop (None). Status queries are answered with the last counters."""
+    channel.send(Lost(message=printable(failure.message, 500) or failure.kind))
+    while True:
+        msg, _ = channel.recv()
+        if isinstance(msg, Reconnect):
+            return msg
+        if isinstance(msg, Stop):
+            return None
+        if isinstance(msg, QueryStatus):
+            channel.send(last)
+            continue
+        raise WireError(f"unexpected {msg.op} after the connection was lost")
 
 
 def _log_off(tunnel: Tunnel) -> None:
@@ -134,7 +195,12 @@ def run(channel: Channel) -> int:
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
     _enter_sandbox(msg, channel)
-    tunnel = open_tunnel(msg)
+    if msg.authenticate:
+        done = authenticate(msg, _asker(channel))
+        address = ipaddress.ip_address(done.address)
+        channel.send(LoggedIn(cookie=done.cookie, address=address, server_pin=done.server_pin))
+        return 0
+    tunnel = open_tunnel(msg, _asker(channel))
     channel.send(_tunnel_up(tunnel))
     # The data path's modules (~10-15 ms) load while the supervisor and the helper set
     # up the tun, instead of before the login: they are not needed until the tun comes.
@@ -147,6 +213,9 @@ def run(channel: Channel) -> int:
         return 0
     if not isinstance(reply, TunHandoff) or tun_fd is None:
         raise WireError(f"expected the tun, got {reply.op}")
+    probe = os.environ.get(sandbox.SELFTEST_ENV, "")
+    if probe.startswith(AFTER_TUN):
+        _log(sandbox.fatal_probe(probe.removeprefix(AFTER_TUN)))
     try:
         while True:
             path = DataPath(tunnel, tun_fd, channel)
@@ -154,10 +223,18 @@ def run(channel: Channel) -> int:
                 outcome = path.run()
                 break
             except SessionFailure as exc:
-                if exc.kind != "connection_lost" or path.held or _supervisor_spoke(channel):
+                if exc.kind != "connection_lost":
                     raise
-                tunnel = _resume_in_place(msg, tunnel, exc)
-                channel.send(_tunnel_up(tunnel))
+                lost = exc
+            last = path.status()
+            tunnel.stream.close()
+            order = _await_decision(channel, lost, last)
+            if order is None:
+                channel.send(Stopped(tx_bytes=last.tx_bytes, rx_bytes=last.rx_bytes))
+                return 0
+            # One attempt; if it fails, the supervisor hears why and decides again.
+            tunnel = open_tunnel(dataclasses.replace(msg, cookie=order.cookie))
+            channel.send(_tunnel_up(tunnel))
     except TunGone as exc:
         # The supervisor ends the session on this (every worker would get the same dead
         # fd): log off while the connection is still up, as an orderly stop would.

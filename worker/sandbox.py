@@ -1,7 +1,7 @@
 """The worker's sandbox: no capabilities, a seccomp allow-list, Landlock, rlimits.
 
 :func:`apply` is called once by worker/main.py, after the worker has its Start
-message and before it resolves the server's name or reads one byte from the
+message and before it reads one byte from the
 network. From then on, for the rest of the worker's life:
 
 * **Capabilities**: none effective, permitted or ambient (checked here: the
@@ -17,7 +17,7 @@ network. From then on, for the rest of the worker's life:
   CPython *probe* them and cope with a refusal (OpenSSH's sandbox denies
   ``open`` with EACCES for the same reason):
 
-  - ``socket``: AF_UNIX, AF_INET, AF_INET6 only; other families get
+  - ``socket``: AF_INET, AF_INET6 only; other families (AF_UNIX too) get
     EAFNOSUPPORT (glibc's getaddrinfo opens a netlink socket to sort
     addresses and carries on without it).
   - ``ioctl``: only :data:`IOCTLS` (isatty, non-blocking, close-on-exec,
@@ -29,18 +29,22 @@ network. From then on, for the rest of the worker's life:
   - ``mmap``/``mprotect``: never writable and executable at once (EACCES).
   - ``prlimit64`` only on ourselves, ``tgkill`` only to ourselves (abort()).
 
-* **Landlock** (ctypes: three system calls): no file may be written, created,
+* **Landlock** (process/landlock.py): no file may be written, created,
   removed, renamed, truncated or executed anywhere; reading is allowed only
   beneath the Python code (``sys.path``), the shared libraries already mapped,
-  the CA store and the few files the resolver reads (:func:`read_paths`). With
-  Landlock ABI 4+ TCP connect is limited to the server's port and 53 (DNS
+  the CA store and two of the loader's files (:func:`read_paths`); no resolver file:
+  the worker resolves no name. With
+  Landlock ABI 4+ TCP connect is limited to the server's port (no DNS
   over TCP), and TCP bind is forbidden; with ABI 6+ the worker can neither
   signal nor connect to abstract unix sockets outside its own domain.
+  :data:`LANDLOCK_RULES` says which ABI each rule needs and which are also
+  enforced by seccomp.
 
-Fail closed: if the kernel lacks seccomp filters or Landlock, :func:`apply`
-raises :class:`SandboxUnavailable` with a message naming the missing feature,
-unless ``allow_weak`` (``sepconnect connect --allow-weak-sandbox``) is set, in
-which case it applies what the kernel has and reports what is missing.
+Fail closed: if the kernel lacks seccomp filters, Landlock, or a Landlock rule
+that nothing else enforces (ABI 4's TCP ports), :func:`apply` raises
+:class:`SandboxUnavailable` with a message naming what is missing, unless
+``allow_weak`` (``sepconnect connect --allow-weak-sandbox``) is set, in which
+case it applies what the kernel has and reports what is missing.
 
 File descriptors the worker is *handed* (the tun, via SCM_RIGHTS) keep the
 access they were opened with: Landlock checks paths at open(2), and the worker
@@ -84,7 +88,10 @@ LIBC.syscall.restype = ctypes.c_long
 
 SELFTEST_ENV: Final = "SEPCONNECT_TEST_SANDBOX_SELFTEST"
 """Test-only: "report" (try the non-fatal forbidden operations, print the outcomes,
-carry on) or one of :data:`FATAL_PROBES` (try it; the worker must die of SIGSYS)."""
+carry on), "report:PATH" (the same, and connect to the unix socket at PATH: the helper's
+in the split units) or one of :data:`FATAL_PROBES` (try it; the worker must die of
+SIGSYS)."""
+REPORT: Final = "report"
 
 
 def server_port(url: str) -> int:
@@ -134,7 +141,11 @@ SYSCALLS: Final = (
     "futex", "set_robust_list", "rseq", "exit", "exit_group",
 )  # fmt: skip
 
-SOCKET_FAMILIES: Final = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+SOCKET_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
+"""TCP to the server and DNS, UDP for DTLS. No AF_UNIX: the worker talks to the
+supervisor over the socket it inherits, and a unix socket of its own could reach
+pathname sockets Landlock does not cover (the helper's in the split units, journald,
+D-Bus). glibc's resolver does without (nscd and nss-resolve answer "unavailable")."""
 
 
 IOCTLS: Final = (
@@ -179,7 +190,36 @@ def apply_seccomp(pid: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Landlock (process/landlock.py): what the worker may read
+# Landlock (process/landlock.py): what the worker may read, and what each ABI enforces
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LandlockRule:
+    abi: int
+    """The first Landlock ABI that enforces it."""
+    what: str
+    also_enforced_by: str | None
+    """What enforces it on a kernel with an older ABI; None: nothing (required)."""
+
+
+LANDLOCK_RULES: Final = (
+    LandlockRule(1, "no file written, created, removed or executed, reads only where listed", None),
+    LandlockRule(2, "no file linked or renamed into another directory", "ABI 1: no write rights"),
+    LandlockRule(3, "no file truncated", "seccomp: no truncate or ftruncate"),
+    LandlockRule(4, "TCP connect only to the server's port, no TCP bind", None),
+    LandlockRule(5, "no ioctl on a device opened by path", "seccomp: the listed ioctls only"),
+    LandlockRule(6, "no abstract unix socket or signal outside its domain",
+                 "seccomp: no AF_UNIX, no kill"),
+)  # fmt: skip
+
+
+def landlock_gaps(abi: int) -> tuple[tuple[LandlockRule, ...], tuple[LandlockRule, ...]]:
+    """The rules a kernel with Landlock ``abi`` cannot enforce: (required, covered otherwise)."""
+    gaps = [rule for rule in LANDLOCK_RULES if rule.abi > abi]
+    return (
+        tuple(r for r in gaps if r.also_enforced_by is None),
+        tuple(r for r in gaps if r.also_enforced_by is not None),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,15 +228,11 @@ class ReadPaths:
     files: tuple[str, ...]
 
 
-RESOLVER_FILES: Final = (
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-    "/etc/ld.so.cache",  # where glibc finds NSS modules it loads lazily
+SYSTEM_FILES: Final = (
+    "/etc/ld.so.cache",  # where the dynamic loader finds a library loaded lazily
     "/etc/localtime",
 )
+"""No resolver files: the worker resolves no name (the launcher resolved the server)."""
 
 
 def _mapped_library_dirs() -> set[str]:
@@ -210,17 +246,12 @@ def _mapped_library_dirs() -> set[str]:
 
 
 def read_paths() -> ReadPaths:
-    """What the worker may read: its code, its libraries, the CA store, the resolver's files."""
+    """What the worker may read: its code, its libraries, the CA store, two loader files."""
     dirs = {p for p in sys.path if p and os.path.isdir(p)}
     dirs |= _mapped_library_dirs()
     dirs.add(os.path.dirname(SYSTEM_CA_FILE))
     dirs.add(os.path.dirname(os.path.realpath(SYSTEM_CA_FILE)))
-    files = [f for f in RESOLVER_FILES if os.path.exists(f)]
-    # /etc/resolv.conf is often a link into /run (systemd-resolved, resolvconf),
-    # whose file is replaced by rename: allow that directory.
-    resolv = os.path.realpath("/etc/resolv.conf")
-    if os.path.dirname(resolv) not in ("/etc", "/"):
-        dirs.add(os.path.dirname(resolv))
+    files = [f for f in SYSTEM_FILES if os.path.exists(f)]
     return ReadPaths(tuple(sorted(d for d in dirs if os.path.isdir(d))), tuple(files))
 
 
@@ -243,6 +274,16 @@ class SandboxStatus:
     seccomp: bool
     missing: tuple[str, ...]
     """Features the kernel lacks (non-empty only with allow_weak)."""
+    covered: tuple[str, ...] = ()
+    """Landlock rules the kernel's ABI lacks that seccomp or an older rule enforces."""
+
+    def describe(self) -> str:
+        """One line for the log: the Landlock ABI in use and what it leaves to others."""
+        landlock = f"Landlock ABI {self.landlock_abi}" if self.landlock else "no Landlock"
+        line = f"sandbox: {landlock}, seccomp {'on' if self.seccomp else 'off'}"
+        if self.covered:
+            line += "; not enforced by Landlock here: " + "; ".join(self.covered)
+        return line
 
 
 _CAP_FIELDS: Final = ("CapEff", "CapPrm", "CapAmb")
@@ -269,8 +310,11 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
         )
     missing: list[str] = []
     abi = landlock_abi()
+    required, covered = landlock_gaps(abi)
     if abi < 1:
         missing.append("Landlock (kernel 5.13+ with lsm=landlock)")
+    else:
+        missing += [f"Landlock ABI {r.abi} ({r.what}; this kernel has ABI {abi})" for r in required]
     seccomp_ok = seccomp.available() and _seccomp_filters_supported()
     if not seccomp_ok:
         missing.append("seccomp filters (libseccomp.so.2 and a kernel with CONFIG_SECCOMP_FILTER)")
@@ -285,10 +329,16 @@ def apply(*, server_port: int, allow_weak: bool = False) -> SandboxStatus:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     sys.dont_write_bytecode = True  # no __pycache__ writes (Landlock would refuse them)
     if abi >= 1:
-        apply_landlock(abi, read_paths(), (server_port, 53))
+        apply_landlock(abi, read_paths(), (server_port,))
     if seccomp_ok:
         apply_seccomp(os.getpid())  # last: it forbids what the steps above use
-    return SandboxStatus(abi, abi >= 1, seccomp_ok, tuple(missing))
+    return SandboxStatus(
+        abi,
+        abi >= 1,
+        seccomp_ok,
+        tuple(missing),
+        tuple(f"{r.what} (ABI {r.abi}; {r.also_enforced_by})" for r in covered if abi >= 1),
+    )
 
 
 def _seccomp_filters_supported() -> bool:
@@ -341,6 +391,11 @@ def _tcp_connect(address: tuple[str, int]) -> None:
             return
 
 
+def _unix_connect(path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)
+
+
 def _wx_mapping() -> None:
     mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close()
 
@@ -349,8 +404,11 @@ def _ioctl(fd: int, request: int) -> None:
     fcntl.ioctl(fd, request, bytes(40))
 
 
-def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
-    """Try every non-fatal forbidden operation; return probe → outcome (an errno name)."""
+def report_probes(
+    channel_fd: int, server: tuple[str, int], unix_path: str | None = None
+) -> dict[str, str]:
+    """Try every non-fatal forbidden operation; return probe → outcome (an errno name).
+    With ``unix_path``, also connect to the pathname socket there."""
     tmp = f"/tmp/sepconnect-sandbox-probe-{os.getpid()}"  # noqa: S108  # must fail
     results = {
         "read_etc_shadow": _attempt(lambda: _open_close("/etc/shadow", os.O_RDONLY)),
@@ -364,16 +422,21 @@ def report_probes(channel_fd: int, server: tuple[str, int]) -> dict[str, str]:
             lambda: _socket_close(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         ),
         "packet_socket": _attempt(lambda: _socket_close(socket.AF_PACKET, socket.SOCK_RAW, 0)),
+        "unix_socket": _attempt(lambda: _socket_close(socket.AF_UNIX, socket.SOCK_SEQPACKET)),
         "tunsetiff_ioctl": _attempt(lambda: _ioctl(channel_fd, TUNSETIFF)),
         "siocgifconf_ioctl": _attempt(lambda: _ioctl(channel_fd, 0x8912)),
         "wx_mapping": _attempt(_wx_mapping),
         "tcp_connect_other_port": _attempt(lambda: _tcp_connect((server[0], 22))),
+        "tcp_connect_dns": _attempt(lambda: _tcp_connect((server[0], 53))),
+        "read_resolv_conf": _attempt(lambda: _open_close("/etc/resolv.conf", os.O_RDONLY)),
         # and what the worker must still be able to do:
         "read_ca_store": _attempt(lambda: _open_close(SYSTEM_CA_FILE, os.O_RDONLY)),
         "udp_socket": _attempt(lambda: _socket_close(socket.AF_INET, socket.SOCK_DGRAM)),
         "udp6_socket": _attempt(lambda: _socket_close(socket.AF_INET6, socket.SOCK_DGRAM)),
         "isatty": _attempt(lambda: os.isatty(channel_fd)),
     }
+    if unix_path is not None:
+        results["connect_unix_path"] = _attempt(lambda: _unix_connect(unix_path))
     if results["create_file_in_tmp"] == "allowed":  # a weak sandbox: tidy up
         with contextlib.suppress(OSError):
             os.unlink(tmp)

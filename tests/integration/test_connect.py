@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from cryptography import x509
 
 from sepconnect.process.accounts import HELPER_FALLBACK_UID
 
-from lab import Lab, OcservOptions
+from lab import Lab, OcservOptions, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -40,19 +41,29 @@ class Client:
         user: str = "test",
         password: str | None = None,
         env: dict[str, str] | None = None,
+        passwd_on_stdin: bool = True,
+        stdin: str = "",
+        terminal: int | None = None,
         prefix: tuple[str, ...] = (),
     ):
+        """The password goes to standard input (--passwd-on-stdin); without it, *stdin*;
+        with *terminal* (a pty's fd), standard input, output and error are that."""
         self.lab = lab
         # With --helper-socket the supervisor's own records go to the journal only.
         self.supervisor_audits = not any(a.startswith("--helper-socket") for a in args)
         run_id = time.monotonic_ns()
         self.audit_log = str(Path(lab.workdir, f"audit-{run_id}.jsonl"))
-        # Each run its own control socket, so that concurrent runs never meet.
+        self.session_log = str(Path(lab.workdir, f"session-{run_id}.jsonl"))
+        # Each run its own control socket and helper state, so that concurrent runs (other
+        # checkouts' too) never meet.
         self.control = str(Path(lab.workdir, f"ctl-{run_id}", "control.sock"))
-        argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--audit-log", self.audit_log]
+        argv = [SEPCONNECT, "connect", "--audit-log", self.audit_log]
+        if passwd_on_stdin:
+            argv.append("--passwd-on-stdin")
+        argv += ["--session-log", self.session_log]
         argv += ["--control-socket", self.control]
-        # The lab's own state directory: the host's /run is never written.
-        argv += ["--state-dir", str(Path(lab.workdir, "helper-state"))]
+        if not any(a.startswith("--helper-socket") for a in args):
+            argv += ["--state-dir", str(Path(lab.workdir, f"state-{run_id}"))]
         if user:
             argv += ["--user", user]
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):
@@ -64,21 +75,24 @@ class Client:
         argv += [*args]
         if not any(a.startswith("https://") for a in args):
             argv.append(lab.url)
+        pipe = subprocess.PIPE if terminal is None else terminal
         self.proc = lab.popen_in(
             lab.client_ns,
             *prefix,  # a program that runs sepconnect (strace: test_code_budget.py)
             *argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdin=pipe,
+            stdout=pipe,
+            stderr=pipe,
             env=env,
         )
+        self.stderr = ""
+        if terminal is not None:
+            return
         secret = lab.users.get(user, "") if password is None else password
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{secret}\n".encode())
+        self.proc.stdin.write(f"{secret}\n".encode() if passwd_on_stdin else stdin.encode())
         self.proc.stdin.close()
         self.proc.stdin = None  # so communicate() does not flush it again
-        self.stderr = ""
 
     def wait_connected(self, timeout: float = 15) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
@@ -105,7 +119,7 @@ class Client:
 
     def finish(self, timeout: float = 20) -> int:
         _, err = self.proc.communicate(timeout=timeout)
-        self.stderr = err.decode(errors="replace")
+        self.stderr = err.decode(errors="replace") if err is not None else ""
         return self.proc.returncode
 
     def stop(self, sig: int = signal.SIGINT) -> int:
@@ -115,9 +129,12 @@ class Client:
     def audit(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in Path(self.audit_log).read_text().splitlines()]
 
+    def session_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in Path(self.session_log).read_text().splitlines()]
+
     def _audited(self, op: str) -> bool:
         try:
-            return any(r["op"] == op and r["result"] == "ok" for r in self.audit())
+            return any(r["op"] == op and r["result"] == "ok" for r in self.session_events())
         except (FileNotFoundError, json.JSONDecodeError):  # not yet, or a line being written
             return False
 
@@ -157,17 +174,6 @@ def _status(pid: int) -> dict[str, str]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return fields
-
-
-def _descendants(pid: int) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        children.extend(int(c) for c in text)
-    result = list(children)
-    for child in children:
-        result.extend(_descendants(child))
-    return result
 
 
 def _title(pid: int) -> str:
@@ -235,15 +241,15 @@ def test_processes_are_separated_and_unprivileged(
 ) -> None:
     _, client, _ = connected
     supervisor = client.proc.pid  # `ip netns exec` execs: this is sepconnect itself
-    titles = {pid: _title(pid) for pid in [supervisor, *_descendants(supervisor)]}
+    titles = {pid: _title(pid) for pid in [supervisor, *descendants(supervisor)]}
     roles = {}
     for pid, title in titles.items():
         match = re.match(r"sepconnect: (\w+)", title)
         if match:
             roles[match.group(1)] = pid
-    assert set(roles) == {"supervisor", "privhelper", "worker"}, titles
+    assert set(roles) == {"supervisor", "privhelper", "spawner", "worker"}, titles
     assert roles["supervisor"] == supervisor  # the process the user started stays the one
-    for role in ("supervisor", "worker"):
+    for role in ("supervisor", "spawner", "worker"):
         st = _status(roles[role])
         uids = st["Uid"].split()
         assert all(u != "0" for u in uids), (role, st["Uid"])
@@ -271,7 +277,7 @@ def test_root_runner_is_the_only_root_process_and_only_when_asked(lab: Lab) -> N
     of the session with uid 0, does it; with `none` there is none (issue 13, F6)."""
     client = Client(lab, "--dns-backend", "auto")
     client.wait_connected()
-    pids = [client.proc.pid, *_descendants(client.proc.pid)]
+    pids = [client.proc.pid, *descendants(client.proc.pid)]
     as_root = [_title(p) for p in pids if "0" in _status(p)["Uid"].split()]
     assert as_root == ["sepconnect: root-runner"], [(_title(p), _status(p)["Uid"]) for p in pids]
     assert client.stop() == 0, client.stderr
@@ -292,6 +298,42 @@ def test_helper_audit_log_records_each_request(lab: Lab) -> None:
     assert all("time" in r for r in records)
 
 
+def test_the_supervisor_cannot_erase_or_forge_the_helpers_audit_log(lab: Lab) -> None:
+    """F9: only the helper writes the audit log. The supervisor holds no fd of it (an
+    O_APPEND fd would not stop ftruncate), and its uid can neither open it for writing
+    nor truncate it; its own events go to the session log."""
+    client = Client(lab)
+    client.wait_connected()
+    supervisor = client.proc.pid
+    audit_log = os.path.realpath(client.audit_log)
+    fds = f"/proc/{supervisor}/fd"
+    held = [os.path.realpath(f"{fds}/{fd}") for fd in os.listdir(fds)]
+    assert audit_log not in held, held
+    assert os.path.realpath(client.session_log) in held
+    uid = int(_status(supervisor)["Uid"].split()[0])
+    attempt = (
+        "import os, sys\n"
+        "for name, try_it in (('open', lambda: os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)),\n"
+        "                     ('truncate', lambda: os.truncate(sys.argv[1], 0))):\n"
+        "    try:\n"
+        "        try_it()\n"
+        "        print(name, 'allowed')\n"
+        "    except PermissionError:\n"
+        "        print(name, 'EACCES')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", attempt, audit_log],
+        user=uid, group=uid, extra_groups=[],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    assert result.stdout.split("\n")[:2] == ["open EACCES", "truncate EACCES"], result.stdout
+    assert client.stop() == 0
+    ops = {r["op"] for r in client.audit()}
+    assert "hello" in ops
+    assert "connect" not in ops  # the supervisor's events are elsewhere
+    assert {r["op"] for r in client.session_events()} >= {"connect", "disconnect"}
+
+
 # --------------------------------------------------------------------------- teardown
 
 
@@ -300,8 +342,8 @@ def test_sigint_logs_off_and_removes_everything(lab: Lab) -> None:
     addrs_before = lab.ip_json(lab.client_ns, "addr", "show")
     client = Client(lab)
     tun = client.wait_connected()
-    pids = [client.proc.pid, *_descendants(client.proc.pid)]
-    assert len(pids) == 3
+    pids = [client.proc.pid, *descendants(client.proc.pid)]
+    assert len(pids) == 4  # supervisor, helper, spawner, worker
     assert json.loads(lab.occtl("-j", "show", "users"))  # one session on the server
     assert client.stop(signal.SIGINT) == 0, client.stderr
     assert lab.client_tun() is None
@@ -452,7 +494,9 @@ def test_untrusted_certificate_without_pin(lab: Lab) -> None:
         lab.client_ns,
         SEPCONNECT, "connect", "--user", "test", "--passwd-on-stdin",
         "--audit-log", argv_pin_free.audit_log, "--control-socket", argv_pin_free.control,
-        "--state-dir", str(Path(lab.workdir, "helper-state")), lab.url,
+        "--session-log", str(Path(lab.workdir, "session-nopin.jsonl")),
+        "--state-dir", str(Path(lab.workdir, "state-nopin")),
+        lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert argv_pin_free.proc.stdin is not None
@@ -466,6 +510,12 @@ def test_untrusted_certificate_without_pin(lab: Lab) -> None:
 def test_unreachable_server(lab: Lab) -> None:
     client = Client(lab, "https://198.18.1.1:4443/")  # nothing listens there
     _assert_clean_failure(lab, client, UNREACHABLE, r"cannot connect")
+
+
+def test_unresolvable_server(lab: Lab) -> None:
+    """The launcher resolves the server once, before the helper or a worker starts (F2)."""
+    client = Client(lab, "https://no-such-host.invalid/")
+    _assert_clean_failure(lab, client, UNREACHABLE, r"^sepconnect: cannot resolve no-such-host")
 
 
 def test_unknown_group(lab_factory: Callable[[OcservOptions], Lab]) -> None:

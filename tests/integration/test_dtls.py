@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 from dtls_lab import UdpFilter, VpnClient, measure_failover
-from test_connect import _descendants, _title
+from test_connect import _title
 
-from lab import Lab, OcservOptions
+from lab import Lab, OcservOptions, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -175,7 +175,7 @@ def test_udp_loss_fails_over_to_tls_and_comes_back(lab: Lab, how: str) -> None:
 
 def _worker_pid(client: VpnClient) -> int | None:
     assert client.proc is not None
-    for pid in _descendants(client.proc.pid):
+    for pid in descendants(client.proc.pid):
         try:
             if _title(pid) == "sepconnect: worker":
                 return pid

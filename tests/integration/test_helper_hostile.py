@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -128,7 +129,7 @@ class Helper:
         self.tun_fd: int | None = None
 
     def setup(self) -> None:
-        self.client.hello()
+        self.client.hello(ipaddress.ip_address(GOOD["gateway"]))
         _, _, self.tun_fd = self.client.create_tun(1400)
         self.client.net_config(network_config(**GOOD))
 
@@ -244,7 +245,12 @@ CASES = [
         "expected bool",
     ),
     # -- the request table: out of phase, repeated once-only: fatal
-    Case("hello_again", _raw(packed("hello", seq=5, proto=1, role="supervisor")), "fatal", "phase"),
+    Case(
+        "hello_again",
+        _raw(packed(**client_request("hello", ipaddress.ip_address("198.19.200.7"), seq=5))),
+        "fatal",
+        "phase",
+    ),
     Case(
         "create_tun_again",
         _raw(packed("create_tun", seq=5, mtu=1400, vnet_hdr=True)),
@@ -258,8 +264,10 @@ CASES = [
     Case("route_multicast", _refused(routes=["224.0.0.0/4"]), "refused", "multicast"),
     Case("route_linklocal6", _refused(routes=["fe80::/10"]), "refused", "link-local"),
     Case("route_gateway_itself", _refused(routes=["198.19.200.7/32"]), "refused", "own packets"),
-    Case("gateway_in_tunnel", _refused(gateway="198.18.10.9"), "refused", "own subnet"),
-    Case("gateway_loopback", _refused(gateway="127.0.0.1"), "refused", "loopback"),
+    # F2: the gateway is the one hello named; a bypass for any other address is refused
+    Case("gateway_other", _refused(gateway="10.20.30.40"), "refused", "not the VPN server's"),
+    Case("gateway_in_tunnel", _refused(gateway="198.18.10.9"), "refused", "not the VPN server's"),
+    Case("gateway_loopback", _refused(gateway="127.0.0.1"), "refused", "not the VPN server's"),
     Case("address_loopback", _refused(ipv4="127.0.0.2/8"), "refused", "loopback"),
     Case("address_broadcast", _refused(ipv4="198.18.10.255/24"), "refused", "broadcast"),
     Case("mtu_below_ipv6_min", _refused(mtu=1279), "refused", "at least 1280"),
@@ -382,7 +390,7 @@ def test_the_real_helper_cannot_write_outside_its_state_dir(ns: str, tmp_path: P
         env={"SEPCONNECT_TEST_HELPER_SELFTEST": json.dumps(spec)},
     )  # fmt: skip
     try:
-        helper.client.hello()  # answered after the self-test
+        helper.client.hello(ipaddress.ip_address(GOOD["gateway"]))  # answered after the self-test
         helper.client.teardown()
         assert helper.proc.wait(10) == 0
     finally:

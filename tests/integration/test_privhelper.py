@@ -14,6 +14,8 @@ has not been reinstalled) it runs this tree's code, still under ``-I``.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import os
 import queue
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netconfigs import network_config
+from netconfigs import largest_script_config, network_config
 
+from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV
 from sepconnect.ipc.wire import PeerClosed, WireError, socketpair
 from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
@@ -99,6 +102,7 @@ class Helper:
         peer_uid: int = 0,
         interface: str | None = None,
         extra_fds: tuple[int, ...] = (),
+        script: Path | None = None,
     ) -> None:
         self.ns = ns
         self.audit_path = tmp / "audit.log"
@@ -108,6 +112,8 @@ class Helper:
         argv += ["--audit-log", str(self.audit_path)]
         if interface is not None:
             argv += ["--interface", interface]
+        if script is not None:
+            argv += ["--script", str(script)]
         self.stderr_path = tmp / "helper.stderr"
         with open(self.stderr_path, "wb") as stderr:
             # `ip netns exec` execs the command itself: proc.pid is the helper's pid.
@@ -124,7 +130,7 @@ class Helper:
         self.ifname = ""
 
     def start_tun(self, mtu: int = 1400) -> str:
-        self.client.hello()
+        self.client.hello(ipaddress.ip_address(VPN_GW))
         self.ifname, _, self.tun_fd = self.client.create_tun(mtu)
         return self.ifname
 
@@ -300,7 +306,7 @@ def test_helper_keeps_only_net_admin_and_names_the_tun(start: Any) -> None:
     leak_r, leak_w = os.pipe()
     helper = start(interface="sctest0", extra_fds=(leak_w,))
     os.close(leak_w)
-    helper.client.hello()
+    helper.client.hello(ipaddress.ip_address(VPN_GW))
     # The helper closed every inherited fd but its socket and 0-2: the pipe is at EOF.
     assert os.read(leak_r, 1) == b""
     os.close(leak_r)
@@ -401,10 +407,12 @@ def test_default_route_mode_splits_and_pins_the_gateway(start: Any) -> None:
     left_out = helper.client.net_config(network_config(**{**FULL, "exclude": ["198.18.77.0/24"]}))
     assert left_out == ()
     assert ("198.18.77.0/24", "up0", UPLINK_GW, 50) in static_routes(helper.ns)
-    # A gateway on the uplink's own subnet: its original path has no gateway.
-    helper.client.net_config(network_config(**{**FULL, "gateway": "198.18.1.77"}))
-    assert ("198.18.1.77", "up0", None, 50) in static_routes(helper.ns)
-    assert (VPN_GW, "up0", UPLINK_GW, 50) not in static_routes(helper.ns)
+    # Another gateway (F2): the one from hello is the only one; nothing moves.
+    before = static_routes(helper.ns)
+    with pytest.raises(HelperRefused, match="not the VPN server's address"):
+        helper.client.net_config(network_config(**{**FULL, "gateway": "198.18.1.77"}))
+    assert static_routes(helper.ns) == before
+    assert (VPN_GW, "up0", UPLINK_GW, 50) in before
     helper.client.teardown()
     assert helper.wait() == 0
     assert_cleaned_up(helper.ns, helper, default_before)
@@ -440,7 +448,7 @@ def test_out_of_policy_and_kernel_refusals_change_nothing(start: Any) -> None:
     bad = [
         ({"routes": ["127.0.0.0/8"]}, "route 127.0.0.0/8: loopback is not allowed"),
         ({"ipv6": None}, "route 2001:2:0:20::/64: the tunnel has no IPv6 address"),
-        ({"gateway": "198.18.10.9"}, "gateway 198.18.10.9: inside the tunnel's own subnet"),
+        ({"gateway": "198.18.10.9"}, f"gateway 198.18.10.9: not the VPN server's address {VPN_GW}"),
         ({"exclude": ["0.0.0.0/0"]}, "exclude 0.0.0.0/0: a /0 prefix is not allowed"),
         ({"mtu": 1279}, "mtu 1279: IPv6 needs at least 1280"),
     ]
@@ -472,6 +480,36 @@ def test_out_of_policy_and_kernel_refusals_change_nothing(start: Any) -> None:
     results = [r["result"] for r in helper.records() if r["op"] == "net_config"]
     assert results == ["ok"] + ["refused"] * 6 + ["ok"]
     assert ifname
+
+
+def test_a_configuration_too_large_for_the_script_is_refused(start: Any, tmp_path: Path) -> None:
+    """--script: the largest configuration whose vpnc-script environment fits is applied;
+    one byte more is refused, audited, and no script runs for it."""
+    log = tmp_path / "reasons.log"
+    script = tmp_path / "script"
+    script.write_text(f'#!/bin/sh\necho "$reason" >> {log}\n')
+    script.chmod(0o755)
+    helper = start(script=script)
+    ifname = helper.start_tun()
+    largest = largest_script_config(ifname=ifname, vpnpid=os.getpid(), gateway=VPN_GW)
+    assert largest.banner is not None
+    one_more = dataclasses.replace(largest, banner=largest.banner + "x")
+    with pytest.raises(HelperRefused) as info:
+        helper.client.net_config(one_more)
+    reason = (
+        f"the vpnc-script environment for this configuration ({MAX_SCRIPT_ENV + 1} bytes) "
+        f"exceeds the runner's limit of {MAX_SCRIPT_ENV}: too many routes, excludes or "
+        "domains for --script"
+    )
+    assert info.value.reason == reason
+    assert log.read_text().split() == ["pre-init"]
+    helper.client.net_config(largest)
+    assert log.read_text().split() == ["pre-init", "connect"]
+    helper.client.teardown()
+    assert helper.wait() == 0
+    assert log.read_text().split() == ["pre-init", "connect", "disconnect"]
+    records = [(r["result"], r["reason"]) for r in helper.records() if r["op"] == "net_config"]
+    assert records == [("refused", reason), ("ok", "")]
 
 
 @pytest.mark.parametrize("violation", ["garbage", "wrong_phase"])
@@ -551,7 +589,7 @@ def test_sender_uid_is_checked_with_scm_credentials(start: Any) -> None:
             os.setgid(65534)
             os.setuid(65534)
             client = HelperClient(helper.sock)
-            client.hello()
+            client.hello(ipaddress.ip_address(VPN_GW))
             ifname, _, fd = client.create_tun(1400)
             os.write(w, ifname.encode())
             code = 0

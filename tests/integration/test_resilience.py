@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_connect import SEPCONNECT, Client, _descendants, _routes, _title
+from test_connect import SEPCONNECT, Client, _routes, _title
 
-from lab import Lab, OcservOptions
+from sepconnect.worker import sandbox
+from sepconnect.worker.main import AFTER_TUN
+
+from lab import Lab, OcservOptions, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -25,7 +28,7 @@ SERVER_DISCONNECTED = 10
 
 
 def _role_pid(client: Client, role: str) -> int | None:
-    for pid in _descendants(client.proc.pid):
+    for pid in descendants(client.proc.pid):
         try:
             if _title(pid) == f"sepconnect: {role}":
                 return pid
@@ -79,13 +82,19 @@ def _status(client: Client) -> dict[str, Any]:
 
 
 def test_worker_killed_20_times_nothing_moves_and_traffic_resumes(lab: Lab) -> None:
+    """20 back-to-back SIGKILLs of a healthy worker (each has just carried a ping) each
+    recover in under 1 s: a worker that moved traffic is replaced at once however often
+    it dies (the crash-loop guard backs off only for workers that die before that)."""
     client = Client(lab)
     tun = client.wait_connected()
     _wait_ping(lab, lab.target_ip)
     before = _snapshot(lab, tun["ifname"])
     supervisor = client.proc.pid
     helper = _role_pid(client, "privhelper")
-    fds_before = _fd_count(supervisor), _fd_count(helper) if helper else 0
+    spawner = _role_pid(client, "spawner")
+    assert helper is not None
+    assert spawner is not None
+    fds_before = _fd_count(supervisor), _fd_count(helper), _fd_count(spawner)
     recoveries = []
     for _ in range(20):
         worker = _role_pid(client, "worker")
@@ -93,19 +102,41 @@ def test_worker_killed_20_times_nothing_moves_and_traffic_resumes(lab: Lab) -> N
         os.kill(worker, signal.SIGKILL)
         recoveries.append(_wait_ping(lab, lab.target_ip))
         assert _snapshot(lab, tun["ifname"]) == before
-    # No process or fd leaks: one helper, one worker, the same fds as before.
+    # No process or fd leaks: one helper, the spawner, one worker, the same fds as before.
     lab.wait_for("the last dismissed worker to be reaped", lambda: True if len(
-        _descendants(supervisor)) == 2 else None)  # fmt: skip
-    assert _fd_count(supervisor) == fds_before[0]
-    assert helper is not None
-    assert _fd_count(helper) == fds_before[1]
+        descendants(supervisor)) == 3 else None)  # fmt: skip
+    assert (_fd_count(supervisor), _fd_count(helper), _fd_count(spawner)) == fds_before
     status = _status(client)
     assert status["worker_restarts"] == 20
     assert status["interface"] == tun["ifname"]
     assert client.stop() == 0, client.stderr
     print(f"recovery after SIGKILL: max {max(recoveries):.2f} s, all {recoveries}")
-    # Generous bound here; the benchmark reports the real figure against the 1 s target.
-    assert max(recoveries) < 5, recoveries
+    assert max(recoveries) < 1.0, recoveries
+    assert "right after getting the tun" not in client.stderr, client.stderr
+
+
+def test_a_worker_dying_each_time_right_after_it_gets_the_tun_ends_the_session(
+    lab: Lab,
+) -> None:
+    """The crash-loop guard. Every worker dies of SIGSYS as soon as it has the tun (a
+    test-only fault: as a data-path syscall missing from the seccomp allow-list would).
+    The replacements come after 0, 1, 2, 4 and 8 s; the sixth such death in a row ends
+    the session with exit 13 and a clear message, and nothing is left behind."""
+    routes_before = _routes(lab)
+    env = {**os.environ, sandbox.SELFTEST_ENV: AFTER_TUN + "exec"}
+    started = time.monotonic()
+    client = Client(lab, env=env)
+    assert client.finish(timeout=60) == 13, client.stderr
+    elapsed = time.monotonic() - started
+    stderr = client.stderr
+    assert stderr.count("exited unexpectedly (killed by SIGSYS)") == 6, stderr
+    for delay in ("now", "in 1.0 s", "in 2.0 s", "in 4.0 s", "in 8.0 s"):
+        assert f"the worker died: reconnecting {delay}" in stderr, stderr
+    assert "giving up: the worker failed 6 times in a row right after getting the tun" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert 15 < elapsed < 40, elapsed
+    assert lab.client_tun() is None
+    assert _routes(lab) == routes_before
 
 
 def test_helper_configuration_untouched_across_a_restart(lab: Lab) -> None:
@@ -287,18 +318,23 @@ def test_sigusr2_reconnects_and_sigusr1_raises_verbosity(lab: Lab) -> None:
 
 
 def test_supervisor_killed_helper_removes_everything(lab: Lab) -> None:
+    """The helper tears down; the worker, its channel closed, logs off the server and
+    exits (its spawner gives it the time, then exits too)."""
     routes_before = _routes(lab)
     client = Client(lab)
     client.wait_connected()
-    pids = [client.proc.pid, *_descendants(client.proc.pid)]
+    pids = [client.proc.pid, *descendants(client.proc.pid)]
+    assert _resumable(lab)  # one session on the server
     os.kill(client.proc.pid, signal.SIGKILL)
     client.finish()
     lab.wait_for("the tun to go", lambda: True if lab.client_tun() is None else None)
     lab.wait_for(
-        "helper and worker to exit",
+        "helper, spawner and worker to exit",
         lambda: True if not any(Path(f"/proc/{p}").exists() for p in pids) else None,
     )
     assert _routes(lab) == routes_before
+    # Logged off: no session of ours is left that the cookie could resume.
+    lab.wait_for("ocserv to drop the session", lambda: True if not _resumable(lab) else None)
 
 
 def test_control_socket_status_and_permissions(lab: Lab) -> None:

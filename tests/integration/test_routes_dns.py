@@ -13,6 +13,7 @@ network, /run and /etc/resolv.conf are never touched.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -247,7 +248,7 @@ class Helper:
         self.tun_fd: int | None = None
 
     def up(self, config: dict[str, Any]) -> str:
-        self.client.hello()
+        self.client.hello(ipaddress.ip_address(config["gateway"]))
         self.ifname, self.ifindex, self.tun_fd = self.client.create_tun(config["mtu"])
         self.client.net_config(network_config(**config))
         return self.ifname
@@ -295,13 +296,13 @@ def ours(box: Box) -> set[tuple[str, str, str | None, int]]:
 def test_ipv6_only_tunnel_split_and_full(box: Box) -> None:
     helper = Helper(box)
     v6only = {**SPLIT, "ipv4": None, "routes": ["2001:2:0:20::/64"], "dns": [], "domains": [],
-              "split_dns": []}  # fmt: skip
+              "split_dns": [], "gateway": "2001:2:0:99::7"}  # fmt: skip
     ifname = helper.up(v6only)
     assert ours(box) == {("2001:2:0:20::/64", ifname, None, 50)}
     link = box.ip("addr", "show", "dev", ifname)[0]
     assert [a["family"] for a in link["addr_info"] if a["scope"] == "global"] == ["inet6"]
     # Full tunnel, IPv6 only: the halves, and the IPv6 gateway pinned to its old path.
-    full6 = {**v6only, "routes": ["::/0"], "gateway": "2001:2:0:99::7"}
+    full6 = {**v6only, "routes": ["::/0"]}
     helper.client.net_config(network_config(**full6))
     assert ours(box) == {
         ("::/1", ifname, None, 50),
@@ -379,7 +380,7 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     assert {r[0] for r in ours(box)} == {VPN_GW, "198.18.77.0/24"}
     assert box.resolv.read_bytes() != ORIGINAL_RESOLV
     fresh = Helper(box)  # no DNS option of its own: the root runner comes to recover only
-    fresh.client.hello()
+    fresh.client.hello(ipaddress.ip_address(VPN_GW))
     assert ours(box) == set()
     assert box.resolv.read_bytes() == ORIGINAL_RESOLV
     reasons = [r["reason"] for r in fresh.records("recover")]
@@ -410,7 +411,7 @@ def test_systemd_resolved_backend(tmp_path: Path) -> None:
     try:
         resolvectl = f"{RESOLVED}/usr/bin/resolvectl"
         helper = Helper(box)  # --dns-backend defaults to none in the helper: ask for auto
-        helper.client.hello()
+        helper.client.hello(ipaddress.ip_address(VPN_GW))
         helper.client.teardown()
         helper.close()
         helper = Helper(box, "--dns-backend", "auto")
@@ -464,7 +465,7 @@ def test_without_the_polkit_rule_resolved_refuses_the_helper(tmp_path: Path) -> 
             helper.up(SPLIT)
         assert helper.stop() == 0
         auto = Helper(box, "--dns-backend", "auto")
-        auto.client.hello()
+        auto.client.hello(ipaddress.ip_address(VPN_GW))
         assert auto.records("start")[0]["args"]["dns_backend"] == "file"  # the root runner's
         assert auto.stop() == 0
     finally:
@@ -572,7 +573,7 @@ def test_fail_closed_table_outlives_a_crash_until_the_next_start(box: Box) -> No
     crashed.kill()
     assert nft_tables(box) == [table]  # fail closed, even now
     fresh = Helper(box)
-    fresh.client.hello()
+    fresh.client.hello(ipaddress.ip_address(VPN_GW))
     assert nft_tables(box) == []
     assert any(
         f"deleted fail-closed table {table}" in r["reason"] for r in fresh.records("recover")
@@ -593,6 +594,7 @@ def test_end_to_end_dns_in_the_lab_client_only(lab_factory: Any) -> None:
     proc = lab.popen_in(
         lab.client_ns, f"{VENV}/bin/sepconnect", "connect", "--passwd-on-stdin", "--user", "test",
         "--audit-log", str(audit), "--servercert", lab.server_cert_pin, "--dns-backend", "file",
+        "--session-log", str(Path(lab.workdir, "session.jsonl")),
         "--state-dir", str(Path(lab.workdir, "state")), lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -16,6 +16,7 @@ Two ways of running the worker:
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -76,8 +77,9 @@ def _connect_options() -> str:
 def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test", "--dns-backend", "none"]
     argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
+    argv += ["--session-log", str(Path(lab.workdir, f"session-{time.monotonic_ns()}.jsonl"))]
     argv += ["--servercert", lab.server_cert_pin]
-    argv += ["--state-dir", str(Path(lab.workdir, "helper-state"))]  # not the host's /run
+    argv += ["--state-dir", str(Path(lab.workdir, f"state-{time.monotonic_ns()}"))]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "s"))]
     proc = lab.popen_in(
@@ -126,8 +128,8 @@ def test_every_process_runs_with_its_manifest(
     session: tuple[Lab, subprocess.Popen[bytes], dict[str, int]],
 ) -> None:
     lab, proc, pids = session
-    assert set(pids) == {"supervisor", "privhelper", "worker"}, pids
-    for name in ("supervisor", "worker"):
+    assert set(pids) == {"supervisor", "privhelper", "spawner", "worker"}, pids
+    for name in ("supervisor", "spawner", "worker"):
         st = status(pids[name])
         assert all(u != "0" for u in st["Uid"].split()), (name, st["Uid"])
         assert all(g != "0" for g in st["Gid"].split()), (name, st["Gid"])
@@ -152,6 +154,54 @@ def test_every_process_runs_with_its_manifest(
     # The data path works inside the sandbox.
     ping = lab.run_in(lab.client_ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", lab.target_ip)
     assert ping.returncode == 0
+
+
+# What a process with the worker's uid and no sandbox at all (a worker that escaped its
+# sandbox) tries against the other processes of the session: a signal (0: only the
+# permission check is made).
+REACH = r"""
+import os, sys
+for name, pid in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        os.kill(int(pid), 0)
+        print(name, "allowed")
+    except OSError as exc:
+        print(name, exc.errno)
+"""
+
+
+@pytest.mark.netns
+def test_helper_supervisor_and_worker_run_under_three_uids(
+    session: tuple[Lab, subprocess.Popen[bytes], dict[str, int]],
+) -> None:
+    """Issue 13, item 2: the worker (and its spawner) have a uid and gid of their own,
+    neither the supervisor's nor the helper's, and no supplementary group; a process
+    with that uid cannot signal the supervisor or the helper."""
+    lab, proc, pids = session
+    st = {name: status(pid) for name, pid in pids.items()}
+    uids = {name: s["Uid"].split() for name, s in st.items()}
+    gids = {name: s["Gid"].split() for name, s in st.items()}
+    for name in pids:
+        assert len(set(uids[name])) == 1, (name, uids[name])  # real, effective, saved, fs
+        assert len(set(gids[name])) == 1, (name, gids[name])
+    helper, supervisor, worker = (uids[n][0] for n in ("privhelper", "supervisor", "worker"))
+    assert len({helper, supervisor, worker}) == 3, uids
+    assert uids["spawner"] == uids["worker"]
+    assert gids["worker"][0] not in (gids["supervisor"][0], gids["privhelper"][0]), gids
+    assert st["worker"]["Groups"] == st["spawner"]["Groups"] == "", st["worker"]["Groups"]
+    assert worker != "0"
+    try:
+        owner = pwd.getpwuid(int(worker)).pw_name
+    except KeyError:
+        owner = None  # the fixed uid (no sepconnect-worker account on the lab machine)
+    assert owner in (None, "sepconnect-worker"), owner
+    targets = [str(a) for n in ("supervisor", "privhelper") for a in (n, pids[n])]
+    result = subprocess.run(
+        [PYTHON, "-I", "-c", REACH, *targets],
+        user=int(worker), group=int(gids["worker"][0]), extra_groups=[],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    assert result.stdout.splitlines() == ["supervisor 1", "privhelper 1"], result.stdout  # EPERM
 
 
 @pytest.mark.netns
@@ -188,11 +238,14 @@ EXPECTED_REPORT = {
     # sockets and ioctls: seccomp
     "netlink_socket": "EAFNOSUPPORT",
     "packet_socket": "EAFNOSUPPORT",
+    "unix_socket": "EAFNOSUPPORT",  # no pathname sockets: helper, journald, D-Bus
     "tunsetiff_ioctl": "ENOTTY",
     "siocgifconf_ioctl": "ENOTTY",
     "wx_mapping": "EACCES",
     # TCP only to the server's port (Landlock ABI 4+)
     "tcp_connect_other_port": "EACCES",
+    "tcp_connect_dns": "EACCES",  # no DNS: the launcher resolved the server
+    "read_resolv_conf": "EACCES",
     # and what the worker needs still works
     "read_ca_store": "allowed",
     "udp_socket": "allowed",
@@ -275,9 +328,11 @@ def test_a_full_session_logs_no_secret(lab: Lab) -> None:
     password = "pw-" + secrets.token_urlsafe(24)
     lab.add_user("auditee", password)
     audit_log = Path(lab.workdir, "audit-secrets.jsonl")
+    session_log = Path(lab.workdir, "session-secrets.jsonl")
     argv = [SEPCONNECT, "connect", "-vvvv", "--passwd-on-stdin", "--user", "auditee"]
-    argv += ["--audit-log", str(audit_log), "--servercert", lab.server_cert_pin]
-    argv += ["--state-dir", str(Path(lab.workdir, "helper-state"))]
+    argv += ["--audit-log", str(audit_log), "--session-log", str(session_log)]
+    argv += ["--servercert", lab.server_cert_pin]
+    argv += ["--state-dir", str(Path(lab.workdir, "state-secrets"))]
     if "--control-socket" in _connect_options():
         argv += ["--control-socket", str(Path(lab.workdir, "ctl-secrets", "s"))]
     proc = lab.popen_in(
@@ -297,7 +352,7 @@ def test_a_full_session_logs_no_secret(lab: Lab) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
-    text = audit_log.read_text()
+    text = audit_log.read_text() + session_log.read_text()
     records = [json.loads(line) for line in text.splitlines()]
     ops = [r["op"] for r in records]
     for op in ("start", "hello", "create_tun", "net_config", "connect", "disconnect", "teardown"):
@@ -320,12 +375,14 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
     import json
 
     audit_log = Path(lab.workdir, "audit-authfail.jsonl")
+    session_log = Path(lab.workdir, "session-authfail.jsonl")
     wrong = "wrong-" + "x" * 20
     proc = lab.popen_in(
         lab.client_ns,
         SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
-        "--audit-log", str(audit_log), "--servercert", lab.server_cert_pin,
-        "--state-dir", str(Path(lab.workdir, "helper-state")),
+        "--audit-log", str(audit_log), "--session-log", str(session_log),
+        "--servercert", lab.server_cert_pin,
+        "--state-dir", str(Path(lab.workdir, "state-authfail")),
         *(["--control-socket", str(Path(lab.workdir, "ctl-authfail", "s"))]
           if "--control-socket" in _connect_options() else []),
         lab.url,
@@ -337,31 +394,34 @@ def test_failed_login_is_audited_without_the_password(lab: Lab) -> None:
     proc.stdin = None
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err.decode()  # AUTH_FAILED
-    text = audit_log.read_text()
+    text = session_log.read_text()
     failures = [r for r in map(json.loads, text.splitlines()) if r["op"] == "auth_failure"]
     assert len(failures) == 1, text
     assert failures[0]["result"] == "refused"
     assert failures[0]["source"] == "supervisor"
     assert wrong not in text + err.decode()
+    assert wrong not in (audit_log.read_text() if audit_log.exists() else "")
 
 
 WEAK_PROBE = """
 import sys
 from sepconnect.worker import sandbox
-sandbox.landlock_abi = lambda: 0  # a kernel without Landlock
+abi = int(sys.argv[2])
+sandbox.landlock_abi = lambda: abi  # a kernel without Landlock, or with an older ABI
 try:
     status = sandbox.apply(server_port=443, allow_weak=sys.argv[1] == "weak")
 except sandbox.SandboxUnavailable as exc:
     print("refused:", exc)
     sys.exit(3)
 print("missing:", status.missing, "seccomp:", status.seccomp)
+print(status.describe())
 """
 
 
-@pytest.mark.parametrize("mode", ["strict", "weak"])
-def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -> None:
-    result = subprocess.run(
-        [PYTHON, "-I", "-c", WEAK_PROBE, mode],
+def _weak_probe(mode: str, abi: int) -> subprocess.CompletedProcess[str]:
+    """WEAK_PROBE as nobody, with the kernel's Landlock ABI taken to be ``abi``."""
+    return subprocess.run(
+        [PYTHON, "-I", "-c", WEAK_PROBE, mode, str(abi)],
         capture_output=True,
         text=True,
         check=False,
@@ -370,6 +430,11 @@ def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -
         extra_groups=[],
         timeout=30,
     )
+
+
+@pytest.mark.parametrize("mode", ["strict", "weak"])
+def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -> None:
+    result = _weak_probe(mode, abi=0)
     if mode == "strict":
         assert result.returncode == 3, result.stderr
         assert "lacks Landlock" in result.stdout
@@ -378,3 +443,21 @@ def test_missing_kernel_feature_fails_closed_unless_weak_is_allowed(mode: str) -
         assert result.returncode == 0, result.stderr
         assert "missing: ('Landlock" in result.stdout
         assert "seccomp: True" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["strict", "weak"])
+def test_a_landlock_abi_without_tcp_rules_fails_closed_unless_weak_is_allowed(mode: str) -> None:
+    """ABI 1-3 cannot limit TCP connect to the server's port: refused by default, and
+    named; the rules seccomp also enforces (ABI 5, 6) are reported, not refused."""
+    result = _weak_probe(mode, abi=3)
+    if mode == "strict":
+        assert result.returncode == 3, result.stderr
+        assert "Landlock ABI 4 (TCP connect only to the server's port" in result.stdout
+        assert "this kernel has ABI 3" in result.stdout
+        assert "--allow-weak-sandbox" in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+        assert 'missing: ("Landlock ABI 4 (TCP connect' in result.stdout
+        described = "sandbox: Landlock ABI 3, seccomp on; not enforced by Landlock here:"
+        assert described in result.stdout
+        assert "no abstract unix socket or signal outside its domain (ABI 6" in result.stdout

@@ -1,9 +1,11 @@
-"""The control socket's request parsing and authorization (no root needed)."""
+"""The control socket's request parsing and authorization (root only for 300 groups)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from sepconnect.supervisor.control import ControlError, ControlServer, Peer, aut
 def test_the_peer_is_read_from_so_peercred() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
-        assert control.peer_of(a) == Peer(os.getpid(), os.getuid(), os.getgid())
+        peer = control.peer_of(a)
+    assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.getuid(), os.getgid())
 
 
 @pytest.mark.parametrize("command", control.COMMANDS)
@@ -48,12 +51,41 @@ def test_authorization() -> None:
     assert not authorized(Peer(1, service, service), service_uid=service, control_gid=4)
     assert not authorized(Peer(1, 1234, 1234), service_uid=service, control_gid=None)
     assert authorized(Peer(1, 1234, 4), service_uid=service, control_gid=4)
-    # supplementary groups are read from /proc/<pid>/status: our own process here
-    own_groups = os.getgroups()
-    if own_groups:
-        assert authorized(
-            Peer(os.getpid(), 1234, 1234), service_uid=service, control_gid=own_groups[0]
-        )
+    assert authorized(Peer(1, 1234, 1234, frozenset({7, 4})), service_uid=service, control_gid=4)
+    assert not authorized(Peer(1, 1234, 1234, frozenset({7})), service_uid=service, control_gid=4)
+
+
+def test_peer_groups_are_the_connecting_process_groups() -> None:
+    """SO_PEERGROUPS: the groups the peer had at connect(), as the kernel recorded them."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        peer = control.peer_of(a)
+    assert peer.pid == os.getpid()
+    assert peer.groups == frozenset(os.getgroups())
+
+
+def test_a_peer_with_more_groups_than_the_first_buffer(tmp_path: Path) -> None:
+    """More than 256 supplementary groups (CPython's getsockopt buffer): all read."""
+    if os.geteuid() != 0:
+        pytest.skip("setting 300 supplementary groups needs root")
+    groups = list(range(70000, 70300))
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(1)
+    child = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", f"import socket; s = socket.socket(socket.AF_UNIX, "
+         f"socket.SOCK_SEQPACKET); s.connect({path!r}); s.recv(1)"],
+        extra_groups=groups,
+    )  # fmt: skip
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            assert control.peer_of(conn).groups == frozenset(groups)
+            conn.send(b"x")
+    finally:
+        listener.close()
+        child.wait(timeout=10)
 
 
 def test_server_round_trip_and_stale_socket(tmp_path: Path) -> None:
@@ -96,3 +128,25 @@ def test_status_text_shows_times_as_dates_and_lists_as_words() -> None:
     assert "connected since: 1970-01-01T00:00:00+00:00" in text
     assert "last rekey: -" in text
     assert "routes: a b" in text
+
+
+def test_a_peer_that_has_exited_is_still_known_by_its_groups() -> None:
+    """The groups come from the connection, not /proc/<pid>: a member of the control
+    group whose process is gone by the time the supervisor looks is still a member
+    (and a non-member whose pid was reused is not taken for the new process)."""
+    if os.geteuid() != 0:
+        pytest.skip("setting supplementary groups needs root")
+    path = f"\0sepconnect-test-groups-{os.getpid()}"  # abstract: no file permissions
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(1)
+    with listener:
+        subprocess.run(  # noqa: S603
+            [sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX, "
+             f"socket.SOCK_SEQPACKET).connect({path!r})"],
+            user=65534, group=65534, extra_groups=[4242], check=True, timeout=10,
+        )  # fmt: skip
+        conn, _ = listener.accept()
+        with conn:
+            peer = control.peer_of(conn)
+    assert authorized(peer, service_uid=999, control_gid=4242)

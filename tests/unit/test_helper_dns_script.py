@@ -7,24 +7,32 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from netconfigs import network_config
+from netconfigs import largest_script_config, network_config
 
 from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.routing import routing_policy
-from sepconnect.ipc.runner_messages import SetDns
+from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV, Ran, RunScript, SetDns
+from sepconnect.ipc.runner_messages import ROOT_REQUESTS as RUNNER_REQUESTS
+from sepconnect.ipc.script_env import check_env
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import dns, firewall, script
+from sepconnect.privhelper.audit import Audit
+from sepconnect.privhelper.host import Helper, Options
+from sepconnect.privhelper.netconf import Router
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
+from sepconnect.privhelper.tun import Tun
 from sepconnect.process import statefile as state
+from sepconnect.process.runner import RunnerClient
 from sepconnect.rootrunner import dns as root_dns
-from sepconnect.rootrunner.script import check_env, check_script
+from sepconnect.rootrunner.script import check_script
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",
@@ -167,7 +175,42 @@ def test_script_env_with_many_routes_fits_the_runner() -> None:
     wanted = check_net_config(nc(routes=tuple(routes)))
     env = env_of(wanted)
     assert env["CISCO_SPLIT_INC"] == "200"
-    assert len(script.encode_env(list(env.items()))) < 60_000
+    assert len(script.encode_env(list(env.items()))) < MAX_SCRIPT_ENV
+
+
+def test_policy_refuses_a_configuration_whose_script_environment_would_not_fit() -> None:
+    """At the limit exactly: accepted, and the runner takes every run's environment;
+    one byte more (a banner character): refused, with the size in the reason."""
+    who = {"ifname": "sepc12", "vpnpid": 4194304, "log_level": 4}
+    largest = check_net_config(largest_script_config(**who))  # type: ignore[arg-type]
+    script.check_script_env(largest, **who)  # type: ignore[arg-type]
+    for reason in script.SESSION_REASONS:
+        items = script.script_env(reason, wanted=largest, **who)  # type: ignore[arg-type]
+        blob = script.encode_env(items)
+        assert len(blob) <= MAX_SCRIPT_ENV
+        assert check_env(blob) == dict(items)
+        request = RunScript(reason=reason, env=blob)  # type: ignore[arg-type]
+        assert RUNNER_REQUESTS.decode_untrusted(RUNNER_REQUESTS.encode(request)) == request
+    assert largest.banner is not None
+    one_more = dataclasses.replace(largest, banner=largest.banner + "x")
+    reason = (
+        f"the vpnc-script environment for this configuration ({MAX_SCRIPT_ENV + 1} bytes) "
+        f"exceeds the runner's limit of {MAX_SCRIPT_ENV}"
+    )
+    with pytest.raises(Refusal, match=re.escape(reason)):
+        script.check_script_env(one_more, **who)  # type: ignore[arg-type]
+    # Without --script nothing limits it: the policy itself still accepts it.
+    assert check_net_config(one_more) == one_more
+
+
+def test_the_longest_domains_reach_a_script() -> None:
+    """32 search and 32 split-DNS domains of 253 characters: the runner's rules take the
+    search list as one CISCO_CSTP_OPTIONS line (over 8000 characters)."""
+    domains = tuple(f"d{i:02d}{'a' * 60}.{'b' * 63}.{'c' * 63}.{'e' * 61}" for i in range(32))
+    assert {len(d) for d in domains} == {253}
+    wanted = check_net_config(nc(domains=domains, split_dns=domains))
+    script.check_script_env(wanted, ifname="sepc0", vpnpid=1, log_level=0)
+    assert env_of(wanted)["CISCO_DEF_DOMAIN"] == " ".join(wanted.domains)
 
 
 @pytest.mark.parametrize(
@@ -363,3 +406,116 @@ def test_supervisor_dns_policy() -> None:
     # What the supervisor builds, the helper accepts, and it crosses the wire unchanged.
     assert REQUESTS.decode_untrusted(REQUESTS.encode(NetConfig(seq=1, net=net))).net == net  # type: ignore[attr-defined]
     check_net_config(net)
+
+
+_EXEC_UNDER_ARG_MAX = """
+import resource, sys
+from sepconnect.process.runner import run_program
+from sepconnect.rootrunner.main import run_script
+# A stack limit of 512 KiB: execve then allows its floor of 128 KiB (ARG_MAX) of
+# argument and environment strings and pointers, the least any system gives.
+resource.setrlimit(resource.RLIMIT_STACK, (512 * 1024, resource.RLIM_INFINITY))
+blob = sys.stdin.buffer.read()
+ran, _ = run_script("/usr/bin/true", "attempt-reconnect", blob)
+over = run_program(["/usr/bin/true"], {"A": "a" * 66000, "B": "b" * 66000}, None)
+print(ran.status, ran.note, "|", over.status, over.note)
+"""
+
+
+def test_execve_takes_the_largest_script_environment_at_the_least_arg_max() -> None:
+    """The root runner executes a real program with the largest environment the policy lets
+    through, under the smallest argument space execve(2) gives (while two strings of
+    66 000 bytes, under MAX_ARG_STRLEN each, are too much together: the limit is real)."""
+    who = {"ifname": "sepc12", "vpnpid": 4194304, "log_level": 4}
+    largest = check_net_config(largest_script_config(**who))  # type: ignore[arg-type]
+    blob = script.encode_env(script.script_env("attempt-reconnect", wanted=largest, **who))  # type: ignore[arg-type]
+    assert len(blob) == MAX_SCRIPT_ENV
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", _EXEC_UNDER_ARG_MAX],
+        input=blob,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.decode()
+    assert out == "0  | 127 cannot execute /usr/bin/true: Argument list too long\n", out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root runner runs as root")
+def test_a_request_the_runner_would_refuse_is_not_sent(tmp_path: Path) -> None:
+    """The real root runner: an environment one byte over the limit is answered
+    "not run" by the helper's side, and the runner is still there for the next run (it
+    would exit on a message its schema refuses, and no disconnect could run after)."""
+    client = RunnerClient(
+        "sepconnect-rootrunner", "sepconnect.rootrunner",
+        ["--state-dir", str(tmp_path / "root"), "--script", "/usr/bin/true"],
+        RUNNER_REQUESTS, os.getuid(),
+    )  # fmt: skip
+    try:
+        over = b"reason=connect\0CISCO_BANNER=" + b"x" * (MAX_SCRIPT_ENV - 28 + 1)
+        assert len(over) == MAX_SCRIPT_ENV + 1
+        ran = client.call(RunScript(reason="connect", env=over))
+        assert ran.status == 126, ran
+        schema = f"run_script.env: length {len(over)} outside [0, {MAX_SCRIPT_ENV}]"
+        assert ran.note == f"not run: {schema}"
+        ran = client.call(RunScript(reason="connect", env=b"reason=connect"))
+        assert (ran.status, ran.note) == (0, "")
+    finally:
+        client.close()
+    assert client.proc.returncode == 0
+
+
+class FakeRunner:
+    """The runner's answers: exit status 1 for the reasons in ``failing``."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+        self.runs: list[str] = []
+
+    def call(self, msg: RunScript) -> Ran:
+        self.runs.append(msg.reason)
+        if msg.reason in self.failing:
+            return Ran(status=1, note="/x exited with 1")
+        return Ran(status=0, note="")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    helper = Helper(
+        None,  # type: ignore[arg-type]  # script mode never reaches netlink here
+        Options(ifname="sepc0", script="/x", state_dir=str(tmp_path)),
+        Audit(None, stderr_fd=None),
+        root=runner,  # type: ignore[arg-type]
+    )
+    helper.tun = Tun(fd=os.open(os.devnull, os.O_RDONLY), name="sepc0")
+    helper.router = Router(None, 1, 1400)  # type: ignore[arg-type]
+    wanted = check_net_config(NC)
+    runner.failing = {"connect"}
+    failed = "vpnc-script connect failed: /x exited with 1; disconnect run"
+    for _ in range(2):  # the same configuration again runs connect again
+        with pytest.raises(Refusal, match=f"^{re.escape(failed)}$"):
+            helper.net_config(wanted)
+        assert helper.script_wanted is None
+    assert runner.runs == ["connect", "disconnect"] * 2
+    runner.failing = {"connect", "disconnect"}
+    with pytest.raises(Refusal, match="; disconnect failed too$"):
+        helper.net_config(wanted)
+    assert helper.undo_errors == ["vpnc-script disconnect: /x exited with 1"]  # for the cleanup
+    helper.undo_errors = []
+    runner.failing = {"attempt-reconnect", "reconnect"}
+    runner.runs = []
+    assert helper.net_config(wanted) == {}
+    helper.script_event("attempt-reconnect")  # configures nothing: a failure is ignored
+    with pytest.raises(Refusal, match="^vpnc-script reconnect failed: /x exited with 1$"):
+        helper.script_event("reconnect")
+    assert helper.script_wanted == wanted  # still configured: the teardown undoes it
+    runner.failing = {"disconnect"}
+    helper.teardown()
+    helper.cleanup()  # the helper's main loop cleans up once more on its way out
+    assert runner.runs == ["connect", "attempt-reconnect", "reconnect", "disconnect"]
+    assert helper.tun is None
+    # What could not be undone is kept: the cleanup leaves the helper's state file for the
+    # next start (the root runner keeps the script's own: rootrunner/main.py).
+    assert helper.undo_errors == ["vpnc-script disconnect: /x exited with 1"]

@@ -525,6 +525,7 @@ class FakeHost:
         self.calls: list[str] = []
         self.refuse_tun = False
         self.real_fd = real_fd
+        self.gateway: Any = None
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         self.calls.append(f"create_tun {mtu}" + (" vnet_hdr" if vnet_hdr else ""))
@@ -540,7 +541,7 @@ class FakeHost:
         self.calls.append("teardown")
 
 
-HELLO = Hello(seq=1, proto=1, role="supervisor")
+HELLO = Hello(seq=1, proto=1, role="supervisor", gateway=ipaddress.ip_address("198.19.200.7"))
 CREATE = CreateTun(seq=2, mtu=1400)
 TEARDOWN = Teardown(seq=9)
 
@@ -567,6 +568,31 @@ def test_the_normal_session() -> None:
     assert monitor.handle(host, TEARDOWN) == (Done(seq=9), None)
     assert monitor.phase is Phase.CLOSED
     assert host.calls == ["create_tun 1400", "net_config", "net_config", "net_config", "teardown"]
+
+
+def test_the_gateway_is_the_one_hello_named() -> None:
+    """F2: a NetConfig naming another gateway (any address a worker or server would
+    pull out of the tunnel) is refused; nothing reaches the host."""
+    host, monitor = FakeHost(), Monitor()
+    monitor.handle(host, HELLO)
+    monitor.handle(host, CREATE)
+    reply, _ = monitor.handle(host, req(seq=3, gateway="10.20.30.40"))
+    assert reply == Refused(
+        seq=3, reason="gateway 10.20.30.40: not the VPN server's address 198.19.200.7"
+    )
+    assert host.calls == ["create_tun 1400"]
+
+
+@pytest.mark.parametrize("gateway", ["127.0.0.1", "224.0.0.1", "0.0.0.0", "::1"])
+def test_hello_with_an_unusable_gateway_is_refused(gateway: str) -> None:
+    host, monitor = FakeHost(), Monitor()
+    hello = dataclasses.replace(HELLO, gateway=ipaddress.ip_address(gateway))
+    reply, _ = monitor.handle(host, hello)
+    assert isinstance(reply, Refused)
+    assert reply.reason.startswith(f"gateway {gateway}:")
+    assert monitor.phase is Phase.NEW  # and hello is used up: the session cannot start
+    with pytest.raises(ProtocolViolation, match="hello is permitted only once"):
+        monitor.handle(host, HELLO)
 
 
 @pytest.mark.parametrize(
@@ -634,10 +660,10 @@ def test_refusal_reasons_are_one_short_line() -> None:
         def net_config(self, wanted: NetworkConfig) -> dict[Any, str]:
             raise Refusal("first line\nsecond line " + "x" * 500)
 
-    monitor = Monitor()
-    monitor.handle(Chatty(), HELLO)
-    monitor.handle(Chatty(), CREATE)
-    reply, _ = monitor.handle(Chatty(), req())
+    monitor, host = Monitor(), Chatty()
+    monitor.handle(host, HELLO)
+    monitor.handle(host, CREATE)
+    reply, _ = monitor.handle(host, req())
     assert isinstance(reply, Refused)
     assert "\n" not in reply.reason
     assert len(reply.reason) <= 200

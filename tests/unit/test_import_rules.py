@@ -22,17 +22,30 @@ SHARED = ("sepconnect.ipc", "sepconnect.process")
 """The packages every process may use; they import nothing but each other."""
 
 _RUNNERS = ("sepconnect.privhelper", "sepconnect.rootrunner")
-LAUNCHER = ("sepconnect.cli", "sepconnect.session", "sepconnect.remote")
-"""The launcher's modules (launcher/, installed as the top of the package)."""
+LAUNCHER = (
+    "sepconnect.cli",
+    "sepconnect.session",
+    "sepconnect.remote",
+    "sepconnect.credentials",
+    "sepconnect.authenticate",
+)
+"""The launcher's modules (launcher/, installed as the top-level package)."""
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "sepconnect.worker": ("sepconnect.supervisor", *_RUNNERS, *LAUNCHER),
-    "sepconnect.supervisor": ("sepconnect.worker", *_RUNNERS, *LAUNCHER),
-    "sepconnect.ipc": ("sepconnect.worker", "sepconnect.supervisor", *_RUNNERS, *LAUNCHER),
+    "sepconnect.worker": ("sepconnect.supervisor", *_RUNNERS, "sepconnect.spawner", *LAUNCHER),
+    "sepconnect.supervisor": ("sepconnect.worker", *_RUNNERS, "sepconnect.spawner", *LAUNCHER),
+    "sepconnect.ipc": (
+        "sepconnect.worker",
+        "sepconnect.supervisor",
+        *_RUNNERS,
+        "sepconnect.spawner",
+        *LAUNCHER,
+    ),
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
-for _module in LAUNCHER:
-    FORBIDDEN[_module] = ("sepconnect.worker",)
+for _module in (*LAUNCHER, "sepconnect.spawner_start"):
+    FORBIDDEN[_module] = ("sepconnect.worker", "sepconnect.spawner")
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}
 """All the helper loads from outside the standard library (jeepney: the D-Bus client
@@ -83,7 +96,8 @@ ALL = _modules("sepconnect")
 def test_the_installed_package_is_laid_out_as_the_source() -> None:
     """Each top-level folder of the repository is one subpackage; no package twice."""
     names = {_module_name(p) for p in ALL}
-    for package in ("ipc", "process", "privhelper", "rootrunner", "supervisor", "worker"):
+    packages = ("ipc", "process", "privhelper", "rootrunner", "spawner", "supervisor", "worker")
+    for package in packages:
         assert f"sepconnect.{package}" in names
     assert not any(p.is_symlink() for p in ALL)
 
@@ -113,6 +127,19 @@ def test_privileged_code_imports_only_itself_the_shared_packages_and_its_librari
             assert any(_within(name, a) for a in allowed), name
         else:
             assert top in sys.stdlib_module_names or top in HELPER_THIRD_PARTY, name
+
+
+@pytest.mark.parametrize("path", _modules("sepconnect.spawner"), ids=_module_name)
+def test_the_spawner_imports_only_itself_the_shared_packages_and_msgpack(path: Path) -> None:
+    """It runs every worker: as little code as the helper's rule allows, and none of the
+    processes it serves."""
+    for name in _imports(path):
+        top = name.split(".")[0]
+        if top == "sepconnect":
+            allowed = ("sepconnect.spawner", *SHARED)
+            assert any(_within(name, a) for a in allowed), name
+        else:
+            assert top in sys.stdlib_module_names or top == "msgpack", name
 
 
 def test_the_rules_see_every_form_of_import() -> None:
@@ -147,7 +174,17 @@ SANS_IO_FORBIDDEN = {
 }
 
 
-@pytest.mark.parametrize("path", _modules("sepconnect.worker.proto"), ids=_module_name)
+SANS_IO = [
+    *_modules("sepconnect.worker.proto"),
+    INSTALLED / "supervisor" / "session.py",
+    INSTALLED / "supervisor" / "policy.py",
+    INSTALLED / "spawner" / "core.py",
+]
+"""The worker's protocol core, the supervisor's session machine (with its policy) and the
+spawner's decisions."""
+
+
+@pytest.mark.parametrize("path", SANS_IO, ids=_module_name)
 def test_protocol_core_is_sans_io(path: Path) -> None:
     bad = {n for n in _imports(path) if n.split(".")[0] in SANS_IO_FORBIDDEN}
     assert not bad, bad

@@ -7,6 +7,7 @@ the Start schema and the CONNECT request builder. Each uses the one pattern.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 
@@ -87,10 +88,7 @@ def test_every_cipher_list_check_agrees(ciphers: str, ok: bool) -> None:
     start = Start(
         proto=1,
         url="https://vpn.example/",
-        username="u",
-        passwords=(),
-        group=None,
-        servercert=None,
+        server_address=ipaddress.ip_address("198.18.1.1"),
         cafile_pem=None,
         base_mtu=None,
         mtu=None,

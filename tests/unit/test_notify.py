@@ -36,6 +36,7 @@ def test_a_value_cannot_add_a_field_to_the_notify_datagram(tmp_path: Path) -> No
     [
         {"op": "failed", "kind": "error", "message": "boom\x1b]52;c;AAAA\x07"},
         {"op": "failed", "kind": "error", "message": "right\u202eleft"},
+        {"op": "lost", "message": "connection reset\x1b[2J"},
         {"op": "worker_status", "channel": "tls", "tls_cipher": "x\x1b[31m", "dtls_cipher": None,
          "dtls_state": "", "tx_bytes": 0, "rx_bytes": 0, "tx_packets": 0, "rx_packets": 0},
     ],

@@ -259,8 +259,23 @@ def test_verify_accepts_openssls_pin_and_names_it_on_mismatch(
     kind, pem = openssl_cert
     expected = openssl_spki_pin(pem)
     cert = x509.load_pem_x509_certificate(pem)
-    _verify("198.18.1.1", [cert], TrustConfig(pin=ServerPin.parse(expected), ca_pem=None))
+    _verify("198.18.1.1", [cert], TrustConfig(pins=(ServerPin.parse(expected),), ca_pem=None))
     wrong = ServerPin("spki", bytes(32))
     with pytest.raises(CertificateInvalid, match="does not match") as info:
-        _verify("198.18.1.1", [cert], TrustConfig(pin=wrong, ca_pem=None))
+        _verify("198.18.1.1", [cert], TrustConfig(pins=(wrong,), ca_pem=None))
     assert expected in str(info.value), kind
+
+
+@needs_openssl
+def test_every_pin_counts(openssl_cert: tuple[str, bytes]) -> None:
+    # Several --servercert pins: the certificate must match one of them, wherever it
+    # stands in the list (before, the last pin given silently replaced the others).
+    _, pem = openssl_cert
+    cert = x509.load_pem_x509_certificate(pem)
+    right = ServerPin.parse(openssl_spki_pin(pem))
+    cert_pin = ServerPin("cert", hashlib.sha256(cert.public_bytes(Encoding.DER)).digest())
+    wrong, wrong2 = ServerPin("spki", bytes(32)), ServerPin("cert", bytes(32))
+    for pins in ((right, wrong), (wrong, right), (wrong, wrong2, cert_pin)):
+        _verify("198.18.1.1", [cert], TrustConfig(pins=pins, ca_pem=None))
+    with pytest.raises(CertificateInvalid, match="does not match"):
+        _verify("198.18.1.1", [cert], TrustConfig(pins=(wrong, wrong2), ca_pem=None))

@@ -44,6 +44,25 @@ def test_write_interest_only_when_asked() -> None:
         b.close()
 
 
+def test_read_interest_can_be_paused() -> None:
+    a, b = socket.socketpair()
+    poller = Poller()
+    try:
+        poller.register(a.fileno(), "tls")
+        b.send(b"x")
+        assert poller.poll(0) == ["tls"]
+        poller.modify(a.fileno(), read=False)
+        assert poller.poll(0) == []  # readable, but not watched
+        poller.modify(a.fileno(), read=False, write=True)
+        assert poller.poll(0) == ["tls"]  # writable
+        poller.modify(a.fileno())
+        assert poller.poll(0) == ["tls"]  # readable again
+    finally:
+        poller.close()
+        a.close()
+        b.close()
+
+
 def test_timeout_is_not_cut_short() -> None:
     poller = Poller()
     try:

@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 from sepconnect.privhelper import audit
+from sepconnect.process import journal as journal_ids
 
 
 def parse_datagram(data: bytes) -> dict[str, str]:
@@ -79,16 +80,23 @@ def test_a_gone_journal_does_not_stop_the_record(tmp_path: Path) -> None:
     sock.close()
 
 
-def test_supervisor_events_share_the_file_and_refuse_secrets(tmp_path: Path) -> None:
+def test_supervisor_events_go_to_the_session_log_and_refuse_secrets(tmp_path: Path) -> None:
     import pytest
 
     from sepconnect.supervisor import audit as session_audit
 
-    log = tmp_path / "audit.jsonl"
+    log = tmp_path / "session.jsonl"
     fd = session_audit.open_log(str(log))
-    session_audit.configure(fd, journal_path=None)
+    journal_path = str(tmp_path / "journal.sock")
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(journal_path)
+    session_audit.configure(fd, journal_path=journal_path)
     try:
         session_audit.event("connect", "ok", server="vpn.example.com", ipv4="198.18.100.2/24")
+        fields = parse_datagram(journal.recv(65536))
+        # not the helper's MESSAGE_ID: a query for the helper's records never shows these
+        assert fields["MESSAGE_ID"] == journal_ids.SESSION_MESSAGE_ID != audit.MESSAGE_ID
+        assert fields["SYSLOG_IDENTIFIER"] == "sepconnect-supervisor"
         with pytest.raises(ValueError, match="secret"):
             session_audit.event("connect", "ok", cookie="webvpn=abc")
         with pytest.raises(ValueError, match="secret"):
@@ -96,6 +104,7 @@ def test_supervisor_events_share_the_file_and_refuse_secrets(tmp_path: Path) -> 
     finally:
         session_audit.configure(None, journal_path=None)
         os.close(fd)
+        journal.close()
     (line,) = log.read_text().splitlines()
     record = json.loads(line)
     assert record["source"] == "supervisor"

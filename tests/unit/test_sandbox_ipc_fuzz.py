@@ -111,6 +111,7 @@ class FakeHost:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.gateway: Any = None
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         self.calls.append("create_tun")
@@ -128,7 +129,7 @@ class FakeHost:
 
 
 _REQUESTS = {
-    "hello": lambda: _wire("hello"),
+    "hello": lambda: _wire("hello", gateway=network_config(**GOOD).gateway),
     "create_tun": lambda: _wire("create_tun", mtu=1400),
     "net_config": lambda: _wire("net_config", net=network_config(**GOOD)),
     "bad_net_config": lambda: _wire(

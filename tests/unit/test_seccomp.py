@@ -34,14 +34,15 @@ def attempt(action):
     return "allowed"
 
 rw = mmap.PROT_READ | mmap.PROT_WRITE
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # before the filter: none after
 privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
 seccomp.load(seccomp.KILL_PROCESS, [
     *sandbox.seccomp_rules(os.getpid()),
     seccomp.Rule(seccomp.ALLOW, "no_such_system_call"),  # skipped, not an error
 ])
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 print(attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()))
 print(attempt(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()))
+print(attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET).close()))
 print(attempt(lambda: mmap.mmap(-1, 4096, prot=rw).close()))
 print(attempt(lambda: mmap.mmap(-1, 4096, prot=rw | mmap.PROT_EXEC).close()))
 print(attempt(lambda: fcntl.ioctl(s.fileno(), tun_ioctls.TUNSETIFF, bytes(40))))
@@ -59,6 +60,7 @@ def test_a_loaded_filter_does_what_its_rules_say() -> None:
     assert result.returncode == -signal.SIGSYS, result.stderr
     assert result.stdout.split() == [
         "allowed",
+        "EAFNOSUPPORT",
         "EAFNOSUPPORT",
         "allowed",
         "EACCES",

@@ -151,9 +151,11 @@ def test_module_links_with_neverallow_checks_on(policy: str) -> None:
     for t in (
         "sepconnect_t",
         "sepconnect_helper_t",
+        "sepconnect_spawner_t",
         "sepconnect_worker_t",
         "sepconnect_exec_t",
         "sepconnect_helper_exec_t",
+        "sepconnect_spawner_exec_t",
         "sepconnect_worker_exec_t",
         "sepconnect_nft_t",
         "sepconnect_rootrunner_t",
@@ -190,14 +192,41 @@ def test_domain_transitions(policy: str) -> None:
         "type_transition init_t sepconnect_exec_t:process sepconnect_t;",
         "type_transition init_t sepconnect_helper_exec_t:process sepconnect_helper_t;",
         "type_transition sepconnect_t sepconnect_helper_exec_t:process sepconnect_helper_t;",
-        "type_transition sepconnect_t sepconnect_worker_exec_t:process sepconnect_worker_t;",
         "type_transition sepconnect_helper_t sepconnect_nft_exec_t:process sepconnect_nft_t;",
         "type_transition sepconnect_helper_t sepconnect_rootrunner_exec_t:process "
         "sepconnect_rootrunner_t;",
+        "type_transition init_t sepconnect_spawner_exec_t:process sepconnect_spawner_t;",
+        "type_transition sepconnect_t sepconnect_spawner_exec_t:process sepconnect_spawner_t;",
+        "type_transition sepconnect_spawner_t sepconnect_worker_exec_t:process"
+        " sepconnect_worker_t;",
     ):
         assert rule in transitions, rule
-    # The worker transitions nowhere.
+    # The worker transitions nowhere; only the spawner starts it.
     assert not run("sesearch", policy, "-T", "-s", "sepconnect_worker_t").stdout.strip()
+    into_worker = [t for t in transitions if t.endswith(" sepconnect_worker_t;")]
+    assert into_worker == [
+        "type_transition sepconnect_spawner_t sepconnect_worker_exec_t:process sepconnect_worker_t;"
+    ]
+
+
+def test_only_the_spawner_starts_or_signals_the_worker(policy: str) -> None:
+    """Issue 13, item 2: the worker has its own uid, which the supervisor cannot signal;
+    the policy says the same of the domains. The spawner has no capability and no
+    network; the worker cannot connect to the helper's sockets."""
+    for domain in ("sepconnect_t", "sepconnect_helper_t"):
+        for perm in ("transition", "signal", "sigkill"):
+            rules = sesearch(policy, domain, target="sepconnect_worker_t", cls="process", perm=perm)
+            assert rules == [], (domain, perm, rules)
+    spawner = sesearch(policy, "sepconnect_spawner_t", target="sepconnect_worker_t", cls="process")
+    assert any("sigkill" in r for r in spawner), spawner
+    for cls in ("capability", "capability2", "cap_userns"):
+        assert sesearch(policy, "sepconnect_spawner_t", cls=cls) == []
+    for cls in ("tcp_socket", "udp_socket", "netlink_route_socket", "tun_socket"):
+        assert sesearch(policy, "sepconnect_spawner_t", cls=cls, perm="create") == []
+    assert (
+        sesearch(policy, "sepconnect_worker_t", target="sepconnect_helper_t", perm="connectto")
+        == []
+    )
 
 
 def test_only_the_helper_and_its_nft_runner_have_net_admin(policy: str) -> None:
@@ -246,8 +275,13 @@ def test_worker_uses_the_handed_tun_and_its_own_sockets_only(policy: str) -> Non
         assert sesearch(policy, "sepconnect_worker_t", cls=cls, perm="create") == []
 
 
-def test_helper_and_worker_execute_nothing(policy: str) -> None:
-    for domain in ("sepconnect_helper_t", "sepconnect_nft_t", "sepconnect_worker_t"):
+def test_helper_runners_spawner_and_worker_execute_nothing(policy: str) -> None:
+    for domain in (
+        "sepconnect_helper_t",
+        "sepconnect_nft_t",
+        "sepconnect_spawner_t",
+        "sepconnect_worker_t",
+    ):
         assert sesearch(policy, domain, cls="file", perm="execute_no_trans") == []
 
 

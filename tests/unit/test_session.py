@@ -127,6 +127,17 @@ def test_keepalive() -> None:
     assert s.get_timer() == 55.0
 
 
+def test_no_keepalive_while_output_waits() -> None:
+    # The data path's backlog is not empty (the server reads nothing): a keepalive
+    # would only wait with it, one more per period.
+    s = CstpSession(dpd=None, keepalive=20, now=0.0)
+    s.handle_timer(20.0, output_waiting=True)
+    assert s.frames_to_send() == []
+    assert s.get_timer() == 40.0
+    s.handle_timer(40.0)
+    assert s.frames_to_send() == [KEEPALIVE]
+
+
 def test_dpd_and_keepalive_together() -> None:
     s = CstpSession(dpd=30, keepalive=40, now=0.0)
     assert s.get_timer() == 30.0

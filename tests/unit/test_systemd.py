@@ -15,7 +15,8 @@ UNITS = Path(__file__).resolve().parents[2] / "systemd"
 
 # unit → highest exposure allowed (systemd-analyze's 0.0 … 10.0 scale)
 THRESHOLDS = {
-    "sepconnect-session@.service": 2.0,  # supervisor + worker: no capabilities
+    "sepconnect-session@.service": 2.0,  # the supervisor: no capabilities
+    "sepconnect-spawner@.service": 2.0,  # spawner + workers: no capabilities; 1.2 today
     "sepconnect-helper@.service": 2.0,  # its own account + CAP_NET_ADMIN; 1.4 today
     "sepconnect@.service": 3.0,  # all three in one unit: launcher caps too; 2.6 today
 }
@@ -57,14 +58,37 @@ def test_every_shipped_service_is_scored() -> None:
     assert {p.name for p in UNITS.glob("*.service")} == set(THRESHOLDS)
 
 
-@pytest.mark.parametrize("unit", ["sepconnect-session@.service"])
-def test_unprivileged_unit_has_no_capability_and_no_device(unit: str) -> None:
+@pytest.mark.parametrize(
+    ("unit", "user"),
+    [
+        ("sepconnect-session@.service", "sepconnect"),
+        ("sepconnect-spawner@.service", "sepconnect-worker"),
+    ],
+)
+def test_unprivileged_unit_has_no_capability_and_no_device(unit: str, user: str) -> None:
     text = (UNITS / unit).read_text()
     assert re.search(r"^CapabilityBoundingSet=$", text, re.M)
     assert re.search(r"^AmbientCapabilities=$", text, re.M)
     assert re.search(r"^PrivateDevices=yes$", text, re.M)
     assert re.search(r"^NoNewPrivileges=yes$", text, re.M)
-    assert re.search(r"^User=sepconnect$", text, re.M)
+    assert re.findall(r"^User=(.*)$", text, re.M) == [user]
+
+
+def test_the_workers_run_under_their_own_account_in_the_split_units() -> None:
+    """Issue 13, item 2: the spawner's unit runs as the workers' account with its own
+    group and no other, never the session's; its socket is the session group's only; and
+    the session asks it for its workers."""
+    spawner = (UNITS / "sepconnect-spawner@.service").read_text()
+    assert re.findall(r"^Group=(.*)$", spawner, re.M) == ["sepconnect-worker"]
+    assert re.findall(r"^SupplementaryGroups=(.*)$", spawner, re.M) == [""]
+    assert not re.search(r"^PrivateUsers=yes$", spawner, re.M)  # it checks the peer's uid
+    assert re.search(r"--peer-uid \$\{SEPCONNECT_UID\}", spawner)
+    socket_unit = (UNITS / "sepconnect-spawner.socket").read_text()
+    for line in ("Accept=yes", "SocketGroup=sepconnect", "SocketMode=0660", "PassCredentials=yes"):
+        assert re.search(f"^{line}$", socket_unit, re.M), line
+    session = (UNITS / "sepconnect-session@.service").read_text()
+    assert "--spawner-socket /run/sepconnect/spawner.sock" in session
+    assert re.search(r"^Requires=.*sepconnect-spawner\.socket", session, re.M)
 
 
 def test_helper_unit_keeps_only_net_admin_and_the_tun() -> None:

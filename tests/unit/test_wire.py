@@ -44,7 +44,7 @@ from sepconnect.ipc.wire import (
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 REQUEST_EXAMPLES: list[Message] = [
-    Hello(seq=0, proto=1, role="supervisor"),
+    Hello(seq=0, proto=1, role="supervisor", gateway=ipaddress.ip_address("2001:2::1")),
     CreateTun(seq=1, mtu=1400),
     NetConfig(
         seq=2,
@@ -208,8 +208,10 @@ def test_encode_refuses_messages_of_another_channel() -> None:
         (raw("teardown", seq=-1), "outside"),
         (raw("teardown", seq=True), "expected int"),
         (raw("teardown", seq=1.0), "expected int"),
-        (raw("hello", seq=1, proto=2, role="supervisor"), "outside"),
-        (raw("hello", seq=1, proto=1, role="worker"), "not one of"),
+        (raw("hello", seq=1, proto=2, role="supervisor", gateway="198.18.1.1"), "outside"),
+        (raw("hello", seq=1, proto=1, role="worker", gateway="198.18.1.1"), "not one of"),
+        (raw("hello", seq=1, proto=1, role="supervisor"), "missing field"),
+        (raw("hello", seq=1, proto=1, role="supervisor", gateway="vpn.example"), "not a valid"),
         (raw("create_tun", seq=1, mtu=100, vnet_hdr=False), "outside"),
         (raw("create_tun", seq=1, mtu=b"1400", vnet_hdr=False), "expected int"),
         (raw("create_tun", seq=1, mtu=1400), "missing field"),
@@ -484,7 +486,7 @@ def test_client_closes_the_fd_of_a_wrong_reply(pair: tuple[socket.socket, socket
 
 def test_client_times_out(pair: tuple[socket.socket, socket.socket]) -> None:
     with pytest.raises(WireError, match="no reply"):
-        HelperClient(pair[1], timeout=0.05).hello()
+        HelperClient(pair[1], timeout=0.05).hello(ipaddress.ip_address("198.18.1.1"))
 
 
 def test_client_sequence_numbers_increase(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -497,6 +499,6 @@ def test_client_sequence_numbers_increase(pair: tuple[socket.socket, socket.sock
 
     for _ in range(3):
         t = serve_one(pair[0], answer)
-        client.hello()
+        client.hello(ipaddress.ip_address("198.18.1.1"))
         t.join()
     assert seqs == [1, 2, 3]

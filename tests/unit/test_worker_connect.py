@@ -9,6 +9,7 @@ then the alert (seen in the lab; openconnect prints that status line and exits 2
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,11 +25,11 @@ from sepconnect.worker.connect import (
     _Connection,
     _failure_from,
     open_tunnel,
-    resolve,
+    server_of,
 )
 from sepconnect.worker.io.tls import AccessDenied, TlsError, TlsStream, TrustConfig, Unreachable
 from sepconnect.worker.proto import errors
-from sepconnect.worker.proto.auth import AuthSession, Credentials, HttpRequest
+from sepconnect.worker.proto.auth import AuthSession, FormPrompt, HttpRequest
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
 from sepconnect.worker.proto.tunnel import build_connect_request
 
@@ -58,7 +59,7 @@ class FakeStream:
 
 
 def _connection(stream: FakeStream) -> _Connection:
-    conn = _Connection(SERVER, TrustConfig(pin=None, ca_pem=None))
+    conn = _Connection(SERVER, TrustConfig(pins=(), ca_pem=None))
     conn.stream = stream  # type: ignore[assignment]
     return conn
 
@@ -162,13 +163,14 @@ class _BrokenConnection:
 
 def test_tls_stream_tells_the_access_denied_alert_apart() -> None:
     stream = TlsStream.__new__(TlsStream)
-    stream.conn = _DeniedConnection()  # type: ignore[assignment]
-    with pytest.raises(AccessDenied, match="access denied"):
-        stream.recv_nowait()
-    stream.conn = _BrokenConnection()  # type: ignore[assignment]
-    with pytest.raises(TlsError) as info:
-        stream.recv_nowait()
-    assert not isinstance(info.value, AccessDenied)
+    for read in (stream.recv_nowait, stream.recv_buffered):
+        stream.conn = _DeniedConnection()  # type: ignore[assignment]
+        with pytest.raises(AccessDenied, match="access denied"):
+            read()
+        stream.conn = _BrokenConnection()  # type: ignore[assignment]
+        with pytest.raises(TlsError) as info:
+            read()
+        assert not isinstance(info.value, AccessDenied)
 
 
 # --------------------------------------------------------------------------- the URL's query
@@ -186,18 +188,19 @@ VECTORS = Path(__file__).parent / "vectors"
         ("https://198.18.1.1", "/"),
     ],
 )
-def test_resolve_keeps_the_path_and_query(url: str, path: str) -> None:
-    assert resolve(url).path == path
+def test_the_server_keeps_the_path_and_query(url: str, path: str) -> None:
+    assert server_of(url, ipaddress.ip_address("198.18.1.1")).path == path
 
 
 def _auth(url: str) -> AuthSession:
-    server = resolve(url)
-    return AuthSession(
-        host=server.host,
-        port=server.port,
-        path=server.path,
-        credentials=Credentials(username="test", passwords=("test123",)),
-    )
+    server = server_of(url, ipaddress.ip_address("198.18.1.1"))
+    return AuthSession(host=server.host, port=server.port, path=server.path)
+
+
+def _answered(auth: AuthSession, resp: HttpResponse) -> HttpRequest:
+    form = auth.handle_response_untrusted(resp)
+    assert isinstance(form, FormPrompt)
+    return auth.answer({"username": "test", "password": "test123"})
 
 
 def _wire(req: HttpRequest) -> bytes:
@@ -222,13 +225,11 @@ def test_the_first_request_carries_the_query() -> None:
 def test_a_form_action_replaces_the_query_and_no_action_keeps_it() -> None:
     auth = _auth("https://198.18.1.1/?secret")
     auth.first_request()
-    to_action = auth.handle_response_untrusted(_form("/auth"))
-    assert isinstance(to_action, HttpRequest)
+    to_action = _answered(auth, _form("/auth"))
     assert _wire(to_action).startswith(b"POST /auth HTTP/1.1\r\n")
     auth = _auth("https://198.18.1.1/?secret")
     auth.first_request()
-    same_url = auth.handle_response_untrusted(_form(None))
-    assert isinstance(same_url, HttpRequest)
+    same_url = _answered(auth, _form(None))
     assert _wire(same_url).startswith(b"POST /?secret HTTP/1.1\r\n")
 
 
@@ -241,9 +242,7 @@ def test_connect_keeps_its_fixed_path() -> None:
 
 
 def test_an_unusable_query_is_a_clear_error() -> None:
-    start = start_message(
-        "https://198.18.1.1/?a b", username="test", passwords=("test123",), hostname="h"
-    )
+    start = start_message("https://198.18.1.1/?a b", hostname="h")
     with pytest.raises(SessionFailure) as info:  # before anything is sent
         open_tunnel(start)
     assert info.value.kind == "error"
@@ -265,8 +264,7 @@ def test_a_404_to_the_init_post_asks_again_with_get() -> None:
     assert wire.endswith(b"\r\n\r\n")
     assert b"Content-Length" not in wire
     assert b"X-Pad" not in wire
-    post = auth.handle_response_untrusted(_form("/auth"))
-    assert isinstance(post, HttpRequest)
+    post = _answered(auth, _form("/auth"))
     assert _wire(post).startswith(b"POST /auth HTTP/1.1\r\n")
 
 
@@ -278,6 +276,6 @@ def test_only_the_first_404_is_retried() -> None:
         auth.handle_response_untrusted(NOT_FOUND)
     auth = _auth("https://198.18.1.1/")
     auth.first_request()
-    auth.handle_response_untrusted(_form("/auth"))
+    _answered(auth, _form("/auth"))
     with pytest.raises(errors.ServerRefused, match="404"):
         auth.handle_response_untrusted(NOT_FOUND)

@@ -27,8 +27,9 @@ class Poller:
         self._epoll.register(fd, _READ | (_WRITE if write else 0))
         self._roles[fd] = role
 
-    def modify(self, fd: int, *, write: bool) -> None:
-        self._epoll.modify(fd, _READ | (_WRITE if write else 0))
+    def modify(self, fd: int, *, read: bool = True, write: bool = False) -> None:
+        """Watch *fd* for what is asked; neither still reports errors and hangups."""
+        self._epoll.modify(fd, (_READ if read else 0) | (_WRITE if write else 0))
 
     def unregister(self, fd: int) -> None:
         self._epoll.unregister(fd)

@@ -3,10 +3,13 @@
 pyOpenSSL is used (not the ssl module) because DTLS PSK-NEGOTIATE needs the TLS
 exporter of this connection (DESIGN.md §3). OpenSSL runs the handshake with
 verification off; the server is then checked here, before one byte of
-application data is sent: either its key is pinned (``--servercert``), or its
-chain and name are verified with cryptography's RFC 5280 verifier against
-``--cafile`` or the system store. There is no way to accept a certificate
-silently.
+application data is sent: either its key is pinned (``--servercert``, one of
+several pins), or its chain and name are verified with cryptography's RFC 5280
+verifier against the system store and ``--cafile`` (only ``--cafile`` with
+``--no-system-trust``). There is no way to accept a certificate silently.
+
+A client certificate (``-c``) is given to OpenSSL from memory (worker/client_cert.py);
+OpenSSL sends it when the server asks for one in the handshake.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import ipaddress
 import select
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import DNSName, IPAddress, verification
 from OpenSSL import SSL
 
+from sepconnect.worker.client_cert import ClientCredential
 from sepconnect.worker.proto.pin import (
     MalformedCertificate,
     matches_untrusted,
@@ -81,17 +87,38 @@ def describe_pin(cert: x509.Certificate) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    pin: ServerPin | None
-    ca_pem: bytes | None  # None: the system store
+    pins: tuple[ServerPin, ...]  # any one of them accepts the server; then no CA check
+    ca_pem: bytes | None  # --cafile: trusted besides the system store
+    system_store: bool = True  # False: --no-system-trust
+
+
+def _anchors(trust: TrustConfig) -> list[x509.Certificate]:
+    anchors: list[x509.Certificate] = []
+    try:
+        if trust.system_store:
+            with open(SYSTEM_CA_FILE, "rb") as f, warnings.catch_warnings():
+                # Debian's store has a CA with a serial number of 0, which cryptography
+                # warns about on every load: nothing the user can act on, and noise on
+                # the standard error of --authenticate.
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                anchors += x509.load_pem_x509_certificates(f.read())
+        if trust.ca_pem is not None:
+            anchors += x509.load_pem_x509_certificates(trust.ca_pem)
+    except (OSError, ValueError) as exc:
+        raise CertificateInvalid(f"cannot load trusted CA certificates: {exc}") from None
+    if not anchors:
+        raise CertificateInvalid("no trusted CA certificates (--no-system-trust and no --cafile)")
+    return anchors
 
 
 def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> None:
     if not chain:
         raise CertificateInvalid("the server sent no certificate")
     leaf = chain[0]
-    if trust.pin is not None:
+    if trust.pins:
         try:
-            matches = matches_untrusted(trust.pin, leaf.public_bytes(Encoding.DER))
+            der = leaf.public_bytes(Encoding.DER)
+            matches = any(matches_untrusted(pin, der) for pin in trust.pins)
         except MalformedCertificate as exc:
             raise CertificateInvalid(f"server certificate is malformed: {exc}") from None
         if not matches:
@@ -99,14 +126,7 @@ def _verify(host: str, chain: list[x509.Certificate], trust: TrustConfig) -> Non
                 f"server certificate does not match --servercert (server has {describe_pin(leaf)})"
             )
         return
-    try:
-        if trust.ca_pem is not None:
-            anchors = x509.load_pem_x509_certificates(trust.ca_pem)
-        else:
-            with open(SYSTEM_CA_FILE, "rb") as f:
-                anchors = x509.load_pem_x509_certificates(f.read())
-    except (OSError, ValueError) as exc:
-        raise CertificateInvalid(f"cannot load trusted CA certificates: {exc}") from None
+    anchors = _anchors(trust)
     subject: verification.Subject
     try:
         subject = IPAddress(ipaddress.ip_address(host))
@@ -139,7 +159,10 @@ def _wait(sock: socket.socket, *, read: bool, deadline: float) -> None:
 
 
 _RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv()
-_OUT_LIMIT = 256 * 1024  # ciphertext queued for the socket before writes report "full"
+# Ciphertext queued for the socket before records are refused (send_records_nowait).
+# OpenSSL's own answers to what it reads (an alert for each HelloRequest, a KeyUpdate)
+# cannot be refused; at twice this much, reading waits (:attr:`TlsStream.reading_blocked`).
+_OUT_LIMIT = 256 * 1024
 # One record's ciphertext (16 KiB of plaintext and the cipher's overhead) with room to
 # spare: pyOpenSSL's bio_read allocates the whole size asked for on every call.
 _RECORD_TAKE = 20 * 1024
@@ -165,10 +188,19 @@ class TlsStream:
         # exception (~3 µs in pyOpenSSL), so the data path asks only after a call
         # that can have produced some.
         self._dirty = True
+        self.server_pin = ""
+        """The verified certificate's ``pin-sha256:`` pin (--authenticate's FINGERPRINT)."""
 
     @classmethod
     def connect(
-        cls, host: str, port: int, address: str, trust: TrustConfig, *, timeout: float = 15.0
+        cls,
+        host: str,
+        port: int,
+        address: str,
+        trust: TrustConfig,
+        *,
+        client: ClientCredential | None = None,
+        timeout: float = 15.0,
     ) -> TlsStream:
         deadline = time.monotonic() + timeout
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -188,6 +220,8 @@ class TlsStream:
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
         ctx.set_mode(_SSL_MODES)
         ctx.set_verify(SSL.VERIFY_NONE)  # checked by _verify before any data is sent
+        if client is not None:
+            _use_client_certificate(ctx, client)
         conn = SSL.Connection(ctx, None)  # memory BIOs: we move the bytes
         try:
             ipaddress.ip_address(host)
@@ -199,6 +233,7 @@ class TlsStream:
             stream._handshake(deadline)
             chain = conn.get_peer_cert_chain(as_cryptography=True) or []
             _verify(host, chain, trust)
+            stream.server_pin = describe_pin(chain[0])
         except BaseException:
             stream.close()
             raise
@@ -233,6 +268,13 @@ class TlsStream:
     @property
     def has_output(self) -> bool:
         return bool(self._out)
+
+    @property
+    def reading_blocked(self) -> bool:
+        """Twice :data:`_OUT_LIMIT` of ciphertext is queued: records alone stop short of
+        that, so OpenSSL is answering what the server sends faster than the server
+        reads. Do not read until the socket has taken some."""
+        return len(self._out) >= 2 * _OUT_LIMIT
 
     @property
     def may_have_output(self) -> bool:
@@ -315,17 +357,20 @@ class TlsStream:
                     return None
             except SSL.WantWriteError:
                 return None
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.SysCallError as exc:
-                if exc.args and exc.args[0] == -1:  # unexpected EOF
-                    return b""
-                raise TlsError(f"receive failed: {_describe(exc)}") from None
             except (SSL.Error, OSError) as exc:
-                reason = _describe(exc)
-                if reason == _ACCESS_DENIED:
-                    raise AccessDenied(f"receive failed: {reason}") from None
-                raise TlsError(f"receive failed: {reason}") from None
+                return _end_of_stream(exc)
+
+    def recv_buffered(self) -> bytes | None:
+        """As :meth:`recv_nowait`, from what OpenSSL has already taken in: the socket is
+        not read. Once this returns None, whatever is left to read is in the socket,
+        where the poller sees it."""
+        self._dirty = True
+        try:
+            return self.conn.recv(65536)
+        except (SSL.WantReadError, SSL.WantWriteError):
+            return None
+        except (SSL.Error, OSError) as exc:
+            return _end_of_stream(exc)
 
     def pending(self) -> int:
         return self.conn.pending()
@@ -370,6 +415,33 @@ class TlsStream:
             self._dirty = True
             self.flush_nowait()
         self.sock.close()
+
+
+def _end_of_stream(exc: SSL.Error | OSError) -> bytes:
+    """b"" if *exc* from a read means the stream ended; raises TlsError otherwise."""
+    if isinstance(exc, SSL.ZeroReturnError):
+        return b""
+    if isinstance(exc, SSL.SysCallError):
+        if exc.args and exc.args[0] == -1:  # unexpected EOF
+            return b""
+        raise TlsError(f"receive failed: {_describe(exc)}") from None
+    reason = _describe(exc)
+    if reason == _ACCESS_DENIED:
+        raise AccessDenied(f"receive failed: {reason}") from None
+    raise TlsError(f"receive failed: {reason}") from None
+
+
+def _use_client_certificate(ctx: SSL.Context, client: ClientCredential) -> None:
+    """The certificate, its chain and its key, from memory: OpenSSL sends them if the
+    server asks for a certificate (CertificateRequest)."""
+    try:
+        ctx.use_certificate(client.leaf)
+        for cert in client.chain:
+            ctx.add_extra_chain_cert(cert)
+        ctx.use_privatekey(client.key)
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise TlsError(f"the client certificate cannot be used: {_describe(exc)}") from None
 
 
 def _describe(exc: BaseException) -> str:

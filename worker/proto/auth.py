@@ -14,8 +14,14 @@ The exchange, as ocserv runs it:
    ``Set-Cookie: webvpn=...``.
 
 :class:`AuthSession` is the client side of that loop: it returns the next
-:class:`HttpRequest` for the driver to send, or :class:`AuthSuccess`. It never
-prompts; a form field it has no answer for raises :class:`NeedMoreInput`.
+:class:`HttpRequest` for the driver to send, :class:`AuthSuccess`, or a
+:class:`FormPrompt`: a form with fields someone must answer (text, password,
+select). The session answers hidden fields itself and knows no secret: the driver
+obtains the answers (the worker asks the supervisor, which holds the passwords,
+the one-time-code secret and the terminal) and passes them to
+:meth:`AuthSession.answer`. A form for single sign-on in a web browser (SAML
+``sso-v2``) raises :class:`NeedMoreInput` with a message naming
+``--cookie-on-stdin``.
 
 Server XML is parsed with defusedxml (no DTDs, no entities, no external
 references), at most :data:`MAX_XML_BYTES` bytes and :data:`MAX_XML_DEPTH`
@@ -35,20 +41,20 @@ from __future__ import annotations
 import copy
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import urljoin, urlsplit
 
 import defusedxml.ElementTree as _defused_et  # type: ignore[import-untyped]
 
+from sepconnect.ipc.limits import FORM_ID, FORM_NAME, NOT_PRINTABLE
 from sepconnect.worker.proto.errors import (
     AccountLocked,
     AuthFailed,
     NeedMoreInput,
     ProtocolError,
     ServerRefused,
-    UnknownGroup,
 )
 from sepconnect.worker.proto.http import HttpResponse
 
@@ -63,9 +69,9 @@ __all__ = [
     "AuthForm",
     "AuthSession",
     "AuthSuccess",
-    "Credentials",
     "FormField",
     "FormOption",
+    "FormPrompt",
     "HttpRequest",
     "format_host_header",
     "parse_config_auth_untrusted",
@@ -93,7 +99,9 @@ _MAX_TEXT: Final = 4096  # user-visible strings (banner, message) are cut here
 
 # Form field names become XML element names in our reply: accept only a
 # conservative subset of XML names so nothing can break out of the element.
-_XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+_XML_NAME = re.compile(FORM_NAME)
+_FORM_ID = re.compile(FORM_ID)
+_MAX_LABEL = 256
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 # Cookie values: printable ASCII without separators that would break our
 # Cookie header (RFC 6265 cookie-octet, plus nothing else).
@@ -125,30 +133,17 @@ _LOCKED = re.compile(r"\b(locked|disabled)\b", re.IGNORECASE)
 
 # Password-type fields that openconnect sends back as <password>.
 _RENAMED_TO_PASSWORD: Final = frozenset({"answer", "whichpin"})
-# Fields that mean "choose a new password": we cannot do that unattended.
-_PASSWORD_CHANGE: Final = frozenset({"new_password", "verify_password", "new_pin", "verify_pin"})
+#: The select whose answer goes into ``<group-select>`` (openconnect's authgroup).
+GROUP_FIELD: Final = "group_list"
+SSO_MESSAGE: Final = (
+    "the server asks for single sign-on (SAML) in a web browser, which sepconnect does not "
+    "do: log in with a client that can (such as openconnect --authenticate), then connect "
+    "with its cookie: sepconnect connect --cookie-on-stdin"
+)
 
 
 # ---------------------------------------------------------------------------
 # Values
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What we may answer with.
-
-    *passwords* answers successive password prompts in order (e.g. the
-    password, then an OTP). *group* is the ``--authgroup`` value: matched
-    against the server's ``group_list`` option values and labels.
-    """
-
-    username: str
-    passwords: tuple[str, ...]
-    group: str | None = None
-
-    def __repr__(self) -> str:  # never print secrets
-        hidden = f"<{len(self.passwords)} hidden>"
-        return f"Credentials(username={self.username!r}, passwords={hidden}, group={self.group!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +209,19 @@ class AuthForm:
 
 
 @dataclass(frozen=True, slots=True)
+class FormPrompt:
+    """A server form with fields someone must answer: text, password and select fields
+    (the hidden ones are the session's). *form_id* is the ``<auth id>`` (``""`` if it is
+    missing or unusable), which ``--form-entry FORM:FIELD=VALUE`` names."""
+
+    form_id: str
+    banner: str | None
+    message: str | None
+    error: str | None
+    fields: tuple[FormField, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AuthDocument:
     """The parts of a server ``<config-auth>`` document we use.
 
@@ -231,10 +239,17 @@ class AuthDocument:
     opaque: str | None
     session_token: str | None
     client_cert_request: bool
+    sso: bool = False
+    """A single sign-on form (``<sso-v2-login>``, or an ``<input type="sso">``)."""
 
 
 # ---------------------------------------------------------------------------
 # Parsing server XML
+
+
+def _clean_label(text: str | None) -> str:
+    """A field or option label for a prompt: one line of printable text."""
+    return _clean_text(" ".join((text or "").split()), _MAX_LABEL) or ""
 
 
 def _clean_text(text: str | None, limit: int = _MAX_TEXT) -> str | None:
@@ -286,16 +301,17 @@ def _parse_select(elem: ET.Element) -> FormField | None:
             continue
         if len(options) >= _MAX_OPTIONS:
             raise ProtocolError(f"Server form select {name!r} has more than {_MAX_OPTIONS} options")
-        label = _elem_text(opt)
+        text = _elem_text(opt)
         value = opt.get("value")
         if value is None:
-            value = label
+            value = text
+        if len(value) > _MAX_LABEL or NOT_PRINTABLE.search(value) or "\n" in value:
+            raise ProtocolError(f"Server form select {name!r} has an unusable option value")
+        label = _clean_label(text) or value
         options.append(FormOption(value=value, label=label, selected=opt.get("selected") == "true"))
     if not options:
         return None  # an empty <select/> asks for nothing (openconnect skips it too)
-    return FormField(
-        "select", name, _clean_text(elem.get("label"), 256) or "", None, tuple(options)
-    )
+    return FormField("select", name, _clean_label(elem.get("label")), None, tuple(options))
 
 
 def _parse_form(elem: ET.Element) -> AuthForm:
@@ -308,14 +324,17 @@ def _parse_form(elem: ET.Element) -> AuthForm:
             kind = (child.get("type") or "").lower()
             if kind in ("text", "password", "hidden"):
                 name = _checked_name(child.get("name"), "input")
-                label = _clean_text(child.get("label"), 256) or ""
+                label = _clean_label(child.get("label"))
                 parsed = FormField(
                     kind, name, label, child.get("value") if kind == "hidden" else None
                 )
-            # submit/reset/unknown input types ask for nothing (as openconnect)
+            # submit/reset/unknown input types ask for nothing (as openconnect); "sso"
+            # is seen by parse_config_auth_untrusted
         if parsed is not None:
             if len(fields) >= _MAX_FIELDS:
                 raise ProtocolError(f"Server form has more than {_MAX_FIELDS} fields")
+            if any(f.name == parsed.name for f in fields):
+                raise ProtocolError(f"Server form has two fields named {parsed.name!r}")
             fields.append(parsed)
     return AuthForm(
         method=elem.get("method") or "POST", action=elem.get("action"), fields=tuple(fields)
@@ -345,7 +364,7 @@ def parse_config_auth_untrusted(body: bytes) -> AuthDocument:
 
     auth_id = banner = message = error = opaque = session_token = None
     form: AuthForm | None = None
-    cert_request = False
+    cert_request = sso = False
     seen_auth = False
     for child in root:
         tag = child.tag
@@ -361,6 +380,11 @@ def parse_config_auth_untrusted(body: bytes) -> AuthDocument:
                     error = _clean_text(_elem_text(sub))
                 elif sub.tag == "form" and form is None:
                     form = _parse_form(sub)
+                    sso = sso or any(
+                        i.tag == "input" and (i.get("type") or "").lower() == "sso" for i in sub
+                    )
+                elif sub.tag == "sso-v2-login":
+                    sso = True
         elif tag == "opaque" and opaque is None:
             node = copy.copy(child)
             node.tail = None
@@ -379,6 +403,7 @@ def parse_config_auth_untrusted(body: bytes) -> AuthDocument:
         opaque=opaque,
         session_token=session_token or None,
         client_cert_request=cert_request,
+        sso=sso,
     )
 
 
@@ -438,11 +463,14 @@ def _failure_error(text: str) -> AuthFailed | AccountLocked:
 class AuthSession:
     """Client side of one login (a new AuthSession per attempt).
 
-    ``first_request()`` once, then ``handle_response_untrusted()`` with each
-    response until it returns :class:`AuthSuccess` or raises.
+    ``first_request()`` once, then ``handle_response_untrusted()`` with each response
+    until it returns :class:`AuthSuccess` or raises; a :class:`FormPrompt` in between is
+    answered with :meth:`answer`, which returns the next request.
     """
 
-    def __init__(self, *, host: str, port: int, path: str, credentials: Credentials) -> None:
+    def __init__(self, *, host: str, port: int, path: str, certificate: bool = False) -> None:
+        """*certificate*: a client certificate is configured (the TLS layer presents it
+        when the server asks in the handshake)."""
         if not host or _UNPRINTABLE.search(host) or any(c in host for c in " /?#@"):
             raise ValueError(f"invalid server host name {host!r}")
         if not 0 < port < 65536:
@@ -451,26 +479,20 @@ class AuthSession:
             path = "/" + path
         if len(path) > _MAX_PATH or not _PATH_CHARS.fullmatch(path) or "#" in path:
             raise ValueError(f"invalid URL path {path!r}")
-        _check_xml_safe(credentials.username, "username")
-        for pw in credentials.passwords:
-            _check_xml_safe(pw, "password")
-        if credentials.group is not None:
-            _check_xml_safe(credentials.group, "group name")
         self._host = host
         self._port = port
         self._path = path
-        self._creds = credentials
         self._host_header = format_host_header(host, port)
         self._cookies: dict[str, str] = {}
-        self._next_password = 0
         self._rounds = 0
         self._sent_password = False
         self._started = False
         self._done = False
-        self.pre_login_banner: str | None = None
-        """Banner the server showed with the login form, if any."""
-        self.last_message: str | None = None
-        """Latest ``<message>`` of a server form (for progress display)."""
+        self._certificate = certificate
+        self._certificate_retried = False
+        # the form of the FormPrompt returned last, with its opaque and the next
+        # request's connection, until answer() is called
+        self._pending: tuple[AuthDocument, AuthForm, bool] | None = None
 
     # -- requests --------------------------------------------------------
 
@@ -502,30 +524,48 @@ class AuthSession:
     def first_request(self) -> HttpRequest:
         """The XML ``init`` POST to the configured path (on a new connection).
 
-        The requested group is deliberately *not* sent here but in the
-        auth-reply, after checking it against the server's list: ocserv
-        copies a group named in the init into its ``group_list`` options
-        (worker-auth.c ``append_group_str``) whether or not it exists, which
-        would hide an unknown group until the password had been sent and
-        rejected. ocserv reads ``<group-select>`` from the auth-reply as well.
+        A group is never sent here but in the auth-reply to the form that offers the
+        group list, once it is one of the server's options: ocserv copies a group named
+        in the init into its ``group_list`` options (worker-auth.c ``append_group_str``)
+        whether or not it exists, which would hide an unknown group until the password
+        had been sent and rejected. ocserv reads ``<group-select>`` from the auth-reply
+        as well.
         """
         if self._started:
             raise RuntimeError("first_request() called twice")
         self._started = True
+        return self._init_request()
+
+    def _init_request(self) -> HttpRequest:
         url = f"https://{self._host_header}{self._path}"
         inner = f"<group-access>{escape(url)}</group-access>"
         return self._request(self._path, _xml_doc("init", inner), new_connection=True)
 
+    def _certificate_requested(self) -> HttpRequest:
+        """``<client-cert-request>``: the server wants a certificate it did not get in
+        the handshake (Cisco's gateways ask so). As openconnect does: start over once on
+        a new connection, whose handshake presents ours; asked again, it was refused."""
+        if not self._certificate:
+            raise NeedMoreInput(
+                "Server asks for a client certificate and none is configured (-c/--certificate)"
+            )
+        if self._certificate_retried:
+            self._done = True
+            raise AuthFailed("Server asks for a client certificate again: it did not accept ours")
+        self._certificate_retried = True
+        return self._init_request()
+
     # -- responses -------------------------------------------------------
 
-    def handle_response_untrusted(self, resp: HttpResponse) -> HttpRequest | AuthSuccess:
+    def handle_response_untrusted(
+        self, resp: HttpResponse
+    ) -> HttpRequest | AuthSuccess | FormPrompt:
         """Process the server's answer to our last request.
 
-        Returns the next request, or AuthSuccess. Raises AuthFailed,
-        AccountLocked, UnknownGroup, NeedMoreInput, ServerRefused or
-        ProtocolError.
+        Returns the next request, AuthSuccess, or a FormPrompt to :meth:`answer`.
+        Raises AuthFailed, AccountLocked, NeedMoreInput, ServerRefused or ProtocolError.
         """
-        if not self._started or self._done:
+        if not self._started or self._done or self._pending is not None:
             raise RuntimeError("no request outstanding")
         self._rounds += 1
         if self._rounds > MAX_ROUNDS:
@@ -553,10 +593,10 @@ class AuthSession:
             self._done = True
             return AuthSuccess(cookie=self._session_cookie(doc), banner=doc.banner)
         if doc.client_cert_request:
-            raise NeedMoreInput("Server asks for a client certificate, which is not configured")
-        if doc.banner and self.pre_login_banner is None:
-            self.pre_login_banner = doc.banner
-        self.last_message = doc.message
+            return self._certificate_requested()
+        if doc.sso:
+            self._done = True
+            raise NeedMoreInput(SSO_MESSAGE)
         if self._sent_password:
             failure = doc.error or (
                 doc.message
@@ -570,12 +610,58 @@ class AuthSession:
             if doc.error:
                 raise ProtocolError(f"Server reported an error: {doc.error}")
             raise ProtocolError("Server response has neither a login form nor a session cookie")
-        body, sent_password = self._answer(doc)
-        path = self._action_path(doc.form)
+        self._action_path(doc.form)  # refuse a form that sends the answers elsewhere now
         connection = (resp.header("connection") or "").lower()
         new_conn = "close" in (t.strip() for t in connection.split(","))
+        self._pending = (doc, doc.form, new_conn)
+        asked = tuple(f for f in doc.form.fields if f.kind != "hidden")
+        if not asked:  # nothing for anyone to answer: the hidden fields go back at once
+            return self.answer({})
+        form_id = doc.auth_id if doc.auth_id and _FORM_ID.fullmatch(doc.auth_id) else ""
+        return FormPrompt(form_id, doc.banner, doc.message, doc.error, asked)
+
+    def answer(self, values: Mapping[str, str], *, group: str | None = None) -> HttpRequest:
+        """The auth-reply to the last FormPrompt: *values* answers each of its fields by
+        name (a select with one of its option values). *group* goes in ``<group-select>``
+        when the form has no group list. ValueError if an answer is missing, unasked for,
+        not an option, or not something XML can carry."""
+        if self._pending is None:
+            raise RuntimeError("no form to answer")
+        doc, form, new_conn = self._pending
+        asked = {f.name: f for f in form.fields if f.kind != "hidden"}
+        if set(values) != set(asked):
+            missing = sorted(set(asked) - set(values))
+            extra = sorted(set(values) - set(asked))
+            raise ValueError(f"answers do not fit the form (missing {missing}, unasked {extra})")
+        answers: list[tuple[str, str]] = []
+        group_select = group
+        if group is not None:
+            _check_xml_safe(group, "the group")
+        sent_password = False
+        for field in form.fields:
+            if field.kind == "hidden":
+                answers.append((field.name, field.value or ""))
+                continue
+            value = values[field.name]
+            _check_xml_safe(value, f"the answer to {field.name}")
+            if field.kind == "select":
+                if value not in {o.value for o in field.options}:
+                    raise ValueError(f"{value[:64]!r} is not an option of {field.name}")
+                if field.name == GROUP_FIELD:
+                    group_select = value  # in <group-select>, as openconnect sends it
+                    continue
+            elif field.kind == "password":
+                sent_password = True
+            name = "password" if field.name in _RENAMED_TO_PASSWORD else field.name
+            answers.append((name, value))
+        self._pending = None
+        inner = doc.opaque or ""
+        inner += "<auth>" + "".join(f"<{n}>{escape(v)}</{n}>" for n, v in answers) + "</auth>"
+        if group_select is not None:
+            inner += f"<group-select>{escape(group_select)}</group-select>"
         self._sent_password = self._sent_password or sent_password
-        return self._request(path, body, new_connection=new_conn)
+        body = _xml_doc("auth-reply", inner)
+        return self._request(self._action_path(form), body, new_connection=new_conn)
 
     def _collect_cookies(self, resp: HttpResponse) -> None:
         for value in resp.header_all("set-cookie"):
@@ -625,59 +711,3 @@ class AuthSession:
             raise ProtocolError("Server form sends the login to another host; refusing")
         path = target.path or "/"
         return f"{path}?{target.query}" if target.query else path
-
-    def _next_secret(self, field: FormField, message: str | None) -> str:
-        if self._next_password >= len(self._creds.passwords):
-            prompt = field.label or field.name
-            hint = f" ({message})" if message else ""
-            raise NeedMoreInput(f"Server asks for {prompt!r}{hint} and no answer is configured")
-        secret = self._creds.passwords[self._next_password]
-        self._next_password += 1
-        return secret
-
-    def _answer(self, doc: AuthDocument) -> tuple[bytes, bool]:
-        assert doc.form is not None
-        answers: list[tuple[str, str]] = []
-        group_select: str | None = self._creds.group
-        sent_password = False
-        for field in doc.form.fields:
-            if field.kind == "select":
-                if field.name == "group_list":
-                    group_select = self._choose_group(field)
-                    continue
-                chosen = next((o for o in field.options if o.selected), field.options[0])
-                answers.append((field.name, chosen.value))
-            elif field.kind == "hidden":
-                answers.append((field.name, field.value or ""))
-            elif field.kind == "text":
-                if field.name != "username":
-                    raise NeedMoreInput(
-                        f"Server asks for {field.label or field.name!r} and no answer is configured"
-                    )
-                answers.append(("username", self._creds.username))
-            elif field.name in _PASSWORD_CHANGE:
-                raise NeedMoreInput(
-                    "Server requires a password change; do that interactively first"
-                )
-            else:
-                name = "password" if field.name in _RENAMED_TO_PASSWORD else field.name
-                answers.append((name, self._next_secret(field, doc.message)))
-                sent_password = True
-        inner = doc.opaque or ""
-        inner += "<auth>" + "".join(f"<{n}>{escape(v)}</{n}>" for n, v in answers) + "</auth>"
-        if group_select is not None:
-            inner += f"<group-select>{escape(group_select)}</group-select>"
-        return _xml_doc("auth-reply", inner), sent_password
-
-    def _choose_group(self, field: FormField) -> str | None:
-        wanted = self._creds.group
-        if wanted is None:
-            return None  # server default
-        for opt in field.options:
-            if opt.value == wanted:
-                return opt.value
-        for opt in field.options:
-            if opt.label.strip() == wanted:
-                return opt.value
-        offered = ", ".join(sorted({_clean_text(o.value, 64) or "''" for o in field.options}))
-        raise UnknownGroup(f"Group {wanted!r} is not offered by the server (offered: {offered})")

@@ -22,7 +22,6 @@ __all__ = [
     "NeedMoreInput",
     "ProtocolError",
     "ServerRefused",
-    "UnknownGroup",
 ]
 
 
@@ -71,12 +70,10 @@ class AccountLocked(AuthError):
     """
 
 
-class UnknownGroup(AuthError):
-    """The requested authentication group is not offered by the server."""
-
-
 class NeedMoreInput(AuthError):
-    """The server asked for a field we have no answer for (non-interactive)."""
+    """The server asked for something the worker cannot give: a client certificate, or
+    single sign-on in a web browser. (Which form fields have answers is the supervisor's
+    to decide: supervisor/answers.py.)"""
 
 
 class CookieRejected(AuthError):

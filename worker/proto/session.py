@@ -24,7 +24,9 @@ Timers (PROTOCOL.md §5.3, openconnect ``keepalive_action``):
   (no packet of any kind received since) it is repeated every ``dpd / 2``;
   at ``last_rx + 2 * dpd`` the peer is declared dead (:class:`DpdTimeout`).
 - keepalive: a KEEPALIVE goes out at ``last_tx + keepalive`` (any frame we
-  queue, including DPD frames, counts as transmission).
+  queue, including DPD frames, counts as transmission), unless the driver says frames
+  still wait to be sent (as openconnect: they are traffic enough, or the link is full
+  and one more would only wait with them).
 - Any frame received counts as proof of life. A server DPD-REQ is answered
   with a DPD-RESP echoing its payload (as ocserv does).
 
@@ -244,8 +246,9 @@ class CstpSession:
             deadline = ka if deadline is None else min(deadline, ka)
         return deadline
 
-    def handle_timer(self, now: float) -> None:
-        """Run due DPD / keepalive actions (safe to call early or repeatedly)."""
+    def handle_timer(self, now: float, *, output_waiting: bool = False) -> None:
+        """Run due DPD / keepalive actions (safe to call early or repeatedly).
+        *output_waiting*: frames handed out earlier have not been sent yet."""
         if self._closed:
             return
         dpd = self._dpd
@@ -260,7 +263,8 @@ class CstpSession:
                 self.last_tx = now
         keepalive = self._keepalive
         if keepalive is not None and now >= self.last_tx + keepalive:
-            self._out.append(_KEEPALIVE_FRAME)
+            if not output_waiting:
+                self._out.append(_KEEPALIVE_FRAME)
             self.last_tx = now
 
     # -- events ----------------------------------------------------------
