@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert, credentials
+from sepconnect import __version__, client_cert, config, credentials
 from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.accounts import (
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     c.add_argument("url", metavar="URL", help="server, e.g. https://vpn.example.com[:port][/group]")
+    config.add_option(c)
     c.add_argument("-u", "--user", metavar="NAME", help="username to log in with")
     c.add_argument(
         "--passwd-on-stdin",
@@ -663,7 +664,13 @@ def connect(args: argparse.Namespace) -> ExitCode:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    try:
+        argv = config.expand(sys.argv[1:] if argv is None else argv, parser)
+    except config.ConfigError as exc:
+        print(f"sepconnect: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    args = parser.parse_args(argv)
     try:
         if args.command == "connect":
             return int(connect(args))
