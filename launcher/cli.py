@@ -36,6 +36,8 @@ from sepconnect.process.accounts import (
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.remote import DEFAULT_CONTROL
+from sepconnect.remote import add_options as remote_options
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
 
 if TYPE_CHECKING:
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
-DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 
 
@@ -320,9 +321,7 @@ def _parser() -> argparse.ArgumentParser:
         ("disconnect", "log off and end the session (as SIGTERM)"),
     ):
         s = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-        s.add_argument(
-            "--socket", metavar="PATH", default=DEFAULT_CONTROL, help="the control socket"
-        )
+        remote_options(s)
         if name == "status":
             s.add_argument("--json", action="store_true", help="print JSON")
     return parser
