@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sepconnect.cli import UsageError
+from sepconnect.cli import DEFAULT_AUDIT_LOG, DEFAULT_SESSION_LOG, DEFAULT_STATE_DIR, UsageError
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
@@ -134,6 +134,9 @@ def split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, in
             ("--no-routes", args.no_routes),
             ("--interface", args.interface is not None),
             ("--helper-user", args.helper_user is not None),
+            ("--dns-backend", args.dns_backend != "auto"),
+            ("--audit-log", args.audit_log != DEFAULT_AUDIT_LOG),
+            ("--state-dir", args.state_dir != DEFAULT_STATE_DIR),
         )
         if given
     ]
@@ -141,6 +144,11 @@ def split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, in
         raise UsageError(
             f"--helper-socket: {', '.join(privileged)} belong(s) to the helper's own "
             "configuration (its unit's command line), not to the unprivileged session"
+        )
+    if args.session_log != DEFAULT_SESSION_LOG:
+        raise UsageError(
+            "--helper-socket: --session-log is not used: the unprivileged session's events "
+            "go to the journal"
         )
     uid, gid = os.getuid(), os.getgid()
     try:

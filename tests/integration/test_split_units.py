@@ -348,3 +348,29 @@ def test_split_mode_needs_the_spawner_socket(lab: Lab) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert b"--helper-socket needs --spawner-socket" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--dns-backend", "file"), b"--dns-backend belong(s) to the helper's own configuration"),
+        (("--audit-log", "/tmp/x.jsonl"), b"--audit-log belong(s) to the helper's own"),
+        (("--state-dir", "/tmp/x"), b"--state-dir belong(s) to the helper's own"),
+        (("--session-log", "/tmp/x.jsonl"), b"--session-log is not used: the unprivileged "
+         b"session's events go to the journal"),
+    ],
+)  # fmt: skip
+def test_split_mode_refuses_what_only_the_helpers_unit_can_honour(
+    lab: Lab, option: tuple[str, str], message: bytes
+) -> None:
+    """Issue 14, item 7: these were silently ignored under --helper-socket (the helper's
+    unit has its own DNS backend, audit log and state directory)."""
+    result = lab.run_in(
+        lab.client_ns, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        SEPCONNECT, "connect", "--helper-socket", "/nonexistent",
+        "--spawner-socket", "/nonexistent", *option, lab.url,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"sepconnect: --helper-socket: " + message)
+    assert result.stderr.count(b"\n") == 1, result.stderr
