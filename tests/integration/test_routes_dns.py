@@ -86,7 +86,8 @@ def install_step(tmp: Path) -> Path:
     run("useradd", "--prefix", str(prefix), "--system", "--user-group", "--no-create-home",
         "--home-dir", "/run/systemd", "--shell", "/usr/sbin/nologin",
         "systemd-resolve")  # fmt: skip
-    run(str(REPO / "scripts" / "install-system.sh"), "--prefix", str(prefix))
+    venv = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
+    run(str(REPO / "scripts" / "install-system.sh"), "--prefix", str(prefix), "--venv", venv)
     return prefix
 
 
