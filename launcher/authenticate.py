@@ -36,6 +36,7 @@ def authenticate_only(args: argparse.Namespace) -> ExitCode:
     client_files = cli._read_client_cert(args, cafile_pem)
     login = cli._read_login(args)
     if account is not None:
+        cli._check_runnable([("the supervisor's", *account)])  # its worker runs as it too
         _, uid, gid = account
         privileges.drop_bounding_set()
         privileges.drop_to(uid, gid, extra_groups=())

@@ -574,6 +574,16 @@ def _start_message(
     )
 
 
+def _check_runnable(accounts: list[tuple[str, str, int, int]]) -> None:
+    """Before anything starts: can each account run what it will run (launcher/runnable.py)?"""
+    from sepconnect.runnable import NotRunnable, check_accounts
+
+    try:
+        check_accounts(accounts)
+    except NotRunnable as exc:
+        raise UsageError(str(exc)) from None
+
+
 def connect(args: argparse.Namespace) -> ExitCode:
     _check_args(args)
     if args.authenticate:
@@ -599,6 +609,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
             helper_user = helper_account(args.helper_user, uid)
         except AccountError as exc:
             raise UsageError(str(exc)) from None
+        from sepconnect.runnable import session_accounts
+
+        _check_runnable(session_accounts((account, uid, gid), helper_user))
     cafile_pem = _read_cafile(args.cafile)
     client_files = _read_client_cert(args, cafile_pem)
     login = _read_login(args)  # after the key's password: both may come on standard input
