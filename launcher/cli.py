@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert, config, credentials
+from sepconnect import __version__, client_cert, credentials
 from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.accounts import (
@@ -95,7 +95,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     c.add_argument("url", metavar="URL", help="server, e.g. https://vpn.example.com[:port][/group]")
-    config.add_option(c)
+    c.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from FILE first, in openconnect's syntax: one long option name "
+        "a line without the dashes (name, name=value or name value; server=URL for the "
+        "server), # comments; owned by root, writable by no one else, no secrets "
+        "(docs/usage.md)",
+    )
     c.add_argument("-u", "--user", metavar="NAME", help="username to log in with")
     c.add_argument(
         "--passwd-on-stdin",
@@ -677,11 +684,15 @@ def connect(args: argparse.Namespace) -> ExitCode:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    try:
-        argv = config.expand(sys.argv[1:] if argv is None else argv, parser)
-    except config.ConfigError as exc:
-        print(f"sepconnect: {exc}", file=sys.stderr)
-        return int(ExitCode.USAGE)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("--config") for arg in argv):  # its module only when it is used
+        from sepconnect import config
+
+        try:
+            argv = config.expand(argv, parser)
+        except config.ConfigError as exc:
+            print(f"sepconnect: {exc}", file=sys.stderr)
+            return int(ExitCode.USAGE)
     args = parser.parse_args(argv)
     try:
         if args.command == "connect":

@@ -41,17 +41,6 @@ class ConfigError(Exception):
     """A config file that cannot be used: one line, naming the file (and the line)."""
 
 
-def add_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        OPTION,
-        metavar="FILE",
-        help="read options from FILE first, in openconnect's syntax: one long option name "
-        "a line without the dashes (name, name=value or name value; server=URL for the "
-        "server), # comments; owned by root, writable by no one else, no secrets "
-        "(docs/usage.md)",
-    )
-
-
 def expand(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """*argv* with ``connect``'s ``--config FILE`` replaced by the file's options."""
     if not argv or argv[0] != "connect":

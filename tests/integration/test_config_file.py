@@ -30,8 +30,7 @@ def test_a_session_takes_its_options_from_the_config_file(lab: Lab) -> None:
     credential.chmod(0o600)
     conf = _config(
         lab,
-        "# as openconnect writes it\nuser nobody-here\nno-dtls\n"
-        f"credentials-file={credential}\n",
+        f"# as openconnect writes it\nuser nobody-here\nno-dtls\ncredentials-file={credential}\n",
     )
     # the command line's --user, after --config, wins: the login works
     client = Client(lab, "--config", conf, "--user", "test", user="", passwd_on_stdin=False)
