@@ -22,13 +22,12 @@ for them. Two modes:
   here too (neither configures the tunnel), a failing ``disconnect`` keeps the
   state file for the next start.
 
-:func:`recover` undoes what crashed helpers left behind (bypass routes, nft tables).
+What crashed helpers left behind is undone at start-up by recovery.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -36,22 +35,16 @@ from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.netconf import (
     METRIC,
-    RTPROT_SEPCONNECT,
-    DelRoute,
-    KernelError,
     Netlink,
     Router,
     SetMtu,
     competing,
     is_tun_route,
-    route_from_record,
     route_record,
 )
 from sepconnect.privhelper.policy import Address, Network, Refusal, check_kill_switch_excludes
-from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process import statefile
-from sepconnect.process.journal import Result
 
 if TYPE_CHECKING:
     from sepconnect.ipc.runner_messages import Ran
@@ -297,47 +290,3 @@ class Helper:
             self.state.write(**changes)
         except OSError as exc:
             self.audit.record("state", "info", f"cannot write {self.state.path}: {exc}")
-
-
-def recover(
-    stale: list[tuple[str, dict[str, Any]]],
-    netlink: Netlink,
-    nft: RunnerClient | None,
-    audit: _audit.Audit,
-) -> None:
-    """Undo what crashed helpers left behind; one ``recover`` audit record per step.
-
-    (What a root runner changed, the next root runner undoes: rootrunner/main.py.)
-    """
-    for path, data in stale:
-        who = {"pid": data.get("pid"), "ifname": str(data.get("ifname", ""))[:15]}
-
-        def note(result: Result, what: str) -> None:
-            audit.record("recover", result, what[:500], dict(who))  # noqa: B023
-
-        ok = True
-        for record in data.get("bypass", []) if isinstance(data.get("bypass"), list) else []:
-            route = route_from_record(record)
-            if route is None:
-                continue
-            try:
-                netlink.apply(DelRoute(route), 0)
-                note(
-                    "ok",
-                    f"deleted stale route {route} (proto {RTPROT_SEPCONNECT}, "
-                    f"metric {METRIC}, table {RT_TABLE_MAIN})",
-                )
-            except KernelError as exc:
-                if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                    ok = False
-                    note("info", f"stale route {route}: {exc}")
-        table = data.get("firewall")
-        if isinstance(table, str):
-            from sepconnect.privhelper import firewall
-
-            ok = firewall.recover(nft, table, note) and ok
-        if ok:
-            try:
-                os.unlink(path)
-            except OSError as exc:
-                note("info", f"cannot remove {path}: {exc}")
