@@ -116,9 +116,9 @@ class Helper:
             argv += ["--interface", interface]
         self.state_parent: Path | None = None
         if script is not None:
-            # The root runner needs a state directory, and the helper's account must reach
-            # it (pytest's tmp_path has a root-only parent).
-            self.state_parent = Path(tempfile.mkdtemp(prefix="sc-privhelper-"))
+            # The root runner keeps the script's state next to the helper's: a directory
+            # the helper's account can reach (pytest's tmp_path has a root-only parent).
+            self.state_parent = Path(tempfile.mkdtemp(prefix="sc-helper-state-"))
             self.state_parent.chmod(0o755)
             argv += ["--script", str(script), "--state-dir", str(self.state_parent / "state")]
         self.stderr_path = tmp / "helper.stderr"
