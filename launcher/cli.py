@@ -18,7 +18,6 @@ import socket
 import stat
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sepconnect import __version__, client_cert, credentials
@@ -39,9 +38,6 @@ from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.remote import DEFAULT_CONTROL
 from sepconnect.remote import add_options as remote_options
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
-
-if TYPE_CHECKING:
-    from sepconnect.ipc.worker_messages import Start
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
@@ -549,38 +545,6 @@ def server_address_of(args: argparse.Namespace) -> ipaddress.IPv4Address | ipadd
     return resolve_server(args.url) if given is None else given
 
 
-def _start_message(
-    args: argparse.Namespace,
-    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    cafile_pem: bytes | None,
-    client_files: client_cert.ClientCertFiles,
-    *,
-    authenticate: bool = False,
-) -> Start:
-    from sepconnect.ipc.worker_messages import Start
-
-    return Start(
-        proto=1,
-        url=args.url,
-        server_address=server_address,
-        servercerts=tuple(args.servercert or ()),
-        cafile_pem=cafile_pem,
-        system_trust=not args.no_system_trust,
-        client_cert=client_files.cert,
-        client_key=client_files.key,
-        key_password=client_files.password,
-        base_mtu=args.base_mtu,
-        mtu=args.mtu,
-        disable_ipv6=args.disable_ipv6,
-        no_dtls=args.no_dtls,
-        dtls_ciphers=args.dtls_ciphers,
-        dtls12_ciphers=args.dtls12_ciphers,
-        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-        verbose=min(args.verbose, 4),
-        authenticate=authenticate,
-    )
-
-
 def _check_runnable(accounts: list[tuple[str, str, int, int]]) -> None:
     """Before anything starts: can each account run what it will run (launcher/runnable.py)?"""
     from sepconnect.runnable import NotRunnable, check_accounts
@@ -664,7 +628,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
     # The session, from modules no root ever loads: the supervisor (launcher/session.py).
-    from sepconnect.session import Spawner, run
+    from sepconnect.session import Spawner, run, start_message
 
     spawner = Spawner(spawner_proc, spawner_sock, first_channel)
     return run(
@@ -677,7 +641,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         control_gid,
         audit_fd,
         # built after the drop: the message's schema is none of the root phase's code
-        lambda: _start_message(args, server_address, cafile_pem, client_files),
+        lambda: start_message(args, server_address, cafile_pem, client_files),
         login,
     )
 

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 
+from sepconnect.ipc.limits import NOT_PRINTABLE
 from sepconnect.process.exitcodes import ExitCode
 
 RUNTIME_DIR = "/run/sepconnect"
@@ -21,6 +22,13 @@ DEFAULT_CONTROL = f"{RUNTIME_DIR}/control.sock"
 _SESSION_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9:_.@-]{1,128}")
 
 _TIMES = ("connected_since", "last_rekey")  # seconds since the epoch in the JSON
+_UNSHOWN = re.compile(f"{NOT_PRINTABLE.pattern[:-1]}\n]")
+
+
+def _shown(value: object) -> str:
+    """``value`` as one line for a terminal: what a terminal would act on (control and
+    bidi characters, the newline) escaped, whatever the session answered."""
+    return _UNSHOWN.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
 
 
 def _format_status(status: dict[str, object]) -> str:
@@ -35,7 +43,8 @@ def _format_status(status: dict[str, object]) -> str:
         elif key in _TIMES and isinstance(value, int | float):
             when = datetime.datetime.fromtimestamp(value, datetime.UTC)
             value = when.isoformat(timespec="seconds")
-        lines.append(f"{key.replace('_', ' '):>16}: {'-' if value is None else value}")
+        shown = "-" if value is None else _shown(value)
+        lines.append(f"{_shown(key.replace('_', ' ')):>16}: {shown}")
     return "\n".join(lines)
 
 
@@ -79,7 +88,7 @@ def control(args: argparse.Namespace) -> ExitCode:
         print(f"sepconnect: {exc}", file=sys.stderr)
         return ExitCode.ERROR
     if not answer.get("ok"):
-        print(f"sepconnect: {answer.get('error', 'refused')}", file=sys.stderr)
+        print(f"sepconnect: {_shown(answer.get('error', 'refused'))}", file=sys.stderr)
         return ExitCode.ERROR
     if args.command == "status":
         status = answer.get("status", {})

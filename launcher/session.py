@@ -25,6 +25,9 @@ from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, Worker
 from sepconnect.process.title import set_title
 
 if TYPE_CHECKING:
+    import ipaddress
+
+    from sepconnect.client_cert import ClientCertFiles
     from sepconnect.credentials import LoginInput
     from sepconnect.ipc.worker_messages import Start
 
@@ -166,3 +169,36 @@ def connect_helper(path: str) -> socket.socket:
         sock.close()
         raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
     return sock
+
+
+def start_message(
+    args: argparse.Namespace,
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    cafile_pem: bytes | None,
+    client_files: ClientCertFiles,
+    *,
+    authenticate: bool = False,
+) -> Start:
+    """The worker's Start: built after the drop (launcher/cli.py), from what root read."""
+    from sepconnect.ipc.worker_messages import Start
+
+    return Start(
+        proto=1,
+        url=args.url,
+        server_address=server_address,
+        servercerts=tuple(args.servercert or ()),
+        cafile_pem=cafile_pem,
+        system_trust=not args.no_system_trust,
+        client_cert=client_files.cert,
+        client_key=client_files.key,
+        key_password=client_files.password,
+        base_mtu=args.base_mtu,
+        mtu=args.mtu,
+        disable_ipv6=args.disable_ipv6,
+        no_dtls=args.no_dtls,
+        dtls_ciphers=args.dtls_ciphers,
+        dtls12_ciphers=args.dtls12_ciphers,
+        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+        verbose=min(args.verbose, 4),
+        authenticate=authenticate,
+    )
