@@ -119,6 +119,10 @@ install -d -m 0755 "$prefix/etc/systemd/system" "$prefix/usr/share/doc/sepconnec
 install -m 0644 "$here"/systemd/*.service "$here"/systemd/*.socket "$prefix/etc/systemd/system/"
 install -m 0644 "$here"/docs/*.md "$prefix/usr/share/doc/sepconnect/"
 echo "install-system: the units in $prefix/etc/systemd/system"
+install -d -m 0755 "$prefix/etc/tmpfiles.d"
+install -m 0644 "$here/systemd/sepconnect.tmpfiles" "$prefix/etc/tmpfiles.d/sepconnect.conf"
+echo "install-system: $prefix/etc/tmpfiles.d/sepconnect.conf (/run/sepconnect at boot)"
 if [ -z "$prefix" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
+  systemd-tmpfiles --create /etc/tmpfiles.d/sepconnect.conf
 fi

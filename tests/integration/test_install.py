@@ -74,8 +74,10 @@ def test_install_step_puts_programs_accounts_and_files_where_the_units_expect_th
     for directory, mode in (("etc/sepconnect", 0o755), ("var/log/sepconnect", 0o700)):
         st = (prefix / directory).stat()
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, mode), directory
-    shipped = {p.name for p in (REPO / "systemd").iterdir()}
+    shipped = {p.name for p in (REPO / "systemd").iterdir() if p.suffix in (".service", ".socket")}
     assert {p.name for p in (prefix / "etc/systemd/system").iterdir()} == shipped
+    tmpfiles = (prefix / "etc/tmpfiles.d/sepconnect.conf").read_text()
+    assert "\nd /run/sepconnect 0755 root root -\n" in tmpfiles
     assert (prefix / "usr/share/doc/sepconnect/security.md").is_file()  # Documentation=
     for unit in ("sepconnect@kiosk.service", "sepconnect-session@kiosk.service",
                  "sepconnect-helper@0.service", "sepconnect-spawner@0.service",

@@ -137,6 +137,22 @@ def test_a_session_unit_reads_its_config_and_credential_and_can_be_enabled(unit:
     assert re.search(r"^\[Install\]\nWantedBy=multi-user\.target$", text, re.M)
 
 
+def test_the_all_in_one_instances_share_a_run_directory_no_stop_removes() -> None:
+    """Several sepconnect@NAME instances keep their sockets and helper state side by side
+    in /run/sepconnect: made at boot (tmpfiles), never a RuntimeDirectory= that stopping
+    one instance would remove from under the others."""
+    text = (UNITS / "sepconnect@.service").read_text()
+    assert not re.findall(r"^RuntimeDirectory", text, re.M)
+    (writable,) = re.findall(r"^ReadWritePaths=(.*)$", text, re.M)
+    assert "/run/sepconnect" in writable.split()
+    lines = [
+        line
+        for line in (UNITS / "sepconnect.tmpfiles").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines == ["d /run/sepconnect 0755 root root -"]
+
+
 def test_the_session_units_runtime_directory_is_the_control_sockets() -> None:
     text = (UNITS / "sepconnect-session@.service").read_text()
     assert re.findall(r"^RuntimeDirectory=(.*)$", text, re.M) == ["sepconnect/%i"]
