@@ -61,6 +61,8 @@ CIPHER_LIST: Final = (
 --dtls-ciphers: at most :data:`MAX_CIPHERS` names and :data:`MAX_CIPHER_LIST` characters
 (the defaults are 4 and 5 names, under 100 characters)."""
 
+DNS_BACKENDS: Final = ("auto", "resolved", "resolvconf", "file", "none")
+"""``--dns-backend``: how the tunnel's DNS is applied (privhelper/dns.py), root's choice."""
 MAX_CAFILE: Final = 60_000
 """``--cafile``: the most bytes of PEM the launcher reads and the Start message carries."""
 

@@ -16,13 +16,17 @@ import sys
 
 from sepconnect import cli, credentials
 from sepconnect.process import privileges, programs
+from sepconnect.process.accounts import AccountError, service_account
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.title import set_title
 
 
 def authenticate_only(args: argparse.Namespace) -> ExitCode:
     if os.geteuid() == 0:
-        account: tuple[str, int, int] | None = cli._service_account(args.setuid)
+        try:
+            account: tuple[str, int, int] | None = service_account(args.setuid)
+        except AccountError as exc:
+            raise cli.UsageError(str(exc)) from None
     elif args.setuid is not None:
         raise cli.UsageError("--setuid: only root can change to another account")
     else:
@@ -32,18 +36,18 @@ def authenticate_only(args: argparse.Namespace) -> ExitCode:
     client_files = cli._read_client_cert(args, cafile_pem)
     login = cli._read_login(args)
     if account is not None:
+        cli._check_runnable([("the supervisor's", *account)])  # its worker runs as it too
         _, uid, gid = account
         privileges.drop_bounding_set()
         privileges.drop_to(uid, gid, extra_groups=())
     privileges.no_new_privs_and_undumpable()
     worker = programs.start_worker(allow_weak_sandbox=args.allow_weak_sandbox)
     set_title("sepconnect: authenticate")
+    from sepconnect.session import start_message
     from sepconnect.supervisor.authenticate import authenticate, shell_variables
 
     try:
-        start = cli._start_message(
-            args, server_address, cafile_pem, client_files, authenticate=True
-        )
+        start = start_message(args, server_address, cafile_pem, client_files, authenticate=True)
         answers, codes, terminal = credentials.answer_sources(args, login)
     except BaseException:
         worker[1].close()  # it exits when it finds its channel closed

@@ -3,43 +3,44 @@
 `sepconnect connect` starts as root, spawns the privileged helper, drops to the
 service account for good, and then *is* the supervisor: the process the user
 started stays the one to signal. Nothing that parses network data ever runs
-as root.
+as root. This module is the launcher's root phase; what runs after the drop is
+session.py, the control commands remote.py (neither is loaded as root).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import grp
 import ipaddress
 import os
-import pwd
 import re
 import socket
 import stat
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sepconnect import __version__, client_cert, credentials
-from sepconnect.ipc.limits import CIPHER_LIST, MAX_CAFILE, check_ifname
+from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
+from sepconnect.process.accounts import (
+    HELPER_ACCOUNT,
+    HELPER_FALLBACK_UID,
+    SERVICE_ACCOUNT,
+    SERVICE_FALLBACK,
+    AccountError,
+    helper_account,
+    service_account,
+)
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
-from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
-from sepconnect.process.title import set_title
+from sepconnect.remote import DEFAULT_CONTROL
+from sepconnect.remote import add_options as remote_options
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
 
-if TYPE_CHECKING:
-    from sepconnect.ipc.worker_messages import Start
-
-DEFAULT_ACCOUNT = "sepconnect"
-FALLBACK_ACCOUNT = "nobody"
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
-DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 
 
@@ -90,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     c.add_argument("url", metavar="URL", help="server, e.g. https://vpn.example.com[:port][/group]")
+    c.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from FILE first, in openconnect's syntax: one long option name "
+        "a line without the dashes (name, name=value or name value; server=URL for the "
+        "server), # comments; owned by root, writable by no one else, no secrets "
+        "(docs/usage.md)",
+    )
     c.add_argument("-u", "--user", metavar="NAME", help="username to log in with")
     c.add_argument(
         "--passwd-on-stdin",
@@ -170,8 +179,15 @@ def _parser() -> argparse.ArgumentParser:
         "-U",
         "--setuid",
         metavar="USER",
-        help=f"account to run as after dropping root (default: {DEFAULT_ACCOUNT} if it exists, "
-        f"else {FALLBACK_ACCOUNT})",
+        help=f"account to run as after dropping root (default: {SERVICE_ACCOUNT} if it exists, "
+        f"else {SERVICE_FALLBACK})",
+    )
+    c.add_argument(
+        "--helper-user",
+        metavar="USER",
+        help=f"the privileged helper's own account (default: {HELPER_ACCOUNT} if it exists, "
+        f"else uid {HELPER_FALLBACK_UID}, which no account may have); never root, never the "
+        "--setuid account",
     )
     c.add_argument("--base-mtu", type=int, metavar="BYTES", help="MTU of the path to the server")
     c.add_argument("--mtu", type=int, metavar="BYTES", help="request this tunnel MTU")
@@ -217,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--dns-backend",
-        choices=("auto", "resolved", "resolvconf", "file", "none"),
+        choices=DNS_BACKENDS,
         default="auto",
         help="how to apply the server's DNS servers and domains: systemd-resolved over D-Bus, "
         "resolvconf, rewriting /etc/resolv.conf, or not at all (default: auto, in that order)",
@@ -308,25 +324,10 @@ def _parser() -> argparse.ArgumentParser:
         ("disconnect", "log off and end the session (as SIGTERM)"),
     ):
         s = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-        s.add_argument(
-            "--socket", metavar="PATH", default=DEFAULT_CONTROL, help="the control socket"
-        )
+        remote_options(s)
         if name == "status":
             s.add_argument("--json", action="store_true", help="print JSON")
     return parser
-
-
-def _service_account(name: str | None) -> tuple[str, int, int]:
-    candidates = [name] if name else [DEFAULT_ACCOUNT, FALLBACK_ACCOUNT]
-    for candidate in candidates:
-        try:
-            entry = pwd.getpwnam(candidate)
-        except KeyError:
-            continue
-        if entry.pw_uid == 0:
-            raise UsageError(f"--setuid {candidate}: refusing to run the unprivileged side as root")
-        return candidate, entry.pw_uid, entry.pw_gid
-    raise UsageError(f"no such account: {' or '.join(candidates)}")
 
 
 def _read_cafile(path: str | None) -> bytes | None:
@@ -462,9 +463,10 @@ def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
         )
 
 
-def _network_argv(args: argparse.Namespace) -> list[str]:
-    """The helper's argv for routes, DNS, fail-closed and the vpnc-script (issue #7)."""
-    argv = ["--state-dir", args.state_dir, "--dns-backend", args.dns_backend]
+def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> list[str]:
+    """The helper's argv: its account, routes, DNS, fail-closed and the vpnc-script."""
+    argv = ["--uid", str(helper[1]), "--gid", str(helper[2])]
+    argv += ["--state-dir", args.state_dir, "--dns-backend", args.dns_backend]
     argv += ["--log-level", str(min(args.verbose, 4))]
     if args.no_routes:
         argv.append("--no-routes")
@@ -473,7 +475,7 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
     for prefix in args.allow_exclude:
         argv += ["--allow-exclude", prefix]
     if args.script is not None:
-        from sepconnect.privhelper.runner import check_script
+        from sepconnect.rootrunner.script import check_script
 
         try:
             check_script(args.script)
@@ -543,36 +545,14 @@ def server_address_of(args: argparse.Namespace) -> ipaddress.IPv4Address | ipadd
     return resolve_server(args.url) if given is None else given
 
 
-def _start_message(
-    args: argparse.Namespace,
-    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    cafile_pem: bytes | None,
-    client_files: client_cert.ClientCertFiles,
-    *,
-    authenticate: bool = False,
-) -> Start:
-    from sepconnect.ipc.worker_messages import Start
+def _check_runnable(accounts: list[tuple[str, str, int, int]]) -> None:
+    """Before anything starts: can each account run what it will run (launcher/runnable.py)?"""
+    from sepconnect.runnable import NotRunnable, check_accounts
 
-    return Start(
-        proto=1,
-        url=args.url,
-        server_address=server_address,
-        servercerts=tuple(args.servercert or ()),
-        cafile_pem=cafile_pem,
-        system_trust=not args.no_system_trust,
-        client_cert=client_files.cert,
-        client_key=client_files.key,
-        key_password=client_files.password,
-        base_mtu=args.base_mtu,
-        mtu=args.mtu,
-        disable_ipv6=args.disable_ipv6,
-        no_dtls=args.no_dtls,
-        dtls_ciphers=args.dtls_ciphers,
-        dtls12_ciphers=args.dtls12_ciphers,
-        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-        verbose=min(args.verbose, 4),
-        authenticate=authenticate,
-    )
+    try:
+        check_accounts(accounts)
+    except NotRunnable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def connect(args: argparse.Namespace) -> ExitCode:
@@ -583,8 +563,11 @@ def connect(args: argparse.Namespace) -> ExitCode:
         return authenticate_only(args)
     server_address = server_address_of(args)
     as_root = os.geteuid() == 0
+    helper_user = ("", 0, 0)  # the helper's account: ours to choose when we start it
     if args.helper_socket is not None:
-        account, uid, gid = _split_mode_account(args, as_root)
+        from sepconnect.session import split_mode_account
+
+        account, uid, gid = split_mode_account(args, as_root)
     elif not as_root:
         raise UsageError(
             "sepconnect connect must be started as root: its small helper keeps CAP_NET_ADMIN "
@@ -592,7 +575,14 @@ def connect(args: argparse.Namespace) -> ExitCode:
             "(or connect to an already running helper with --helper-socket)"
         )
     else:
-        account, uid, gid = _service_account(args.setuid)
+        try:
+            account, uid, gid = service_account(args.setuid)
+            helper_user = helper_account(args.helper_user, uid)
+        except AccountError as exc:
+            raise UsageError(str(exc)) from None
+        from sepconnect.runnable import session_accounts
+
+        _check_runnable(session_accounts((account, uid, gid), helper_user))
     cafile_pem = _read_cafile(args.cafile)
     client_files = _read_client_cert(args, cafile_pem)
     login = _read_login(args)  # after the key's password: both may come on standard input
@@ -608,16 +598,26 @@ def connect(args: argparse.Namespace) -> ExitCode:
     _prepare_control_dir(args.control_socket, uid, gid)
     # First, so that its start-up overlaps the helper's: the workers' own account.
     spawner_proc, spawner_sock, first_channel = open_spawner(
-        args.spawner_socket, uid, gid, allow_weak_sandbox=args.allow_weak_sandbox
+        args.spawner_socket,
+        uid,
+        gid,
+        helper_uid=helper_user[1] if helper_user[1] else None,
+        allow_weak_sandbox=args.allow_weak_sandbox,
     )
     helper: subprocess.Popen[bytes] | None = None
     if args.helper_socket is not None:
-        ours = _connect_helper(args.helper_socket)
+        from sepconnect.session import connect_helper
+
+        ours = connect_helper(args.helper_socket)
     else:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
         helper = _spawn_helper(
-            theirs.fileno(), uid, args.interface, args.audit_log, _network_argv(args) + weak
+            theirs.fileno(),
+            uid,
+            args.interface,
+            args.audit_log,
+            _network_argv(args, helper_user) + weak,
         )
         theirs.close()
     if as_root:
@@ -627,152 +627,43 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # give its socket to that group; it grants nothing else.
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
-    # The first worker starts before the supervisor's own modules load (~60 ms): the
-    # worker's start-up (Python, imports: ~0.15 s) is the longest item of the connect
-    # time, and it reads its `start` only once its imports are done. The spawner we
-    # started starts it at once; one of the split units' is asked now (as the
-    # supervisor's uid, which it checks).
-    spawner = SpawnerClient(spawner_sock)
-    first_worker: tuple[WorkerProcess, socket.socket] | None = None
-    if first_channel is not None:
-        first_worker = spawner.started_at_exec(first_channel)
-    else:
-        with contextlib.suppress(SpawnerGone):  # the supervisor's first spawn fails too
-            first_worker = spawner.spawn(allow_weak_sandbox=args.allow_weak_sandbox)
-    set_title("sepconnect: supervisor")
-    if audit_fd is not None:
-        from sepconnect.supervisor import audit as session_audit
+    # The session, from modules no root ever loads: the supervisor (launcher/session.py).
+    from sepconnect.session import Spawner, run, start_message
 
-        session_audit.configure(audit_fd)
-    from sepconnect.supervisor.helper_client import HelperClient
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
-
-    if args.verbose:
-        log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
-    try:
-        start = _start_message(args, server_address, cafile_pem, client_files)
-        answers, codes, terminal = credentials.answer_sources(args, login)
-        options = Options(
-            always_on=args.always_on,
-            reconnect_timeout=args.reconnect_timeout,
-            service_uid=uid,
-            control_path=args.control_socket,
-            control_gid=control_gid,
-            allow_weak_sandbox=args.allow_weak_sandbox,
-            tun_offload=not args.no_tun_offload,
-            answers=answers,
-            codes=codes,
-            terminal=terminal,
-            cookie=login.cookie,
-        )
-        VERBOSITY[0] = args.verbose
-        supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
-        first_worker = None  # the supervisor's now: it reaps it
-        code = supervisor.run()
-    finally:
-        if first_worker is not None:  # we failed before the supervisor took it
-            first_worker[1].close()  # the spawner kills it when we close its channel
-        spawner.close()  # the spawner exits, killing any worker still there
-        ours.close()
-        if spawner_proc is not None:
-            try:
-                spawner_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log("the worker spawner did not exit")
-        if helper is not None:
-            try:
-                helper.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log("the privileged helper did not exit; it will clean up when it notices")
-    return code
-
-
-def _split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, int, int]:
-    """--helper-socket: we already are the service account; the helper runs apart."""
-    if as_root:
-        raise UsageError(
-            "--helper-socket: start as the service account, not root (the helper that "
-            "listens there already has the privilege)"
-        )
-    if args.setuid is not None:
-        raise UsageError("--helper-socket: --setuid has no meaning; start as that account")
-    privileged = [
-        option
-        for option, given in (
-            ("--script", args.script is not None),
-            ("--fail-closed", args.fail_closed),
-            ("--no-routes", args.no_routes),
-            ("--interface", args.interface is not None),
-        )
-        if given
-    ]
-    if privileged:
-        raise UsageError(
-            f"--helper-socket: {', '.join(privileged)} belong(s) to the helper's own "
-            "configuration (its unit's command line), not to the unprivileged session"
-        )
-    uid, gid = os.getuid(), os.getgid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    return name, uid, gid
-
-
-def _connect_helper(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
-    return sock
-
-
-_TIMES = ("connected_since", "last_rekey")  # seconds since the epoch in the JSON
-
-
-def _format_status(status: dict[str, object]) -> str:
-    import datetime
-
-    lines = []
-    for key, value in status.items():
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-            value = "; ".join(f"{v.get('prefix')} ({v.get('reason')})" for v in value) or "-"
-        elif isinstance(value, list):
-            value = " ".join(str(v) for v in value) or "-"
-        elif key in _TIMES and isinstance(value, int | float):
-            when = datetime.datetime.fromtimestamp(value, datetime.UTC)
-            value = when.isoformat(timespec="seconds")
-        lines.append(f"{key.replace('_', ' '):>16}: {'-' if value is None else value}")
-    return "\n".join(lines)
-
-
-def control(args: argparse.Namespace) -> ExitCode:
-    import json
-
-    from sepconnect.supervisor.control import ControlError, request
-
-    try:
-        answer = request(args.socket, args.command)
-    except ControlError as exc:
-        print(f"sepconnect: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
-    if not answer.get("ok"):
-        print(f"sepconnect: {answer.get('error', 'refused')}", file=sys.stderr)
-        return ExitCode.ERROR
-    if args.command == "status":
-        status = answer.get("status", {})
-        print(json.dumps(status, indent=2, sort_keys=True) if args.json else _format_status(status))
-    return ExitCode.OK
+    spawner = Spawner(spawner_proc, spawner_sock, first_channel)
+    return run(
+        args,
+        ours,
+        helper,
+        spawner,
+        (account, uid, gid),
+        helper_user,
+        control_gid,
+        audit_fd,
+        # built after the drop: the message's schema is none of the root phase's code
+        lambda: start_message(args, server_address, cafile_pem, client_files),
+        login,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("--config") for arg in argv):  # its module only when it is used
+        from sepconnect import config
+
+        try:
+            argv = config.expand(argv, parser)
+        except config.ConfigError as exc:
+            print(f"sepconnect: {exc}", file=sys.stderr)
+            return int(ExitCode.USAGE)
+    args = parser.parse_args(argv)
     try:
         if args.command == "connect":
             return int(connect(args))
         if args.command in ("status", "rekey", "reconnect", "disconnect"):
+            from sepconnect.remote import control
+
             return int(control(args))
     except (UsageError, SpawnerSetupError) as exc:
         print(f"sepconnect: {exc}", file=sys.stderr)

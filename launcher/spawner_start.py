@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sepconnect.ipc.wire import socketpair
 from sepconnect.process import privileges, programs
 
 WORKER_ACCOUNT: Final = "sepconnect-worker"
@@ -52,6 +51,7 @@ def worker_account(
     service_uid: int,
     service_gid: int,
     *,
+    helper_uid: int | None = None,
     getpwnam: Callable[[str], pwd.struct_passwd] = pwd.getpwnam,
     getpwuid: Callable[[int], pwd.struct_passwd] = pwd.getpwuid,
     getgrgid: Callable[[int], grp.struct_group] = grp.getgrgid,
@@ -87,6 +87,11 @@ def worker_account(
             f"the {name} account (uid {uid}, gid {gid}) must not share the service account's "
             f"uid {service_uid} or gid {service_gid}"
         )
+    if helper_uid is not None and helper_uid in (uid, gid):
+        raise SpawnerSetupError(
+            f"the {name} account (uid {uid}, gid {gid}) must not share the privileged "
+            f"helper's uid {helper_uid}"
+        )
     return WorkerAccount(name, uid, gid)
 
 
@@ -109,8 +114,9 @@ def start_spawner(
         os.setresuid(account.uid, account.uid, account.uid)
         privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
 
-    ours, theirs = socketpair()
-    worker_ours, worker_theirs = socketpair()
+    # Plain socket calls: the codec (ipc/wire.py) is none of the root phase's code.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker_ours, worker_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     argv = [
         *programs.program("sepconnect-spawner", "sepconnect.spawner"),
         "--fd",
@@ -154,7 +160,12 @@ def connect_spawner(path: str) -> socket.socket:
 
 
 def open_spawner(
-    spawner_socket: str | None, service_uid: int, service_gid: int, *, allow_weak_sandbox: bool
+    spawner_socket: str | None,
+    service_uid: int,
+    service_gid: int,
+    *,
+    helper_uid: int | None = None,
+    allow_weak_sandbox: bool,
 ) -> tuple[subprocess.Popen[bytes] | None, socket.socket, socket.socket | None]:
     """The spawner for this session: the split units' socket, or started here (as root)
     under the workers' account. Returns the process we started (None for the socket),
@@ -162,5 +173,5 @@ def open_spawner(
     at once (the one we start does)."""
     if spawner_socket is not None:
         return None, connect_spawner(spawner_socket), None
-    account = worker_account(service_uid, service_gid)
+    account = worker_account(service_uid, service_gid, helper_uid=helper_uid)
     return start_spawner(account, service_uid, allow_weak_sandbox=allow_weak_sandbox)

@@ -29,10 +29,15 @@ with and without this table).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.privhelper.policy import Network
+from sepconnect.ipc.runner_messages import RunNft
+from sepconnect.privhelper.audit import Audit
+from sepconnect.privhelper.policy import Network, Refusal
+from sepconnect.process.journal import Result
+from sepconnect.process.runner import RunnerClient
 
 
 def table_name(pid: int) -> str:
@@ -80,6 +85,42 @@ def ruleset(table: str, ifname: str, wanted: NetworkConfig) -> str:
     return text
 
 
-def delete(table: str) -> str:
+def delete_ruleset(table: str) -> str:
     """Remove the table; creating it first makes this succeed when it is already gone."""
     return f"table inet {table}\ndelete table inet {table}\n"
+
+
+def apply(nft: RunnerClient | None, ifname: str, wanted: NetworkConfig, audit: Audit) -> str:
+    """Load our table for ``wanted`` (replacing the previous version); its name."""
+    if nft is None:
+        raise Refusal("fail-closed: no nft runner")
+    table = table_name(os.getpid())
+    ran = nft.call(RunNft(ruleset=ruleset(table, ifname, wanted)))
+    audit.record(
+        "fail_closed",
+        "ok" if ran.status == 0 else "refused",
+        ran.note,
+        {"table": table, "gateway": str(wanted.gateway)},
+    )
+    if ran.status != 0:
+        raise Refusal(f"fail-closed rules: {ran.note or ran.status}")
+    return table
+
+
+def delete(nft: RunnerClient, table: str) -> list[str]:
+    """Delete our table at the end of the session; the errors."""
+    ran = nft.call(RunNft(ruleset=delete_ruleset(table)))
+    return [] if ran.status == 0 else [f"fail-closed table {table}: {ran.note}"]
+
+
+def recover(nft: RunnerClient | None, table: str, note: Callable[[Result, str], None]) -> bool:
+    """Delete a crashed session's table (named in its state file); False if it stays."""
+    if not (table.startswith("sepconnect_") and table[11:].isdigit()):
+        return True
+    if nft is None:
+        note("info", f"fail-closed table {table}: no nft runner")
+        return False
+    ran = nft.call(RunNft(ruleset=delete_ruleset(table)))
+    result: Result = "ok" if ran.status == 0 else "info"
+    note(result, f"deleted fail-closed table {table}: status {ran.status}")
+    return True

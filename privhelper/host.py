@@ -1,13 +1,15 @@
 """The system operations behind the policy's handlers (:class:`policy.Host`), for one session.
 
 :class:`Helper` owns the tun, its routes (netconf.Router), the resolver backend
-(dns.py), the fail-closed table (firewall.py), the vpnc-script (script.py, run
-by runner.py) and the state file (state.py). Two modes:
+(dns.py), the fail-closed table (firewall.py, loaded by the nft runner: nft.py), the
+vpnc-script (script.py, run by the root runner: rootrunner/) and the state file
+(process/statefile.py). The optional parts are imported only when root's options ask
+for them. Two modes:
 
 * normal: the helper installs addresses, MTU, routes and DNS itself
   (``--no-routes``: addresses and MTU only; ``--dns-backend none``: no DNS);
 * ``--script PATH``: the vpnc-script does it, as under openconnect. The helper
-  creates the tun and runs the script as root for ``pre-init`` (before the
+  creates the tun and has the root runner run the script for ``pre-init`` (before the
   tun), ``connect`` (the first NetConfig, and again after a ``disconnect`` when
   a later NetConfig differs), ``attempt-reconnect`` and ``reconnect``
   (ScriptEvent from the supervisor) and ``disconnect`` (teardown, and every
@@ -20,46 +22,36 @@ by runner.py) and the state file (state.py). Two modes:
   here too (neither configures the tunnel), a failing ``disconnect`` keeps the
   state file for the next start.
 
-:func:`recover` undoes what crashed helpers left behind (see state.py).
+What crashed helpers left behind is undone at start-up by recovery.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper import audit as _audit
-from sepconnect.privhelper import dns as _dns
-from sepconnect.privhelper import firewall as _firewall
-from sepconnect.privhelper import state as _state
 from sepconnect.privhelper.netconf import (
     METRIC,
-    RTPROT_SEPCONNECT,
-    DelRoute,
-    KernelError,
     Netlink,
     Router,
     SetMtu,
     competing,
     is_tun_route,
-    route_from_record,
     route_record,
 )
 from sepconnect.privhelper.policy import Address, Network, Refusal, check_kill_switch_excludes
-from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
-from sepconnect.privhelper.runner import (
-    Ran,
-    RunnerClient,
-    RunNft,
-    RunResolvconf,
-    RunScript,
-)
-from sepconnect.privhelper.script import check_script_env, encode_env, script_env
 from sepconnect.privhelper.tun import Tun, open_tun
-from sepconnect.process.journal import Result
+from sepconnect.process import statefile
+
+if TYPE_CHECKING:
+    from sepconnect.privhelper.dns import Backend, BackendName
+    from sepconnect.privhelper.script import Script
+    from sepconnect.process.runner import RunnerClient
+
+STATE_PREFIX = "helper"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,7 +63,7 @@ class Options:
     no_routes: bool = False
     fail_closed: bool = False
     allow_exclude: tuple[Network, ...] = ()  # what --fail-closed lets a server exclude
-    dns_backend: _dns.BackendName = "none"
+    dns_backend: BackendName = "none"
     script: str | None = None
     log_level: int = 0
     state_dir: str | None = None
@@ -85,32 +77,37 @@ class Helper:
         netlink: Netlink,
         options: Options,
         audit: _audit.Audit,
-        runner: RunnerClient | None = None,
+        root: RunnerClient | None = None,
+        nft: RunnerClient | None = None,
     ) -> None:
         self.netlink = netlink
         self.options = options
         self.audit = audit
-        self.runner = runner
+        self.root = root  # the root runner: --script, DNS file/resolvconf
+        self.nft = nft  # the nft runner: --fail-closed
         self.tun: Tun | None = None
         self.router: Router | None = None
-        self.dns: _dns.Backend = _dns.NoDns()
+        self.dns: Backend | None = None
         self.table: str | None = None
         self.gateway: Address | None = None
-        self.script_wanted: NetworkConfig | None = None
-        """What the script last configured (``connect`` ran for it), until ``disconnect``."""
+        self.script: Script | None = None
+        if options.script is not None:
+            from sepconnect.privhelper.script import Script
+
+            self.script = Script(root, audit, options.log_level)
         self.undo_errors: list[str] = []
         """What could not be undone; the cleanup keeps the state file for the next start."""
-        self.vpnpid = 0
-        self.state = None if options.state_dir is None else _state.StateFile(options.state_dir)
+        self.state = None
+        if options.state_dir is not None:
+            self.state = statefile.StateFile(options.state_dir, STATE_PREFIX)
 
     # -- the policy's operations -------------------------------------------------------
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
-        if self.audit.sender is not None:
-            self.vpnpid = self.audit.sender[0]
-        if self.options.script is not None:
-            named = self.options.ifname if self.options.named else None
-            self._script("pre-init", None, named)
+        if self.script is not None:
+            if self.audit.sender is not None:
+                self.script.vpnpid = self.audit.sender[0]
+            self.script.run("pre-init", None, self.options.ifname if self.options.named else None)
         try:
             tun = open_tun(self.options.ifname, vnet_hdr=vnet_hdr)
         except OSError as exc:
@@ -124,7 +121,10 @@ class Helper:
             raise
         self.tun = tun
         self.router = Router(self.netlink, ifindex, mtu)
-        self.dns = self._dns_backend(tun.name, ifindex)
+        if self.options.dns_backend != "none":
+            from sepconnect.privhelper import dns
+
+            self.dns = dns.backend(self.options.dns_backend, tun.name, ifindex, self.root)
         self._save(ifname=tun.name)
         return tun.name, ifindex, fd
 
@@ -133,43 +133,24 @@ class Helper:
             raise Refusal("no tun")
         if self.options.fail_closed:
             check_kill_switch_excludes(wanted, self.options.allow_exclude)
-        if self.options.script is not None:
-            check_script_env(
-                wanted,
-                ifname=self.tun.name,
-                vpnpid=self.vpnpid,
-                log_level=self.options.log_level,
-            )
+        if self.script is not None:
+            self.script.check(wanted, self.tun.name)
         left_out: dict[Network, str] = {}
-        if self.options.script is None and not self.options.no_routes:
+        if self.script is None and not self.options.no_routes:
             # An exclude the host cannot route outside the tunnel stays in it; the
             # kill switch then treats it as not excluded.
             wanted, left_out = self.router.routable(wanted)
             for prefix, reason in left_out.items():
                 self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
         if self.options.fail_closed:
-            self._firewall(wanted)
-        if self.options.script is not None:
-            if wanted != self.script_wanted:
-                self._script_disconnect()
-                self.script_wanted = wanted
-                self._save(
-                    script_env=script_env(
-                        "disconnect",
-                        ifname=self.tun.name,
-                        vpnpid=self.vpnpid,
-                        log_level=self.options.log_level,
-                        wanted=wanted,
-                    )
-                )
-                ran = self._script("connect", wanted, self.tun.name)
-                if ran.status != 0:
-                    # It may have done part of its work: undone now, as at teardown.
-                    undone = self._script_disconnect()
-                    raise Refusal(
-                        f"vpnc-script connect failed: {ran.note or ran.status}; "
-                        + ("disconnect run" if undone else "disconnect failed too")
-                    )
+            from sepconnect.privhelper import firewall
+
+            first = self.table is None
+            self.table = firewall.apply(self.nft, self.tun.name, wanted, self.audit)
+            if first:
+                self._save(firewall=self.table)
+        if self.script is not None:
+            self.script.connect(wanted, self.tun.name, self.undo_errors)
             return left_out
         routed = wanted
         if self.options.no_routes:
@@ -186,18 +167,15 @@ class Helper:
                         f"metric than ours ({METRIC}) exists and may win: {other}",
                     )
         self._save(bypass=self._bypass_records())
-        try:
-            self.dns.apply(_dns.Dns.of(wanted))
-        finally:
-            self._save(dns={"backend": self.dns.name, **self.dns.record()})
+        if self.dns is not None:
+            from sepconnect.privhelper.dns import Dns
+
+            self.dns.apply(Dns.of(wanted))
         return left_out
 
     def script_event(self, reason: str) -> None:
-        if self.options.script is None or self.script_wanted is None or self.tun is None:
-            return
-        ran = self._script(reason, self.script_wanted, self.tun.name)
-        if ran.status != 0 and reason == "reconnect":
-            raise Refusal(f"vpnc-script reconnect failed: {ran.note or ran.status}")
+        if self.script is not None and self.tun is not None:
+            self.script.event(reason, self.tun.name)
 
     def teardown(self) -> None:
         self.cleanup()
@@ -205,17 +183,18 @@ class Helper:
     def cleanup(self) -> None:
         """Remove what we installed, then close the tun (the device disappears). Idempotent;
         the state file stays if anything could not be undone, now or before."""
-        self._script_disconnect()  # before the tun goes; a failure joins undo_errors
-        errors = list(self.dns.revert())
-        for note in getattr(self.dns, "notes", []):
-            self.audit.record("dns", "info", note)
+        if self.script is not None and self.tun is not None:  # before the tun goes
+            self.script.disconnect(self.tun.name, self.undo_errors)
+        errors: list[str] = []
+        if self.dns is not None:
+            errors += self.dns.revert()
         if self.router is not None:
             errors += self.router.clear()
             self.router = None
-        if self.table is not None and self.runner is not None:
-            ran = self.runner.call(RunNft(ruleset=_firewall.delete(self.table)))
-            if ran.status != 0:
-                errors.append(f"fail-closed table {self.table}: {ran.note}")
+        if self.table is not None and self.nft is not None:
+            from sepconnect.privhelper import firewall
+
+            errors += firewall.delete(self.nft, self.table)
             self.table = None
         self.undo_errors += errors
         if self.tun is not None or errors:
@@ -226,90 +205,12 @@ class Helper:
             self.tun = None
         if self.state is not None and not self.undo_errors:
             self.state.remove()
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
+        for runner in (self.root, self.nft):
+            if runner is not None:
+                runner.close()  # the root runner undoes what it still holds, then exits
+        self.root = self.nft = None
 
     # -- parts ---------------------------------------------------------------------------
-
-    def _dns_backend(self, ifname: str, ifindex: int) -> _dns.Backend:
-        backend = self.options.dns_backend
-        if backend == "resolved":
-            return _dns.Resolved(ifindex)
-        if backend == "resolvconf":
-            return _dns.Resolvconf(ifname, self._resolvconf)
-        if backend == "file":
-            if self.options.state_dir is None:
-                raise Refusal("the file DNS backend needs a state directory")
-            saved = os.path.join(self.options.state_dir, f"resolv.conf.{os.getpid()}.orig")
-            return _dns.ResolvConfFile(ifname, saved)
-        return _dns.NoDns()
-
-    def _resolvconf(self, action: str, record: str, content: str) -> None:
-        if self.runner is None:
-            raise Refusal("resolvconf: no script runner")
-        msg = RunResolvconf(
-            action="add" if action == "add" else "delete", record=record, content=content
-        )
-        ran = self.runner.call(msg)
-        self.audit.record(
-            "resolvconf",
-            "ok" if ran.status == 0 else "refused",
-            ran.note,
-            {"action": action, "record": record},
-        )
-        if ran.status != 0:
-            raise Refusal(f"resolvconf {action} {record}: {ran.note or ran.status}")
-
-    def _firewall(self, wanted: NetworkConfig) -> None:
-        if self.runner is None or self.tun is None:
-            raise Refusal("fail-closed: no script runner")
-        table = _firewall.table_name(os.getpid())
-        ran = self.runner.call(RunNft(ruleset=_firewall.ruleset(table, self.tun.name, wanted)))
-        self.audit.record(
-            "fail_closed",
-            "ok" if ran.status == 0 else "refused",
-            ran.note,
-            {"table": table, "gateway": str(wanted.gateway)},
-        )
-        if ran.status != 0:
-            raise Refusal(f"fail-closed rules: {ran.note or ran.status}")
-        if self.table is None:
-            self.table = table
-            self._save(firewall=table)
-
-    def _script(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
-        if self.runner is None:
-            raise Refusal("vpnc-script: no script runner")
-        env = script_env(
-            reason,
-            ifname=ifname,
-            vpnpid=self.vpnpid,
-            log_level=self.options.log_level,
-            wanted=wanted,
-        )
-        ran = self.runner.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
-        ignored = ran.status != 0 and reason in ("pre-init", "attempt-reconnect")
-        self.audit.record(
-            "script",
-            "ok" if ran.status == 0 else "info",
-            ran.note + (" (ignored, as openconnect does)" if ignored else ""),
-            {"reason": reason, "status": ran.status, "tundev": ifname},
-        )
-        return ran
-
-    def _script_disconnect(self) -> bool:
-        """``disconnect`` for what the script configured, if anything; False if it failed
-        (kept in :attr:`undo_errors`)."""
-        if self.script_wanted is None or self.tun is None:
-            return True
-        ran = self._script("disconnect", self.script_wanted, self.tun.name)
-        self.script_wanted = None
-        if ran.status != 0:
-            self.undo_errors.append(f"vpnc-script disconnect: {ran.note or ran.status}")
-            return False
-        self._save(script_env=None)
-        return True
 
     def _bypass_records(self) -> list[dict[str, Any]]:
         if self.router is None:
@@ -327,84 +228,3 @@ class Helper:
             self.state.write(**changes)
         except OSError as exc:
             self.audit.record("state", "info", f"cannot write {self.state.path}: {exc}")
-
-
-def recover(
-    stale: list[tuple[str, dict[str, Any]]],
-    netlink: Netlink,
-    runner: RunnerClient | None,
-    audit: _audit.Audit,
-) -> None:
-    """Undo what crashed helpers left behind; one ``recover`` audit record per step."""
-    for path, data in stale:
-        who = {"pid": data.get("pid"), "ifname": str(data.get("ifname", ""))[:15]}
-
-        def note(result: Result, what: str) -> None:
-            audit.record("recover", result, what[:500], dict(who))  # noqa: B023
-
-        ok = True
-        env = data.get("script_env")
-        if isinstance(env, list) and runner is not None and runner.programs.script is not None:
-            try:
-                items = [(str(k), str(v)) for k, v in env]
-                ran = runner.call(RunScript(reason="disconnect", env=encode_env(items)))
-                note(
-                    "ok" if ran.status == 0 else "info",
-                    f"vpnc-script disconnect for the crashed session: status {ran.status}",
-                )
-            except (TypeError, ValueError):
-                note("info", "unreadable vpnc-script environment: not run")
-        for record in data.get("bypass", []) if isinstance(data.get("bypass"), list) else []:
-            route = route_from_record(record)
-            if route is None:
-                continue
-            try:
-                netlink.apply(DelRoute(route), 0)
-                note(
-                    "ok",
-                    f"deleted stale route {route} (proto {RTPROT_SEPCONNECT}, "
-                    f"metric {METRIC}, table {RT_TABLE_MAIN})",
-                )
-            except KernelError as exc:
-                if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                    ok = False
-                    note("info", f"stale route {route}: {exc}")
-        dns = data.get("dns")
-        if isinstance(dns, dict):
-            if dns.get("backend") == "file" and all(
-                isinstance(dns.get(k), str) for k in ("path", "saved", "written")
-            ):
-                try:
-                    note("ok", _dns.restore_resolv_conf(dns["path"], dns["written"], dns["saved"]))
-                except OSError as exc:
-                    ok = False
-                    note("info", f"resolv.conf not restored: {exc}")
-            elif (
-                dns.get("backend") == "resolvconf"
-                and isinstance(dns.get("record"), str)
-                and runner is not None
-                and runner.programs.resolvconf is not None
-            ):
-                ran = runner.call(RunResolvconf(action="delete", record=dns["record"], content=""))
-                note(
-                    "ok" if ran.status == 0 else "info",
-                    f"resolvconf -d {dns['record']}: status {ran.status}",
-                )
-        table = data.get("firewall")
-        if (
-            isinstance(table, str)
-            and table.startswith("sepconnect_")
-            and table[11:].isdigit()
-            and runner is not None
-            and runner.programs.nft is not None
-        ):
-            ran = runner.call(RunNft(ruleset=_firewall.delete(table)))
-            note(
-                "ok" if ran.status == 0 else "info",
-                f"deleted fail-closed table {table}: status {ran.status}",
-            )
-        if ok:
-            try:
-                os.unlink(path)
-            except OSError as exc:
-                note("info", f"cannot remove {path}: {exc}")

@@ -2,33 +2,30 @@
 
 Started by the launcher (root) as::
 
-    python3 -I -m sepconnect.privhelper --fd N --peer-uid UID
+    python3 -I -m sepconnect.privhelper --fd N --peer-uid UID [--uid UID --gid GID]
             [--interface NAME] [--audit-log PATH] [--state-dir DIR]
             [--no-routes] [--dns-backend auto|resolved|resolvconf|file|none]
             [--fail-closed] [--script PATH] [--log-level N]
 
 fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
-belongs to the supervisor (running as UID). The helper keeps uid 0 but only
-CAP_NET_ADMIN, answers the requests :data:`policy.POLICY` permits, one at a
+belongs to the supervisor (running as UID). Started as root, the helper becomes
+``--uid``/``--gid`` (its own account, never 0, never the supervisor's) keeping
+CAP_NET_ADMIN alone; started by systemd as that account with CAP_NET_ADMIN ambient, it
+keeps CAP_NET_ADMIN alone. Then Landlock (no writes outside its state directory) and
+seccomp. It answers the requests :data:`policy.POLICY` permits, one at a
 time, and on any way out (Teardown, the supervisor going away, SIGTERM, a
 protocol violation) removes exactly what it installed before exiting.
 
 Single-threaded; no shell, no exec; signal handlers only set a flag.
 Exit status: 0 clean, 1 protocol violation or internal error, 2 bad argv.
 
-Structure (issue #7; seccomp.py readers please note): everything that needs
-to *execute* a program — a vpnc-script, ``nft`` for --fail-closed,
-``resolvconf`` — is done by a separate root process, the script runner
-(runner.py), which :func:`main` starts *before* it drops capabilities and
-before the seccomp filter is loaded, and only when argv (or a crashed
-session's state) needs it. The helper itself still never forks or execs; its
-filter keeps execve/fork on NEVER. It talks to the runner over a socketpair
-(sendmsg/recvmsg) and to systemd-resolved over the system bus (an AF_UNIX
-stream socket: socket, connect). The ``dns_files`` seccomp group is on: the
-state file (state.py) and the ``file`` DNS backend write, fsync, rename and
-unlink files. Before the filter, as full root, main creates the state
-directory and reads the state of crashed sessions; it undoes them (host.recover)
-once the netlink socket is open.
+What needs a program runs in a runner (process/runner.py) that :func:`main` starts
+only when root's options (or a crashed session's state) need it, before the seccomp
+filter: the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvconf``)
+and the nft runner (nft.py: ``--fail-closed``). The helper itself never forks or
+execs; its filter keeps execve/fork on NEVER. Before the filter, main creates the
+state directory and reads the state of crashed sessions; it undoes them
+(recovery.py, loaded only then) once the netlink socket is open.
 """
 
 from __future__ import annotations
@@ -40,18 +37,17 @@ import resource
 import select
 import signal
 import socket
+import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
-from sepconnect.ipc.limits import check_ifname
+from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
-from sepconnect.privhelper import dns as _dns
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper import state as _state
-from sepconnect.privhelper.host import Helper, Options, recover
+from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
     Host,
@@ -60,18 +56,19 @@ from sepconnect.privhelper.policy import (
     ProtocolViolation,
 )
 from sepconnect.privhelper.rtnl import IPRoute
-from sepconnect.privhelper.runner import Programs, RunnerClient, check_script
-from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
-from sepconnect.process import privileges
+from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
+from sepconnect.process import landlock, privileges, statefile
 from sepconnect.process import title as _proctitle
-from sepconnect.process.helpformat import HelpFormatter
+
+if TYPE_CHECKING:
+    from sepconnect.privhelper.dns import BackendName
 
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
-NFT: Final = "/usr/sbin/nft"
+SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
 
 
 # ---------------------------------------------------------------------------
@@ -169,15 +166,36 @@ def _drain(fd: int) -> None:
 # Privileges
 
 
-def drop_privileges() -> None:
-    """Keep uid 0 but only CAP_NET_ADMIN: no_new_privs, bounding set, then capset(2).
+KEEP: Final = frozenset({privileges.CAP_NET_ADMIN})
 
-    The bounding set goes first, while CAP_SETPCAP is still effective.
-    """
-    keep = frozenset({privileges.CAP_NET_ADMIN})
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` with CAP_NET_ADMIN alone (effective, permitted, bounding),
+    no_new_privs, not dumpable. The bounding set goes first, while CAP_SETPCAP is still
+    effective. Started by systemd as that uid already (AmbientCapabilities=), only
+    the ambient and inheritable sets are left to clear."""
     privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
-    privileges.drop_bounding_set(keep=keep)
-    privileges.keep_only_capabilities(keep)
+    privileges.drop_bounding_set(keep=KEEP)
+    if os.getuid() == 0:
+        privileges.drop_to(uid, gid, keep=KEEP)
+    else:
+        privileges.keep_only_capabilities(KEEP)
+    privileges.prctl(privileges.PR_SET_DUMPABLE, 0)
+
+
+def confine(state_dir: str | None) -> None:
+    """Landlock: no file written, created, removed or executed anywhere but in our state
+    directory, and /dev/net/tun opened for writing (reading stays as DAC allows)."""
+    abi = landlock.abi()
+    if abi < 1:
+        raise OSError("Landlock is not available (kernel 5.13+ with lsm=landlock)")
+    sys.dont_write_bytecode = True  # no __pycache__ writes (they would be refused)
+    handled = landlock.fs_rights(abi) & ~landlock.FS_READ
+    paths = [(TUN_DEVICE, landlock.FS_WRITE_FILE | landlock.FS_IOCTL_DEV)]
+    if state_dir is not None:
+        write = landlock.FS_WRITE_FILE | landlock.FS_MAKE_REG | landlock.FS_REMOVE_FILE
+        paths.append((state_dir, write | landlock.FS_TRUNCATE))
+    landlock.restrict(abi, handled, paths)
 
 
 # ---------------------------------------------------------------------------
@@ -207,15 +225,20 @@ def _path(text: str) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Root wrote this argv, but it is still checked; errors exit with status 2."""
     parser = argparse.ArgumentParser(
-        prog="sepconnect.privhelper", allow_abbrev=False, formatter_class=HelpFormatter
+        prog="sepconnect.privhelper",
+        allow_abbrev=False,
+        # A fixed width: argparse imports shutil (and bz2, lzma) to measure the terminal.
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
     )
     parser.add_argument("--fd", type=_fd, required=True, help="our end of the SEQPACKET pair")
     parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
+    parser.add_argument("--uid", type=_uid, help="our own uid (started as root)")
+    parser.add_argument("--gid", type=_uid, help="our own gid (started as root)")
     parser.add_argument("--interface", type=check_ifname, default=None, help="tun name")
     parser.add_argument("--audit-log", type=_path, default=None, help="JSON-lines audit file")
     parser.add_argument("--state-dir", type=_path, default=None, help="crash-recovery state")
     parser.add_argument("--no-routes", action="store_true", help="addresses and MTU only")
-    parser.add_argument("--dns-backend", choices=_dns.BACKENDS, default="none")
+    parser.add_argument("--dns-backend", choices=DNS_BACKENDS, default="none")
     parser.add_argument("--fail-closed", action="store_true", help="nftables: tun or gateway only")
     parser.add_argument(
         "--allow-exclude",
@@ -262,6 +285,13 @@ def _channel(fd: int) -> Channel:
     return channel
 
 
+def _has_files(directory: str) -> bool:
+    try:
+        return any(name.endswith(".json") for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
 def _fail(message: str) -> int:
     os.write(2, f"sepconnect.privhelper: {message}\n".encode(errors="replace"))
     return EXIT_USAGE
@@ -278,60 +308,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         channel = _channel(args.fd)
     except (OSError, ValueError) as exc:
         return _fail(f"--fd {args.fd}: {exc}")
+    uid, gid = (args.uid, args.gid) if os.getuid() == 0 else (os.getuid(), os.getgid())
+    if uid is None or gid is None or uid in (0, args.peer_uid):
+        return _fail("--uid/--gid (started as root): our own account, not root, not --peer-uid")
     try:
         log_fd = None if args.audit_log is None else _audit.open_log(args.audit_log)
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
-    if args.script is not None:
-        try:
-            check_script(args.script)
-        except (OSError, ValueError) as exc:
-            return _fail(f"--script: {exc}")
-    if args.fail_closed and not os.access(NFT, os.X_OK):
-        return _fail(f"--fail-closed needs {NFT} (Debian package nftables)")
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
-            _state.ensure_dir(args.state_dir)
-            stale = list(_state.stale(args.state_dir))
+            statefile.ensure_dir(args.state_dir, uid, gid)
+            stale = list(statefile.stale(args.state_dir, STATE_PREFIX))
         except OSError as exc:
             return _fail(f"--state-dir: {exc}")
     # A vpnc-script does the DNS itself, as under openconnect.
-    backend = "none" if args.script is not None else _dns.choose(args.dns_backend)
-    resolvconf = _dns.find_resolvconf()
-    if backend == "resolvconf" and resolvconf is None:
-        return _fail("--dns-backend resolvconf: no resolvconf program installed")
-    stale_dns = {str(d["dns"].get("backend")) for _, d in stale if isinstance(d.get("dns"), dict)}
-    programs = Programs(
-        script=args.script,
-        nft=NFT if args.fail_closed or any(d.get("firewall") for _, d in stale) else None,
-        resolvconf=resolvconf if "resolvconf" in {backend, *stale_dns} else None,
-    )
-    # The script runner: started now, as full root, before our own privileges go.
-    runner = RunnerClient(programs) if programs != Programs() else None
+    backend: BackendName = "none"
+    if args.script is None and args.dns_backend != "none":
+        from sepconnect.privhelper.dns import choose
+
+        backend = choose(args.dns_backend)
+    # The runners (runners.py), only where root's options or a crashed session need them.
+    root = nft_runner = None
+    root_dir = None if args.state_dir is None else f"{args.state_dir}-root"
+    needs_root = args.script is not None or backend in ("file", "resolvconf")
+    needs_nft = args.fail_closed or any(d.get("firewall") for _, d in stale)
+    stale_root = root_dir is not None and os.getuid() == 0 and _has_files(root_dir)
     try:
-        drop_privileges()
+        if needs_root or needs_nft or stale_root:
+            from sepconnect.privhelper import runners
+
+            root = runners.root_runner(args, root_dir, needs_root, stale_root, backend, log_fd, uid)
+    except OSError as exc:
+        return _fail(str(exc))
+    try:
+        drop_privileges(uid, gid)
+        if needs_nft:
+            nft_runner = runners.nft_runner(KEEP)
     except OSError as exc:
         audit.record("start", "fatal", f"cannot drop privileges: {exc}")
         return EXIT_FATAL
+    weak = None
+    try:
+        confine(args.state_dir)
+    except OSError as exc:
+        if not args.allow_weak_sandbox:
+            audit.record("start", "fatal", f"cannot confine the helper: {exc}")
+            return EXIT_FATAL
+        weak = f"none (--allow-weak-sandbox): {exc}"[:200]
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     start_args: _audit.Args = {
+        "uid": uid,
         "peer_uid": args.peer_uid,
         "interface": args.interface or DEFAULT_TEMPLATE,
         "seccomp": "allow-list",
+        "landlock": weak or "no writes but the state directory",
         "routes": "none" if args.no_routes or args.script else "helper",
         "dns_backend": backend,
         "fail_closed": int(args.fail_closed),
         "allow_exclude": [str(p) for p in args.allow_exclude],
         "script": args.script,
-        "script_runner": None if runner is None else runner.proc.pid,
+        "root_runner": None if root is None else root.proc.pid,
+        "nft_runner": None if nft_runner is None else nft_runner.proc.pid,
     }
     with IPRoute() as ipr:
         # The netlink socket is open: from here on, only the allow-list.
         try:
-            _seccomp.apply(features={"dns_files"})
+            _seccomp.apply()
         except OSError as exc:
             if not args.allow_weak_sandbox:
                 reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
@@ -339,8 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_FATAL
             start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
         audit.record("start", "info", args=start_args)
+        if SELFTEST_ENV in os.environ:  # test-only (tests/integration/test_helper_hostile.py)
+            from sepconnect.privhelper import selftest
+
+            selftest.run(os.environ[SELFTEST_ENV], args.state_dir)
         netlink = Netlink(ipr)
-        recover(stale, netlink, runner, audit)
+        if stale:
+            from sepconnect.privhelper.recovery import recover
+
+            recover(stale, netlink, nft_runner, audit)
         options = Options(
             ifname=args.interface or DEFAULT_TEMPLATE,
             named=args.interface is not None,
@@ -352,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             state_dir=args.state_dir,
         )
-        helper = Helper(netlink, options, audit, runner)
+        helper = Helper(netlink, options, audit, root, nft_runner)
         status = EXIT_FATAL
         try:
             status = serve(channel, Monitor(), helper, audit, args.peer_uid, wakeup_r)

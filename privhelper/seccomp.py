@@ -24,15 +24,8 @@ and opened its netlink socket, before it reads the first request. From then on:
   installed (the bypass routes on the uplink would otherwise outlive it) and
   writes an audit record — "fatal with cleanup".
 
-Later features (issue #7) are *groups* that are off by default: a reviewed
-change turns one on in main.py with ``apply(features={"dns_files"})`` — the
-system calls it adds are listed here, next to the reason, and nowhere else.
-
-- ``dns_files``: replace /etc/resolv.conf atomically (write a temporary file,
-  fsync, rename) and restore it.
-- ``run_scripts``: fork and execute a vpnc-script. This also takes execve and
-  execveat off :data:`NEVER`. Prefer running scripts from a child forked
-  *before* :func:`apply` with its own, narrower filter.
+What executes a program (the vpnc-script, nft, resolvconf) runs in a runner started
+before :func:`apply` (process/runner.py): the helper itself never forks or executes.
 
 Architectures: see process/seccomp.py (names are resolved for the native one;
 any other, x32 system calls on x86_64 included, is killed).
@@ -42,7 +35,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Final
 
 from sepconnect.process import seccomp
@@ -50,8 +43,11 @@ from sepconnect.process.seccomp import ALLOW, EQ, KILL_PROCESS, Arg, Rule
 from sepconnect.process.tun_ioctls import TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ
 
 ALLOWED: Final = (
-    # files and fds: the audit log, /dev/net/tun, Python modules loaded lazily
+    # files and fds: the audit log, /dev/net/tun, Python modules loaded lazily, the
+    # state file (written, then renamed over the old one; Landlock keeps all of this to
+    # the state directory)
     "read", "readv", "pread64", "write", "writev", "open", "openat", "close", "lseek",
+    "rename", "renameat", "renameat2", "unlink", "unlinkat",
     "fstat", "newfstatat", "stat", "lstat", "statx", "getdents64", "readlink", "readlinkat",
     "access", "faccessat", "faccessat2", "getcwd", "dup", "dup2", "dup3",
     # memory
@@ -79,18 +75,6 @@ NEVER: Final = (
 )  # fmt: skip
 """Killed at once: nothing in the helper ever makes these calls."""
 
-FEATURES: Final[dict[str, tuple[str, ...]]] = {
-    "dns_files": (
-        "rename", "renameat", "renameat2", "unlink", "unlinkat", "fsync", "fdatasync",
-        "fchmod", "fchown", "umask",
-    ),
-    "run_scripts": (
-        "execve", "execveat", "fork", "vfork", "clone", "clone3", "wait4", "waitid",
-        "setsid", "setpgid", "chdir", "close_range", "kill", "prlimit64",
-    ),
-}  # fmt: skip
-"""Off by default; see the module docstring (issue #7)."""
-
 IOCTLS: Final = (
     TUNSETIFF,
     TUNGETIFF,
@@ -100,34 +84,27 @@ IOCTLS: Final = (
 )
 
 
-def rules(features: Iterable[str] = ()) -> Iterator[Rule]:
+def rules() -> Iterator[Rule]:
     """Every rule of the filter, in the order they are added."""
-    enabled = set(features)
-    unknown = enabled - FEATURES.keys()
-    if unknown:
-        raise ValueError(f"unknown seccomp feature(s): {sorted(unknown)}")
-    extra = {name for f in sorted(enabled) for name in FEATURES[f]}
-    yield from seccomp.allow(sorted(set(ALLOWED) | extra))
+    yield from seccomp.allow(sorted(ALLOWED))
     for name in NEVER:
-        if name not in extra:
-            yield Rule(KILL_PROCESS, name)
+        yield Rule(KILL_PROCESS, name)
     # Argument-checked calls: the listed values pass, any other value gets the errno.
     netlink_route = (Arg(0, EQ, socket.AF_NETLINK), Arg(2, EQ, socket.NETLINK_ROUTE))
     yield Rule(ALLOW, "socket", netlink_route)
     yield from seccomp.only("socket", 0, (socket.AF_UNIX,), errno.EAFNOSUPPORT)
     yield from seccomp.only("ioctl", 1, IOCTLS, errno.ENOTTY)
     yield from seccomp.only("fcntl", 1, seccomp.FD_FCNTLS, errno.EINVAL)
-    if "prlimit64" not in extra:
-        yield Rule(ALLOW, "prlimit64", (Arg(0, EQ, 0),))
+    yield Rule(ALLOW, "prlimit64", (Arg(0, EQ, 0),))
 
 
-def build(features: Iterable[str] = ()) -> seccomp.Filter:
+def build() -> seccomp.Filter:
     """The helper's filter, not yet loaded: anything not in :func:`rules` fails with EPERM
     (logged by the kernel)."""
-    return seccomp.Filter(seccomp.errno_action(errno.EPERM), rules(features), log=True)
+    return seccomp.Filter(seccomp.errno_action(errno.EPERM), rules(), log=True)
 
 
-def apply(features: Iterable[str] = ()) -> None:
+def apply() -> None:
     """Load the helper's filter into this process, for good (needs no_new_privs)."""
-    with build(features) as f:
+    with build() as f:
         f.load()

@@ -12,10 +12,13 @@ from typing import Final
 from sepconnect.process.libc import LIBC, errno_error
 
 PR_SET_DUMPABLE: Final = 4
+PR_SET_KEEPCAPS: Final = 8
 PR_SET_NAME: Final = 15
+PR_CAPBSET_READ: Final = 23
 PR_CAPBSET_DROP: Final = 24
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_CAP_AMBIENT: Final = 47
+PR_CAP_AMBIENT_RAISE: Final = 2
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 CAP_NET_ADMIN: Final = 12
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
@@ -43,10 +46,12 @@ class _CapData(ctypes.Structure):
     )
 
 
-def prctl(option: int, arg2: int = 0) -> None:
-    """prctl(2) with one argument (an address, for the options that take a pointer)."""
-    if LIBC.prctl(option, arg2, 0, 0, 0) != 0:
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    """prctl(2) (an address, for the options that take a pointer); its result."""
+    result = int(LIBC.prctl(option, arg2, arg3, 0, 0))
+    if result < 0:
         raise errno_error(f"prctl({option}, {arg2})")
+    return result
 
 
 def last_cap() -> int:
@@ -58,26 +63,35 @@ def last_cap() -> int:
 
 
 def drop_bounding_set(*, keep: frozenset[int] = frozenset()) -> None:
-    """Empty the capability bounding set but for ``keep`` (needs CAP_SETPCAP: call it first)."""
+    """Empty the capability bounding set but for ``keep`` (needs CAP_SETPCAP for every
+    capability still in it: call it first; one that is already gone needs nothing)."""
     for cap in range(last_cap() + 1):
         if cap not in keep:
             try:
-                prctl(PR_CAPBSET_DROP, cap)
+                if prctl(PR_CAPBSET_READ, cap):
+                    prctl(PR_CAPBSET_DROP, cap)
             except OSError as exc:  # numbers past the kernel's last cap (the fallback)
                 if exc.errno != 22:  # EINVAL
                     raise
 
 
-def keep_only_capabilities(keep: frozenset[int]) -> None:
-    """Make ``keep`` the effective and permitted set, nothing inheritable, no ambient ones."""
+def keep_only_capabilities(keep: frozenset[int], *, inheritable: bool = False) -> None:
+    """Make ``keep`` the effective and permitted set, no ambient ones, and nothing
+    inheritable (``inheritable``: ``keep``, so that :func:`raise_ambient` may follow)."""
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     words = [0, 0]
     for cap in keep:
         words[cap // 32] |= 1 << (cap % 32)
-    data = (_CapData * 2)(*(_CapData(w, w, 0) for w in words))
+    data = (_CapData * 2)(*(_CapData(w, w, w if inheritable else 0) for w in words))
     if LIBC.capset(ctypes.byref(header), data) != 0:
         raise errno_error("capset")
+
+
+def raise_ambient(cap: int) -> None:
+    """Make ``cap`` (permitted and inheritable already) ambient: a program we execute,
+    not being root, keeps it. :func:`keep_only_capabilities` takes it back."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
 
 
 def no_new_privs_and_undumpable() -> None:
@@ -85,11 +99,19 @@ def no_new_privs_and_undumpable() -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-def drop_to(uid: int, gid: int, *, extra_groups: tuple[int, ...] = ()) -> None:
-    """Become uid/gid for good: groups, gid, uid; then prove root cannot come back."""
+def drop_to(
+    uid: int, gid: int, *, extra_groups: tuple[int, ...] = (), keep: frozenset[int] = frozenset()
+) -> None:
+    """Become uid/gid for good: groups, gid, uid, keeping the capabilities ``keep`` (in
+    the permitted and effective sets, nothing else); then prove root cannot come back."""
+    if keep:
+        prctl(PR_SET_KEEPCAPS, 1)  # the permitted set survives setresuid (effective does not)
     os.setgroups([gid, *extra_groups])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+    if keep:
+        prctl(PR_SET_KEEPCAPS, 0)
+        keep_only_capabilities(keep)
     try:
         os.setuid(0)
     except PermissionError:

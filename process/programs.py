@@ -19,9 +19,17 @@ import sys
 import sysconfig
 
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-# Test-only switch read by the worker (tests/integration/test_sandbox.py); passed on
-# only when set, and inert in normal runs.
-_PASSED_THROUGH = ("SEPCONNECT_TEST_SANDBOX_SELFTEST",)
+
+# System files and programs root's options use.
+RESOLV_CONF = "/etc/resolv.conf"
+"""What ``--dns-backend file`` rewrites."""
+NFT = ("/usr/sbin/nft",)
+"""Where ``--fail-closed`` finds nft (Debian package nftables)."""
+RESOLVCONF_PATHS = ("/usr/sbin/resolvconf", "/sbin/resolvconf")
+"""Where ``--dns-backend resolvconf`` finds resolvconf."""
+# Test-only switches read by the worker and the helper (tests/integration/test_sandbox.py,
+# test_helper_hostile.py); passed on only when set, and inert in normal runs.
+_PASSED_THROUGH = ("SEPCONNECT_TEST_SANDBOX_SELFTEST", "SEPCONNECT_TEST_HELPER_SELFTEST")
 
 
 def program(name: str, module: str) -> list[str]:
@@ -31,6 +39,11 @@ def program(name: str, module: str) -> list[str]:
         if os.access(path, os.X_OK):
             return [path]
     return [sys.executable, "-I", "-m", module]
+
+
+def installed(paths: tuple[str, ...]) -> str | None:
+    """The first of ``paths`` that is an executable file (a system program of root's choice)."""
+    return next((p for p in paths if os.path.isfile(p) and os.access(p, os.X_OK)), None)
 
 
 def child_environment() -> dict[str, str]:

@@ -37,6 +37,7 @@ def main() -> int:
                 "--audit-log", str(Path(lab.workdir, "audit.jsonl")),
                 "--session-log", str(Path(lab.workdir, "session.jsonl")),
                 "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
+                "--state-dir", str(Path(lab.workdir, "helper-state")),
                 lab.url]  # fmt: skip
         print(f"\n$ echo ... | {' '.join(argv)}", flush=True)
         started = time.monotonic()

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.helper_messages import LeftOut
-from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Message
 from sepconnect.ipc.worker_messages import (
     Failed,
@@ -691,6 +692,7 @@ class Session:
                 )
             net, notes = routing_policy(up.net)
         except UnusableConfig as exc:
+            self._emit(Audit("unusable_config", "refused", str(exc)[:500], {"worker": worker.gen}))
             self._dismiss(worker, logoff=False, now=now)  # in place, it would carry on
             self._failed(worker, "protocol", f"unusable configuration: {exc}", now)
             return
@@ -924,7 +926,10 @@ class Session:
                 + (f", excluded {' '.join(map(str, net.exclude))}" if net.exclude else "")
             )
             if net.banner:
-                self._log(f"server banner: {net.banner}")
+                # Line by line, each under our prefix: a banner line never passes for
+                # one of ours (its lines are printable; the schema let nothing else in).
+                for line in net.banner.splitlines():
+                    self._log(f"server banner: {line}")
             self._emit(Notify({"ready": "1", "status": f"connected to {up.server}"}))
         else:
             self._emit(Notify({"status": f"connected to {up.server}"}))

@@ -57,8 +57,9 @@ class VpnClient:
             audit = str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))
             argv = [
                 SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test",
-                "--servercert", lab.server_cert_pin, "--audit-log", audit,
+                "--servercert", lab.server_cert_pin, "--audit-log", audit, "--dns-backend", "none",
                 "--session-log", audit.replace("audit-", "session-"),
+                "--state-dir", str(Path(lab.workdir, "helper-state")),
                 # a session of its own: other sessions may run at the same time
                 "--control-socket", str(Path(lab.workdir, f"ctl-{time.monotonic_ns()}", "sock")),
                 "--state-dir", str(Path(lab.workdir, f"state-{time.monotonic_ns()}")),

@@ -50,8 +50,8 @@ def largest_script_config(
     exactly the runner's limit (MAX_SCRIPT_ENV bytes) for its longest run: 256 routes,
     as many IPv6 excludes as fit, then a banner filling the rest byte for byte (one more
     banner character is one byte too many; an exclude is less than a banner's 2000)."""
+    from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV
     from sepconnect.privhelper.policy import check_net_config
-    from sepconnect.privhelper.runner import MAX_SCRIPT_ENV
     from sepconnect.privhelper.script import SESSION_REASONS, encode_env, script_env
 
     def config(excludes: int, banner: str) -> NetworkConfig:

@@ -17,7 +17,7 @@ import sys
 from typing import Literal
 
 from sepconnect.ipc.limits import MAX_BANNER, printable
-from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
+from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,

@@ -29,7 +29,7 @@ network. From then on, for the rest of the worker's life:
   - ``mmap``/``mprotect``: never writable and executable at once (EACCES).
   - ``prlimit64`` only on ourselves, ``tgkill`` only to ourselves (abort()).
 
-* **Landlock** (ctypes: three system calls): no file may be written, created,
+* **Landlock** (process/landlock.py): no file may be written, created,
   removed, renamed, truncated or executed anywhere; reading is allowed only
   beneath the Python code (``sys.path``), the shared libraries already mapped,
   the CA store and two of the loader's files (:func:`read_paths`); no resolver file:
@@ -65,11 +65,11 @@ import resource
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
-from sepconnect.process import privileges, seccomp
-from sepconnect.process.libc import LIBC, errno_error
+from sepconnect.process import landlock, privileges, seccomp
+from sepconnect.process.libc import LIBC
 from sepconnect.process.seccomp import ALLOW, EQ, MASKED_EQ, Arg, Rule
 from sepconnect.process.tun_ioctls import (
     TUNGETFEATURES,
@@ -80,6 +80,8 @@ from sepconnect.process.tun_ioctls import (
     TUNSETVNETHDRSZ,
 )
 from sepconnect.worker.io.tls import SYSTEM_CA_FILE
+
+landlock_abi = landlock.abi  # a name of ours: tests stand in a kernel without Landlock
 
 LIBC.syscall.restype = ctypes.c_long
 
@@ -188,27 +190,7 @@ def apply_seccomp(pid: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Landlock (<linux/landlock.h>)
-
-_SYS_LANDLOCK_CREATE_RULESET: Final = 444  # the same number on every architecture
-_SYS_LANDLOCK_ADD_RULE: Final = 445
-_SYS_LANDLOCK_RESTRICT_SELF: Final = 446
-_CREATE_RULESET_VERSION: Final = 1
-_RULE_PATH_BENEATH: Final = 1
-_RULE_NET_PORT: Final = 2
-
-FS_EXECUTE: Final = 1 << 0
-FS_WRITE_FILE: Final = 1 << 1
-FS_READ_FILE: Final = 1 << 2
-FS_READ_DIR: Final = 1 << 3
-_FS_ABI1: Final = (1 << 13) - 1  # execute … make_sym
-FS_REFER: Final = 1 << 13  # ABI 2
-FS_TRUNCATE: Final = 1 << 14  # ABI 3
-FS_IOCTL_DEV: Final = 1 << 15  # ABI 5
-NET_BIND_TCP: Final = 1 << 0  # ABI 4
-NET_CONNECT_TCP: Final = 1 << 1
-SCOPE_ABSTRACT_UNIX_SOCKET: Final = 1 << 0  # ABI 6
-SCOPE_SIGNAL: Final = 1 << 1
+# Landlock (process/landlock.py): what the worker may read, and what each ABI enforces
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -238,49 +220,6 @@ def landlock_gaps(abi: int) -> tuple[tuple[LandlockRule, ...], tuple[LandlockRul
         tuple(r for r in gaps if r.also_enforced_by is None),
         tuple(r for r in gaps if r.also_enforced_by is not None),
     )
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = (
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    )
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
-
-
-class _NetPort(ctypes.Structure):
-    _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
-
-
-def _syscall(number: int, *args: Any) -> int:
-    result = int(LIBC.syscall(ctypes.c_long(number), *args))
-    if result < 0:
-        raise errno_error(f"syscall {number}")
-    return result
-
-
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
-    try:
-        return _syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    except OSError:
-        return 0
-
-
-def _handled_fs(abi: int) -> int:
-    rights = _FS_ABI1
-    if abi >= 2:
-        rights |= FS_REFER
-    if abi >= 3:
-        rights |= FS_TRUNCATE
-    if abi >= 5:
-        rights |= FS_IOCTL_DEV
-    return rights
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -317,51 +256,11 @@ def read_paths() -> ReadPaths:
 
 
 def apply_landlock(abi: int, paths: ReadPaths, tcp_ports: Iterable[int]) -> None:
-    """Restrict this process (and any child it could have) for good."""
-    handled_fs = _handled_fs(abi)
-    attr = _RulesetAttr(handled_fs, 0, 0)
-    size = 8
-    if abi >= 4:
-        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
-        size = 16
-    if abi >= 6:
-        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
-        size = 24
-    ruleset = _syscall(
-        _SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)
-    )
-    try:
-        for path, access in [(d, FS_READ_FILE | FS_READ_DIR) for d in paths.dirs] + [
-            (f, FS_READ_FILE) for f in paths.files
-        ]:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                rule = _PathBeneath(access, fd)
-                _syscall(
-                    _SYS_LANDLOCK_ADD_RULE,
-                    ctypes.c_int(ruleset),
-                    ctypes.c_int(_RULE_PATH_BENEATH),
-                    ctypes.byref(rule),
-                    ctypes.c_uint32(0),
-                )
-            finally:
-                os.close(fd)
-        if abi >= 4:
-            for port in sorted(set(tcp_ports)):
-                net = _NetPort(NET_CONNECT_TCP, port)
-                _syscall(
-                    _SYS_LANDLOCK_ADD_RULE,
-                    ctypes.c_int(ruleset),
-                    ctypes.c_int(_RULE_NET_PORT),
-                    ctypes.byref(net),
-                    ctypes.c_uint32(0),
-                )
-        _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
-    finally:
-        os.close(ruleset)
+    """Restrict this process (and any child it could have) for good: read only ``paths``,
+    write and execute nothing, TCP connect only to ``tcp_ports``."""
+    rules = [(d, landlock.FS_READ) for d in paths.dirs]
+    rules += [(f, landlock.FS_READ_FILE) for f in paths.files]
+    landlock.restrict(abi, landlock.fs_rights(abi), rules, tcp_ports)
 
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from sepconnect.process.accounts import HELPER_FALLBACK_UID
+
 from lab import Lab, OcservOptions, descendants
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -42,6 +44,7 @@ class Client:
         passwd_on_stdin: bool = True,
         stdin: str = "",
         terminal: int | None = None,
+        prefix: tuple[str, ...] = (),
     ):
         """The password goes to standard input (--passwd-on-stdin); without it, *stdin*;
         with *terminal* (a pty's fd), standard input, output and error are that."""
@@ -65,12 +68,22 @@ class Client:
             argv += ["--user", user]
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):
             argv += ["--servercert", lab.server_cert_pin]
+        if not any(a.startswith(("--dns-backend", "--helper-socket")) for a in args):
+            # The tunnel's own tests leave DNS alone (the default connect of
+            # docs/security.md); DNS: test_routes_dns.py, and test_root_runner_* below.
+            argv += ["--dns-backend", "none"]
         argv += [*args]
         if not any(a.startswith("https://") for a in args):
             argv.append(lab.url)
         pipe = subprocess.PIPE if terminal is None else terminal
         self.proc = lab.popen_in(
-            lab.client_ns, *argv, stdin=pipe, stdout=pipe, stderr=pipe, env=env
+            lab.client_ns,
+            *prefix,  # a program that runs sepconnect (strace: test_code_budget.py)
+            *argv,
+            stdin=pipe,
+            stdout=pipe,
+            stderr=pipe,
+            env=env,
         )
         self.stderr = ""
         if terminal is not None:
@@ -246,8 +259,29 @@ def test_processes_are_separated_and_unprivileged(
         assert st["NoNewPrivs"] == "1", role
     helper = _status(roles["privhelper"])
     cap_net_admin = 1 << 12
-    assert int(helper["CapEff"], 16) & ~cap_net_admin == 0, helper["CapEff"]
-    assert int(helper["CapBnd"], 16) & ~cap_net_admin == 0, helper["CapBnd"]
+    for caps in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(helper[caps], 16) == cap_net_admin, (caps, helper[caps])
+    assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0
+    # Issue 13, F6: with --dns-backend none, no process of the session has uid 0 (in any
+    # of the four slots); the helper has a uid of its own.
+    for pid in titles:
+        assert "0" not in _status(pid)["Uid"].split(), (titles[pid], _status(pid)["Uid"])
+    helper_uid = helper["Uid"].split()[0]
+    assert helper_uid != _status(supervisor)["Uid"].split()[0]
+    assert helper["Uid"].split() == [str(HELPER_FALLBACK_UID)] * 4
+
+
+def test_root_runner_is_the_only_root_process_and_only_when_asked(lab: Lab) -> None:
+    """`--dns-backend file` (what `auto` picks in the lab: no resolved, no resolvconf)
+    rewrites the client's resolv.conf, which is root's: the root runner, the one process
+    of the session with uid 0, does it; with `none` there is none (issue 13, F6)."""
+    client = Client(lab, "--dns-backend", "auto")
+    client.wait_connected()
+    pids = [client.proc.pid, *descendants(client.proc.pid)]
+    as_root = [_title(p) for p in pids if "0" in _status(p)["Uid"].split()]
+    assert as_root == ["sepconnect: root-runner"], [(_title(p), _status(p)["Uid"]) for p in pids]
+    assert client.stop() == 0, client.stderr
+    assert any(r["op"] == "start" and r["args"]["dns_backend"] == "file" for r in client.audit())
 
 
 def test_helper_audit_log_records_each_request(lab: Lab) -> None:

@@ -21,9 +21,12 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +41,7 @@ from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import REPLIES, REQUESTS
 from sepconnect.ipc.wire import MAX_MSG, Channel, socketpair
+from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -105,11 +109,12 @@ def ns() -> Iterator[str]:
 
 
 class Helper:
-    def __init__(self, ns: str, tmp: Path) -> None:
+    def __init__(self, ns: str, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.audit = tmp / f"audit-{time.monotonic_ns()}.jsonl"
         self.stderr = tmp / f"stderr-{time.monotonic_ns()}"
         self.sock, theirs = socketpair()
         argv = [*HELPER, "--fd", str(theirs.fileno()), "--peer-uid", "0"]
+        argv += ["--uid", str(HELPER_UID), "--gid", str(HELPER_UID), *args]
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", ns, *argv, "--audit-log", str(self.audit)],
@@ -117,6 +122,7 @@ class Helper:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                env=None if env is None else {**os.environ, **env},
             )
         theirs.close()
         self.client = HelperClient(self.sock)
@@ -258,6 +264,13 @@ CASES = [
     Case("route_multicast", _refused(routes=["224.0.0.0/4"]), "refused", "multicast"),
     Case("route_linklocal6", _refused(routes=["fe80::/10"]), "refused", "link-local"),
     Case("route_gateway_itself", _refused(routes=["198.19.200.7/32"]), "refused", "own packets"),
+    # F4: overlapping a forbidden range is enough, and the route the kernel adds for an
+    # address's subnet is checked like any other
+    Case("route_over_metadata", _refused(routes=["169.254.0.0/15"]), "refused", "overlapping"),
+    Case("route_over_multicast", _refused(routes=["224.0.0.0/3"]), "refused", "overlapping"),
+    Case("route_over_linklocal6", _refused(routes=["fe80::/9"]), "refused", "overlapping"),
+    Case("address_half_internet", _refused(ipv4="10.8.0.2/1"), "refused", "shorter than /8"),
+    Case("address_subnet_linklocal", _refused(ipv4="169.255.0.2/15"), "refused", "link-local"),
     # F2: the gateway is the one hello named; a bypass for any other address is refused
     Case("gateway_other", _refused(gateway="10.20.30.40"), "refused", "not the VPN server's"),
     Case("gateway_in_tunnel", _refused(gateway="198.18.10.9"), "refused", "not the VPN server's"),
@@ -350,3 +363,58 @@ def test_ten_thousand_requests_in_a_burst(ns: str, helper: Helper) -> None:
     ok = [r for r in helper.records() if r["op"] == "net_config" and r["result"] == "ok"]
     assert len(ok) == count + 2
     assert elapsed < 120, elapsed
+
+
+# --------------------------------------------------------------------------- issue 13, F6
+
+
+SELFTEST_PREFIX = "sepconnect helper selftest: "
+
+
+def test_the_real_helper_cannot_write_outside_its_state_dir(ns: str, tmp_path: Path) -> None:
+    """From inside the real helper, sandbox complete (its own uid, CAP_NET_ADMIN alone,
+    Landlock, seccomp): a root-owned vpnc-script, a root-owned directory like /etc, a
+    directory anybody may write like /tmp, /etc/resolv.conf, /etc/shadow, setuid(0). Only
+    its state directory takes a new file. As root with CAP_NET_ADMIN (before F6), every
+    write here succeeded."""
+    os.chmod(tmp_path, 0o755)
+    script = tmp_path / "vpnc-script"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)
+    # The state directory where the helper's account can reach it (pytest's tmp_path has
+    # a root-only parent); a private directory of its own inside, made by the helper.
+    reachable = Path(tempfile.mkdtemp(prefix="sc-selftest-"))
+    reachable.chmod(0o755)
+    state = reachable / "state"
+    spec = {"root_file": str(script), "root_dir": str(etc), "open_dir": str(open_dir)}
+    helper = Helper(
+        ns, tmp_path, "--state-dir", str(state),
+        env={"SEPCONNECT_TEST_HELPER_SELFTEST": json.dumps(spec)},
+    )  # fmt: skip
+    try:
+        helper.client.hello(ipaddress.ip_address(GOOD["gateway"]))  # answered after the self-test
+        helper.client.teardown()
+        assert helper.proc.wait(10) == 0
+    finally:
+        helper.close()
+        mode, owner = stat.S_IMODE(state.stat().st_mode), state.stat().st_uid
+        shutil.rmtree(reachable)
+    lines = [ln for ln in helper.stderr.read_text().splitlines() if ln.startswith(SELFTEST_PREFIX)]
+    assert len(lines) == 1, helper.stderr.read_text()
+    assert json.loads(lines[0][len(SELFTEST_PREFIX) :]) == {
+        "write_root_file": "EACCES",  # the vpnc-script the root runner would execute
+        "create_in_root_dir": "EACCES",
+        "create_in_open_dir": "EACCES",  # Landlock: its uid may, the helper may not
+        "write_etc_resolv_conf": "EACCES",
+        "read_etc_shadow": "EACCES",
+        "setuid_root": "EPERM",
+        "create_in_state_dir": "allowed",
+    }
+    assert script.read_text() == "#!/bin/sh\n"
+    assert list(etc.iterdir()) == list(open_dir.iterdir()) == []
+    assert (mode, owner) == (0o700, HELPER_UID)  # written by the helper's uid only

@@ -21,11 +21,13 @@ import os
 import queue
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,8 +37,9 @@ from typing import Any
 import pytest
 from netconfigs import largest_script_config, network_config
 
+from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV
 from sepconnect.ipc.wire import PeerClosed, WireError, socketpair
-from sepconnect.privhelper.runner import MAX_SCRIPT_ENV
+from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -107,11 +110,17 @@ class Helper:
         self.audit_path = tmp / "audit.log"
         self.sock, theirs = socketpair()
         argv = [*cmd, "--fd", str(theirs.fileno()), "--peer-uid", str(peer_uid)]
+        argv += ["--uid", str(HELPER_UID), "--gid", str(HELPER_UID)]
         argv += ["--audit-log", str(self.audit_path)]
         if interface is not None:
             argv += ["--interface", interface]
+        self.state_parent: Path | None = None
         if script is not None:
-            argv += ["--script", str(script)]
+            # The root runner keeps the script's state next to the helper's: a directory
+            # the helper's account can reach (pytest's tmp_path has a root-only parent).
+            self.state_parent = Path(tempfile.mkdtemp(prefix="sc-helper-state-"))
+            self.state_parent.chmod(0o755)
+            argv += ["--script", str(script), "--state-dir", str(self.state_parent / "state")]
         self.stderr_path = tmp / "helper.stderr"
         with open(self.stderr_path, "wb") as stderr:
             # `ip netns exec` execs the command itself: proc.pid is the helper's pid.
@@ -149,6 +158,8 @@ class Helper:
             self.proc.wait(10)
         self.close_tun_fd()
         self.sock.close()
+        if self.state_parent is not None:
+            shutil.rmtree(self.state_parent)
         stderr = self.stderr_path.read_text(errors="replace")
         assert "Traceback" not in stderr, stderr
         assert "Warning" not in stderr, stderr
@@ -311,7 +322,9 @@ def test_helper_keeps_only_net_admin_and_names_the_tun(start: Any) -> None:
     lines = Path(f"/proc/{helper.proc.pid}/status").read_text().splitlines()
     status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
     net_admin = f"{1 << 12:016x}"
-    assert status["Uid"].split() == ["0", "0", "0", "0"]
+    assert status["Uid"].split() == [str(HELPER_UID)] * 4  # its own account, never root
+    assert status["Gid"].split() == [str(HELPER_UID)] * 4
+    assert status["Groups"].split() == [str(HELPER_UID)]
     assert status["CapEff"] == net_admin
     assert status["CapPrm"] == net_admin
     assert status["CapBnd"] == net_admin

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.wire import socketpair
+from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -69,11 +71,45 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
 
 
-class Box:
-    """A netns + private mount namespace, held open by one process."""
+REPO = Path(__file__).resolve().parents[2]
+ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow", "login.defs")
 
-    def __init__(self, tmp: Path, resolved: bool = False) -> None:
+
+def install_step(tmp: Path) -> Path:
+    """The install step (scripts/install-system.sh) into a copy of this host's account
+    files, after the account Debian's systemd-resolved package creates; returns the
+    prefix (its etc/ is bind-mounted in the box, the host's /etc is never written)."""
+    prefix = tmp / "prefix"
+    (prefix / "etc").mkdir(parents=True)
+    for name in ACCOUNT_FILES:
+        shutil.copy2(Path("/etc", name), prefix / "etc" / name)
+    run("useradd", "--prefix", str(prefix), "--system", "--user-group", "--no-create-home",
+        "--home-dir", "/run/systemd", "--shell", "/usr/sbin/nologin",
+        "systemd-resolve")  # fmt: skip
+    venv = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
+    run(str(REPO / "scripts" / "install-system.sh"), "--prefix", str(prefix), "--venv", venv)
+    return prefix
+
+
+def account(prefix: Path, name: str) -> tuple[int, int]:
+    for line in (prefix / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise KeyError(name)
+
+
+class Box:
+    """A netns + private mount namespace, held open by one process.
+
+    With ``resolved``, it also has a D-Bus system bus of its own, polkitd and
+    systemd-resolved (as its own account, the action owner its polkit actions name), and
+    this host's accounts plus those of the install step; its polkit rule only with
+    ``polkit_rule``."""
+
+    def __init__(self, tmp: Path, resolved: bool = False, polkit_rule: bool = True) -> None:
         self.tmp = tmp
+        self.helper_uid = self.helper_gid = HELPER_UID  # no account: the fixed uid
         self.ns = f"sc-{secrets.token_hex(3)}-rd"
         self.resolv = tmp / "resolv.conf"
         self.resolv.write_bytes(ORIGINAL_RESOLV)
@@ -96,11 +132,29 @@ class Box:
         ]
         if resolved:
             (tmp / "bus.conf").write_text(BUS_CONF)
+            self.prefix = install_step(tmp)
+            self.helper_uid, self.helper_gid = account(self.prefix, "sepconnect-helper")
+            resolve_uid, resolve_gid = account(self.prefix, "systemd-resolve")
+            rules = self.prefix / "etc" / "polkit-1" / "rules.d"
+            if not polkit_rule:
+                (rules / "50-sepconnect-helper.rules").unlink()
+            actions = tmp / "actions"  # resolved's actions and systemd's (manage-units)
+            actions.mkdir()
+            for policy in (
+                RESOLVED / "usr/share/polkit-1/actions/org.freedesktop.resolve1.policy",
+                Path("/usr/share/polkit-1/actions/org.freedesktop.systemd1.policy"),
+            ):
+                shutil.copy2(policy, actions / policy.name)
             setup += [
+                f"mount --bind {self.prefix}/etc/passwd /etc/passwd",
+                f"mount --bind {self.prefix}/etc/group /etc/group",
+                f"mount --bind {rules} /etc/polkit-1/rules.d",
+                f"mount --bind {actions} /usr/share/polkit-1/actions",
                 "mkdir -p /run/dbus /run/systemd/resolve",
-                "chown 65534 /run/systemd/resolve",
+                f"chown {resolve_uid}:{resolve_gid} /run/systemd/resolve",
                 f"dbus-daemon --config-file={tmp / 'bus.conf'} --fork",
-                "setpriv --reuid=65534 --regid=65534 --clear-groups "
+                f"/usr/lib/polkit-1/polkitd --no-debug >{tmp / 'polkitd.log'} 2>&1 &",
+                f"setpriv --reuid={resolve_uid} --regid={resolve_gid} --clear-groups "
                 "--inh-caps=+net_bind_service,+net_raw,+setpcap "
                 "--ambient-caps=+net_bind_service,+net_raw,+setpcap "
                 f"{RESOLVED}/lib/systemd/systemd-resolved >{tmp / 'resolved.log'} 2>&1 &",
@@ -114,10 +168,11 @@ class Box:
         try:
             assert self.holder.stdout is not None
             assert self.holder.stdout.readline().strip() == "ready"
-            if resolved:
-                self.wait_for(lambda: "true" in self.sh(
+            services = ("org.freedesktop.resolve1", "org.freedesktop.PolicyKit1")
+            for name in services if resolved else ():
+                self.wait_for(lambda n=name: "true" in self.sh(
                     "busctl call org.freedesktop.DBus /org/freedesktop/DBus "
-                    "org.freedesktop.DBus NameHasOwner s org.freedesktop.resolve1 || true"
+                    f"org.freedesktop.DBus NameHasOwner s {n} || true"
                 ))  # fmt: skip
         except BaseException:
             self.close()
@@ -179,6 +234,7 @@ class Helper:
         self.sock, theirs = socketpair()
         argv = [*box.enter(), sys.executable, "-I", "-m", "sepconnect.privhelper",
                 "--fd", str(theirs.fileno()), "--peer-uid", "0",
+                "--uid", str(box.helper_uid), "--gid", str(box.helper_gid),
                 "--audit-log", str(self.audit_path), "--state-dir", "/run/sepconnect-helper",
                 *args]  # fmt: skip
         with open(self.stderr_path, "wb") as err:
@@ -290,6 +346,10 @@ def test_conflicting_routes_are_reported_and_left_alone(box: Box) -> None:
 def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     helper = Helper(box, "--dns-backend", "file")
     ifname = helper.up(FULL)
+    # resolv.conf is root's: the opt-in root runner rewrites it, never the helper.
+    (start,) = helper.records("start")
+    assert status(start["args"]["root_runner"])["Uid"].split() == ["0"] * 4
+    assert status(helper.proc.pid)["Uid"].split() == [str(HELPER_UID)] * 4
     text = box.resolv.read_text()
     assert text.splitlines()[1:] == [
         "nameserver 198.18.32.53",
@@ -301,17 +361,26 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     assert ("198.18.77.0/24", "up0", UPLINK_GW, 50) in ours(box)  # the exclude's bypass
     assert helper.stop() == 0
     assert box.resolv.read_bytes() == ORIGINAL_RESOLV  # byte for byte
-    # Now a crash: SIGKILL leaves the bypass routes and resolv.conf behind.
+    # A crash of the helper: its bypass routes stay behind; the root runner, which
+    # rewrote resolv.conf, sees its channel close and puts the original back at once.
     crashed = Helper(box, "--dns-backend", "file")
     ifname = crashed.up(FULL)
     assert box.resolv.read_bytes() != ORIGINAL_RESOLV
     crashed.kill()
+    box.wait_for(lambda: box.resolv.read_bytes() == ORIGINAL_RESOLV)
     box.wait_for(lambda: run("ip", "-n", box.ns, "link", "show", ifname, check=False).returncode)
-    stale = ours(box)
-    assert {r[0] for r in stale} == {VPN_GW, "198.18.77.0/24"}
+    assert {r[0] for r in ours(box)} == {VPN_GW, "198.18.77.0/24"}
+    # Root runner and helper killed alike (the root runner first): both leave their
+    # state files, and the next start undoes routes and resolv.conf and says so.
+    crashed = Helper(box, "--dns-backend", "file")
+    ifname = crashed.up(FULL)
+    root_runner = crashed.records("start")[0]["args"]["root_runner"]
+    os.kill(root_runner, signal.SIGKILL)  # the root runner this test's helper started
+    crashed.kill()
+    box.wait_for(lambda: run("ip", "-n", box.ns, "link", "show", ifname, check=False).returncode)
+    assert {r[0] for r in ours(box)} == {VPN_GW, "198.18.77.0/24"}
     assert box.resolv.read_bytes() != ORIGINAL_RESOLV
-    # The next start cleans up and says so.
-    fresh = Helper(box, "--dns-backend", "file")
+    fresh = Helper(box)  # no DNS option of its own: the root runner comes to recover only
     fresh.client.hello(ipaddress.ip_address(VPN_GW))
     assert ours(box) == set()
     assert box.resolv.read_bytes() == ORIGINAL_RESOLV
@@ -321,7 +390,10 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     assert any(r.startswith("restored /etc/resolv.conf") for r in reasons), reasons
     assert f"helper-{crashed.proc.pid}.json" not in box.sh("ls /run/sepconnect-helper")
     assert fresh.stop() == 0
-    assert box.sh("ls -A /run/sepconnect-helper").split() == []
+    assert box.sh("ls -A /run/sepconnect-helper /run/sepconnect-helper-root").split() == [
+        "/run/sepconnect-helper:",
+        "/run/sepconnect-helper-root:",
+    ]
 
 
 # --------------------------------------------------------------------------- DNS: resolved
@@ -332,6 +404,9 @@ def test_resolv_conf_backend_and_crash_recovery(box: Box) -> None:
     reason="systemd-resolved not unpacked (scripts/bootstrap.sh does it)",
 )
 def test_systemd_resolved_backend(tmp_path: Path) -> None:
+    """The helper, as its own account with CAP_NET_ADMIN alone, sets the tun's DNS in
+    systemd-resolved: polkitd authorizes it by the install step's rule (resolved trusts
+    uid 0 or polkit only, never a capability)."""
     os.chmod(tmp_path, 0o755)
     box = Box(tmp_path, resolved=True)
     try:
@@ -344,6 +419,8 @@ def test_systemd_resolved_backend(tmp_path: Path) -> None:
         ifname = helper.up(SPLIT)
         (start,) = helper.records("start")
         assert start["args"]["dns_backend"] == "resolved"
+        assert start["args"]["uid"] == box.helper_uid != 0
+        assert start["args"]["root_runner"] is None
         status = box.sh(f"{resolvectl} status {ifname}")
         assert "198.18.32.53" in status, status
         assert "2001:2:0:20::53" in status, status
@@ -356,10 +433,42 @@ def test_systemd_resolved_backend(tmp_path: Path) -> None:
         assert "+DefaultRoute" in status, status
         assert "~." in status, status
         assert "~intra.example" not in status
+        # What polkit grants the real helper process: resolved's link DNS actions, and
+        # not what would get it a privileged process from systemd (issue 13, F6).
+        for action, granted in (
+            ("org.freedesktop.resolve1.set-dns-servers", True),
+            ("org.freedesktop.resolve1.revert", True),
+            ("org.freedesktop.resolve1.set-llmnr", False),
+            ("org.freedesktop.systemd1.manage-units", False),
+        ):
+            check = run(*box.enter(), "pkcheck", "--action-id", action,
+                        "--process", str(helper.proc.pid), check=False)  # fmt: skip
+            assert (check.returncode == 0) is granted, (action, check.stdout, check.stderr)
         assert helper.stop() == 0
         # The link is gone, and resolved forgot it.
         assert ifname not in box.sh(f"{resolvectl} status")
         assert box.resolv.read_bytes() == ORIGINAL_RESOLV
+    finally:
+        box.close()
+
+
+@pytest.mark.skipif(
+    not (RESOLVED / "lib/systemd/systemd-resolved").exists(),
+    reason="systemd-resolved not unpacked (scripts/bootstrap.sh does it)",
+)
+def test_without_the_polkit_rule_resolved_refuses_the_helper(tmp_path: Path) -> None:
+    """No rule: CAP_NET_ADMIN is not enough for resolved, and `auto` does not pick it."""
+    os.chmod(tmp_path, 0o755)
+    box = Box(tmp_path, resolved=True, polkit_rule=False)
+    try:
+        helper = Helper(box, "--dns-backend", "resolved")
+        with pytest.raises(HelperRefused, match="SetLinkDNS: .*polkit rule"):
+            helper.up(SPLIT)
+        assert helper.stop() == 0
+        auto = Helper(box, "--dns-backend", "auto")
+        auto.client.hello(ipaddress.ip_address(VPN_GW))
+        assert auto.records("start")[0]["args"]["dns_backend"] == "file"  # the root runner's
+        assert auto.stop() == 0
     finally:
         box.close()
 
@@ -393,12 +502,27 @@ def test_fail_closed_keeps_public_excludes_out_unless_allowed(box: Box) -> None:
     assert helper.stop() == 0
 
 
+def status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
 def test_fail_closed_and_worker_restarts(box: Box) -> None:
     ping = ["ping", "-n", "-c", "1", "-W", "1"]
     helper = Helper(box, "--fail-closed")
     ifname = helper.up({**FULL, "dns": [], "domains": []})
     table = f"sepconnect_{helper.proc.pid}"
     assert nft_tables(box) == [table]
+    # nftables needs CAP_NET_ADMIN alone: its runner is the helper's uid with that one
+    # capability (ambient, so that nft has it), never root.
+    (start,) = helper.records("start")
+    assert start["args"]["root_runner"] is None
+    runner = status(start["args"]["nft_runner"])
+    assert runner["Name"] == "sepconnect: nft"  # comm: the title's first 15 bytes
+    assert runner["Uid"].split() == [str(HELPER_UID)] * 4
+    for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert int(runner[caps], 16) == 1 << 12, (caps, runner[caps])
+    assert runner["NoNewPrivs"] == "1"
     rules = box.sh(f"nft list table inet {table}")
     assert f'oifname "{ifname}" accept' in rules
     assert "198.19.200.7" in rules
@@ -472,6 +596,7 @@ def test_end_to_end_dns_in_the_lab_client_only(lab_factory: Any) -> None:
         lab.client_ns, f"{VENV}/bin/sepconnect", "connect", "--passwd-on-stdin", "--user", "test",
         "--audit-log", str(audit), "--servercert", lab.server_cert_pin, "--dns-backend", "file",
         "--session-log", str(Path(lab.workdir, "session.jsonl")),
+        "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
         "--state-dir", str(Path(lab.workdir, "state")), lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

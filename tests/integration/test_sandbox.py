@@ -32,6 +32,7 @@ from messages import start_message
 
 from sepconnect.ipc.wire import Channel, socketpair
 from sepconnect.ipc.worker_messages import FROM_WORKER, TO_WORKER
+from sepconnect.process.accounts import HELPER_FALLBACK_UID
 from sepconnect.worker import sandbox
 
 from lab import Lab
@@ -74,7 +75,7 @@ def _connect_options() -> str:
 
 
 def start_session(lab: Lab, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test"]
+    argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--user", "test", "--dns-backend", "none"]
     argv += ["--audit-log", str(Path(lab.workdir, f"audit-{time.monotonic_ns()}.jsonl"))]
     argv += ["--session-log", str(Path(lab.workdir, f"session-{time.monotonic_ns()}.jsonl"))]
     argv += ["--servercert", lab.server_cert_pin]
@@ -141,7 +142,9 @@ def test_every_process_runs_with_its_manifest(
     assert worker["Seccomp"] == "2", worker["Seccomp"]  # filter mode
     assert int(worker["Seccomp_filters"]) >= 1
     helper = status(pids["privhelper"])
-    assert helper["Uid"].split() == ["0"] * 4
+    assert helper["Uid"].split() == [str(HELPER_FALLBACK_UID)] * 4  # its own uid, not root
+    assert helper["Gid"].split() == [str(HELPER_FALLBACK_UID)] * 4
+    assert os.stat(f"/proc/{pids['privhelper']}/status").st_uid == 0  # not dumpable
     for cap in ("CapPrm", "CapEff", "CapBnd"):
         assert int(helper[cap], 16) == CAP_NET_ADMIN, (cap, helper[cap])
     assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0

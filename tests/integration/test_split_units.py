@@ -9,6 +9,7 @@ a process with the worker's uid and no sandbox at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from test_connect import SEPCONNECT, VENV, _ping, _status, _title
 from test_sandbox import EXPECTED_REPORT, sandbox_report
 
+from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
 from sepconnect.worker import sandbox
 
 from lab import Lab, descendants
@@ -102,10 +104,26 @@ def listen(
     return Listening(acceptor, path, ready)
 
 
+def helper_logs(lab: Lab, name: str) -> Path:
+    """LogsDirectory= of the helper's unit: its account's, 0700."""
+    logs = Path(lab.workdir, f"{name}-logs")
+    logs.mkdir(mode=0o700)
+    os.chown(logs, HELPER_UID, HELPER_UID)
+    return logs
+
+
 def listen_helper(lab: Lab, name: str, audit: Path, *, mode: int = 0o660) -> Listening:
+    # RuntimeDirectory= of the helper's unit: its account's, 0700.
+    state = Path(lab.workdir, f"{name}-state")
+    state.mkdir(mode=0o700)
+    os.chown(state, HELPER_UID, HELPER_UID)
+    # What the unit's User=, AmbientCapabilities=CAP_NET_ADMIN and
+    # CapabilityBoundingSet=CAP_NET_ADMIN do: the helper never is root.
     return listen(lab, name, [
-        f"{VENV}/bin/sepconnect-privhelper", "--fd", "3", "--peer-uid", str(NOBODY),
-        "--audit-log", str(audit), "--state-dir", str(Path(lab.workdir, f"{name}-state")),
+        "/usr/bin/setpriv", f"--reuid={HELPER_UID}", f"--regid={HELPER_UID}",
+        "--clear-groups", "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
+        "--bounding-set=-all,+net_admin", f"{VENV}/bin/sepconnect-privhelper", "--fd", "3",
+        "--peer-uid", str(NOBODY), "--audit-log", str(audit), "--state-dir", str(state),
     ], mode=mode)  # fmt: skip
 
 
@@ -144,7 +162,7 @@ class SplitSession:
 @pytest.fixture
 def split(lab: Lab) -> Iterator[SplitSession]:
     work = Path(lab.workdir)
-    audit = work / "helper-audit.jsonl"
+    audit = helper_logs(lab, "helper") / "audit.jsonl"
     helper = listen_helper(lab, "helper", audit)
     # The sandboxed worker also tries to connect to the helper's socket (a probe that
     # only attempts; the worker reports the errno and carries on).
@@ -199,9 +217,13 @@ def test_session_as_the_service_account_with_socket_activated_helper_and_spawner
 ) -> None:
     assert _ping(lab, lab.target_ip).returncode == 0
     pids = split.pids(lab)
-    # The helper is root (started by "systemd"), the session never was, and the workers
-    # run under their own account.
-    assert Path(f"/proc/{pids['privhelper']}").stat().st_uid == 0
+    # The helper runs as its own account with CAP_NET_ADMIN alone, the session never
+    # was root, and the workers run under their own account.
+    helper = _status(pids["privhelper"])
+    assert helper["Uid"].split() == [str(HELPER_UID)] * 4
+    for caps in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(helper[caps], 16) == 1 << 12, (caps, helper[caps])
+    assert int(helper["CapInh"], 16) == int(helper["CapAmb"], 16) == 0
     titles = {_title(p) for p in [split.session.pid, *descendants(split.session.pid)]}
     assert titles == {"sepconnect: supervisor"}, titles  # it starts no process itself
     expected = {"supervisor": NOBODY, "spawner": WORKER, "worker": WORKER}
@@ -280,7 +302,7 @@ def test_a_process_with_the_workers_uid_gets_nothing_from_the_helper(
     assert out == "connect 13", out  # EACCES
     # A helper socket open to everyone (a misconfigured unit): the helper itself refuses
     # the sender's uid, records it, and creates nothing.
-    audit = Path(lab.workdir, "open-helper-audit.jsonl")
+    audit = helper_logs(lab, "open-helper") / "audit.jsonl"
     open_helper = listen_helper(lab, "open-helper", audit, mode=0o666)
     out = _as_worker_uid(lab, FORGED_HELLO, str(open_helper.socket), lab.server_ip)
     assert out == "refused PeerClosed", out
@@ -327,3 +349,127 @@ def test_split_mode_needs_the_spawner_socket(lab: Lab) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert b"--helper-socket needs --spawner-socket" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--dns-backend", "file"), b"--dns-backend belong(s) to the helper's own configuration"),
+        (("--audit-log", "/tmp/x.jsonl"), b"--audit-log belong(s) to the helper's own"),
+        (("--state-dir", "/tmp/x"), b"--state-dir belong(s) to the helper's own"),
+        (("--session-log", "/tmp/x.jsonl"), b"--session-log is not used: the unprivileged "
+         b"session's events go to the journal"),
+    ],
+)  # fmt: skip
+def test_split_mode_refuses_what_only_the_helpers_unit_can_honour(
+    lab: Lab, option: tuple[str, str], message: bytes
+) -> None:
+    """Issue 14, item 7: these were silently ignored under --helper-socket (the helper's
+    unit has its own DNS backend, audit log and state directory)."""
+    result = lab.run_in(
+        lab.client_ns, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        SEPCONNECT, "connect", "--helper-socket", "/nonexistent",
+        "--spawner-socket", "/nonexistent", *option, lab.url,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"sepconnect: --helper-socket: " + message)
+    assert result.stderr.count(b"\n") == 1, result.stderr
+
+
+def _systemd_credential(directory: Path, uid: int, secret: str) -> str:
+    """What systemd >= 254 makes of LoadCredential=password:FILE for a service running as
+    *uid*: a directory and a file of root's, 0500 and 0440, each with a real ACL entry
+    (setfacl) that lets *uid* in and read; $CREDENTIALS_DIRECTORY names the directory."""
+    directory.mkdir(mode=0o500)
+    path = directory / "password"
+    path.write_text(secret)
+    path.chmod(0o440)
+    subprocess.run(["setfacl", "-m", f"u:{uid}:r", str(path)], check=True)
+    subprocess.run(["setfacl", "-m", f"u:{uid}:rx", str(directory)], check=True)
+    return str(path)
+
+
+@pytest.fixture
+def unit_runtime_dir() -> Iterator[tuple[str, Path]]:
+    """RuntimeDirectory=sepconnect/%i of the session unit, for a NAME of this test's own:
+    /run/sepconnect/NAME, the service account's (removed afterwards, and /run/sepconnect
+    too if the test made it)."""
+    import secrets
+
+    name = f"test-{secrets.token_hex(4)}"
+    parent = Path("/run/sepconnect")
+    made_parent = not parent.exists()
+    parent.mkdir(mode=0o755, exist_ok=True)
+    runtime = parent / name
+    runtime.mkdir(mode=0o755)
+    os.chown(runtime, NOBODY, NOBODY)
+    try:
+        yield name, runtime
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def test_the_session_unit_from_a_config_file_and_a_systemd_credential(
+    lab: Lab, unit_runtime_dir: tuple[str, Path]
+) -> None:
+    """Issue 14, items 5 and 7: the session as sepconnect-session@NAME.service starts it:
+    options from a root-owned config file in openconnect's syntax, the password from a
+    credential shaped as systemd >= 254 delivers it (root's 0440 plus a user ACL, which
+    the 0600-or-stricter rule refused), read by the unprivileged service account; then
+    `sepconnect status NAME` and `sepconnect disconnect NAME` find its control socket."""
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl not installed (scripts/bootstrap.sh installs acl)")
+    name, runtime = unit_runtime_dir
+    work = Path(lab.workdir)
+    conf = work / f"{name}.conf"
+    conf.write_text(
+        f"# /etc/sepconnect/{name}.conf\nserver {lab.url}\nuser = test\n"
+        f"servercert {lab.server_cert_pin}\nreconnect-timeout 30\n"
+    )
+    conf.chmod(0o644)
+    creds = work / "credentials"
+    password = _systemd_credential(creds, NOBODY, "test123\n")
+    audit = helper_logs(lab, "helper") / "audit.jsonl"
+    helper = listen_helper(lab, "helper", audit)
+    spawner = listen(lab, "spawner", [
+        *AS_WORKER_ACCOUNT, f"{VENV}/bin/sepconnect-spawner", "--fd", "3",
+        "--peer-uid", str(NOBODY),
+    ])  # fmt: skip
+    session = lab.popen_in(
+        lab.client_ns, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--bounding-set=-all",
+        SEPCONNECT, "connect", "--config", str(conf), "--helper-socket", str(helper.socket),
+        "--spawner-socket", str(spawner.socket), "--credentials-file", password,
+        "--control-socket", str(runtime / "control.sock"),
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)},
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        def up() -> dict[str, object] | None:
+            if session.poll() is not None:
+                raise AssertionError(f"exit {session.returncode}: {session.communicate()[1]!r}")
+            return lab.client_tun()
+
+        lab.wait_for("the tunnel", up, timeout=20)
+        assert _ping(lab, lab.target_ip).returncode == 0
+        status = json.loads(lab.run_in(lab.client_ns, SEPCONNECT, "status", name, "--json").stdout)
+        assert status["state"] == "connected"
+        lab.run_in(lab.client_ns, SEPCONNECT, "disconnect", name)
+        _, err = session.communicate(timeout=20)
+        assert session.returncode == 0, err.decode()
+        assert lab.client_tun() is None
+    finally:
+        if session.poll() is None:
+            session.send_signal(signal.SIGINT)
+            session.communicate(timeout=20)
+        for listening in (helper, spawner):
+            try:
+                listening.acceptor.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # the session failed before it connected
+                listening.acceptor.kill()
+                listening.acceptor.communicate()

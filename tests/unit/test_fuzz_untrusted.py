@@ -30,7 +30,7 @@ from test_offload import tcp_packet
 from test_tunnel import OCSERV_CONNECT, parse, response
 
 import sepconnect.worker.proto as proto_pkg
-from sepconnect.ipc.netconfig import UnusableConfig, routing_policy
+from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.worker_messages import FROM_WORKER, TunnelUp
 from sepconnect.worker import accel
 from sepconnect.worker.proto import dtls_crypto as dc

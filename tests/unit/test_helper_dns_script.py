@@ -6,35 +6,33 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netconfigs import largest_script_config, network_config
 
 from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
-from sepconnect.ipc.netconfig import NetworkConfig, routing_policy
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.routing import routing_policy
+from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV, Ran, RunScript, SetDns
+from sepconnect.ipc.runner_messages import ROOT_REQUESTS as RUNNER_REQUESTS
+from sepconnect.ipc.script_env import check_env
 from sepconnect.ipc.wire import WireError
-from sepconnect.privhelper import dns, firewall, script, state
+from sepconnect.privhelper import dns, firewall, script
 from sepconnect.privhelper.audit import Audit
 from sepconnect.privhelper.host import Helper, Options
 from sepconnect.privhelper.netconf import Router
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
-from sepconnect.privhelper.runner import (
-    MAX_SCRIPT_ENV,
-    Programs,
-    Ran,
-    RunnerClient,
-    RunScript,
-    check_env,
-    check_script,
-)
-from sepconnect.privhelper.runner import REQUESTS as RUNNER_REQUESTS
 from sepconnect.privhelper.tun import Tun
+from sepconnect.process import statefile as state
+from sepconnect.process.runner import RunnerClient
+from sepconnect.rootrunner import dns as root_dns
+from sepconnect.rootrunner.script import check_script
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",
@@ -237,16 +235,21 @@ def test_runner_refuses_hostile_environments(item: bytes) -> None:
         check_env(item)
 
 
+def set_dns(d: dns.Dns, ifname: str = "sepc0") -> SetDns:
+    """What the helper sends the root runner for ``d``."""
+    return SetDns(ifname=ifname, servers=d.servers, domains=d.domains, split=d.split)
+
+
 def test_resolver_texts() -> None:
     d = dns.Dns.of(check_net_config(NC))
-    assert dns.resolvconf_text(d) == (
+    assert root_dns.resolvconf_text(set_dns(d)) == (
         "nameserver 198.18.2.53\nnameserver 2001:2:0:2::53\n"
         "search corp.example lab.test intra.example\n"
     )
     original = (
         b"# host\nnameserver 192.0.2.1\nnameserver 192.0.2.2\nsearch home.arpa\noptions edns0\n"
     )
-    text = dns.resolv_conf_text(original, d, "sepc0").decode()
+    text = root_dns.resolv_conf_text(original, set_dns(d)).decode()
     assert text.splitlines()[1:] == [
         "nameserver 198.18.2.53",
         "nameserver 2001:2:0:2::53",
@@ -274,9 +277,12 @@ def test_resolver_texts() -> None:
 def test_backend_choice(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 192.0.2.1\n")
-    kw = {"resolv_conf": str(conf)}
+    kw: dict[str, Any] = {"resolv_conf": str(conf), "polkit": lambda: True}
     assert dns.choose("auto", resolved=lambda: True, resolvconf=lambda: "/x", **kw) == "resolved"
     assert dns.choose("auto", resolved=lambda: False, resolvconf=lambda: "/x", **kw) == "resolvconf"
+    # resolved runs, but the helper's account may not use it (no polkit rule): the next one
+    no_rule = {**kw, "polkit": lambda: False}
+    assert dns.choose("auto", resolved=lambda: True, resolvconf=lambda: None, **no_rule) == "file"
     assert dns.choose("auto", resolved=lambda: False, resolvconf=lambda: None, **kw) == "file"
     link = tmp_path / "link"
     link.symlink_to(conf)
@@ -291,19 +297,19 @@ def test_resolv_conf_file_backend_restores_byte_for_byte(tmp_path: Path) -> None
     conf = tmp_path / "resolv.conf"
     original = b"# odd bytes \xff\xfe kept\nnameserver 192.0.2.1\n\n\toptions  rotate\n"
     conf.write_bytes(original)
-    backend = dns.ResolvConfFile("sepc0", str(tmp_path / "saved"), str(conf))
-    d = dns.Dns.of(check_net_config(NC))
+    backend = root_dns.ResolvConfFile(str(tmp_path / "saved"), str(conf))
+    d = set_dns(dns.Dns.of(check_net_config(NC)))
     backend.apply(d)
     assert b"nameserver 198.18.2.53" in conf.read_bytes()
     record = backend.record()
     assert (tmp_path / "saved").read_bytes() == original
     # A crash now: the next helper restores from the record alone.
-    note = dns.restore_resolv_conf(record["path"], record["written"], record["saved"])
+    note = root_dns.restore_resolv_conf(record["path"], record["written"], record["saved"])
     assert note.startswith("restored")
     assert conf.read_bytes() == original
     assert not (tmp_path / "saved").exists()
     # Someone else rewrote it meanwhile: left alone, the original kept.
-    backend = dns.ResolvConfFile("sepc0", str(tmp_path / "saved"), str(conf))
+    backend = root_dns.ResolvConfFile(str(tmp_path / "saved"), str(conf))
     backend.apply(d)
     conf.write_bytes(b"nameserver 192.0.2.99\n")
     errors = backend.revert()
@@ -321,7 +327,7 @@ def test_fail_closed_ruleset() -> None:
     assert 'oifname "sepc0" accept' in text
     assert "ip daddr { 198.18.1.1, 198.18.3.0/24 } accept" in text
     assert text.rstrip().endswith("}")
-    assert firewall.delete("sepconnect_77").endswith("delete table inet sepconnect_77\n")
+    assert firewall.delete_ruleset("sepconnect_77").endswith("delete table inet sepconnect_77\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make root-owned files")
@@ -355,21 +361,22 @@ def test_script_path_checks(tmp_path: Path) -> None:
 
 
 def test_state_files_of_dead_helpers_are_stale(tmp_path: Path) -> None:
-    mine = state.StateFile(str(tmp_path))
+    mine = state.StateFile(str(tmp_path), "helper")
     mine.write(bypass=[{"dst": "198.18.1.1/32", "oif": 2, "gateway": None}])
-    assert list(state.stale(str(tmp_path))) == []  # our own
+    assert list(state.stale(str(tmp_path), "helper")) == []  # our own
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    dead = state.StateFile(str(tmp_path), pid=int(proc.stdout))
+    dead = state.StateFile(str(tmp_path), "helper", pid=int(proc.stdout))
     dead.data["start_time"] = "1"
     dead.write()
-    (found,) = state.stale(str(tmp_path))
+    (found,) = state.stale(str(tmp_path), "helper")
+    assert list(state.stale(str(tmp_path), "rootrunner")) == []  # another process's files
     assert found[0] == dead.path
-    other_ns = state.StateFile(str(tmp_path), pid=int(proc.stdout) + 100000)
+    other_ns = state.StateFile(str(tmp_path), "helper", pid=int(proc.stdout) + 100000)
     other_ns.write()
     raw = Path(other_ns.path).read_text().replace(f'"netns": {state.netns_id()}', '"netns": 1')
     Path(other_ns.path).write_text(raw)
-    assert [p for p, _ in state.stale(str(tmp_path))] == [dead.path]
+    assert [p for p, _ in state.stale(str(tmp_path), "helper")] == [dead.path]
     assert os.stat(mine.path).st_mode & 0o777 == 0o600
 
 
@@ -403,20 +410,20 @@ def test_supervisor_dns_policy() -> None:
 
 _EXEC_UNDER_ARG_MAX = """
 import resource, sys
-from sepconnect.privhelper import runner
+from sepconnect.process.runner import run_program
+from sepconnect.rootrunner.main import run_script
 # A stack limit of 512 KiB: execve then allows its floor of 128 KiB (ARG_MAX) of
 # argument and environment strings and pointers, the least any system gives.
 resource.setrlimit(resource.RLIMIT_STACK, (512 * 1024, resource.RLIM_INFINITY))
 blob = sys.stdin.buffer.read()
-ran = runner.execute(runner.Programs(script="/usr/bin/true"),
-                     runner.RunScript(reason="attempt-reconnect", env=blob))
-over = runner._run(["/usr/bin/true"], {"A": "a" * 66000, "B": "b" * 66000}, None)
+ran, _ = run_script("/usr/bin/true", "attempt-reconnect", blob)
+over = run_program(["/usr/bin/true"], {"A": "a" * 66000, "B": "b" * 66000}, None)
 print(ran.status, ran.note, "|", over.status, over.note)
 """
 
 
 def test_execve_takes_the_largest_script_environment_at_the_least_arg_max() -> None:
-    """The runner executes a real program with the largest environment the policy lets
+    """The root runner executes a real program with the largest environment the policy lets
     through, under the smallest argument space execve(2) gives (while two strings of
     66 000 bytes, under MAX_ARG_STRLEN each, are too much together: the limit is real)."""
     who = {"ifname": "sepc12", "vpnpid": 4194304, "log_level": 4}
@@ -433,12 +440,16 @@ def test_execve_takes_the_largest_script_environment_at_the_least_arg_max() -> N
     assert out == "0  | 127 cannot execute /usr/bin/true: Argument list too long\n", out
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the runner takes requests from uid 0 only")
-def test_a_request_the_runner_would_refuse_is_not_sent() -> None:
-    """The real runner process: an environment one byte over the limit is answered
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root runner runs as root")
+def test_a_request_the_runner_would_refuse_is_not_sent(tmp_path: Path) -> None:
+    """The real root runner: an environment one byte over the limit is answered
     "not run" by the helper's side, and the runner is still there for the next run (it
     would exit on a message its schema refuses, and no disconnect could run after)."""
-    client = RunnerClient(Programs(script="/usr/bin/true"))
+    client = RunnerClient(
+        "sepconnect-rootrunner", "sepconnect.rootrunner",
+        ["--state-dir", str(tmp_path / "root"), "--script", "/usr/bin/true"],
+        RUNNER_REQUESTS, os.getuid(),
+    )  # fmt: skip
     try:
         over = b"reason=connect\0CISCO_BANNER=" + b"x" * (MAX_SCRIPT_ENV - 28 + 1)
         assert len(over) == MAX_SCRIPT_ENV + 1
@@ -476,17 +487,18 @@ def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) ->
         None,  # type: ignore[arg-type]  # script mode never reaches netlink here
         Options(ifname="sepc0", script="/x", state_dir=str(tmp_path)),
         Audit(None, stderr_fd=None),
-        runner,  # type: ignore[arg-type]
+        root=runner,  # type: ignore[arg-type]
     )
     helper.tun = Tun(fd=os.open(os.devnull, os.O_RDONLY), name="sepc0")
     helper.router = Router(None, 1, 1400)  # type: ignore[arg-type]
     wanted = check_net_config(NC)
+    assert helper.script is not None
     runner.failing = {"connect"}
     failed = "vpnc-script connect failed: /x exited with 1; disconnect run"
     for _ in range(2):  # the same configuration again runs connect again
         with pytest.raises(Refusal, match=f"^{re.escape(failed)}$"):
             helper.net_config(wanted)
-        assert helper.script_wanted is None
+        assert helper.script.wanted is None
     assert runner.runs == ["connect", "disconnect"] * 2
     runner.failing = {"connect", "disconnect"}
     with pytest.raises(Refusal, match="; disconnect failed too$"):
@@ -499,11 +511,12 @@ def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) ->
     helper.script_event("attempt-reconnect")  # configures nothing: a failure is ignored
     with pytest.raises(Refusal, match="^vpnc-script reconnect failed: /x exited with 1$"):
         helper.script_event("reconnect")
-    assert helper.script_wanted == wanted  # still configured: the teardown undoes it
+    assert helper.script.wanted == wanted  # still configured: the teardown undoes it
     runner.failing = {"disconnect"}
     helper.teardown()
     helper.cleanup()  # the helper's main loop cleans up once more on its way out
     assert runner.runs == ["connect", "attempt-reconnect", "reconnect", "disconnect"]
     assert helper.tun is None
-    assert helper.state is not None
-    assert json.loads(Path(helper.state.path).read_text())["script_env"]  # for the next start
+    # What could not be undone is kept: the cleanup leaves the helper's state file for the
+    # next start (the root runner keeps the script's own: rootrunner/main.py).
+    assert helper.undo_errors == ["vpnc-script disconnect: /x exited with 1"]

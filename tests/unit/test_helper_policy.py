@@ -934,14 +934,12 @@ def test_audit_log_is_private_append_only_and_no_symlink(tmp_path: FsPath) -> No
 HELPER_DIR = FsPath(__file__).resolve().parents[2] / "privhelper"
 
 
-@pytest.mark.parametrize(
-    "module", sorted(p.name for p in HELPER_DIR.glob("*.py") if p.name != "runner.py")
-)
+@pytest.mark.parametrize("module", sorted(p.name for p in HELPER_DIR.glob("*.py")))
 def test_helper_has_no_shell_and_no_exec(module: str) -> None:
     """No shell, no exec, no string-built commands (test_import_rules checks the imports).
 
-    runner.py, the root script runner started before the helper drops its
-    privileges, is the one module that executes programs: see the next test."""
+    process/runner.py, the plumbing of the runners the helper starts before its seccomp
+    filter, is the one module that executes programs: see the next test."""
     tree = ast.parse((HELPER_DIR / module).read_text())
     imported: set[str] = set()
     called: set[str] = set()
@@ -962,11 +960,14 @@ def test_helper_has_no_shell_and_no_exec(module: str) -> None:
     assert not shell, shell
 
 
-def test_only_the_script_runner_executes_and_never_through_a_shell() -> None:
-    tree = ast.parse((HELPER_DIR / "runner.py").read_text())
+RUNNER = HELPER_DIR.parent / "process" / "runner.py"
+
+
+def test_only_the_runners_execute_and_never_through_a_shell() -> None:
+    tree = ast.parse(RUNNER.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "shell":
-            raise AssertionError("shell= in runner.py")
+            raise AssertionError("shell= in process/runner.py")
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             name = f"{node.value.id}.{node.attr}"
             assert not name.startswith(("os.exec", "os.spawn", "os.system", "os.popen")), name

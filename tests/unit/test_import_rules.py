@@ -21,26 +21,23 @@ INSTALLED = Path(next(iter(_SPEC.submodule_search_locations)))
 SHARED = ("sepconnect.ipc", "sepconnect.process")
 """The packages every process may use; they import nothing but each other."""
 
-LAUNCHER = ("sepconnect.cli", "sepconnect.credentials", "sepconnect.authenticate")
+_RUNNERS = ("sepconnect.privhelper", "sepconnect.rootrunner")
+LAUNCHER = (
+    "sepconnect.cli",
+    "sepconnect.session",
+    "sepconnect.remote",
+    "sepconnect.credentials",
+    "sepconnect.authenticate",
+)
 """The launcher's modules (launcher/, installed as the top-level package)."""
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "sepconnect.worker": (
-        "sepconnect.supervisor",
-        "sepconnect.privhelper",
-        "sepconnect.spawner",
-        *LAUNCHER,
-    ),
-    "sepconnect.supervisor": (
-        "sepconnect.worker",
-        "sepconnect.privhelper",
-        "sepconnect.spawner",
-        *LAUNCHER,
-    ),
+    "sepconnect.worker": ("sepconnect.supervisor", *_RUNNERS, "sepconnect.spawner", *LAUNCHER),
+    "sepconnect.supervisor": ("sepconnect.worker", *_RUNNERS, "sepconnect.spawner", *LAUNCHER),
     "sepconnect.ipc": (
         "sepconnect.worker",
         "sepconnect.supervisor",
-        "sepconnect.privhelper",
+        *_RUNNERS,
         "sepconnect.spawner",
         *LAUNCHER,
     ),
@@ -99,7 +96,8 @@ ALL = _modules("sepconnect")
 def test_the_installed_package_is_laid_out_as_the_source() -> None:
     """Each top-level folder of the repository is one subpackage; no package twice."""
     names = {_module_name(p) for p in ALL}
-    for package in ("ipc", "process", "privhelper", "spawner", "supervisor", "worker"):
+    packages = ("ipc", "process", "privhelper", "rootrunner", "spawner", "supervisor", "worker")
+    for package in packages:
         assert f"sepconnect.{package}" in names
     assert not any(p.is_symlink() for p in ALL)
 
@@ -113,14 +111,19 @@ def test_no_forbidden_edge(path: Path) -> None:
             assert not bad, f"{module} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("path", _modules("sepconnect.privhelper"), ids=_module_name)
-def test_privhelper_imports_only_itself_the_shared_packages_and_its_libraries(
+@pytest.mark.parametrize(
+    "path", _modules("sepconnect.privhelper") + _modules("sepconnect.rootrunner"), ids=_module_name
+)
+def test_privileged_code_imports_only_itself_the_shared_packages_and_its_libraries(
     path: Path,
 ) -> None:
+    """The helper and the root runner: their own package, the shared ones, the standard
+    library and the helper's three libraries (the root runner needs only msgpack)."""
+    own = ".".join(_module_name(path).split(".")[:2])
     for name in _imports(path):
         top = name.split(".")[0]
         if top == "sepconnect":
-            allowed = ("sepconnect.privhelper", *SHARED)
+            allowed = (own, *SHARED)
             assert any(_within(name, a) for a in allowed), name
         else:
             assert top in sys.stdlib_module_names or top in HELPER_THIRD_PARTY, name

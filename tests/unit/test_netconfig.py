@@ -10,7 +10,8 @@ import pytest
 from netconfigs import network_config, texts
 
 from sepconnect.ipc.limits import MAX_DNS, MAX_DOMAINS, MAX_ROUTES
-from sepconnect.ipc.netconfig import NetworkConfig, UnusableConfig, routing_policy
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.routing import UnusableConfig, routing_policy
 from sepconnect.ipc.wire import WireError
 
 BASE = network_config()

@@ -85,9 +85,8 @@ def _pfc(f: seccomp.Filter) -> str:
         return out.read().decode()
 
 
-@pytest.mark.parametrize("features", [(), ("dns_files",), ("dns_files", "run_scripts")])
-def test_the_helpers_filter_builds(features: tuple[str, ...]) -> None:
-    with helper_seccomp.build(features) as f:
+def test_the_helpers_filter_builds() -> None:
+    with helper_seccomp.build() as f:
         pfc = _pfc(f)
     assert 'syscall "ioctl"' in pfc
     assert 'syscall "ptrace"' in pfc

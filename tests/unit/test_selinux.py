@@ -157,6 +157,9 @@ def test_module_links_with_neverallow_checks_on(policy: str) -> None:
         "sepconnect_helper_exec_t",
         "sepconnect_spawner_exec_t",
         "sepconnect_worker_exec_t",
+        "sepconnect_nft_t",
+        "sepconnect_rootrunner_t",
+        "sepconnect_helper_runtime_t",
         "sepconnect_log_t",
     ):
         assert f"   {t}\n" in types or f" {t}" in types, t
@@ -189,6 +192,9 @@ def test_domain_transitions(policy: str) -> None:
         "type_transition init_t sepconnect_exec_t:process sepconnect_t;",
         "type_transition init_t sepconnect_helper_exec_t:process sepconnect_helper_t;",
         "type_transition sepconnect_t sepconnect_helper_exec_t:process sepconnect_helper_t;",
+        "type_transition sepconnect_helper_t sepconnect_nft_exec_t:process sepconnect_nft_t;",
+        "type_transition sepconnect_helper_t sepconnect_rootrunner_exec_t:process "
+        "sepconnect_rootrunner_t;",
         "type_transition init_t sepconnect_spawner_exec_t:process sepconnect_spawner_t;",
         "type_transition sepconnect_t sepconnect_spawner_exec_t:process sepconnect_spawner_t;",
         "type_transition sepconnect_spawner_t sepconnect_worker_exec_t:process"
@@ -223,14 +229,17 @@ def test_only_the_spawner_starts_or_signals_the_worker(policy: str) -> None:
     )
 
 
-def test_only_the_helper_has_net_admin(policy: str) -> None:
+def test_only_the_helper_and_its_nft_runner_have_net_admin(policy: str) -> None:
     helper = own(
         sesearch(policy, "sepconnect_helper_t", cls="capability"),
         "sepconnect_helper_t",
     )
     assert helper == [
-        "allow sepconnect_helper_t sepconnect_helper_t:capability { net_admin setpcap };"
+        "allow sepconnect_helper_t sepconnect_helper_t:capability "
+        "{ chown net_admin setgid setpcap setuid };"
     ]
+    nft = own(sesearch(policy, "sepconnect_nft_t", cls="capability"), "sepconnect_nft_t")
+    assert nft == ["allow sepconnect_nft_t sepconnect_nft_t:capability { net_admin };"]
     supervisor = sesearch(policy, "sepconnect_t", cls="capability", perm="net_admin")
     assert supervisor == []
     for cls in ("capability", "capability2", "cap_userns"):
@@ -266,9 +275,24 @@ def test_worker_uses_the_handed_tun_and_its_own_sockets_only(policy: str) -> Non
         assert sesearch(policy, "sepconnect_worker_t", cls=cls, perm="create") == []
 
 
-def test_helper_spawner_and_worker_execute_nothing(policy: str) -> None:
-    for domain in ("sepconnect_helper_t", "sepconnect_spawner_t", "sepconnect_worker_t"):
+def test_helper_runners_spawner_and_worker_execute_nothing(policy: str) -> None:
+    for domain in (
+        "sepconnect_helper_t",
+        "sepconnect_nft_t",
+        "sepconnect_spawner_t",
+        "sepconnect_worker_t",
+    ):
         assert sesearch(policy, domain, cls="file", perm="execute_no_trans") == []
+
+
+def test_only_the_root_runner_writes_resolv_conf(policy: str) -> None:
+    """Issue 13, F6: /etc/resolv.conf (net_conf_t) is the opt-in root runner's."""
+    others = ("sepconnect_t", "sepconnect_helper_t", "sepconnect_nft_t", "sepconnect_worker_t")
+    for domain in others:
+        assert sesearch(policy, domain, target="net_conf_t", cls="file", perm="write") == []
+    assert sesearch(
+        policy, "sepconnect_rootrunner_t", target="net_conf_t", cls="file", perm="write"
+    )
 
 
 def test_worker_writes_no_file(policy: str) -> None:

@@ -1,23 +1,16 @@
-"""What a helper has installed, on disk, so that the next start can undo a crash.
+"""What a process has changed on the system, on disk, so that a later one can undo a crash.
 
-Each helper keeps one small JSON file, ``<state dir>/helper-<pid>.json``
-(default state dir ``/run/sepconnect-helper``, mode 0700, files 0600, written
-atomically after every change), describing what would outlive it if it were
-killed: its bypass routes (on other devices; the tun's own routes and
-addresses disappear with the tun), the resolver change (the saved original of
-/etc/resolv.conf, or the resolvconf record), the nftables table, and the
-environment of a vpnc-script that ran ``connect``. A clean exit removes the
-file.
+Used by the helper (``<state dir>/helper-<pid>.json``: its bypass routes and its
+nftables table) and by the root runner (``<state dir>-root/rootrunner-<pid>.json``: the
+vpnc-script's disconnect environment and the resolver change). Each process keeps one
+small JSON file (mode 0600, in a 0700 directory its own uid owns, written atomically
+after every change) describing what would outlive it if it were killed; a clean exit
+removes the file.
 
-At start, before serving, the helper reads the others' files. A file whose
-helper is still running (same pid *and* start time), or that was written in
-another network namespace, is left alone. Every other one describes a crashed
-session: its routes are deleted by their exact attributes (our private route
-protocol, :data:`netconf.RTPROT_SEPCONNECT`, and metric, so nobody else's route
-can match), resolv.conf is restored if it still holds what that helper wrote,
-the resolvconf record and the nftables table are deleted, and the vpnc-script
-(if this helper has one) runs ``disconnect`` with the crashed session's
-environment. Each step is one audit record (``recover``); then the file goes.
+At start, before serving, a process reads the others' files (:func:`stale`). A file
+whose process is still running (same pid *and* start time), or that was written in
+another network namespace, is left alone. Every other one describes a crashed session,
+which the reader undoes, one audit record per step, before removing the file.
 """
 
 from __future__ import annotations
@@ -34,12 +27,14 @@ MAX_STATE: Final = 256 * 1024
 
 
 def process_start_time(pid: int) -> str | None:
+    """The start time of a live process (None: no such process, or a dead one not yet
+    reaped: a zombie has done all it will ever do)."""
     try:
         with open(f"/proc/{pid}/stat") as f:  # not pathlib: ~0.3 MB of RSS for one read
-            text = f.read()
+            fields = f.read().rpartition(")")[2].split()
     except OSError:
         return None
-    return text.rpartition(")")[2].split()[19]
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def netns_id() -> int:
@@ -47,26 +42,36 @@ def netns_id() -> int:
     return os.stat("/proc/self/ns/net").st_ino
 
 
-def ensure_dir(path: str) -> None:
-    """Create the state directory 0700, or check an existing one is root's and private."""
+def ensure_dir(path: str, uid: int, gid: int) -> None:
+    """Create the state directory, 0700 and ``uid``'s, or check that an existing one is.
+
+    Called as root, a new directory is made ``uid``'s, and so is an existing *private*
+    one of root's (made by root for it); anything else (``--state-dir /etc``, somebody
+    else's directory) is refused, never taken over.
+    """
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise OSError(f"{path}: not a private directory of ours (mode {st.st_mode:o})")
+    private = stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
+    if private and st.st_uid == 0 != uid and os.geteuid() == 0:
+        os.chown(path, uid, gid)
+        st = os.lstat(path)
+    if not private or st.st_uid != uid:
+        raise OSError(f"{path}: not a private directory of uid {uid} (mode {st.st_mode:o})")
 
 
 @dataclasses.dataclass
 class StateFile:
-    """This helper's file; :meth:`write` after each change, :meth:`remove` at a clean exit."""
+    """This process's file; :meth:`write` after each change, :meth:`remove` at a clean exit."""
 
     directory: str
+    prefix: str
     pid: int = dataclasses.field(default_factory=os.getpid)
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> str:
-        return os.path.join(self.directory, f"helper-{self.pid}.json")
+        return os.path.join(self.directory, f"{self.prefix}-{self.pid}.json")
 
     def write(self, **changes: Any) -> None:
         self.data.update(changes)
@@ -89,8 +94,11 @@ class StateFile:
             os.unlink(self.path)
 
 
-def stale(directory: str, own_pid: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, data) of each crashed helper's state file in our network namespace."""
+def stale(
+    directory: str, prefix: str, own_pid: int | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, data) of each crashed process's ``<prefix>-<pid>.json`` in our network
+    namespace."""
     own_pid = os.getpid() if own_pid is None else own_pid
     here = netns_id()
     try:
@@ -98,7 +106,7 @@ def stale(directory: str, own_pid: int | None = None) -> Iterator[tuple[str, dic
     except FileNotFoundError:
         return
     for name in names:
-        if not (name.startswith("helper-") and name.endswith(".json")):
+        if not (name.startswith(f"{prefix}-") and name.endswith(".json")):
             continue
         path = os.path.join(directory, name)
         try:
@@ -118,5 +126,5 @@ def stale(directory: str, own_pid: int | None = None) -> Iterator[tuple[str, dic
             continue
         started = process_start_time(pid)
         if started is not None and started == data.get("start_time"):
-            continue  # that helper is alive: its session is not ours to touch
+            continue  # that process is alive: its session is not ours to touch
         yield path, data
