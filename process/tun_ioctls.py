@@ -33,11 +33,6 @@ IFF_PERSIST: Final = 0x0800
 IFF_NO_PI: Final = 0x1000
 IFF_VNET_HDR: Final = 0x4000
 
-# TUNSETOFFLOAD's argument: what the kernel may hand the reader unfinished
-TUN_F_CSUM: Final = 0x01  # a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM)
-TUN_F_TSO4: Final = 0x02  # TCP super-packets, IPv4
-TUN_F_TSO6: Final = 0x04  # TCP super-packets, IPv6
-
 IFREQ: Final = struct.Struct("16sH22x")
 """struct ifreq as TUNSETIFF/TUNGETIFF use it: ifr_name[IFNAMSIZ], ifr_flags, padding to 40."""
 

@@ -23,21 +23,19 @@ import os
 import sys
 from typing import Final
 
-from sepconnect.process.tun_ioctls import (
-    IFF_VNET_HDR,
-    IFREQ,
-    TUN_F_CSUM,
-    TUN_F_TSO4,
-    TUN_F_TSO6,
-    TUNGETIFF,
-    TUNSETOFFLOAD,
-)
+from sepconnect.process.tun_ioctls import IFF_VNET_HDR, IFREQ, TUNGETIFF, TUNSETOFFLOAD
 from sepconnect.worker import accel
 from sepconnect.worker.proto.offload import PLAIN_HEADER, VNET_HDR_LEN, Coalescer, split_frame
 
 __all__ = ["TunGone", "TunIO"]
 
 _READ_SIZE: Final = VNET_HDR_LEN + 65535
+# TUNSETOFFLOAD's argument (<linux/if_tun.h>): what the kernel may hand us unfinished.
+# Here, not in process/tun_ioctls.py: only the worker turns offloads on (the helper,
+# whose code is budgeted, resets them to 0).
+TUN_F_CSUM: Final = 0x01  # a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM)
+TUN_F_TSO4: Final = 0x02  # TCP super-packets, IPv4
+TUN_F_TSO6: Final = 0x04  # TCP super-packets, IPv6
 
 
 class TunGone(Exception):
