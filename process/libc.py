@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Final
+
+TYPE_CHECKING = False  # typing's own flag would import typing (and re) for annotations
+if TYPE_CHECKING:
+    from typing import Final
 
 LIBC: Final = ctypes.CDLL(None, use_errno=True)
 

@@ -1,15 +1,20 @@
 """Privileges and process flags through prctl(2) and capset(2), for all three programs.
 
 The one prctl wrapper (process/libc.py's handle). Stdlib only: the helper loads it too.
+No typing at run time: the spawner starts its first worker after importing this module
+and before the codec's imports, and typing (with re) would delay the worker by ~5 ms.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Final
 
 from sepconnect.process.libc import LIBC, errno_error
+
+TYPE_CHECKING = False  # typing's own flag would import typing (and re) for annotations
+if TYPE_CHECKING:
+    from typing import Final
 
 PR_SET_DUMPABLE: Final = 4
 PR_SET_KEEPCAPS: Final = 8

@@ -3,7 +3,9 @@ the codec's imports)."""
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing itself would delay the first worker (process/privileges.py)
+if TYPE_CHECKING:
+    from typing import Final
 
 EXIT_OK: Final = 0  # the supervisor closed its channel
 EXIT_REFUSED: Final = 1  # a request from another uid, or a broken channel
