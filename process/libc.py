@@ -11,11 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-TYPE_CHECKING = False  # typing's own flag would import typing (and re) for annotations
-if TYPE_CHECKING:
-    from typing import Final
-
-LIBC: Final = ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def errno_error(what: str) -> OSError:
