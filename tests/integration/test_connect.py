@@ -39,18 +39,28 @@ class Client:
         user: str = "test",
         password: str | None = None,
         env: dict[str, str] | None = None,
+        passwd_on_stdin: bool = True,
+        stdin: str = "",
+        terminal: int | None = None,
     ):
+        """The password goes to standard input (--passwd-on-stdin); without it, *stdin*;
+        with *terminal* (a pty's fd), standard input, output and error are that."""
         self.lab = lab
         # With --helper-socket the supervisor's own records go to the journal only.
         self.supervisor_audits = not any(a.startswith("--helper-socket") for a in args)
         run_id = time.monotonic_ns()
         self.audit_log = str(Path(lab.workdir, f"audit-{run_id}.jsonl"))
         self.session_log = str(Path(lab.workdir, f"session-{run_id}.jsonl"))
-        # Each run its own control socket, so that concurrent runs never meet.
+        # Each run its own control socket and helper state, so that concurrent runs (other
+        # checkouts' too) never meet.
         self.control = str(Path(lab.workdir, f"ctl-{run_id}", "control.sock"))
-        argv = [SEPCONNECT, "connect", "--passwd-on-stdin", "--audit-log", self.audit_log]
+        argv = [SEPCONNECT, "connect", "--audit-log", self.audit_log]
+        if passwd_on_stdin:
+            argv.append("--passwd-on-stdin")
         argv += ["--session-log", self.session_log]
         argv += ["--control-socket", self.control]
+        if not any(a.startswith("--helper-socket") for a in args):
+            argv += ["--state-dir", str(Path(lab.workdir, f"state-{run_id}"))]
         if user:
             argv += ["--user", user]
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):
@@ -58,20 +68,18 @@ class Client:
         argv += [*args]
         if not any(a.startswith("https://") for a in args):
             argv.append(lab.url)
+        pipe = subprocess.PIPE if terminal is None else terminal
         self.proc = lab.popen_in(
-            lab.client_ns,
-            *argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
+            lab.client_ns, *argv, stdin=pipe, stdout=pipe, stderr=pipe, env=env
         )
+        self.stderr = ""
+        if terminal is not None:
+            return
         secret = lab.users.get(user, "") if password is None else password
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{secret}\n".encode())
+        self.proc.stdin.write(f"{secret}\n".encode() if passwd_on_stdin else stdin.encode())
         self.proc.stdin.close()
         self.proc.stdin = None  # so communicate() does not flush it again
-        self.stderr = ""
 
     def wait_connected(self, timeout: float = 15) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
@@ -98,7 +106,7 @@ class Client:
 
     def finish(self, timeout: float = 20) -> int:
         _, err = self.proc.communicate(timeout=timeout)
-        self.stderr = err.decode(errors="replace")
+        self.stderr = err.decode(errors="replace") if err is not None else ""
         return self.proc.returncode
 
     def stop(self, sig: int = signal.SIGINT) -> int:
