@@ -28,6 +28,7 @@ from sepconnect.worker.io.tls import (
     TlsStream,
     TrustConfig,
     Unreachable,
+    describe_pin,
 )
 from sepconnect.worker.proto import errors
 from sepconnect.worker.proto.auth import AuthSession, AuthSuccess, Credentials, HttpRequest
@@ -40,6 +41,7 @@ from sepconnect.worker.proto.dtls_setup import (
     plan_dtls,
 )
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
+from sepconnect.worker.proto.identity import CLIENT_VERSION, USER_AGENT, ClientIdentity
 from sepconnect.worker.proto.tunnel import (
     TunnelConfig,
     build_connect_request,
@@ -134,6 +136,8 @@ class _Connection:
         self.client = client
         self.stream: TlsStream | None = None
         self.http = HttpClient()
+        self.server_pin: str | None = None
+        """The pin-sha256 of the certificate the last connection verified."""
 
     def open(self) -> TlsStream:
         if self.stream is None:
@@ -145,6 +149,8 @@ class _Connection:
                 client=self.client,
             )
             self.http = HttpClient()
+            leaf = self.stream.conn.get_peer_certificate(as_cryptography=True)
+            self.server_pin = None if leaf is None else describe_pin(leaf)
         return self.stream
 
     def close(self) -> None:
@@ -242,6 +248,15 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
     return max(1280, min(9000, mss + headers))
 
 
+def identity_of(start: Start) -> ClientIdentity:
+    """--useragent, --version-string and --os (identity.py)."""
+    return ClientIdentity(
+        user_agent=start.user_agent or USER_AGENT,
+        version=start.version_string or CLIENT_VERSION,
+        platform=start.platform,
+    )
+
+
 def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
     try:
         auth = AuthSession(
@@ -254,6 +269,7 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
                 group=start.group,
                 certificate=start.client_cert is not None,
             ),
+            identity=identity_of(start),
         )
     except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
         raise SessionFailure("error", f"cannot log in to {start.url!r}: {exc}") from None
@@ -264,6 +280,21 @@ def _log_in(start: Start, server: Server, conn: _Connection) -> AuthSuccess:
         if not conn.http.reuse():
             conn.close()
     return step
+
+
+def log_in_only(start: Start) -> tuple[AuthSuccess, str]:
+    """``--cookieonly``: log in and return the session cookie and the server's pin-sha256
+    pin, with no CONNECT (the session is the server's until its cookie times out)."""
+    client = _client_credential(start)
+    conn = _Connection(server_of(start.url, start.server_address), _trust(start), client)
+    try:
+        success = _log_in(start, conn.server, conn)
+    except (errors.ProtocolError, errors.AuthError, TlsError) as exc:
+        raise _failure_from(_as_refusal(exc, resuming=False)) from None
+    finally:
+        conn.close()
+    assert conn.server_pin is not None  # a login opens a connection
+    return success, conn.server_pin
 
 
 def open_tunnel(start: Start) -> Tunnel:
@@ -294,6 +325,7 @@ def open_tunnel(start: Start) -> Tunnel:
             dtls_master_secret=master_secret,
             dtls_ciphers=offered[0],
             dtls12_ciphers=offered[1],
+            identity=identity_of(start),
         )
         resp = conn.exchange(connect_req)
         config = parse_connect_response_untrusted(

@@ -22,6 +22,7 @@ from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,
     FROM_WORKER,
     TO_WORKER,
+    Authenticated,
     Failed,
     Lost,
     QueryStatus,
@@ -36,7 +37,7 @@ from sepconnect.ipc.worker_messages import (
 from sepconnect.process import privileges
 from sepconnect.process.title import set_title
 from sepconnect.worker import sandbox
-from sepconnect.worker.connect import SessionFailure, Tunnel, open_tunnel
+from sepconnect.worker.connect import SessionFailure, Tunnel, log_in_only, open_tunnel
 
 
 def _log(text: str) -> None:
@@ -141,6 +142,10 @@ def run(channel: Channel) -> int:
     if not isinstance(msg, Start):
         raise WireError(f"expected start, got {msg.op}")
     _enter_sandbox(msg, channel)
+    if msg.authenticate_only:
+        success, server_pin = log_in_only(msg)
+        channel.send(Authenticated(cookie=success.cookie, server_pin=server_pin))
+        return 0
     tunnel = open_tunnel(msg)
     channel.send(_tunnel_up(tunnel))
     # The data path's modules (~10-15 ms) load while the supervisor and the helper set

@@ -51,6 +51,12 @@ from sepconnect.worker.proto.errors import (
     UnknownGroup,
 )
 from sepconnect.worker.proto.http import HttpResponse
+from sepconnect.worker.proto.identity import (
+    CLIENT_VERSION,
+    DEFAULT_PLATFORM,
+    USER_AGENT,
+    ClientIdentity,
+)
 
 __all__ = [
     "CLIENT_VERSION",
@@ -74,11 +80,8 @@ __all__ = [
 #: ocserv classifies clients by User-Agent prefix (PROTOCOL.md §1.2):
 #: "AnyConnect-compatible OpenConnect" -> OpenConnect (IPv6 routes and DNS,
 #: modern XML); a bare "AnyConnect..." would be treated as Cisco's client.
-USER_AGENT: Final = "AnyConnect-compatible OpenConnect VPN Agent sepconnect/0.1"
-#: Sent as ``<version who="vpn">``; ocserv ignores it.
-CLIENT_VERSION: Final = "sepconnect-0.1"
-#: Sent as ``<device-id>``, as openconnect does on 64-bit Linux.
-DEVICE_ID: Final = "linux-64"
+#: --useragent, --version-string and --os change them (identity.py).
+DEVICE_ID: Final = DEFAULT_PLATFORM
 
 MAX_XML_BYTES: Final = 256 * 1024
 MAX_XML_DEPTH: Final = 32
@@ -418,13 +421,11 @@ def format_host_header(host: str, port: int) -> str:
     return host if port == 443 else f"{host}:{port}"
 
 
-def _xml_doc(kind: str, inner: str) -> bytes:
+def _xml_doc(kind: str, inner: str, identity: ClientIdentity) -> bytes:
     doc = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<config-auth client="vpn" type={quoteattr(kind)} aggregate-auth-version="2">'
-        f'<version who="vpn">{escape(CLIENT_VERSION)}</version>'
-        f"<device-id>{escape(DEVICE_ID)}</device-id>"
-        f"{inner}</config-auth>\n"
+        f"{identity.xml()}{inner}</config-auth>\n"
     )
     return doc.encode("utf-8")
 
@@ -451,7 +452,15 @@ class AuthSession:
     response until it returns :class:`AuthSuccess` or raises.
     """
 
-    def __init__(self, *, host: str, port: int, path: str, credentials: Credentials) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        credentials: Credentials,
+        identity: ClientIdentity = ClientIdentity(),  # noqa: B008 - frozen
+    ) -> None:
         if not host or _UNPRINTABLE.search(host) or any(c in host for c in " /?#@"):
             raise ValueError(f"invalid server host name {host!r}")
         if not 0 < port < 65536:
@@ -469,6 +478,7 @@ class AuthSession:
         self._port = port
         self._path = path
         self._creds = credentials
+        self._identity = identity
         self._host_header = format_host_header(host, port)
         self._cookies: dict[str, str] = {}
         self._next_password = 0
@@ -489,7 +499,7 @@ class AuthSession:
     ) -> HttpRequest:
         headers: list[tuple[str, str]] = [
             ("Host", self._host_header),
-            ("User-Agent", USER_AGENT),
+            ("User-Agent", self._identity.user_agent),
         ]
         if self._cookies:
             headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
@@ -498,6 +508,7 @@ class AuthSession:
             ("Accept-Encoding", "identity"),
             ("X-Transcend-Version", "1"),
             ("X-Aggregate-Auth", "1"),
+            *self._identity.mobile_headers(),
         ]
         if method == "POST":
             headers += [
@@ -527,7 +538,8 @@ class AuthSession:
     def _init_request(self) -> HttpRequest:
         url = f"https://{self._host_header}{self._path}"
         inner = f"<group-access>{escape(url)}</group-access>"
-        return self._request(self._path, _xml_doc("init", inner), new_connection=True)
+        body = _xml_doc("init", inner, self._identity)
+        return self._request(self._path, body, new_connection=True)
 
     def _certificate_requested(self) -> HttpRequest:
         """``<client-cert-request>``: the server wants a certificate it did not get in
@@ -694,7 +706,7 @@ class AuthSession:
         inner += "<auth>" + "".join(f"<{n}>{escape(v)}</{n}>" for n, v in answers) + "</auth>"
         if group_select is not None:
             inner += f"<group-select>{escape(group_select)}</group-select>"
-        return _xml_doc("auth-reply", inner), sent_password
+        return _xml_doc("auth-reply", inner, self._identity), sent_password
 
     def _choose_group(self, field: FormField, only_question: bool = False) -> str | None:
         wanted = self._creds.group
