@@ -5,7 +5,7 @@ Started by the launcher (root) as::
     python3 -I -m sepconnect.privhelper --fd N --peer-uid UID
             [--interface NAME] [--audit-log PATH] [--state-dir DIR]
             [--no-routes] [--dns-backend auto|resolved|resolvconf|file|none]
-            [--fail-closed] [--script PATH] [--log-level N]
+            [--fail-closed] [--script PATH [--script-arg=ARG]...] [--log-level N]
 
 fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
 belongs to the supervisor (running as UID). The helper keeps uid 0 but only
@@ -60,7 +60,7 @@ from sepconnect.privhelper.policy import (
     ProtocolViolation,
 )
 from sepconnect.privhelper.rtnl import IPRoute
-from sepconnect.privhelper.runner import Programs, RunnerClient, check_script
+from sepconnect.privhelper.runner import Programs, RunnerClient, check_script, check_script_args
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
 from sepconnect.process import privileges
 from sepconnect.process import title as _proctitle
@@ -225,6 +225,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --fail-closed: a prefix a server may exclude beyond private space",
     )
     parser.add_argument("--script", type=_path, default=None, help="vpnc-script, run as root")
+    parser.add_argument(
+        "--script-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for the vpnc-script (repeatable, in order; give it as --script-arg=ARG)",
+    )
     parser.add_argument("--log-level", type=int, choices=range(5), default=0)
     parser.add_argument(
         "--allow-weak-sandbox",
@@ -283,9 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
-    if args.script is not None:
+    if args.script_arg and args.script is None:
+        return _fail("--script-arg without --script")
+    script = None if args.script is None else (args.script, *args.script_arg)
+    if script is not None:
         try:
-            check_script(args.script)
+            check_script(script[0])
+            check_script_args(script[1:])
         except (OSError, ValueError) as exc:
             return _fail(f"--script: {exc}")
     if args.fail_closed and not os.access(NFT, os.X_OK):
@@ -304,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("--dns-backend resolvconf: no resolvconf program installed")
     stale_dns = {str(d["dns"].get("backend")) for _, d in stale if isinstance(d.get("dns"), dict)}
     programs = Programs(
-        script=args.script,
+        script=script,
         nft=NFT if args.fail_closed or any(d.get("firewall") for _, d in stale) else None,
         resolvconf=resolvconf if "resolvconf" in {backend, *stale_dns} else None,
     )
@@ -326,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fail_closed": int(args.fail_closed),
         "allow_exclude": [str(p) for p in args.allow_exclude],
         "script": args.script,
+        "script_args": list(args.script_arg),
         "script_runner": None if runner is None else runner.proc.pid,
     }
     with IPRoute() as ipr:

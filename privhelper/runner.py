@@ -7,7 +7,7 @@ the clean-up of a crashed session that used one of them — the helper starts th
 process at start-up, *before* it drops its capabilities and before any seccomp
 filter is loaded::
 
-    python3 -I -m sepconnect.privhelper.runner --fd N [--script PATH]
+    python3 -I -m sepconnect.privhelper.runner --fd N [--script PATH [--script-arg=ARG]...]
             [--nft PATH] [--resolvconf PATH]
 
 It keeps full root (a vpnc-script expects it, as under openconnect) and takes
@@ -34,7 +34,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final, Literal
 
-from sepconnect.ipc.limits import IFNAME
+from sepconnect.ipc.limits import IFNAME, MAX_SCRIPT_ARGS, SCRIPT_ARG
 from sepconnect.ipc.wire import (
     Channel,
     Codec,
@@ -174,9 +174,22 @@ def check_script(path: str) -> str:
     return path
 
 
+def check_script_args(args: Sequence[str]) -> tuple[str, ...]:
+    """The arguments root gave the vpnc-script after its path (``-s 'vpn-slice 10.0.0.0/8'``):
+    at most MAX_SCRIPT_ARGS, each one printable line (limits.SCRIPT_ARG). The launcher,
+    the helper and the runner each check them."""
+    if len(args) > MAX_SCRIPT_ARGS:
+        raise ValueError(f"more than {MAX_SCRIPT_ARGS} arguments")
+    for arg in args:
+        if re.fullmatch(SCRIPT_ARG, arg) is None:
+            raise ValueError(f"argument {arg[:40]!r}: not one printable line of at most 1024")
+    return tuple(args)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Programs:
-    script: str | None = None
+    script: tuple[str, ...] | None = None
+    """The vpnc-script's argv: its path (check_script), then its arguments (check_script_args)."""
     nft: str | None = None
     resolvconf: str | None = None
 
@@ -187,13 +200,14 @@ def execute(programs: Programs, msg: Message) -> Ran:
         case RunScript(reason=reason, env=blob) if programs.script is not None:
             try:
                 env = check_env(blob)
-                check_script(programs.script)
+                check_script(programs.script[0])
+                check_script_args(programs.script[1:])
             except (ValueError, OSError) as exc:
                 return Ran(status=126, note=f"not run: {str(exc)[:180]}")
             if env["reason"] != reason:
                 return Ran(status=126, note="not run: reason mismatch")
             env["PATH"] = SAFE_PATH
-            return _run([programs.script], env, None)
+            return _run(list(programs.script), env, None)
         case RunNft(ruleset=ruleset) if programs.nft is not None:
             if "include" in ruleset:
                 return Ran(status=126, note="not run: include is not allowed")
@@ -236,6 +250,36 @@ def _run(argv: list[str], env: dict[str, str], stdin: str | None) -> Ran:
     return Ran(status=status, note="" if status == 0 else f"{argv[0]} exited with {status}"[:200])
 
 
+def runner_args(fd: int, programs: Programs) -> list[str]:
+    """The runner's command line after the program (:func:`parse_args` reads it)."""
+    argv = ["--fd", str(fd)]
+    if programs.script is not None:
+        # "=": an argument may start with "-" (argparse would take it for an option)
+        argv += ["--script", programs.script[0]]
+        argv += [f"--script-arg={arg}" for arg in programs.script[1:]]
+    for flag, value in (("--nft", programs.nft), ("--resolvconf", programs.resolvconf)):
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[int, Programs]:
+    """The fd of our channel and the programs we may run (root wrote this argv)."""
+    parser = argparse.ArgumentParser(
+        prog="sepconnect.privhelper.runner", allow_abbrev=False, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--script")
+    parser.add_argument("--script-arg", action="append", default=[])
+    parser.add_argument("--nft")
+    parser.add_argument("--resolvconf")
+    args = parser.parse_args(argv)
+    if args.script_arg and args.script is None:
+        parser.error("--script-arg without --script")
+    script = None if args.script is None else (args.script, *args.script_arg)
+    return args.fd, Programs(script, args.nft, args.resolvconf)
+
+
 class RunnerClient:
     """The helper's end: start the runner (as root, before privileges are dropped) and ask it."""
 
@@ -250,14 +294,7 @@ class RunnerClient:
         self.programs = programs
         ours, theirs = socketpair()
         argv = [sys.executable, "-I", "-m", "sepconnect.privhelper.runner"]
-        argv += ["--fd", str(theirs.fileno())]
-        for flag, value in (
-            ("--script", programs.script),
-            ("--nft", programs.nft),
-            ("--resolvconf", programs.resolvconf),
-        ):
-            if value is not None:
-                argv += [flag, value]
+        argv += runner_args(theirs.fileno(), programs)
         try:
             self.proc = subprocess.Popen(
                 argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True
@@ -308,22 +345,14 @@ def serve(channel: Channel, programs: Programs, parent: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sepconnect.privhelper.runner", allow_abbrev=False, formatter_class=HelpFormatter
-    )
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--script")
-    parser.add_argument("--nft")
-    parser.add_argument("--resolvconf")
-    args = parser.parse_args(argv)
+    fd, programs = parse_args(argv)
     set_title(PROCESS_TITLE)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the helper decides when we end
-    sock = socket.socket(fileno=args.fd)
+    sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
     channel = Channel(sock, REQUESTS, send_codec=REPLIES)
     channel.pass_credentials()
-    programs = Programs(args.script, args.nft, args.resolvconf)
     return serve(channel, programs, os.getppid())
 
 
