@@ -84,9 +84,12 @@ from sepconnect.supervisor.session import (
 )
 
 VERBOSITY = [0]  # set by the launcher before the supervisor starts
+QUIET = [False]  # -q/--quiet: failures only; set by the launcher
 
 
-def log(text: str) -> None:
+def log(text: str, *, error: bool = True) -> None:
+    if QUIET[0] and not error:
+        return
     print(f"sepconnect: {text}", file=sys.stderr, flush=True)
 
 
@@ -170,7 +173,7 @@ class Supervisor:
             Reply: self._reply,
             Notify: lambda action: self.notifier.notify(**action.fields),
             Audit: self._audit,
-            Log: lambda action: log(action.text),
+            Log: lambda action: log(action.text, error=action.error),
             Exit: self._exit,
         }
 
@@ -245,6 +248,10 @@ class Supervisor:
         self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", action.gen))
         with contextlib.suppress(OSError):  # if it died already, its exit is reported
             channel.send(start_for(self.start, action))
+        if self.start.cookie is not None:
+            # -C/--cookie is for the first worker only: later ones resume with the
+            # session's own cookie (in the action) or log in afresh
+            self.start = dataclasses.replace(self.start, cookie=None)
         return WorkerStarted(action.gen, proc.pid)
 
     def _send(self, action: Send) -> None:
