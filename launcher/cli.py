@@ -19,15 +19,19 @@ import socket
 import stat
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert
-from sepconnect.ipc.limits import CIPHER_LIST, MAX_CAFILE, check_ifname
+from sepconnect import __version__, background, client_cert, openconnect_compat, output
+from sepconnect.ipc.limits import CIPHER_LIST, LOCAL_HOSTNAME, MAX_CAFILE, check_ifname
 from sepconnect.process import privileges, programs
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.process.title import set_title
+
+if TYPE_CHECKING:
+    from sepconnect.ipc.worker_messages import Start
 
 DEFAULT_ACCOUNT = "sepconnect"
 FALLBACK_ACCOUNT = "nobody"
@@ -83,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
             "privileged helper keeps CAP_NET_ADMIN; everything else runs as --setuid USER."
         ),
     )
-    c.add_argument("url", metavar="URL", help="server, e.g. https://vpn.example.com[:port][/group]")
+    c.add_argument(
+        "url",
+        metavar="SERVER",
+        help="the server: https://HOST[:PORT][/PATH], or HOST[:PORT][/PATH] (https assumed)",
+    )
     c.add_argument("-u", "--user", metavar="NAME", help="username to log in with")
     c.add_argument(
         "--passwd-on-stdin",
@@ -91,13 +99,19 @@ def _parser() -> argparse.ArgumentParser:
         help="read the password from standard input; further lines answer further password "
         "prompts (e.g. a one-time code), in order",
     )
-    c.add_argument("-g", "--authgroup", metavar="GROUP", help="choose this login group")
+    c.add_argument(
+        "--authgroup",
+        metavar="GROUP",
+        help="choose this login group (as openconnect; -g is --usergroup)",
+    )
+    openconnect_compat.add_options(c)
     c.add_argument(
         "--servercert",
         metavar="PIN",
         action="append",
-        help="accept only the server certificate with this pin: pin-sha256:<base64 of the "
-        "SHA-256 of its public key> or sha256:<hex of the SHA-256 of the certificate>; "
+        help="accept only the server certificate with this fingerprint, as openconnect: "
+        "pin-sha256:<base64>, sha256:<hex> or sha1:<hex> of its public key, or <hex> (SHA-1 of "
+        "the certificate); a prefix of 4 or more characters matches too (with a warning); "
         "replaces chain and hostname verification (repeatable: any of the pins)",
     )
     c.add_argument(
@@ -187,10 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "-s",
         "--script",
-        metavar="PATH",
+        metavar="COMMAND",
         help="vpnc-script to run as root for pre-init, connect, attempt-reconnect, reconnect "
-        "and disconnect, instead of setting addresses, routes and DNS ourselves; it must be "
-        "owned by root and writable by nobody else",
+        "and disconnect, instead of setting addresses, routes and DNS ourselves: a program "
+        "(absolute path, or a name looked up in /usr/local/sbin:…:/bin) owned by root and "
+        "writable by nobody else, perhaps with arguments, e.g. 'vpn-slice 10.0.0.0/8'; split "
+        "into words as a shell would, but no shell runs it (no pipes, variables, globs)",
     )
     c.add_argument(
         "--state-dir",
@@ -320,8 +336,17 @@ def _read_cafile(path: str | None) -> bytes | None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not args.url.startswith("https://"):
-        raise UsageError(f"the server URL must start with https://, got {args.url!r}")
+    try:
+        args.url, warnings = openconnect_compat.server_url(args.url, args.usergroup)
+        args.servercert, pin_warnings = openconnect_compat.server_pins(args.servercert or ())
+        openconnect_compat.check_user_agent(args.useragent)
+        openconnect_compat.check_version_string(args.version_string)
+        openconnect_compat.check_local_hostname(args.local_hostname)
+        args.cookie = openconnect_compat.session_cookie(args.cookie)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for warning in warnings + pin_warnings:
+        print(f"sepconnect: warning: {warning}", file=sys.stderr)
     if args.interface is not None:
         try:
             check_ifname(args.interface)
@@ -339,6 +364,10 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and not re.fullmatch(CIPHER_LIST, value):
             raise UsageError(f"{flag}: colon-separated cipher names (A-Z a-z 0-9 _ . -)")
+    if args.cookieonly and (args.background or args.pid_file is not None):
+        raise UsageError("--cookieonly makes no tunnel: not with -b/--background or --pid-file")
+    if args.cookieonly and args.cookie is not None:
+        raise UsageError("--cookieonly logs in to get a cookie: not with -C/--cookie")
     if args.allow_exclude and not args.fail_closed:
         raise UsageError("--allow-exclude goes with --fail-closed")
     for prefix in args.allow_exclude:
@@ -350,18 +379,15 @@ def _check_args(args: argparse.Namespace) -> None:
             ) from None
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
-    if args.servercert:
-        from sepconnect.ipc.servercert import ServerPin  # no cryptography import
-
-        if len(args.servercert) > 8:
-            raise UsageError("--servercert: at most 8 pins")
-        for pin in args.servercert:
-            try:
-                ServerPin.parse(pin)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
     if args.no_system_trust and args.cafile is None and not args.servercert:
         raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
+
+
+def _default_hostname() -> str:
+    """X-CSTP-Hostname without --local-hostname: our host name's first label, when it is
+    one the server takes (limits.LOCAL_HOSTNAME), else "localhost" (openconnect's default)."""
+    label = socket.gethostname().split(".")[0][:63]
+    return label if re.fullmatch(LOCAL_HOSTNAME, label) else "localhost"
 
 
 def _open_audit_dir(path: str) -> None:
@@ -418,13 +444,16 @@ def _network_argv(args: argparse.Namespace) -> list[str]:
     for prefix in args.allow_exclude:
         argv += ["--allow-exclude", prefix]
     if args.script is not None:
-        from sepconnect.privhelper.runner import check_script
+        from sepconnect.privhelper.runner import SAFE_PATH, check_script, check_script_args
 
         try:
-            check_script(args.script)
+            command = openconnect_compat.script_command(args.script, SAFE_PATH)
+            check_script(command[0])
+            check_script_args(command[1:])
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--script: {exc}") from None
-        argv += ["--script", args.script]
+            raise UsageError(f"-s/--script: {exc}") from None
+        # "=": an argument may start with "-" (argparse would take it for an option)
+        argv += ["--script", command[0], *(f"--script-arg={arg}" for arg in command[1:])]
     return argv
 
 
@@ -465,12 +494,55 @@ def _spawn_helper(
     )
 
 
+def _start_message(
+    args: argparse.Namespace,
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    username: str,
+    passwords: tuple[str, ...],
+    cafile_pem: bytes | None,
+    client_files: client_cert.ClientCertFiles,
+) -> Start:
+    from sepconnect.ipc.worker_messages import Start
+
+    return Start(
+        proto=1,
+        url=args.url,
+        server_address=server_address,
+        username=username,
+        passwords=passwords,
+        group=args.authgroup,
+        servercerts=tuple(args.servercert or ()),
+        cafile_pem=cafile_pem,
+        system_trust=not args.no_system_trust,
+        client_cert=client_files.cert,
+        client_key=client_files.key,
+        key_password=client_files.password,
+        base_mtu=args.base_mtu,
+        mtu=args.mtu,
+        disable_ipv6=args.disable_ipv6,
+        no_dtls=args.no_dtls,
+        dtls_ciphers=args.dtls_ciphers,
+        dtls12_ciphers=args.dtls12_ciphers,
+        hostname=args.local_hostname or _default_hostname(),
+        verbose=min(args.verbose, 4),
+        cookie=args.cookie,
+        user_agent=args.useragent,
+        version_string=args.version_string,
+        platform=args.os,
+        authenticate_only=args.cookieonly,
+    )
+
+
 def connect(args: argparse.Namespace) -> ExitCode:
+    if args.cookie is not None:
+        set_title("sepconnect connect")  # the cookie leaves /proc/<pid>/cmdline now
     _check_args(args)
     server_address = resolve_server(args.url)
     as_root = os.geteuid() == 0
     if args.helper_socket is not None:
         account, uid, gid = _split_mode_account(args, as_root)
+    elif not as_root and args.cookieonly:  # no tun: any account may log in
+        account, uid, gid = getpass.getuser(), os.getuid(), os.getgid()
     elif not as_root:
         raise UsageError(
             "sepconnect connect must be started as root: its small helper keeps CAP_NET_ADMIN "
@@ -485,9 +557,34 @@ def connect(args: argparse.Namespace) -> ExitCode:
     except client_cert.OptionError as exc:
         raise UsageError(str(exc)) from None
     username = args.user
-    if username is None and sys.stdin.isatty() and not args.passwd_on_stdin:
+    resuming = args.cookie is not None  # no login, unless the cookie is refused
+    if username is None and sys.stdin.isatty() and not args.passwd_on_stdin and not resuming:
         username = input("Username: ")
-    passwords = _read_passwords(args)
+    passwords = () if resuming and not args.passwd_on_stdin else _read_passwords(args)
+    try:  # as root, before anything starts: a bad path is a usage error
+        pid_file = None if args.pid_file is None else background.PidFile(args.pid_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    relay = None
+    if args.timestamp or args.syslog:  # before any other process: all their stderr
+        relay = output.OutputRelay(timestamp=args.timestamp, syslog=args.syslog, uid=uid, gid=gid)
+    if args.cookieonly:
+        if as_root:
+            privileges.drop_bounding_set()
+            privileges.drop_to(uid, gid)
+        privileges.no_new_privs_and_undumpable()
+        from sepconnect import cookie_only
+
+        start = _start_message(
+            args, server_address, username or "", passwords, cafile_pem, client_files
+        )
+        return cookie_only.log_in_and_print_cookie(
+            start, allow_weak_sandbox=args.allow_weak_sandbox
+        )
+    # Before the helper and the workers start, which must be the session's children.
+    in_background = (
+        None if not args.background else background.Background(pid_file, quiet=args.quiet)
+    )
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
@@ -526,34 +623,14 @@ def connect(args: argparse.Namespace) -> ExitCode:
         from sepconnect.supervisor import audit as session_audit
 
         session_audit.configure(audit_fd)
-    from sepconnect.ipc.worker_messages import Start
     from sepconnect.supervisor.helper_client import HelperClient
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
+    from sepconnect.supervisor.main import QUIET, VERBOSITY, Options, Supervisor, log
 
     if args.verbose:
         log(f"running as {account} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
     try:
-        start = Start(
-            proto=1,
-            url=args.url,
-            server_address=server_address,
-            username=username or "",
-            passwords=passwords,
-            group=args.authgroup,
-            servercerts=tuple(args.servercert or ()),
-            cafile_pem=cafile_pem,
-            system_trust=not args.no_system_trust,
-            client_cert=client_files.cert,
-            client_key=client_files.key,
-            key_password=client_files.password,
-            base_mtu=args.base_mtu,
-            mtu=args.mtu,
-            disable_ipv6=args.disable_ipv6,
-            no_dtls=args.no_dtls,
-            dtls_ciphers=args.dtls_ciphers,
-            dtls12_ciphers=args.dtls12_ciphers,
-            hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
-            verbose=min(args.verbose, 4),
+        start = _start_message(
+            args, server_address, username or "", passwords, cafile_pem, client_files
         )
         options = Options(
             always_on=args.always_on,
@@ -565,10 +642,14 @@ def connect(args: argparse.Namespace) -> ExitCode:
             tun_offload=not args.no_tun_offload,
         )
         VERBOSITY[0] = args.verbose
+        QUIET[0] = args.quiet
         supervisor = Supervisor(HelperClient(ours), start, options, first_worker)
+        supervisor.notifier.on_ready = lambda: _tunnel_up(pid_file, relay, in_background)
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
+        if pid_file is not None:
+            pid_file.empty()
         if first_worker is not None:  # we failed before the supervisor took it
             first_worker[1].close()  # it exits when it finds its channel closed
             first_worker[0].wait()
@@ -579,6 +660,21 @@ def connect(args: argparse.Namespace) -> ExitCode:
             except subprocess.TimeoutExpired:
                 log("the privileged helper did not exit; it will clean up when it notices")
     return code
+
+
+def _tunnel_up(
+    pid_file: background.PidFile | None,
+    relay: output.OutputRelay | None,
+    in_background: background.Background | None,
+) -> None:
+    """The supervisor's first READY: the PID file, syslog from now on, and -b's parent
+    released (last: once it exits, the PID file is to be read)."""
+    if relay is not None:
+        relay.tunnel_up()
+    if pid_file is not None:
+        pid_file.write()
+    if in_background is not None:
+        in_background.tunnel_up()
 
 
 def _split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, int, int]:

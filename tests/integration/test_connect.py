@@ -42,6 +42,7 @@ class Client:
         passwd_on_stdin: bool = True,
         stdin: str = "",
         terminal: int | None = None,
+        server: str | None = None,
     ):
         """The password goes to standard input (--passwd-on-stdin); without it, *stdin*;
         with *terminal* (a pty's fd), standard input, output and error are that."""
@@ -66,7 +67,9 @@ class Client:
         if not any(a.startswith("--servercert") or a.startswith("--cafile") for a in args):
             argv += ["--servercert", lab.server_cert_pin]
         argv += [*args]
-        if not any(a.startswith("https://") for a in args):
+        if server is not None:  # the server as given (a bare host name, a path)
+            argv.append(server)
+        elif not any(a.startswith("https://") for a in args):
             argv.append(lab.url)
         pipe = subprocess.PIPE if terminal is None else terminal
         self.proc = lab.popen_in(
