@@ -21,8 +21,14 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert, credentials
-from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, MAX_CAFILE, check_ifname
+from sepconnect import __version__, background, client_cert, credentials, openconnect_compat
+from sepconnect.ipc.limits import (
+    CIPHER_LIST,
+    DNS_BACKENDS,
+    LOCAL_HOSTNAME,
+    MAX_CAFILE,
+    check_ifname,
+)
 from sepconnect.process import privileges, programs
 from sepconnect.process.accounts import (
     HELPER_ACCOUNT,
@@ -36,6 +42,7 @@ from sepconnect.process.accounts import (
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.process.title import set_title
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
 
 if TYPE_CHECKING:
@@ -93,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
             "privileged helper keeps CAP_NET_ADMIN; everything else runs as --setuid USER."
         ),
     )
-    c.add_argument("url", metavar="URL", help="server, e.g. https://vpn.example.com[:port][/group]")
+    c.add_argument(
+        "url",
+        metavar="SERVER",
+        help="the server: https://HOST[:PORT][/PATH], or HOST[:PORT][/PATH] (https assumed)",
+    )
     c.add_argument("-u", "--user", metavar="NAME", help="username to log in with")
     c.add_argument(
         "--passwd-on-stdin",
@@ -101,7 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         help="read the password from standard input; further lines answer further password "
         "prompts (e.g. a one-time code), in order",
     )
-    c.add_argument("-g", "--authgroup", metavar="GROUP", help="choose this login group")
+    c.add_argument(
+        "--authgroup",
+        metavar="GROUP",
+        help="choose this login group (as openconnect; -g is --usergroup)",
+    )
+    openconnect_compat.add_options(c)
     c.add_argument(
         "--form-entry",
         metavar="FORM:FIELD=VALUE",
@@ -152,8 +168,9 @@ def _parser() -> argparse.ArgumentParser:
         "--servercert",
         metavar="PIN",
         action="append",
-        help="accept only the server certificate with this pin: pin-sha256:<base64 of the "
-        "SHA-256 of its public key> or sha256:<hex of the SHA-256 of the certificate>; "
+        help="accept only the server certificate with this fingerprint, as openconnect: "
+        "pin-sha256:<base64>, sha256:<hex> or sha1:<hex> of its public key, or <hex> (SHA-1 of "
+        "the certificate); a prefix of 4 or more characters matches too (with a warning); "
         "replaces chain and hostname verification (repeatable: any of the pins)",
     )
     c.add_argument(
@@ -250,10 +267,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "-s",
         "--script",
-        metavar="PATH",
+        metavar="COMMAND",
         help="vpnc-script to run as root for pre-init, connect, attempt-reconnect, reconnect "
-        "and disconnect, instead of setting addresses, routes and DNS ourselves; it must be "
-        "owned by root and writable by nobody else",
+        "and disconnect, instead of setting addresses, routes and DNS ourselves: a program "
+        "(absolute path, or a name looked up in /usr/local/sbin:…:/bin) owned by root and "
+        "writable by nobody else, perhaps with arguments, e.g. 'vpn-slice 10.0.0.0/8'; split "
+        "into words as a shell would, but no shell runs it (no pipes, variables, globs)",
     )
     c.add_argument(
         "--state-dir",
@@ -365,8 +384,17 @@ def _resolve_address(
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not args.url.startswith("https://"):
-        raise UsageError(f"the server URL must start with https://, got {args.url!r}")
+    try:
+        args.url, warnings = openconnect_compat.server_url(args.url, args.usergroup)
+        args.servercert, pin_warnings = openconnect_compat.server_pins(args.servercert or ())
+        openconnect_compat.check_user_agent(args.useragent)
+        openconnect_compat.check_version_string(args.version_string)
+        openconnect_compat.check_local_hostname(args.local_hostname)
+        args.cookie = openconnect_compat.session_cookie(args.cookie)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for warning in warnings + pin_warnings:
+        print(f"sepconnect: warning: {warning}", file=sys.stderr)
     _resolve_address(args)
     if args.interface is not None:
         try:
@@ -392,6 +420,13 @@ def _check_args(args: argparse.Namespace) -> None:
             "--helper-socket needs --spawner-socket: started as the service account, we "
             "cannot run the workers under an account of their own (the spawner's unit does)"
         )
+    if args.authenticate and args.cookieonly:
+        raise UsageError("--authenticate and --cookieonly: give one (both log in and print)")
+    login_only = "--authenticate" if args.authenticate else "--cookieonly"
+    if (args.authenticate or args.cookieonly) and (args.background or args.pid_file is not None):
+        raise UsageError(f"{login_only} makes no tunnel: not with -b/--background or --pid-file")
+    if (args.authenticate or args.cookieonly) and args.cookie is not None:
+        raise UsageError(f"{login_only} logs in to get a cookie: not with -C/--cookie")
     if args.allow_exclude and not args.fail_closed:
         raise UsageError("--allow-exclude goes with --fail-closed")
     for prefix in args.allow_exclude:
@@ -403,18 +438,15 @@ def _check_args(args: argparse.Namespace) -> None:
             ) from None
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
-    if args.servercert:
-        from sepconnect.ipc.servercert import ServerPin  # no cryptography import
-
-        if len(args.servercert) > 8:
-            raise UsageError("--servercert: at most 8 pins")
-        for pin in args.servercert:
-            try:
-                ServerPin.parse(pin)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
     if args.no_system_trust and args.cafile is None and not args.servercert:
         raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
+
+
+def _default_hostname() -> str:
+    """X-CSTP-Hostname without --local-hostname: our host name's first label, when it is
+    one the server takes (limits.LOCAL_HOSTNAME), else "localhost" (openconnect's default)."""
+    label = socket.gethostname().split(".")[0][:63]
+    return label if re.fullmatch(LOCAL_HOSTNAME, label) else "localhost"
 
 
 def _open_audit_dir(path: str) -> None:
@@ -472,13 +504,18 @@ def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> lis
     for prefix in args.allow_exclude:
         argv += ["--allow-exclude", prefix]
     if args.script is not None:
+        from sepconnect.ipc.script_env import check_script_args
+        from sepconnect.process.runner import SAFE_PATH
         from sepconnect.rootrunner.script import check_script
 
         try:
-            check_script(args.script)
+            command = openconnect_compat.script_command(args.script, SAFE_PATH)
+            check_script(command[0])
+            check_script_args(command[1:])
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--script: {exc}") from None
-        argv += ["--script", args.script]
+            raise UsageError(f"-s/--script: {exc}") from None
+        # "=": an argument may start with "-" (argparse would take it for an option)
+        argv += ["--script", command[0], *(f"--script-arg={arg}" for arg in command[1:])]
     return argv
 
 
@@ -568,15 +605,20 @@ def _start_message(
         no_dtls=args.no_dtls,
         dtls_ciphers=args.dtls_ciphers,
         dtls12_ciphers=args.dtls12_ciphers,
-        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+        hostname=args.local_hostname or _default_hostname(),
         verbose=min(args.verbose, 4),
         authenticate=authenticate,
+        user_agent=args.useragent,
+        version_string=args.version_string,
+        platform=args.os,
     )
 
 
 def connect(args: argparse.Namespace) -> ExitCode:
+    if args.cookie is not None:
+        set_title("sepconnect connect")  # the cookie leaves /proc/<pid>/cmdline now
     _check_args(args)
-    if args.authenticate:
+    if args.authenticate or args.cookieonly:
         from sepconnect.authenticate import authenticate_only
 
         return authenticate_only(args)
@@ -602,6 +644,20 @@ def connect(args: argparse.Namespace) -> ExitCode:
     cafile_pem = _read_cafile(args.cafile)
     client_files = _read_client_cert(args, cafile_pem)
     login = _read_login(args)  # after the key's password: both may come on standard input
+    try:  # as root, before anything starts: a bad path is a usage error
+        pid_file = None if args.pid_file is None else background.PidFile(args.pid_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    relay = None
+    if args.timestamp or args.syslog:  # before any other process: all their stderr
+        from sepconnect.output import OutputRelay
+
+        relay = OutputRelay(timestamp=args.timestamp, syslog=args.syslog, uid=uid, gid=gid)
+    # Before the spawner, the helper and the workers start, which must be the session's
+    # children (the process the user started waits for the tunnel).
+    in_background = (
+        None if not args.background else background.Background(pid_file, quiet=args.quiet)
+    )
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
@@ -659,6 +715,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # built after the drop: the message's schema is none of the root phase's code
         lambda: _start_message(args, server_address, cafile_pem, client_files),
         login,
+        background.TunnelUpHooks(pid_file, relay, in_background),
     )
 
 

@@ -25,6 +25,7 @@ from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, Worker
 from sepconnect.process.title import set_title
 
 if TYPE_CHECKING:
+    from sepconnect.background import TunnelUpHooks
     from sepconnect.credentials import LoginInput
     from sepconnect.ipc.worker_messages import Start
 
@@ -51,6 +52,7 @@ def run(
     audit_fd: int | None,
     start_message: Callable[[], Start],
     login: LoginInput,
+    hooks: TunnelUpHooks,
 ) -> ExitCode:
     """The session as the supervisor; its exit code."""
     name, uid, gid = account
@@ -73,7 +75,7 @@ def run(
         session_audit.configure(audit_fd)
     from sepconnect.credentials import answer_sources
     from sepconnect.supervisor.helper_client import HelperClient
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
+    from sepconnect.supervisor.main import QUIET, VERBOSITY, Options, Supervisor, log
 
     if args.verbose:
         log(f"running as {name} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
@@ -96,10 +98,13 @@ def run(
             cookie=login.cookie,
         )
         VERBOSITY[0] = args.verbose
+        QUIET[0] = args.quiet
         supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
+        supervisor.notifier.on_ready = hooks.tunnel_up
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
+        hooks.session_ended()
         if first_worker is not None:  # we failed before the supervisor took it
             first_worker[1].close()  # the spawner kills it when we close its channel
         spawner.close()  # the spawner exits, killing any worker still there
