@@ -21,11 +21,13 @@ import os
 import queue
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -112,8 +114,13 @@ class Helper:
         argv += ["--audit-log", str(self.audit_path)]
         if interface is not None:
             argv += ["--interface", interface]
+        self.state_parent: Path | None = None
         if script is not None:
-            argv += ["--script", str(script)]
+            # The root runner keeps the script's state next to the helper's: a directory
+            # the helper's account can reach (pytest's tmp_path has a root-only parent).
+            self.state_parent = Path(tempfile.mkdtemp(prefix="sc-helper-state-"))
+            self.state_parent.chmod(0o755)
+            argv += ["--script", str(script), "--state-dir", str(self.state_parent / "state")]
         self.stderr_path = tmp / "helper.stderr"
         with open(self.stderr_path, "wb") as stderr:
             # `ip netns exec` execs the command itself: proc.pid is the helper's pid.
@@ -151,6 +158,8 @@ class Helper:
             self.proc.wait(10)
         self.close_tun_fd()
         self.sock.close()
+        if self.state_parent is not None:
+            shutil.rmtree(self.state_parent)
         stderr = self.stderr_path.read_text(errors="replace")
         assert "Traceback" not in stderr, stderr
         assert "Warning" not in stderr, stderr
