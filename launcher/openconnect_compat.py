@@ -113,8 +113,9 @@ def script_command(text: str, search_path: str) -> tuple[str, ...]:
     *search_path*, the runner's own PATH) and its arguments. ValueError's text does not
     name the option.
 
-    The program is checked by the caller (runner.check_script) and the arguments by
-    runner.check_script_args; here only what a shell would have done is.
+    The program is checked by the caller (rootrunner/script.py check_script) and the
+    arguments by ipc/script_env.py check_script_args; here only what a shell would have
+    done is.
     """
     if not text.strip():
         raise ValueError("an empty command line")

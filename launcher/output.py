@@ -1,7 +1,7 @@
 """``--timestamp`` and ``--syslog``: every process's messages through one small relay.
 
 A session's messages come from several processes: the supervisor, the privileged
-helper, the workers, the script runner and the vpnc-script it runs. With either option
+helper, the workers, the root runner and the vpnc-script it runs. With either option
 the launcher starts, before any of them, an *output relay*: a process of its own
 (forked as root, then at once the service account, nothing else) whose standard input
 is a pipe that becomes standard error of the launcher and so of every process started
