@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, background, client_cert, credentials, openconnect_compat
+from sepconnect import __version__, client_cert, credentials, openconnect_compat
 from sepconnect.ipc.limits import (
     CIPHER_LIST,
     DNS_BACKENDS,
@@ -46,6 +46,7 @@ from sepconnect.process.title import set_title
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
 
 if TYPE_CHECKING:
+    from sepconnect.background import TunnelUpHooks
     from sepconnect.ipc.worker_messages import Start
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
@@ -614,6 +615,26 @@ def _start_message(
     )
 
 
+def _tunnel_up_hooks(args: argparse.Namespace, uid: int, gid: int) -> TunnelUpHooks:
+    """-b, --pid-file, --timestamp and --syslog, set up as root before the spawner, the
+    helper and the workers start: the relay carries their standard error, and -b's fork
+    makes them the children of the process that goes on (the user's waits for the
+    tunnel)."""
+    from sepconnect.background import Background, PidFile, TunnelUpHooks
+
+    try:  # a bad path is a usage error
+        pid_file = None if args.pid_file is None else PidFile(args.pid_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    relay = None
+    if args.timestamp or args.syslog:
+        from sepconnect.output import OutputRelay
+
+        relay = OutputRelay(timestamp=args.timestamp, syslog=args.syslog, uid=uid, gid=gid)
+    in_background = Background(pid_file, quiet=args.quiet) if args.background else None
+    return TunnelUpHooks(pid_file, relay, in_background)
+
+
 def connect(args: argparse.Namespace) -> ExitCode:
     if args.cookie is not None:
         set_title("sepconnect connect")  # the cookie leaves /proc/<pid>/cmdline now
@@ -644,20 +665,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
     cafile_pem = _read_cafile(args.cafile)
     client_files = _read_client_cert(args, cafile_pem)
     login = _read_login(args)  # after the key's password: both may come on standard input
-    try:  # as root, before anything starts: a bad path is a usage error
-        pid_file = None if args.pid_file is None else background.PidFile(args.pid_file)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    relay = None
-    if args.timestamp or args.syslog:  # before any other process: all their stderr
-        from sepconnect.output import OutputRelay
-
-        relay = OutputRelay(timestamp=args.timestamp, syslog=args.syslog, uid=uid, gid=gid)
-    # Before the spawner, the helper and the workers start, which must be the session's
-    # children (the process the user started waits for the tunnel).
-    in_background = (
-        None if not args.background else background.Background(pid_file, quiet=args.quiet)
-    )
+    hooks = None
+    if args.background or args.pid_file is not None or args.timestamp or args.syslog:
+        hooks = _tunnel_up_hooks(args, uid, gid)
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
@@ -715,7 +725,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # built after the drop: the message's schema is none of the root phase's code
         lambda: _start_message(args, server_address, cafile_pem, client_files),
         login,
-        background.TunnelUpHooks(pid_file, relay, in_background),
+        hooks,
     )
 
 

@@ -52,7 +52,7 @@ def run(
     audit_fd: int | None,
     start_message: Callable[[], Start],
     login: LoginInput,
-    hooks: TunnelUpHooks,
+    hooks: TunnelUpHooks | None,
 ) -> ExitCode:
     """The session as the supervisor; its exit code."""
     name, uid, gid = account
@@ -100,11 +100,13 @@ def run(
         VERBOSITY[0] = args.verbose
         QUIET[0] = args.quiet
         supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
-        supervisor.notifier.on_ready = hooks.tunnel_up
+        if hooks is not None:  # -b, --pid-file, --syslog
+            supervisor.notifier.on_ready = hooks.tunnel_up
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
-        hooks.session_ended()
+        if hooks is not None:
+            hooks.session_ended()
         if first_worker is not None:  # we failed before the supervisor took it
             first_worker[1].close()  # the spawner kills it when we close its channel
         spawner.close()  # the spawner exits, killing any worker still there

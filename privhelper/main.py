@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
 from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
-from sepconnect.ipc.script_env import check_script_args
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
@@ -324,12 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
-    if args.script_arg and args.script is None:
-        return _fail("--script-arg without --script")
-    try:
-        check_script_args(args.script_arg)
-    except ValueError as exc:
-        return _fail(f"--script-arg: {exc}")
+    if args.script_arg:  # -s with arguments (imported only then: the trusted base)
+        from sepconnect.ipc.script_env import check_script_args
+
+        if args.script is None:
+            return _fail("--script-arg without --script")
+        try:
+            check_script_args(args.script_arg)
+        except ValueError as exc:
+            return _fail(f"--script-arg: {exc}")
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
