@@ -47,18 +47,18 @@ def authenticate_only(args: argparse.Namespace) -> ExitCode:
         uid, gid = (os.getuid(), os.getgid()) if account is None else account[1:]
         OutputRelay(timestamp=True, syslog=False, uid=uid, gid=gid)
     if account is not None:
+        cli._check_runnable([("the supervisor's", *account)])  # its worker runs as it too
         _, uid, gid = account
         privileges.drop_bounding_set()
         privileges.drop_to(uid, gid, extra_groups=())
     privileges.no_new_privs_and_undumpable()
     worker = programs.start_worker(allow_weak_sandbox=args.allow_weak_sandbox)
     set_title("sepconnect: authenticate")
+    from sepconnect.session import start_message
     from sepconnect.supervisor.authenticate import authenticate, shell_variables
 
     try:
-        start = cli._start_message(
-            args, server_address, cafile_pem, client_files, authenticate=True
-        )
+        start = start_message(args, server_address, cafile_pem, client_files, authenticate=True)
         answers, codes, terminal = credentials.answer_sources(args, login)
     except BaseException:
         worker[1].close()  # it exits when it finds its channel closed

@@ -25,7 +25,6 @@ from sepconnect import __version__, client_cert, credentials, openconnect_compat
 from sepconnect.ipc.limits import (
     CIPHER_LIST,
     DNS_BACKENDS,
-    LOCAL_HOSTNAME,
     MAX_CAFILE,
     check_ifname,
 )
@@ -43,15 +42,15 @@ from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.process.title import set_title
+from sepconnect.remote import DEFAULT_CONTROL
+from sepconnect.remote import add_options as remote_options
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
 
 if TYPE_CHECKING:
     from sepconnect.background import TunnelUpHooks
-    from sepconnect.ipc.worker_messages import Start
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
-DEFAULT_CONTROL = "/run/sepconnect/control.sock"
 DEFAULT_STATE_DIR = "/run/sepconnect-helper"  # root-only; /run/sepconnect is the service account's
 
 
@@ -105,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         "url",
         metavar="SERVER",
         help="the server: https://HOST[:PORT][/PATH], or HOST[:PORT][/PATH] (https assumed)",
+    )
+    c.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from FILE first, in openconnect's syntax: one long option name "
+        "a line without the dashes (name, name=value or name value; server=URL for the "
+        "server), # comments; owned by root, writable by no one else, no secrets "
+        "(docs/usage.md)",
     )
     c.add_argument("-u", "--user", metavar="NAME", help="username to log in with")
     c.add_argument(
@@ -339,9 +346,7 @@ def _parser() -> argparse.ArgumentParser:
         ("disconnect", "log off and end the session (as SIGTERM)"),
     ):
         s = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-        s.add_argument(
-            "--socket", metavar="PATH", default=DEFAULT_CONTROL, help="the control socket"
-        )
+        remote_options(s)
         if name == "status":
             s.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -441,13 +446,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
     if args.no_system_trust and args.cafile is None and not args.servercert:
         raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
-
-
-def _default_hostname() -> str:
-    """X-CSTP-Hostname without --local-hostname: our host name's first label, when it is
-    one the server takes (limits.LOCAL_HOSTNAME), else "localhost" (openconnect's default)."""
-    label = socket.gethostname().split(".")[0][:63]
-    return label if re.fullmatch(LOCAL_HOSTNAME, label) else "localhost"
 
 
 def _open_audit_dir(path: str) -> None:
@@ -580,39 +578,14 @@ def server_address_of(args: argparse.Namespace) -> ipaddress.IPv4Address | ipadd
     return resolve_server(args.url) if given is None else given
 
 
-def _start_message(
-    args: argparse.Namespace,
-    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    cafile_pem: bytes | None,
-    client_files: client_cert.ClientCertFiles,
-    *,
-    authenticate: bool = False,
-) -> Start:
-    from sepconnect.ipc.worker_messages import Start
+def _check_runnable(accounts: list[tuple[str, str, int, int]]) -> None:
+    """Before anything starts: can each account run what it will run (launcher/runnable.py)?"""
+    from sepconnect.runnable import NotRunnable, check_accounts
 
-    return Start(
-        proto=1,
-        url=args.url,
-        server_address=server_address,
-        servercerts=tuple(args.servercert or ()),
-        cafile_pem=cafile_pem,
-        system_trust=not args.no_system_trust,
-        client_cert=client_files.cert,
-        client_key=client_files.key,
-        key_password=client_files.password,
-        base_mtu=args.base_mtu,
-        mtu=args.mtu,
-        disable_ipv6=args.disable_ipv6,
-        no_dtls=args.no_dtls,
-        dtls_ciphers=args.dtls_ciphers,
-        dtls12_ciphers=args.dtls12_ciphers,
-        hostname=args.local_hostname or _default_hostname(),
-        verbose=min(args.verbose, 4),
-        authenticate=authenticate,
-        user_agent=args.useragent,
-        version_string=args.version_string,
-        platform=args.os,
-    )
+    try:
+        check_accounts(accounts)
+    except NotRunnable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _tunnel_up_hooks(args: argparse.Namespace, uid: int, gid: int) -> TunnelUpHooks:
@@ -662,6 +635,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
             helper_user = helper_account(args.helper_user, uid)
         except AccountError as exc:
             raise UsageError(str(exc)) from None
+        from sepconnect.runnable import session_accounts
+
+        _check_runnable(session_accounts((account, uid, gid), helper_user))
     cafile_pem = _read_cafile(args.cafile)
     client_files = _read_client_cert(args, cafile_pem)
     login = _read_login(args)  # after the key's password: both may come on standard input
@@ -710,7 +686,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
     privileges.no_new_privs_and_undumpable()
     # The session, from modules no root ever loads: the supervisor (launcher/session.py).
-    from sepconnect.session import Spawner, run
+    from sepconnect.session import Spawner, run, start_message
 
     spawner = Spawner(spawner_proc, spawner_sock, first_channel)
     return run(
@@ -723,14 +699,24 @@ def connect(args: argparse.Namespace) -> ExitCode:
         control_gid,
         audit_fd,
         # built after the drop: the message's schema is none of the root phase's code
-        lambda: _start_message(args, server_address, cafile_pem, client_files),
+        lambda: start_message(args, server_address, cafile_pem, client_files),
         login,
         hooks,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg.startswith("--config") for arg in argv):  # its module only when it is used
+        from sepconnect import config
+
+        try:
+            argv = config.expand(argv, parser)
+        except config.ConfigError as exc:
+            print(f"sepconnect: {exc}", file=sys.stderr)
+            return int(ExitCode.USAGE)
+    args = parser.parse_args(argv)
     try:
         if args.command == "connect":
             return int(connect(args))

@@ -25,7 +25,7 @@ filter: the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvc
 and the nft runner (nft.py: ``--fail-closed``). The helper itself never forks or
 execs; its filter keeps execve/fork on NEVER. Before the filter, main creates the
 state directory and reads the state of crashed sessions; it undoes them
-(host.recover) once the netlink socket is open.
+(recovery.py, loaded only then) once the netlink socket is open.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options, recover
+from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
     Host,
@@ -406,7 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             selftest.run(os.environ[SELFTEST_ENV], args.state_dir)
         netlink = Netlink(ipr)
-        recover(stale, netlink, nft_runner, audit)
+        if stale:
+            from sepconnect.privhelper.recovery import recover
+
+            recover(stale, netlink, nft_runner, audit)
         options = Options(
             ifname=args.interface or DEFAULT_TEMPLATE,
             named=args.interface is not None,

@@ -695,6 +695,7 @@ class Session:
                 )
             net, notes = routing_policy(up.net)
         except UnusableConfig as exc:
+            self._emit(Audit("unusable_config", "refused", str(exc)[:500], {"worker": worker.gen}))
             self._dismiss(worker, logoff=False, now=now)  # in place, it would carry on
             self._failed(worker, "protocol", f"unusable configuration: {exc}", now)
             return
@@ -934,7 +935,10 @@ class Session:
                 + (f", excluded {' '.join(map(str, net.exclude))}" if net.exclude else "")
             )
             if net.banner:
-                self._log(f"server banner: {net.banner}")
+                # Line by line, each under our prefix: a banner line never passes for
+                # one of ours (its lines are printable; the schema let nothing else in).
+                for line in net.banner.splitlines():
+                    self._log(f"server banner: {line}")
             self._emit(Notify({"ready": "1", "status": f"connected to {up.server}"}))
         else:
             self._emit(Notify({"status": f"connected to {up.server}"}))

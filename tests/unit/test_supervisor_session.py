@@ -270,8 +270,24 @@ def test_a_worker_naming_another_gateway_gets_no_tun() -> None:
     assert not of(done, ApplyConfig)
     assert not sent(shell.done, 1)  # no tun handed to it
     assert "gateway 10.20.30.40: not the VPN server's address 198.18.1.1" in logs(shell.done)
+    [refused] = [a for a in of(done, Audit) if a.op == "unusable_config"]
+    assert refused.result == "refused"
+    assert refused.reason == "gateway 10.20.30.40: not the VPN server's address 198.18.1.1"
+    assert refused.args == {"worker": 1}
     shell.exits(1, 1)
     assert shell.code == ExitCode.PROTOCOL
+
+
+def test_each_banner_line_is_logged_under_our_prefix() -> None:
+    """A multi-line banner (printable: the schema lets no escape in) is logged line by
+    line, each as "server banner: …", so that no line of it reads as one of ours."""
+    shell = Shell()
+    shell.connect(
+        dataclasses.replace(UP, net=network_config(banner="Welcome\nsepconnect: fake line"))
+    )
+    text = logs(shell.done)
+    assert "server banner: Welcome\nserver banner: sepconnect: fake line" in text
+    assert not any(line.startswith("sepconnect:") for line in text.splitlines())
 
 
 def test_an_unusable_configuration_after_resuming_in_place_stops_that_worker() -> None:
