@@ -471,6 +471,7 @@ class Session:
         self._next_gen = 1
         # what is known of the server session; the cookie never leaves memory
         self.cookie: str | None = None
+        self.login_banner: str | None = None  # the last pre-login banner shown
         self.server = ""
         self.gateway = ""
         self.established = False
@@ -723,6 +724,13 @@ class Session:
             self._log(f"unexpected {form.op} from worker {worker.gen}", error=True)
             self._emit(KillWorker(worker.gen))
             return
+        if form.banner and form.banner != self.login_banner:
+            # The server's pre-login banner: shown (line by line under our prefix, as
+            # the tunnel's) and recorded, once for each text.
+            self.login_banner = form.banner
+            for line in form.banner.splitlines():
+                self._log(f"server login banner: {line}")
+            self._emit(Audit("login_banner", "info", form.banner[:500], {}))
         self._emit(AnswerForm(worker.gen, form, may_ask=not self.established))
 
     def _on_form_answered(self, event: FormAnswered, _now: float) -> None:
