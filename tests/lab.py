@@ -880,6 +880,35 @@ route add {self.pool6} via {self.server_target_ip6}
         exit raises LabCommandError (with stderr) when ``check``."""
         return _run(["ip", "netns", "exec", ns, *argv], timeout=timeout, check=check, input=input)
 
+    def iperf(
+        self,
+        *args: str,
+        target: str | None = None,
+        seconds: float = 2,
+        prefix: tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], float]:
+        """One ``iperf3 -c`` run from the client namespace to ``target`` (default: the
+        target's IPv4 address): its JSON report and how long it took, not counting the
+        attempts a server still winding down an earlier test turned away ("busy"). An
+        iperf3 error raises AssertionError with iperf3's message; a run that overruns
+        ``timeout`` (default ``seconds`` + 30) raises subprocess.TimeoutExpired."""
+        for _ in range(10):
+            started = time.monotonic()
+            out = self.run_in(
+                self.client_ns, *prefix, "iperf3", "-c", target or self.target_ip,
+                "-t", f"{seconds:g}", "-J", "--connect-timeout", "3000", *args, check=False,
+                timeout=seconds + 30 if timeout is None else timeout,
+            )  # fmt: skip
+            result: dict[str, Any] = json.loads(out.stdout or b"{}")
+            if "busy" not in result.get("error", ""):
+                break
+            time.sleep(1)  # the server still winds down an earlier test (--idle-timeout)
+        if "error" in result or "end" not in result:
+            error = result.get("error", out.stderr.decode(errors="replace")[-300:])
+            raise AssertionError(f"iperf3 {' '.join(args)} failed: {error}")
+        return result, time.monotonic() - started
+
     def popen_in(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``ns`` in its own process group (stdin defaults to
         /dev/null). Tracked: at teardown the group gets SIGTERM, then SIGKILL."""
