@@ -239,23 +239,9 @@ def ping_avg_ms(lab: Lab, target: str, count: int) -> float:
 def run_iperf3(
     lab: Lab, prefix: tuple[str, ...], *args: str, seconds: float, timeout: float | None = None
 ) -> tuple[dict[str, Any], float]:
-    """One ``iperf3 -c`` run to the target from the client namespace: its JSON report,
-    and how long the run took (not counting attempts the busy server turned away).
-    Raises subprocess.TimeoutExpired after ``timeout`` (default ``seconds`` + 30)."""
-    for _ in range(10):
-        started = time.monotonic()
-        out = lab.run_in(
-            lab.client_ns, *prefix, "iperf3", "-c", lab.target_ip, "-t", f"{seconds:g}", "-J",
-            "--connect-timeout", "3000", *args, check=False,
-            timeout=seconds + 30 if timeout is None else timeout,
-        )  # fmt: skip
-        result: dict[str, Any] = json.loads(out.stdout)
-        if "busy" not in result.get("error", ""):
-            break
-        time.sleep(1)  # the server still winds down an earlier test (lab.py: --idle-timeout)
-    if "error" in result:
-        raise AssertionError(f"iperf3 {' '.join(args)} failed: {result['error']}")
-    return result, time.monotonic() - started
+    """One ``iperf3 -c`` run to the target from the client namespace (tests/lab.py
+    Lab.iperf): its JSON report, and how long the run took."""
+    return lab.iperf(*args, seconds=seconds, prefix=prefix, timeout=timeout)
 
 
 @dataclass(frozen=True)

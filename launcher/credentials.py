@@ -3,21 +3,28 @@ session cookie, the one-time-code secret, and whether the terminal may be asked.
 
 Files are read before the privilege drop, with the checks --credentials-file has always
 had (a regular file, not a symlink, owned by root or by the account sepconnect runs as,
-mode 0600 or stricter). Nothing here imports the supervisor's modules, which the launcher
-loads only once the first worker is started (docs/performance.md); the token secret is
-parsed here (supervisor/oath.py) only when --token-mode is given. Errors are ValueErrors
-with the option's name; the launcher makes them usage errors.
+mode 0600 or stricter), or as systemd presents a ``LoadCredential=`` file in
+$CREDENTIALS_DIRECTORY (root's, 0440, an ACL granting the service's account read).
+Nothing here imports the supervisor's modules, which the launcher loads only once the
+first worker is started (docs/performance.md); the token secret is parsed here
+(supervisor/oath.py) only when --token-mode is given. Errors are ValueErrors with the
+option's name; the launcher makes them usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import stat
+import struct
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
+
+from sepconnect.ipc.limits import SESSION_COOKIE
+from sepconnect.openconnect_compat import webvpn_cookie
 
 if TYPE_CHECKING:
     from sepconnect.supervisor.answers import AnswerSources, TokenCodes
@@ -27,9 +34,70 @@ if TYPE_CHECKING:
 MAX_LINES = 8
 _MAX_FILE = 64 * 1024
 _FORM_ENTRY = re.compile(r"[^:=]+:[^=]+=.*", re.DOTALL)
-# the webvpn cookie's value, as worker/proto/auth.py accepts it from a server
-_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,512}")
 _XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+_FILE_RULE = (
+    "{option} {path}: must be a regular file owned by root (or by the account sepconnect "
+    "runs as), mode 0600 or stricter (or a systemd credential in $CREDENTIALS_DIRECTORY)"
+)
+_NOT_A_CREDENTIAL = "not in $CREDENTIALS_DIRECTORY"
+# POSIX ACL as Linux stores it in the system.posix_acl_access attribute: a version, then
+# (tag, permissions, id) entries (linux/posix_acl_xattr.h).
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20,
+)  # fmt: skip
+_ACL_READ = 0x04
+
+
+def systemd_credential_refusal(fd: int, path: str, st: os.stat_result) -> str | None:
+    """None if *fd* is a credential as systemd (>= 254) presents it to a service with
+    ``LoadCredential=``: in $CREDENTIALS_DIRECTORY, owned by root (user and group), mode
+    0440 or stricter, its ACL (if any) granting named users read and nothing else;
+    else why not (:data:`_NOT_A_CREDENTIAL` if it is not in that directory at all).
+
+    Such a file may be read by its group (root) and by the users its ACL names: the
+    service's account, which systemd added. No one but root can write it."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory or not os.path.isabs(directory):
+        return _NOT_A_CREDENTIAL
+    try:
+        inside = os.path.samefile(os.path.dirname(os.path.abspath(path)), directory)
+        dir_st = os.stat(directory)
+    except OSError:
+        return _NOT_A_CREDENTIAL
+    if not inside:
+        return _NOT_A_CREDENTIAL
+    if dir_st.st_uid not in (0, os.geteuid()) or dir_st.st_mode & 0o022:
+        return "$CREDENTIALS_DIRECTORY is writable by others than its owner"
+    if st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) & ~0o640:
+        return (
+            "a systemd credential must be owned by root (user and group), mode 0640 or "
+            f"stricter (it is {st.st_uid}:{st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+    try:
+        acl = os.getxattr(fd, "system.posix_acl_access")
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return None  # the mode bits are all there is
+        return f"its ACL cannot be read ({exc.strerror})"
+    return _acl_refusal(acl)
+
+
+def _acl_refusal(acl: bytes) -> str | None:
+    if len(acl) < 4 or (len(acl) - 4) % 8 or struct.unpack_from("<I", acl)[0] != _ACL_VERSION:
+        return "its ACL is not one this system writes"
+    for tag, perm, _id in struct.iter_unpack("<HHI", acl[4:]):
+        if tag == _ACL_USER_OBJ:
+            continue  # root, checked above
+        if tag == _ACL_GROUP:
+            return "its ACL grants a group access (systemd grants only the service's user)"
+        if tag in (_ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK) and perm & ~_ACL_READ:
+            return "its ACL grants more than read"
+        if tag == _ACL_OTHER and perm:
+            return "its ACL grants others access"
+    return None
 
 
 class Token(NamedTuple):
@@ -46,11 +114,14 @@ def read_secret_file(path: str, option: str, *, writable: bool = False) -> tuple
         raise ValueError(f"{option} {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
-            raise ValueError(
-                f"{option} {path}: must be a regular file owned by root (or by the account "
-                "sepconnect runs as), mode 0600 or stricter"
-            )
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+            raise ValueError(_FILE_RULE.format(option=option, path=path))
+        if st.st_mode & 0o077:
+            why = _NOT_A_CREDENTIAL if writable else systemd_credential_refusal(fd, path, st)
+            if why == _NOT_A_CREDENTIAL:
+                raise ValueError(_FILE_RULE.format(option=option, path=path))
+            if why is not None:
+                raise ValueError(f"{option} {path}: {why}")
         data = os.pread(fd, _MAX_FILE + 1, 0)
         if len(data) > _MAX_FILE:
             raise ValueError(f"{option} {path}: larger than {_MAX_FILE} bytes")
@@ -89,19 +160,22 @@ def read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def read_cookie(args: argparse.Namespace) -> str | None:
-    """--cookie-on-stdin: the first line of standard input, as openconnect --authenticate
+    """The session cookie the first worker resumes with instead of logging in:
+    ``-C/--cookie`` (already checked: openconnect_compat.session_cookie), or with
+    --cookie-on-stdin the first line of standard input, as openconnect --authenticate
     prints COOKIE: ``webvpn=<value>``, maybe after other cookies (openconnect 9's
     ``openconnect_strapkey=…; webvpn=…``, which ocserv does not use), separated by ``;``.
     """
+    if args.cookie is not None:
+        return str(args.cookie)
     if not args.cookie_on_stdin:
         return None
     line = sys.stdin.readline(_MAX_FILE).strip()
-    for part in line.split(";"):
-        name, eq, value = part.strip().partition("=")
-        if eq and name == "webvpn":
-            if not _COOKIE_VALUE.fullmatch(value):
-                raise ValueError("--cookie-on-stdin: the webvpn cookie is empty or not valid")
-            return value
+    value = webvpn_cookie(line)
+    if value is not None:
+        if not re.fullmatch(SESSION_COOKIE, value):
+            raise ValueError("--cookie-on-stdin: the webvpn cookie is empty or not valid")
+        return value
     raise ValueError(
         "--cookie-on-stdin: expected webvpn=<cookie> on standard input (as openconnect "
         "--authenticate prints COOKIE)"
@@ -184,8 +258,18 @@ class LoginInput(NamedTuple):
 
 def read_login(args: argparse.Namespace) -> LoginInput:
     """Read (as root) and check every login option; ValueError names the bad one."""
-    if args.cookie_on_stdin and (args.passwd_on_stdin or args.authenticate):
-        other = "--passwd-on-stdin" if args.passwd_on_stdin else "--authenticate"
+    if args.cookie_on_stdin and (
+        args.passwd_on_stdin or args.authenticate or args.cookieonly or args.cookie is not None
+    ):
+        other = (
+            "--passwd-on-stdin"
+            if args.passwd_on_stdin
+            else "--authenticate"
+            if args.authenticate
+            else "--cookieonly"
+            if args.cookieonly
+            else "-C/--cookie"
+        )
         raise ValueError(f"--cookie-on-stdin and {other} cannot go together")
     if args.user is not None and (_XML_FORBIDDEN.search(args.user) or len(args.user) > 256):
         raise ValueError("--user: at most 256 characters, without control characters")

@@ -14,17 +14,23 @@ import dataclasses
 import grp
 import os
 import pwd
+import re
 import socket
 import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sepconnect.cli import UsageError
+from sepconnect.cli import DEFAULT_AUDIT_LOG, DEFAULT_SESSION_LOG, DEFAULT_STATE_DIR, UsageError
+from sepconnect.ipc.limits import LOCAL_HOSTNAME
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
 
 if TYPE_CHECKING:
+    import ipaddress
+
+    from sepconnect.background import TunnelUpHooks
+    from sepconnect.client_cert import ClientCertFiles
     from sepconnect.credentials import LoginInput
     from sepconnect.ipc.worker_messages import Start
 
@@ -51,6 +57,7 @@ def run(
     audit_fd: int | None,
     start_message: Callable[[], Start],
     login: LoginInput,
+    hooks: TunnelUpHooks | None,
 ) -> ExitCode:
     """The session as the supervisor; its exit code."""
     name, uid, gid = account
@@ -73,7 +80,7 @@ def run(
         session_audit.configure(audit_fd)
     from sepconnect.credentials import answer_sources
     from sepconnect.supervisor.helper_client import HelperClient
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
+    from sepconnect.supervisor.main import QUIET, VERBOSITY, Options, Supervisor, log
 
     if args.verbose:
         log(f"running as {name} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
@@ -96,10 +103,15 @@ def run(
             cookie=login.cookie,
         )
         VERBOSITY[0] = args.verbose
+        QUIET[0] = args.quiet
         supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
+        if hooks is not None:  # -b, --pid-file, --syslog
+            supervisor.notifier.on_ready = hooks.tunnel_up
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
+        if hooks is not None:
+            hooks.session_ended()
         if first_worker is not None:  # we failed before the supervisor took it
             first_worker[1].close()  # the spawner kills it when we close its channel
         spawner.close()  # the spawner exits, killing any worker still there
@@ -134,6 +146,9 @@ def split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, in
             ("--no-routes", args.no_routes),
             ("--interface", args.interface is not None),
             ("--helper-user", args.helper_user is not None),
+            ("--dns-backend", args.dns_backend != "auto"),
+            ("--audit-log", args.audit_log != DEFAULT_AUDIT_LOG),
+            ("--state-dir", args.state_dir != DEFAULT_STATE_DIR),
         )
         if given
     ]
@@ -141,6 +156,11 @@ def split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, in
         raise UsageError(
             f"--helper-socket: {', '.join(privileged)} belong(s) to the helper's own "
             "configuration (its unit's command line), not to the unprivileged session"
+        )
+    if args.session_log != DEFAULT_SESSION_LOG:
+        raise UsageError(
+            "--helper-socket: --session-log is not used: the unprivileged session's events "
+            "go to the journal"
         )
     uid, gid = os.getuid(), os.getgid()
     try:
@@ -158,3 +178,46 @@ def connect_helper(path: str) -> socket.socket:
         sock.close()
         raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
     return sock
+
+
+def start_message(
+    args: argparse.Namespace,
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    cafile_pem: bytes | None,
+    client_files: ClientCertFiles,
+    *,
+    authenticate: bool = False,
+) -> Start:
+    """The worker's Start: built after the drop (launcher/cli.py), from what root read."""
+    from sepconnect.ipc.worker_messages import Start
+
+    return Start(
+        proto=1,
+        url=args.url,
+        server_address=server_address,
+        servercerts=tuple(args.servercert or ()),
+        cafile_pem=cafile_pem,
+        system_trust=not args.no_system_trust,
+        client_cert=client_files.cert,
+        client_key=client_files.key,
+        key_password=client_files.password,
+        base_mtu=args.base_mtu,
+        mtu=args.mtu,
+        disable_ipv6=args.disable_ipv6,
+        no_dtls=args.no_dtls,
+        dtls_ciphers=args.dtls_ciphers,
+        dtls12_ciphers=args.dtls12_ciphers,
+        hostname=args.local_hostname or _default_hostname(),
+        verbose=min(args.verbose, 4),
+        authenticate=authenticate,
+        user_agent=args.useragent,
+        version_string=args.version_string,
+        platform=args.os,
+    )
+
+
+def _default_hostname() -> str:
+    """X-CSTP-Hostname without --local-hostname: our host name's first label, when it is
+    one the server takes (limits.LOCAL_HOSTNAME), else "localhost" (openconnect's default)."""
+    label = socket.gethostname().split(".")[0][:63]
+    return label if re.fullmatch(LOCAL_HOSTNAME, label) else "localhost"

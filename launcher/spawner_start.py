@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from sepconnect.ipc.wire import socketpair
 from sepconnect.process import privileges, programs
 
 WORKER_ACCOUNT: Final = "sepconnect-worker"
@@ -115,8 +114,9 @@ def start_spawner(
         os.setresuid(account.uid, account.uid, account.uid)
         privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
 
-    ours, theirs = socketpair()
-    worker_ours, worker_theirs = socketpair()
+    # Plain socket calls: the codec (ipc/wire.py) is none of the root phase's code.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker_ours, worker_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     argv = [
         *programs.program("sepconnect-spawner", "sepconnect.spawner"),
         "--fd",

@@ -232,6 +232,15 @@ class RootDns:
         return {}  # the root runner keeps its own (process/statefile.py)
 
 
+def backend(name: BackendName, ifname: str, ifindex: int, root: RunnerClient | None) -> Backend:
+    """The session's backend ``name`` (not ``none``) for the tun ``ifname``."""
+    if name == "resolved":
+        return Resolved(ifindex)
+    if root is None:
+        raise Refusal(f"the {name} DNS backend needs the root runner")
+    return RootDns(name, ifname, root)
+
+
 # ---------------------------------------------------------------------------
 
 

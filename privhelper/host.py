@@ -22,13 +22,12 @@ for them. Two modes:
   here too (neither configures the tunnel), a failing ``disconnect`` keeps the
   state file for the next start.
 
-:func:`recover` undoes what crashed helpers left behind (bypass routes, nft tables).
+What crashed helpers left behind is undone at start-up by recovery.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -36,26 +35,20 @@ from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.netconf import (
     METRIC,
-    RTPROT_SEPCONNECT,
-    DelRoute,
-    KernelError,
     Netlink,
     Router,
     SetMtu,
     competing,
     is_tun_route,
-    route_from_record,
     route_record,
 )
 from sepconnect.privhelper.policy import Address, Network, Refusal, check_kill_switch_excludes
-from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process import statefile
-from sepconnect.process.journal import Result
 
 if TYPE_CHECKING:
-    from sepconnect.ipc.runner_messages import Ran
     from sepconnect.privhelper.dns import Backend, BackendName
+    from sepconnect.privhelper.script import Script
     from sepconnect.process.runner import RunnerClient
 
 STATE_PREFIX = "helper"
@@ -97,11 +90,13 @@ class Helper:
         self.dns: Backend | None = None
         self.table: str | None = None
         self.gateway: Address | None = None
-        self.script_wanted: NetworkConfig | None = None
-        """What the script last configured (``connect`` ran for it), until ``disconnect``."""
+        self.script: Script | None = None
+        if options.script is not None:
+            from sepconnect.privhelper.script import Script
+
+            self.script = Script(root, audit, options.log_level)
         self.undo_errors: list[str] = []
         """What could not be undone; the cleanup keeps the state file for the next start."""
-        self.vpnpid = 0
         self.state = None
         if options.state_dir is not None:
             self.state = statefile.StateFile(options.state_dir, STATE_PREFIX)
@@ -109,11 +104,10 @@ class Helper:
     # -- the policy's operations -------------------------------------------------------
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
-        if self.audit.sender is not None:
-            self.vpnpid = self.audit.sender[0]
-        if self.options.script is not None:
-            named = self.options.ifname if self.options.named else None
-            self._script("pre-init", None, named)
+        if self.script is not None:
+            if self.audit.sender is not None:
+                self.script.vpnpid = self.audit.sender[0]
+            self.script.run("pre-init", None, self.options.ifname if self.options.named else None)
         try:
             tun = open_tun(self.options.ifname, vnet_hdr=vnet_hdr)
         except OSError as exc:
@@ -127,7 +121,10 @@ class Helper:
             raise
         self.tun = tun
         self.router = Router(self.netlink, ifindex, mtu)
-        self.dns = self._dns_backend(tun.name, ifindex)
+        if self.options.dns_backend != "none":
+            from sepconnect.privhelper import dns
+
+            self.dns = dns.backend(self.options.dns_backend, tun.name, ifindex, self.root)
         self._save(ifname=tun.name)
         return tun.name, ifindex, fd
 
@@ -136,17 +133,10 @@ class Helper:
             raise Refusal("no tun")
         if self.options.fail_closed:
             check_kill_switch_excludes(wanted, self.options.allow_exclude)
-        if self.options.script is not None:
-            from sepconnect.privhelper.script import check_script_env
-
-            check_script_env(
-                wanted,
-                ifname=self.tun.name,
-                vpnpid=self.vpnpid,
-                log_level=self.options.log_level,
-            )
+        if self.script is not None:
+            self.script.check(wanted, self.tun.name)
         left_out: dict[Network, str] = {}
-        if self.options.script is None and not self.options.no_routes:
+        if self.script is None and not self.options.no_routes:
             # An exclude the host cannot route outside the tunnel stays in it; the
             # kill switch then treats it as not excluded.
             wanted, left_out = self.router.routable(wanted)
@@ -159,18 +149,8 @@ class Helper:
             self.table = firewall.apply(self.nft, self.tun.name, wanted, self.audit)
             if first:
                 self._save(firewall=self.table)
-        if self.options.script is not None:
-            if wanted != self.script_wanted:
-                self._script_disconnect()
-                self.script_wanted = wanted
-                ran = self._script("connect", wanted, self.tun.name)
-                if ran.status != 0:
-                    # It may have done part of its work: undone now, as at teardown.
-                    undone = self._script_disconnect()
-                    raise Refusal(
-                        f"vpnc-script connect failed: {ran.note or ran.status}; "
-                        + ("disconnect run" if undone else "disconnect failed too")
-                    )
+        if self.script is not None:
+            self.script.connect(wanted, self.tun.name, self.undo_errors)
             return left_out
         routed = wanted
         if self.options.no_routes:
@@ -194,11 +174,8 @@ class Helper:
         return left_out
 
     def script_event(self, reason: str) -> None:
-        if self.options.script is None or self.script_wanted is None or self.tun is None:
-            return
-        ran = self._script(reason, self.script_wanted, self.tun.name)
-        if ran.status != 0 and reason == "reconnect":
-            raise Refusal(f"vpnc-script reconnect failed: {ran.note or ran.status}")
+        if self.script is not None and self.tun is not None:
+            self.script.event(reason, self.tun.name)
 
     def teardown(self) -> None:
         self.cleanup()
@@ -206,7 +183,8 @@ class Helper:
     def cleanup(self) -> None:
         """Remove what we installed, then close the tun (the device disappears). Idempotent;
         the state file stays if anything could not be undone, now or before."""
-        self._script_disconnect()  # before the tun goes; a failure joins undo_errors
+        if self.script is not None and self.tun is not None:  # before the tun goes
+            self.script.disconnect(self.tun.name, self.undo_errors)
         errors: list[str] = []
         if self.dns is not None:
             errors += self.dns.revert()
@@ -234,53 +212,6 @@ class Helper:
 
     # -- parts ---------------------------------------------------------------------------
 
-    def _dns_backend(self, ifname: str, ifindex: int) -> Backend | None:
-        backend = self.options.dns_backend
-        if backend == "none":
-            return None
-        from sepconnect.privhelper import dns
-
-        if backend == "resolved":
-            return dns.Resolved(ifindex)
-        if self.root is None:
-            raise Refusal(f"the {backend} DNS backend needs the root runner")
-        return dns.RootDns(backend, ifname, self.root)
-
-    def _script(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
-        from sepconnect.ipc.runner_messages import RunScript
-        from sepconnect.privhelper.script import encode_env, script_env
-
-        if self.root is None:
-            raise Refusal("vpnc-script: no root runner")
-        env = script_env(
-            reason,
-            ifname=ifname,
-            vpnpid=self.vpnpid,
-            log_level=self.options.log_level,
-            wanted=wanted,
-        )
-        ran = self.root.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
-        ignored = ran.status != 0 and reason in ("pre-init", "attempt-reconnect")
-        self.audit.record(
-            "script",
-            "ok" if ran.status == 0 else "info",
-            ran.note + (" (ignored, as openconnect does)" if ignored else ""),
-            {"reason": reason, "status": ran.status, "tundev": ifname},
-        )
-        return ran
-
-    def _script_disconnect(self) -> bool:
-        """``disconnect`` for what the script configured, if anything; False if it failed
-        (kept in :attr:`undo_errors`)."""
-        if self.script_wanted is None or self.tun is None:
-            return True
-        ran = self._script("disconnect", self.script_wanted, self.tun.name)
-        self.script_wanted = None
-        if ran.status != 0:
-            self.undo_errors.append(f"vpnc-script disconnect: {ran.note or ran.status}")
-            return False
-        return True
-
     def _bypass_records(self) -> list[dict[str, Any]]:
         if self.router is None:
             return []
@@ -297,47 +228,3 @@ class Helper:
             self.state.write(**changes)
         except OSError as exc:
             self.audit.record("state", "info", f"cannot write {self.state.path}: {exc}")
-
-
-def recover(
-    stale: list[tuple[str, dict[str, Any]]],
-    netlink: Netlink,
-    nft: RunnerClient | None,
-    audit: _audit.Audit,
-) -> None:
-    """Undo what crashed helpers left behind; one ``recover`` audit record per step.
-
-    (What a root runner changed, the next root runner undoes: rootrunner/main.py.)
-    """
-    for path, data in stale:
-        who = {"pid": data.get("pid"), "ifname": str(data.get("ifname", ""))[:15]}
-
-        def note(result: Result, what: str) -> None:
-            audit.record("recover", result, what[:500], dict(who))  # noqa: B023
-
-        ok = True
-        for record in data.get("bypass", []) if isinstance(data.get("bypass"), list) else []:
-            route = route_from_record(record)
-            if route is None:
-                continue
-            try:
-                netlink.apply(DelRoute(route), 0)
-                note(
-                    "ok",
-                    f"deleted stale route {route} (proto {RTPROT_SEPCONNECT}, "
-                    f"metric {METRIC}, table {RT_TABLE_MAIN})",
-                )
-            except KernelError as exc:
-                if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                    ok = False
-                    note("info", f"stale route {route}: {exc}")
-        table = data.get("firewall")
-        if isinstance(table, str):
-            from sepconnect.privhelper import firewall
-
-            ok = firewall.recover(nft, table, note) and ok
-        if ok:
-            try:
-                os.unlink(path)
-            except OSError as exc:
-                note("info", f"cannot remove {path}: {exc}")

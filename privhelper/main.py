@@ -5,7 +5,7 @@ Started by the launcher (root) as::
     python3 -I -m sepconnect.privhelper --fd N --peer-uid UID [--uid UID --gid GID]
             [--interface NAME] [--audit-log PATH] [--state-dir DIR]
             [--no-routes] [--dns-backend auto|resolved|resolvconf|file|none]
-            [--fail-closed] [--script PATH] [--log-level N]
+            [--fail-closed] [--script PATH [--script-arg=ARG]...] [--log-level N]
 
 fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
 belongs to the supervisor (running as UID). Started as root, the helper becomes
@@ -25,7 +25,7 @@ filter: the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvc
 and the nft runner (nft.py: ``--fail-closed``). The helper itself never forks or
 execs; its filter keeps execve/fork on NEVER. Before the filter, main creates the
 state directory and reads the state of crashed sessions; it undoes them
-(host.recover) once the netlink socket is open.
+(recovery.py, loaded only then) once the netlink socket is open.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options, recover
+from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import (
     Host,
@@ -248,6 +248,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --fail-closed: a prefix a server may exclude beyond private space",
     )
     parser.add_argument("--script", type=_path, default=None, help="vpnc-script, run as root")
+    parser.add_argument(
+        "--script-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for the vpnc-script (repeatable, in order; give it as --script-arg=ARG)",
+    )
     parser.add_argument("--log-level", type=int, choices=range(5), default=0)
     parser.add_argument(
         "--allow-weak-sandbox",
@@ -316,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
+    if args.script_arg:  # -s with arguments (imported only then: the trusted base)
+        from sepconnect.ipc.script_env import check_script_args
+
+        if args.script is None:
+            return _fail("--script-arg without --script")
+        try:
+            check_script_args(args.script_arg)
+        except ValueError as exc:
+            return _fail(f"--script-arg: {exc}")
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
@@ -370,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fail_closed": int(args.fail_closed),
         "allow_exclude": [str(p) for p in args.allow_exclude],
         "script": args.script,
+        "script_args": list(args.script_arg),
         "root_runner": None if root is None else root.proc.pid,
         "nft_runner": None if nft_runner is None else nft_runner.proc.pid,
     }
@@ -389,7 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             selftest.run(os.environ[SELFTEST_ENV], args.state_dir)
         netlink = Netlink(ipr)
-        recover(stale, netlink, nft_runner, audit)
+        if stale:
+            from sepconnect.privhelper.recovery import recover
+
+            recover(stale, netlink, nft_runner, audit)
         options = Options(
             ifname=args.interface or DEFAULT_TEMPLATE,
             named=args.interface is not None,

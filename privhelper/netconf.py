@@ -419,22 +419,6 @@ def route_record(route: Route) -> dict[str, str | int | None]:
     }
 
 
-def route_from_record(record: object) -> Route | None:
-    """The route a state file names, or None if the record is not a valid one."""
-    if not isinstance(record, dict):
-        return None
-    try:
-        dst = ipaddress.ip_network(str(record["dst"]))
-        oif = record["oif"]
-        gw = record.get("gateway")
-        gateway = None if gw is None else ipaddress.ip_address(str(gw))
-    except (KeyError, ValueError):
-        return None
-    if not isinstance(oif, int) or oif <= 0 or dst.prefixlen == 0:
-        return None
-    return Route(dst, oif, gateway)
-
-
 def competing(ipr: IPRoute, route: Route) -> list[str]:
     """Other routes in table main with the same prefix and a metric not above ours."""
     found: list[str] = []

@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV
+from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV, Ran, RunScript
 from sepconnect.ipc.script_env import check_env
 from sepconnect.privhelper.policy import Network, Refusal, full_tunnel
+
+if TYPE_CHECKING:
+    from sepconnect.privhelper.audit import Audit
+    from sepconnect.process.runner import RunnerClient
 
 MAX_SCRIPT_DNS = 3  # as openconnect
 SESSION_REASONS = ("connect", "attempt-reconnect", "reconnect", "disconnect")
@@ -146,3 +151,72 @@ def check_script_env(wanted: NetworkConfig, *, ifname: str, vpnpid: int, log_lev
             check_env(blob)
         except ValueError as exc:
             raise Refusal(f"the vpnc-script environment for this configuration: {exc}") from None
+
+
+class Script:
+    """The session's runs of the vpnc-script (``--script``), through the root runner
+    (host.Helper's script mode; the rules are in host.py's docstring)."""
+
+    def __init__(self, root: RunnerClient | None, audit: Audit, log_level: int) -> None:
+        self.root = root
+        self.audit = audit
+        self.log_level = log_level
+        self.vpnpid = 0
+        """The supervisor's pid (CreateTun's SCM_CREDENTIALS)."""
+        self.wanted: NetworkConfig | None = None
+        """What the script last configured (``connect`` ran for it), until ``disconnect``."""
+
+    def check(self, wanted: NetworkConfig, ifname: str) -> None:
+        check_script_env(wanted, ifname=ifname, vpnpid=self.vpnpid, log_level=self.log_level)
+
+    def run(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
+        if self.root is None:
+            raise Refusal("vpnc-script: no root runner")
+        env = script_env(
+            reason, ifname=ifname, vpnpid=self.vpnpid, log_level=self.log_level, wanted=wanted
+        )
+        ran = self.root.call(RunScript(reason=reason, env=encode_env(env)))  # type: ignore[arg-type]
+        ignored = ran.status != 0 and reason in ("pre-init", "attempt-reconnect")
+        self.audit.record(
+            "script",
+            "ok" if ran.status == 0 else "info",
+            ran.note + (" (ignored, as openconnect does)" if ignored else ""),
+            {"reason": reason, "status": ran.status, "tundev": ifname},
+        )
+        return ran
+
+    def connect(self, wanted: NetworkConfig, ifname: str, undo_errors: list[str]) -> None:
+        """``connect`` for ``wanted`` unless the script configured it already (after
+        ``disconnect`` for what it configured before); Refusal if it fails."""
+        if wanted == self.wanted:
+            return
+        self.disconnect(ifname, undo_errors)
+        self.wanted = wanted
+        ran = self.run("connect", wanted, ifname)
+        if ran.status != 0:
+            # It may have done part of its work: undone now, as at teardown.
+            undone = self.disconnect(ifname, undo_errors)
+            raise Refusal(
+                f"vpnc-script connect failed: {ran.note or ran.status}; "
+                + ("disconnect run" if undone else "disconnect failed too")
+            )
+
+    def event(self, reason: str, ifname: str) -> None:
+        """A ScriptEvent; Refusal if a ``reconnect`` run fails."""
+        if self.wanted is None:
+            return
+        ran = self.run(reason, self.wanted, ifname)
+        if ran.status != 0 and reason == "reconnect":
+            raise Refusal(f"vpnc-script reconnect failed: {ran.note or ran.status}")
+
+    def disconnect(self, ifname: str, undo_errors: list[str]) -> bool:
+        """``disconnect`` for what the script configured, if anything; False if it failed
+        (kept in ``undo_errors``)."""
+        if self.wanted is None:
+            return True
+        ran = self.run("disconnect", self.wanted, ifname)
+        self.wanted = None
+        if ran.status != 0:
+            undo_errors.append(f"vpnc-script disconnect: {ran.note or ran.status}")
+            return False
+        return True

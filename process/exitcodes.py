@@ -7,6 +7,7 @@ supervisor maps each kind to its code here.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class ExitCode(enum.IntEnum):
@@ -44,3 +45,20 @@ FAILURE_KINDS: dict[str, ExitCode] = {
     "tun_lost": ExitCode.ERROR,  # the tun device was deleted from outside the session
     "client_cert": ExitCode.USAGE,  # our certificate or key cannot be loaded (wrong password)
 }
+
+
+PERMANENT: Final = frozenset(
+    {
+        ExitCode.USAGE,
+        ExitCode.AUTH_FAILED,
+        ExitCode.ACCOUNT_LOCKED,
+        ExitCode.UNKNOWN_GROUP,
+        ExitCode.CERT_INVALID,
+        ExitCode.COOKIE_REJECTED,
+        ExitCode.NEED_INPUT,
+    }
+)
+"""Failures that starting again cannot fix, and that a retried login can make worse (a
+wrong password counts against the account): the units' ``RestartPreventExitStatus=``.
+The others (an internal error, an unreachable or misbehaving server, the helper refusing
+a configuration, a crash loop) may pass, and the units restart after them."""

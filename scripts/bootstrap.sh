@@ -16,11 +16,12 @@ venv=${SEPCONNECT_VENV:-/opt/sepconnect-venv}
 packages=(python3 python3-venv ocserv openconnect iperf3 gnutls-bin openssl iproute2 nftables iputils-ping procps
   libseccomp2 make selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
   policycoreutils systemd
-  vpnc-scripts dbus-daemon polkitd util-linux passwd strace softhsm2 opensc \
+  vpnc-scripts dbus-daemon polkitd util-linux passwd acl strace softhsm2 opensc \
   libengine-pkcs11-openssl)
 # vpnc-scripts: the real Debian vpnc-script for --script tests; dbus-daemon and polkitd:
 # a private system bus with polkit for the systemd-resolved DNS test; util-linux:
-# unshare/nsenter/setpriv; passwd: useradd --prefix for scripts/install-system.sh;
+# unshare/nsenter/setpriv; passwd: useradd --prefix for scripts/install-system.sh; acl:
+# setfacl, to give a credential file the ACL systemd >= 254 gives LoadCredential= files;
 # strace: which modules the privileged processes load (tests/integration/test_code_budget.py).
 # softhsm2 (a PKCS#11 token in files), opensc (pkcs11-tool) and libengine-pkcs11-openssl: the
 # test that shows why a key in a token cannot reach our TLS library (docs/usage.md).

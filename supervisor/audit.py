@@ -8,9 +8,10 @@ O_APPEND fd does not stop ftruncate, so a supervisor holding one could erase or 
 the helper's records. These events are only as trustworthy as the supervisor.
 
 Events: ``connect``, ``disconnect``, ``auth_failure``, ``worker_crash``,
-``control_refused`` (and whatever later code records with :func:`event`). A record
-never carries a secret: callers pass the arguments explicitly, and :func:`event`
-refuses the argument names that could hold one (a cookie, a password, a key).
+``unusable_config``, ``login_banner``, ``control_refused`` (and whatever later code records with
+:func:`event`). A record never carries a secret: callers pass the arguments
+explicitly, and :func:`event` refuses the argument names that could hold one (a cookie,
+a password, a key).
 """
 
 from __future__ import annotations

@@ -97,9 +97,12 @@ from sepconnect.supervisor.session import (
 from sepconnect.supervisor.terminal import Terminal
 
 VERBOSITY = [0]  # set by the launcher before the supervisor starts
+QUIET = [False]  # -q/--quiet: failures only; set by the launcher
 
 
-def log(text: str) -> None:
+def log(text: str, *, error: bool = True) -> None:
+    if QUIET[0] and not error:
+        return
     print(f"sepconnect: {text}", file=sys.stderr, flush=True)
 
 
@@ -195,7 +198,7 @@ class Supervisor:
             Reply: self._reply,
             Notify: lambda action: self.notifier.notify(**action.fields),
             Audit: self._audit,
-            Log: lambda action: log(action.text),
+            Log: lambda action: log(action.text, error=action.error),
             Exit: self._exit,
         }
 

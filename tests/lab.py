@@ -122,6 +122,9 @@ class OcservOptions:
     # with "certificate": the user's groups are the certificate's OUs (cert-group-oid);
     # with "plain" too, ocserv then wants the password file's group among them
     cert_groups: bool = False
+    # ocserv's -d (stderr log level): 3 debug; 4 adds each HTTP header it reads (the
+    # cookie censored) and the login's POST bodies (with the lab's passwords)
+    debug: int = 3
     # raw extra lines; a "key = value" line replaces the lab's own line for that key,
     # except for the keys that may repeat (route, dns, ...), which are added to.
     extra: tuple[str, ...] = ()
@@ -177,7 +180,7 @@ def ocserv_config(options: OcservOptions, workdir: str) -> str:
         ("deny-roaming", "false"),
         ("rekey-time", str(options.rekey_time)),
         ("rekey-method", options.rekey_method),
-        ("log-level", "3"),  # "debug"; 4 adds HTTP, 8 would log passwords
+        ("log-level", str(options.debug)),  # as -d (OcservOptions.debug)
         ("device", "vpns"),
         ("predictable-ips", "true"),  # a user keeps its address across sessions
         ("ping-leases", "false"),
@@ -781,7 +784,15 @@ route add {self.pool6} via {self.server_target_ip6}
         with open(Path(self.workdir, "ocserv.log"), "ab") as log:
             # -f: stay in the foreground (we hold the main pid); -d: log to stderr
             self._ocserv = self._spawn(
-                self.server_ns, "ocserv", "-f", "-d", "3", "-c", conf, stdout=log, stderr=log
+                self.server_ns,
+                "ocserv",
+                "-f",
+                "-d",
+                str(self.options.debug),
+                "-c",
+                conf,
+                stdout=log,
+                stderr=log,
             )
         occtl_sock = Path(self.workdir, "occtl.sock")
         listen = f"{self.server_ip}:{self.port}"
@@ -868,6 +879,35 @@ route add {self.pool6} via {self.server_target_ip6}
         """Run ``argv`` inside namespace ``ns`` and capture stdout/stderr. A non-zero
         exit raises LabCommandError (with stderr) when ``check``."""
         return _run(["ip", "netns", "exec", ns, *argv], timeout=timeout, check=check, input=input)
+
+    def iperf(
+        self,
+        *args: str,
+        target: str | None = None,
+        seconds: float = 2,
+        prefix: tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], float]:
+        """One ``iperf3 -c`` run from the client namespace to ``target`` (default: the
+        target's IPv4 address): its JSON report and how long it took, not counting the
+        attempts a server still winding down an earlier test turned away ("busy"). An
+        iperf3 error raises AssertionError with iperf3's message; a run that overruns
+        ``timeout`` (default ``seconds`` + 30) raises subprocess.TimeoutExpired."""
+        for _ in range(10):
+            started = time.monotonic()
+            out = self.run_in(
+                self.client_ns, *prefix, "iperf3", "-c", target or self.target_ip,
+                "-t", f"{seconds:g}", "-J", "--connect-timeout", "3000", *args, check=False,
+                timeout=seconds + 30 if timeout is None else timeout,
+            )  # fmt: skip
+            result: dict[str, Any] = json.loads(out.stdout or b"{}")
+            if "busy" not in result.get("error", ""):
+                break
+            time.sleep(1)  # the server still winds down an earlier test (--idle-timeout)
+        if "error" in result or "end" not in result:
+            error = result.get("error", out.stderr.decode(errors="replace")[-300:])
+            raise AssertionError(f"iperf3 {' '.join(args)} failed: {error}")
+        return result, time.monotonic() - started
 
     def popen_in(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``ns`` in its own process group (stdin defaults to

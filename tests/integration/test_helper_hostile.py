@@ -264,6 +264,13 @@ CASES = [
     Case("route_multicast", _refused(routes=["224.0.0.0/4"]), "refused", "multicast"),
     Case("route_linklocal6", _refused(routes=["fe80::/10"]), "refused", "link-local"),
     Case("route_gateway_itself", _refused(routes=["198.19.200.7/32"]), "refused", "own packets"),
+    # F4: overlapping a forbidden range is enough, and the route the kernel adds for an
+    # address's subnet is checked like any other
+    Case("route_over_metadata", _refused(routes=["169.254.0.0/15"]), "refused", "overlapping"),
+    Case("route_over_multicast", _refused(routes=["224.0.0.0/3"]), "refused", "overlapping"),
+    Case("route_over_linklocal6", _refused(routes=["fe80::/9"]), "refused", "overlapping"),
+    Case("address_half_internet", _refused(ipv4="10.8.0.2/1"), "refused", "shorter than /8"),
+    Case("address_subnet_linklocal", _refused(ipv4="169.255.0.2/15"), "refused", "link-local"),
     # F2: the gateway is the one hello named; a bypass for any other address is refused
     Case("gateway_other", _refused(gateway="10.20.30.40"), "refused", "not the VPN server's"),
     Case("gateway_in_tunnel", _refused(gateway="198.18.10.9"), "refused", "not the VPN server's"),

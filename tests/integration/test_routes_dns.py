@@ -86,7 +86,8 @@ def install_step(tmp: Path) -> Path:
     run("useradd", "--prefix", str(prefix), "--system", "--user-group", "--no-create-home",
         "--home-dir", "/run/systemd", "--shell", "/usr/sbin/nologin",
         "systemd-resolve")  # fmt: skip
-    run(str(REPO / "scripts" / "install-system.sh"), "--prefix", str(prefix))
+    venv = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
+    run(str(REPO / "scripts" / "install-system.sh"), "--prefix", str(prefix), "--venv", venv)
     return prefix
 
 
@@ -595,6 +596,7 @@ def test_end_to_end_dns_in_the_lab_client_only(lab_factory: Any) -> None:
         lab.client_ns, f"{VENV}/bin/sepconnect", "connect", "--passwd-on-stdin", "--user", "test",
         "--audit-log", str(audit), "--servercert", lab.server_cert_pin, "--dns-backend", "file",
         "--session-log", str(Path(lab.workdir, "session.jsonl")),
+        "--control-socket", str(Path(lab.workdir, "ctl", "control.sock")),
         "--state-dir", str(Path(lab.workdir, "state")), lab.url,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -9,6 +9,7 @@ a process with the worker's uid and no sandbox at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -348,3 +349,127 @@ def test_split_mode_needs_the_spawner_socket(lab: Lab) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert b"--helper-socket needs --spawner-socket" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--dns-backend", "file"), b"--dns-backend belong(s) to the helper's own configuration"),
+        (("--audit-log", "/tmp/x.jsonl"), b"--audit-log belong(s) to the helper's own"),
+        (("--state-dir", "/tmp/x"), b"--state-dir belong(s) to the helper's own"),
+        (("--session-log", "/tmp/x.jsonl"), b"--session-log is not used: the unprivileged "
+         b"session's events go to the journal"),
+    ],
+)  # fmt: skip
+def test_split_mode_refuses_what_only_the_helpers_unit_can_honour(
+    lab: Lab, option: tuple[str, str], message: bytes
+) -> None:
+    """Issue 14, item 7: these were silently ignored under --helper-socket (the helper's
+    unit has its own DNS backend, audit log and state directory)."""
+    result = lab.run_in(
+        lab.client_ns, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        SEPCONNECT, "connect", "--helper-socket", "/nonexistent",
+        "--spawner-socket", "/nonexistent", *option, lab.url,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"sepconnect: --helper-socket: " + message)
+    assert result.stderr.count(b"\n") == 1, result.stderr
+
+
+def _systemd_credential(directory: Path, uid: int, secret: str) -> str:
+    """What systemd >= 254 makes of LoadCredential=password:FILE for a service running as
+    *uid*: a directory and a file of root's, 0500 and 0440, each with a real ACL entry
+    (setfacl) that lets *uid* in and read; $CREDENTIALS_DIRECTORY names the directory."""
+    directory.mkdir(mode=0o500)
+    path = directory / "password"
+    path.write_text(secret)
+    path.chmod(0o440)
+    subprocess.run(["setfacl", "-m", f"u:{uid}:r", str(path)], check=True)
+    subprocess.run(["setfacl", "-m", f"u:{uid}:rx", str(directory)], check=True)
+    return str(path)
+
+
+@pytest.fixture
+def unit_runtime_dir() -> Iterator[tuple[str, Path]]:
+    """RuntimeDirectory=sepconnect/%i of the session unit, for a NAME of this test's own:
+    /run/sepconnect/NAME, the service account's (removed afterwards, and /run/sepconnect
+    too if the test made it)."""
+    import secrets
+
+    name = f"test-{secrets.token_hex(4)}"
+    parent = Path("/run/sepconnect")
+    made_parent = not parent.exists()
+    parent.mkdir(mode=0o755, exist_ok=True)
+    runtime = parent / name
+    runtime.mkdir(mode=0o755)
+    os.chown(runtime, NOBODY, NOBODY)
+    try:
+        yield name, runtime
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def test_the_session_unit_from_a_config_file_and_a_systemd_credential(
+    lab: Lab, unit_runtime_dir: tuple[str, Path]
+) -> None:
+    """Issue 14, items 5 and 7: the session as sepconnect-session@NAME.service starts it:
+    options from a root-owned config file in openconnect's syntax, the password from a
+    credential shaped as systemd >= 254 delivers it (root's 0440 plus a user ACL, which
+    the 0600-or-stricter rule refused), read by the unprivileged service account; then
+    `sepconnect status NAME` and `sepconnect disconnect NAME` find its control socket."""
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl not installed (scripts/bootstrap.sh installs acl)")
+    name, runtime = unit_runtime_dir
+    work = Path(lab.workdir)
+    conf = work / f"{name}.conf"
+    conf.write_text(
+        f"# /etc/sepconnect/{name}.conf\nserver {lab.url}\nuser = test\n"
+        f"servercert {lab.server_cert_pin}\nreconnect-timeout 30\n"
+    )
+    conf.chmod(0o644)
+    creds = work / "credentials"
+    password = _systemd_credential(creds, NOBODY, "test123\n")
+    audit = helper_logs(lab, "helper") / "audit.jsonl"
+    helper = listen_helper(lab, "helper", audit)
+    spawner = listen(lab, "spawner", [
+        *AS_WORKER_ACCOUNT, f"{VENV}/bin/sepconnect-spawner", "--fd", "3",
+        "--peer-uid", str(NOBODY),
+    ])  # fmt: skip
+    session = lab.popen_in(
+        lab.client_ns, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--bounding-set=-all",
+        SEPCONNECT, "connect", "--config", str(conf), "--helper-socket", str(helper.socket),
+        "--spawner-socket", str(spawner.socket), "--credentials-file", password,
+        "--control-socket", str(runtime / "control.sock"),
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)},
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        def up() -> dict[str, object] | None:
+            if session.poll() is not None:
+                raise AssertionError(f"exit {session.returncode}: {session.communicate()[1]!r}")
+            return lab.client_tun()
+
+        lab.wait_for("the tunnel", up, timeout=20)
+        assert _ping(lab, lab.target_ip).returncode == 0
+        status = json.loads(lab.run_in(lab.client_ns, SEPCONNECT, "status", name, "--json").stdout)
+        assert status["state"] == "connected"
+        lab.run_in(lab.client_ns, SEPCONNECT, "disconnect", name)
+        _, err = session.communicate(timeout=20)
+        assert session.returncode == 0, err.decode()
+        assert lab.client_tun() is None
+    finally:
+        if session.poll() is None:
+            session.send_signal(signal.SIGINT)
+            session.communicate(timeout=20)
+        for listening in (helper, spawner):
+            try:
+                listening.acceptor.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # the session failed before it connected
+                listening.acceptor.kill()
+                listening.acceptor.communicate()

@@ -5,9 +5,8 @@ checksum-error counters stay at zero)."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,13 +35,24 @@ def _stats(lab: Lab, ifname: str) -> dict[str, Any]:
     return dict(link["stats64"])
 
 
+@pytest.fixture
+def start(offload_lab: Lab) -> Iterator[Callable[..., Client]]:
+    """Clients of this test, stopped at its end however it ends: the lab outlives the
+    test, and a session left running would hold the tunnel's routes for the next one."""
+    clients: list[Client] = []
+
+    def make(*args: str) -> Client:
+        clients.append(Client(offload_lab, *args))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        if client.proc.poll() is None:
+            client.stop()
+
+
 def _iperf(lab: Lab, target: str, *extra: str) -> int:
-    out = lab.run_in(
-        lab.client_ns,
-        "iperf3", "-c", target, "-t", "2", "-J", "--connect-timeout", "3000", *extra,
-        timeout=30,
-    )  # fmt: skip
-    report = json.loads(out.stdout)
+    report, _ = lab.iperf(*extra, target=target)
     received = int(report["end"]["sum_received"]["bytes"])
     assert received > 1_000_000, report["end"]
     return received
@@ -56,10 +66,10 @@ def _tun_flags(lab: Lab, ifname: str) -> int:
 @pytest.mark.parametrize("channel", ["dtls", "tls"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_download_is_coalesced_and_checksums_stay_valid(
-    offload_lab: Lab, channel: str, family: int
+    offload_lab: Lab, start: Callable[..., Client], channel: str, family: int
 ) -> None:
     lab = offload_lab
-    client = Client(lab, *(["--no-dtls"] if channel == "tls" else []))
+    client = start(*(["--no-dtls"] if channel == "tls" else []))
     tun = client.wait_connected()
     lab.wait_for("the data channel", lambda: _status(client)["channel"] == channel or None, 15)
     assert _tun_flags(lab, tun["ifname"]) & IFF_VNET_HDR
@@ -84,9 +94,11 @@ def test_download_is_coalesced_and_checksums_stay_valid(
     assert created[0]["args"]["vnet_hdr"] is True, created
 
 
-def test_no_tun_offload_gives_one_packet_per_frame(offload_lab: Lab) -> None:
+def test_no_tun_offload_gives_one_packet_per_frame(
+    offload_lab: Lab, start: Callable[..., Client]
+) -> None:
     lab = offload_lab
-    client = Client(lab, "--no-tun-offload")
+    client = start("--no-tun-offload")
     tun = client.wait_connected()
     assert not _tun_flags(lab, tun["ifname"]) & IFF_VNET_HDR
     before = _stats(lab, tun["ifname"])

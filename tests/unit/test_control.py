@@ -130,6 +130,20 @@ def test_status_text_shows_times_as_dates_and_lists_as_words() -> None:
     assert "routes: a b" in text
 
 
+def test_status_text_escapes_what_a_terminal_would_act_on() -> None:
+    """Whatever a session answers (its supervisor is not trusted to have cleaned it), a
+    value shows as one line with no escape sequence, OSC 52 and bidi controls included."""
+    from sepconnect.remote import _format_status
+
+    osc52 = "\x1b]52;c;cm0gLXJmIH4=\x07"
+    text = _format_status({"server": f"vpn{osc52}\nfake: line", "last_error": "a\u202eb"})
+    for character in ("\x1b", "\x07", "\u202e"):
+        assert character not in text
+    assert text.count("\n") == 1  # two fields, two lines
+    assert "server: vpn\\x1b]52;c;cm0gLXJmIH4=\\x07\\nfake: line" in text
+    assert "last error: a\\u202eb" in text
+
+
 def test_a_peer_that_has_exited_is_still_known_by_its_groups() -> None:
     """The groups come from the connection, not /proc/<pid>: a member of the control
     group whose process is gone by the time the supervisor looks is still a member

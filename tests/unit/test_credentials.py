@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,22 @@ def test_bad_cookies(monkeypatch: pytest.MonkeyPatch, line: str, message: str) -
     monkeypatch.setattr("sys.stdin", io.StringIO(line + "\n"))
     with pytest.raises(ValueError, match=message):
         credentials.read_cookie(_args("--cookie-on-stdin"))
+
+
+def test_cookie_option_is_the_same_cookie_as_on_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # -C/--cookie (openconnect's; checked by _check_args) goes where --cookie-on-stdin's
+    # goes: LoginInput.cookie, with which the supervisor's first worker resumes
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    args = _args("-C", "openconnect_strapkey=MHcCAQ+/==; webvpn=AAeix0DFp4KV1WNg=")
+    cli._check_args(args)
+    assert credentials.read_login(args).cookie == "AAeix0DFp4KV1WNg="
+    assert credentials.read_login(_args()).cookie is None
+
+
+@pytest.mark.parametrize("other", [["-C", "abc"], ["--cookieonly"], ["--authenticate"]])
+def test_cookie_on_stdin_goes_alone(other: list[str]) -> None:
+    with pytest.raises(ValueError, match="--cookie-on-stdin and .* cannot go together"):
+        credentials.read_login(_args("--cookie-on-stdin", *other))
 
 
 def _private(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
@@ -174,3 +192,92 @@ def test_shell_variables_as_openconnect_prints_them() -> None:
 def test_bad_resolve(value: str, message: str) -> None:
     with pytest.raises(cli.UsageError, match=message):
         cli._check_args(_args("--resolve", value))
+
+
+def _credential(directory: Path, acl: str | None, mode: int = 0o440) -> Path:
+    """A credential as systemd >= 254 writes it for LoadCredential=: root's, 0440, and a
+    user ACL entry for the service's account (a real ACL, set with setfacl)."""
+    directory.mkdir(mode=0o500, exist_ok=True)
+    path = directory / "password"
+    path.write_text("hunter2\n")
+    os.chmod(path, mode)
+    if acl is not None:
+        subprocess.run(["setfacl", "-m", acl, str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def _setfacl() -> None:
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl not installed (scripts/bootstrap.sh installs acl)")
+    if os.geteuid() != 0:
+        pytest.skip("the credential must be root's: run as root")
+
+
+@pytest.mark.usefixtures("_setfacl")
+def test_a_systemd_credential_with_its_acl_is_read_in_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, item 7: systemd >= 254 presents a LoadCredential= file as 0440 plus a
+    user ACL; the 0600-or-stricter rule refused it."""
+    creds = tmp_path / "credentials"
+    path = _credential(creds, "u:65534:r")
+    assert (
+        "user:65534:r--"
+        in subprocess.run(
+            ["getfacl", "-n", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert credentials.read_secret_file(str(path), "--credentials-file") == ("hunter2\n", -1)
+    # no ACL at all: 0440 root:root, readable by root's group only
+    subprocess.run(["setfacl", "-b", str(path)], check=True)
+    assert credentials.read_secret_file(str(path), "--credentials-file")[0] == "hunter2\n"
+    # HOTP writes its counter back: that needs a file of our own, not systemd's
+    with pytest.raises(ValueError, match="mode 0600 or stricter"):
+        credentials.read_secret_file(str(path), "--token-secret", writable=True)
+
+
+@pytest.mark.usefixtures("_setfacl")
+@pytest.mark.parametrize(
+    ("acl", "mode", "owner", "message"),
+    [
+        ("u:65534:rw", 0o440, (0, 0), "mode 0640 or stricter"),  # the mask shows it
+        ("u:65534:rw,m::r", 0o440, (0, 0), "its ACL grants more than read"),
+        ("g:65534:r", 0o440, (0, 0), "its ACL grants a group access"),
+        ("o::r", 0o440, (0, 0), "mode 0640 or stricter"),
+        (None, 0o460, (0, 0), "mode 0640 or stricter"),
+        ("u:65534:r", 0o440, (0, 65534), "owned by root \\(user and group\\)"),
+    ],
+)
+def test_a_credential_shaped_otherwise_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    acl: str | None,
+    mode: int,
+    owner: tuple[int, int],
+    message: str,
+) -> None:
+    creds = tmp_path / "credentials"
+    path = _credential(creds, acl, mode)
+    os.chown(path, *owner)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with pytest.raises(ValueError, match=message):
+        credentials.read_secret_file(str(path), "--credentials-file")
+
+
+@pytest.mark.usefixtures("_setfacl")
+def test_the_credential_shape_counts_only_in_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _credential(tmp_path / "credentials", "u:65534:r")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ValueError, match="mode 0600 or stricter"):
+        credentials.read_secret_file(str(path), "--credentials-file")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # another directory
+    with pytest.raises(ValueError, match="mode 0600 or stricter"):
+        credentials.read_secret_file(str(path), "--credentials-file")
+    os.chmod(tmp_path / "credentials", 0o777)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "credentials"))
+    with pytest.raises(ValueError, match="writable by others than its owner"):
+        credentials.read_secret_file(str(path), "--credentials-file")

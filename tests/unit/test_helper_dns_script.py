@@ -416,7 +416,7 @@ from sepconnect.rootrunner.main import run_script
 # argument and environment strings and pointers, the least any system gives.
 resource.setrlimit(resource.RLIMIT_STACK, (512 * 1024, resource.RLIM_INFINITY))
 blob = sys.stdin.buffer.read()
-ran, _ = run_script("/usr/bin/true", "attempt-reconnect", blob)
+ran, _ = run_script(("/usr/bin/true",), "attempt-reconnect", blob)
 over = run_program(["/usr/bin/true"], {"A": "a" * 66000, "B": "b" * 66000}, None)
 print(ran.status, ran.note, "|", over.status, over.note)
 """
@@ -492,12 +492,13 @@ def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) ->
     helper.tun = Tun(fd=os.open(os.devnull, os.O_RDONLY), name="sepc0")
     helper.router = Router(None, 1, 1400)  # type: ignore[arg-type]
     wanted = check_net_config(NC)
+    assert helper.script is not None
     runner.failing = {"connect"}
     failed = "vpnc-script connect failed: /x exited with 1; disconnect run"
     for _ in range(2):  # the same configuration again runs connect again
         with pytest.raises(Refusal, match=f"^{re.escape(failed)}$"):
             helper.net_config(wanted)
-        assert helper.script_wanted is None
+        assert helper.script.wanted is None
     assert runner.runs == ["connect", "disconnect"] * 2
     runner.failing = {"connect", "disconnect"}
     with pytest.raises(Refusal, match="; disconnect failed too$"):
@@ -510,7 +511,7 @@ def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) ->
     helper.script_event("attempt-reconnect")  # configures nothing: a failure is ignored
     with pytest.raises(Refusal, match="^vpnc-script reconnect failed: /x exited with 1$"):
         helper.script_event("reconnect")
-    assert helper.script_wanted == wanted  # still configured: the teardown undoes it
+    assert helper.script.wanted == wanted  # still configured: the teardown undoes it
     runner.failing = {"disconnect"}
     helper.teardown()
     helper.cleanup()  # the helper's main loop cleans up once more on its way out

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from netconfigs import network_config
 
 from sepconnect.ipc.wire import WireError
-from sepconnect.ipc.worker_messages import FROM_WORKER
+from sepconnect.ipc.worker_messages import FROM_WORKER, TunnelUp
 from sepconnect.supervisor.notify import Notifier
 
 
@@ -44,3 +45,17 @@ def test_a_value_cannot_add_a_field_to_the_notify_datagram(tmp_path: Path) -> No
 def test_worker_text_with_terminal_escapes_never_decodes(fields: dict[str, object]) -> None:
     with pytest.raises(WireError, match="does not match"):
         FROM_WORKER.decode_untrusted(msgpack.packb(fields))
+
+
+@pytest.mark.parametrize(
+    "server", ["vpn\nMAINPID=4242\nWATCHDOG_USEC=0", "vpn\x1b[2J", "vpn\u202e"]
+)
+def test_a_tunnel_up_naming_a_hostile_server_never_decodes(server: str) -> None:
+    """F8/F10: the server's name a worker reports (logged, sent to systemd, shown by
+    status) is a host name or address, nothing else."""
+    fields = msgpack.unpackb(
+        FROM_WORKER.encode(TunnelUp(server="vpn", net=network_config(), cookie="c"))
+    )
+    assert FROM_WORKER.decode_untrusted(msgpack.packb(fields)).server == "vpn"  # type: ignore[attr-defined]
+    with pytest.raises(WireError, match="does not match"):
+        FROM_WORKER.decode_untrusted(msgpack.packb({**fields, "server": server}))

@@ -270,8 +270,24 @@ def test_a_worker_naming_another_gateway_gets_no_tun() -> None:
     assert not of(done, ApplyConfig)
     assert not sent(shell.done, 1)  # no tun handed to it
     assert "gateway 10.20.30.40: not the VPN server's address 198.18.1.1" in logs(shell.done)
+    [refused] = [a for a in of(done, Audit) if a.op == "unusable_config"]
+    assert refused.result == "refused"
+    assert refused.reason == "gateway 10.20.30.40: not the VPN server's address 198.18.1.1"
+    assert refused.args == {"worker": 1}
     shell.exits(1, 1)
     assert shell.code == ExitCode.PROTOCOL
+
+
+def test_each_banner_line_is_logged_under_our_prefix() -> None:
+    """A multi-line banner (printable: the schema lets no escape in) is logged line by
+    line, each as "server banner: …", so that no line of it reads as one of ours."""
+    shell = Shell()
+    shell.connect(
+        dataclasses.replace(UP, net=network_config(banner="Welcome\nsepconnect: fake line"))
+    )
+    text = logs(shell.done)
+    assert "server banner: Welcome\nserver banner: sepconnect: fake line" in text
+    assert not any(line.startswith("sepconnect:") for line in text.splitlines())
 
 
 def test_an_unusable_configuration_after_resuming_in_place_stops_that_worker() -> None:
@@ -1020,6 +1036,25 @@ FORM = LoginForm(
     fields=(LoginField(kind="password", name="password", label="Password:"),),
 )
 ANSWERS = LoginAnswers(answers=(FieldAnswer(name="password", value="hunter2"),))
+
+
+def test_the_pre_login_banner_is_shown_and_recorded_once() -> None:
+    """Issue 14, item 8: the login form's banner is logged line by line under our prefix
+    and written to the session log, once for each text (a second form repeating it, or a
+    re-login's, adds nothing)."""
+    shell = Shell()
+    shell.feed(Begin())
+    banned = dataclasses.replace(FORM, banner="Authorized use only\nsepconnect: fake")
+    done = shell.say(1, banned)
+    assert "server login banner: Authorized use only\nserver login banner: sepconnect: fake" in (
+        logs(done)
+    )
+    [record] = [a for a in of(done, Audit) if a.op == "login_banner"]
+    assert (record.result, record.reason) == ("info", "Authorized use only\nsepconnect: fake")
+    assert of(done, AnswerForm)
+    again = shell.say(1, banned)
+    assert "banner" not in logs(again)
+    assert not [a for a in of(again, Audit) if a.op == "login_banner"]
 
 
 def test_a_login_form_is_answered_by_the_shell_and_the_answers_sent() -> None:

@@ -100,3 +100,59 @@ def test_helper_unit_keeps_only_net_admin_and_the_tun() -> None:
     assert re.findall(r"^DeviceAllow=(.*)$", text, re.M) == ["/dev/net/tun rw"]
     assert re.search(r"^DevicePolicy=closed$", text, re.M)
     assert re.search(r"^RestrictAddressFamilies=AF_UNIX AF_NETLINK$", text, re.M)
+
+
+SESSION_UNITS = ("sepconnect@.service", "sepconnect-session@.service")
+
+
+@pytest.mark.parametrize("unit", SESSION_UNITS)
+def test_a_session_unit_never_retries_what_retrying_cannot_fix(unit: str) -> None:
+    """Issue 14, item 5: a wrong password (exit 3) was retried every 5 s forever, which
+    can lock the account; every permanent failure now stops the unit, and a start limit
+    stops one that keeps failing otherwise."""
+    from sepconnect.process.exitcodes import PERMANENT
+
+    text = (UNITS / unit).read_text()
+    prevented = re.findall(r"^RestartPreventExitStatus=(.*)$", text, re.M)
+    assert [sorted(int(c) for c in line.split()) for line in prevented] == [sorted(PERMANENT)]
+    unit_section = text.split("[Service]")[0]
+    assert re.search(r"^StartLimitIntervalSec=\S+$", unit_section, re.M)
+    assert re.search(r"^StartLimitBurst=\d+$", unit_section, re.M)
+    assert re.search(r"^Restart=on-failure$", text, re.M)
+
+
+@pytest.mark.parametrize("unit", SESSION_UNITS)
+def test_a_session_unit_reads_its_config_and_credential_and_can_be_enabled(unit: str) -> None:
+    from sepconnect.remote import RUNTIME_DIR
+
+    text = (UNITS / unit).read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    assert " --config /etc/sepconnect/%i.conf " in exec_start
+    assert " --credentials-file ${CREDENTIALS_DIRECTORY}/password " in exec_start
+    assert re.findall(r"^LoadCredential=(.*)$", text, re.M) == ["password:/etc/sepconnect/%i.cred"]
+    # where `sepconnect status NAME` looks
+    assert f" --control-socket {RUNTIME_DIR}/%i/control.sock" in exec_start
+    assert "EnvironmentFile=/etc/sepconnect/%i.conf" not in text  # the old word-split args
+    assert "$SEPCONNECT_ARGS" not in exec_start
+    assert re.search(r"^\[Install\]\nWantedBy=multi-user\.target$", text, re.M)
+
+
+def test_the_all_in_one_instances_share_a_run_directory_no_stop_removes() -> None:
+    """Several sepconnect@NAME instances keep their sockets and helper state side by side
+    in /run/sepconnect: made at boot (tmpfiles), never a RuntimeDirectory= that stopping
+    one instance would remove from under the others."""
+    text = (UNITS / "sepconnect@.service").read_text()
+    assert not re.findall(r"^RuntimeDirectory", text, re.M)
+    (writable,) = re.findall(r"^ReadWritePaths=(.*)$", text, re.M)
+    assert "/run/sepconnect" in writable.split()
+    lines = [
+        line
+        for line in (UNITS / "sepconnect.tmpfiles").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines == ["d /run/sepconnect 0755 root root -"]
+
+
+def test_the_session_units_runtime_directory_is_the_control_sockets() -> None:
+    text = (UNITS / "sepconnect-session@.service").read_text()
+    assert re.findall(r"^RuntimeDirectory=(.*)$", text, re.M) == ["sepconnect/%i"]
