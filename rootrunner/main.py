@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
 import signal
 import socket
@@ -40,7 +38,15 @@ from sepconnect.ipc.runner_messages import ROOT_REQUESTS, Ran, RevertDns, RunScr
 from sepconnect.ipc.script_env import check_env, check_script_args
 from sepconnect.ipc.wire import Message
 from sepconnect.process import programs, statefile
-from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, journal_datagram, open_journal
+from sepconnect.process.journal import (
+    MESSAGE_ID,
+    PRIORITY,
+    Result,
+    audit_line,
+    journal_datagram,
+    open_journal,
+    process_entry,
+)
 from sepconnect.process.runner import run_program, runner_channel, serve
 from sepconnect.process.title import set_title
 from sepconnect.rootrunner import dns as _dns
@@ -58,20 +64,10 @@ class _Audit:
 
 
 def record(op: str, result: Result, reason: str = "", **args: str | int | None) -> None:
-    entry = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
-        "source": "rootrunner",
-        "pid": os.getpid(),
-        "uid": os.getuid(),
-        "op": op,
-        "args": args,
-        "result": result,
-        "reason": reason[:1000],
-    }
-    line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"
+    line = audit_line(process_entry("rootrunner", op, result, reason, args))
     with contextlib.suppress(OSError):
         if _Audit.fd is not None:
-            os.write(_Audit.fd, line.encode())
+            os.write(_Audit.fd, line)
         if result in ("refused", "fatal"):
             os.write(2, f"sepconnect root runner: {op}: {reason}\n".encode(errors="replace"))
         if _Audit.journal is not None:
