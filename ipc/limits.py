@@ -63,6 +63,41 @@ CIPHER_LIST: Final = (
 
 DNS_BACKENDS: Final = ("auto", "resolved", "resolvconf", "file", "none")
 """``--dns-backend``: how the tunnel's DNS is applied (privhelper/dns.py), root's choice."""
+
+SERVER_PIN: Final = (
+    r"(?i:sha1|sha256):[0-9A-Fa-f]{4,64}|(?i:pin-sha256):[A-Za-z0-9+/]{4,43}=?|[0-9A-Fa-f]{4,40}"
+)
+"""A ``--servercert`` pin as the Start message carries it, whole (``re.fullmatch``): the
+forms of ipc/servercert.py, which checks each kind's length exactly."""
+
+MAX_SERVER_PINS: Final = 8
+"""``--servercert`` may be given this many times."""
+
+USER_AGENT: Final = r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?"
+"""``--useragent``, whole: 1-256 characters of printable ASCII (an HTTP header value; no
+control character, so nothing can end the header early), no space at either end."""
+
+VERSION_STRING: Final = r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?"
+"""``--version-string``, whole: as :data:`USER_AGENT`, at most 64 characters."""
+
+REPORTED_OS: Final = ("linux", "linux-64", "win", "mac-intel", "android", "apple-ios")
+"""``--os``: the platforms openconnect reports (``openconnect_set_reported_os``)."""
+
+LOCAL_HOSTNAME: Final = r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}"
+"""``--local-hostname`` (X-CSTP-Hostname), whole: 1-63 of A-Z a-z 0-9 . - (ocserv takes
+this much; it drops a name with anything else)."""
+
+SESSION_COOKIE: Final = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,512}"
+"""The webvpn session cookie's value, whole (``-C/--cookie``, what ``--cookieonly`` prints):
+RFC 6265 cookie-octets, at most 512 (ocserv's are 44 characters)."""
+
+MAX_SCRIPT_ARGS: Final = 32
+MAX_SCRIPT_ARG: Final = 1024
+SCRIPT_ARG: Final = f"[^\\n{_NOT_PRINTABLE_CHARS}]{{0,{MAX_SCRIPT_ARG}}}"
+"""One argument of ``-s/--script``'s command line after the program, whole: printable,
+one line, at most :data:`MAX_SCRIPT_ARG` characters (and at most :data:`MAX_SCRIPT_ARGS`
+of them)."""
+
 MAX_CAFILE: Final = 60_000
 """``--cafile``: the most bytes of PEM the launcher reads and the Start message carries."""
 

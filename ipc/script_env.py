@@ -2,15 +2,28 @@
 it may have (PROTOCOL.md §6). The helper checks the environment it builds against these
 rules before it accepts a configuration for --script (privhelper/script.py), and the
 root runner checks every variable again before each run (rootrunner/script.py).
+
+Also the script's arguments after its path (``-s 'vpn-slice 10.0.0.0/8'``,
+:func:`check_script_args`): root gave them, and the launcher, the helper and the root
+runner (at its start and before each run) each check them.
 """
 
 from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Sequence
 from typing import Final
 
-from sepconnect.ipc.limits import IFNAME, MAX_DNS, MAX_DOMAINS, MAX_ROUTES
+from sepconnect.ipc.limits import (
+    IFNAME,
+    MAX_DNS,
+    MAX_DOMAINS,
+    MAX_ROUTES,
+    MAX_SCRIPT_ARG,
+    MAX_SCRIPT_ARGS,
+    SCRIPT_ARG,
+)
 from sepconnect.ipc.runner_messages import ScriptReason
 
 REASONS: Final = typing.get_args(ScriptReason)
@@ -73,3 +86,16 @@ def check_env(blob: bytes) -> dict[str, str]:
     if "reason" not in env:
         raise ValueError("no reason")
     return env
+
+
+def check_script_args(args: Sequence[str]) -> tuple[str, ...]:
+    """The vpnc-script's arguments after its path: at most MAX_SCRIPT_ARGS, each one
+    printable line (limits.SCRIPT_ARG); ValueError otherwise."""
+    if len(args) > MAX_SCRIPT_ARGS:
+        raise ValueError(f"more than {MAX_SCRIPT_ARGS} arguments")
+    for arg in args:
+        if re.fullmatch(SCRIPT_ARG, arg) is None:
+            raise ValueError(
+                f"argument {arg[:40]!r}: not one printable line of at most {MAX_SCRIPT_ARG}"
+            )
+    return tuple(args)

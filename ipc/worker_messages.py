@@ -16,14 +16,20 @@ from sepconnect.ipc.limits import (
     FORM_NAME,
     IFNAME,
     IFNAME_MAX,
+    LOCAL_HOSTNAME,
     MAX_BANNER,
     MAX_CAFILE,
     MAX_CIPHER_LIST,
     MAX_CLIENT_CERT_FILE,
     MAX_CLIENT_KEY_FILE,
     MAX_KEY_PASSWORD,
+    MAX_SERVER_PINS,
     PRINTABLE_LINE,
     PRINTABLE_TEXT,
+    SERVER_PIN,
+    SESSION_COOKIE,
+    USER_AGENT,
+    VERSION_STRING,
 )
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
@@ -49,7 +55,9 @@ FailureKind = Literal[
 the session on purpose (DISCONNECT/TERMINATE, e.g. an administrator's occtl);
 client_cert: our own certificate or key cannot be used (not the server's refusal of it)."""
 
-Cookie = Annotated[str, Length(1, 512)]
+Cookie = Annotated[str, Length(1, 512), Match(SESSION_COOKIE)]
+ReportedOs = Literal["linux", "linux-64", "win", "mac-intel", "android", "apple-ios"]
+"""limits.REPORTED_OS (a Literal for the schema; test_limits checks they agree)."""
 DtlsCipherList = Annotated[str, Length(1, MAX_CIPHER_LIST), Match(CIPHER_LIST)]
 
 
@@ -64,15 +72,18 @@ class Start(Message):
     """The address to connect to: the launcher resolved the URL's host once (or took it
     from --resolve), before any worker ran, and told the helper. The worker never
     resolves it (F2)."""
-    servercerts: Annotated[tuple[Annotated[str, Length(8, 200)], ...], Length(0, 8)] = ()
-    """``--servercert`` pins: the server's certificate must match one of them."""
+    servercerts: Annotated[
+        tuple[Annotated[str, Length(4, 80), Match(SERVER_PIN)], ...], Length(0, MAX_SERVER_PINS)
+    ] = ()
+    """``--servercert`` pins (ipc/servercert.py): the server's certificate must match one."""
     cafile_pem: Annotated[bytes, Length(1, MAX_CAFILE)] | None
     system_trust: bool = True
     """Trust the system store's CAs besides ``cafile_pem`` (not with --no-system-trust)."""
     base_mtu: Annotated[int, Range(1280, 9000)] | None
     mtu: Annotated[int, Range(576, 9000)] | None
     disable_ipv6: bool
-    hostname: Annotated[str, Length(1, 64)]
+    hostname: Annotated[str, Length(1, 63), Match(LOCAL_HOSTNAME)]
+    """X-CSTP-Hostname: ``--local-hostname``, else the first label of our host name."""
     verbose: Annotated[int, Range(0, 4)]
     cookie: Cookie | None = dataclasses.field(default=None, repr=False)
     """Resume this session (CONNECT with the cookie) instead of logging in."""
@@ -96,7 +107,14 @@ class Start(Message):
     )
     """The password of the key (or of the PKCS#12 file)."""
     authenticate: bool = False
-    """Log in, report :class:`LoggedIn` and exit: no CONNECT, no tunnel (--authenticate)."""
+    """Log in, report :class:`LoggedIn` and exit: no CONNECT, no tunnel (--authenticate,
+    --cookieonly)."""
+    user_agent: Annotated[str, Length(1, 256), Match(USER_AGENT)] | None = None
+    """``--useragent``: the User-Agent of every request instead of ours."""
+    version_string: Annotated[str, Length(1, 64), Match(VERSION_STRING)] | None = None
+    """``--version-string``: the ``<version who="vpn">`` of the login instead of ours."""
+    platform: ReportedOs = "linux-64"
+    """``--os``: the platform reported to the server (worker/proto/identity.py)."""
 
 
 Label = Annotated[str, Length(0, 256), Match(PRINTABLE_LINE)]

@@ -1,4 +1,5 @@
-"""``sepconnect connect --authenticate``: log in and print the result; nothing else.
+"""``sepconnect connect --authenticate`` and ``--cookieonly``: log in and print the
+result; nothing else.
 
 No helper is started and no tun is made: only a worker, as for a session, whose login
 supervisor/authenticate.py answers. Started as root, the launcher reads the login's
@@ -6,6 +7,11 @@ files and drops to the service account first (nothing that parses the server's d
 runs as root); started as anyone else, it runs as that account: no privilege is needed.
 The server's address is resolved here (or taken from ``--resolve``), as for a session:
 the worker connects to it and RESOLVE prints it.
+
+``--authenticate`` prints openconnect's shell assignments (COOKIE, HOST, CONNECT_URL,
+FINGERPRINT, RESOLVE); ``--cookieonly`` the session cookie alone, one line, as
+openconnect: ``sepconnect connect -C COOKIE`` (or ``--cookie-on-stdin``) then makes the
+tunnel with it, until the server's cookie timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ def authenticate_only(args: argparse.Namespace) -> ExitCode:
     cafile_pem = cli._read_cafile(args.cafile)
     client_files = cli._read_client_cert(args, cafile_pem)
     login = cli._read_login(args)
+    if args.timestamp:  # before the worker: its messages too
+        from sepconnect.output import OutputRelay
+
+        uid, gid = (os.getuid(), os.getgid()) if account is None else account[1:]
+        OutputRelay(timestamp=True, syslog=False, uid=uid, gid=gid)
     if account is not None:
         cli._check_runnable([("the supervisor's", *account)])  # its worker runs as it too
         _, uid, gid = account
@@ -55,6 +66,7 @@ def authenticate_only(args: argparse.Namespace) -> ExitCode:
         raise
     code, result = authenticate(start, worker, answers, codes, terminal)
     if result is not None:
-        sys.stdout.write(shell_variables(args.url, result))
+        printed = f"{result.cookie}\n" if args.cookieonly else shell_variables(args.url, result)
+        sys.stdout.write(printed)
         sys.stdout.flush()
     return code

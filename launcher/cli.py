@@ -18,10 +18,16 @@ import socket
 import stat
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert, credentials
-from sepconnect.ipc.limits import CIPHER_LIST, DNS_BACKENDS, MAX_CAFILE, check_ifname
+from sepconnect import __version__, client_cert, credentials, openconnect_compat
+from sepconnect.ipc.limits import (
+    CIPHER_LIST,
+    DNS_BACKENDS,
+    MAX_CAFILE,
+    check_ifname,
+)
 from sepconnect.process import privileges, programs
 from sepconnect.process.accounts import (
     HELPER_ACCOUNT,
@@ -35,9 +41,13 @@ from sepconnect.process.accounts import (
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
+from sepconnect.process.title import set_title
 from sepconnect.remote import DEFAULT_CONTROL
 from sepconnect.remote import add_options as remote_options
 from sepconnect.spawner_start import SpawnerSetupError, open_spawner
+
+if TYPE_CHECKING:
+    from sepconnect.background import TunnelUpHooks
 
 DEFAULT_AUDIT_LOG = "/var/log/sepconnect/audit.jsonl"
 DEFAULT_SESSION_LOG = "/var/log/sepconnect/session.jsonl"
@@ -90,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
             "privileged helper keeps CAP_NET_ADMIN; everything else runs as --setuid USER."
         ),
     )
-    c.add_argument("url", metavar="URL", help="server, e.g. https://vpn.example.com[:port][/group]")
+    c.add_argument(
+        "url",
+        metavar="SERVER",
+        help="the server: https://HOST[:PORT][/PATH], or HOST[:PORT][/PATH] (https assumed)",
+    )
     c.add_argument(
         "--config",
         metavar="FILE",
@@ -106,7 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         help="read the password from standard input; further lines answer further password "
         "prompts (e.g. a one-time code), in order",
     )
-    c.add_argument("-g", "--authgroup", metavar="GROUP", help="choose this login group")
+    c.add_argument(
+        "--authgroup",
+        metavar="GROUP",
+        help="choose this login group (as openconnect; -g is --usergroup)",
+    )
+    openconnect_compat.add_options(c)
     c.add_argument(
         "--form-entry",
         metavar="FORM:FIELD=VALUE",
@@ -157,8 +176,9 @@ def _parser() -> argparse.ArgumentParser:
         "--servercert",
         metavar="PIN",
         action="append",
-        help="accept only the server certificate with this pin: pin-sha256:<base64 of the "
-        "SHA-256 of its public key> or sha256:<hex of the SHA-256 of the certificate>; "
+        help="accept only the server certificate with this fingerprint, as openconnect: "
+        "pin-sha256:<base64>, sha256:<hex> or sha1:<hex> of its public key, or <hex> (SHA-1 of "
+        "the certificate); a prefix of 4 or more characters matches too (with a warning); "
         "replaces chain and hostname verification (repeatable: any of the pins)",
     )
     c.add_argument(
@@ -255,10 +275,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "-s",
         "--script",
-        metavar="PATH",
+        metavar="COMMAND",
         help="vpnc-script to run as root for pre-init, connect, attempt-reconnect, reconnect "
-        "and disconnect, instead of setting addresses, routes and DNS ourselves; it must be "
-        "owned by root and writable by nobody else",
+        "and disconnect, instead of setting addresses, routes and DNS ourselves: a program "
+        "(absolute path, or a name looked up in /usr/local/sbin:…:/bin) owned by root and "
+        "writable by nobody else, perhaps with arguments, e.g. 'vpn-slice 10.0.0.0/8'; split "
+        "into words as a shell would, but no shell runs it (no pipes, variables, globs)",
     )
     c.add_argument(
         "--state-dir",
@@ -368,8 +390,17 @@ def _resolve_address(
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not args.url.startswith("https://"):
-        raise UsageError(f"the server URL must start with https://, got {args.url!r}")
+    try:
+        args.url, warnings = openconnect_compat.server_url(args.url, args.usergroup)
+        args.servercert, pin_warnings = openconnect_compat.server_pins(args.servercert or ())
+        openconnect_compat.check_user_agent(args.useragent)
+        openconnect_compat.check_version_string(args.version_string)
+        openconnect_compat.check_local_hostname(args.local_hostname)
+        args.cookie = openconnect_compat.session_cookie(args.cookie)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for warning in warnings + pin_warnings:
+        print(f"sepconnect: warning: {warning}", file=sys.stderr)
     _resolve_address(args)
     if args.interface is not None:
         try:
@@ -395,6 +426,13 @@ def _check_args(args: argparse.Namespace) -> None:
             "--helper-socket needs --spawner-socket: started as the service account, we "
             "cannot run the workers under an account of their own (the spawner's unit does)"
         )
+    if args.authenticate and args.cookieonly:
+        raise UsageError("--authenticate and --cookieonly: give one (both log in and print)")
+    login_only = "--authenticate" if args.authenticate else "--cookieonly"
+    if (args.authenticate or args.cookieonly) and (args.background or args.pid_file is not None):
+        raise UsageError(f"{login_only} makes no tunnel: not with -b/--background or --pid-file")
+    if (args.authenticate or args.cookieonly) and args.cookie is not None:
+        raise UsageError(f"{login_only} logs in to get a cookie: not with -C/--cookie")
     if args.allow_exclude and not args.fail_closed:
         raise UsageError("--allow-exclude goes with --fail-closed")
     for prefix in args.allow_exclude:
@@ -406,16 +444,6 @@ def _check_args(args: argparse.Namespace) -> None:
             ) from None
     if not 0 <= args.reconnect_timeout <= 86400:
         raise UsageError("--reconnect-timeout must be between 0 and 86400 seconds")
-    if args.servercert:
-        from sepconnect.ipc.servercert import ServerPin  # no cryptography import
-
-        if len(args.servercert) > 8:
-            raise UsageError("--servercert: at most 8 pins")
-        for pin in args.servercert:
-            try:
-                ServerPin.parse(pin)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
     if args.no_system_trust and args.cafile is None and not args.servercert:
         raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
 
@@ -475,13 +503,18 @@ def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> lis
     for prefix in args.allow_exclude:
         argv += ["--allow-exclude", prefix]
     if args.script is not None:
+        from sepconnect.ipc.script_env import check_script_args
+        from sepconnect.process.runner import SAFE_PATH
         from sepconnect.rootrunner.script import check_script
 
         try:
-            check_script(args.script)
+            command = openconnect_compat.script_command(args.script, SAFE_PATH)
+            check_script(command[0])
+            check_script_args(command[1:])
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--script: {exc}") from None
-        argv += ["--script", args.script]
+            raise UsageError(f"-s/--script: {exc}") from None
+        # "=": an argument may start with "-" (argparse would take it for an option)
+        argv += ["--script", command[0], *(f"--script-arg={arg}" for arg in command[1:])]
     return argv
 
 
@@ -555,9 +588,31 @@ def _check_runnable(accounts: list[tuple[str, str, int, int]]) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _tunnel_up_hooks(args: argparse.Namespace, uid: int, gid: int) -> TunnelUpHooks:
+    """-b, --pid-file, --timestamp and --syslog, set up as root before the spawner, the
+    helper and the workers start: the relay carries their standard error, and -b's fork
+    makes them the children of the process that goes on (the user's waits for the
+    tunnel)."""
+    from sepconnect.background import Background, PidFile, TunnelUpHooks
+
+    try:  # a bad path is a usage error
+        pid_file = None if args.pid_file is None else PidFile(args.pid_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    relay = None
+    if args.timestamp or args.syslog:
+        from sepconnect.output import OutputRelay
+
+        relay = OutputRelay(timestamp=args.timestamp, syslog=args.syslog, uid=uid, gid=gid)
+    in_background = Background(pid_file, quiet=args.quiet) if args.background else None
+    return TunnelUpHooks(pid_file, relay, in_background)
+
+
 def connect(args: argparse.Namespace) -> ExitCode:
+    if args.cookie is not None:
+        set_title("sepconnect connect")  # the cookie leaves /proc/<pid>/cmdline now
     _check_args(args)
-    if args.authenticate:
+    if args.authenticate or args.cookieonly:
         from sepconnect.authenticate import authenticate_only
 
         return authenticate_only(args)
@@ -586,6 +641,9 @@ def connect(args: argparse.Namespace) -> ExitCode:
     cafile_pem = _read_cafile(args.cafile)
     client_files = _read_client_cert(args, cafile_pem)
     login = _read_login(args)  # after the key's password: both may come on standard input
+    hooks = None
+    if args.background or args.pid_file is not None or args.timestamp or args.syslog:
+        hooks = _tunnel_up_hooks(args, uid, gid)
     control_gid = _control_group(args.control_group)
     audit_fd: int | None = None
     if as_root:
@@ -643,6 +701,7 @@ def connect(args: argparse.Namespace) -> ExitCode:
         # built after the drop: the message's schema is none of the root phase's code
         lambda: start_message(args, server_address, cafile_pem, client_files),
         login,
+        hooks,
     )
 
 

@@ -27,8 +27,9 @@ SERVER = "server"
 MAX_SIZE = 64 * 1024
 # Options whose value is a secret, and what to write instead.
 _SECRETS = {
-    "key-password": "key-password-file FILE",
-    "token-secret": "token-secret @FILE",  # accepted in that form
+    "key-password": "key-password-file FILE (a credential file)",
+    "token-secret": "token-secret @FILE (a credential file)",  # accepted in that form
+    "cookie": "cookie-on-stdin",  # a session cookie is as good as the password
 }
 # --form-entry fields whose value is a secret (the server's password and one-time-code
 # fields): their answers belong in credentials-file.
@@ -151,8 +152,7 @@ def file_arguments(path: str, connect: argparse.ArgumentParser) -> list[str]:
 def _check_secret(where: str, name: str, value: str | None) -> None:
     if name in _SECRETS and not (name == "token-secret" and (value or "").startswith("@")):
         raise ConfigError(
-            f"{where}: {name} would put a secret in the config file; "
-            f"use {_SECRETS[name]} (a credential file)"
+            f"{where}: {name} would put a secret in the config file; use {_SECRETS[name]}"
         )
     if name == "form-entry" and value is not None:
         field = value.partition("=")[0].partition(":")[2]

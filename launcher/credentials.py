@@ -23,6 +23,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from sepconnect.ipc.limits import SESSION_COOKIE
+from sepconnect.openconnect_compat import webvpn_cookie
+
 if TYPE_CHECKING:
     from sepconnect.supervisor.answers import AnswerSources, TokenCodes
     from sepconnect.supervisor.oath import OathToken
@@ -31,8 +34,6 @@ if TYPE_CHECKING:
 MAX_LINES = 8
 _MAX_FILE = 64 * 1024
 _FORM_ENTRY = re.compile(r"[^:=]+:[^=]+=.*", re.DOTALL)
-# the webvpn cookie's value, as worker/proto/auth.py accepts it from a server
-_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,512}")
 _XML_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -159,19 +160,22 @@ def read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def read_cookie(args: argparse.Namespace) -> str | None:
-    """--cookie-on-stdin: the first line of standard input, as openconnect --authenticate
+    """The session cookie the first worker resumes with instead of logging in:
+    ``-C/--cookie`` (already checked: openconnect_compat.session_cookie), or with
+    --cookie-on-stdin the first line of standard input, as openconnect --authenticate
     prints COOKIE: ``webvpn=<value>``, maybe after other cookies (openconnect 9's
     ``openconnect_strapkey=…; webvpn=…``, which ocserv does not use), separated by ``;``.
     """
+    if args.cookie is not None:
+        return str(args.cookie)
     if not args.cookie_on_stdin:
         return None
     line = sys.stdin.readline(_MAX_FILE).strip()
-    for part in line.split(";"):
-        name, eq, value = part.strip().partition("=")
-        if eq and name == "webvpn":
-            if not _COOKIE_VALUE.fullmatch(value):
-                raise ValueError("--cookie-on-stdin: the webvpn cookie is empty or not valid")
-            return value
+    value = webvpn_cookie(line)
+    if value is not None:
+        if not re.fullmatch(SESSION_COOKIE, value):
+            raise ValueError("--cookie-on-stdin: the webvpn cookie is empty or not valid")
+        return value
     raise ValueError(
         "--cookie-on-stdin: expected webvpn=<cookie> on standard input (as openconnect "
         "--authenticate prints COOKIE)"
@@ -254,8 +258,18 @@ class LoginInput(NamedTuple):
 
 def read_login(args: argparse.Namespace) -> LoginInput:
     """Read (as root) and check every login option; ValueError names the bad one."""
-    if args.cookie_on_stdin and (args.passwd_on_stdin or args.authenticate):
-        other = "--passwd-on-stdin" if args.passwd_on_stdin else "--authenticate"
+    if args.cookie_on_stdin and (
+        args.passwd_on_stdin or args.authenticate or args.cookieonly or args.cookie is not None
+    ):
+        other = (
+            "--passwd-on-stdin"
+            if args.passwd_on_stdin
+            else "--authenticate"
+            if args.authenticate
+            else "--cookieonly"
+            if args.cookieonly
+            else "-C/--cookie"
+        )
         raise ValueError(f"--cookie-on-stdin and {other} cannot go together")
     if args.user is not None and (_XML_FORBIDDEN.search(args.user) or len(args.user) > 256):
         raise ValueError("--user: at most 256 characters, without control characters")

@@ -14,12 +14,14 @@ import dataclasses
 import grp
 import os
 import pwd
+import re
 import socket
 import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sepconnect.cli import DEFAULT_AUDIT_LOG, DEFAULT_SESSION_LOG, DEFAULT_STATE_DIR, UsageError
+from sepconnect.ipc.limits import LOCAL_HOSTNAME
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
@@ -27,6 +29,7 @@ from sepconnect.process.title import set_title
 if TYPE_CHECKING:
     import ipaddress
 
+    from sepconnect.background import TunnelUpHooks
     from sepconnect.client_cert import ClientCertFiles
     from sepconnect.credentials import LoginInput
     from sepconnect.ipc.worker_messages import Start
@@ -54,6 +57,7 @@ def run(
     audit_fd: int | None,
     start_message: Callable[[], Start],
     login: LoginInput,
+    hooks: TunnelUpHooks | None,
 ) -> ExitCode:
     """The session as the supervisor; its exit code."""
     name, uid, gid = account
@@ -76,7 +80,7 @@ def run(
         session_audit.configure(audit_fd)
     from sepconnect.credentials import answer_sources
     from sepconnect.supervisor.helper_client import HelperClient
-    from sepconnect.supervisor.main import VERBOSITY, Options, Supervisor, log
+    from sepconnect.supervisor.main import QUIET, VERBOSITY, Options, Supervisor, log
 
     if args.verbose:
         log(f"running as {name} (uid {uid}, gid {gid} {grp.getgrgid(gid).gr_name})")
@@ -99,10 +103,15 @@ def run(
             cookie=login.cookie,
         )
         VERBOSITY[0] = args.verbose
+        QUIET[0] = args.quiet
         supervisor = Supervisor(HelperClient(ours), spawner, start, options, first_worker)
+        if hooks is not None:  # -b, --pid-file, --syslog
+            supervisor.notifier.on_ready = hooks.tunnel_up
         first_worker = None  # the supervisor's now: it reaps it
         code = supervisor.run()
     finally:
+        if hooks is not None:
+            hooks.session_ended()
         if first_worker is not None:  # we failed before the supervisor took it
             first_worker[1].close()  # the spawner kills it when we close its channel
         spawner.close()  # the spawner exits, killing any worker still there
@@ -198,7 +207,17 @@ def start_message(
         no_dtls=args.no_dtls,
         dtls_ciphers=args.dtls_ciphers,
         dtls12_ciphers=args.dtls12_ciphers,
-        hostname=(socket.gethostname().split(".")[0] or "localhost")[:64],
+        hostname=args.local_hostname or _default_hostname(),
         verbose=min(args.verbose, 4),
         authenticate=authenticate,
+        user_agent=args.useragent,
+        version_string=args.version_string,
+        platform=args.os,
     )
+
+
+def _default_hostname() -> str:
+    """X-CSTP-Hostname without --local-hostname: our host name's first label, when it is
+    one the server takes (limits.LOCAL_HOSTNAME), else "localhost" (openconnect's default)."""
+    label = socket.gethostname().split(".")[0][:63]
+    return label if re.fullmatch(LOCAL_HOSTNAME, label) else "localhost"

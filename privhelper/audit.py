@@ -24,7 +24,6 @@ there (the file keeps it). The schema is documented in docs/security.md.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import socket
@@ -32,7 +31,7 @@ from typing import Any
 
 from sepconnect.ipc.wire import Message, plain
 from sepconnect.process.auditfile import open_log as open_log  # re-exported
-from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, journal_datagram
+from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, audit_line, journal_datagram
 from sepconnect.process.journal import open_journal as open_journal  # re-exported
 
 Args = dict[str, Any]
@@ -66,8 +65,7 @@ class Audit:
         args: Args | None = None,
     ) -> None:
         pid, uid, gid = self.sender if self.sender is not None else (None, None, None)
-        entry = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        entry: dict[str, object] = {
             "helper_pid": os.getpid(),
             "peer_pid": pid,
             "peer_uid": uid,
@@ -77,7 +75,7 @@ class Audit:
             "result": result,
             "reason": reason,
         }
-        line = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+        line = audit_line(entry)
         if self.log_fd is not None:
             with contextlib.suppress(OSError):  # a full disk must not stop the cleanup
                 os.write(self.log_fd, line)

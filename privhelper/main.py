@@ -5,7 +5,7 @@ Started by the launcher (root) as::
     python3 -I -m sepconnect.privhelper --fd N --peer-uid UID [--uid UID --gid GID]
             [--interface NAME] [--audit-log PATH] [--state-dir DIR]
             [--no-routes] [--dns-backend auto|resolved|resolvconf|file|none]
-            [--fail-closed] [--script PATH] [--log-level N]
+            [--fail-closed] [--script PATH [--script-arg=ARG]...] [--log-level N]
 
 fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
 belongs to the supervisor (running as UID). Started as root, the helper becomes
@@ -248,6 +248,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --fail-closed: a prefix a server may exclude beyond private space",
     )
     parser.add_argument("--script", type=_path, default=None, help="vpnc-script, run as root")
+    parser.add_argument(
+        "--script-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for the vpnc-script (repeatable, in order; give it as --script-arg=ARG)",
+    )
     parser.add_argument("--log-level", type=int, choices=range(5), default=0)
     parser.add_argument(
         "--allow-weak-sandbox",
@@ -316,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
     audit = _audit.Audit(log_fd, journal=_audit.open_journal())
+    if args.script_arg:  # -s with arguments (imported only then: the trusted base)
+        from sepconnect.ipc.script_env import check_script_args
+
+        if args.script is None:
+            return _fail("--script-arg without --script")
+        try:
+            check_script_args(args.script_arg)
+        except ValueError as exc:
+            return _fail(f"--script-arg: {exc}")
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
@@ -370,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fail_closed": int(args.fail_closed),
         "allow_exclude": [str(p) for p in args.allow_exclude],
         "script": args.script,
+        "script_args": list(args.script_arg),
         "root_runner": None if root is None else root.proc.pid,
         "nft_runner": None if nft_runner is None else nft_runner.proc.pid,
     }

@@ -46,13 +46,7 @@ def root_runner(
         )
     if state_dir is None or not (needed or stale):
         return None
-    extra = ["--state-dir", state_dir]
-    if log_fd is not None:
-        extra += ["--audit-fd", str(log_fd)]
-    if args.script is not None:
-        extra += ["--script", args.script]
-    if backend in ("file", "resolvconf"):
-        extra += ["--dns-backend", backend]
+    extra = root_runner_args(args, state_dir, backend, log_fd)
     fds = () if log_fd is None else (log_fd,)
     runner = RunnerClient(
         ROOT_PROGRAM, "sepconnect.rootrunner", extra + ([] if needed else ["--recover"]),
@@ -62,6 +56,21 @@ def root_runner(
         return runner
     runner.close()  # --recover: it undoes, then exits; wait for it
     return None
+
+
+def root_runner_args(
+    args: argparse.Namespace, state_dir: str, backend: BackendName, log_fd: int | None
+) -> list[str]:
+    """The root runner's command line after its channel (rootrunner/main.py parse_args)."""
+    extra = ["--state-dir", state_dir]
+    if log_fd is not None:
+        extra += ["--audit-fd", str(log_fd)]
+    if args.script is not None:
+        # "=": an argument may start with "-" (argparse would take it for an option)
+        extra += ["--script", args.script, *(f"--script-arg={arg}" for arg in args.script_arg)]
+    if backend in ("file", "resolvconf"):
+        extra += ["--dns-backend", backend]
+    return extra
 
 
 def nft_runner(keep: frozenset[int]) -> RunnerClient:

@@ -8,6 +8,8 @@ The helper's records carry :data:`MESSAGE_ID`, the supervisor's events
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import socket
 import struct
@@ -24,6 +26,30 @@ SESSION_MESSAGE_ID: Final = "7d3e9b1c4a2f4e8d9c6b5a4f3e2d1c0b"
 """MESSAGE_ID of the supervisor's session events."""
 PRIORITY: Final[dict[str, int]] = {"ok": 6, "info": 6, "refused": 4, "fatal": 3}
 """syslog priority of a record, by its result."""
+
+
+def audit_line(entry: dict[str, object]) -> bytes:
+    """One line of an audit or session log: ``entry`` after the time (UTC, to the
+    millisecond), as compact ASCII JSON (any text a peer chose stays on the line)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    line = json.dumps({"time": now, **entry}, ensure_ascii=True, separators=(",", ":"))
+    return f"{line}\n".encode()
+
+
+def process_entry(
+    source: str, op: str, result: Result, reason: str, args: object
+) -> dict[str, object]:
+    """The record of the supervisor and of the root runner: who (``source``, pid, uid),
+    then what (``op``, ``args``, ``result``, ``reason``, at most 1,000 characters)."""
+    return {
+        "source": source,
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "op": op,
+        "args": args,
+        "result": result,
+        "reason": reason[:1000],
+    }
 
 
 def open_journal(path: str = JOURNAL_SOCKET) -> socket.socket | None:

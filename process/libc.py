@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Final
 
-LIBC: Final = ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def errno_error(what: str) -> OSError:

@@ -1,28 +1,30 @@
 """Privileges and process flags through prctl(2) and capset(2), for all three programs.
 
 The one prctl wrapper (process/libc.py's handle). Stdlib only: the helper loads it too.
+No typing import (constants without ``Final``), here and in libc.py: the spawner starts
+its first worker after importing them and before the codec's imports, and typing (with
+re) would delay the worker by ~5 ms.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Final
 
 from sepconnect.process.libc import LIBC, errno_error
 
-PR_SET_DUMPABLE: Final = 4
-PR_SET_KEEPCAPS: Final = 8
-PR_SET_NAME: Final = 15
-PR_CAPBSET_READ: Final = 23
-PR_CAPBSET_DROP: Final = 24
-PR_SET_NO_NEW_PRIVS: Final = 38
-PR_CAP_AMBIENT: Final = 47
-PR_CAP_AMBIENT_RAISE: Final = 2
-PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
-CAP_NET_ADMIN: Final = 12
-_LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
-_LAST_CAP_FALLBACK: Final = 63  # /proc unreadable: drop every number the kernel may know
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CAP_NET_ADMIN = 12
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_LAST_CAP_FALLBACK = 63  # /proc unreadable: drop every number the kernel may know
 
 LIBC.prctl.argtypes = [
     ctypes.c_int,

@@ -13,10 +13,13 @@ module is run with `python -I -m` instead, and no domain transition happens.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import sysconfig
+
+TYPE_CHECKING = False  # not typing's: the spawner imports this module before its first worker
+if TYPE_CHECKING:
+    import socket
+    import subprocess
 
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -61,6 +64,11 @@ def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], 
     runs under the account the launcher dropped to (a session's workers run under their
     own account, started by the spawner: spawner/children.py).
     """
+    # Imported here: the spawner, which imports this module before it starts the first
+    # worker, uses none of them (subprocess brings selectors, threading and locale).
+    import socket
+    import subprocess
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         argv = [*program("sepconnect-worker", "sepconnect.worker"), "--fd", str(theirs.fileno())]

@@ -6,13 +6,15 @@ openconnect) or ``--dns-backend file|resolvconf`` (/etc/resolv.conf and resolvco
 root's)::
 
     sepconnect-rootrunner --fd N --peer-uid UID --state-dir DIR [--audit-fd N]
-                          [--script PATH] [--dns-backend file|resolvconf] [--recover]
+                          [--script PATH [--script-arg=ARG]...]
+                          [--dns-backend file|resolvconf] [--recover]
 
 It is outside sepconnect's minimal trusted base (docs/security.md): whoever holds the
 helper's uid can ask it for what these options do. It answers the helper only (its
 parent, with the helper's uid: SCM_CREDENTIALS), one request at a time
-(ipc/runner_messages.py): run the vpnc-script with an environment whose every variable
-it checks (script.py), or set and revert the tunnel's DNS with its one backend (dns.py).
+(ipc/runner_messages.py): run the vpnc-script, with exactly the arguments root gave and
+an environment whose every variable it checks (script.py), or set and revert the
+tunnel's DNS with its one backend (dns.py).
 
 What it changed, it undoes: on request, when the helper goes away (the end of the
 channel: the script's ``disconnect`` if a ``connect`` ran, the DNS change reverted),
@@ -25,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
 import signal
 import socket
@@ -35,10 +35,18 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from sepconnect.ipc.runner_messages import ROOT_REQUESTS, Ran, RevertDns, RunScript, SetDns
-from sepconnect.ipc.script_env import check_env
+from sepconnect.ipc.script_env import check_env, check_script_args
 from sepconnect.ipc.wire import Message
 from sepconnect.process import programs, statefile
-from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, journal_datagram, open_journal
+from sepconnect.process.journal import (
+    MESSAGE_ID,
+    PRIORITY,
+    Result,
+    audit_line,
+    journal_datagram,
+    open_journal,
+    process_entry,
+)
 from sepconnect.process.runner import run_program, runner_channel, serve
 from sepconnect.process.title import set_title
 from sepconnect.rootrunner import dns as _dns
@@ -56,20 +64,10 @@ class _Audit:
 
 
 def record(op: str, result: Result, reason: str = "", **args: str | int | None) -> None:
-    entry = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
-        "source": "rootrunner",
-        "pid": os.getpid(),
-        "uid": os.getuid(),
-        "op": op,
-        "args": args,
-        "result": result,
-        "reason": reason[:1000],
-    }
-    line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"
+    line = audit_line(process_entry("rootrunner", op, result, reason, args))
     with contextlib.suppress(OSError):
         if _Audit.fd is not None:
-            os.write(_Audit.fd, line.encode())
+            os.write(_Audit.fd, line)
         if result in ("refused", "fatal"):
             os.write(2, f"sepconnect root runner: {op}: {reason}\n".encode(errors="replace"))
         if _Audit.journal is not None:
@@ -91,8 +89,9 @@ def record(op: str, result: Result, reason: str = "", **args: str | int | None) 
 class Runner:
     """The session's vpnc-script and DNS backend, and its state file."""
 
-    def __init__(self, script: str | None, backend: str | None, state_dir: str) -> None:
+    def __init__(self, script: tuple[str, ...] | None, backend: str | None, state_dir: str) -> None:
         self.script = script
+        """The vpnc-script's argv: its path, then its arguments (``-s`` with arguments)."""
         self.state = statefile.StateFile(state_dir, STATE_PREFIX)
         self.dns: _dns.Backend | None = None
         if backend == "file":
@@ -158,24 +157,27 @@ class Runner:
             record("state", "info", f"cannot write {self.state.path}: {exc}")
 
 
-def run_script(script: str, reason: str, blob: bytes) -> tuple[Ran, dict[str, str] | None]:
-    """Run the vpnc-script for ``reason`` if ``blob`` passes every check; the environment
-    it ran with (None: not run)."""
+def run_script(
+    script: tuple[str, ...], reason: str, blob: bytes
+) -> tuple[Ran, dict[str, str] | None]:
+    """Run the vpnc-script (its argv: path and arguments) for ``reason`` if ``blob`` and
+    the argv pass every check; the environment it ran with (None: not run)."""
     try:
         env = check_env(blob)
-        check_script(script)
+        check_script(script[0])
+        check_script_args(script[1:])
     except (ValueError, OSError) as exc:
         return Ran(status=126, note=f"not run: {str(exc)[:180]}"), None
     if env["reason"] != reason:
         return Ran(status=126, note="not run: reason mismatch"), None
-    return run_program([script], env, None), env
+    return run_program(list(script), env, None), env
 
 
 def encode_env(env: dict[str, str]) -> bytes:
     return b"\0".join(f"{k}={v}".encode() for k, v in env.items())
 
 
-def recover(state_dir: str, script: str | None) -> None:
+def recover(state_dir: str, script: tuple[str, ...] | None) -> None:
     """Undo what crashed root runners left behind (their state files)."""
     for path, data in statefile.stale(state_dir, STATE_PREFIX):
         ok = True
@@ -208,28 +210,40 @@ def recover(state_dir: str, script: str | None) -> None:
                 record("recover", "info", f"cannot remove {path}: {exc}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, tuple[str, ...] | None]:
+    """Our command line (the helper wrote it: privhelper/runners.py root_runner_args) and
+    the vpnc-script's argv in it, if any (not yet checked)."""
     parser = argparse.ArgumentParser(prog="sepconnect-rootrunner", allow_abbrev=False)
     parser.add_argument("--fd", type=int)
     parser.add_argument("--peer-uid", type=int, required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--audit-fd", type=int)
     parser.add_argument("--script")
+    # "=" on the helper's side: an argument may start with "-"
+    parser.add_argument("--script-arg", action="append", default=[])
     parser.add_argument("--dns-backend", choices=("file", "resolvconf"))
     parser.add_argument("--recover", action="store_true")
     args = parser.parse_args(argv)
+    if args.script_arg and args.script is None:
+        parser.error("--script-arg without --script")
+    return args, None if args.script is None else (args.script, *args.script_arg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, script = parse_args(argv)
     set_title(PROCESS_TITLE)
     _Audit.fd, _Audit.journal = args.audit_fd, open_journal()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the helper's channel decides when we end
     try:
-        if args.script is not None:
-            check_script(args.script)
+        if script is not None:
+            check_script(script[0])
+            check_script_args(script[1:])
         statefile.ensure_dir(args.state_dir, 0, 0)
-        recover(args.state_dir, args.script)
+        recover(args.state_dir, script)
         if args.recover:
             return 0
-        runner = Runner(args.script, args.dns_backend, args.state_dir)
+        runner = Runner(script, args.dns_backend, args.state_dir)
     except (OSError, ValueError) as exc:
         record("start", "fatal", str(exc))
         return 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import NamedTuple
 
 from sepconnect.process import privileges, programs
 
@@ -19,11 +18,23 @@ _RESET_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
 restore_signals), since an ignored signal stays ignored across exec."""
 
 
-class Args(NamedTuple):  # not a dataclass: its imports (~10 ms) would delay the worker
-    fd: int  # the channel to the supervisor
-    peer_uid: int  # the supervisor's uid: the only sender served
-    first_worker: int | None  # a worker's channel end: start it at once (the launcher's)
-    allow_weak_sandbox: bool  # that first worker's --allow-weak-sandbox
+class Args:  # neither a dataclass nor a NamedTuple: their imports would delay the worker
+    __slots__ = ("allow_weak_sandbox", "fd", "first_worker", "peer_uid")
+
+    def __init__(
+        self, fd: int, peer_uid: int, first_worker: int | None, allow_weak_sandbox: bool
+    ) -> None:
+        self.fd = fd  # the channel to the supervisor
+        self.peer_uid = peer_uid  # the supervisor's uid: the only sender served
+        self.first_worker = first_worker  # a worker's channel end: start it at once
+        self.allow_weak_sandbox = allow_weak_sandbox  # that first worker's option
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Args) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
 
 def parse_argv(argv: list[str]) -> Args:

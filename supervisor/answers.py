@@ -222,7 +222,8 @@ class Login:
         for fld, (how, _) in zip(form.fields, plans, strict=True):
             if how == "ask" and ask is None:
                 raise self._unanswered(form, fld)
-        notes = tuple(t for t in (form.banner, form.error, form.message) if t)
+        # (the banner is not among them: the session shows every form's banner itself)
+        notes = tuple(t for t in (form.error, form.message) if t)
         values: dict[str, str] = {}
         for fld, (how, value) in zip(form.fields, plans, strict=True):
             if how == "ask":

@@ -8,7 +8,7 @@ O_APPEND fd does not stop ftruncate, so a supervisor holding one could erase or 
 the helper's records. These events are only as trustworthy as the supervisor.
 
 Events: ``connect``, ``disconnect``, ``auth_failure``, ``worker_crash``,
-``unusable_config``, ``control_refused`` (and whatever later code records with
+``unusable_config``, ``login_banner``, ``control_refused`` (and whatever later code records with
 :func:`event`). A record never carries a secret: callers pass the arguments
 explicitly, and :func:`event` refuses the argument names that could hold one (a cookie,
 a password, a key).
@@ -17,7 +17,6 @@ a password, a key).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import socket
@@ -29,8 +28,10 @@ from sepconnect.process.journal import (
     PRIORITY,
     SESSION_MESSAGE_ID,
     Result,
+    audit_line,
     journal_datagram,
     open_journal,
+    process_entry,
 )
 
 Scalar = str | int | float | bool | None
@@ -56,20 +57,11 @@ def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str
     leaked = SECRET_NAMES & {name.lower() for name in args}
     if leaked:
         raise ValueError(f"audit event {op}: refusing secret-bearing argument(s) {sorted(leaked)}")
-    record: dict[str, object] = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
-        "source": "supervisor",
-        "pid": os.getpid(),
-        "uid": os.getuid(),
-        "op": op,
-        "args": args,
-        "result": result,
-        "reason": reason[:1000],
-    }
-    line = json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
+    record = process_entry("supervisor", op, result, reason, args)
+    line = audit_line(record)
     if _Sink.fd is not None:
         with contextlib.suppress(OSError):  # a full disk must not end the session
-            os.write(_Sink.fd, line.encode())
+            os.write(_Sink.fd, line)
     if _Sink.journal is not None:
         fields = {
             "MESSAGE": f"sepconnect supervisor: {op} {result}" + (f": {reason}" if reason else ""),

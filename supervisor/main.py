@@ -97,9 +97,12 @@ from sepconnect.supervisor.session import (
 from sepconnect.supervisor.terminal import Terminal
 
 VERBOSITY = [0]  # set by the launcher before the supervisor starts
+QUIET = [False]  # -q/--quiet: failures only; set by the launcher
 
 
-def log(text: str) -> None:
+def log(text: str, *, error: bool = True) -> None:
+    if QUIET[0] and not error:
+        return
     print(f"sepconnect: {text}", file=sys.stderr, flush=True)
 
 
@@ -195,7 +198,7 @@ class Supervisor:
             Reply: self._reply,
             Notify: lambda action: self.notifier.notify(**action.fields),
             Audit: self._audit,
-            Log: lambda action: log(action.text),
+            Log: lambda action: log(action.text, error=action.error),
             Exit: self._exit,
         }
 
@@ -285,18 +288,22 @@ class Supervisor:
                 proc, ours = self.spawner.spawn(allow_weak_sandbox=self.options.allow_weak_sandbox)
             except SpawnerGone:
                 return self._spawner_failed()
+        channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
+        # The start goes out before the spawner's reply is read: the worker reads it as
+        # soon as its imports are done, and the spawner's reply to the first spawn comes
+        # only after the spawner's own codec imports. Nothing the worker sends is read
+        # before WorkerStarted is fed to the machine.
+        with contextlib.suppress(OSError):  # if it died already, its exit is reported
+            channel.send(start_for(self.start, action))
         try:
             pid = proc.pid  # the spawner's reply
         except SpawnerGone:
             ours.close()
             return self._spawner_failed()
-        channel = Channel(ours, FROM_WORKER, send_codec=TO_WORKER, send_fd_ops=FD_TO_WORKER)
         self.workers[action.gen] = _Process(proc, channel)
         if action.cookie is None:
             self.logins[action.gen] = Login(self.options.answers, self.options.codes)
         self.sel.register(channel.fileno(), selectors.EVENT_READ, ("worker", action.gen))
-        with contextlib.suppress(OSError):  # if it died already, its exit is reported
-            channel.send(start_for(self.start, action))
         return WorkerStarted(action.gen, pid)
 
     def _send(self, action: Send) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 
 from sepconnect.ipc.limits import printable
 
@@ -29,10 +30,15 @@ class Notifier:
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 2e6
         self.sock: socket.socket | None = None
+        self.on_ready: Callable[[], None] | None = None
+        """Called once, at the first READY=1 (the launcher's -b, --pid-file, --syslog)."""
         if self.address is not None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def notify(self, **fields: str) -> None:
+        if fields.get("ready") == "1" and self.on_ready is not None:
+            on_ready, self.on_ready = self.on_ready, None
+            on_ready()
         if self.sock is None or self.address is None:
             return
         # One line per field, whatever a value holds: a newline in it could add a field

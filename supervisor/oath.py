@@ -13,19 +13,25 @@ The secret is written as openconnect writes ``--token-secret`` (oath.c,
 Codes have 6 digits and TOTP steps 30 seconds, as openconnect's. PSKC token files
 (``<?xml``) are not supported. The supervisor holds the secret and computes every code
 at login time; no worker ever sees the secret (supervisor/answers.py).
+
+The HMAC is RFC 2104 over CPython's built-in SHA-1/SHA-2 (``_sha1``, ``_sha256``,
+``_sha512``: the digests ``hashlib`` falls back to; no stubs, so looked up by name),
+not ``hashlib``/``hmac``: those load the system libcrypto (3.6 MB of the supervisor's
+RSS) for two hashes of a few bytes at login time. tests/unit/test_oath.py checks it
+against ``hmac`` for key lengths past the block sizes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
+import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
-__all__ = ["TOTP_PERIOD", "OathToken", "hotp", "parse_token_secret", "totp_step"]
+__all__ = ["TOTP_PERIOD", "OathToken", "hmac_digest", "hotp", "parse_token_secret", "totp_step"]
 
 TokenMode = Literal["totp", "hotp"]
 Algorithm = Literal["sha1", "sha256", "sha512"]
@@ -39,6 +45,25 @@ _PREFIXES: Final[dict[str, Algorithm]] = {"sha1:": "sha1", "sha256:": "sha256", 
 # strtol(p, &end, 0) with nothing but white space after it: openconnect's counter
 _COUNTER = re.compile(r"\s*\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)?\s*")
 _HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+class _Hash(Protocol):
+    block_size: int
+
+    def digest(self) -> bytes: ...
+
+
+def _hash(algorithm: Algorithm) -> Callable[..., _Hash]:
+    """CPython's own implementation of *algorithm*; hashlib's only where it has none (a
+    build without them: then libcrypto is loaded after all)."""
+    try:
+        module = importlib.import_module(f"_{algorithm}")
+        constructor: Callable[..., _Hash] = getattr(module, algorithm)
+    except ImportError:
+        import hashlib
+
+        constructor = getattr(hashlib, algorithm)
+    return constructor
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +143,21 @@ def hotp(key: bytes, counter: int, algorithm: Algorithm = "sha1", digits: int = 
     """RFC 4226 §5.3: HMAC over the 8-byte counter, dynamically truncated."""
     if not 0 <= counter < 2**64:
         raise ValueError(f"counter {counter} out of range")
-    mac = hmac.new(key, counter.to_bytes(8, "big"), getattr(hashlib, algorithm)).digest()
+    mac = hmac_digest(key, counter.to_bytes(8, "big"), algorithm)
     offset = mac[-1] & 0x0F
     value = int.from_bytes(mac[offset : offset + 4], "big") & 0x7FFFFFFF
     return str(value % 10**digits).zfill(digits)
+
+
+def hmac_digest(key: bytes, message: bytes, algorithm: Algorithm) -> bytes:
+    """RFC 2104 HMAC: H((K ^ opad) || H((K ^ ipad) || message)), K padded to a block."""
+    new = _hash(algorithm)
+    block = new().block_size
+    if len(key) > block:
+        key = new(key).digest()
+    key = key.ljust(block, b"\0")
+    inner = new(bytes(b ^ 0x36 for b in key) + message).digest()
+    return new(bytes(b ^ 0x5C for b in key) + inner).digest()
 
 
 def totp_step(now: float, period: int = TOTP_PERIOD) -> int:

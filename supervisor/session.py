@@ -368,6 +368,8 @@ class Audit:
 @dataclass(frozen=True, slots=True)
 class Log:
     text: str
+    error: bool = False
+    """A failure, shown even with -q/--quiet (which hides the progress of a healthy session)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +471,7 @@ class Session:
         self._next_gen = 1
         # what is known of the server session; the cookie never leaves memory
         self.cookie: str | None = None
+        self.login_banner: str | None = None  # the last pre-login banner shown
         self.server = ""
         self.gateway = ""
         self.established = False
@@ -591,8 +594,8 @@ class Session:
     def _emit(self, *actions: Effect) -> None:
         self._out.extend(actions)
 
-    def _log(self, text: str) -> None:
-        self._out.append(Log(text))
+    def _log(self, text: str, *, error: bool = False) -> None:
+        self._out.append(Log(text, error))
 
     def _ask(self, request: str, action: Effect) -> None:
         """A helper request; its reply comes back as the next helper event."""
@@ -639,7 +642,7 @@ class Session:
         self._ask("hello", HelperHello(self.config.gateway))
 
     def _on_control_unavailable(self, event: ControlUnavailable, now: float) -> None:
-        self._log(event.reason)
+        self._log(event.reason, error=True)
         self._finish(ExitCode.USAGE, logoff=False, now=now)
 
     # -- workers --------------------------------------------------------------------------
@@ -658,13 +661,15 @@ class Session:
             return
         handler = _ON_MESSAGE.get((worker.phase, type(event.message)))
         if handler is None:
-            self._log(f"unexpected {event.message.op} from worker {worker.gen}")
+            self._log(f"unexpected {event.message.op} from worker {worker.gen}", error=True)
             self._emit(KillWorker(worker.gen))
             return
         getattr(self, handler)(worker, event.message, now)
 
     def _on_worker_broke(self, event: WorkerBroke, _now: float) -> None:
-        self._log(f"worker {event.gen} broke the IPC protocol ({event.reason}); stopping it")
+        self._log(
+            f"worker {event.gen} broke the IPC protocol ({event.reason}); stopping it", error=True
+        )
         self._emit(KillWorker(event.gen))
 
     def _on_worker_exited(self, event: WorkerExited, now: float) -> None:
@@ -717,9 +722,16 @@ class Session:
         nothing to ask); the terminal only until the session first came up: a login
         after that must not wait for someone who may not be there."""
         if worker.purpose != "login":
-            self._log(f"unexpected {form.op} from worker {worker.gen}")
+            self._log(f"unexpected {form.op} from worker {worker.gen}", error=True)
             self._emit(KillWorker(worker.gen))
             return
+        if form.banner and form.banner != self.login_banner:
+            # The server's pre-login banner: shown (line by line under our prefix, as
+            # the tunnel's) and recorded, once for each text.
+            self.login_banner = form.banner
+            for line in form.banner.splitlines():
+                self._log(f"server login banner: {line}")
+            self._emit(Audit("login_banner", "info", form.banner[:500], {}))
         self._emit(AnswerForm(worker.gen, form, may_ask=not self.established))
 
     def _on_form_answered(self, event: FormAnswered, _now: float) -> None:
@@ -817,21 +829,27 @@ class Session:
     def _on_helper_refusal(self, event: HelperRefusal, now: float) -> None:
         request = self._asked.popleft() if self._asked else ""
         if request == "hello":
-            self._log(f"the privileged helper did not start: {event.reason}")
+            self._log(f"the privileged helper did not start: {event.reason}", error=True)
             self._finish(ExitCode.ERROR, logoff=False, now=now, announce=False, teardown=False)
         elif request in ("create_tun", "net_config"):
             self._configuring = None
-            self._log(f"the privileged helper refused the network configuration: {event.reason}")
+            self._log(
+                f"the privileged helper refused the network configuration: {event.reason}",
+                error=True,
+            )
             self._finish(ExitCode.HELPER_REFUSED, logoff=True, now=now)
         elif request == "script reconnect":
             # The script failed to configure the reconnected tunnel: as a refused
             # configuration (the helper refuses no other script event).
-            self._log(f"the privileged helper refused the network configuration: {event.reason}")
+            self._log(
+                f"the privileged helper refused the network configuration: {event.reason}",
+                error=True,
+            )
             self._finish(ExitCode.HELPER_REFUSED, logoff=True, now=now)
         elif request.startswith("script "):
-            self._log(f"vpnc-script {request.removeprefix('script ')}: {event.reason}")
+            self._log(f"vpnc-script {request.removeprefix('script ')}: {event.reason}", error=True)
         elif request == "teardown":
-            self._log(f"helper teardown: {event.reason}")
+            self._log(f"helper teardown: {event.reason}", error=True)
             self._exit(ExitCode.ERROR)
 
     def _on_helper_gone(self, event: HelperGone, now: float) -> None:
@@ -839,17 +857,17 @@ class Session:
         if request.startswith("script "):
             # No answer to a script event does not end the session by itself; a helper
             # that is really gone is seen next (its socket closes, or the next request).
-            self._log(f"vpnc-script {request.removeprefix('script ')}: {event.reason}")
+            self._log(f"vpnc-script {request.removeprefix('script ')}: {event.reason}", error=True)
             return
         self._asked.clear()
         self._helper_alive = False  # its channel is not used again: no teardown
         self._configuring = None
         if request == "hello":
-            self._log(f"the privileged helper did not start: {event.reason}")
+            self._log(f"the privileged helper did not start: {event.reason}", error=True)
             self._finish(ExitCode.ERROR, logoff=False, now=now, announce=False, teardown=False)
             return
         if request == "teardown":
-            self._log(f"helper teardown: {event.reason}")
+            self._log(f"helper teardown: {event.reason}", error=True)
             self._exit(ExitCode.ERROR)
             return
         if self.state is State.DISCONNECTING:
@@ -857,15 +875,15 @@ class Session:
                 self.exit_code = ExitCode.ERROR
             return
         if request:
-            self._log(f"the privileged helper failed: {event.reason}")
+            self._log(f"the privileged helper failed: {event.reason}", error=True)
         else:
-            self._log("the privileged helper exited unexpectedly")
+            self._log("the privileged helper exited unexpectedly", error=True)
         self._finish(ExitCode.ERROR, logoff=True, now=now)
 
     def _on_spawner_failed(self, event: SpawnerFailed, now: float) -> None:
         for gen in [gen for gen, worker in self.workers.items() if worker.pid is None]:
             del self.workers[gen]  # the SpawnWorker this answers: never started
-        self._log(f"{event.reason}; ending the session")
+        self._log(f"{event.reason}; ending the session", error=True)
         if self.state is State.DISCONNECTING:
             if self.exit_code == ExitCode.OK:
                 self.exit_code = ExitCode.ERROR
@@ -957,7 +975,7 @@ class Session:
         if self.state is State.DISCONNECTING:
             return
         if worker.purpose == "rekey" and not worker.has_tun and self.carrier is not None:
-            self._log(f"rekey failed ({message}); keeping the current connection")
+            self._log(f"rekey failed ({message}); keeping the current connection", error=True)
             self.rekey_at = now + REKEY_RETRY if self.rekey_interval else None
             return
         candidate = self.candidate
@@ -989,9 +1007,9 @@ class Session:
             in_place=lost and self.cookie is not None,
         )
         if decision.action is Action.GIVE_UP:
-            self._log(message)
+            self._log(message, error=True)
             if self.established:
-                self._log(f"giving up: {decision.reason}")
+                self._log(f"giving up: {decision.reason}", error=True)
             self._finish(decision.code, logoff=kind != "terminated", now=now)
             return
         self.state = State.RECONNECTING
@@ -999,7 +1017,8 @@ class Session:
         if decision.action is Action.RESUME_IN_PLACE:
             assert self.cookie is not None
             self._log(
-                f"worker {worker.gen}: {message}; reconnecting in place with the session cookie"
+                f"worker {worker.gen}: {message}; reconnecting in place with the session cookie",
+                error=True,
             )
             self.totals.add(worker.status)  # the new connection counts from zero
             worker.status = None
@@ -1012,7 +1031,7 @@ class Session:
         self.attempts += 1
         self.restarts += 1
         when = "now" if decision.delay == 0 else f"in {decision.delay:.1f} s"
-        self._log(f"{message}; {decision.reason}: reconnecting {when}")
+        self._log(f"{message}; {decision.reason}: reconnecting {when}", error=True)
         self.retry_at = now + decision.delay
         self.retry_action = decision.action
 

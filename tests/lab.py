@@ -122,6 +122,9 @@ class OcservOptions:
     # with "certificate": the user's groups are the certificate's OUs (cert-group-oid);
     # with "plain" too, ocserv then wants the password file's group among them
     cert_groups: bool = False
+    # ocserv's -d (stderr log level): 3 debug; 4 adds each HTTP header it reads (the
+    # cookie censored) and the login's POST bodies (with the lab's passwords)
+    debug: int = 3
     # raw extra lines; a "key = value" line replaces the lab's own line for that key,
     # except for the keys that may repeat (route, dns, ...), which are added to.
     extra: tuple[str, ...] = ()
@@ -177,7 +180,7 @@ def ocserv_config(options: OcservOptions, workdir: str) -> str:
         ("deny-roaming", "false"),
         ("rekey-time", str(options.rekey_time)),
         ("rekey-method", options.rekey_method),
-        ("log-level", "3"),  # "debug"; 4 adds HTTP, 8 would log passwords
+        ("log-level", str(options.debug)),  # as -d (OcservOptions.debug)
         ("device", "vpns"),
         ("predictable-ips", "true"),  # a user keeps its address across sessions
         ("ping-leases", "false"),
@@ -781,7 +784,15 @@ route add {self.pool6} via {self.server_target_ip6}
         with open(Path(self.workdir, "ocserv.log"), "ab") as log:
             # -f: stay in the foreground (we hold the main pid); -d: log to stderr
             self._ocserv = self._spawn(
-                self.server_ns, "ocserv", "-f", "-d", "3", "-c", conf, stdout=log, stderr=log
+                self.server_ns,
+                "ocserv",
+                "-f",
+                "-d",
+                str(self.options.debug),
+                "-c",
+                conf,
+                stdout=log,
+                stderr=log,
             )
         occtl_sock = Path(self.workdir, "occtl.sock")
         listen = f"{self.server_ip}:{self.port}"

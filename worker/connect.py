@@ -41,6 +41,7 @@ from sepconnect.worker.proto.dtls_setup import (
     plan_dtls,
 )
 from sepconnect.worker.proto.http import HttpClient, HttpResponse
+from sepconnect.worker.proto.identity import CLIENT_VERSION, USER_AGENT, ClientIdentity
 from sepconnect.worker.proto.tunnel import (
     TunnelConfig,
     build_connect_request,
@@ -249,6 +250,15 @@ def _base_mtu(stream: TlsStream, requested: int | None) -> int:
     return max(1280, min(9000, mss + headers))
 
 
+def identity_of(start: Start) -> ClientIdentity:
+    """--useragent, --version-string and --os (identity.py)."""
+    return ClientIdentity(
+        user_agent=start.user_agent or USER_AGENT,
+        version=start.version_string or CLIENT_VERSION,
+        platform=start.platform,
+    )
+
+
 def _log_in(start: Start, server: Server, conn: _Connection, ask: Ask | None) -> AuthSuccess:
     try:
         auth = AuthSession(
@@ -256,6 +266,7 @@ def _log_in(start: Start, server: Server, conn: _Connection, ask: Ask | None) ->
             port=server.port,
             path=server.path,
             certificate=start.client_cert is not None,
+            identity=identity_of(start),
         )
     except ValueError as exc:  # e.g. a space or non-ASCII in the URL's path or query
         raise SessionFailure("error", f"cannot log in to {start.url!r}: {exc}") from None
@@ -332,6 +343,7 @@ def open_tunnel(start: Start, ask: Ask | None = None) -> Tunnel:
             dtls_master_secret=master_secret,
             dtls_ciphers=offered[0],
             dtls12_ciphers=offered[1],
+            identity=identity_of(start),
         )
         resp = conn.exchange(connect_req)
         config = parse_connect_response_untrusted(

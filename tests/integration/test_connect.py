@@ -45,6 +45,7 @@ class Client:
         stdin: str = "",
         terminal: int | None = None,
         prefix: tuple[str, ...] = (),
+        server: str | None = None,
     ):
         """The password goes to standard input (--passwd-on-stdin); without it, *stdin*;
         with *terminal* (a pty's fd), standard input, output and error are that."""
@@ -73,7 +74,9 @@ class Client:
             # docs/security.md); DNS: test_routes_dns.py, and test_root_runner_* below.
             argv += ["--dns-backend", "none"]
         argv += [*args]
-        if not any(a.startswith("https://") for a in args):
+        if server is not None:  # the server as given (a bare host name, a path)
+            argv.append(server)
+        elif not any(a.startswith("https://") for a in args):
             argv.append(lab.url)
         pipe = subprocess.PIPE if terminal is None else terminal
         self.proc = lab.popen_in(

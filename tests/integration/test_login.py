@@ -325,6 +325,19 @@ def test_form_entries_answer_every_field(lab_factory: Callable[[OcservOptions], 
     assert client.stop() == 0, client.stderr
 
 
+def test_the_pre_login_banner_is_shown_and_recorded(
+    lab_factory: Callable[[OcservOptions], Lab],
+) -> None:
+    """Issue 14, item 8: ocserv's pre-login-banner, with no terminal asked."""
+    lab = lab_factory(OcservOptions(extra=("pre-login-banner = Authorised use only",)))
+    client = Client(lab)
+    client.wait_connected()
+    assert client.stop() == 0, client.stderr
+    assert "sepconnect: server login banner: Authorised use only\n" in client.stderr
+    banners = [e for e in client.session_events() if e["op"] == "login_banner"]
+    assert [(e["result"], e["reason"]) for e in banners] == [("info", "Authorised use only")]
+
+
 def test_a_missing_username_ends_the_login_before_any_password(lab: Lab) -> None:
     client = Client(lab, user="")  # the password on stdin, which is no terminal
     _assert_clean_failure(lab, client, NEED_INPUT, r"nothing answers it")

@@ -292,7 +292,7 @@ def test_prompts_with_the_servers_labels_in_form_order() -> None:
         "username": "bob", "group_list": "sales", "password": "pw"
     }  # fmt: skip
     assert tty.asked == [
-        Prompt("Username:", notes=("Welcome", "Please log in.")),
+        Prompt("Username:", notes=("Please log in.",)),  # the banner: the session's
         Prompt("Group:", choices=("Engineering", "Sales", "Sales 2")),
         Prompt("Password:", hidden=True),
     ]

@@ -93,6 +93,8 @@ def test_config_equals_form_and_no_config_leave_argv_alone(tmp_path: Path) -> No
          "config file; use token-secret @FILE (a credential file)"),
         ("form-entry main:password=hunter2\n", ":1: form-entry main:password looks like a "
          "secret; give passwords and codes in credentials-file"),
+        ("cookie webvpn=abc\n", ":1: cookie would put a secret in the config file; "
+         "use cookie-on-stdin"),
     ],
 )  # fmt: skip
 def test_a_bad_line_is_one_error_naming_file_and_line(

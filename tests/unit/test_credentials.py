@@ -49,6 +49,22 @@ def test_bad_cookies(monkeypatch: pytest.MonkeyPatch, line: str, message: str) -
         credentials.read_cookie(_args("--cookie-on-stdin"))
 
 
+def test_cookie_option_is_the_same_cookie_as_on_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # -C/--cookie (openconnect's; checked by _check_args) goes where --cookie-on-stdin's
+    # goes: LoginInput.cookie, with which the supervisor's first worker resumes
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    args = _args("-C", "openconnect_strapkey=MHcCAQ+/==; webvpn=AAeix0DFp4KV1WNg=")
+    cli._check_args(args)
+    assert credentials.read_login(args).cookie == "AAeix0DFp4KV1WNg="
+    assert credentials.read_login(_args()).cookie is None
+
+
+@pytest.mark.parametrize("other", [["-C", "abc"], ["--cookieonly"], ["--authenticate"]])
+def test_cookie_on_stdin_goes_alone(other: list[str]) -> None:
+    with pytest.raises(ValueError, match="--cookie-on-stdin and .* cannot go together"):
+        credentials.read_login(_args("--cookie-on-stdin", *other))
+
+
 def _private(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     path = tmp_path / "secret"
     path.write_text(text)

@@ -135,7 +135,10 @@ FUZZERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "test_pin.py::test_fuzz_raises_only_malformed_certificate": (
         "MalformedCertificate",
-        tuple(f"pin.{f}_untrusted" for f in ("matches", "spki_pin", "subject_public_key_info")),
+        tuple(
+            f"pin.{f}_untrusted"
+            for f in ("matches", "spki_pin", "subject_public_key_info", "fingerprint")
+        ),
     ),
 }
 

@@ -416,7 +416,7 @@ from sepconnect.rootrunner.main import run_script
 # argument and environment strings and pointers, the least any system gives.
 resource.setrlimit(resource.RLIMIT_STACK, (512 * 1024, resource.RLIM_INFINITY))
 blob = sys.stdin.buffer.read()
-ran, _ = run_script("/usr/bin/true", "attempt-reconnect", blob)
+ran, _ = run_script(("/usr/bin/true",), "attempt-reconnect", blob)
 over = run_program(["/usr/bin/true"], {"A": "a" * 66000, "B": "b" * 66000}, None)
 print(ran.status, ran.note, "|", over.status, over.note)
 """

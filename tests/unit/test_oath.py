@@ -4,10 +4,20 @@
 from __future__ import annotations
 
 import base64
+import hmac
+import subprocess
+import sys
 
 import pytest
 
-from sepconnect.supervisor.oath import OathToken, hotp, parse_token_secret, totp_step
+from sepconnect.supervisor.oath import (
+    Algorithm,
+    OathToken,
+    hmac_digest,
+    hotp,
+    parse_token_secret,
+    totp_step,
+)
 
 RFC4226_KEY = b"12345678901234567890"
 # RFC 4226 Appendix D: HOTP values for counters 0 to 9
@@ -123,3 +133,27 @@ def test_the_secret_is_not_in_repr() -> None:
     assert isinstance(token, OathToken)
     assert KEY.hex() not in repr(token)
     assert repr(KEY) not in repr(token)
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256", "sha512"])
+def test_hmac_as_the_stdlib_for_every_key_length(algorithm: Algorithm) -> None:
+    # past both block sizes (64 and 128 bytes): a longer key is hashed first
+    for length in range(0, 200, 7):
+        key = bytes(range(length % 256)) * (length // 256) + bytes(range(length % 256))
+        message = b"message %d" % length
+        assert hmac_digest(key, message, algorithm) == hmac.digest(key, message, algorithm)
+
+
+def test_the_supervisor_does_not_load_libcrypto() -> None:
+    code = (
+        "import sys\n"
+        "import sepconnect.supervisor.main\n"
+        "from sepconnect.supervisor.oath import hotp\n"
+        "hotp(b'12345678901234567890', 1, 'sha512')\n"
+        "print(sorted(m for m in ('_hashlib', 'hashlib', 'hmac') if m in sys.modules))\n"
+        "print('libcrypto.so' in open('/proc/self/maps').read())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.split("\n")[:2] == ["[]", "False"]

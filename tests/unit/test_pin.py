@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,11 +23,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sepconnect.ipc.limits import SERVER_PIN
 from sepconnect.worker.io.tls import CertificateInvalid, TrustConfig, _verify, describe_pin
 from sepconnect.worker.proto.pin import (
     MAX_CERTIFICATE_DER,
     MalformedCertificate,
     ServerPin,
+    fingerprint_untrusted,
     matches_untrusted,
     spki_pin_untrusted,
     subject_public_key_info_untrusted,
@@ -133,6 +136,13 @@ def test_oversized_input_is_refused_before_walking() -> None:
     | st.builds(lambda i, b: CERT_V3[:i] + b, st.integers(0, 40), st.binary(max_size=8))
 )
 def test_fuzz_raises_only_malformed_certificate(data: bytes) -> None:
+    # a pin of the whole certificate hashes any bytes; one of the public key walks them
+    assert fingerprint_untrusted("cert-sha1", data) == hashlib.sha1(data).hexdigest()
+    for kind in ("pin-sha256", "sha256", "sha1"):
+        with contextlib.suppress(MalformedCertificate):
+            fingerprint_untrusted(kind, data)
+            matches_untrusted(ServerPin(kind, "abcd"), data)
+            spki_pin_untrusted(data)
     try:
         spki = subject_public_key_info_untrusted(data)
     except MalformedCertificate:
@@ -153,27 +163,88 @@ def test_fuzz_single_byte_changes(index: int, value: int) -> None:
 # --------------------------------------------------------------------------- ServerPin
 
 
-def test_parse_and_print_round_trip() -> None:
-    text = "pin-sha256:" + base64.b64encode(bytes(range(32))).decode()
-    assert str(ServerPin.parse(text)) == text
-    assert ServerPin.parse(text.replace("pin-sha256", "PIN-SHA256")) == ServerPin.parse(text)
-    hexpin = "sha256:" + bytes(range(32)).hex()
-    assert str(ServerPin.parse(hexpin)) == hexpin
+B64 = base64.b64encode(bytes(range(32))).decode()
+HEX32, HEX20 = bytes(range(32)).hex(), bytes(range(20)).hex()
 
 
-@pytest.mark.parametrize("text", ["pin-sha256:AAAA", "sha1:00", "pin-sha256:!!", "sha256:zz"])
-def test_parse_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="--servercert"):
+@pytest.mark.parametrize(
+    ("text", "kind", "normal"),
+    [
+        # every form openconnect's --servercert takes (library.c
+        # openconnect_check_peer_cert_hash): the type in lower case, hex in either case
+        (f"pin-sha256:{B64}", "pin-sha256", f"pin-sha256:{B64}"),
+        (f"PIN-SHA256:{B64}", "pin-sha256", f"pin-sha256:{B64}"),
+        (f"sha256:{HEX32.upper()}", "sha256", f"sha256:{HEX32}"),
+        (f"sha1:{HEX20}", "sha1", f"sha1:{HEX20}"),
+        (f"SHA1:{HEX20.upper()}", "sha1", f"sha1:{HEX20}"),
+        (HEX20.upper(), "cert-sha1", HEX20),  # no type: SHA-1 of the whole certificate
+        # prefixes of 4 characters or more
+        ("pin-sha256:AAEC", "pin-sha256", "pin-sha256:AAEC"),
+        ("sha256:0001", "sha256", "sha256:0001"),
+        ("sha1:AbCdEf", "sha1", "sha1:abcdef"),
+        ("0a1B", "cert-sha1", "0a1b"),
+    ],
+)
+def test_parse_every_openconnect_form(text: str, kind: str, normal: str) -> None:
+    pin = ServerPin.parse(text)
+    assert pin.kind == kind
+    assert str(pin) == normal
+    assert ServerPin.parse(str(pin)) == pin
+    assert re.fullmatch(SERVER_PIN, normal)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("sha1:00", "at least 4 characters"),
+        ("abc", "at least 4 characters"),
+        ("pin-sha256:!!!!", "expected pin-sha256"),
+        ("sha256:zzzz", "expected pin-sha256"),
+        ("sha256:" + HEX32 + "00", "longer than a sha256 fingerprint"),
+        ("sha1:" + HEX32, "longer than a sha1 fingerprint"),
+        (HEX32, "longer than a cert-sha1 fingerprint"),
+        ("pin-sha256:" + B64 + "A", "expected pin-sha256"),
+        ("md5:" + HEX20, "unknown type 'md5'"),
+        ("sha256:", "expected pin-sha256"),
+    ],
+)
+def test_parse_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="--servercert") as info:
         ServerPin.parse(text)
+    assert reason in str(info.value)
 
 
-def test_pin_of_the_skeleton_is_sha256_of_its_spki() -> None:
-    pin = spki_pin_untrusted(CERT_V3)
-    assert pin.digest == hashlib.sha256(SPKI).digest()
-    assert matches_untrusted(pin, CERT_V3)
-    cert_pin = ServerPin("cert", hashlib.sha256(CERT_V3).digest())
-    assert matches_untrusted(cert_pin, CERT_V3)
-    assert not matches_untrusted(cert_pin, CERT_V3[:-1])  # a certificate pin hashes any bytes
+def test_prefix_bits() -> None:
+    assert ServerPin.parse(f"pin-sha256:{B64}").bits == 256
+    assert not ServerPin.parse(f"pin-sha256:{B64}").is_prefix
+    assert ServerPin.parse("pin-sha256:AAEC").bits == 24
+    assert ServerPin.parse(f"sha1:{HEX20}").bits == 160
+    assert ServerPin.parse("sha256:0001").is_prefix
+    assert ServerPin.parse("0001").bits == 16
+
+
+def test_pins_of_the_skeleton() -> None:
+    spki_sha256 = hashlib.sha256(SPKI).digest()
+    whole = "pin-sha256:" + base64.b64encode(spki_sha256).decode()
+    assert str(spki_pin_untrusted(CERT_V3)) == whole
+    fingerprints = {
+        "pin-sha256": base64.b64encode(spki_sha256).decode(),
+        "sha256": spki_sha256.hex(),  # of the public key, as openconnect; not the certificate
+        "sha1": hashlib.sha1(SPKI).hexdigest(),
+        "cert-sha1": hashlib.sha1(CERT_V3).hexdigest(),
+    }
+    for kind, fingerprint in fingerprints.items():
+        assert fingerprint_untrusted(kind, CERT_V3) == fingerprint
+        for length in (4, 11, len(fingerprint)):
+            assert matches_untrusted(ServerPin(kind, fingerprint[:length].lower()
+                                               if kind != "pin-sha256" else fingerprint[:length]),
+                                     CERT_V3), (kind, length)  # fmt: skip
+        other = ServerPin(kind, ("B" if fingerprint[0] == "a" else "a") + fingerprint[1:])
+        assert not matches_untrusted(other, CERT_V3)
+    assert not matches_untrusted(ServerPin("sha256", hashlib.sha256(CERT_V3).hexdigest()), CERT_V3)
+    # base64 is compared as written: another case is another pin
+    swapped = fingerprints["pin-sha256"].swapcase()
+    assert not matches_untrusted(ServerPin("pin-sha256", swapped), CERT_V3)
 
 
 # --------------------------------------------------------------------------- against openssl
@@ -239,6 +310,20 @@ def test_pin_equals_openssls(openssl_cert: tuple[str, bytes]) -> None:
         input=pem, check=True, capture_output=True, timeout=60,
     ).stdout  # fmt: skip
     assert subject_public_key_info_untrusted(der) == spki_der, kind
+    # the hex forms: openssl dgst over that SPKI, and openssl's certificate fingerprint
+    for algo in ("sha256", "sha1"):
+        out = subprocess.run(
+            ["openssl", "dgst", f"-{algo}", "-r"], input=spki_der,
+            check=True, capture_output=True, timeout=60,
+        ).stdout.decode().split()[0]  # fmt: skip
+        assert fingerprint_untrusted(algo, der) == out, (kind, algo)
+        assert matches_untrusted(ServerPin.parse(f"{algo}:{out.upper()}"), der), (kind, algo)
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha1"], input=pem,
+        check=True, capture_output=True, timeout=60,
+    ).stdout.decode()  # fmt: skip
+    sha1 = out.strip().split("=", 1)[1].replace(":", "")
+    assert matches_untrusted(ServerPin.parse(sha1), der), kind
 
 
 @needs_openssl
@@ -260,7 +345,7 @@ def test_verify_accepts_openssls_pin_and_names_it_on_mismatch(
     expected = openssl_spki_pin(pem)
     cert = x509.load_pem_x509_certificate(pem)
     _verify("198.18.1.1", [cert], TrustConfig(pins=(ServerPin.parse(expected),), ca_pem=None))
-    wrong = ServerPin("spki", bytes(32))
+    wrong = ServerPin("pin-sha256", "A" * 43 + "=")
     with pytest.raises(CertificateInvalid, match="does not match") as info:
         _verify("198.18.1.1", [cert], TrustConfig(pins=(wrong,), ca_pem=None))
     assert expected in str(info.value), kind
@@ -273,8 +358,8 @@ def test_every_pin_counts(openssl_cert: tuple[str, bytes]) -> None:
     _, pem = openssl_cert
     cert = x509.load_pem_x509_certificate(pem)
     right = ServerPin.parse(openssl_spki_pin(pem))
-    cert_pin = ServerPin("cert", hashlib.sha256(cert.public_bytes(Encoding.DER)).digest())
-    wrong, wrong2 = ServerPin("spki", bytes(32)), ServerPin("cert", bytes(32))
+    cert_pin = ServerPin("cert-sha1", hashlib.sha1(cert.public_bytes(Encoding.DER)).hexdigest())
+    wrong, wrong2 = ServerPin("pin-sha256", "A" * 43 + "="), ServerPin("cert-sha1", "00" * 20)
     for pins in ((right, wrong), (wrong, right), (wrong, wrong2, cert_pin)):
         _verify("198.18.1.1", [cert], TrustConfig(pins=pins, ca_pem=None))
     with pytest.raises(CertificateInvalid, match="does not match"):

@@ -94,3 +94,15 @@ def test_worker_program_maps_the_system_libcrypto_only_for_the_accelerator() -> 
     assert digest == "a9993e364706816aba3e25717850c26c9cd0d89d"  # FIPS 180-2 "abc"
     assert hashlib_backend == "None"
     assert mapped == str(implementation == "compiled")
+
+
+def test_spawner_starts_its_first_worker_before_typing_re_or_subprocess() -> None:
+    # spawner/boot.py forks the first worker after these imports only: each module here
+    # delays the worker, the longest item of the connect time
+    out = _in_child(
+        "import sys\n"
+        "import sepconnect.spawner.boot\n"
+        "print(sorted(m for m in ('typing', 're', 'subprocess', 'socket', 'dataclasses',\n"
+        "                         'msgpack') if m in sys.modules))\n"
+    )
+    assert out.strip() == "[]"

@@ -1038,6 +1038,25 @@ FORM = LoginForm(
 ANSWERS = LoginAnswers(answers=(FieldAnswer(name="password", value="hunter2"),))
 
 
+def test_the_pre_login_banner_is_shown_and_recorded_once() -> None:
+    """Issue 14, item 8: the login form's banner is logged line by line under our prefix
+    and written to the session log, once for each text (a second form repeating it, or a
+    re-login's, adds nothing)."""
+    shell = Shell()
+    shell.feed(Begin())
+    banned = dataclasses.replace(FORM, banner="Authorized use only\nsepconnect: fake")
+    done = shell.say(1, banned)
+    assert "server login banner: Authorized use only\nserver login banner: sepconnect: fake" in (
+        logs(done)
+    )
+    [record] = [a for a in of(done, Audit) if a.op == "login_banner"]
+    assert (record.result, record.reason) == ("info", "Authorized use only\nsepconnect: fake")
+    assert of(done, AnswerForm)
+    again = shell.say(1, banned)
+    assert "banner" not in logs(again)
+    assert not [a for a in of(again, Audit) if a.op == "login_banner"]
+
+
 def test_a_login_form_is_answered_by_the_shell_and_the_answers_sent() -> None:
     shell = Shell()
     shell.feed(Begin())

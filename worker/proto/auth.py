@@ -57,6 +57,12 @@ from sepconnect.worker.proto.errors import (
     ServerRefused,
 )
 from sepconnect.worker.proto.http import HttpResponse
+from sepconnect.worker.proto.identity import (
+    CLIENT_VERSION,
+    DEFAULT_PLATFORM,
+    USER_AGENT,
+    ClientIdentity,
+)
 
 __all__ = [
     "CLIENT_VERSION",
@@ -80,11 +86,8 @@ __all__ = [
 #: ocserv classifies clients by User-Agent prefix (PROTOCOL.md §1.2):
 #: "AnyConnect-compatible OpenConnect" -> OpenConnect (IPv6 routes and DNS,
 #: modern XML); a bare "AnyConnect..." would be treated as Cisco's client.
-USER_AGENT: Final = "AnyConnect-compatible OpenConnect VPN Agent sepconnect/0.1"
-#: Sent as ``<version who="vpn">``; ocserv ignores it.
-CLIENT_VERSION: Final = "sepconnect-0.1"
-#: Sent as ``<device-id>``, as openconnect does on 64-bit Linux.
-DEVICE_ID: Final = "linux-64"
+#: --useragent, --version-string and --os change them (identity.py).
+DEVICE_ID: Final = DEFAULT_PLATFORM
 
 MAX_XML_BYTES: Final = 256 * 1024
 MAX_XML_DEPTH: Final = 32
@@ -438,13 +441,11 @@ def format_host_header(host: str, port: int) -> str:
     return host if port == 443 else f"{host}:{port}"
 
 
-def _xml_doc(kind: str, inner: str) -> bytes:
+def _xml_doc(kind: str, inner: str, identity: ClientIdentity) -> bytes:
     doc = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<config-auth client="vpn" type={quoteattr(kind)} aggregate-auth-version="2">'
-        f'<version who="vpn">{escape(CLIENT_VERSION)}</version>'
-        f"<device-id>{escape(DEVICE_ID)}</device-id>"
-        f"{inner}</config-auth>\n"
+        f"{identity.xml()}{inner}</config-auth>\n"
     )
     return doc.encode("utf-8")
 
@@ -468,9 +469,18 @@ class AuthSession:
     answered with :meth:`answer`, which returns the next request.
     """
 
-    def __init__(self, *, host: str, port: int, path: str, certificate: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        certificate: bool = False,
+        identity: ClientIdentity = ClientIdentity(),  # noqa: B008 - frozen
+    ) -> None:
         """*certificate*: a client certificate is configured (the TLS layer presents it
-        when the server asks in the handshake)."""
+        when the server asks in the handshake); *identity*: what the client says it is
+        (--useragent, --version-string, --os)."""
         if not host or _UNPRINTABLE.search(host) or any(c in host for c in " /?#@"):
             raise ValueError(f"invalid server host name {host!r}")
         if not 0 < port < 65536:
@@ -482,6 +492,7 @@ class AuthSession:
         self._host = host
         self._port = port
         self._path = path
+        self._identity = identity
         self._host_header = format_host_header(host, port)
         self._cookies: dict[str, str] = {}
         self._rounds = 0
@@ -501,7 +512,7 @@ class AuthSession:
     ) -> HttpRequest:
         headers: list[tuple[str, str]] = [
             ("Host", self._host_header),
-            ("User-Agent", USER_AGENT),
+            ("User-Agent", self._identity.user_agent),
         ]
         if self._cookies:
             headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self._cookies.items())))
@@ -510,6 +521,7 @@ class AuthSession:
             ("Accept-Encoding", "identity"),
             ("X-Transcend-Version", "1"),
             ("X-Aggregate-Auth", "1"),
+            *self._identity.mobile_headers(),
         ]
         if method == "POST":
             headers += [
@@ -539,7 +551,8 @@ class AuthSession:
     def _init_request(self) -> HttpRequest:
         url = f"https://{self._host_header}{self._path}"
         inner = f"<group-access>{escape(url)}</group-access>"
-        return self._request(self._path, _xml_doc("init", inner), new_connection=True)
+        body = _xml_doc("init", inner, self._identity)
+        return self._request(self._path, body, new_connection=True)
 
     def _certificate_requested(self) -> HttpRequest:
         """``<client-cert-request>``: the server wants a certificate it did not get in
@@ -660,7 +673,7 @@ class AuthSession:
         if group_select is not None:
             inner += f"<group-select>{escape(group_select)}</group-select>"
         self._sent_password = self._sent_password or sent_password
-        body = _xml_doc("auth-reply", inner)
+        body = _xml_doc("auth-reply", inner, self._identity)
         return self._request(self._action_path(form), body, new_connection=new_conn)
 
     def _collect_cookies(self, resp: HttpResponse) -> None:

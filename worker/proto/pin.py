@@ -2,16 +2,22 @@
 
 A ``pin-sha256`` pin is the SHA-256 of the SubjectPublicKeyInfo bytes exactly as they
 appear in the certificate, which is what ``openssl x509 -pubkey -noout | openssl pkey
--pubin -outform der | openssl dgst -sha256 -binary | base64`` and openconnect compute.
-Those bytes are cut out of the certificate's DER by :func:`subject_public_key_info_untrusted`
-and never re-encoded by a library: cryptography, for one, re-encodes an RSA-PSS key
-(``rsassaPss``, with or without parameters) as ``rsaEncryption``, which hashes to a
-different pin.
+-pubin -outform der | openssl dgst -sha256 -binary | base64`` and openconnect compute;
+``sha256:`` and ``sha1:`` pins are the SHA-256 and SHA-1 of the same bytes in hex, and a
+pin without a type the SHA-1 of the whole certificate (as openconnect's
+``openconnect_check_peer_cert_hash``). Those bytes are cut out of the certificate's DER by
+:func:`subject_public_key_info_untrusted` and never re-encoded by a library: cryptography,
+for one, re-encodes an RSA-PSS key (``rsassaPss``, with or without parameters) as
+``rsaEncryption``, which hashes to a different pin.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import base64
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.hashes import HashAlgorithm
 
 from sepconnect.ipc.servercert import ServerPin
 
@@ -19,6 +25,7 @@ __all__ = [
     "MAX_CERTIFICATE_DER",
     "MalformedCertificate",
     "ServerPin",
+    "fingerprint_untrusted",
     "matches_untrusted",
     "spki_pin_untrusted",
 ]
@@ -37,26 +44,42 @@ class MalformedCertificate(ValueError):
 
 
 def matches_untrusted(pin: ServerPin, cert_der: bytes) -> bool:
-    """Whether the DER certificate *cert_der* has *pin*; raises MalformedCertificate
-    (for an SPKI pin) if its DER cannot be walked."""
-    if pin.kind == "spki":
-        return spki_pin_untrusted(cert_der).digest == pin.digest
-    return _sha256(cert_der) == pin.digest
+    """Whether the DER certificate *cert_der* has *pin* (or, for a prefix, a fingerprint
+    that starts with it); raises MalformedCertificate (for a pin of the public key) if
+    its DER cannot be walked."""
+    return pin.matches(fingerprint_untrusted(pin.kind, cert_der))
+
+
+def fingerprint_untrusted(kind: str, cert_der: bytes) -> str:
+    """The whole fingerprint of *kind* (ipc/servercert.py) of a DER certificate, without
+    the type: base64 for ``pin-sha256``, lower-case hex for the others."""
+    from cryptography.hazmat.primitives import hashes
+
+    if kind == "cert-sha1":
+        return _digest(hashes.SHA1(), cert_der).hex()  # noqa: S303 - openconnect's form
+    spki = subject_public_key_info_untrusted(cert_der)
+    if kind == "pin-sha256":
+        return base64.b64encode(_digest(hashes.SHA256(), spki)).decode()
+    if kind == "sha256":
+        return _digest(hashes.SHA256(), spki).hex()
+    if kind == "sha1":
+        return _digest(hashes.SHA1(), spki).hex()  # noqa: S303 - openconnect's form
+    raise ValueError(f"unknown pin type {kind!r}")
 
 
 def spki_pin_untrusted(cert_der: bytes) -> ServerPin:
-    """The ``pin-sha256`` pin of a DER certificate: SHA-256 over its own
+    """The whole ``pin-sha256`` pin of a DER certificate: SHA-256 over its own
     SubjectPublicKeyInfo bytes. Raises MalformedCertificate."""
-    return ServerPin("spki", _sha256(subject_public_key_info_untrusted(cert_der)))
+    return ServerPin("pin-sha256", fingerprint_untrusted("pin-sha256", cert_der))
 
 
-def _sha256(data: bytes) -> bytes:
-    # Imported here: the DER walk needs no cryptography. The hash is cryptography's,
-    # which the worker has loaded anyway; hashlib would load the system's libcrypto
-    # too (3.4 MB of RSS).
+def _digest(algorithm: HashAlgorithm, data: bytes) -> bytes:
+    # Imported where called: the DER walk needs no cryptography. The hash is
+    # cryptography's, which the worker has loaded anyway; hashlib would load the
+    # system's libcrypto too (3.4 MB of RSS).
     from cryptography.hazmat.primitives import hashes
 
-    digest = hashes.Hash(hashes.SHA256())
+    digest = hashes.Hash(algorithm)
     digest.update(data)
     return digest.finalize()
 

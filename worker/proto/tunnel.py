@@ -46,6 +46,7 @@ from sepconnect.ipc.limits import (
     CIPHER_LIST,
     CIPHER_NAME,
     IPV6_MIN_MTU,
+    LOCAL_HOSTNAME,
     MAX_BANNER,
     MAX_MTU,
     MAX_ROUTES,
@@ -53,9 +54,10 @@ from sepconnect.ipc.limits import (
     printable,
 )
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.worker.proto.auth import USER_AGENT, HttpRequest, format_host_header
+from sepconnect.worker.proto.auth import HttpRequest, format_host_header
 from sepconnect.worker.proto.errors import CookieRejected, ProtocolError, ServerRefused
 from sepconnect.worker.proto.http import HttpResponse
+from sepconnect.worker.proto.identity import ClientIdentity
 
 __all__ = [
     "CONNECT_PATH",
@@ -89,7 +91,7 @@ _DIGITS = re.compile(r"[0-9]{1,10}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){1,32}")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,62})")
+_HOSTNAME = re.compile(LOCAL_HOSTNAME)
 _COOKIE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,4096}")
 # Upper-case these words when restoring header-name capitalisation.
 _ACRONYMS: Final = frozenset(
@@ -194,6 +196,7 @@ def build_connect_request(
     dtls_ciphers: str | None = None,
     dtls12_ciphers: str | None = None,
     previous: TunnelConfig | None = None,
+    identity: ClientIdentity = ClientIdentity(),  # noqa: B008 - frozen
 ) -> HttpRequest:
     """The CONNECT request, headers in openconnect's order (PROTOCOL.md §2.1).
 
@@ -217,10 +220,11 @@ def build_connect_request(
         raise ValueError(f"invalid port {port}")
     headers: list[tuple[str, str]] = [
         ("Host", format_host_header(host, port)),
-        ("User-Agent", USER_AGENT),
+        ("User-Agent", identity.user_agent),
         ("Cookie", f"webvpn={cookie}"),
         ("X-CSTP-Version", "1"),
         ("X-CSTP-Hostname", hostname),
+        *identity.mobile_headers(),
         ("X-CSTP-Protocol", "Copyright (c) 2004 Cisco Systems, Inc."),
         ("X-CSTP-Base-MTU", str(base_mtu)),
     ]
