@@ -36,6 +36,7 @@ from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Channel, Message, WireError, socketpair
 from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
+from sepconnect.privhelper import serve as helper_serve
 from sepconnect.privhelper.netconf import (
     AddAddress,
     AddRoute,
@@ -671,7 +672,7 @@ def test_refusal_reasons_are_one_short_line() -> None:
     REPLIES.encode(reply)  # still fits the schema
 
 
-# -- the request loop (main.serve) over a socketpair -------------------------------------
+# -- the request loop (serve.serve) over a socketpair -------------------------------------
 
 
 @dataclasses.dataclass
@@ -685,7 +686,7 @@ class Loop:
 
     def serve(self, peer_uid: int) -> int:
         audit = audit_mod.Audit(self.log_w, stderr_fd=None)
-        return helper_main.serve(
+        return helper_serve.serve(
             self.channel, Monitor(), FakeHost(True), audit, peer_uid, self.wake_r
         )
 
@@ -704,7 +705,7 @@ def loop() -> Iterator[Loop]:
         os.close(fd)
     ours.close()
     theirs.close()
-    helper_main._Signals.terminate = False
+    helper_serve._Signals.terminate = False
 
 
 def run_loop(
@@ -830,7 +831,7 @@ def test_loop_message_without_credentials_is_fatal(
 
 
 def test_loop_sigterm_flag_ends_the_session(loop: Loop) -> None:
-    helper_main._Signals.terminate = True
+    helper_serve._Signals.terminate = True
     os.write(loop.wake_w, b"\x0f")  # what signal.set_wakeup_fd would write
     assert loop.serve(os.getuid()) == 0
     assert [r["op"] for r in loop.records()] == ["sigterm"]
@@ -939,7 +940,8 @@ def test_helper_has_no_shell_and_no_exec(module: str) -> None:
     """No shell, no exec, no string-built commands (test_import_rules checks the imports).
 
     process/runner.py, the plumbing of the runners the helper starts before its seccomp
-    filter, is the one module that executes programs: see the next test."""
+    filter, is the one module that executes programs: see the next test. The start stage
+    (main.py) executes one thing, once: the interpreter, for its own serving stage."""
     tree = ast.parse((HELPER_DIR / module).read_text())
     imported: set[str] = set()
     called: set[str] = set()
@@ -957,6 +959,12 @@ def test_helper_has_no_shell_and_no_exec(module: str) -> None:
     assert not imported & {"subprocess", "shlex", "pty", "multiprocessing", "threading"}
     shell = {c for c in called if c.startswith(("os.exec", "os.spawn", "os.posix_spawn"))}
     shell |= called & {"os.system", "os.popen", "os.fork", "eval", "exec", "compile"}
+    if module == "main.py":
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        execs = [n for n in calls if ast.unparse(n.func).startswith("os.exec")]
+        assert [ast.unparse(n.func) for n in execs] == ["os.execve"]
+        assert ast.unparse(execs[0].args[0]) == "sys.executable"
+        shell -= {"os.execve"}
     assert not shell, shell
 
 
