@@ -49,6 +49,8 @@ from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.host import STATE_PREFIX
 from sepconnect.privhelper.tun import TUN_DEVICE
 from sepconnect.process import landlock, privileges, statefile
+from sepconnect.process.auditfile import open_log
+from sepconnect.process.journal import open_journal
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName
@@ -234,10 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if uid is None or gid is None or uid in (0, args.peer_uid):
         return _fail("--uid/--gid (started as root): our own account, not root, not --peer-uid")
     try:
-        log_fd = None if args.audit_log is None else _audit.open_log(args.audit_log)
+        log_fd = None if args.audit_log is None else open_log(args.audit_log)
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
-    journal = _audit.open_journal()
+    journal = open_journal()
     audit = _audit.Audit(log_fd, journal=journal)
     if args.script_arg:  # -s with arguments (imported only then: the trusted base)
         from sepconnect.ipc.script_env import check_script_args

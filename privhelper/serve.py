@@ -28,10 +28,9 @@ import sys
 from types import FrameType
 from typing import Any, Final
 
-from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
-from sepconnect.ipc.runner_messages import NFT_REQUESTS, ROOT_REQUESTS
-from sepconnect.ipc.wire import Channel, PeerClosed, WireError
+from sepconnect.ipc.helper_messages import Refused
 from sepconnect.privhelper import audit as _audit
+from sepconnect.privhelper.channel import Channel, ChannelError, Closed
 from sepconnect.privhelper.host import Helper, Options
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import Host, Monitor, Phase, ProtocolViolation
@@ -89,11 +88,11 @@ def _step(
 ) -> int | None:
     audit.sender = None
     try:
-        msg, _ = channel.recv()
-    except PeerClosed:
+        msg = channel.recv()
+    except Closed:
         audit.record("peer_closed", "info", "supervisor went away")
         return EXIT_OK
-    except WireError as exc:
+    except ChannelError as exc:
         audit.sender = channel.last_sender
         audit.record("(undecodable)", "fatal", f"protocol violation: {exc}")
         return EXIT_FATAL
@@ -186,14 +185,6 @@ def _read_settings(fd: int) -> tuple[dict[str, Any], bytes]:
     return settings, bpf
 
 
-def _channel(fd: int) -> Channel:
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)
-    channel = Channel(sock, REQUESTS, send_codec=REPLIES, send_fd_ops=FD_REPLIES)
-    channel.pass_credentials()
-    return channel
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "--settings-fd":
         os.write(2, b"sepconnect.privhelper.serve: started only by sepconnect.privhelper\n")
@@ -211,12 +202,14 @@ def main(argv: list[str]) -> int:
                 "NoNewPrivs": "1"}:  # fmt: skip
         audit.record("start", "fatal", f"not CAP_NET_ADMIN alone with no_new_privs: {caps}")
         return EXIT_FATAL
-    channel = _channel(settings["fd"])
+    channel = Channel(socket.socket(fileno=settings["fd"]))
+    channel.sock.set_inheritable(False)
     for fd in (settings["log_fd"], journal_fd):
         if fd is not None:
             os.set_inheritable(fd, False)
     root = nft = None
     if settings["root"] is not None or settings["nft"] is not None:
+        from sepconnect.ipc.runner_messages import NFT_REQUESTS, ROOT_REQUESTS
         from sepconnect.process.runner import RunnerClient
 
         if settings["root"] is not None:

@@ -33,10 +33,11 @@ from sepconnect.ipc.helper_messages import (
 )
 from sepconnect.ipc.limits import check_ifname
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.ipc.wire import Channel, Message, WireError, socketpair
+from sepconnect.ipc.wire import Message, WireError, socketpair
 from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
 from sepconnect.privhelper import serve as helper_serve
+from sepconnect.privhelper.channel import Channel as HelperChannel
 from sepconnect.privhelper.netconf import (
     AddAddress,
     AddRoute,
@@ -69,6 +70,7 @@ from sepconnect.privhelper.policy import (
     check_kill_switch_excludes,
     check_net_config,
 )
+from sepconnect.process.auditfile import open_log
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -678,7 +680,7 @@ def test_refusal_reasons_are_one_short_line() -> None:
 @dataclasses.dataclass
 class Loop:
     ours: socket.socket  # the supervisor's end
-    channel: Channel  # the helper's end
+    channel: HelperChannel  # the helper's end
     wake_r: int
     wake_w: int
     log_r: int
@@ -697,8 +699,7 @@ class Loop:
 @pytest.fixture
 def loop() -> Iterator[Loop]:
     ours, theirs = socketpair()
-    channel = Channel(theirs, REQUESTS, send_codec=REPLIES, send_fd_ops={"tun_created"})
-    channel.pass_credentials()
+    channel = HelperChannel(theirs)
     loop = Loop(ours, channel, *os.pipe2(os.O_NONBLOCK), *os.pipe2(os.O_NONBLOCK))
     yield loop
     for fd in (loop.wake_r, loop.wake_w, loop.log_r, loop.log_w):
@@ -823,7 +824,7 @@ def test_loop_message_without_credentials_is_fatal(
 ) -> None:
     loop.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
     loop.ours.send(REQUESTS.encode(HELLO))  # neither end asks for credentials now
-    loop.channel.pass_credentials()
+    loop.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     # uid 65534 is what the kernel reports when it recorded no credentials
     assert loop.serve(65534) == 1
     (record,) = loop.records()
@@ -909,7 +910,7 @@ def test_audit_log_is_private_append_only_and_no_symlink(tmp_path: FsPath) -> No
     path = tmp_path / "audit.log"
     path.write_text("earlier line\n")
     path.chmod(0o600)
-    fd = audit_mod.open_log(str(path))
+    fd = open_log(str(path))
     try:
         audit = audit_mod.Audit(fd, stderr_fd=None)
         audit.sender = (123, 1000, 1000)
@@ -923,13 +924,13 @@ def test_audit_log_is_private_append_only_and_no_symlink(tmp_path: FsPath) -> No
     assert record["result"] == "refused"
     assert record["time"].endswith("+00:00")
     new = tmp_path / "new.log"
-    os.close(audit_mod.open_log(str(new)))
+    os.close(open_log(str(new)))
     assert stat.S_IMODE(new.stat().st_mode) == 0o600
     (tmp_path / "link").symlink_to(path)
     with pytest.raises(OSError, match="symbolic links|Too many levels"):
-        audit_mod.open_log(str(tmp_path / "link"))
+        open_log(str(tmp_path / "link"))
     with pytest.raises(OSError):
-        audit_mod.open_log(str(tmp_path))
+        open_log(str(tmp_path))
 
 
 HELPER_DIR = FsPath(__file__).resolve().parents[2] / "privhelper"
