@@ -48,7 +48,7 @@ from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.host import STATE_PREFIX
 from sepconnect.privhelper.tun import TUN_DEVICE
-from sepconnect.process import landlock, privileges, statefile
+from sepconnect.process import landlock, privileges, programs, statefile
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.journal import open_journal
 
@@ -60,7 +60,7 @@ EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
-SERVING_MODULE: Final = "sepconnect.privhelper.serve"
+SERVING_PROGRAM: Final = ("sepconnect-privhelper-serve", "sepconnect.privhelper.serve")
 
 
 # ---------------------------------------------------------------------------
@@ -96,7 +96,8 @@ def confine(state_dir: str | None) -> None:
     interpreter = os.path.realpath(sys.executable)
     paths = [
         (TUN_DEVICE, landlock.FS_WRITE_FILE | landlock.FS_IOCTL_DEV),
-        (interpreter, landlock.FS_EXECUTE),
+        (os.path.realpath(programs.program(*SERVING_PROGRAM)[0]), landlock.FS_EXECUTE),
+        (interpreter, landlock.FS_EXECUTE),  # the serving program's, as ours
         (_program_loader(interpreter), landlock.FS_EXECUTE),  # the kernel opens it too
     ]
     if state_dir is not None:
@@ -378,5 +379,5 @@ def _exec_serving_stage(settings: dict[str, Any], bpf: bytes) -> None:
             os.set_inheritable(runner[0], True)
     privileges.keep_only_capabilities(KEEP, inheritable=True)
     privileges.raise_ambient(privileges.CAP_NET_ADMIN)
-    argv = [sys.executable, "-I", "-m", SERVING_MODULE, "--settings-fd", str(memfd)]
-    os.execve(sys.executable, argv, dict(os.environ))  # noqa: S606 - our own stage, no shell
+    argv = [*programs.program(*SERVING_PROGRAM), "--settings-fd", str(memfd)]
+    os.execve(argv[0], argv, dict(os.environ))  # noqa: S606 - our own stage, no shell

@@ -1,7 +1,8 @@
 """The privileged helper's serving stage: the request loop, for the session's whole life.
 
-Executed by the start stage (main.py) in the same process, never by anyone else:
-``python3 -I -m sepconnect.privhelper.serve --settings-fd N``. It arrives as the
+Executed by the start stage (main.py) in the same process, never by anyone else, as
+``sepconnect-privhelper-serve --settings-fd N`` (the installed program: SELinux keeps it
+in the helper's domain) or ``python3 -I -m sepconnect.privhelper.serve ...``. It arrives as the
 helper's uid with CAP_NET_ADMIN (ambient across the exec), no_new_privs and Landlock
 already in force. It reads fd N (a line of JSON settings the start stage validated,
 then the compiled seccomp filter), keeps CAP_NET_ADMIN alone (nothing inheritable or
@@ -185,7 +186,8 @@ def _read_settings(fd: int) -> tuple[dict[str, Any], bytes]:
     return settings, bpf
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "--settings-fd":
         os.write(2, b"sepconnect.privhelper.serve: started only by sepconnect.privhelper\n")
         return 2
@@ -268,4 +270,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

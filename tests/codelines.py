@@ -62,7 +62,14 @@ _SPAWN = ("clone", "clone3", "fork", "vfork")
 TRACED = "openat,execve,setresuid," + ",".join(_SPAWN)
 """strace's ``-e trace=`` for :func:`trace_session`."""
 
-CAPABLE_FOR_LIFE = ("sepconnect.privhelper", "sepconnect-privhelper", "sepconnect-nft-runner")
+CAPABLE_FOR_LIFE = (
+    "sepconnect.privhelper",
+    "sepconnect-privhelper",
+    "sepconnect-privhelper-serve",
+    "sepconnect.privhelper.serve",
+    "sepconnect-nft-runner",
+    "sepconnect.privhelper.nft",
+)
 """Programs that keep a capability (CAP_NET_ADMIN) after they leave uid 0: the helper
 (both its stages: the serving one inherits it across the exec) and its nft runner."""
 

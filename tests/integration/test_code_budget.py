@@ -39,7 +39,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 HELPER_BUDGET = 900
 PRIVILEGED_BUDGET = 1500
 HELPER_PROGRAMS = ("sepconnect-privhelper", "sepconnect.privhelper")
-SERVING_STAGE = "sepconnect.privhelper.serve"
+SERVING_STAGE = ("sepconnect-privhelper-serve", "sepconnect.privhelper.serve")
 OPTIONAL = (
     "sepconnect.privhelper.dns",
     "sepconnect.privhelper.firewall",
@@ -93,8 +93,8 @@ def start_stage(helper: Process) -> list[Path]:
 
 def measured(sessions: tuple[dict[int, Process], dict[int, Process]]) -> dict[str, int]:
     default, full = sessions
-    helper = one(default, SERVING_STAGE)
-    helper_full = one(full, SERVING_STAGE)
+    helper = one(default, *SERVING_STAGE)
+    helper_full = one(full, *SERVING_STAGE)
     return {
         "the helper process in a default connect": total(helper.modules),
         "the helper's start stage": total(set(start_stage(helper)) - set(helper.modules)),
@@ -117,7 +117,7 @@ def test_a_default_connect_loads_no_optional_part(
     names = {p.program for p in default.values() if p.program}
     assert "sepconnect-rootrunner" not in names
     assert "sepconnect-nft-runner" not in names
-    serving = one(default, SERVING_STAGE)
+    serving = one(default, *SERVING_STAGE)
     helper = [module_name(m) for m in serving.privileged]
     assert not [m for m in helper if m.startswith(OPTIONAL)], helper
     # The trace sees the helper's code, the start stage's too, across the exec ...
@@ -125,7 +125,7 @@ def test_a_default_connect_loads_no_optional_part(
     assert "sepconnect.privhelper.main" in [module_name(m) for m in start_stage(serving)]
     assert "sepconnect.privhelper.main" not in [module_name(m) for m in serving.modules]
     # ... and with the options, their parts are loaded (so the first check can fail).
-    with_options = [module_name(m) for m in one(full, SERVING_STAGE).privileged]
+    with_options = [module_name(m) for m in one(full, *SERVING_STAGE).privileged]
     assert "sepconnect.privhelper.firewall" in with_options
     assert one(full, "sepconnect-rootrunner").modules
     launcher = [module_name(m) for m in one(default, "sepconnect").privileged]
