@@ -47,8 +47,8 @@ from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.host import STATE_PREFIX
-from sepconnect.privhelper.tun import TUN_DEVICE
-from sepconnect.process import landlock, privileges, programs, statefile
+from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
+from sepconnect.process import landlock, privileges, programs, statedir
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.journal import open_journal
 
@@ -254,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
-            statefile.ensure_dir(args.state_dir, uid, gid)
-            stale = list(statefile.stale(args.state_dir, STATE_PREFIX))
+            statedir.ensure_dir(args.state_dir, uid, gid)
+            stale = list(statedir.stale(args.state_dir, STATE_PREFIX))
         except OSError as exc:
             return _fail(f"--state-dir: {exc}")
     # A vpnc-script does the DNS itself, as under openconnect.
@@ -309,19 +309,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "journal_fd": None if journal is None else journal.fileno(),
         "root": _runner(root),
         "nft": _runner(nft_runner),
-        "interface": args.interface,
-        "no_routes": args.no_routes,
-        "fail_closed": args.fail_closed,
-        "allow_exclude": [str(p) for p in args.allow_exclude],
-        "dns_backend": backend,
-        "script": args.script,
-        "log_level": args.log_level,
-        "state_dir": args.state_dir,
+        "options": {  # host.Options
+            "ifname": args.interface or DEFAULT_TEMPLATE,
+            "named": args.interface is not None,
+            "no_routes": args.no_routes,
+            "fail_closed": args.fail_closed,
+            "allow_exclude": [str(p) for p in args.allow_exclude],
+            "dns_backend": backend,
+            "script": args.script,
+            "log_level": args.log_level,
+            "state_dir": args.state_dir,
+        },
         "allow_weak_sandbox": args.allow_weak_sandbox,
         "stale": stale,
         "start": {
             "uid": uid,
             "peer_uid": args.peer_uid,
+            "interface": args.interface or DEFAULT_TEMPLATE,
             "landlock": landlocked,
             "seccomp": seccomp,
             "routes": "none" if args.no_routes or args.script else "helper",

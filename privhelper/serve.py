@@ -36,8 +36,7 @@ from sepconnect.privhelper.host import Helper, Options
 from sepconnect.privhelper.netconf import Netlink
 from sepconnect.privhelper.policy import Host, Monitor, Phase, ProtocolViolation
 from sepconnect.privhelper.rtnl import IPRoute
-from sepconnect.privhelper.tun import DEFAULT_TEMPLATE
-from sepconnect.process import privileges
+from sepconnect.process import capabilities
 from sepconnect.process import title as _proctitle
 from sepconnect.process.libc import LIBC, errno_error
 
@@ -46,7 +45,7 @@ EXIT_FATAL: Final = 1
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
 SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
-NET_ADMIN_ONLY: Final = f"{1 << privileges.CAP_NET_ADMIN:016x}"
+NET_ADMIN_ONLY: Final = f"{1 << capabilities.CAP_NET_ADMIN:016x}"
 MAX_SETTINGS: Final = 1 << 20  # a few KiB, and the crashed sessions' state files
 
 
@@ -194,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     settings, bpf = _read_settings(int(argv[1]))
     _proctitle.set_title(PROCESS_TITLE)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    privileges.keep_only_capabilities(frozenset({privileges.CAP_NET_ADMIN}))
-    privileges.prctl(privileges.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
+    capabilities.keep_only_capabilities(frozenset({capabilities.CAP_NET_ADMIN}))
+    capabilities.prctl(capabilities.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
     journal_fd = settings["journal_fd"]
     journal = None if journal_fd is None else socket.socket(fileno=journal_fd)
     audit = _audit.Audit(settings["log_fd"], journal=journal)
@@ -221,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     start_args: _audit.Args = settings["start"]
-    interface = settings["interface"]
-    start_args["interface"] = interface or DEFAULT_TEMPLATE
     with IPRoute() as ipr:
         # The netlink socket is open: from here on, only the allow-list.
         if start_args["seccomp"] == "allow-list":
@@ -238,23 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         if SELFTEST_ENV in os.environ:  # test-only (tests/integration/test_helper_hostile.py)
             from sepconnect.privhelper import selftest
 
-            selftest.run(os.environ[SELFTEST_ENV], settings["state_dir"])
+            selftest.run(os.environ[SELFTEST_ENV], settings["options"]["state_dir"])
         netlink = Netlink(ipr)
         if settings["stale"]:
             from sepconnect.privhelper.recovery import recover
 
             recover([(p, d) for p, d in settings["stale"]], netlink, nft, audit)
-        options = Options(
-            ifname=interface or DEFAULT_TEMPLATE,
-            named=interface is not None,
-            no_routes=settings["no_routes"],
-            fail_closed=settings["fail_closed"],
-            allow_exclude=tuple(ipaddress.ip_network(p) for p in settings["allow_exclude"]),
-            dns_backend=settings["dns_backend"],
-            script=settings["script"],
-            log_level=settings["log_level"],
-            state_dir=settings["state_dir"],
-        )
+        allowed = tuple(ipaddress.ip_network(p) for p in settings["options"]["allow_exclude"])
+        options = Options(**{**settings["options"], "allow_exclude": allowed})
         helper = Helper(netlink, options, audit, root, nft)
         status = EXIT_FATAL
         try:
