@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper.host import STATE_PREFIX
+from sepconnect.privhelper.network import STATE_PREFIX
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
 from sepconnect.process import landlock, privileges, programs, statedir
 from sepconnect.process.auditfile import open_log
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "journal_fd": None if journal is None else journal.fileno(),
         "root": _runner(root),
         "nft": _runner(nft_runner),
-        "options": {  # host.Options
+        "options": {  # network.Options
             "ifname": args.interface or DEFAULT_TEMPLATE,
             "named": args.interface is not None,
             "no_routes": args.no_routes,

@@ -1,6 +1,6 @@
 """Crash recovery: undo what crashed helpers left behind (bypass routes, nft tables).
 
-A helper writes what it installed outside its tun to its state file (host.py); the tun,
+A helper writes what it installed outside its tun to its state file (network.py); the tun,
 its addresses and its routes went with the crashed helper's fd, the bypass routes on the
 uplink and the fail-closed table did not. :func:`main.main` imports this module only
 when the state directory holds such files, once the netlink socket is open. (What a
@@ -15,15 +15,15 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sepconnect.privhelper import audit as _audit
-from sepconnect.privhelper.netconf import (
+from sepconnect.privhelper.network import (
     METRIC,
+    RT_TABLE_MAIN,
     RTPROT_SEPCONNECT,
-    DelRoute,
+    Change,
     KernelError,
     Netlink,
     Route,
 )
-from sepconnect.privhelper.rtnl import RT_TABLE_MAIN
 from sepconnect.process.journal import Result
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def recover(
             if route is None:
                 continue
             try:
-                netlink.apply(DelRoute(route), 0)
+                netlink.apply(Change(False, route), 0)
                 note(
                     "ok",
                     f"deleted stale route {route} (proto {RTPROT_SEPCONNECT}, "

@@ -155,7 +155,7 @@ def check_script_env(wanted: NetworkConfig, *, ifname: str, vpnpid: int, log_lev
 
 class Script:
     """The session's runs of the vpnc-script (``--script``), through the root runner
-    (host.Helper's script mode; the rules are in host.py's docstring)."""
+    (network.Helper's script mode; the rules are in network.py's docstring)."""
 
     def __init__(self, root: RunnerClient | None, audit: Audit, log_level: int) -> None:
         self.root = root

@@ -7,7 +7,7 @@ the helper may load it).
 :func:`apply` is called once, after the helper has dropped to CAP_NET_ADMIN
 and opened its netlink socket, before it reads the first request. From then on:
 
-* :data:`ALLOWED` system calls pass: what CPython, rtnl.py (pyroute2's messages
+* :data:`ALLOWED` system calls pass: what CPython, network.py (pyroute2's messages
   over one blocking NETLINK_ROUTE socket) and the helper's own work need — reading its
   socket, writing its audit log, opening /dev/net/tun, netlink.
 * Some pass only with certain arguments; the rest of their uses fail with an

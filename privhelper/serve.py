@@ -32,10 +32,8 @@ from typing import Any, Final
 from sepconnect.ipc.helper_messages import Refused
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.channel import Channel, ChannelError, Closed
-from sepconnect.privhelper.host import Helper, Options
-from sepconnect.privhelper.netconf import Netlink
+from sepconnect.privhelper.network import Helper, Netlink, Options
 from sepconnect.privhelper.policy import Host, Monitor, Phase, ProtocolViolation
-from sepconnect.privhelper.rtnl import IPRoute
 from sepconnect.process import capabilities
 from sepconnect.process import title as _proctitle
 from sepconnect.process.libc import LIBC, errno_error
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     start_args: _audit.Args = settings["start"]
-    with IPRoute() as ipr:
+    with Netlink() as netlink:
         # The netlink socket is open: from here on, only the allow-list.
         if start_args["seccomp"] == "allow-list":
             try:
@@ -236,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             from sepconnect.privhelper import selftest
 
             selftest.run(os.environ[SELFTEST_ENV], settings["options"]["state_dir"])
-        netlink = Netlink(ipr)
         if settings["stale"]:
             from sepconnect.privhelper.recovery import recover
 

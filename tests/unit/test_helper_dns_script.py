@@ -25,8 +25,7 @@ from sepconnect.ipc.script_env import check_env
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import dns, firewall, script
 from sepconnect.privhelper.audit import Audit
-from sepconnect.privhelper.host import Helper, Options
-from sepconnect.privhelper.netconf import Router
+from sepconnect.privhelper.network import Helper, Options, Router
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
 from sepconnect.privhelper.tun import Tun
 from sepconnect.process import statedir

@@ -38,11 +38,8 @@ from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
 from sepconnect.privhelper import serve as helper_serve
 from sepconnect.privhelper.channel import Channel as HelperChannel
-from sepconnect.privhelper.netconf import (
-    AddAddress,
-    AddRoute,
-    DelAddress,
-    DelRoute,
+from sepconnect.privhelper.network import (
+    Change,
     KernelError,
     KernelLookupError,
     Op,
@@ -259,6 +256,23 @@ def test_invalid_interface_names(name: str) -> None:
 
 # -- plans -----------------------------------------------------------------------------
 
+
+def AddAddress(item: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> Change:  # noqa: N802
+    return Change(True, item)
+
+
+def DelAddress(item: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> Change:  # noqa: N802
+    return Change(False, item)
+
+
+def AddRoute(item: Route) -> Change:  # noqa: N802
+    return Change(True, item)
+
+
+def DelRoute(item: Route) -> Change:  # noqa: N802
+    return Change(False, item)
+
+
 TUN = 7
 UPLINK = 3
 UPLINK_GW = ip("198.18.1.1")
@@ -386,10 +400,8 @@ def test_teardown_plan_removes_exactly_what_was_installed() -> None:
 )
 def test_inverse_undoes(op: Op) -> None:
     start = State(mtu=1400, up=False)
-    if isinstance(op, DelAddress):
-        start = after(start, AddAddress(op.address))
-    if isinstance(op, DelRoute):
-        start = after(start, AddRoute(op.route))
+    if isinstance(op, Change) and not op.add:
+        start = after(start, Change(True, op.item))
     undo = inverse(op)
     assert undo is not None
     assert after(after(start, op), undo) == start
@@ -490,7 +502,7 @@ def test_failure_mid_plan_rolls_back(kernel: FakeKernel) -> None:
         AddRoute(Route(net("198.18.64.0/18"), TUN)),
         # adding 198.19.0.0/16 fails here; then undone in reverse:
         DelRoute(Route(net("198.18.64.0/18"), TUN)),
-        DelRoute(bypass.route),
+        DelRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)),
         SetMtu(1400, 1380),
     ]
 

@@ -1,6 +1,7 @@
 """Start-up helpers that replace third-party or stdlib conveniences to save memory:
 process titles (process/title.py), the help formatter (process/helpformat.py),
-the worker's command line (worker/main.py) and its first module (worker/boot.py)."""
+the worker's command line (worker/main.py) and its first module (worker/boot.py), the
+helper's netlink client (privhelper/network.py: pyroute2's messages without its package)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,28 @@ def test_no_setproctitle_or_shutil_at_start() -> None:
         "print(sorted(m for m in ('setproctitle', 'shutil', 'bz2', 'lzma') if m in sys.modules))\n"
     )
     assert out.strip() == "[]"
+
+
+PYROUTE2_HEAVY = ("asyncio", "sqlite3", "ssl", "multiprocessing", "ctypes", "pyroute2.ndb")
+
+
+@pytest.mark.parametrize(("imported", "heavy"), [("pyroute2", True), ("", False)])
+def test_the_helper_loads_pyroute2_messages_without_the_package_init(
+    imported: str, heavy: bool
+) -> None:
+    """``import pyroute2`` runs its __init__ (NDB, asyncio, sqlite3, ...: ~24 MB, ~110 ms);
+    network.py registers the package without it and uses only the message classes. The
+    first case (the whole package, imported first) shows what the check would see."""
+    out = _in_child(
+        "import sys\n"
+        + (f"import {imported}\n" if imported else "")
+        + "from sepconnect.privhelper import network\n"
+        "msg = network._rt.rtmsg()\n"
+        "msg['family'] = 2\n"
+        "msg.encode()\n"
+        f"print(sorted(m for m in {PYROUTE2_HEAVY!r} if m in sys.modules))\n"
+    )
+    assert (out.strip() != "[]") is heavy, out
 
 
 @pytest.mark.parametrize("columns", ["50", "123"])
