@@ -376,13 +376,10 @@ class Netlink:
         """Other routes with the same prefix and a metric not above ours."""
         found: list[str] = []
         for other in self.dump(route.dst.version):
-            metric, oif = int(other.get("RTA_PRIORITY") or 0), other.get("RTA_OIF")
-            if (
-                int(other["dst_len"]) == route.dst.prefixlen
-                and str(other.get("RTA_DST")) == str(route.dst.network_address)
-                and metric <= METRIC
-                and int(oif or 0) != route.oif
-            ):
+            metric, oif = int(other.get("RTA_PRIORITY") or 0), int(other.get("RTA_OIF") or 0)
+            prefix = (str(other.get("RTA_DST")), int(other["dst_len"]))
+            same = prefix == (str(route.dst.network_address), route.dst.prefixlen)
+            if same and metric <= METRIC and oif != route.oif:
                 found.append(f"{route.dst} metric {metric} oif {oif}")
         return found
 
@@ -502,10 +499,8 @@ class Router:
                 path = self.kernel.route_get(net.network_address, avoid=self.ifindex)
             except KernelLookupError as exc:
                 if net == gateway:
-                    raise Refusal(
-                        f"the VPN server {wanted.gateway} cannot be reached outside the "
-                        f"tunnel ({exc}): the host needs a route to it"
-                    ) from None
+                    server = f"the VPN server {wanted.gateway} cannot be reached outside the tunnel"
+                    raise Refusal(f"{server} ({exc}): the host needs a route to it") from None
                 left_out[net] = str(exc)
                 continue
             if path.oif == self.ifindex:
@@ -525,8 +520,8 @@ class Router:
             try:
                 self.kernel.apply(op, self.ifindex)
             except Refusal as exc:
-                undone = self._run(filter(None, map(inverse, reversed(done))), gone=())
-                note = "nothing was changed" if not undone else "ROLLBACK INCOMPLETE"
+                failed = self._run(filter(None, map(inverse, reversed(done))), gone=())
+                note = "ROLLBACK INCOMPLETE" if failed else "nothing was changed"
                 raise Refusal(f"{exc} ({note})") from None
             done.append(op)
             self.state = after(self.state, op)
@@ -596,9 +591,7 @@ class Helper:
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         if self.script is not None:
-            if self.audit.sender is not None:
-                self.script.vpnpid = self.audit.sender[0]
-            self.script.run("pre-init", None, self.options.ifname if self.options.named else None)
+            self.script.pre_init(self.options.ifname if self.options.named else None)
         try:
             tun = open_tun(self.options.ifname, vnet_hdr=vnet_hdr)
         except OSError as exc:

@@ -26,27 +26,10 @@ import enum
 import ipaddress
 from collections.abc import Callable, Iterable
 from types import MappingProxyType
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
-from sepconnect.ipc.helper_messages import (
-    CreateTun,
-    Done,
-    Hello,
-    LeftOut,
-    NetApplied,
-    NetConfig,
-    Refused,
-    ScriptEvent,
-    Teardown,
-    TunCreated,
-)
-from sepconnect.ipc.limits import (
-    IPV6_MIN_MTU,
-    MAX_DNS,
-    MAX_DOMAINS,
-    MAX_ROUTES,
-    canonical_domain,
-)
+from sepconnect.ipc import helper_messages as msgs
+from sepconnect.ipc.limits import IPV6_MIN_MTU, MAX_DNS, MAX_DOMAINS, MAX_ROUTES, canonical_domain
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.schema import Message
 
@@ -92,14 +75,11 @@ _FORBIDDEN: Final[tuple[tuple[Network, str], ...]] = tuple(
 
 DEFAULT_ROUTES: Final[MappingProxyType[Network, tuple[Network, Network]]] = MappingProxyType(
     {
-        ipaddress.ip_network("0.0.0.0/0"): (
-            ipaddress.ip_network("0.0.0.0/1"),
-            ipaddress.ip_network("128.0.0.0/1"),
-        ),
-        ipaddress.ip_network("::/0"): (
-            ipaddress.ip_network("::/1"),
-            ipaddress.ip_network("8000::/1"),
-        ),
+        ipaddress.ip_network(whole): (ipaddress.ip_network(low), ipaddress.ip_network(high))
+        for whole, low, high in (
+            ("0.0.0.0/0", "0.0.0.0/1", "128.0.0.0/1"),
+            ("::/0", "::/1", "8000::/1"),
+        )
     }
 )
 """The only /0 prefixes allowed, in ``routes`` only, and the two halves each is
@@ -312,7 +292,8 @@ class Host(Protocol):
         """Remove everything installed and close the tun."""
 
 
-Handler = Callable[[Host, Message], Reply]
+Handler = Callable[[Host, Any], Reply]
+"""A request's handler: it takes the message type its row of :data:`POLICY` names."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -323,56 +304,43 @@ class Rule:
     then: Phase | None = None  # the phase after the handler succeeds
 
 
-_M = TypeVar("_M", bound=Message)
-
-
-def _as(msg: Message, cls: type[_M]) -> _M:
-    if not isinstance(msg, cls):  # only a mistake in POLICY can get here
-        raise TypeError(f"{type(msg).__name__} routed to the {cls.__name__} handler")
-    return msg
-
-
-def on_hello(host: Host, msg: Message) -> Reply:
+def on_hello(host: Host, req: msgs.Hello) -> Reply:
     # The schema already pinned proto == PROTO_VERSION and role == "supervisor".
-    req = _as(msg, Hello)
     host.gateway = check_unicast(req.gateway, "gateway")
-    return Done(seq=req.seq), None
+    return msgs.Done(seq=req.seq), None
 
 
-def on_create_tun(host: Host, msg: Message) -> Reply:
-    req = _as(msg, CreateTun)
+def on_create_tun(host: Host, req: msgs.CreateTun) -> Reply:
     ifname, ifindex, fd = host.create_tun(req.mtu, vnet_hdr=req.vnet_hdr)
-    return TunCreated(seq=req.seq, ifname=ifname, ifindex=ifindex), fd
+    return msgs.TunCreated(seq=req.seq, ifname=ifname, ifindex=ifindex), fd
 
 
-def on_net_config(host: Host, msg: Message) -> Reply:
-    req = _as(msg, NetConfig)
+def on_net_config(host: Host, req: msgs.NetConfig) -> Reply:
     if host.gateway is None:  # only a mistake in POLICY can get here: Hello comes first
         raise ProtocolViolation("net_config before hello")
     check_gateway(req.net, host.gateway)
     left_out = host.net_config(check_net_config(req.net))
-    notes = tuple(LeftOut(prefix=p, reason=r[:200]) for p, r in left_out.items())
-    return NetApplied(seq=req.seq, left_out=notes), None
+    notes = tuple(msgs.LeftOut(prefix=p, reason=r[:200]) for p, r in left_out.items())
+    return msgs.NetApplied(seq=req.seq, left_out=notes), None
 
 
-def on_script_event(host: Host, msg: Message) -> Reply:
-    req = _as(msg, ScriptEvent)
+def on_script_event(host: Host, req: msgs.ScriptEvent) -> Reply:
     host.script_event(req.reason)
-    return Done(seq=req.seq), None
+    return msgs.Done(seq=req.seq), None
 
 
-def on_teardown(host: Host, msg: Message) -> Reply:
+def on_teardown(host: Host, req: msgs.Teardown) -> Reply:
     host.teardown()
-    return Done(seq=_as(msg, Teardown).seq), None
+    return msgs.Done(seq=req.seq), None
 
 
 POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
     {
-        Hello: Rule(on_hello, frozenset({Phase.NEW}), once=True, then=Phase.READY),
-        CreateTun: Rule(on_create_tun, frozenset({Phase.READY}), once=True, then=Phase.TUN_UP),
-        NetConfig: Rule(on_net_config, frozenset({Phase.TUN_UP})),
-        ScriptEvent: Rule(on_script_event, frozenset({Phase.TUN_UP})),
-        Teardown: Rule(
+        msgs.Hello: Rule(on_hello, frozenset({Phase.NEW}), once=True, then=Phase.READY),
+        msgs.CreateTun: Rule(on_create_tun, frozenset({Phase.READY}), once=True, then=Phase.TUN_UP),
+        msgs.NetConfig: Rule(on_net_config, frozenset({Phase.TUN_UP})),
+        msgs.ScriptEvent: Rule(on_script_event, frozenset({Phase.TUN_UP})),
+        msgs.Teardown: Rule(
             on_teardown, frozenset({Phase.READY, Phase.TUN_UP}), once=True, then=Phase.CLOSED
         ),
     }
@@ -394,8 +362,9 @@ class Monitor:
         self.phase = Phase.NEW
         self.used: set[type[Message]] = set()
 
-    def check(self, msg: Message) -> Rule:
-        """The rule permitting ``msg`` now, or raise :class:`ProtocolViolation`."""
+    def handle(self, host: Host, msg: Message) -> Reply:
+        """Run the request's handler if :data:`POLICY` permits it now (else raise
+        :class:`ProtocolViolation`); out-of-policy values become a ``Refused`` reply."""
         rule = self.policy.get(type(msg))
         if rule is None:
             raise ProtocolViolation(f"unsupported request {msg.op!r}")
@@ -403,18 +372,12 @@ class Monitor:
             raise ProtocolViolation(f"{msg.op} is not permitted in phase {self.phase.value}")
         if type(msg) in self.used:
             raise ProtocolViolation(f"{msg.op} is permitted only once")
-        return rule
-
-    def handle(self, host: Host, msg: Message) -> Reply:
-        """Run the request's handler; out-of-policy values become a ``Refused`` reply."""
-        rule = self.check(msg)
         if rule.once:
             self.used.add(type(msg))
         try:
             reply = rule.handler(host, msg)
         except Refusal as exc:
-            seq = getattr(msg, "seq", 0)
-            return Refused(seq=seq, reason=_one_line(str(exc))), None
+            return msgs.Refused(seq=getattr(msg, "seq", 0), reason=_one_line(str(exc))), None
         if rule.then is not None:
             self.phase = rule.then
         return reply

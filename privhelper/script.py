@@ -166,6 +166,12 @@ class Script:
         self.wanted: NetworkConfig | None = None
         """What the script last configured (``connect`` ran for it), until ``disconnect``."""
 
+    def pre_init(self, ifname: str | None) -> None:
+        """``pre-init``, before the tun exists (TUNDEV: the name root gave, if any)."""
+        if self.audit.sender is not None:
+            self.vpnpid = self.audit.sender[0]  # the supervisor's, from CreateTun
+        self.run("pre-init", None, ifname)
+
     def check(self, wanted: NetworkConfig, ifname: str) -> None:
         check_script_env(wanted, ifname=ifname, vpnpid=self.vpnpid, log_level=self.log_level)
 
