@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import ctypes
 
-from sepconnect.process.privileges import PR_SET_NAME, prctl
+from sepconnect.process.prctl import prctl
 
 _COMM_LEN = 16  # TASK_COMM_LEN, with its NUL
+PR_SET_NAME = 15  # prctl(2)
 
 
 def _argv_area() -> tuple[int, int]:
