@@ -10,10 +10,15 @@ it the fd. Its last message is a *plan*: the accounts, the helper's arguments, t
 directories to make. We check the plan's shape (:func:`check_plan`), carry it out (the
 directories, the worker spawner, the helper), drop to the service account, and only then
 import the rest of the launcher, which parses the command line again, unprivileged, and
-reads the files through the fds we opened (:class:`Started`).
+reads the files through the fds we opened (cli.after_root_stage). Before the planner,
+and again for the plan's accounts, a child that became each account checks that it can
+run the installed programs.
 
-We trust the plan no more than root's own command line, from which a fresh, dropped
-child computed it; we never parse a key, a certificate or a config file.
+We trust the plan no more than root's own command line, from which a fresh, dropped,
+non-dumpable child computed it (it saw no network input but the DNS answer for the
+server's name, which we pass on unread); we still check its shape, and we never parse
+a key, a certificate or a config file. Only with -b, --timestamp or --syslog do we load
+more (launcher/background.py, launcher/output.py).
 """
 
 from __future__ import annotations
@@ -73,9 +78,9 @@ def check_plan(plan: object) -> dict[str, Any]:
         if not isinstance(plan[key], kinds) or isinstance(plan[key], bool) != (kinds is bool):
             raise PlanError(f"the planner's plan: {key} is of the wrong type")
     accounts = [plan[key] for key in _ROLES if plan[key] or key == "service"]
-    for name, *ids in accounts:
-        if not isinstance(name, str) or len(ids) != 2 or not _ids(*ids):
-            raise PlanError(f"the planner's plan: {name!r} is root's, or not an account")
+    for account in accounts:
+        if len(account) != 3 or not isinstance(account[0], str) or not _ids(*account[1:]):
+            raise PlanError(f"the planner's plan: {account!r} is root's, or not an account")
     if len({ids[1] for ids in accounts}) != len(accounts) or len(accounts) == 2:
         raise PlanError("the planner's plan: the helper, supervisor and workers share a uid")
     paths = [*plan["dirs"], plan["control_dir"] or "/", plan["pid_file"] or "/"]
@@ -266,10 +271,10 @@ def _start_session(plan: dict[str, Any], uid: int) -> tuple[Any, Any, Any]:
     )  # fmt: skip
     channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _, helper_uid, helper_gid = plan["helper"]
-    helper = _popen(
-        [*programs.program("sepconnect-privhelper", "sepconnect.privhelper"), "--fd",
-         str(theirs.fileno()), "--peer-uid", str(uid), "--uid", str(helper_uid), "--gid",
-         str(helper_gid), *plan["helper_args"], *weak],
+    helper = _popen(  # ours last: the last of an option wins, whatever helper_args hold
+        [*programs.program("sepconnect-privhelper", "sepconnect.privhelper"),
+         *plan["helper_args"], "--fd", str(theirs.fileno()), "--peer-uid", str(uid),
+         "--uid", str(helper_uid), "--gid", str(helper_gid), *weak],
         (theirs,),
     )  # fmt: skip
     return (spawner, ours, first), helper, channel

@@ -53,10 +53,11 @@ def test_a_good_plan_passes() -> None:
 @pytest.mark.parametrize(
     ("changes", "why"),
     [
-        ({"service": ["root", 0, 0]}, "'root' is root's"),
+        ({"service": ["root", 0, 0]}, r"\['root', 0, 0\] is root's"),
         ({"helper": ["sepconnect-helper", 0, 991]}, "root's"),
         ({"worker": ["w", 992, 0]}, "root's"),
         ({"worker": ["w", 992]}, "not an account"),
+        ({"service": []}, "not an account"),
         ({"worker": ["w", "992", 992]}, "not an account"),
         ({"helper": ["h", 990, 991]}, "share a uid"),
         ({"worker": []}, "share a uid"),  # a session needs all three
@@ -200,3 +201,30 @@ def test_the_root_stage_loads_only_what_it_runs() -> None:
         "sepconnect.process.programs",
         "sepconnect.rootstage",
     ]
+
+
+def test_the_helpers_channel_and_accounts_are_the_root_stages_whatever_the_plan_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """helper_args come first: for each option the helper's parser takes the last one,
+    so a plan that names --uid 0 (or another fd or peer) does not get it."""
+    started: list[list[str]] = []
+
+    def popen(argv: list[str], fds: tuple[socket.socket, ...], **_: object) -> None:
+        started.append(argv)
+        for sock in fds:
+            sock.close()
+
+    monkeypatch.setattr(rootstage, "_popen", popen)
+    hostile = ["--uid", "0", "--gid=0", "--peer-uid", "0", "--fd", "0"]
+    spawner, _, channel = rootstage._start_session(good_plan(helper_args=hostile), 990)
+    for sock in (*spawner[1:], channel):
+        sock.close()
+    helper = started[1]
+    for option, value in (("--uid", "991"), ("--gid", "991"), ("--peer-uid", "990")):
+        last = max(i for i, arg in enumerate(helper) if arg.partition("=")[0] == option)
+        assert helper[last + 1] == value, helper
+    last_fd = max(i for i, arg in enumerate(helper) if arg == "--fd")
+    assert helper[last_fd + 1] != "0"
+    spawner_argv = started[0]  # takes no argument from the plan
+    assert spawner_argv[spawner_argv.index("--peer-uid") + 1] == "990"
