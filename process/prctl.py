@@ -14,6 +14,7 @@ import ctypes
 from sepconnect.process.libc import LIBC, errno_error
 
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38

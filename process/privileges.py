@@ -6,47 +6,20 @@ Stdlib only: the helper loads it too. No typing import (process/prctl.py says wh
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-from sepconnect.process.libc import LIBC, errno_error
+from sepconnect.process.capabilities import CAP_NET_ADMIN as CAP_NET_ADMIN  # re-exported
+from sepconnect.process.capabilities import PR_CAP_AMBIENT
+from sepconnect.process.capabilities import keep_only_capabilities as keep_only_capabilities
 from sepconnect.process.prctl import PR_SET_DUMPABLE as PR_SET_DUMPABLE
+from sepconnect.process.prctl import PR_SET_NAME as PR_SET_NAME
 from sepconnect.process.prctl import PR_SET_NO_NEW_PRIVS as PR_SET_NO_NEW_PRIVS
 from sepconnect.process.prctl import drop_bounding_set as drop_bounding_set
 from sepconnect.process.prctl import no_new_privs_and_undumpable as no_new_privs_and_undumpable
 from sepconnect.process.prctl import prctl as prctl
 
 PR_SET_KEEPCAPS = 8
-PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-CAP_NET_ADMIN = 12
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-def keep_only_capabilities(keep: frozenset[int], *, inheritable: bool = False) -> None:
-    """Make ``keep`` the effective and permitted set, no ambient ones, and nothing
-    inheritable (``inheritable``: ``keep``, so that :func:`raise_ambient` may follow)."""
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    words = [0, 0]
-    for cap in keep:
-        words[cap // 32] |= 1 << (cap % 32)
-    data = (_CapData * 2)(*(_CapData(w, w, w if inheritable else 0) for w in words))
-    if LIBC.capset(ctypes.byref(header), data) != 0:
-        raise errno_error("capset")
 
 
 def raise_ambient(cap: int) -> None:

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import ctypes
 
-from sepconnect.process.prctl import prctl
+from sepconnect.process.prctl import PR_SET_NAME, prctl
 
 _COMM_LEN = 16  # TASK_COMM_LEN, with its NUL
-PR_SET_NAME = 15  # prctl(2)
 
 
 def _argv_area() -> tuple[int, int]:

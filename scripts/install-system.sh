@@ -61,7 +61,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 # The programs sepconnect runs, each an entry point of pyproject.toml.
-programs=(sepconnect sepconnect-privhelper sepconnect-spawner sepconnect-worker
+programs=(sepconnect sepconnect-privhelper sepconnect-privhelper-serve sepconnect-spawner sepconnect-worker
   sepconnect-rootrunner sepconnect-nft-runner)
 if [[ $venv != /* ]]; then
   echo "install-system: --venv $venv: an absolute path" >&2
