@@ -34,7 +34,7 @@ from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.channel import Channel, ChannelError, Closed
 from sepconnect.privhelper.network import Helper, Netlink, Options
 from sepconnect.privhelper.policy import Host, Monitor, Phase, ProtocolViolation
-from sepconnect.process import capabilities
+from sepconnect.process import capabilities, prctl
 from sepconnect.process import title as _proctitle
 from sepconnect.process.libc import LIBC, errno_error
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     _proctitle.set_title(PROCESS_TITLE)
     signal.signal(signal.SIGTERM, _on_sigterm)
     capabilities.keep_only_capabilities(frozenset({capabilities.CAP_NET_ADMIN}))
-    capabilities.prctl(capabilities.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
+    prctl.prctl(prctl.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
     journal_fd = settings["journal_fd"]
     journal = None if journal_fd is None else socket.socket(fileno=journal_fd)
     audit = _audit.Audit(settings["log_fd"], journal=journal)

@@ -1,9 +1,8 @@
-"""prctl(2) and the capability sets (capset(2)): what a process needs to keep only some
-capabilities and to name itself.
+"""The capability sets (capset(2)): what a process needs to keep only some capabilities.
 
 The part of process/privileges.py a long-lived process still needs after its start-up
-(the helper's serving stage, process/title.py); privileges.py re-exports it. Stdlib
-only, no typing import (see privileges.py).
+(the helper's serving stage); privileges.py re-exports it. Stdlib only, no typing
+import (see process/prctl.py).
 """
 
 from __future__ import annotations
@@ -11,22 +10,12 @@ from __future__ import annotations
 import ctypes
 
 from sepconnect.process.libc import LIBC, errno_error
+from sepconnect.process.prctl import prctl
 
-PR_SET_DUMPABLE = 4
-PR_SET_NAME = 15
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_NET_ADMIN = 12
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-LIBC.prctl.argtypes = [
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-LIBC.prctl.restype = ctypes.c_int
 
 
 class _CapHeader(ctypes.Structure):
@@ -39,14 +28,6 @@ class _CapData(ctypes.Structure):
         ("permitted", ctypes.c_uint32),
         ("inheritable", ctypes.c_uint32),
     )
-
-
-def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
-    """prctl(2) (an address, for the options that take a pointer); its result."""
-    result = int(LIBC.prctl(option, arg2, arg3, 0, 0))
-    if result < 0:
-        raise errno_error(f"prctl({option}, {arg2})")
-    return result
 
 
 def keep_only_capabilities(keep: frozenset[int], *, inheritable: bool = False) -> None:

@@ -30,7 +30,7 @@ prefix=""
 venv=/opt/sepconnect-venv
 service_user=sepconnect
 helper_user=sepconnect-helper
-worker_user=sepconnect-worker  # fixed: launcher/spawner_start.py WORKER_ACCOUNT
+worker_user=sepconnect-worker  # fixed: process/accounts.py WORKER_ACCOUNT
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;

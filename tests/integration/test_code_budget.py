@@ -129,7 +129,7 @@ def test_a_default_connect_loads_no_optional_part(
     assert "sepconnect.privhelper.firewall" in with_options
     assert one(full, "sepconnect-rootrunner").modules
     launcher = [module_name(m) for m in one(default, "sepconnect").privileged]
-    assert "sepconnect.cli" in launcher
+    assert "sepconnect.rootstage" in launcher
     assert not [m for m in launcher if m.startswith("sepconnect.supervisor")], launcher
 
 
