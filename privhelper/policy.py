@@ -272,7 +272,7 @@ Reply = tuple[Message, int | None]
 
 
 class Host(Protocol):
-    """The system operations the handlers may use (main.Helper; a fake in tests)."""
+    """The system operations the handlers may use (network.Helper; a fake in tests)."""
 
     gateway: Address | None
     """The VPN server's address from Hello, fixed for the session; None before."""
