@@ -12,6 +12,8 @@
  *                       sealed and opened with one OpenSSL cipher context per direction
  *                       and epoch, kept across records (cryptography's AEAD builds a new
  *                       one on every call)
+ *   TlsRecords(...)     worker/io/tls.py TlsStream: a burst of TLS records written or
+ *                       read in one call, on pyOpenSSL's own SSL object
  *
  * Pure computation on the caller's buffers: no system call once imported. The module's
  * import does all of OpenSSL's one-time work (library set-up without reading a
@@ -968,6 +970,154 @@ static PyTypeObject GcmType = {
     .tp_new = gcm_new,
 };
 
+/* TLS records in bursts, on pyOpenSSL's own connection. ocserv takes one CSTP packet
+ * per TLS record and sends one per record, and pyOpenSSL's send/recv cost ~2 µs of
+ * Python per record around SSL_write/SSL_read. This loops over a burst in C, calling
+ * the same functions of the same OpenSSL on the same SSL object (worker/accel.py finds
+ * their addresses through cffi; cryptography's OpenSSL is linked into its extension,
+ * not ours). Memory BIOs on both sides: no system call. */
+typedef int (*ssl_io_fn)(void *ssl, void *buf, int num);
+typedef int (*ssl_get_error_fn)(const void *ssl, int ret);
+
+#define SSL_ERROR_NONE 0
+#define TLS_DRAIN_STEP (16384 + 2048) /* one record's ciphertext, at most */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the pyOpenSSL Connection that owns ssl and the BIO */
+    void *ssl, *from_bio;
+    ssl_io_fn ssl_read, ssl_write, bio_read;
+    ssl_get_error_fn get_error;
+    unsigned char *scratch;
+    Py_ssize_t scratch_size;
+} TlsRecordsObject;
+
+static void tls_dealloc(TlsRecordsObject *self)
+{
+    Py_XDECREF(self->owner);
+    PyMem_Free(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *tls_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"owner",     "ssl",           "from_bio", "ssl_read",
+                            "ssl_write", "ssl_get_error", "bio_read", NULL};
+    PyObject *owner;
+    unsigned long long ssl, bio, rd, wr, err, bio_rd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OKKKKKK", names, &owner, &ssl, &bio, &rd,
+                                     &wr, &err, &bio_rd))
+        return NULL;
+    if (!ssl || !bio || !rd || !wr || !err || !bio_rd)
+        return refuse("TlsRecords needs every address");
+    TlsRecordsObject *self = (TlsRecordsObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->owner = Py_NewRef(owner);
+    self->ssl = (void *)(uintptr_t)ssl;
+    self->from_bio = (void *)(uintptr_t)bio;
+    self->ssl_read = (ssl_io_fn)(uintptr_t)rd;
+    self->ssl_write = (ssl_io_fn)(uintptr_t)wr;
+    self->get_error = (ssl_get_error_fn)(uintptr_t)err;
+    self->bio_read = (ssl_io_fn)(uintptr_t)bio_rd;
+    return (PyObject *)self;
+}
+
+/* Append what OpenSSL wrote to its outgoing memory BIO to out; -1 on an exception. */
+static int tls_drain(TlsRecordsObject *self, PyObject *out)
+{
+    Py_ssize_t size = PyByteArray_GET_SIZE(out);
+    for (;;) {
+        if (PyByteArray_Resize(out, size + TLS_DRAIN_STEP) < 0)
+            return -1;
+        int n = self->bio_read(self->from_bio, PyByteArray_AS_STRING(out) + size, TLS_DRAIN_STEP);
+        if (n <= 0)
+            break;
+        size += n;
+    }
+    return PyByteArray_Resize(out, size);
+}
+
+/* TlsStream.send_records_nowait's loop: each record one SSL_write, the ciphertext
+ * appended to out, until out holds limit bytes or OpenSSL refuses one. Returns (taken,
+ * SSL_get_error of the refusal or 0). */
+static PyObject *tls_write_records(TlsRecordsObject *self, PyObject *args)
+{
+    PyObject *records, *out;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyList_Type, &records, &PyByteArray_Type, &out, &limit))
+        return NULL;
+    Py_ssize_t taken = 0, count = PyList_GET_SIZE(records);
+    int error = SSL_ERROR_NONE;
+    for (; taken < count && PyByteArray_GET_SIZE(out) < limit; taken++) {
+        PyObject *record = PyList_GET_ITEM(records, taken);
+        if (!PyBytes_Check(record)) {
+            PyErr_SetString(PyExc_TypeError, "records must be bytes");
+            return NULL;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(record);
+        if (size == 0 || size > INT_MAX)
+            return refuse("a record must have 1 to INT_MAX bytes");
+        int n = self->ssl_write(self->ssl, PyBytes_AS_STRING(record), (int)size);
+        if (n <= 0) {
+            error = self->get_error(self->ssl, n);
+            break;
+        }
+        if (tls_drain(self, out) < 0)
+            return NULL;
+    }
+    return Py_BuildValue("ni", taken, error);
+}
+
+/* TlsStream.recv_nowait's SSL_read, repeated: the plaintext of every record OpenSSL can
+ * open from what it holds, up to limit bytes. Returns (plaintext, SSL_get_error of the
+ * read that stopped it, or 0 when limit was reached). */
+static PyObject *tls_read(TlsRecordsObject *self, PyObject *arg)
+{
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (limit <= 0 || limit > INT_MAX)
+        return refuse("read limit out of range");
+    if (self->scratch_size < limit) {
+        unsigned char *bigger = PyMem_Realloc(self->scratch, limit);
+        if (bigger == NULL)
+            return PyErr_NoMemory();
+        self->scratch = bigger;
+        self->scratch_size = limit;
+    }
+    Py_ssize_t size = 0;
+    int error = SSL_ERROR_NONE;
+    while (size < limit) {
+        int n = self->ssl_read(self->ssl, self->scratch + size, (int)(limit - size));
+        if (n <= 0) {
+            error = self->get_error(self->ssl, n);
+            break;
+        }
+        size += n;
+    }
+    return Py_BuildValue("y#i", (const char *)self->scratch, size, error);
+}
+
+static PyMethodDef tls_methods[] = {
+    {"write_records", (PyCFunction)tls_write_records, METH_VARARGS,
+     "write_records(records, out, limit) -> (taken, ssl_error)"},
+    {"read", (PyCFunction)tls_read, METH_O, "read(limit) -> (plaintext, ssl_error)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TlsRecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sepconnect.worker._accel.TlsRecords",
+    .tp_basicsize = sizeof(TlsRecordsObject),
+    .tp_dealloc = (destructor)tls_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "TlsRecords(owner, ssl, from_bio, ssl_read, ssl_write, ssl_get_error, "
+              "bio_read): bursts of TLS records on an OpenSSL connection with memory BIOs",
+    .tp_methods = tls_methods,
+    .tp_new = tls_new,
+};
+
 static PyMethodDef methods[] = {
     {"coalesce", coalesce, METH_O,
      "coalesce(packets) -> list[bytes]: a burst from the server as tun frames"},
@@ -998,12 +1148,13 @@ PyMODINIT_FUNC PyInit__accel(void)
         if (aes128gcm == NULL || aes256gcm == NULL)
             return openssl_error("fetching AES-GCM");
     }
-    if (PyType_Ready(&GcmType) < 0)
+    if (PyType_Ready(&GcmType) < 0 || PyType_Ready(&TlsRecordsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Gcm", (PyObject *)&GcmType) < 0) {
+    if (PyModule_AddObjectRef(m, "Gcm", (PyObject *)&GcmType) < 0 ||
+        PyModule_AddObjectRef(m, "TlsRecords", (PyObject *)&TlsRecordsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -26,3 +26,19 @@ class Gcm:
         out: list[bytes],
         /,
     ) -> tuple[int, int, int, int, int, int]: ...
+
+class TlsRecords:
+    def __init__(
+        self,
+        owner: object,
+        ssl: int,
+        from_bio: int,
+        ssl_read: int,
+        ssl_write: int,
+        ssl_get_error: int,
+        bio_read: int,
+    ) -> None: ...
+    def write_records(
+        self, records: list[bytes], out: bytearray, limit: int, /
+    ) -> tuple[int, int]: ...
+    def read(self, limit: int, /) -> tuple[bytes, int]: ...

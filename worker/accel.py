@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from OpenSSL import SSL
+
     from sepconnect.worker import _accel
 
-__all__ = ["IMPLEMENTATION", "Gcm", "coalesce", "split_frame", "split_mmsg"]
+__all__ = ["IMPLEMENTATION", "Gcm", "coalesce", "split_frame", "split_mmsg", "tls_records"]
 
 # Each None on the Python path.
 Gcm: type[_accel.Gcm] | None  # DTLS AES-GCM records (worker/proto/dtls_crypto.py)
@@ -34,3 +36,29 @@ else:
     split_mmsg = _compiled.split_mmsg
 
 IMPLEMENTATION: Literal["compiled", "python"] = "python" if Gcm is None else "compiled"
+
+
+def tls_records(conn: SSL.Connection) -> _accel.TlsRecords | None:
+    """Bursts of TLS records on *conn* (a pyOpenSSL connection on memory BIOs) in C, or
+    None on the Python path.
+
+    The C loop calls SSL_read, SSL_write, SSL_get_error and BIO_read of the OpenSSL that
+    pyOpenSSL uses (linked into cryptography's extension), on the connection's own SSL
+    object and outgoing BIO. Their addresses come from pyOpenSSL's cffi bindings and
+    the connection's ``_ssl`` and ``_from_ssl``, which are not a public API: a release
+    that changes them fails tests/unit/test_accel.py, and here means the Python path."""
+    if Gcm is None:  # no accelerator
+        return None
+    try:
+        from OpenSSL._util import ffi, lib
+
+        functions = lib.SSL_read.__self__  # the cffi library behind pyOpenSSL's lib
+        addresses = [
+            int(ffi.cast("uintptr_t", ffi.addressof(functions, name)))
+            for name in ("SSL_read", "SSL_write", "SSL_get_error", "BIO_read")
+        ]
+        ssl = int(ffi.cast("uintptr_t", conn._ssl))
+        from_bio = int(ffi.cast("uintptr_t", conn._from_ssl))  # None: not on memory BIOs
+    except (ImportError, AttributeError, TypeError):
+        return None
+    return _compiled.TlsRecords(conn, ssl, from_bio, *addresses)

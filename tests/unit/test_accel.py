@@ -8,6 +8,9 @@
 - DTLS AES-GCM records (worker/proto/dtls_crypto.py ``GcmProtection`` and
   ``CompiledGcmProtection``): the same records sealed, and on the receive side the
   same plaintext or the same rejection for any body, valid or mutated.
+- TLS records in bursts (worker/io/tls.py ``TlsStream`` with and without the
+  accelerator's ``TlsRecords``): the same records written, and on the receive side the
+  same plaintext and the same ending for any cut of the stream, valid or mutated.
 
 The test environment is built with a compiler (scripts/bootstrap.sh), so the
 accelerator must be there: a build that silently fell back to Python fails here.
@@ -15,6 +18,7 @@ accelerator must be there: a build that silently fell back to Python fails here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -24,6 +28,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
 from test_offload import (
     ACK,
     CWR,
@@ -39,9 +44,11 @@ from test_offload import (
     vnet,
 )
 from test_offload import split_frame as textbook_split
+from tls_pair import tls_pair
 
-from sepconnect.worker import accel
+from sepconnect.worker import _accel, accel
 from sepconnect.worker.io import mmsg
+from sepconnect.worker.io.tls import TlsError, TlsStream
 from sepconnect.worker.proto import dtls_crypto as dc
 from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record
 from sepconnect.worker.proto.offload import (
@@ -447,3 +454,113 @@ def test_both_read_recvmmsg_messages_alike() -> None:
     finally:
         receiver.close()
         sock.close()
+
+
+# -- TLS records (worker/io/tls.py TlsStream on pyOpenSSL's connection) -----------------
+
+
+def tls_stream(path: str) -> tuple[TlsStream, SSL.Connection, socket.socket]:
+    """A TlsStream on one path ("python": pyOpenSSL's call per record; "compiled": the
+    accelerator's TlsRecords) against an in-process OpenSSL server (tls_pair)."""
+    stream, server, theirs = tls_pair(socket_buffer=1 << 22)
+    theirs.setblocking(False)
+    if path == "python":
+        stream._records = None
+    return stream, server, theirs
+
+
+def test_the_tls_burst_finds_pyopenssl_internals() -> None:
+    # accel.tls_records relies on pyOpenSSL's cffi bindings (not a public API): a
+    # release that changes them must fail here, not fall back quietly in production.
+    stream, _, theirs = tls_pair()
+    try:
+        assert isinstance(stream._records, _accel.TlsRecords)
+    finally:
+        stream.sock.close()
+        theirs.close()
+
+
+def server_records(server: SSL.Connection, theirs: socket.socket) -> list[bytes]:
+    """Every record the server can read now, one plaintext per record (OpenSSL hands
+    over one record per SSL_read when the buffer is larger)."""
+    with contextlib.suppress(BlockingIOError):
+        while data := theirs.recv(1 << 20):
+            server.bio_write(data)
+    records = []
+    with contextlib.suppress(SSL.WantReadError):
+        while True:
+            records.append(server.recv(65536))
+    return records
+
+
+def test_both_tls_paths_write_the_same_records() -> None:
+    """Bursts of frames of any size a CSTP frame has: each frame one record, in order,
+    the same on both paths (the ciphertext differs: each pair has its own keys)."""
+    sizes = [8, 9, 1408, 16384, 1, 100, 16383] + random.Random(15).choices(range(1, 16385), k=300)
+    frames = [random.Random(size).randbytes(size) for size in sizes]
+    got: dict[str, list[bytes]] = {}
+    for path in ("python", "compiled"):
+        stream, server, theirs = tls_stream(path)
+        received: list[bytes] = []
+        for start in range(0, len(frames), 37):  # bursts of 37, one send() each
+            burst = frames[start : start + 37]
+            while burst:  # what _OUT_LIMIT refused goes once the socket has taken the rest
+                del burst[: stream.send_records_nowait(burst)]
+                assert stream.flush_nowait()
+                received += server_records(server, theirs)
+        got[path] = received
+        stream.sock.close()
+        theirs.close()
+    assert got["python"] == got["compiled"] == frames
+
+
+def read_outcome(
+    stream: TlsStream, server: SSL.Connection, theirs: socket.socket, chunks: list[bytes]
+) -> tuple[bytes, str]:
+    """What the stream reads from ciphertext sent in *chunks*: the plaintext, and how it
+    ended ("open", "eof", or the TlsError)."""
+    data = b""
+    try:
+        for chunk in chunks:
+            theirs.sendall(chunk)
+            while (more := stream.recv_nowait()) is not None:
+                if not more:
+                    return data, "eof"
+                data += more
+    except TlsError as exc:
+        return data, f"error: {exc}"
+    return data, "open"
+
+
+@pytest.mark.parametrize("ending", ["open", "close_notify", "corrupt", "truncated"])
+def test_both_tls_paths_read_the_same_stream(ending: str) -> None:
+    """Records of any size from the server, cut anywhere by the socket, and the stream's
+    end (a close_notify, a corrupted record, a truncated one): the same plaintext and the
+    same ending from both paths (a bounded, deterministic fuzz)."""
+    rng = random.Random(f"tls-{ending}")
+    for _ in range(20):
+        payloads = [rng.randbytes(rng.choice([1, 8, 1408, 16384, rng.randrange(1, 16385)]))
+                    for _ in range(rng.randrange(1, 60))]  # fmt: skip
+        cuts = sorted(rng.sample(range(1, 400_000), 8))
+        mutation = rng.randrange(1 << 30)
+        outcomes = []
+        for path in ("python", "compiled"):
+            stream, server, theirs = tls_stream(path)
+            for payload in payloads:
+                server.send(payload)
+            if ending == "close_notify":
+                with contextlib.suppress(SSL.WantReadError):
+                    server.shutdown()
+            cipher = bytearray(server.bio_read(1 << 22))
+            if ending == "corrupt":
+                cipher[mutation % len(cipher)] ^= 1 + mutation % 255
+            elif ending == "truncated":
+                del cipher[len(cipher) - 1 - mutation % 40 :]
+            bounds = [0, *(c for c in cuts if c < len(cipher)), len(cipher)]
+            chunks = [bytes(cipher[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+            outcomes.append(read_outcome(stream, server, theirs, chunks))
+            stream.sock.close()
+            theirs.close()
+        assert outcomes[0] == outcomes[1]
+        if ending in ("open", "close_notify"):
+            assert outcomes[0] == (b"".join(payloads), "open" if ending == "open" else "eof")
