@@ -762,15 +762,19 @@ done:
     return (PyObject *)self;
 }
 
-/* Whole records carrying plaintexts, consecutive sequence numbers from first_seq64:
- * header (type, version, epoch and sequence, length), explicit nonce (the sequence
- * number), ciphertext, tag; the AAD is seq64, type, version, plaintext length. */
+/* Whole records carrying prefix + each of plaintexts (the prefix is sealed with it, not
+ * copied to it), consecutive sequence numbers from first_seq64: header (type, version,
+ * epoch and sequence, length), explicit nonce (the sequence number), ciphertext, tag;
+ * the AAD is seq64, type, version, plaintext length. */
 static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
 {
     unsigned long long first;
     int ctype, version;
     PyObject *plaintexts;
-    if (!PyArg_ParseTuple(args, "KiiO!", &first, &ctype, &version, &PyList_Type, &plaintexts))
+    const unsigned char *prefix = NULL;
+    Py_ssize_t prefix_len = 0;
+    if (!PyArg_ParseTuple(args, "KiiO!|y#", &first, &ctype, &version, &PyList_Type, &plaintexts,
+                          &prefix, &prefix_len))
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(plaintexts);
     PyObject *out = PyList_New(count);
@@ -786,7 +790,7 @@ static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "plaintexts must be bytes");
             return NULL;
         }
-        Py_ssize_t size = PyBytes_GET_SIZE(item);
+        Py_ssize_t size = prefix_len + PyBytes_GET_SIZE(item);
         if (size > 0xFFFF - EXPLICIT_NONCE - TAG) {
             Py_DECREF(out);
             PyErr_SetString(PyExc_ValueError, "plaintext too long for a record");
@@ -812,10 +816,18 @@ static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
         put16(aad + 11, (uint32_t)size);
         unsigned char *body = q + RECORD_HEADER + EXPLICIT_NONCE;
         int n;
+        const unsigned char *plain = (const unsigned char *)PyBytes_AS_STRING(item);
+        if (prefix_len) {
+            /* prefix and plaintext put together where the ciphertext goes, sealed in
+             * place: one update (a short first one costs AES-GCM's fast path more
+             * than the copy does) */
+            memcpy(body, prefix, prefix_len);
+            memcpy(body + prefix_len, plain, size - prefix_len);
+            plain = body;
+        }
         if (!EVP_EncryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
             !EVP_EncryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
-            (size && !EVP_EncryptUpdate(ctx, body, &n, (const unsigned char *)PyBytes_AS_STRING(item),
-                                        (int)size)) ||
+            (size && !EVP_EncryptUpdate(ctx, body, &n, plain, (int)size)) ||
             !EVP_EncryptFinal_ex(ctx, body + size, &n) ||
             !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG, body + size)) {
             Py_DECREF(out);
@@ -864,24 +876,80 @@ static PyObject *gcm_open_body(GcmObject *self, uint64_t seq64, int ctype, int v
     return result;
 }
 
+/* As gcm_open_body, for open_datagrams with a split byte: a plaintext of two bytes or
+ * more that starts with it comes back without it (*matched set), decrypted straight into
+ * the bytes object that is returned; any other comes back whole. */
+static PyObject *gcm_open_split(GcmObject *self, uint64_t seq64, int ctype, int version,
+                                const unsigned char *b, Py_ssize_t len, int split, int *matched)
+{
+    *matched = 0;
+    Py_ssize_t size = len - EXPLICIT_NONCE - TAG;
+    if (split < 0 || size < 2)
+        return gcm_open_body(self, seq64, ctype, version, b, len);
+    if (size > 0xFFFF)
+        return NULL;
+    unsigned char nonce[12], aad[13], first;
+    memcpy(nonce, self->salt, 4);
+    memcpy(nonce + 4, b, EXPLICIT_NONCE);
+    put64(aad, seq64);
+    aad[8] = (unsigned char)ctype;
+    put16(aad + 9, (uint32_t)version);
+    put16(aad + 11, (uint32_t)size);
+    EVP_CIPHER_CTX *ctx = self->dec;
+    const unsigned char *cipher = b + EXPLICIT_NONCE;
+    /* The first block apart (a whole one: a shorter first update costs AES-GCM's fast
+     * path more than copying 15 bytes does), the rest straight into the result. */
+    unsigned char head[16];
+    Py_ssize_t head_len = size < 16 ? size : 16;
+    int n;
+    if (!EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
+        !EVP_DecryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
+        !EVP_DecryptUpdate(ctx, head, &n, cipher, (int)head_len))
+        return openssl_error("AES-GCM open");
+    first = head[0];
+    int keep = first != split; /* not the split byte: the whole plaintext */
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size - 1 + keep);
+    if (result == NULL)
+        return NULL;
+    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(plain, head + 1 - keep, head_len - 1 + keep);
+    unsigned char *rest = plain + head_len - 1 + keep;
+    if ((size > head_len &&
+         !EVP_DecryptUpdate(ctx, rest, &n, cipher + head_len, (int)(size - head_len))) ||
+        !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG, (void *)(cipher + size))) {
+        Py_DECREF(result);
+        return openssl_error("AES-GCM open");
+    }
+    if (EVP_DecryptFinal_ex(ctx, plain + size - 1 + keep, &n) <= 0) {
+        Py_DECREF(result); /* authentication failed */
+        return NULL;
+    }
+    *matched = !keep;
+    return result;
+}
+
 #define APPLICATION_DATA 23
 #define MAX_RECORD_BODY (16384 + 2048)
 
 /* RecordProtection.open_datagrams_untrusted (worker/proto/dtls_crypto.py) with the
  * replay window as (top, bits): from datagrams[start] on, each datagram that is exactly
  * one application-data record of epoch is checked against the window, opened, and its
- * plaintext appended to out; stops at the first other datagram. Returns (stop index,
- * top, bits, accepted, replays, bad). */
+ * plaintext appended to out; stops at the first other datagram. With a split byte
+ * (0-255) and the list others: a plaintext of two bytes or more that starts with it goes
+ * to out without it, any other to others. Returns (stop index, top, bits, accepted,
+ * replays, bad). */
 static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
 {
-    PyObject *datagrams, *out;
+    PyObject *datagrams, *out, *others = NULL;
     Py_ssize_t start;
-    int epoch;
+    int epoch, split = -1;
     long long top;
     unsigned long long bits;
-    if (!PyArg_ParseTuple(args, "O!niLKO!", &PyList_Type, &datagrams, &start, &epoch, &top,
-                          &bits, &PyList_Type, &out))
+    if (!PyArg_ParseTuple(args, "O!niLKO!|iO", &PyList_Type, &datagrams, &start, &epoch, &top,
+                          &bits, &PyList_Type, &out, &split, &others))
         return NULL;
+    if (split > 255 || (split >= 0 && (others == NULL || !PyList_Check(others))))
+        return refuse("a split byte needs the list others");
     Py_ssize_t end = PyList_GET_SIZE(datagrams), i = start < 0 ? 0 : start;
     long accepted = 0, replays = 0, bad = 0;
     for (; i < end; i++) {
@@ -907,8 +975,9 @@ static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
                 continue;
             }
         }
-        PyObject *plaintext = gcm_open_body(self, (uint64_t)epoch << 48 | (uint64_t)seq, ctype,
-                                            version, d + RECORD_HEADER, body_size);
+        int matched;
+        PyObject *plaintext = gcm_open_split(self, (uint64_t)epoch << 48 | (uint64_t)seq, ctype,
+                                             version, d + RECORD_HEADER, body_size, split, &matched);
         if (plaintext == NULL) {
             if (PyErr_Occurred())
                 return NULL;
@@ -924,7 +993,7 @@ static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
             bits |= 1ULL << (top - seq);
         }
         accepted++;
-        int failed = PyList_Append(out, plaintext);
+        int failed = PyList_Append(split < 0 || matched ? out : others, plaintext);
         Py_DECREF(plaintext);
         if (failed)
             return NULL;
@@ -950,10 +1019,11 @@ static PyObject *gcm_open(GcmObject *self, PyObject *args)
 
 static PyMethodDef gcm_methods[] = {
     {"open_datagrams", (PyCFunction)gcm_open_datagrams, METH_VARARGS,
-     "open_datagrams(datagrams, start, epoch, top, bits, out) -> (stop, top, bits, accepted, "
-     "replays, bad)"},
+     "open_datagrams(datagrams, start, epoch, top, bits, out, split=-1, others=None) -> (stop, "
+     "top, bits, accepted, replays, bad)"},
     {"seal_records", (PyCFunction)gcm_seal_records, METH_VARARGS,
-     "seal_records(first_seq64, ctype, version, plaintexts) -> list[bytes]: whole records"},
+     "seal_records(first_seq64, ctype, version, plaintexts, prefix=b'') -> list[bytes]: whole "
+     "records"},
     {"open", (PyCFunction)gcm_open, METH_VARARGS,
      "open(seq64, ctype, version, body) -> bytes | None: None if it does not authenticate"},
     {NULL, NULL, 0, NULL},
@@ -988,14 +1058,17 @@ typedef struct {
     void *ssl, *from_bio;
     ssl_io_fn ssl_read, ssl_write, bio_read;
     ssl_get_error_fn get_error;
-    unsigned char *scratch;
+    unsigned char *scratch; /* plaintext read */
     Py_ssize_t scratch_size;
+    unsigned char *sealed; /* ciphertext written, before it is appended at once */
+    Py_ssize_t sealed_size;
 } TlsRecordsObject;
 
 static void tls_dealloc(TlsRecordsObject *self)
 {
     Py_XDECREF(self->owner);
     PyMem_Free(self->scratch);
+    PyMem_Free(self->sealed);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1023,19 +1096,26 @@ static PyObject *tls_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-/* Append what OpenSSL wrote to its outgoing memory BIO to out; -1 on an exception. */
-static int tls_drain(TlsRecordsObject *self, PyObject *out)
+/* Move what OpenSSL wrote to its outgoing memory BIO to self->sealed from *used on;
+ * -1 with an exception set when out of memory. */
+static int tls_drain(TlsRecordsObject *self, Py_ssize_t *used)
 {
-    Py_ssize_t size = PyByteArray_GET_SIZE(out);
     for (;;) {
-        if (PyByteArray_Resize(out, size + TLS_DRAIN_STEP) < 0)
-            return -1;
-        int n = self->bio_read(self->from_bio, PyByteArray_AS_STRING(out) + size, TLS_DRAIN_STEP);
+        if (self->sealed_size - *used < TLS_DRAIN_STEP) {
+            Py_ssize_t size = 2 * self->sealed_size + TLS_DRAIN_STEP;
+            unsigned char *bigger = PyMem_Realloc(self->sealed, size);
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            self->sealed = bigger;
+            self->sealed_size = size;
+        }
+        int n = self->bio_read(self->from_bio, self->sealed + *used, TLS_DRAIN_STEP);
         if (n <= 0)
-            break;
-        size += n;
+            return 0;
+        *used += n;
     }
-    return PyByteArray_Resize(out, size);
 }
 
 /* TlsStream.send_records_nowait's loop: each record one SSL_write, the ciphertext
@@ -1047,9 +1127,10 @@ static PyObject *tls_write_records(TlsRecordsObject *self, PyObject *args)
     Py_ssize_t limit;
     if (!PyArg_ParseTuple(args, "O!O!n", &PyList_Type, &records, &PyByteArray_Type, &out, &limit))
         return NULL;
-    Py_ssize_t taken = 0, count = PyList_GET_SIZE(records);
+    Py_ssize_t taken = 0, count = PyList_GET_SIZE(records), used = 0;
+    Py_ssize_t queued = PyByteArray_GET_SIZE(out);
     int error = SSL_ERROR_NONE;
-    for (; taken < count && PyByteArray_GET_SIZE(out) < limit; taken++) {
+    for (; taken < count && queued + used < limit; taken++) {
         PyObject *record = PyList_GET_ITEM(records, taken);
         if (!PyBytes_Check(record)) {
             PyErr_SetString(PyExc_TypeError, "records must be bytes");
@@ -1063,8 +1144,14 @@ static PyObject *tls_write_records(TlsRecordsObject *self, PyObject *args)
             error = self->get_error(self->ssl, n);
             break;
         }
-        if (tls_drain(self, out) < 0)
+        if (tls_drain(self, &used) < 0)
             return NULL;
+    }
+    /* one append: growing out record by record moved it again and again */
+    if (used) {
+        if (PyByteArray_Resize(out, queued + used) < 0)
+            return NULL;
+        memcpy(PyByteArray_AS_STRING(out) + queued, self->sealed, used);
     }
     return Py_BuildValue("ni", taken, error);
 }

@@ -13,7 +13,13 @@ def split_mmsg(
 class Gcm:
     def __init__(self, key: bytes, salt: bytes) -> None: ...
     def seal_records(
-        self, first_seq64: int, ctype: int, version: int, plaintexts: list[bytes], /
+        self,
+        first_seq64: int,
+        ctype: int,
+        version: int,
+        plaintexts: list[bytes],
+        prefix: bytes = b"",
+        /,
     ) -> list[bytes]: ...
     def open(self, seq64: int, ctype: int, version: int, body: bytes, /) -> bytes | None: ...
     def open_datagrams(
@@ -24,6 +30,8 @@ class Gcm:
         top: int,
         bits: int,
         out: list[bytes],
+        split: int = -1,
+        others: list[bytes] | None = None,
         /,
     ) -> tuple[int, int, int, int, int, int]: ...
 

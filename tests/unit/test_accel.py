@@ -279,11 +279,25 @@ def gcm_pair(key: bytes, salt: bytes) -> tuple[dc.GcmProtection, dc.CompiledGcmP
     ctype=st.integers(0, 255),
     version=st.sampled_from([dc.DTLS1_2, dc.DTLS1_0, dc.DTLS_BAD_VER]),
     plaintexts=st.lists(st.binary(max_size=1500), max_size=8),
+    prefix=st.sampled_from([b"", b"\x00"]) | st.binary(max_size=20),
 )
 def test_both_gcms_seal_the_same_records(
-    key: bytes, salt: bytes, first: int, ctype: int, version: int, plaintexts: list[bytes]
+    key: bytes,
+    salt: bytes,
+    first: int,
+    ctype: int,
+    version: int,
+    plaintexts: list[bytes],
+    prefix: bytes,
 ) -> None:
     python, compiled = gcm_pair(key, salt)
+    # the prefix (the data channel's CSTP type byte) is sealed with each plaintext
+    assert python.seal_records(first, ctype, version, plaintexts, prefix) == python.seal_records(
+        first, ctype, version, [prefix + p for p in plaintexts]
+    )
+    assert compiled.seal_records(first, ctype, version, plaintexts, prefix) == (
+        python.seal_records(first, ctype, version, plaintexts, prefix)
+    )
     records = python.seal_records(first, ctype, version, plaintexts)
     assert compiled.seal_records(first, ctype, version, plaintexts) == records
     for i, (record, plaintext) in enumerate(zip(records, plaintexts, strict=True)):
