@@ -16,24 +16,37 @@ if TYPE_CHECKING:
 
     from sepconnect.worker import _accel
 
-__all__ = ["IMPLEMENTATION", "Gcm", "coalesce", "split_frame", "split_mmsg", "tls_records"]
+__all__ = [
+    "IMPLEMENTATION",
+    "Gcm",
+    "coalesce",
+    "cstp_data_frames",
+    "split_frame",
+    "split_mmsg",
+    "tls_records",
+    "write_frames",
+]
 
 # Each None on the Python path.
 Gcm: type[_accel.Gcm] | None  # DTLS AES-GCM records (worker/proto/dtls_crypto.py)
 split_frame: Callable[[bytes], list[bytes]] | None  # TSO frames (worker/proto/offload.py)
 coalesce: Callable[[list[bytes]], list[bytes]] | None  # tun writes (worker/proto/offload.py)
+cstp_data_frames: Callable[[list[bytes]], list[bytes]] | None  # worker/proto/cstp.py
+write_frames: Callable[[int, list[bytes], int], tuple[int, int]] | None  # worker/io/tun.py
 _SplitMmsg = Callable[[memoryview, memoryview, memoryview, int, int, int], tuple[list[bytes], int]]
 split_mmsg: _SplitMmsg | None  # recvmmsg's messages (worker/io/mmsg.py)
 
 try:
     from sepconnect.worker import _accel as _compiled
 except ImportError:  # built without a compiler (or SEPCONNECT_NO_ACCEL=1)
-    Gcm = split_frame = coalesce = split_mmsg = None
+    Gcm = split_frame = coalesce = split_mmsg = cstp_data_frames = write_frames = None
 else:
     Gcm = _compiled.Gcm
     split_frame = _compiled.split_frame
     coalesce = _compiled.coalesce
     split_mmsg = _compiled.split_mmsg
+    cstp_data_frames = _compiled.cstp_data_frames
+    write_frames = _compiled.write_frames
 
 IMPLEMENTATION: Literal["compiled", "python"] = "python" if Gcm is None else "compiled"
 

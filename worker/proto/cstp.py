@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from sepconnect.worker import accel
 from sepconnect.worker.proto.errors import ProtocolError
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "Frame",
     "PacketType",
     "encode_data",
+    "encode_data_burst",
+    "encode_data_frames",
     "encode_disconnect",
     "encode_frame",
 ]
@@ -108,6 +111,19 @@ def encode_data(packet: bytes) -> bytes:
     if n > MAX_PAYLOAD:
         raise ValueError(f"CSTP payload of {n} bytes exceeds {MAX_PAYLOAD}")
     return _HEADER_PACK(MAGIC, n, 0, 0) + packet
+
+
+def encode_data_frames(packets: list[bytes]) -> list[bytes]:
+    """:func:`encode_data` for each of *packets* (the reference for the compiled
+    accelerator's ``cstp_data_frames``, which :data:`encode_data_burst` is when it is
+    built). Raises ValueError, and encodes none, if any is longer than MAX_PAYLOAD."""
+    return [encode_data(packet) for packet in packets]
+
+
+#: What CstpSession encodes a burst of tun packets with.
+encode_data_burst: Final = (
+    encode_data_frames if accel.cstp_data_frames is None else accel.cstp_data_frames
+)
 
 
 def encode_disconnect(
