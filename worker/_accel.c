@@ -13,6 +13,7 @@
  *                       and epoch, kept across records (cryptography's AEAD builds a new
  *                       one on every call)
  *   cstp_data_frames    worker/proto/cstp.py encode_data_frames: CSTP DATA frames
+ *   cstp_data_pairs     worker/proto/cstp.py CstpDecoder: a run of DATA frames read
  *   write_frames(...)   worker/io/tun.py TunIO.write_packets' loop: one writev per
  *                       frame on the tun, the call the Python loop makes
  *   TlsRecords(...)     worker/io/tls.py TlsStream: a burst of TLS records written or
@@ -1211,11 +1212,56 @@ static PyTypeObject TlsRecordsType = {
     .tp_new = tls_new,
 };
 
+#define CSTP_HEADER 8
+#define CSTP_MAX_PAYLOAD 16384
+
+/* CstpDecoder.feed_pairs_untrusted's loop (worker/proto/cstp.py) over a run of DATA
+ * frames: from buf[start] on, each complete frame with a valid header (magic, length
+ * at most CSTP_MAX_PAYLOAD, type DATA, zero byte 7) becomes (data_type, payload).
+ * Stops at anything else (another type, a bad header, a frame not all there) for the
+ * Python loop, which says what it is. Returns (pairs, offset reached). */
+static PyObject *cstp_data_pairs(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t start;
+    PyObject *data_type;
+    if (!PyArg_ParseTuple(args, "y*nO", &view, &start, &data_type))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t end = view.len, off = start < 0 ? 0 : start;
+    PyObject *pairs = PyList_New(0);
+    if (pairs == NULL)
+        goto failed;
+    while (end - off >= CSTP_HEADER) {
+        const unsigned char *h = buf + off;
+        Py_ssize_t length = get16(h + 4);
+        if (memcmp(h, "STF\x01", 4) != 0 || length > CSTP_MAX_PAYLOAD || h[6] != 0 || h[7] != 0 ||
+            end - off - CSTP_HEADER < length)
+            break;
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)h + CSTP_HEADER, length);
+        if (payload == NULL)
+            goto failed;
+        PyObject *pair = PyTuple_Pack(2, data_type, payload);
+        Py_DECREF(payload);
+        if (pair == NULL || PyList_Append(pairs, pair) < 0) {
+            Py_XDECREF(pair);
+            goto failed;
+        }
+        Py_DECREF(pair);
+        off += CSTP_HEADER + length;
+    }
+    PyBuffer_Release(&view);
+    PyObject *result = Py_BuildValue("Nn", pairs, off);
+    return result;
+failed:
+    Py_XDECREF(pairs);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* cstp.encode_data for each of packets (worker/proto/cstp.py encode_data_frames): the
  * header (magic, payload length, type DATA, 0) and the packet, one bytes each. Every
  * size is checked before any frame is built. */
-#define CSTP_HEADER 8
-#define CSTP_MAX_PAYLOAD 16384
 static PyObject *cstp_data_frames(PyObject *self, PyObject *packets)
 {
     if (!PyList_Check(packets)) {
@@ -1288,6 +1334,8 @@ static PyObject *write_frames(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"cstp_data_pairs", cstp_data_pairs, METH_VARARGS,
+     "cstp_data_pairs(buf, start, data_type) -> (pairs, offset): a run of DATA frames"},
     {"cstp_data_frames", cstp_data_frames, METH_O,
      "cstp_data_frames(packets) -> list[bytes]: each packet as a CSTP DATA frame"},
     {"write_frames", write_frames, METH_VARARGS,

@@ -9,7 +9,7 @@ extension's shared object is mapped then; using it later makes no system call.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -21,6 +21,7 @@ __all__ = [
     "Gcm",
     "coalesce",
     "cstp_data_frames",
+    "cstp_data_pairs",
     "split_frame",
     "split_mmsg",
     "tls_records",
@@ -32,6 +33,7 @@ Gcm: type[_accel.Gcm] | None  # DTLS AES-GCM records (worker/proto/dtls_crypto.p
 split_frame: Callable[[bytes], list[bytes]] | None  # TSO frames (worker/proto/offload.py)
 coalesce: Callable[[list[bytes]], list[bytes]] | None  # tun writes (worker/proto/offload.py)
 cstp_data_frames: Callable[[list[bytes]], list[bytes]] | None  # worker/proto/cstp.py
+cstp_data_pairs: Callable[[bytes | bytearray, int, Any], tuple[list[Any], int]] | None  # cstp.py
 write_frames: Callable[[int, list[bytes], int], tuple[int, int]] | None  # worker/io/tun.py
 _SplitMmsg = Callable[[memoryview, memoryview, memoryview, int, int, int], tuple[list[bytes], int]]
 split_mmsg: _SplitMmsg | None  # recvmmsg's messages (worker/io/mmsg.py)
@@ -39,13 +41,15 @@ split_mmsg: _SplitMmsg | None  # recvmmsg's messages (worker/io/mmsg.py)
 try:
     from sepconnect.worker import _accel as _compiled
 except ImportError:  # built without a compiler (or SEPCONNECT_NO_ACCEL=1)
-    Gcm = split_frame = coalesce = split_mmsg = cstp_data_frames = write_frames = None
+    Gcm = split_frame = coalesce = split_mmsg = None
+    cstp_data_frames = cstp_data_pairs = write_frames = None
 else:
     Gcm = _compiled.Gcm
     split_frame = _compiled.split_frame
     coalesce = _compiled.coalesce
     split_mmsg = _compiled.split_mmsg
     cstp_data_frames = _compiled.cstp_data_frames
+    cstp_data_pairs = _compiled.cstp_data_pairs
     write_frames = _compiled.write_frames
 
 IMPLEMENTATION: Literal["compiled", "python"] = "python" if Gcm is None else "compiled"

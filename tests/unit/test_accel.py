@@ -8,7 +8,8 @@
 - DTLS AES-GCM records (worker/proto/dtls_crypto.py ``GcmProtection`` and
   ``CompiledGcmProtection``): the same records sealed, and on the receive side the
   same plaintext or the same rejection for any body, valid or mutated.
-- CSTP DATA frames (worker/proto/cstp.py ``encode_data_frames``): the same frames.
+- CSTP DATA frames (worker/proto/cstp.py ``encode_data_frames``, and runs of them read
+  by ``CstpDecoder``): the same frames, and the same error for any malformed stream.
 - Tun writes (worker/io/tun.py ``TunIO.write_packets``, with the loop of writes in C
   or in Python): the same frames.
 - TLS records in bursts (worker/io/tls.py ``TlsStream`` with and without the
@@ -33,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
+from test_fuzz_untrusted import cstp_streams
 from test_offload import (
     ACK,
     CWR,
@@ -668,3 +670,46 @@ def test_write_frames_drops_what_a_full_queue_refuses_and_stops_at_an_error() ->
     assert stop == 3
     assert code in (errno.EPIPE, errno.ECONNRESET)
     ours.close()
+
+
+def decoded(data: bytes, cuts: list[int]) -> tuple[list[tuple[cstp.PacketType, bytes]], str]:
+    """What a CstpDecoder makes of *data* fed in pieces cut at *cuts*: the frames, and
+    the error that ended it ("" if none), and what it still holds."""
+    decoder = cstp.CstpDecoder()
+    frames: list[tuple[cstp.PacketType, bytes]] = []
+    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
+    try:
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            frames += decoder.feed_pairs_untrusted(data[a:b])
+    except cstp.CstpError as exc:
+        return frames, f"error: {exc}"
+    return frames, f"holds {decoder.buffered}"
+
+
+def data_frame(payload: bytes) -> bytes:
+    return cstp.encode_data(payload)
+
+
+@FUZZ
+@given(
+    pieces=st.lists(
+        st.binary(max_size=40).map(data_frame)
+        | st.sampled_from([data_frame(bytes(1400)), data_frame(bytes(16384))])
+        | cstp_streams(),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 40_000), max_size=4),
+)
+def test_both_read_the_same_cstp_frames(pieces: list[bytes], cuts: list[int]) -> None:
+    """Runs of DATA frames (read in C) mixed with every other kind and with malformed
+    frames (read in Python), cut anywhere: the same frames, the same error."""
+    data = b"".join(pieces)
+    compiled_run = cstp.data_pairs
+    assert compiled_run is not None
+    compiled = decoded(data, cuts)
+    try:
+        cstp.data_pairs = None  # the Python path
+        python = decoded(data, cuts)
+    finally:
+        cstp.data_pairs = compiled_run
+    assert python == compiled

@@ -126,6 +126,12 @@ encode_data_burst: Final = (
 )
 
 
+#: The compiled accelerator's reader of a run of DATA frames (None on the Python path):
+#: :meth:`CstpDecoder.feed_pairs_untrusted` hands it every run, and reads whatever it
+#: stops at itself, so errors are the Python code's (tests/unit/test_accel.py).
+data_pairs = accel.cstp_data_pairs
+
+
 def encode_disconnect(
     reason: int = DISCONNECT_USER_LOGOFF, text: str = "Client disconnect"
 ) -> bytes:
@@ -190,8 +196,14 @@ class CstpDecoder:
         end = len(buf)
         unpack = _HEADER.unpack_from
         types = _TYPES
+        data_run = data_pairs
         try:
             while end - off >= HEADER_LEN:
+                if data_run is not None:  # a run of well-formed DATA frames, in C
+                    pairs, off = data_run(buf, off, PacketType.DATA)
+                    frames += pairs
+                    if end - off < HEADER_LEN:
+                        break
                 magic, length, ptype, zero = unpack(buf, off)
                 if magic != MAGIC:
                     raise CstpError("Bad CSTP packet: wrong magic bytes")
