@@ -249,7 +249,7 @@ class DtlsChannel:
             # DPD_RESP, KEEPALIVE, DATA without a packet: proof of life only; others
             # ignored (as openconnect)
         if packets:
-            self.rx_bytes += sum(map(len, packets))
+            self.rx_bytes += len(packets[0]) if len(packets) == 1 else sum(map(len, packets))
             self.rx_packets += len(packets)
         self._events_from(conn, now)
         return packets
@@ -275,21 +275,25 @@ class DtlsChannel:
             return [], packets
         limit = self.config.max_packet
         # No loop over the packets in Python: the CSTP type byte is sealed with each
-        # (seal_data's prefix), and sizes are looked at by map() in C.
-        if max(map(len, packets), default=0) <= limit:  # the common case: all fit
+        # (seal_data's prefix), and sizes are looked at by map() in C (a lone packet,
+        # an interactive flow's, without it: each map() is an object to make).
+        nbytes = len(packets[0]) if len(packets) == 1 else sum(map(len, packets))
+        if nbytes <= limit or max(map(len, packets)) <= limit:  # the common case: all fit
             payloads, over_cstp = packets, []
         else:
             payloads = [p for p in packets if len(p) <= limit]
             over_cstp = [p for p in packets if len(p) > limit]
+            nbytes = sum(map(len, payloads))
         datagrams = conn.seal_data(payloads, _DATA)
         sent = len(datagrams)
         if sent < len(payloads):  # the sequence numbers ran out: the connection failed
             over_cstp += payloads[sent:]
             payloads = payloads[:sent]
+            nbytes = sum(map(len, payloads))
             self._events_from(conn, now)  # not UP any more
         if sent:
             self.tx_packets += sent
-            self.tx_bytes += sum(map(len, payloads))
+            self.tx_bytes += nbytes
             self.last_tx = now
             if self._unanswered_since is None:
                 self._unanswered_since = now
