@@ -14,13 +14,10 @@
  *                       one on every call)
  *   cstp_data_frames    worker/proto/cstp.py encode_data_frames: CSTP DATA frames
  *   cstp_data_pairs     worker/proto/cstp.py CstpDecoder: a run of DATA frames read
- *   write_frames(...)   worker/io/tun.py TunIO.write_packets' loop: one writev per
- *                       frame on the tun, the call the Python loop makes
  *   TlsRecords(...)     worker/io/tls.py TlsStream: a burst of TLS records written or
  *                       read in one call, on pyOpenSSL's own SSL object
  *
- * Computation on the caller's buffers, and no system call once imported but
- * write_frames' writev on the tun fd (the worker's sandbox allows it already). The module's
+ * Pure computation on the caller's buffers: no system call once imported. The module's
  * import does all of OpenSSL's one-time work (library set-up without reading a
  * configuration file, fetching the ciphers), before the worker's sandbox closes; a
  * cipher context afterwards is memory only. Malformed input raises ValueError with the
@@ -33,9 +30,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include <errno.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -1300,46 +1295,11 @@ static PyObject *cstp_data_frames(PyObject *self, PyObject *packets)
     return out;
 }
 
-/* TunIO.write_packets' loop (worker/io/tun.py): each of frames[start:] one writev on
- * the tun fd, the same system call the Python loop makes. A frame the full tun queue
- * refuses (EAGAIN) is dropped, as a router would; any other error stops the loop.
- * Returns (index reached, errno of the frame it stopped at or 0); the caller handles
- * that error and goes on after it. */
-static PyObject *write_frames(PyObject *self, PyObject *args)
-{
-    int fd;
-    PyObject *frames;
-    Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "iO!n", &fd, &PyList_Type, &frames, &start))
-        return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(frames), i = start < 0 ? 0 : start;
-    for (; i < count; i++) {
-        PyObject *frame = PyList_GET_ITEM(frames, i);
-        if (!PyBytes_Check(frame)) {
-            PyErr_SetString(PyExc_TypeError, "frames must be bytes");
-            return NULL;
-        }
-        struct iovec piece = {PyBytes_AS_STRING(frame), (size_t)PyBytes_GET_SIZE(frame)};
-        ssize_t written = writev(fd, &piece, 1); /* nonblocking fd: the GIL is kept */
-        if (written < 0 && errno == EINTR) {
-            if (PyErr_CheckSignals() < 0)
-                return NULL;
-            i--; /* again */
-            continue;
-        }
-        if (written < 0 && errno != EAGAIN)
-            return Py_BuildValue("ni", i, errno);
-    }
-    return Py_BuildValue("ni", i, 0);
-}
-
 static PyMethodDef methods[] = {
     {"cstp_data_pairs", cstp_data_pairs, METH_VARARGS,
      "cstp_data_pairs(buf, start, data_type) -> (pairs, offset): a run of DATA frames"},
     {"cstp_data_frames", cstp_data_frames, METH_O,
      "cstp_data_frames(packets) -> list[bytes]: each packet as a CSTP DATA frame"},
-    {"write_frames", write_frames, METH_VARARGS,
-     "write_frames(fd, frames, start) -> (index, errno): one writev per frame"},
     {"coalesce", coalesce, METH_O,
      "coalesce(packets) -> list[bytes]: a burst from the server as tun frames"},
     {"split_mmsg", split_mmsg, METH_VARARGS,

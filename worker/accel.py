@@ -25,7 +25,6 @@ __all__ = [
     "split_frame",
     "split_mmsg",
     "tls_records",
-    "write_frames",
 ]
 
 # Each None on the Python path.
@@ -34,7 +33,6 @@ split_frame: Callable[[bytes], list[bytes]] | None  # TSO frames (worker/proto/o
 coalesce: Callable[[list[bytes]], list[bytes]] | None  # tun writes (worker/proto/offload.py)
 cstp_data_frames: Callable[[list[bytes]], list[bytes]] | None  # worker/proto/cstp.py
 cstp_data_pairs: Callable[[bytes | bytearray, int, Any], tuple[list[Any], int]] | None  # cstp.py
-write_frames: Callable[[int, list[bytes], int], tuple[int, int]] | None  # worker/io/tun.py
 _SplitMmsg = Callable[[memoryview, memoryview, memoryview, int, int, int], tuple[list[bytes], int]]
 split_mmsg: _SplitMmsg | None  # recvmmsg's messages (worker/io/mmsg.py)
 
@@ -42,7 +40,7 @@ try:
     from sepconnect.worker import _accel as _compiled
 except ImportError:  # built without a compiler (or SEPCONNECT_NO_ACCEL=1)
     Gcm = split_frame = coalesce = split_mmsg = None
-    cstp_data_frames = cstp_data_pairs = write_frames = None
+    cstp_data_frames = cstp_data_pairs = None
 else:
     Gcm = _compiled.Gcm
     split_frame = _compiled.split_frame
@@ -50,7 +48,6 @@ else:
     split_mmsg = _compiled.split_mmsg
     cstp_data_frames = _compiled.cstp_data_frames
     cstp_data_pairs = _compiled.cstp_data_pairs
-    write_frames = _compiled.write_frames
 
 IMPLEMENTATION: Literal["compiled", "python"] = "python" if Gcm is None else "compiled"
 

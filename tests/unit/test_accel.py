@@ -10,8 +10,6 @@
   same plaintext or the same rejection for any body, valid or mutated.
 - CSTP DATA frames (worker/proto/cstp.py ``encode_data_frames``, and runs of them read
   by ``CstpDecoder``): the same frames, and the same error for any malformed stream.
-- Tun writes (worker/io/tun.py ``TunIO.write_packets``, with the loop of writes in C
-  or in Python): the same frames.
 - TLS records in bursts (worker/io/tls.py ``TlsStream`` with and without the
   accelerator's ``TlsRecords``): the same records written, and on the receive side the
   same plaintext and the same ending for any cut of the stream, valid or mutated.
@@ -23,7 +21,6 @@ accelerator must be there: a build that silently fell back to Python fails here.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
 import socket
@@ -55,7 +52,6 @@ from tls_pair import tls_pair
 from sepconnect.worker import _accel, accel
 from sepconnect.worker.io import mmsg
 from sepconnect.worker.io.tls import TlsError, TlsStream
-from sepconnect.worker.io.tun import TunIO
 from sepconnect.worker.proto import cstp
 from sepconnect.worker.proto import dtls_crypto as dc
 from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record
@@ -605,71 +601,6 @@ def test_both_refuse_a_payload_too_large_for_cstp() -> None:
     for encode in (accel.cstp_data_frames, cstp.encode_data_frames):
         with pytest.raises(ValueError, match="exceeds 16384"):
             encode(packets)
-
-
-# -- tun writes (worker/io/tun.py TunIO.write_packets) ----------------------------------
-
-
-def tun_on(fd: int) -> TunIO:
-    """A TunIO with a virtio-net header on *fd*, here a SOCK_SEQPACKET socket: every
-    write is one message, as every write to a tun is one frame."""
-    tun = TunIO.__new__(TunIO)
-    tun.fd, tun.vnet_hdr, tun.coalesce, tun.bad_frames = fd, True, True, 0
-    return tun
-
-
-def written(path: str, bursts: list[list[bytes]], monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
-    theirs.setblocking(False)
-    with monkeypatch.context() as patch:
-        if path == "python":
-            patch.setattr(accel, "write_frames", None)
-            patch.setattr(accel, "coalesce", None)
-        tun = tun_on(ours.fileno())
-        messages = []
-        for burst in bursts:
-            tun.write_packets(burst)
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    messages.append(theirs.recv(1 << 17))
-    ours.close()
-    theirs.close()
-    return messages
-
-
-def test_both_write_the_same_frames_to_the_tun(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bursts from the server as the tun gets them: a lone packet, a run of segments
-    that coalesces, other flows and protocols in between; the same frames, in order."""
-    rng = random.Random(15)
-    bursts = []
-    for _ in range(40):
-        seq = rng.randrange(2**32)
-        burst = []
-        for i in range(rng.randrange(1, 20)):
-            if rng.random() < 0.2:
-                burst.append(rng.randbytes(rng.randrange(1, 60)))  # not TCP: as it is
-            else:
-                burst.append(tcp_packet(rng.choice([4, 6]), seq + 1000 * i, bytes(1000)))
-        bursts.append(burst)
-    python = written("python", bursts, monkeypatch)
-    assert written("compiled", bursts, monkeypatch) == python
-    assert len(python) < sum(map(len, bursts))  # some coalesced
-
-
-def test_write_frames_drops_what_a_full_queue_refuses_and_stops_at_an_error() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
-    assert accel.write_frames is not None
-    frames = [bytes([i]) * 60_000 for i in range(200)]  # far more than the socket holds
-    assert accel.write_frames(ours.fileno(), frames, 0) == (200, 0)  # EAGAIN: dropped
-    first = theirs.recv(1 << 17)
-    assert first == frames[0]
-    theirs.close()
-    stop, code = accel.write_frames(ours.fileno(), frames, 3)  # the peer is gone
-    assert stop == 3
-    assert code in (errno.EPIPE, errno.ECONNRESET)
-    ours.close()
 
 
 def decoded(data: bytes, cuts: list[int]) -> tuple[list[tuple[cstp.PacketType, bytes]], str]:

@@ -109,23 +109,15 @@ class TunIO:
             for packet in packets:
                 self._write(packet)
             return
-        coalesce, write_frames = accel.coalesce, accel.write_frames
-        if coalesce is not None and write_frames is not None and self.coalesce:
-            # compiled: whole frames, and the loop of writes in C (a lone packet too:
-            # copying it behind the header costs less than a Python call)
-            frames = coalesce(packets)
-            start = 0
-            while start < len(frames):
-                stop, code = write_frames(self.fd, frames, start)
-                if not code:
-                    break
-                if not self._failed(OSError(code, os.strerror(code))) and frames[stop][1]:
-                    self._refused()
-                start = stop + 1
-            return
         if not self.coalesce or len(packets) == 1:
             for packet in packets:
                 self._writev((PLAIN_HEADER, packet))
+            return
+        coalesce = accel.coalesce
+        if coalesce is not None:  # compiled: whole frames, one write each
+            for frame in coalesce(packets):
+                if not self._writev((frame,)) and frame[1]:
+                    self._refused()
             return
         coalescer = Coalescer()
         for packet in packets:
@@ -147,17 +139,11 @@ class TunIO:
         except BlockingIOError:
             return True  # the tun queue is full: drop, as a router would
         except OSError as exc:
-            return self._failed(exc)
+            _raise_if_gone(exc)
+            if exc.errno not in (errno.EINVAL, errno.EIO):
+                raise
+            return False  # a packet the kernel refused (malformed)
         return True
-
-    @staticmethod
-    def _failed(exc: OSError) -> bool:
-        """A write failed: False for a packet the kernel refused (malformed); raises
-        TunGone, or the error, for anything else."""
-        _raise_if_gone(exc)
-        if exc.errno not in (errno.EINVAL, errno.EIO):
-            raise exc
-        return False
 
     def _write(self, data: bytes) -> bool:
         return self._writev((data,))
