@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Annotated
 
 from sepconnect.ipc.limits import MAX_BANNER, MAX_MTU, MIN_MTU, PRINTABLE_TEXT
-from sepconnect.ipc.wire import Length, Match, Range
+from sepconnect.ipc.schema import Length, Match, Range
 
 __all__ = [
     "Banner",

@@ -10,6 +10,18 @@ from __future__ import annotations
 import re
 from typing import Final
 
+MAX_MSG: Final = 64 * 1024
+"""Hard cap of one IPC message, checked before decoding (DESIGN.md §2)."""
+
+MAX_ITEMS: Final = 256
+"""No list or map in any IPC message is longer."""
+
+MAX_ADDRESS_TEXT: Final = 64
+"""An address or prefix as IPC text (an IPv6 prefix in full is 43 characters)."""
+
+PROTO_VERSION: Final = 1
+"""All processes ship in one wheel: the first message must carry exactly this."""
+
 MIN_MTU: Final = 576
 """RFC 791: the datagram every IPv4 host must accept."""
 

@@ -16,7 +16,7 @@ from typing import Annotated, ClassVar
 
 from sepconnect.ipc.fields import Banner, Domain, IpAddress, IpNetwork, Mtu
 from sepconnect.ipc.limits import MAX_DNS, MAX_DOMAINS, MAX_ROUTES
-from sepconnect.ipc.wire import Length, Message, Range
+from sepconnect.ipc.schema import Length, Message, Range
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

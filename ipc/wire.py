@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import ipaddress
 import os
 import re
 import socket
@@ -25,31 +24,20 @@ import struct
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import msgpack
 
-MAX_MSG = 64 * 1024
-"""Hard cap of one message, checked before decoding (DESIGN.md §2)."""
-
-PROTO_VERSION = 1
-"""All processes ship in one wheel: the first message must carry exactly this."""
-
-_MAX_ITEMS = 256  # no list or map in any message is longer
-_MAX_ADDRESS_TEXT = 64  # an IPv6 prefix in full is 43 characters
-
-_ADDRESS_PARSERS: dict[Any, Callable[[str], Any]] = {
-    ipaddress.IPv4Address: ipaddress.IPv4Address,
-    ipaddress.IPv6Address: ipaddress.IPv6Address,
-    ipaddress.IPv4Interface: ipaddress.IPv4Interface,
-    ipaddress.IPv6Interface: ipaddress.IPv6Interface,
-    ipaddress.IPv4Network: ipaddress.IPv4Network,  # strict: host bits set is an error
-    ipaddress.IPv6Network: ipaddress.IPv6Network,
-    frozenset({ipaddress.IPv4Address, ipaddress.IPv6Address}): ipaddress.ip_address,
-    frozenset({ipaddress.IPv4Network, ipaddress.IPv6Network}): ipaddress.ip_network,
-}
-"""Address types a field may declare: carried as text, handed over parsed."""
-_ADDRESS_TYPES = tuple(t for t in _ADDRESS_PARSERS if isinstance(t, type))
+from sepconnect.ipc.limits import MAX_ADDRESS_TEXT as _MAX_ADDRESS_TEXT
+from sepconnect.ipc.limits import MAX_ITEMS as _MAX_ITEMS
+from sepconnect.ipc.limits import MAX_MSG as MAX_MSG  # re-exported
+from sepconnect.ipc.limits import PROTO_VERSION as PROTO_VERSION  # re-exported
+from sepconnect.ipc.schema import ADDRESS_PARSERS as _ADDRESS_PARSERS
+from sepconnect.ipc.schema import Length as Length  # re-exported: the schemas' markers
+from sepconnect.ipc.schema import Match as Match
+from sepconnect.ipc.schema import Message as Message
+from sepconnect.ipc.schema import Range as Range
+from sepconnect.ipc.schema import plain as _plain
 
 
 class WireError(Exception):
@@ -58,36 +46,6 @@ class WireError(Exception):
 
 class PeerClosed(WireError):
     """The other end closed the channel."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Range:
-    """Inclusive bounds of an int or float field."""
-
-    lo: float
-    hi: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Length:
-    """Inclusive bounds of the length of a str, bytes or tuple field."""
-
-    lo: int
-    hi: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Match:
-    """The whole str must match this regular expression."""
-
-    pattern: str
-
-
-class Message:
-    """Base of every IPC message; subclasses are frozen, slotted, kw-only dataclasses."""
-
-    __slots__ = ()
-    op: ClassVar[str]
 
 
 _Checker = Callable[[Any, str], Any]
@@ -262,19 +220,9 @@ def _build(cls: type[Message], schema: dict[str, _Checker], raw: dict[Any, Any],
         _fail(where, str(exc))
 
 
-def _to_wire(value: Any) -> Any:
-    if isinstance(value, Message):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
-    if isinstance(value, tuple):
-        return [_to_wire(v) for v in value]
-    if isinstance(value, _ADDRESS_TYPES):
-        return str(value)
-    return value
-
-
 def plain(msg: Message) -> dict[str, Any]:
     """A message's fields as plain data (addresses as text, tuples as lists), e.g. for JSON."""
-    return typing.cast(dict[str, Any], _to_wire(msg))
+    return typing.cast(dict[str, Any], _plain(msg))
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -308,7 +256,7 @@ class Codec:
     def encode(self, msg: Message) -> bytes:
         if self._types.get(msg.op) is not type(msg):
             raise TypeError(f"{type(msg).__name__} is not part of this channel")
-        body = _to_wire(msg)
+        body = plain(msg)
         body["op"] = msg.op
         data: bytes = msgpack.packb(body, use_bin_type=True)
         if len(data) > MAX_MSG:

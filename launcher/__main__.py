@@ -2,6 +2,6 @@ from __future__ import annotations
 
 import sys
 
-from sepconnect.cli import main
+from sepconnect.rootstage import main
 
 sys.exit(main())

@@ -2,9 +2,10 @@
 result; nothing else.
 
 No helper is started and no tun is made: only a worker, as for a session, whose login
-supervisor/authenticate.py answers. Started as root, the launcher reads the login's
-files and drops to the service account first (nothing that parses the server's data
-runs as root); started as anyone else, it runs as that account: no privilege is needed.
+supervisor/authenticate.py answers. Started as root, the launcher's root stage opens the
+login's files and drops to the service account first (launcher/rootstage.py: nothing
+that parses the server's data runs as root); started as anyone else, it runs as that
+account: no privilege is needed.
 The server's address is resolved here (or taken from ``--resolve``), as for a session:
 the worker connects to it and RESOLVE prints it.
 
@@ -17,42 +18,42 @@ tunnel with it, until the server's cookie timeout.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
+import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from sepconnect import cli, credentials
 from sepconnect.process import privileges, programs
-from sepconnect.process.accounts import AccountError, service_account
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.title import set_title
 
+if TYPE_CHECKING:
+    from sepconnect.cli import Started
 
-def authenticate_only(args: argparse.Namespace) -> ExitCode:
-    if os.geteuid() == 0:
-        try:
-            account: tuple[str, int, int] | None = service_account(args.setuid)
-        except AccountError as exc:
-            raise cli.UsageError(str(exc)) from None
-    elif args.setuid is not None:
+
+def authenticate_only(args: argparse.Namespace, started: Started | None) -> ExitCode:
+    """After the root stage (*started*: it checked that the service account can run the
+    programs, started the --timestamp relay and dropped to that account), or started
+    unprivileged."""
+    if started is None and args.setuid is not None:
         raise cli.UsageError("--setuid: only root can change to another account")
-    else:
-        account = None
-    server_address = cli.server_address_of(args)
+    server_address = (
+        cli.server_address_of(args)
+        if started is None
+        else ipaddress.ip_address(started.plan["server_address"])
+    )
     cafile_pem = cli._read_cafile(args.cafile)
     client_files = cli._read_client_cert(args, cafile_pem)
     login = cli._read_login(args)
-    if args.timestamp:  # before the worker: its messages too
+    if args.timestamp and started is None:  # before the worker: its messages too
         from sepconnect.output import OutputRelay
 
-        uid, gid = (os.getuid(), os.getgid()) if account is None else account[1:]
-        OutputRelay(timestamp=True, syslog=False, uid=uid, gid=gid)
-    if account is not None:
-        cli._check_runnable([("the supervisor's", *account)])  # its worker runs as it too
-        _, uid, gid = account
-        privileges.drop_bounding_set()
-        privileges.drop_to(uid, gid, extra_groups=())
+        OutputRelay(timestamp=True, syslog=False, uid=os.getuid(), gid=os.getgid())
     privileges.no_new_privs_and_undumpable()
-    worker = programs.start_worker(allow_weak_sandbox=args.allow_weak_sandbox)
+    worker = start_worker(allow_weak_sandbox=args.allow_weak_sandbox)
     set_title("sepconnect: authenticate")
     from sepconnect.session import start_message
     from sepconnect.supervisor.authenticate import authenticate, shell_variables
@@ -70,3 +71,35 @@ def authenticate_only(args: argparse.Namespace) -> ExitCode:
         sys.stdout.write(printed)
         sys.stdout.flush()
     return code
+
+
+def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a worker program under our own uid; returns it and our end of its channel.
+
+    Only for ``--authenticate``, which starts no helper and makes no tun: its one worker
+    runs under the account the launcher dropped to (a session's workers run under their
+    own account, started by the spawner: spawner/children.py).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        argv = [
+            *programs.program("sepconnect-worker", "sepconnect.worker"),
+            "--fd",
+            str(theirs.fileno()),
+        ]
+        if allow_weak_sandbox:
+            argv.append("--allow-weak-sandbox")
+        proc = subprocess.Popen(
+            argv,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            close_fds=True,
+            env=programs.child_environment(),
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, ours

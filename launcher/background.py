@@ -2,8 +2,8 @@
 
 openconnect forks when the tunnel is up: the parent exits 0 and the child carries on.
 Here the supervisor's children (the helper, the workers) must stay its own, so the
-launcher forks *before* it starts any of them, while still root, and the process the
-user started waits:
+launcher's root stage (launcher/rootstage.py) forks *before* it starts any of them, and
+the process the user started waits, as root:
 
 - the child goes on as every session's launcher does (helper, privilege drop,
   supervisor); at the supervisor's first READY (the tunnel is up, routes and DNS set)
@@ -12,7 +12,7 @@ user started waits:
 - if the session ends before that, the parent exits with the child's exit code and
   removes the PID file it created: a failed login is reported as without ``-b``.
 
-The PID file is opened by the launcher as root, before anything starts (so a bad path is
+The PID file is opened by root, before anything starts (so a bad path is
 a usage error, as with openconnect), written when the tunnel is up (with or without
 ``-b``), and emptied when the session ends: the supervisor is no longer root then and
 may not remove it, and an empty file names no process that a later ``kill $(cat
@@ -27,21 +27,27 @@ import os
 import signal
 import stat
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sepconnect.output import OutputRelay
 
-__all__ = ["Background", "PidFile", "TunnelUpHooks"]
+__all__ = ["Background", "PidFile", "TunnelUpHooks", "start_hooks"]
 
 
 class PidFile:
-    """``--pid-file``: opened as root, written by the supervisor, emptied at its end."""
+    """``--pid-file``: opened by root (launcher/files.py), written by the supervisor,
+    emptied at its end. *fd*: already opened and checked (the root stage's -b parent)."""
 
-    def __init__(self, path: str) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    def __init__(self, path: str, fd: int | None = None) -> None:
+        self.path = path
+        if fd is not None:
+            self.fd = fd
+            return
+        from sepconnect import files
+
         try:
-            self.fd = os.open(path, flags, 0o644)
+            self.fd = files.open_file("pid-file", path)
         except OSError as exc:
             raise ValueError(f"--pid-file {path}: {exc.strerror}") from None
         st = os.fstat(self.fd)
@@ -49,7 +55,6 @@ class PidFile:
             os.close(self.fd)
             raise ValueError(f"--pid-file {path}: not a regular file")
         os.ftruncate(self.fd, 0)
-        self.path = path
 
     def write(self) -> None:
         with contextlib.suppress(OSError):
@@ -136,3 +141,23 @@ class TunnelUpHooks:
     def session_ended(self) -> None:
         if self.pid_file is not None:
             self.pid_file.empty()
+
+
+def start_hooks(
+    plan: dict[str, Any], files: dict[tuple[str, str], int]
+) -> tuple[OutputRelay | None, Background | None]:
+    """In the root stage (launcher/rootstage.py), only with --timestamp, --syslog or -b,
+    before the spawner and the helper start: the output relay (their standard error),
+    then -b's fork (they are the children of the process that goes on; the parent
+    waits, as root, to remove the PID file if the session never comes up)."""
+    _, uid, gid = plan["service"]
+    relay = None
+    if plan["relay"] is not None:
+        from sepconnect.output import OutputRelay
+
+        relay = OutputRelay(timestamp=plan["relay"][0], syslog=plan["relay"][1], uid=uid, gid=gid)
+    if not plan["background"]:
+        return relay, None
+    path = plan["pid_file"]
+    pid_file = None if path is None else PidFile(path, files["pid-file", path])
+    return relay, Background(pid_file, quiet=plan["quiet"])

@@ -1,50 +1,54 @@
 """`sepconnect` command line: the launcher.
 
-`sepconnect connect` starts as root, spawns the privileged helper, drops to the
-service account for good, and then *is* the supervisor: the process the user
-started stays the one to signal. Nothing that parses network data ever runs
-as root. This module is the launcher's root phase; what runs after the drop is
-session.py, the control commands remote.py (neither is loaded as root).
+`sepconnect connect` as root starts in the root stage (launcher/rootstage.py), which
+parses nothing: it runs this command line first in a *planner* that already is the
+service account (:func:`plan`: every check, the files through fds root opened, the
+plan), then starts the helper and the spawner, drops to the service account for good
+and runs it again (:func:`after_root_stage`): the launcher then *is* the supervisor,
+the process the user started and the one to signal. Nothing that parses network data
+or the command line ever runs as root. The session after the drop is session.py, the
+control commands remote.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import ipaddress
+import json
 import os
 import re
 import socket
 import stat
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+import traceback
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from sepconnect import __version__, client_cert, credentials, openconnect_compat
+from sepconnect import __version__, client_cert, credentials, files, openconnect_compat
 from sepconnect.ipc.limits import (
     CIPHER_LIST,
     DNS_BACKENDS,
     MAX_CAFILE,
     check_ifname,
 )
-from sepconnect.process import privileges, programs
+from sepconnect.process import privileges
 from sepconnect.process.accounts import (
     HELPER_ACCOUNT,
     HELPER_FALLBACK_UID,
     SERVICE_ACCOUNT,
     SERVICE_FALLBACK,
     AccountError,
-    helper_account,
     service_account,
 )
-from sepconnect.process.auditfile import open_log
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.helpformat import HelpFormatter
 from sepconnect.process.title import set_title
 from sepconnect.remote import DEFAULT_CONTROL
 from sepconnect.remote import add_options as remote_options
-from sepconnect.spawner_start import SpawnerSetupError, open_spawner
+from sepconnect.session_accounts import SpawnerSetupError, helper_account
 
 if TYPE_CHECKING:
     from sepconnect.background import TunnelUpHooks
@@ -75,6 +79,18 @@ def resolve_server(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if not infos:
         raise Unreachable(f"cannot resolve {host}")
     return ipaddress.ip_address(str(infos[0][4][0]).partition("%")[0])
+
+
+class Started(NamedTuple):
+    """What the root stage (launcher/rootstage.py) did, for the launcher after the drop."""
+
+    plan: dict[str, Any]
+    files: dict[tuple[str, str], int]
+    helper: subprocess.Popen[bytes] | None
+    helper_channel: socket.socket | None
+    spawner: tuple[subprocess.Popen[bytes], socket.socket, socket.socket] | None
+    relay: Any  # output.OutputRelay (--timestamp, --syslog)
+    background: Any  # background.Background (-b)
 
 
 class UsageError(Exception):
@@ -356,7 +372,7 @@ def _read_cafile(path: str | None) -> bytes | None:
     if path is None:
         return None
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(files.open_file("cafile", path), "rb") as f:
             data = f.read(MAX_CAFILE + 1)
     except OSError as exc:
         raise UsageError(f"--cafile {path}: {exc.strerror}") from None
@@ -448,11 +464,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--no-system-trust needs --cafile (or --servercert): nothing is trusted")
 
 
-def _open_audit_dir(path: str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-
-
 def _control_group(name: str | None) -> int | None:
     if name is None:
         return None
@@ -462,27 +473,26 @@ def _control_group(name: str | None) -> int | None:
         raise UsageError(f"--control-group {name}: no such group") from None
 
 
-def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
+def _prepare_control_dir(path: str, uid: int, *, create: bool = True) -> None:
     """The supervisor, no longer root, creates its socket in a directory of its own.
 
-    The directory is created for the service account if it does not exist; an
-    existing one must already belong to that account. An existing directory owned
-    by anyone else is never taken over (``--control-socket /etc/x`` must not give
-    /etc away).
+    The directory is created for the service account if it does not exist (by the root
+    stage, launcher/rootstage.py, in a directory only root may write); an existing one
+    must already belong to that account. An existing directory owned by anyone else is
+    never taken over (``--control-socket /etc/x`` must not give /etc away). Not
+    *create*: the planner's check of an existing one (none is fine: root makes it).
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
-        else:
-            if os.geteuid() == 0:
-                os.chown(directory, uid, gid)
-            # Traversable, so control-group members can reach the socket (itself 0660/0600).
-            os.chmod(directory, 0o755)  # noqa: S103
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+                # Traversable, so control-group members can reach the socket (0660/0600).
+                os.chmod(directory, 0o755)  # noqa: S103
         st = os.lstat(directory)
     except OSError as exc:
+        if not create and isinstance(exc, FileNotFoundError):
+            return  # the root stage makes it
         raise UsageError(f"--control-socket {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
         raise UsageError(
@@ -491,9 +501,12 @@ def _prepare_control_dir(path: str, uid: int, gid: int) -> None:
         )
 
 
-def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> list[str]:
-    """The helper's argv: its account, routes, DNS, fail-closed and the vpnc-script."""
-    argv = ["--uid", str(helper[1]), "--gid", str(helper[2])]
+def _network_argv(args: argparse.Namespace) -> list[str]:
+    """The helper's arguments but its channel and accounts (the root stage adds those):
+    its audit log, tun name, routes, DNS, fail-closed and the vpnc-script."""
+    argv = ["--audit-log", args.audit_log]
+    if args.interface:
+        argv += ["--interface", args.interface]
     argv += ["--state-dir", args.state_dir, "--dns-backend", args.dns_backend]
     argv += ["--log-level", str(min(args.verbose, 4))]
     if args.no_routes:
@@ -519,40 +532,13 @@ def _network_argv(args: argparse.Namespace, helper: tuple[str, int, int]) -> lis
 
 
 def _open_session_log(path: str) -> int:
-    """Open the supervisor's own event log while we are still root (the audit module
-    itself is imported once the first worker runs). Not the helper's audit log: an
-    O_APPEND fd does not stop ftruncate, so the supervisor gets no fd of that file."""
+    """The supervisor's own event log, opened by root (the audit module itself is
+    imported once the first worker runs). Not the helper's audit log: an O_APPEND fd
+    does not stop ftruncate, so the supervisor gets no fd of that file."""
     try:
-        return open_log(path)
+        return files.open_file("session-log", path)
     except OSError as exc:
         raise UsageError(f"--session-log {path}: {exc.strerror or exc}") from None
-
-
-def _spawn_helper(
-    fd: int, peer_uid: int, interface: str | None, audit_log: str, extra: list[str] | None = None
-) -> subprocess.Popen[bytes]:
-    argv = [
-        *programs.program("sepconnect-privhelper", "sepconnect.privhelper"),
-        "--fd",
-        str(fd),
-        "--peer-uid",
-        str(peer_uid),
-        "--audit-log",
-        audit_log,
-    ]
-    if interface:
-        argv += ["--interface", interface]
-    argv += extra or []
-    # Its own process group: a ^C at the terminal reaches the supervisor only,
-    # which then tears the session down in order.
-    return subprocess.Popen(
-        argv,
-        pass_fds=(fd,),
-        stdin=subprocess.DEVNULL,
-        process_group=0,
-        close_fds=True,
-        env=programs.child_environment(),
-    )
 
 
 def _read_login(args: argparse.Namespace) -> credentials.LoginInput:
@@ -578,27 +564,25 @@ def server_address_of(args: argparse.Namespace) -> ipaddress.IPv4Address | ipadd
     return resolve_server(args.url) if given is None else given
 
 
-def _check_runnable(accounts: list[tuple[str, str, int, int]]) -> None:
-    """Before anything starts: can each account run what it will run (launcher/runnable.py)?"""
-    from sepconnect.runnable import NotRunnable, check_accounts
-
-    try:
-        check_accounts(accounts)
-    except NotRunnable as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _tunnel_up_hooks(args: argparse.Namespace, uid: int, gid: int) -> TunnelUpHooks:
-    """-b, --pid-file, --timestamp and --syslog, set up as root before the spawner, the
-    helper and the workers start: the relay carries their standard error, and -b's fork
-    makes them the children of the process that goes on (the user's waits for the
-    tunnel)."""
+def _tunnel_up_hooks(
+    args: argparse.Namespace, uid: int, gid: int, started: Started | None
+) -> TunnelUpHooks | None:
+    """-b, --pid-file, --timestamp and --syslog: set up before the spawner, the helper and
+    the workers start (by the root stage when it starts them): the relay carries their
+    standard error, and -b's fork makes them the children of the process that goes on
+    (the user's waits for the tunnel)."""
+    if not (args.background or args.pid_file is not None or args.timestamp or args.syslog):
+        return None
     from sepconnect.background import Background, PidFile, TunnelUpHooks
 
     try:  # a bad path is a usage error
         pid_file = None if args.pid_file is None else PidFile(args.pid_file)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if started is not None:
+        return TunnelUpHooks(pid_file, started.relay, started.background)
+    if files.planning():
+        return None
     relay = None
     if args.timestamp or args.syslog:
         from sepconnect.output import OutputRelay
@@ -608,93 +592,104 @@ def _tunnel_up_hooks(args: argparse.Namespace, uid: int, gid: int) -> TunnelUpHo
     return TunnelUpHooks(pid_file, relay, in_background)
 
 
-def connect(args: argparse.Namespace) -> ExitCode:
-    if args.cookie is not None:
-        set_title("sepconnect connect")  # the cookie leaves /proc/<pid>/cmdline now
-    _check_args(args)
-    if args.authenticate or args.cookieonly:
-        from sepconnect.authenticate import authenticate_only
-
-        return authenticate_only(args)
+def _plan(args: argparse.Namespace, channel: socket.socket) -> ExitCode:
+    """The planner (launcher/rootstage.py): every check a connect as root makes before
+    anything starts, the files read through the root stage, then the plan."""
     server_address = server_address_of(args)
-    as_root = os.geteuid() == 0
-    helper_user = ("", 0, 0)  # the helper's account: ours to choose when we start it
     if args.helper_socket is not None:
         from sepconnect.session import split_mode_account
 
-        account, uid, gid = split_mode_account(args, as_root)
-    elif not as_root:
-        raise UsageError(
-            "sepconnect connect must be started as root: its small helper keeps CAP_NET_ADMIN "
-            "to set up the tun device, and everything else drops to an unprivileged account "
-            "(or connect to an already running helper with --helper-socket)"
-        )
-    else:
-        try:
-            account, uid, gid = service_account(args.setuid)
-            helper_user = helper_account(args.helper_user, uid)
-        except AccountError as exc:
-            raise UsageError(str(exc)) from None
-        from sepconnect.runnable import session_accounts
+        split_mode_account(args, as_root=True)  # raises: not as root
+    try:
+        service = service_account(args.setuid)
+        helper = helper_account(args.helper_user, service[1])
+    except AccountError as exc:
+        raise UsageError(str(exc)) from None
+    worker = ("", 0, 0)
+    if not (args.authenticate or args.cookieonly):
+        from sepconnect.session_accounts import worker_account
 
-        _check_runnable(session_accounts((account, uid, gid), helper_user))
+        account = worker_account(service[1], service[2], helper_uid=helper[1])
+        worker = (account.name, account.uid, account.gid)
     cafile_pem = _read_cafile(args.cafile)
-    client_files = _read_client_cert(args, cafile_pem)
-    login = _read_login(args)  # after the key's password: both may come on standard input
-    hooks = None
-    if args.background or args.pid_file is not None or args.timestamp or args.syslog:
-        hooks = _tunnel_up_hooks(args, uid, gid)
+    _read_client_cert(args, cafile_pem)
+    _read_login(args)  # but standard input: that is read after the drop
+    _tunnel_up_hooks(args, service[1], service[2], None)  # the PID file
     control_gid = _control_group(args.control_group)
-    audit_fd: int | None = None
-    if as_root:
+    session = bool(worker[1])
+    if session:
         if os.path.realpath(args.session_log) == os.path.realpath(args.audit_log):
             raise UsageError("--session-log must not be the helper's --audit-log")
-        _open_audit_dir(args.audit_log)
-        _open_audit_dir(args.session_log)
-        audit_fd = _open_session_log(args.session_log)
-    # else: the helper's unit keeps the audit log; our own events go to the journal.
-    _prepare_control_dir(args.control_socket, uid, gid)
-    # First, so that its start-up overlaps the helper's: the workers' own account.
-    spawner_proc, spawner_sock, first_channel = open_spawner(
-        args.spawner_socket,
-        uid,
-        gid,
-        helper_uid=helper_user[1] if helper_user[1] else None,
-        allow_weak_sandbox=args.allow_weak_sandbox,
-    )
-    helper: subprocess.Popen[bytes] | None = None
-    if args.helper_socket is not None:
-        from sepconnect.session import connect_helper
+        os.close(_open_session_log(args.session_log))
+        _prepare_control_dir(args.control_socket, service[1], create=False)
+    relay = [args.timestamp, args.syslog and session]  # --authenticate: no syslog
+    absolute = os.path.abspath
+    plan = {
+        "service": service,
+        "helper": helper if session else (),
+        "worker": worker if session else (),
+        "control_gid": control_gid if session else None,
+        "control_dir": os.path.dirname(absolute(args.control_socket)) if session else None,
+        "dirs": [os.path.dirname(absolute(args.audit_log))] if session else [],
+        "helper_args": _network_argv(args) if session else [],
+        "allow_weak_sandbox": args.allow_weak_sandbox,
+        "relay": relay if any(relay) else None,
+        "background": args.background,
+        "quiet": args.quiet,
+        "pid_file": None if args.pid_file is None else absolute(args.pid_file),
+        "server_address": str(server_address),
+    }
+    channel.send(json.dumps({"plan": plan}).encode())
+    return ExitCode.OK
 
-        ours = connect_helper(args.helper_socket)
-    else:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        weak = ["--allow-weak-sandbox"] if args.allow_weak_sandbox else []
-        helper = _spawn_helper(
-            theirs.fileno(),
-            uid,
-            args.interface,
-            args.audit_log,
-            _network_argv(args, helper_user) + weak,
-        )
-        theirs.close()
-    if as_root:
-        # From here on this process is the supervisor and never root again.
-        privileges.drop_bounding_set()
-        # The control group is kept as a supplementary group so that the supervisor can
-        # give its socket to that group; it grants nothing else.
-        privileges.drop_to(uid, gid, extra_groups=() if control_gid is None else (control_gid,))
+
+def _session(
+    args: argparse.Namespace,
+    server_address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    account: tuple[str, int, int],
+    helper_user: tuple[str, int, int],
+    control_gid: int | None,
+    started: Started | None,
+) -> ExitCode:
+    """A session, from what the root stage started (*started*), or, in the split units
+    (--helper-socket, started as the service account), from the units' sockets."""
+    from sepconnect.session import Spawner, connect_socket, run, start_message
+
+    _, uid, gid = account
+    helper: subprocess.Popen[bytes] | None = None
+    if started is not None:
+        assert started.spawner is not None
+        assert started.helper_channel is not None
+        spawner = Spawner(*started.spawner)
+        ours, helper = started.helper_channel, started.helper
+    try:
+        cafile_pem = _read_cafile(args.cafile)
+        client_files = _read_client_cert(args, cafile_pem)
+        login = _read_login(args)  # after the key's password: both may come on standard input
+        hooks = _tunnel_up_hooks(args, uid, gid, started)
+        audit_fd = None if started is None else _open_session_log(args.session_log)
+        # else: the helper's unit keeps the audit log; our own events go to the journal.
+        _prepare_control_dir(args.control_socket, uid)
+        if started is None:
+            spawner = Spawner(None, connect_socket(args.spawner_socket, "--spawner-socket"), None)
+            ours = connect_socket(args.helper_socket, "--helper-socket")
+    except BaseException:
+        if started is not None:  # each exits when we close its channel
+            for sock in (ours, spawner.sock, spawner.first_channel):
+                if sock is not None:
+                    sock.close()
+            for proc in (helper, spawner.proc):
+                if proc is not None:
+                    proc.wait()
+        raise
     privileges.no_new_privs_and_undumpable()
     # The session, from modules no root ever loads: the supervisor (launcher/session.py).
-    from sepconnect.session import Spawner, run, start_message
-
-    spawner = Spawner(spawner_proc, spawner_sock, first_channel)
     return run(
         args,
         ours,
         helper,
         spawner,
-        (account, uid, gid),
+        account,
         helper_user,
         control_gid,
         audit_fd,
@@ -705,7 +700,66 @@ def connect(args: argparse.Namespace) -> ExitCode:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def connect(args: argparse.Namespace, stage: socket.socket | Started | None = None) -> ExitCode:
+    """A connect: planned (*stage* the planner's channel to the root stage), after the
+    root stage (*stage* what it started), or in the split units (started unprivileged)."""
+    if args.cookie is not None:
+        set_title("sepconnect connect")  # the cookie leaves /proc/<pid>/cmdline now
+    _check_args(args)
+    if isinstance(stage, socket.socket):
+        return _plan(args, stage)
+    if os.geteuid() == 0:  # a programming error: rootstage.main is the way in
+        raise UsageError("as root, connect runs through the sepconnect program's root stage")
+    if args.authenticate or args.cookieonly:
+        from sepconnect.authenticate import authenticate_only
+
+        return authenticate_only(args, stage)
+    if stage is not None:
+        plan = stage.plan
+        return _session(
+            args,
+            ipaddress.ip_address(plan["server_address"]),
+            tuple(plan["service"]),
+            tuple(plan["helper"]),
+            plan["control_gid"],
+            stage,
+        )
+    if args.helper_socket is None:
+        raise UsageError(
+            "sepconnect connect must be started as root: its small helper keeps CAP_NET_ADMIN "
+            "to set up the tun device, and everything else drops to an unprivileged account "
+            "(or connect to an already running helper with --helper-socket)"
+        )
+    from sepconnect.session import split_mode_account
+
+    account = split_mode_account(args, as_root=False)
+    server_address = server_address_of(args)
+    return _session(
+        args, server_address, account, ("", 0, 0), _control_group(args.control_group), None
+    )
+
+
+def plan(argv: list[str], channel: socket.socket) -> int:
+    """The planner's work (launcher/rootstage.py): its exit code; the plan, if any, went
+    to the root stage over *channel*."""
+    files.ask_root(channel)
+    try:
+        return main(argv, channel)
+    except SystemExit as exc:  # --help, or argparse's usage error
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except Exception:  # a bug: say where (the root stage's child exits without a word)
+        traceback.print_exc()
+        return int(ExitCode.ERROR)
+
+
+def after_root_stage(argv: list[str], started: Started) -> int:
+    """The launcher after the root stage dropped to the service account: the command
+    line again, the files through the fds root opened, and the session."""
+    files.take_from(started.files)
+    return main(argv, started)
+
+
+def main(argv: list[str] | None = None, stage: socket.socket | Started | None = None) -> int:
     parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
     if any(arg.startswith("--config") for arg in argv):  # its module only when it is used
@@ -719,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "connect":
-            return int(connect(args))
+            return int(connect(args, stage))
         if args.command in ("status", "rekey", "reconnect", "disconnect"):
             from sepconnect.remote import control
 

@@ -1,6 +1,7 @@
 """``-c/--certificate``, ``-k/--sslkey`` and the key's password: read as root, parsed by the worker.
 
-The launcher reads the files while it is still root, before it drops privileges, and
+Root opens the files (launcher/files.py); the planner checks them before anything starts
+and the launcher reads them again after it dropped privileges; and
 the supervisor hands their bytes to each worker in its Start message: the worker
 never opens them (its sandbox would not let it) and never learns their paths. A file
 that holds a private key (the key file, a PEM certificate file with the key in it, a
@@ -21,6 +22,7 @@ import stat
 import sys
 from typing import NamedTuple
 
+from sepconnect import files
 from sepconnect.ipc.limits import (
     MAX_CLIENT_CERT_FILE,
     MAX_CLIENT_KEY_FILE,
@@ -94,8 +96,8 @@ def _describe_owner(st: os.stat_result) -> str:
 
 def _read(path: str, flag: str, limit: int) -> tuple[bytes, os.stat_result]:
     try:
-        # O_NONBLOCK: a FIFO must not hang us; it is refused below as not regular.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        # O_NONBLOCK (rootstage.KINDS): a FIFO must not hang us; refused below as not regular.
+        fd = files.open_file("client-file", path)
     except OSError as exc:
         raise OptionError(f"{flag} {path}: {exc.strerror or exc}") from None
     try:
@@ -114,7 +116,7 @@ def _read(path: str, flag: str, limit: int) -> tuple[bytes, os.stat_result]:
 
 def _check_private(path: str, flag: str, st: os.stat_result) -> None:
     """A file with a secret in it: owned by root (or by us, without root) and 0600."""
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
+    if st.st_uid not in files.trusted_owners() or st.st_mode & 0o077:
         raise OptionError(
             f"{flag} {path}: holds a private key, so it must be owned by root and not readable "
             f"by others (mode 0600 or stricter); {_describe_owner(st)}"
@@ -164,7 +166,11 @@ def _key_password(args: argparse.Namespace) -> str | None:
         password = data.decode("utf-8", "strict").splitlines()[0] if data.strip() else ""
     elif args.key_password_on_stdin:
         # Only the first line: what follows is for --passwd-on-stdin (same buffer).
-        password = sys.stdin.readline(MAX_KEY_PASSWORD + 2).removesuffix("\n").removesuffix("\r")
+        password = (
+            ""
+            if files.planning()
+            else sys.stdin.readline(MAX_KEY_PASSWORD + 2).removesuffix("\n").removesuffix("\r")
+        )
     else:
         password = args.key_password
     if password is not None and len(password) > MAX_KEY_PASSWORD:

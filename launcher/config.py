@@ -11,7 +11,8 @@ line is checked here first, so that a bad one is reported with the file and line
 
 The file configures a service: it must be owned by root and writable by no one else.
 It holds no secret: options whose value is one are refused here (their credential-file
-forms are accepted). Read before anything else, as whoever started the launcher.
+forms are accepted). Read before anything else: by the planner, through an fd the root
+stage opened (launcher/rootstage.py), or as whoever started the launcher.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import re
 import stat
 from collections.abc import Iterator
+
+from sepconnect import files
 
 OPTION = "--config"
 SERVER = "server"
@@ -73,7 +76,7 @@ def _connect_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def read_file(path: str) -> str:
     """The file's text, if it is a regular file owned by root that no one else may write."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = files.open_file("config", path)
     except OSError as exc:
         raise ConfigError(f"{OPTION} {path}: {exc.strerror or exc}") from None
     try:

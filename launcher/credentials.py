@@ -1,7 +1,9 @@
-"""What the launcher reads for the login while it is still root: password lines, the
-session cookie, the one-time-code secret, and whether the terminal may be asked.
+"""What the launcher reads for the login: password lines, the session cookie, the
+one-time-code secret, and whether the terminal may be asked.
 
-Files are read before the privilege drop, with the checks --credentials-file has always
+Files are opened by root (launcher/files.py): the planner checks them before anything
+starts, the launcher reads them again after the drop (standard input only then), with
+the checks --credentials-file has always
 had (a regular file, not a symlink, owned by root or by the account sepconnect runs as,
 mode 0600 or stricter), or as systemd presents a ``LoadCredential=`` file in
 $CREDENTIALS_DIRECTORY (root's, 0440, an ACL granting the service's account read).
@@ -23,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from sepconnect import files
 from sepconnect.ipc.limits import SESSION_COOKIE
 from sepconnect.openconnect_compat import webvpn_cookie
 
@@ -69,7 +72,7 @@ def systemd_credential_refusal(fd: int, path: str, st: os.stat_result) -> str | 
         return _NOT_A_CREDENTIAL
     if not inside:
         return _NOT_A_CREDENTIAL
-    if dir_st.st_uid not in (0, os.geteuid()) or dir_st.st_mode & 0o022:
+    if dir_st.st_uid not in files.trusted_owners() or dir_st.st_mode & 0o022:
         return "$CREDENTIALS_DIRECTORY is writable by others than its owner"
     if st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) & ~0o640:
         return (
@@ -107,14 +110,13 @@ class Token(NamedTuple):
 
 def read_secret_file(path: str, option: str, *, writable: bool = False) -> tuple[str, int]:
     """The text of a secret file and its fd (open only when *writable*, else closed)."""
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags)
+        fd = files.open_file("secret-rw" if writable else "secret", path)
     except OSError as exc:
         raise ValueError(f"{option} {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in files.trusted_owners():
             raise ValueError(_FILE_RULE.format(option=option, path=path))
         if st.st_mode & 0o077:
             why = _NOT_A_CREDENTIAL if writable else systemd_credential_refusal(fd, path, st)
@@ -154,7 +156,7 @@ def read_passwords(args: argparse.Namespace) -> tuple[str, ...]:
         if not lines:
             raise ValueError(f"--credentials-file {args.credentials_file}: 1 to {MAX_LINES} lines")
         return _check_lines(lines, f"--credentials-file {args.credentials_file}")
-    if args.passwd_on_stdin:
+    if args.passwd_on_stdin and not files.planning():  # the planner leaves stdin alone
         return _check_lines(sys.stdin.read(_MAX_FILE).splitlines(), "--passwd-on-stdin")
     return ()
 
@@ -168,7 +170,7 @@ def read_cookie(args: argparse.Namespace) -> str | None:
     """
     if args.cookie is not None:
         return str(args.cookie)
-    if not args.cookie_on_stdin:
+    if not args.cookie_on_stdin or files.planning():
         return None
     line = sys.stdin.readline(_MAX_FILE).strip()
     value = webvpn_cookie(line)

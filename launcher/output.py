@@ -30,7 +30,7 @@ import socket
 import time
 from typing import Final
 
-from sepconnect.process import privileges
+from sepconnect.process import prctl
 from sepconnect.process.title import set_title
 
 __all__ = ["MAX_LINE", "OutputRelay", "format_syslog", "relay"]
@@ -163,10 +163,11 @@ class OutputRelay:
                 for fd in (0, 1, 2):  # it keeps no terminal of its own
                     os.dup2(null, fd)
                 set_title("sepconnect: output relay")
-                if os.geteuid() == 0:
-                    privileges.drop_bounding_set()
-                    privileges.drop_to(uid, gid)
-                privileges.no_new_privs_and_undumpable()
+                if os.geteuid() == 0:  # forked by the root stage: its own drop
+                    from sepconnect.rootstage import become
+
+                    become(uid, gid, (gid,))
+                prctl.no_new_privs_and_undumpable()
                 relay(source_r, control_r, original, timestamp=timestamp, syslog=syslog)
                 status = 0
             finally:

@@ -1,8 +1,8 @@
 """The launcher after it dropped root: the session, run by the supervisor.
 
-Kept out of cli.py so that no root ever loads it: the launcher's root phase
-(cli.connect) starts the helper and drops to the service account, then calls :func:`run`,
-which starts the first worker and hands over to the supervisor. Also the split mode's
+No root ever loads it: the launcher's root stage (launcher/rootstage.py) starts the
+helper and the spawner and drops to the service account, then cli.connect calls
+:func:`run`, which starts the first worker and hands over to the supervisor. Also the split mode's
 own start (``--helper-socket``: started as the service account, never root).
 """
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Spawner:
-    """The worker spawner as the root phase left it (launcher/spawner_start.py): the
+    """The worker spawner as the root stage left it (launcher/rootstage.py): the
     process it started (None: the split units' socket), our end of its channel, and
     our end of the first worker's channel if it started one at once."""
 
@@ -170,13 +170,15 @@ def split_mode_account(args: argparse.Namespace, as_root: bool) -> tuple[str, in
     return name, uid, gid
 
 
-def connect_helper(path: str) -> socket.socket:
+def connect_socket(path: str, option: str) -> socket.socket:
+    """The split units: the helper's or the spawner's socket (sepconnect-helper.socket,
+    sepconnect-spawner.socket), given by *option*."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise UsageError(f"--helper-socket {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
     return sock
 
 

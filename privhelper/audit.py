@@ -29,17 +29,16 @@ import os
 import socket
 from typing import Any
 
-from sepconnect.ipc.wire import Message, plain
-from sepconnect.process.auditfile import open_log as open_log  # re-exported
+from sepconnect.ipc.schema import Message, plain
 from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, audit_line, journal_datagram
-from sepconnect.process.journal import open_journal as open_journal  # re-exported
 
 Args = dict[str, Any]
 
 
 def message_args(msg: Message) -> Args:
     """A message's fields as JSON-ready values: addresses as text, lists, nested maps."""
-    return plain(msg)
+    args: Args = plain(msg)
+    return args
 
 
 class Audit:

@@ -1,4 +1,4 @@
-"""The privileged helper's entry point: argv, privileges, the request loop.
+"""The privileged helper's start stage: argv, privileges, sandbox; then exec the serving stage.
 
 Started by the launcher (root) as::
 
@@ -11,155 +11,56 @@ fd N is the helper's end of a SOCK_SEQPACKET socketpair whose other end
 belongs to the supervisor (running as UID). Started as root, the helper becomes
 ``--uid``/``--gid`` (its own account, never 0, never the supervisor's) keeping
 CAP_NET_ADMIN alone; started by systemd as that account with CAP_NET_ADMIN ambient, it
-keeps CAP_NET_ADMIN alone. Then Landlock (no writes outside its state directory) and
-seccomp. It answers the requests :data:`policy.POLICY` permits, one at a
-time, and on any way out (Teardown, the supervisor going away, SIGTERM, a
-protocol violation) removes exactly what it installed before exiting.
+keeps CAP_NET_ADMIN alone.
 
-Single-threaded; no shell, no exec; signal handlers only set a flag.
-Exit status: 0 clean, 1 protocol violation or internal error, 2 bad argv.
+The helper runs in two stages, one process (DESIGN.md §1, docs/security.md "The trusted
+base, counted"). This one does what runs once: it checks argv, opens the audit log,
+creates the state directory and reads the state of crashed sessions, starts the runners
+(process/runner.py) only where root's options (or a crashed session's state) need them
+— the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvconf``) and the
+nft runner (nft.py: ``--fail-closed``) —, drops to its uid with CAP_NET_ADMIN alone
+(no_new_privs), applies Landlock (no writes outside its state directory, no execution
+but of the interpreter) and compiles the seccomp filter (seccomp.py). Then it executes
+the serving stage (serve.py) with CAP_NET_ADMIN kept ambient across the exec, handing
+over its fds and, in a memfd, the filter and the validated settings; the serving stage
+loads the filter before it reads a request. Its filter kills execve and fork: only the
+start stage's one exec ever happens.
 
-What needs a program runs in a runner (process/runner.py) that :func:`main` starts
-only when root's options (or a crashed session's state) need it, before the seccomp
-filter: the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvconf``)
-and the nft runner (nft.py: ``--fail-closed``). The helper itself never forks or
-execs; its filter keeps execve/fork on NEVER. Before the filter, main creates the
-state directory and reads the state of crashed sessions; it undoes them
-(recovery.py, loaded only then) once the netlink socket is open.
+Exit status: 0 clean, 1 internal error, 2 bad argv (the serving stage's own afterwards).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import resource
-import select
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Sequence
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from sepconnect.ipc.helper_messages import FD_REPLIES, REPLIES, REQUESTS, Refused
 from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
-from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper.host import STATE_PREFIX, Helper, Options
-from sepconnect.privhelper.netconf import Netlink
-from sepconnect.privhelper.policy import (
-    Host,
-    Monitor,
-    Phase,
-    ProtocolViolation,
-)
-from sepconnect.privhelper.rtnl import IPRoute
+from sepconnect.privhelper.host import STATE_PREFIX
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
-from sepconnect.process import landlock, privileges, statefile
-from sepconnect.process import title as _proctitle
+from sepconnect.process import landlock, privileges, programs, statedir
+from sepconnect.process.auditfile import open_log
+from sepconnect.process.journal import open_journal
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName
+    from sepconnect.process.runner import RunnerClient
 
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
-PROCESS_TITLE: Final = "sepconnect: privhelper"
-SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
-
-
-# ---------------------------------------------------------------------------
-# The request loop
-
-
-class _Signals:
-    terminate = False
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _Signals.terminate = True  # nothing else here: the loop does the work
-
-
-def serve(
-    channel: Channel,
-    monitor: Monitor,
-    helper: Host,
-    audit: _audit.Audit,
-    peer_uid: int,
-    wakeup_fd: int,
-) -> int:
-    """Answer requests until the session ends; return the exit status (the caller cleans up)."""
-    poller = select.poll()
-    poller.register(channel.fileno(), select.POLLIN)
-    poller.register(wakeup_fd, select.POLLIN)
-    while True:
-        if _Signals.terminate:
-            audit.sender = None
-            audit.record("sigterm", "info", "terminated: ending the session")
-            return EXIT_OK
-        ready = {fd for fd, _ in poller.poll()}
-        if wakeup_fd in ready:
-            _drain(wakeup_fd)  # a signal arrived; its handler has set the flag
-        elif channel.fileno() in ready:
-            status = _step(channel, monitor, helper, audit, peer_uid)
-            if status is not None:
-                return status
-
-
-def _step(
-    channel: Channel, monitor: Monitor, helper: Host, audit: _audit.Audit, peer_uid: int
-) -> int | None:
-    audit.sender = None
-    try:
-        msg, _ = channel.recv()
-    except PeerClosed:
-        audit.record("peer_closed", "info", "supervisor went away")
-        return EXIT_OK
-    except WireError as exc:
-        audit.sender = channel.last_sender
-        audit.record("(undecodable)", "fatal", f"protocol violation: {exc}")
-        return EXIT_FATAL
-    except OSError as exc:  # ECONNRESET and the like: the peer is gone
-        audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
-        return EXIT_OK
-    sender = audit.sender = channel.last_sender
-    args = _audit.message_args(msg)
-    if sender is None or sender[0] <= 0 or sender[1] != peer_uid:
-        who = "no credentials" if sender is None else f"uid {sender[1]}"
-        audit.record(msg.op, "fatal", f"sender has {who}, expected uid {peer_uid}", args)
-        return EXIT_FATAL
-    try:
-        reply, fd = monitor.handle(helper, msg)
-    except ProtocolViolation as exc:
-        audit.record(msg.op, "fatal", f"protocol violation: {exc}", args)
-        return EXIT_FATAL
-    except Exception as exc:  # a bug of ours: fail closed
-        audit.record(msg.op, "fatal", f"internal error: {type(exc).__name__}: {exc}", args)
-        return EXIT_FATAL
-    if isinstance(reply, Refused):
-        audit.record(msg.op, "refused", reply.reason, args)
-    else:
-        audit.record(msg.op, "ok", "", args)
-    try:
-        channel.send(reply, fd)
-    except OSError as exc:
-        audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
-        return EXIT_OK
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return EXIT_OK if monitor.phase is Phase.CLOSED else None
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 64):
-            pass
-    except BlockingIOError:
-        pass
+SERVING_PROGRAM: Final = ("sepconnect-privhelper-serve", "sepconnect.privhelper.serve")
 
 
 # ---------------------------------------------------------------------------
@@ -185,17 +86,38 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 def confine(state_dir: str | None) -> None:
     """Landlock: no file written, created, removed or executed anywhere but in our state
-    directory, and /dev/net/tun opened for writing (reading stays as DAC allows)."""
+    directory, /dev/net/tun opened for writing, and the interpreter executed (the serving
+    stage; its seccomp filter then kills execve). Reading stays as DAC allows."""
     abi = landlock.abi()
     if abi < 1:
         raise OSError("Landlock is not available (kernel 5.13+ with lsm=landlock)")
     sys.dont_write_bytecode = True  # no __pycache__ writes (they would be refused)
     handled = landlock.fs_rights(abi) & ~landlock.FS_READ
-    paths = [(TUN_DEVICE, landlock.FS_WRITE_FILE | landlock.FS_IOCTL_DEV)]
+    interpreter = os.path.realpath(sys.executable)
+    paths = [
+        (TUN_DEVICE, landlock.FS_WRITE_FILE | landlock.FS_IOCTL_DEV),
+        (os.path.realpath(programs.program(*SERVING_PROGRAM)[0]), landlock.FS_EXECUTE),
+        (interpreter, landlock.FS_EXECUTE),  # the serving program's, as ours
+        (_program_loader(interpreter), landlock.FS_EXECUTE),  # the kernel opens it too
+    ]
     if state_dir is not None:
         write = landlock.FS_WRITE_FILE | landlock.FS_MAKE_REG | landlock.FS_REMOVE_FILE
         paths.append((state_dir, write | landlock.FS_TRUNCATE))
     landlock.restrict(abi, handled, paths)
+
+
+def _program_loader(path: str) -> str:
+    """The dynamic loader an ELF program names (PT_INTERP; 64-bit little-endian)."""
+    with open(path, "rb") as f:
+        elf = f.read(1 << 16)
+    if elf[:6] != b"\x7fELF\x02\x01":
+        raise OSError(f"{path}: not a 64-bit little-endian ELF program")
+    (table,), (size, count) = struct.unpack_from("<Q", elf, 32), struct.unpack_from("<HH", elf, 54)
+    for header in range(table, table + size * count, size):
+        if struct.unpack_from("<I", elf, header)[0] == 3:  # PT_INTERP
+            (offset,), (length,) = (struct.unpack_from("<Q", elf, header + n) for n in (8, 32))
+            return os.path.realpath(elf[offset : offset + length].rstrip(b"\0").decode())
+    raise OSError(f"{path}: no program interpreter")
 
 
 # ---------------------------------------------------------------------------
@@ -281,15 +203,13 @@ def _close_inherited(keep: int) -> None:
                 os.close(null)
 
 
-def _channel(fd: int) -> Channel:
+def _check_channel(fd: int) -> None:
     sock = socket.socket(fileno=fd)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+            raise ValueError(f"fd {fd} is not an AF_UNIX SOCK_SEQPACKET socket")
+    finally:
         sock.detach()
-        raise ValueError(f"fd {fd} is not an AF_UNIX SOCK_SEQPACKET socket")
-    sock.set_inheritable(False)
-    channel = Channel(sock, REQUESTS, send_codec=REPLIES, send_fd_ops=FD_REPLIES)
-    channel.pass_credentials()
-    return channel
 
 
 def _has_files(directory: str) -> bool:
@@ -307,22 +227,21 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _close_inherited(args.fd)
-    _proctitle.set_title(PROCESS_TITLE)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the supervisor to handle
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        channel = _channel(args.fd)
+        _check_channel(args.fd)
     except (OSError, ValueError) as exc:
         return _fail(f"--fd {args.fd}: {exc}")
     uid, gid = (args.uid, args.gid) if os.getuid() == 0 else (os.getuid(), os.getgid())
     if uid is None or gid is None or uid in (0, args.peer_uid):
         return _fail("--uid/--gid (started as root): our own account, not root, not --peer-uid")
     try:
-        log_fd = None if args.audit_log is None else _audit.open_log(args.audit_log)
+        log_fd = None if args.audit_log is None else open_log(args.audit_log)
     except OSError as exc:
         return _fail(f"--audit-log: {exc}")
-    audit = _audit.Audit(log_fd, journal=_audit.open_journal())
+    journal = open_journal()
+    audit = _audit.Audit(log_fd, journal=journal)
     if args.script_arg:  # -s with arguments (imported only then: the trusted base)
         from sepconnect.ipc.script_env import check_script_args
 
@@ -335,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
-            statefile.ensure_dir(args.state_dir, uid, gid)
-            stale = list(statefile.stale(args.state_dir, STATE_PREFIX))
+            statedir.ensure_dir(args.state_dir, uid, gid)
+            stale = list(statedir.stale(args.state_dir, STATE_PREFIX))
         except OSError as exc:
             return _fail(f"--state-dir: {exc}")
     # A vpnc-script does the DNS itself, as under openconnect.
@@ -365,71 +284,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         audit.record("start", "fatal", f"cannot drop privileges: {exc}")
         return EXIT_FATAL
-    weak = None
+    landlocked = "no writes but the state directory"
     try:
         confine(args.state_dir)
     except OSError as exc:
         if not args.allow_weak_sandbox:
             audit.record("start", "fatal", f"cannot confine the helper: {exc}")
             return EXIT_FATAL
-        weak = f"none (--allow-weak-sandbox): {exc}"[:200]
-    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-    start_args: _audit.Args = {
-        "uid": uid,
+        landlocked = f"none (--allow-weak-sandbox): {exc}"[:200]
+    seccomp = "allow-list"
+    bpf = b""
+    try:
+        bpf = _compile_filter()
+    except OSError as exc:
+        if not args.allow_weak_sandbox:
+            reason = f"cannot build the seccomp filter: {exc} (see --allow-weak-sandbox)"
+            audit.record("start", "fatal", reason)
+            return EXIT_FATAL
+        seccomp = f"none (--allow-weak-sandbox): {exc}"[:200]
+    settings = {
+        "fd": args.fd,
         "peer_uid": args.peer_uid,
-        "interface": args.interface or DEFAULT_TEMPLATE,
-        "seccomp": "allow-list",
-        "landlock": weak or "no writes but the state directory",
-        "routes": "none" if args.no_routes or args.script else "helper",
-        "dns_backend": backend,
-        "fail_closed": int(args.fail_closed),
-        "allow_exclude": [str(p) for p in args.allow_exclude],
-        "script": args.script,
-        "script_args": list(args.script_arg),
-        "root_runner": None if root is None else root.proc.pid,
-        "nft_runner": None if nft_runner is None else nft_runner.proc.pid,
+        "log_fd": log_fd,
+        "journal_fd": None if journal is None else journal.fileno(),
+        "root": _runner(root),
+        "nft": _runner(nft_runner),
+        "options": {  # host.Options
+            "ifname": args.interface or DEFAULT_TEMPLATE,
+            "named": args.interface is not None,
+            "no_routes": args.no_routes,
+            "fail_closed": args.fail_closed,
+            "allow_exclude": [str(p) for p in args.allow_exclude],
+            "dns_backend": backend,
+            "script": args.script,
+            "log_level": args.log_level,
+            "state_dir": args.state_dir,
+        },
+        "allow_weak_sandbox": args.allow_weak_sandbox,
+        "stale": stale,
+        "start": {
+            "uid": uid,
+            "peer_uid": args.peer_uid,
+            "interface": args.interface or DEFAULT_TEMPLATE,
+            "landlock": landlocked,
+            "seccomp": seccomp,
+            "routes": "none" if args.no_routes or args.script else "helper",
+            "dns_backend": backend,
+            "fail_closed": int(args.fail_closed),
+            "allow_exclude": [str(p) for p in args.allow_exclude],
+            "script": args.script,
+            "script_args": list(args.script_arg),
+            "root_runner": None if root is None else root.pid,
+            "nft_runner": None if nft_runner is None else nft_runner.pid,
+        },
     }
-    with IPRoute() as ipr:
-        # The netlink socket is open: from here on, only the allow-list.
-        try:
-            _seccomp.apply()
-        except OSError as exc:
-            if not args.allow_weak_sandbox:
-                reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
-                audit.record("start", "fatal", reason, start_args)
-                return EXIT_FATAL
-            start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
-        audit.record("start", "info", args=start_args)
-        if SELFTEST_ENV in os.environ:  # test-only (tests/integration/test_helper_hostile.py)
-            from sepconnect.privhelper import selftest
+    try:
+        _exec_serving_stage(settings, bpf)
+    except OSError as exc:
+        audit.record("start", "fatal", f"cannot execute the serving stage: {exc}")
+    return EXIT_FATAL
 
-            selftest.run(os.environ[SELFTEST_ENV], args.state_dir)
-        netlink = Netlink(ipr)
-        if stale:
-            from sepconnect.privhelper.recovery import recover
 
-            recover(stale, netlink, nft_runner, audit)
-        options = Options(
-            ifname=args.interface or DEFAULT_TEMPLATE,
-            named=args.interface is not None,
-            no_routes=args.no_routes,
-            fail_closed=args.fail_closed,
-            allow_exclude=tuple(args.allow_exclude),
-            dns_backend=backend,
-            script=args.script,
-            log_level=args.log_level,
-            state_dir=args.state_dir,
-        )
-        helper = Helper(netlink, options, audit, root, nft_runner)
-        status = EXIT_FATAL
-        try:
-            status = serve(channel, Monitor(), helper, audit, args.peer_uid, wakeup_r)
-        finally:
-            audit.sender = None
-            try:
-                helper.cleanup()
-            finally:
-                channel.sock.close()
-                audit.record("exit", "info", f"exit status {status}")
-    return status
+def _runner(client: RunnerClient | None) -> list[int] | None:
+    return None if client is None else [client.channel.fileno(), client.pid]
+
+
+def _compile_filter() -> bytes:
+    """The serving stage's seccomp filter as BPF (loaded there, after the exec)."""
+    fd = os.memfd_create("sepconnect-helper-filter", os.MFD_CLOEXEC)
+    try:
+        with _seccomp.build() as compiled:
+            compiled.export_bpf(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _exec_serving_stage(settings: dict[str, Any], bpf: bytes) -> None:
+    """Execute serve.py in this process with CAP_NET_ADMIN ambient (we are not root:
+    only an ambient capability survives the exec); ``settings`` (JSON) and the filter go
+    in one memfd: a line of JSON, then the BPF."""
+    memfd = os.memfd_create("sepconnect-helper-settings", 0)
+    os.write(memfd, json.dumps(settings).encode() + b"\n" + bpf)
+    os.lseek(memfd, 0, os.SEEK_SET)
+    for fd in (settings["fd"], settings["log_fd"], settings["journal_fd"]):
+        if fd is not None:
+            os.set_inheritable(fd, True)
+    for runner in (settings["root"], settings["nft"]):
+        if runner is not None:
+            os.set_inheritable(runner[0], True)
+    privileges.keep_only_capabilities(KEEP, inheritable=True)
+    privileges.raise_ambient(privileges.CAP_NET_ADMIN)
+    argv = [*programs.program(*SERVING_PROGRAM), "--settings-fd", str(memfd)]
+    os.execve(argv[0], argv, dict(os.environ))  # noqa: S606 - our own stage, no shell

@@ -48,7 +48,7 @@ from sepconnect.ipc.limits import (
     canonical_domain,
 )
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.ipc.wire import Message
+from sepconnect.ipc.schema import Message
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

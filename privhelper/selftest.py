@@ -40,7 +40,8 @@ def _append(path: str) -> None:
 def run(spec: str, state_dir: str | None) -> None:
     """Try each operation. ``spec`` (JSON, from the test) names the test's stand-ins:
     ``root_file``, a root-owned file like a vpnc-script; ``root_dir``, a root-owned
-    directory like /etc; ``open_dir``, a directory anybody may write, like /tmp."""
+    directory like /etc; ``open_dir``, a directory anybody may write, like /tmp; and,
+    optionally, ``then_execute``, a program to execute last (the serving stage must not)."""
     paths = json.loads(spec)
     probes: dict[str, Callable[[], object]] = {
         "write_root_file": lambda: _append(paths["root_file"]),
@@ -54,3 +55,7 @@ def run(spec: str, state_dir: str | None) -> None:
         probes["create_in_state_dir"] = lambda: _create(f"{state_dir}/selftest-{os.getpid()}")
     report = {name: _outcome(probe) for name, probe in probes.items()}
     os.write(2, (PREFIX + json.dumps(report, sort_keys=True) + "\n").encode())
+    program = paths.get("then_execute")
+    if program is not None:  # the seccomp filter kills us here (Landlock would say EACCES)
+        outcome = _outcome(lambda: os.execv(program, [program]))  # noqa: S606 - must fail
+        os.write(2, (PREFIX + json.dumps({"execute": outcome}) + "\n").encode())

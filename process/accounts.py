@@ -18,6 +18,12 @@ HELPER_ACCOUNT: Final = "sepconnect-helper"
 HELPER_FALLBACK_UID: Final = 65533
 """The helper's uid (and gid) where the install step did not create its account:
 65533 is in none of Debian's or systemd's allocated ranges and is not nobody (65534)."""
+WORKER_ACCOUNT: Final = "sepconnect-worker"
+WORKER_FALLBACK_ID: Final = 65532
+"""The workers' uid and gid where the system has no ``sepconnect-worker`` account: the
+top of the 16-bit range below ``nobody`` (65534) and the helper's fallback (65533), free
+on Debian and in the usual container images (distroless uses it as "nonroot": there it
+must be the worker account, or be freed). launcher/session_accounts.py checks it."""
 
 
 class AccountError(ValueError):
@@ -38,30 +44,11 @@ def service_account(name: str | None) -> tuple[str, int, int]:
     raise AccountError(f"no such account: {' or '.join(candidates)}")
 
 
-def helper_account(name: str | None, service_uid: int) -> tuple[str, int, int]:
-    """(name, uid, gid) of ``--helper-user NAME``, else of sepconnect-helper, else the
-    fixed :data:`HELPER_FALLBACK_UID` (with no account of its own)."""
+def worker_default() -> tuple[str, int, int]:
+    """(name, uid, gid) of sepconnect-worker, else the fixed :data:`WORKER_FALLBACK_ID`
+    (unchecked: launcher/session_accounts.py's worker_account refuses what is not theirs)."""
     try:
-        entry = pwd.getpwnam(name or HELPER_ACCOUNT)
-        found = entry.pw_name, entry.pw_uid, entry.pw_gid
+        entry = pwd.getpwnam(WORKER_ACCOUNT)
     except KeyError:
-        if name:
-            raise AccountError(f"--helper-user {name}: no such account") from None
-        try:
-            owner = pwd.getpwuid(HELPER_FALLBACK_UID).pw_name
-        except KeyError:
-            found = str(HELPER_FALLBACK_UID), HELPER_FALLBACK_UID, HELPER_FALLBACK_UID
-        else:
-            raise AccountError(
-                f"uid {HELPER_FALLBACK_UID}, the helper's when it has no account, belongs to "
-                f"{owner}: create the helper's account (scripts/install-system.sh) or name "
-                "one with --helper-user"
-            ) from None
-    if found[1] == 0:
-        raise AccountError(f"--helper-user {found[0]}: the helper never runs as root")
-    if found[1] == service_uid:
-        raise AccountError(
-            f"--helper-user {found[0]}: the helper needs a uid of its own, not the "
-            "unprivileged side's"
-        )
-    return found
+        return str(WORKER_FALLBACK_ID), WORKER_FALLBACK_ID, WORKER_FALLBACK_ID
+    return WORKER_ACCOUNT, entry.pw_uid, entry.pw_gid

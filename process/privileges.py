@@ -1,104 +1,31 @@
-"""Privileges and process flags through prctl(2) and capset(2), for all three programs.
+"""Privileges through capset(2) and the uid changes that keep a capability, for all
+three programs; prctl(2) and the bounding set are process/prctl.py's (re-exported here).
 
-The one prctl wrapper (process/libc.py's handle). Stdlib only: the helper loads it too.
-No typing import (constants without ``Final``), here and in libc.py: the spawner starts
-its first worker after importing them and before the codec's imports, and typing (with
-re) would delay the worker by ~5 ms.
+Stdlib only: the helper loads it too. No typing import (process/prctl.py says why).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-from sepconnect.process.libc import LIBC, errno_error
+from sepconnect.process.capabilities import CAP_NET_ADMIN as CAP_NET_ADMIN  # re-exported
+from sepconnect.process.capabilities import PR_CAP_AMBIENT
+from sepconnect.process.capabilities import keep_only_capabilities as keep_only_capabilities
+from sepconnect.process.prctl import PR_SET_DUMPABLE as PR_SET_DUMPABLE
+from sepconnect.process.prctl import PR_SET_NAME as PR_SET_NAME
+from sepconnect.process.prctl import PR_SET_NO_NEW_PRIVS as PR_SET_NO_NEW_PRIVS
+from sepconnect.process.prctl import drop_bounding_set as drop_bounding_set
+from sepconnect.process.prctl import no_new_privs_and_undumpable as no_new_privs_and_undumpable
+from sepconnect.process.prctl import prctl as prctl
 
-PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
-PR_SET_NAME = 15
-PR_CAPBSET_READ = 23
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-CAP_NET_ADMIN = 12
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_LAST_CAP_FALLBACK = 63  # /proc unreadable: drop every number the kernel may know
-
-LIBC.prctl.argtypes = [
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-LIBC.prctl.restype = ctypes.c_int
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = (
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    )
-
-
-def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
-    """prctl(2) (an address, for the options that take a pointer); its result."""
-    result = int(LIBC.prctl(option, arg2, arg3, 0, 0))
-    if result < 0:
-        raise errno_error(f"prctl({option}, {arg2})")
-    return result
-
-
-def last_cap() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return _LAST_CAP_FALLBACK
-
-
-def drop_bounding_set(*, keep: frozenset[int] = frozenset()) -> None:
-    """Empty the capability bounding set but for ``keep`` (needs CAP_SETPCAP for every
-    capability still in it: call it first; one that is already gone needs nothing)."""
-    for cap in range(last_cap() + 1):
-        if cap not in keep:
-            try:
-                if prctl(PR_CAPBSET_READ, cap):
-                    prctl(PR_CAPBSET_DROP, cap)
-            except OSError as exc:  # numbers past the kernel's last cap (the fallback)
-                if exc.errno != 22:  # EINVAL
-                    raise
-
-
-def keep_only_capabilities(keep: frozenset[int], *, inheritable: bool = False) -> None:
-    """Make ``keep`` the effective and permitted set, no ambient ones, and nothing
-    inheritable (``inheritable``: ``keep``, so that :func:`raise_ambient` may follow)."""
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    words = [0, 0]
-    for cap in keep:
-        words[cap // 32] |= 1 << (cap % 32)
-    data = (_CapData * 2)(*(_CapData(w, w, w if inheritable else 0) for w in words))
-    if LIBC.capset(ctypes.byref(header), data) != 0:
-        raise errno_error("capset")
 
 
 def raise_ambient(cap: int) -> None:
     """Make ``cap`` (permitted and inheritable already) ambient: a program we execute,
     not being root, keeps it. :func:`keep_only_capabilities` takes it back."""
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
-
-
-def no_new_privs_and_undumpable() -> None:
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    prctl(PR_SET_DUMPABLE, 0)
 
 
 def drop_to(

@@ -16,11 +16,6 @@ import os
 import sys
 import sysconfig
 
-TYPE_CHECKING = False  # not typing's: the spawner imports this module before its first worker
-if TYPE_CHECKING:
-    import socket
-    import subprocess
-
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 # System files and programs root's options use.
@@ -55,36 +50,3 @@ def child_environment() -> dict[str, str]:
         if name in os.environ:
             env[name] = os.environ[name]
     return env
-
-
-def start_worker(*, allow_weak_sandbox: bool) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start a worker program under our own uid; returns it and our end of its channel.
-
-    Only for ``--authenticate``, which starts no helper and makes no tun: its one worker
-    runs under the account the launcher dropped to (a session's workers run under their
-    own account, started by the spawner: spawner/children.py).
-    """
-    # Imported here: the spawner, which imports this module before it starts the first
-    # worker, uses none of them (subprocess brings selectors, threading and locale).
-    import socket
-    import subprocess
-
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        argv = [*program("sepconnect-worker", "sepconnect.worker"), "--fd", str(theirs.fileno())]
-        if allow_weak_sandbox:
-            argv.append("--allow-weak-sandbox")
-        proc = subprocess.Popen(
-            argv,
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-            close_fds=True,
-            env=child_environment(),
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    return proc, ours

@@ -96,6 +96,7 @@ class RunnerClient:
         peer_uid: int,
         pass_fds: tuple[int, ...] = (),
     ) -> None:
+        self.proc: subprocess.Popen[bytes] | None
         ours, theirs = socketpair()
         argv = [*programs.program(program, module), "--fd", str(theirs.fileno())]
         argv += ["--peer-uid", str(peer_uid), *args]
@@ -109,8 +110,21 @@ class RunnerClient:
             )
         finally:
             theirs.close()
+        self.pid = self.proc.pid
         self.channel = Channel(ours, REPLIES, send_codec=requests)
         self.channel.pass_credentials()
+
+    @classmethod
+    def adopt(cls, requests: Codec, fd: int, pid: int) -> RunnerClient:
+        """The client of runner ``pid`` that this process started before it executed its
+        serving stage (privhelper/serve.py): our end of its channel is ``fd``."""
+        client = cls.__new__(cls)
+        client.proc, client.pid = None, pid
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        client.channel = Channel(sock, REPLIES, send_codec=requests)
+        client.channel.pass_credentials()
+        return client
 
     def call(self, msg: Message) -> Ran:
         """Send one request and wait for its answer (the runner enforces the timeout).
@@ -138,6 +152,8 @@ class RunnerClient:
         reaped here; it exits by itself and is reaped by whoever inherits it.
         """
         self.channel.sock.close()
+        if self.proc is None:  # adopted: not waitable under the filter either
+            return
         try:
             self.proc.wait(TIMEOUT + 5)
         except (OSError, subprocess.TimeoutExpired):

@@ -19,8 +19,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import stat
-from collections.abc import Iterator
 from typing import Any, Final
 
 MAX_STATE: Final = 256 * 1024
@@ -40,24 +38,6 @@ def process_start_time(pid: int) -> str | None:
 def netns_id() -> int:
     """The inode of our network namespace: stale state from another one is not ours."""
     return os.stat("/proc/self/ns/net").st_ino
-
-
-def ensure_dir(path: str, uid: int, gid: int) -> None:
-    """Create the state directory, 0700 and ``uid``'s, or check that an existing one is.
-
-    Called as root, a new directory is made ``uid``'s, and so is an existing *private*
-    one of root's (made by root for it); anything else (``--state-dir /etc``, somebody
-    else's directory) is refused, never taken over.
-    """
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
-    private = stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
-    if private and st.st_uid == 0 != uid and os.geteuid() == 0:
-        os.chown(path, uid, gid)
-        st = os.lstat(path)
-    if not private or st.st_uid != uid:
-        raise OSError(f"{path}: not a private directory of uid {uid} (mode {st.st_mode:o})")
 
 
 @dataclasses.dataclass
@@ -92,39 +72,3 @@ class StateFile:
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-def stale(
-    directory: str, prefix: str, own_pid: int | None = None
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, data) of each crashed process's ``<prefix>-<pid>.json`` in our network
-    namespace."""
-    own_pid = os.getpid() if own_pid is None else own_pid
-    here = netns_id()
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for name in names:
-        if not (name.startswith(f"{prefix}-") and name.endswith(".json")):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    continue
-                data = json.loads(os.read(fd, MAX_STATE))
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        pid = data.get("pid")
-        if not isinstance(pid, int) or pid == own_pid or data.get("netns") != here:
-            continue
-        started = process_start_time(pid)
-        if started is not None and started == data.get("start_time"):
-            continue  # that process is alive: its session is not ours to touch
-        yield path, data

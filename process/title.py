@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ctypes
 
-from sepconnect.process.privileges import PR_SET_NAME, prctl
+from sepconnect.process.prctl import PR_SET_NAME, prctl
 
 _COMM_LEN = 16  # TASK_COMM_LEN, with its NUL
 

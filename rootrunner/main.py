@@ -37,7 +37,7 @@ from typing import Any, Final
 from sepconnect.ipc.runner_messages import ROOT_REQUESTS, Ran, RevertDns, RunScript, SetDns
 from sepconnect.ipc.script_env import check_env, check_script_args
 from sepconnect.ipc.wire import Message
-from sepconnect.process import programs, statefile
+from sepconnect.process import programs, statedir, statefile
 from sepconnect.process.journal import (
     MESSAGE_ID,
     PRIORITY,
@@ -179,7 +179,7 @@ def encode_env(env: dict[str, str]) -> bytes:
 
 def recover(state_dir: str, script: tuple[str, ...] | None) -> None:
     """Undo what crashed root runners left behind (their state files)."""
-    for path, data in statefile.stale(state_dir, STATE_PREFIX):
+    for path, data in statedir.stale(state_dir, STATE_PREFIX):
         ok = True
         env = data.get("script_env")
         if isinstance(env, str) and script is not None:
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if script is not None:
             check_script(script[0])
             check_script_args(script[1:])
-        statefile.ensure_dir(args.state_dir, 0, 0)
+        statedir.ensure_dir(args.state_dir, 0, 0)
         recover(args.state_dir, script)
         if args.recover:
             return 0

@@ -30,7 +30,7 @@ prefix=""
 venv=/opt/sepconnect-venv
 service_user=sepconnect
 helper_user=sepconnect-helper
-worker_user=sepconnect-worker  # fixed: launcher/spawner_start.py WORKER_ACCOUNT
+worker_user=sepconnect-worker  # fixed: process/accounts.py WORKER_ACCOUNT
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -61,7 +61,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 # The programs sepconnect runs, each an entry point of pyproject.toml.
-programs=(sepconnect sepconnect-privhelper sepconnect-spawner sepconnect-worker
+programs=(sepconnect sepconnect-privhelper sepconnect-privhelper-serve sepconnect-spawner sepconnect-worker
   sepconnect-rootrunner sepconnect-nft-runner)
 if [[ $venv != /* ]]; then
   echo "install-system: --venv $venv: an absolute path" >&2

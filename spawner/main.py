@@ -3,7 +3,7 @@ spawner/boot.py).
 
 It runs under the workers' uid, never root: started by the launcher while it is still
 root (fork, the drop to the workers' uid and gid with no supplementary group and an
-empty capability bounding set, no_new_privs, then exec: launcher/spawner_start.py), or
+empty capability bounding set, no_new_privs, then exec: launcher/rootstage.py), or
 by systemd as the workers' account (sepconnect-spawner@.service, socket-activated, one
 instance per session). It serves its one channel to the supervisor (SOCK_SEQPACKET, the
 sender of every message checked), forks each worker itself (spawner/children.py) and

@@ -5,9 +5,12 @@ is not part of a docstring (module, class or function docstrings, and bare strin
 statements): non-blank, non-comment, non-docstring.
 
 :func:`trace_session` reads an ``strace -f`` of a real ``sepconnect connect`` (the
-``openat`` of each module's bytecode, ``execve``, ``setresuid``) and says which modules
-of the package each process loaded: the launcher until it drops root, the helper for
-its whole life, and the runners if any ran. tests/integration/test_code_budget.py
+``openat`` of each module's bytecode, ``execve``, ``setresuid``, and the fork-like
+calls, whose children start as their parent was) and says which modules of the package
+each process loaded after its last exec, and which, across its execs, it loaded while
+it had uid 0 or a capability: the launcher until it drops root, a child forked while
+root until it drops, the helper (both stages) and its nft runner for their whole
+life. tests/integration/test_code_budget.py
 computes the budget's numbers from it; ``python3 tests/codelines.py TRACE`` prints them.
 """
 
@@ -54,18 +57,38 @@ _LINE = re.compile(r"^(\d+) +(?:<\.\.\. )?(\w+)\(?(.*)$")
 _PYC = re.compile(r'"([^"]*/sepconnect(?:/[^"]*?)?)/__pycache__/(\w+)\.cpython-\d+\.pyc"')
 _PY = re.compile(r'"([^"]*/sepconnect/[^"]*\.py)"')
 _EXEC = re.compile(r'^"([^"]+)", \[([^\]]*)\]')
+_RETURN = re.compile(r"= (\d+)$")
+_SPAWN = ("clone", "clone3", "fork", "vfork")
+TRACED = "openat,execve,setresuid," + ",".join(_SPAWN)
+"""strace's ``-e trace=`` for :func:`trace_session`."""
+
+CAPABLE_FOR_LIFE = (
+    "sepconnect.privhelper",
+    "sepconnect-privhelper",
+    "sepconnect-privhelper-serve",
+    "sepconnect.privhelper.serve",
+    "sepconnect-nft-runner",
+    "sepconnect.privhelper.nft",
+)
+"""Programs that keep a capability (CAP_NET_ADMIN) after they leave uid 0: the helper
+(both its stages: the serving one inherits it across the exec) and its nft runner."""
 
 
 @dataclasses.dataclass
 class Process:
     pid: int
     program: str = ""
-    """The program it executed last (its basename), or "" if it never did."""
+    """The program it executed last (its basename, or the module run with -m), or ""."""
     modules: list[Path] = dataclasses.field(default_factory=list)
-    """Source files of the package it loaded, in order."""
-    root_phase: list[Path] = dataclasses.field(default_factory=list)
-    """Those loaded before it first changed all its uids away from 0."""
-    dropped: bool = False
+    """Source files of the package it loaded since its last exec, in order."""
+    stages: list[tuple[str, list[Path]]] = dataclasses.field(default_factory=list)
+    """(program, modules loaded) for each program it executed, in order."""
+    privileged: list[Path] = dataclasses.field(default_factory=list)
+    """Every module it loaded while it had uid 0 or a capability, across its execs."""
+    capable: bool = False
+    """Has it uid 0 or a capability now? A child starts as its parent was at the fork;
+    the first process (the launcher, started by root) does; setresuid away from 0 ends
+    it, but for :data:`CAPABLE_FOR_LIFE`."""
 
 
 def _source(line: str) -> Path | None:
@@ -76,15 +99,41 @@ def _source(line: str) -> Path | None:
     return Path(py.group(1)) if py else None
 
 
-def trace_session(trace: str) -> dict[int, Process]:
-    """Every process of an ``strace -f -e trace=openat,execve,setresuid -s 400`` output."""
-    processes: dict[int, Process] = {}
-    for raw in trace.splitlines():
-        match = _LINE.match(raw)
-        if not match:
+def _spawns(lines: list[tuple[int, str, str]]) -> dict[int, int]:
+    """Line index of each fork-like call's start → the child's pid (its return value)."""
+    spawns: dict[int, int] = {}
+    unfinished: dict[int, int] = {}
+    for index, (pid, call, rest) in enumerate(lines):
+        if call not in _SPAWN:
             continue
-        pid, call, rest = int(match.group(1)), match.group(2), match.group(3)
-        proc = processes.setdefault(pid, Process(pid))
+        if rest.startswith(" resumed>"):
+            start = unfinished.pop(pid, None)
+        else:
+            start = index
+            if rest.endswith("<unfinished ...>"):
+                unfinished[pid] = index
+                continue
+        child = _RETURN.search(rest.rstrip())
+        if start is not None and child:
+            spawns[start] = int(child.group(1))
+    return spawns
+
+
+def trace_session(trace: str) -> dict[int, Process]:
+    """Every process of an ``strace -f -e trace=TRACED -s 400`` output (:data:`TRACED`)."""
+    lines = [
+        (int(m.group(1)), m.group(2), m.group(3))
+        for m in map(_LINE.match, trace.splitlines())
+        if m is not None
+    ]
+    spawns = _spawns(lines)
+    processes: dict[int, Process] = {}
+    for index, (pid, call, rest) in enumerate(lines):
+        proc = processes.get(pid)
+        if proc is None:  # the first process of the trace: the launcher, as root
+            proc = processes[pid] = Process(pid, capable=not processes)
+        if index in spawns:
+            processes[spawns[index]] = Process(spawns[index], capable=proc.capable)
         if call == "execve":
             exe = _EXEC.match(rest)
             if exe and not rest.rstrip().endswith("= -1 ENOENT (No such file or directory)"):
@@ -92,15 +141,16 @@ def trace_session(trace: str) -> dict[int, Process]:
                 proc.program = Path(exe.group(1)).name
                 if "-m" in argv and "sepconnect." in argv:  # python -I -m sepconnect.X
                     proc.program = argv.split('"-m", "')[1].split('"')[0]
-                proc.modules, proc.root_phase, proc.dropped = [], [], False
+                proc.modules = []
+                proc.stages.append((proc.program, proc.modules))
         elif call == "openat":
             source = _source(rest)
             if source is not None and source.exists() and source not in proc.modules:
                 proc.modules.append(source)
-                if not proc.dropped:
-                    proc.root_phase.append(source)
+                if proc.capable and source not in proc.privileged:
+                    proc.privileged.append(source)
         elif call == "setresuid" and rest.rstrip().endswith("= 0") and not rest.startswith("0,"):
-            proc.dropped = True
+            proc.capable = proc.program in CAPABLE_FOR_LIFE
     return processes
 
 
@@ -118,6 +168,7 @@ if __name__ == "__main__":
     for process in trace_session(Path(sys.argv[1]).read_text()).values():
         if process.modules:
             print(f"{process.pid} {process.program}: {total(process.modules)} code lines "
-                  f"({total(process.root_phase)} before dropping root)")  # fmt: skip
+                  f"since its last exec ({total(process.privileged)} with uid 0 or a "
+                  "capability, across its execs)")  # fmt: skip
             for module in process.modules:
                 print(f"  {code_lines(module):5} {module_name(module)}")

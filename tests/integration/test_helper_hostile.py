@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -418,3 +419,24 @@ def test_the_real_helper_cannot_write_outside_its_state_dir(ns: str, tmp_path: P
     assert script.read_text() == "#!/bin/sh\n"
     assert list(etc.iterdir()) == list(open_dir.iterdir()) == []
     assert (mode, owner) == (0o700, HELPER_UID)  # written by the helper's uid only
+
+
+def test_the_serving_helper_is_killed_when_it_executes(ns: str, tmp_path: Path) -> None:
+    """The start stage executes the serving stage, once; from inside the serving stage
+    (seccomp loaded), executing a program kills the helper with SIGSYS. Without the
+    filter, Landlock would have refused it with EACCES and the helper would carry on."""
+    os.chmod(tmp_path, 0o755)
+    spec = {
+        "root_file": str(tmp_path / "absent"),
+        "root_dir": str(tmp_path),
+        "open_dir": str(tmp_path),
+        "then_execute": "/bin/true",
+    }
+    helper = Helper(ns, tmp_path, env={"SEPCONNECT_TEST_HELPER_SELFTEST": json.dumps(spec)})
+    try:
+        assert helper.proc.wait(10) == -signal.SIGSYS, helper.stderr.read_text()
+    finally:
+        helper.close()
+    outcomes = [ln for ln in helper.stderr.read_text().splitlines() if '"execute"' in ln]
+    assert outcomes == []  # the call never returned
+    assert [r["op"] for r in helper.records()][:1] == ["start"]  # it got that far

@@ -17,8 +17,9 @@ from test_routes_dns import ACCOUNT_FILES, REPO, account
 
 pytestmark = [pytest.mark.root]
 
-PROGRAMS = ("sepconnect", "sepconnect-privhelper", "sepconnect-spawner", "sepconnect-worker",
-            "sepconnect-rootrunner", "sepconnect-nft-runner")  # fmt: skip
+PROGRAMS = ("sepconnect", "sepconnect-privhelper", "sepconnect-privhelper-serve",
+            "sepconnect-spawner", "sepconnect-worker", "sepconnect-rootrunner",
+            "sepconnect-nft-runner")  # fmt: skip
 INSTALL = str(REPO / "scripts" / "install-system.sh")
 
 

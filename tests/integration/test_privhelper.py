@@ -331,6 +331,7 @@ def test_helper_keeps_only_net_admin_and_names_the_tun(start: Any) -> None:
     assert status["CapInh"] == "0" * 16
     assert status["CapAmb"] == "0" * 16
     assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == "2"  # the serving stage loaded the start stage's filter
     cmdline = Path(f"/proc/{helper.proc.pid}/cmdline").read_bytes()
     assert cmdline.startswith(b"sepconnect: privhelper")
     ifname, ifindex, fd = helper.client.create_tun(1420)

@@ -30,7 +30,7 @@ VENV = os.environ.get("SEPCONNECT_VENV", "/opt/sepconnect-venv")
 SPAWNER = f"{VENV}/bin/sepconnect-spawner"
 PYTHON = f"{VENV}/bin/python"
 NOBODY = 65534  # the supervisor's uid here
-WORKER = 65532  # the workers' fixed uid and gid (launcher/spawner_start.py)
+WORKER = 65532  # the workers' fixed uid and gid (launcher/session_accounts.py)
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
 

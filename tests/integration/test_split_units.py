@@ -31,7 +31,7 @@ from lab import Lab, descendants
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 NOBODY = 65534  # the service account here (the lab machine has no "sepconnect")
-WORKER = 65532  # the workers' fixed uid and gid (launcher/spawner_start.py): no account here
+WORKER = 65532  # the workers' fixed uid and gid (launcher/session_accounts.py): no account here
 PYTHON = f"{VENV}/bin/python"
 
 # What systemd does for a socket unit with Accept=yes: listen (the socket's owner, group

@@ -29,6 +29,7 @@ from sepconnect.privhelper.host import Helper, Options
 from sepconnect.privhelper.netconf import Router
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
 from sepconnect.privhelper.tun import Tun
+from sepconnect.process import statedir
 from sepconnect.process import statefile as state
 from sepconnect.process.runner import RunnerClient
 from sepconnect.rootrunner import dns as root_dns
@@ -363,20 +364,20 @@ def test_script_path_checks(tmp_path: Path) -> None:
 def test_state_files_of_dead_helpers_are_stale(tmp_path: Path) -> None:
     mine = state.StateFile(str(tmp_path), "helper")
     mine.write(bypass=[{"dst": "198.18.1.1/32", "oif": 2, "gateway": None}])
-    assert list(state.stale(str(tmp_path), "helper")) == []  # our own
+    assert list(statedir.stale(str(tmp_path), "helper")) == []  # our own
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     dead = state.StateFile(str(tmp_path), "helper", pid=int(proc.stdout))
     dead.data["start_time"] = "1"
     dead.write()
-    (found,) = state.stale(str(tmp_path), "helper")
-    assert list(state.stale(str(tmp_path), "rootrunner")) == []  # another process's files
+    (found,) = statedir.stale(str(tmp_path), "helper")
+    assert list(statedir.stale(str(tmp_path), "rootrunner")) == []  # another process's files
     assert found[0] == dead.path
     other_ns = state.StateFile(str(tmp_path), "helper", pid=int(proc.stdout) + 100000)
     other_ns.write()
     raw = Path(other_ns.path).read_text().replace(f'"netns": {state.netns_id()}', '"netns": 1')
     Path(other_ns.path).write_text(raw)
-    assert [p for p, _ in state.stale(str(tmp_path), "helper")] == [dead.path]
+    assert [p for p, _ in statedir.stale(str(tmp_path), "helper")] == [dead.path]
     assert os.stat(mine.path).st_mode & 0o777 == 0o600
 
 

@@ -33,9 +33,11 @@ from sepconnect.ipc.helper_messages import (
 )
 from sepconnect.ipc.limits import check_ifname
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.ipc.wire import Channel, Message, WireError, socketpair
+from sepconnect.ipc.wire import Message, WireError, socketpair
 from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
+from sepconnect.privhelper import serve as helper_serve
+from sepconnect.privhelper.channel import Channel as HelperChannel
 from sepconnect.privhelper.netconf import (
     AddAddress,
     AddRoute,
@@ -68,6 +70,7 @@ from sepconnect.privhelper.policy import (
     check_kill_switch_excludes,
     check_net_config,
 )
+from sepconnect.process.auditfile import open_log
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -671,13 +674,13 @@ def test_refusal_reasons_are_one_short_line() -> None:
     REPLIES.encode(reply)  # still fits the schema
 
 
-# -- the request loop (main.serve) over a socketpair -------------------------------------
+# -- the request loop (serve.serve) over a socketpair -------------------------------------
 
 
 @dataclasses.dataclass
 class Loop:
     ours: socket.socket  # the supervisor's end
-    channel: Channel  # the helper's end
+    channel: HelperChannel  # the helper's end
     wake_r: int
     wake_w: int
     log_r: int
@@ -685,7 +688,7 @@ class Loop:
 
     def serve(self, peer_uid: int) -> int:
         audit = audit_mod.Audit(self.log_w, stderr_fd=None)
-        return helper_main.serve(
+        return helper_serve.serve(
             self.channel, Monitor(), FakeHost(True), audit, peer_uid, self.wake_r
         )
 
@@ -696,15 +699,14 @@ class Loop:
 @pytest.fixture
 def loop() -> Iterator[Loop]:
     ours, theirs = socketpair()
-    channel = Channel(theirs, REQUESTS, send_codec=REPLIES, send_fd_ops={"tun_created"})
-    channel.pass_credentials()
+    channel = HelperChannel(theirs)
     loop = Loop(ours, channel, *os.pipe2(os.O_NONBLOCK), *os.pipe2(os.O_NONBLOCK))
     yield loop
     for fd in (loop.wake_r, loop.wake_w, loop.log_r, loop.log_w):
         os.close(fd)
     ours.close()
     theirs.close()
-    helper_main._Signals.terminate = False
+    helper_serve._Signals.terminate = False
 
 
 def run_loop(
@@ -822,7 +824,7 @@ def test_loop_message_without_credentials_is_fatal(
 ) -> None:
     loop.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
     loop.ours.send(REQUESTS.encode(HELLO))  # neither end asks for credentials now
-    loop.channel.pass_credentials()
+    loop.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     # uid 65534 is what the kernel reports when it recorded no credentials
     assert loop.serve(65534) == 1
     (record,) = loop.records()
@@ -830,7 +832,7 @@ def test_loop_message_without_credentials_is_fatal(
 
 
 def test_loop_sigterm_flag_ends_the_session(loop: Loop) -> None:
-    helper_main._Signals.terminate = True
+    helper_serve._Signals.terminate = True
     os.write(loop.wake_w, b"\x0f")  # what signal.set_wakeup_fd would write
     assert loop.serve(os.getuid()) == 0
     assert [r["op"] for r in loop.records()] == ["sigterm"]
@@ -908,7 +910,7 @@ def test_audit_log_is_private_append_only_and_no_symlink(tmp_path: FsPath) -> No
     path = tmp_path / "audit.log"
     path.write_text("earlier line\n")
     path.chmod(0o600)
-    fd = audit_mod.open_log(str(path))
+    fd = open_log(str(path))
     try:
         audit = audit_mod.Audit(fd, stderr_fd=None)
         audit.sender = (123, 1000, 1000)
@@ -922,13 +924,13 @@ def test_audit_log_is_private_append_only_and_no_symlink(tmp_path: FsPath) -> No
     assert record["result"] == "refused"
     assert record["time"].endswith("+00:00")
     new = tmp_path / "new.log"
-    os.close(audit_mod.open_log(str(new)))
+    os.close(open_log(str(new)))
     assert stat.S_IMODE(new.stat().st_mode) == 0o600
     (tmp_path / "link").symlink_to(path)
     with pytest.raises(OSError, match="symbolic links|Too many levels"):
-        audit_mod.open_log(str(tmp_path / "link"))
+        open_log(str(tmp_path / "link"))
     with pytest.raises(OSError):
-        audit_mod.open_log(str(tmp_path))
+        open_log(str(tmp_path))
 
 
 HELPER_DIR = FsPath(__file__).resolve().parents[2] / "privhelper"
@@ -939,7 +941,9 @@ def test_helper_has_no_shell_and_no_exec(module: str) -> None:
     """No shell, no exec, no string-built commands (test_import_rules checks the imports).
 
     process/runner.py, the plumbing of the runners the helper starts before its seccomp
-    filter, is the one module that executes programs: see the next test."""
+    filter, is the one module that executes programs: see the next test. The start stage
+    (main.py) executes one thing, once: its own serving stage; the test-only selftest.py
+    tries to, to prove the serving stage cannot."""
     tree = ast.parse((HELPER_DIR / module).read_text())
     imported: set[str] = set()
     called: set[str] = set()
@@ -957,6 +961,14 @@ def test_helper_has_no_shell_and_no_exec(module: str) -> None:
     assert not imported & {"subprocess", "shlex", "pty", "multiprocessing", "threading"}
     shell = {c for c in called if c.startswith(("os.exec", "os.spawn", "os.posix_spawn"))}
     shell |= called & {"os.system", "os.popen", "os.fork", "eval", "exec", "compile"}
+    if module == "main.py":
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        execs = [n for n in calls if ast.unparse(n.func).startswith("os.exec")]
+        assert [ast.unparse(n.func) for n in execs] == ["os.execve"]
+        assert ast.unparse(execs[0].args[0]) == "argv[0]"  # the serving program's
+        shell -= {"os.execve"}
+    if module == "selftest.py":  # test-only: the attempt the serving stage's filter kills
+        shell -= {"os.execv"}
     assert not shell, shell
 
 

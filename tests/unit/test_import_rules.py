@@ -28,6 +28,8 @@ LAUNCHER = (
     "sepconnect.remote",
     "sepconnect.credentials",
     "sepconnect.authenticate",
+    "sepconnect.rootstage",
+    "sepconnect.files",
 )
 """The launcher's modules (launcher/, installed as the top-level package)."""
 
@@ -44,7 +46,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 }
 FORBIDDEN["sepconnect.process"] = FORBIDDEN["sepconnect.ipc"]
 # The launcher starts the worker as a program; it never loads the worker's code.
-for _module in (*LAUNCHER, "sepconnect.spawner_start"):
+for _module in (*LAUNCHER, "sepconnect.session_accounts"):
     FORBIDDEN[_module] = ("sepconnect.worker", "sepconnect.spawner")
 
 HELPER_THIRD_PARTY = {"msgpack", "pyroute2", "jeepney"}

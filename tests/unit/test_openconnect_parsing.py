@@ -231,7 +231,7 @@ def test_network_argv_passes_the_arguments_to_the_helper(
     monkeypatch.setattr("sepconnect.rootrunner.script.check_script", lambda path: path)
     path = str(program_dir / "vpn-slice")
     args = connect_args("-s", f"{path} --flag -x 10.0.0.0/8", "vpn.example")
-    argv = cli._network_argv(args, ("sepconnect-helper", 990, 990))
+    argv = cli._network_argv(args)
     at = argv.index("--script")
     assert argv[at : at + 5] == [
         "--script", path, "--script-arg=--flag", "--script-arg=-x", "--script-arg=10.0.0.0/8",
@@ -242,7 +242,7 @@ def test_network_argv_checks_the_program(program_dir: Path) -> None:
     (program_dir / "vpn-slice").chmod(0o777)  # anyone could change what root runs
     args = connect_args("-s", f"{program_dir / 'vpn-slice'} 10.0.0.0/8", "vpn.example")
     with pytest.raises(cli.UsageError, match="-s/--script: .*(not owned by root|writable by)"):
-        cli._network_argv(args, ("sepconnect-helper", 990, 990))
+        cli._network_argv(args)
 
 
 def test_root_runner_and_helper_take_the_arguments_in_order() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sepconnect.privhelper import audit
 from sepconnect.process import journal as journal_ids
+from sepconnect.process.auditfile import open_log
 
 
 def parse_datagram(data: bytes) -> dict[str, str]:
@@ -37,8 +38,8 @@ def test_records_reach_the_journal_with_structured_fields(tmp_path: Path) -> Non
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     journal.bind(path)
     log = tmp_path / "audit.jsonl"
-    fd = audit.open_log(str(log))
-    sock = audit.open_journal(path)
+    fd = open_log(str(log))
+    sock = journal_ids.open_journal(path)
     assert sock is not None
     a = audit.Audit(fd, stderr_fd=None, journal=sock)
     a.sender = (4242, 65534, 65534)
@@ -62,17 +63,17 @@ def test_records_reach_the_journal_with_structured_fields(tmp_path: Path) -> Non
 
 
 def test_no_journal_no_socket(tmp_path: Path) -> None:
-    assert audit.open_journal(str(tmp_path / "absent")) is None
+    assert journal_ids.open_journal(str(tmp_path / "absent")) is None
 
 
 def test_a_gone_journal_does_not_stop_the_record(tmp_path: Path) -> None:
     path = str(tmp_path / "journal.sock")
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     journal.bind(path)
-    sock = audit.open_journal(path)
+    sock = journal_ids.open_journal(path)
     journal.close()
     log = tmp_path / "audit.jsonl"
-    fd = audit.open_log(str(log))
+    fd = open_log(str(log))
     audit.Audit(fd, stderr_fd=None, journal=sock).record("teardown", "ok")
     assert json.loads(log.read_text())["op"] == "teardown"
     os.close(fd)

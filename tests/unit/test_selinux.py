@@ -276,8 +276,15 @@ def test_worker_uses_the_handed_tun_and_its_own_sockets_only(policy: str) -> Non
 
 
 def test_helper_runners_spawner_and_worker_execute_nothing(policy: str) -> None:
-    for domain in (
+    # The helper's start stage executes its serving stage: its own programs, no other.
+    assert own(
+        sesearch(policy, "sepconnect_helper_t", cls="file", perm="execute_no_trans"),
         "sepconnect_helper_t",
+    ) == [
+        "allow sepconnect_helper_t sepconnect_helper_exec_t:file "
+        "{ entrypoint execute execute_no_trans getattr ioctl lock map open read };"
+    ]
+    for domain in (
         "sepconnect_nft_t",
         "sepconnect_spawner_t",
         "sepconnect_worker_t",

@@ -1,6 +1,6 @@
 """The worker spawner's decisions (spawner/core.py, sans-I/O), its messages, the
 supervisor's client (process/spawner_client.py) against a fake spawner over a real
-socketpair, and the choice of the workers' account (launcher/spawner_start.py). No
+socketpair, and the choice of the workers' account (launcher/session_accounts.py). No
 processes, no root: tests/integration/test_spawner.py runs the real one."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sepconnect.ipc.spawner_messages import (
 )
 from sepconnect.ipc.wire import Channel, WireError, socketpair
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone
+from sepconnect.session_accounts import WORKER_FALLBACK_ID, SpawnerSetupError, worker_account
 from sepconnect.spawner.children import Args, parse_argv
 from sepconnect.spawner.core import (
     MAX_WORKERS,
@@ -39,7 +40,6 @@ from sepconnect.spawner.core import (
     SpawnerCore,
     StartWorker,
 )
-from sepconnect.spawner_start import WORKER_FALLBACK_ID, SpawnerSetupError, worker_account
 
 SUPERVISOR = 998
 FROM_SUPERVISOR = (4242, SUPERVISOR, SUPERVISOR)

@@ -1,0 +1,261 @@
+"""The privileged helper's serving stage: the request loop, for the session's whole life.
+
+Executed by the start stage (main.py) in the same process, never by anyone else, as
+``sepconnect-privhelper-serve --settings-fd N`` (the installed program: SELinux keeps it
+in the helper's domain) or ``python3 -I -m sepconnect.privhelper.serve ...``. It arrives as the
+helper's uid with CAP_NET_ADMIN (ambient across the exec), no_new_privs and Landlock
+already in force. It reads fd N (a line of JSON settings the start stage validated,
+then the compiled seccomp filter), keeps CAP_NET_ADMIN alone (nothing inheritable or
+ambient), opens its netlink socket and loads the filter: from then on execve and fork
+kill it. A process that holds any other capability, or lacks CAP_NET_ADMIN, refuses to
+serve. It answers the requests :data:`policy.POLICY` permits, one at a time, and on any
+way out (Teardown, the supervisor going away, SIGTERM, a protocol violation) removes
+exactly what it installed before exiting.
+
+Single-threaded; signal handlers only set a flag. Exit status: 0 clean, 1 protocol
+violation or internal error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from types import FrameType
+from typing import Any, Final
+
+from sepconnect.ipc.helper_messages import Refused
+from sepconnect.privhelper import audit as _audit
+from sepconnect.privhelper.channel import Channel, ChannelError, Closed
+from sepconnect.privhelper.host import Helper, Options
+from sepconnect.privhelper.netconf import Netlink
+from sepconnect.privhelper.policy import Host, Monitor, Phase, ProtocolViolation
+from sepconnect.privhelper.rtnl import IPRoute
+from sepconnect.process import capabilities, prctl
+from sepconnect.process import title as _proctitle
+from sepconnect.process.libc import LIBC, errno_error
+
+EXIT_OK: Final = 0
+EXIT_FATAL: Final = 1
+
+PROCESS_TITLE: Final = "sepconnect: privhelper"
+SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
+NET_ADMIN_ONLY: Final = f"{1 << capabilities.CAP_NET_ADMIN:016x}"
+MAX_SETTINGS: Final = 1 << 20  # a few KiB, and the crashed sessions' state files
+
+
+class _Signals:
+    terminate = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _Signals.terminate = True  # nothing else here: the loop does the work
+
+
+def serve(
+    channel: Channel,
+    monitor: Monitor,
+    helper: Host,
+    audit: _audit.Audit,
+    peer_uid: int,
+    wakeup_fd: int,
+) -> int:
+    """Answer requests until the session ends; return the exit status (the caller cleans up)."""
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    poller.register(wakeup_fd, select.POLLIN)
+    while True:
+        if _Signals.terminate:
+            audit.sender = None
+            audit.record("sigterm", "info", "terminated: ending the session")
+            return EXIT_OK
+        ready = {fd for fd, _ in poller.poll()}
+        if wakeup_fd in ready:
+            _drain(wakeup_fd)  # a signal arrived; its handler has set the flag
+        elif channel.fileno() in ready:
+            status = _step(channel, monitor, helper, audit, peer_uid)
+            if status is not None:
+                return status
+
+
+def _step(
+    channel: Channel, monitor: Monitor, helper: Host, audit: _audit.Audit, peer_uid: int
+) -> int | None:
+    audit.sender = None
+    try:
+        msg = channel.recv()
+    except Closed:
+        audit.record("peer_closed", "info", "supervisor went away")
+        return EXIT_OK
+    except ChannelError as exc:
+        audit.sender = channel.last_sender
+        audit.record("(undecodable)", "fatal", f"protocol violation: {exc}")
+        return EXIT_FATAL
+    except OSError as exc:  # ECONNRESET and the like: the peer is gone
+        audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
+        return EXIT_OK
+    sender = audit.sender = channel.last_sender
+    args = _audit.message_args(msg)
+    if sender is None or sender[0] <= 0 or sender[1] != peer_uid:
+        who = "no credentials" if sender is None else f"uid {sender[1]}"
+        audit.record(msg.op, "fatal", f"sender has {who}, expected uid {peer_uid}", args)
+        return EXIT_FATAL
+    try:
+        reply, fd = monitor.handle(helper, msg)
+    except ProtocolViolation as exc:
+        audit.record(msg.op, "fatal", f"protocol violation: {exc}", args)
+        return EXIT_FATAL
+    except Exception as exc:  # a bug of ours: fail closed
+        audit.record(msg.op, "fatal", f"internal error: {type(exc).__name__}: {exc}", args)
+        return EXIT_FATAL
+    if isinstance(reply, Refused):
+        audit.record(msg.op, "refused", reply.reason, args)
+    else:
+        audit.record(msg.op, "ok", "", args)
+    try:
+        channel.send(reply, fd)
+    except OSError as exc:
+        audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
+        return EXIT_OK
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return EXIT_OK if monitor.phase is Phase.CLOSED else None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 64):
+            pass
+    except BlockingIOError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Start of the serving stage
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+_SYS_SECCOMP: Final = {"x86_64": 317, "aarch64": 277}
+_SECCOMP_SET_MODE_FILTER: Final = 1
+_SECCOMP_FILTER_FLAG_LOG: Final = 2
+
+
+def load_filter(bpf: bytes) -> None:
+    """Load the start stage's compiled filter (struct sock_filter[], 8 bytes each) for
+    good, denied calls logged; needs no_new_privs (set before the exec, kept across it)."""
+    if not bpf or len(bpf) % 8:
+        raise OSError("no seccomp filter from the start stage")
+    number = _SYS_SECCOMP.get(os.uname().machine)
+    if number is None:
+        raise OSError(f"seccomp: unknown system call number on {os.uname().machine}")
+    program = ctypes.create_string_buffer(bpf, len(bpf))
+    fprog = _SockFprog(len(bpf) // 8, ctypes.addressof(program))
+    flags = ctypes.c_uint(_SECCOMP_FILTER_FLAG_LOG)
+    mode = ctypes.c_uint(_SECCOMP_SET_MODE_FILTER)
+    if LIBC.syscall(ctypes.c_long(number), mode, flags, ctypes.byref(fprog)) != 0:
+        raise errno_error("seccomp")
+
+
+def _capabilities() -> dict[str, str]:
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    return {k: fields[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs")}
+
+
+def _read_settings(fd: int) -> tuple[dict[str, Any], bytes]:
+    data = b""
+    while chunk := os.read(fd, 1 << 16):
+        data += chunk
+        if len(data) > MAX_SETTINGS:
+            raise ValueError("settings too large")
+    os.close(fd)
+    line, _, bpf = data.partition(b"\n")
+    settings = json.loads(line)
+    if not isinstance(settings, dict):
+        raise ValueError("settings are not a map")
+    return settings, bpf
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "--settings-fd":
+        os.write(2, b"sepconnect.privhelper.serve: started only by sepconnect.privhelper\n")
+        return 2
+    settings, bpf = _read_settings(int(argv[1]))
+    _proctitle.set_title(PROCESS_TITLE)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    capabilities.keep_only_capabilities(frozenset({capabilities.CAP_NET_ADMIN}))
+    prctl.prctl(prctl.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
+    journal_fd = settings["journal_fd"]
+    journal = None if journal_fd is None else socket.socket(fileno=journal_fd)
+    audit = _audit.Audit(settings["log_fd"], journal=journal)
+    caps = _capabilities()
+    if caps != {"CapEff": NET_ADMIN_ONLY, "CapPrm": NET_ADMIN_ONLY, "CapBnd": NET_ADMIN_ONLY,
+                "NoNewPrivs": "1"}:  # fmt: skip
+        audit.record("start", "fatal", f"not CAP_NET_ADMIN alone with no_new_privs: {caps}")
+        return EXIT_FATAL
+    channel = Channel(socket.socket(fileno=settings["fd"]))
+    channel.sock.set_inheritable(False)
+    for fd in (settings["log_fd"], journal_fd):
+        if fd is not None:
+            os.set_inheritable(fd, False)
+    root = nft = None
+    if settings["root"] is not None or settings["nft"] is not None:
+        from sepconnect.ipc.runner_messages import NFT_REQUESTS, ROOT_REQUESTS
+        from sepconnect.process.runner import RunnerClient
+
+        if settings["root"] is not None:
+            root = RunnerClient.adopt(ROOT_REQUESTS, *settings["root"])
+        if settings["nft"] is not None:
+            nft = RunnerClient.adopt(NFT_REQUESTS, *settings["nft"])
+    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+    start_args: _audit.Args = settings["start"]
+    with IPRoute() as ipr:
+        # The netlink socket is open: from here on, only the allow-list.
+        if start_args["seccomp"] == "allow-list":
+            try:
+                load_filter(bpf)
+            except OSError as exc:
+                if not settings["allow_weak_sandbox"]:
+                    reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
+                    audit.record("start", "fatal", reason, start_args)
+                    return EXIT_FATAL
+                start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
+        audit.record("start", "info", args=start_args)
+        if SELFTEST_ENV in os.environ:  # test-only (tests/integration/test_helper_hostile.py)
+            from sepconnect.privhelper import selftest
+
+            selftest.run(os.environ[SELFTEST_ENV], settings["options"]["state_dir"])
+        netlink = Netlink(ipr)
+        if settings["stale"]:
+            from sepconnect.privhelper.recovery import recover
+
+            recover([(p, d) for p, d in settings["stale"]], netlink, nft, audit)
+        allowed = tuple(ipaddress.ip_network(p) for p in settings["options"]["allow_exclude"])
+        options = Options(**{**settings["options"], "allow_exclude": allowed})
+        helper = Helper(netlink, options, audit, root, nft)
+        status = EXIT_FATAL
+        try:
+            status = serve(channel, Monitor(), helper, audit, settings["peer_uid"], wakeup_r)
+        finally:
+            audit.sender = None
+            try:
+                helper.cleanup()
+            finally:
+                channel.sock.close()
+                audit.record("exit", "info", f"exit status {status}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The state directory: created for its process, and read for crashed processes' files.
+
+Loaded at start-up only (the helper's start stage, the root runner): the files
+themselves are process/statefile.py's, which a long-lived process keeps writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+from sepconnect.process.statefile import MAX_STATE, netns_id, process_start_time
+
+
+def ensure_dir(path: str, uid: int, gid: int) -> None:
+    """Create the state directory, 0700 and ``uid``'s, or check that an existing one is.
+
+    Called as root, a new directory is made ``uid``'s, and so is an existing *private*
+    one of root's (made by root for it); anything else (``--state-dir /etc``, somebody
+    else's directory) is refused, never taken over.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    private = stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
+    if private and st.st_uid == 0 != uid and os.geteuid() == 0:
+        os.chown(path, uid, gid)
+        st = os.lstat(path)
+    if not private or st.st_uid != uid:
+        raise OSError(f"{path}: not a private directory of uid {uid} (mode {st.st_mode:o})")
+
+
+def stale(
+    directory: str, prefix: str, own_pid: int | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, data) of each crashed process's ``<prefix>-<pid>.json`` in our network
+    namespace."""
+    own_pid = os.getpid() if own_pid is None else own_pid
+    here = netns_id()
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not (name.startswith(f"{prefix}-") and name.endswith(".json")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                data = json.loads(os.read(fd, MAX_STATE))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        pid = data.get("pid")
+        if not isinstance(pid, int) or pid == own_pid or data.get("netns") != here:
+            continue
+        started = process_start_time(pid)
+        if started is not None and started == data.get("start_time"):
+            continue  # that process is alive: its session is not ours to touch
+        yield path, data
