@@ -766,6 +766,15 @@ def rates_arg(text: str) -> tuple[int, ...]:
     return rates
 
 
+def pin_refused() -> str | None:
+    """Why --pin cannot be honoured here, or None."""
+    usable = os.sched_getaffinity(0)
+    if not {CLIENT_CPU, SERVER_CPU} <= usable or shutil.which("taskset") is None:
+        return (f"--pin needs CPUs {CLIENT_CPU} and {SERVER_CPU} (this process may use "
+                f"{sorted(usable)}) and taskset (util-linux)")  # fmt: skip
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip failover and recovery")
@@ -805,12 +814,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (it builds network namespaces)", file=sys.stderr)
         return 2
-    if args.pin:
-        usable = os.sched_getaffinity(0)
-        if not {CLIENT_CPU, SERVER_CPU} <= usable or shutil.which("taskset") is None:
-            print(f"--pin needs CPUs {CLIENT_CPU} and {SERVER_CPU} (this process may use "
-                  f"{sorted(usable)}) and taskset (util-linux)", file=sys.stderr)  # fmt: skip
-            return 2
+    if args.pin and (refused := pin_refused()):
+        print(refused, file=sys.stderr)
+        return 2
     seconds = min(args.seconds, 10.0)
     results: dict[str, dict[str, list[float]]] = {k: {} for k in KINDS}
 

@@ -2,7 +2,7 @@
 one lab: the A/B pairs of docs/performance.md ("Noise"), e.g. the data path with and
 without the compiled accelerator.
 
-    sudo python bench/compare_builds.py [--repeat 3] [--seconds 3] VENV... [openconnect]
+    sudo python bench/compare_builds.py [--repeat 3] [--seconds 3] [--pin] VENV... [openconnect]
 
 Each VENV is a virtualenv with sepconnect installed (``scripts/bootstrap.sh`` with
 ``SEPCONNECT_VENV=...``; ``SEPCONNECT_NO_ACCEL=1`` builds one without the accelerator);
@@ -41,10 +41,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 duration (<= 10)")
+    parser.add_argument("--pin", action="store_true", help="as bench/compare.py --pin")
     parser.add_argument("clients", nargs="+", metavar="VENV|openconnect")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (it builds network namespaces)", file=sys.stderr)
+        return 2
+    if args.pin and (refused := compare.pin_refused()):
+        print(refused, file=sys.stderr)
         return 2
     for client in args.clients:
         if client != OPENCONNECT and not Path(client, "bin", "sepconnect").exists():
@@ -58,7 +62,7 @@ def main() -> int:
             pings=5,
             udp_rates=(),
             udp_seconds=3.0,
-            pinned=False,
+            pinned=args.pin,
         )
         for rep in range(args.repeat):
             for client in args.clients if rep % 2 == 0 else args.clients[::-1]:

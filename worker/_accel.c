@@ -12,6 +12,10 @@
  *                       sealed and opened with one OpenSSL cipher context per direction
  *                       and epoch, kept across records (cryptography's AEAD builds a new
  *                       one on every call)
+ *   cstp_data_frames    worker/proto/cstp.py encode_data_frames: CSTP DATA frames
+ *   cstp_data_pairs     worker/proto/cstp.py CstpDecoder: a run of DATA frames read
+ *   TlsRecords(...)     worker/io/tls.py TlsStream: a burst of TLS records written or
+ *                       read in one call, on pyOpenSSL's own SSL object
  *
  * Pure computation on the caller's buffers: no system call once imported. The module's
  * import does all of OpenSSL's one-time work (library set-up without reading a
@@ -760,15 +764,19 @@ done:
     return (PyObject *)self;
 }
 
-/* Whole records carrying plaintexts, consecutive sequence numbers from first_seq64:
- * header (type, version, epoch and sequence, length), explicit nonce (the sequence
- * number), ciphertext, tag; the AAD is seq64, type, version, plaintext length. */
+/* Whole records carrying prefix + each of plaintexts (the prefix is sealed with it, not
+ * copied to it), consecutive sequence numbers from first_seq64: header (type, version,
+ * epoch and sequence, length), explicit nonce (the sequence number), ciphertext, tag;
+ * the AAD is seq64, type, version, plaintext length. */
 static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
 {
     unsigned long long first;
     int ctype, version;
     PyObject *plaintexts;
-    if (!PyArg_ParseTuple(args, "KiiO!", &first, &ctype, &version, &PyList_Type, &plaintexts))
+    const unsigned char *prefix = NULL;
+    Py_ssize_t prefix_len = 0;
+    if (!PyArg_ParseTuple(args, "KiiO!|y#", &first, &ctype, &version, &PyList_Type, &plaintexts,
+                          &prefix, &prefix_len))
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(plaintexts);
     PyObject *out = PyList_New(count);
@@ -784,7 +792,7 @@ static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "plaintexts must be bytes");
             return NULL;
         }
-        Py_ssize_t size = PyBytes_GET_SIZE(item);
+        Py_ssize_t size = prefix_len + PyBytes_GET_SIZE(item);
         if (size > 0xFFFF - EXPLICIT_NONCE - TAG) {
             Py_DECREF(out);
             PyErr_SetString(PyExc_ValueError, "plaintext too long for a record");
@@ -810,10 +818,18 @@ static PyObject *gcm_seal_records(GcmObject *self, PyObject *args)
         put16(aad + 11, (uint32_t)size);
         unsigned char *body = q + RECORD_HEADER + EXPLICIT_NONCE;
         int n;
+        const unsigned char *plain = (const unsigned char *)PyBytes_AS_STRING(item);
+        if (prefix_len) {
+            /* prefix and plaintext put together where the ciphertext goes, sealed in
+             * place: one update (a short first one costs AES-GCM's fast path more
+             * than the copy does) */
+            memcpy(body, prefix, prefix_len);
+            memcpy(body + prefix_len, plain, size - prefix_len);
+            plain = body;
+        }
         if (!EVP_EncryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
             !EVP_EncryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
-            (size && !EVP_EncryptUpdate(ctx, body, &n, (const unsigned char *)PyBytes_AS_STRING(item),
-                                        (int)size)) ||
+            (size && !EVP_EncryptUpdate(ctx, body, &n, plain, (int)size)) ||
             !EVP_EncryptFinal_ex(ctx, body + size, &n) ||
             !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG, body + size)) {
             Py_DECREF(out);
@@ -862,24 +878,80 @@ static PyObject *gcm_open_body(GcmObject *self, uint64_t seq64, int ctype, int v
     return result;
 }
 
+/* As gcm_open_body, for open_datagrams with a split byte: a plaintext of two bytes or
+ * more that starts with it comes back without it (*matched set), decrypted straight into
+ * the bytes object that is returned; any other comes back whole. */
+static PyObject *gcm_open_split(GcmObject *self, uint64_t seq64, int ctype, int version,
+                                const unsigned char *b, Py_ssize_t len, int split, int *matched)
+{
+    *matched = 0;
+    Py_ssize_t size = len - EXPLICIT_NONCE - TAG;
+    if (split < 0 || size < 2)
+        return gcm_open_body(self, seq64, ctype, version, b, len);
+    if (size > 0xFFFF)
+        return NULL;
+    unsigned char nonce[12], aad[13], first;
+    memcpy(nonce, self->salt, 4);
+    memcpy(nonce + 4, b, EXPLICIT_NONCE);
+    put64(aad, seq64);
+    aad[8] = (unsigned char)ctype;
+    put16(aad + 9, (uint32_t)version);
+    put16(aad + 11, (uint32_t)size);
+    EVP_CIPHER_CTX *ctx = self->dec;
+    const unsigned char *cipher = b + EXPLICIT_NONCE;
+    /* The first block apart (a whole one: a shorter first update costs AES-GCM's fast
+     * path more than copying 15 bytes does), the rest straight into the result. */
+    unsigned char head[16];
+    Py_ssize_t head_len = size < 16 ? size : 16;
+    int n;
+    if (!EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) ||
+        !EVP_DecryptUpdate(ctx, NULL, &n, aad, sizeof aad) ||
+        !EVP_DecryptUpdate(ctx, head, &n, cipher, (int)head_len))
+        return openssl_error("AES-GCM open");
+    first = head[0];
+    int keep = first != split; /* not the split byte: the whole plaintext */
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size - 1 + keep);
+    if (result == NULL)
+        return NULL;
+    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(plain, head + 1 - keep, head_len - 1 + keep);
+    unsigned char *rest = plain + head_len - 1 + keep;
+    if ((size > head_len &&
+         !EVP_DecryptUpdate(ctx, rest, &n, cipher + head_len, (int)(size - head_len))) ||
+        !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG, (void *)(cipher + size))) {
+        Py_DECREF(result);
+        return openssl_error("AES-GCM open");
+    }
+    if (EVP_DecryptFinal_ex(ctx, plain + size - 1 + keep, &n) <= 0) {
+        Py_DECREF(result); /* authentication failed */
+        return NULL;
+    }
+    *matched = !keep;
+    return result;
+}
+
 #define APPLICATION_DATA 23
 #define MAX_RECORD_BODY (16384 + 2048)
 
 /* RecordProtection.open_datagrams_untrusted (worker/proto/dtls_crypto.py) with the
  * replay window as (top, bits): from datagrams[start] on, each datagram that is exactly
  * one application-data record of epoch is checked against the window, opened, and its
- * plaintext appended to out; stops at the first other datagram. Returns (stop index,
- * top, bits, accepted, replays, bad). */
+ * plaintext appended to out; stops at the first other datagram. With a split byte
+ * (0-255) and the list others: a plaintext of two bytes or more that starts with it goes
+ * to out without it, any other to others. Returns (stop index, top, bits, accepted,
+ * replays, bad). */
 static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
 {
-    PyObject *datagrams, *out;
+    PyObject *datagrams, *out, *others = NULL;
     Py_ssize_t start;
-    int epoch;
+    int epoch, split = -1;
     long long top;
     unsigned long long bits;
-    if (!PyArg_ParseTuple(args, "O!niLKO!", &PyList_Type, &datagrams, &start, &epoch, &top,
-                          &bits, &PyList_Type, &out))
+    if (!PyArg_ParseTuple(args, "O!niLKO!|iO", &PyList_Type, &datagrams, &start, &epoch, &top,
+                          &bits, &PyList_Type, &out, &split, &others))
         return NULL;
+    if (split > 255 || (split >= 0 && (others == NULL || !PyList_Check(others))))
+        return refuse("a split byte needs the list others");
     Py_ssize_t end = PyList_GET_SIZE(datagrams), i = start < 0 ? 0 : start;
     long accepted = 0, replays = 0, bad = 0;
     for (; i < end; i++) {
@@ -905,8 +977,9 @@ static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
                 continue;
             }
         }
-        PyObject *plaintext = gcm_open_body(self, (uint64_t)epoch << 48 | (uint64_t)seq, ctype,
-                                            version, d + RECORD_HEADER, body_size);
+        int matched;
+        PyObject *plaintext = gcm_open_split(self, (uint64_t)epoch << 48 | (uint64_t)seq, ctype,
+                                             version, d + RECORD_HEADER, body_size, split, &matched);
         if (plaintext == NULL) {
             if (PyErr_Occurred())
                 return NULL;
@@ -922,7 +995,7 @@ static PyObject *gcm_open_datagrams(GcmObject *self, PyObject *args)
             bits |= 1ULL << (top - seq);
         }
         accepted++;
-        int failed = PyList_Append(out, plaintext);
+        int failed = PyList_Append(split < 0 || matched ? out : others, plaintext);
         Py_DECREF(plaintext);
         if (failed)
             return NULL;
@@ -948,10 +1021,11 @@ static PyObject *gcm_open(GcmObject *self, PyObject *args)
 
 static PyMethodDef gcm_methods[] = {
     {"open_datagrams", (PyCFunction)gcm_open_datagrams, METH_VARARGS,
-     "open_datagrams(datagrams, start, epoch, top, bits, out) -> (stop, top, bits, accepted, "
-     "replays, bad)"},
+     "open_datagrams(datagrams, start, epoch, top, bits, out, split=-1, others=None) -> (stop, "
+     "top, bits, accepted, replays, bad)"},
     {"seal_records", (PyCFunction)gcm_seal_records, METH_VARARGS,
-     "seal_records(first_seq64, ctype, version, plaintexts) -> list[bytes]: whole records"},
+     "seal_records(first_seq64, ctype, version, plaintexts, prefix=b'') -> list[bytes]: whole "
+     "records"},
     {"open", (PyCFunction)gcm_open, METH_VARARGS,
      "open(seq64, ctype, version, body) -> bytes | None: None if it does not authenticate"},
     {NULL, NULL, 0, NULL},
@@ -968,7 +1042,264 @@ static PyTypeObject GcmType = {
     .tp_new = gcm_new,
 };
 
+/* TLS records in bursts, on pyOpenSSL's own connection. ocserv takes one CSTP packet
+ * per TLS record and sends one per record, and pyOpenSSL's send/recv cost ~2 µs of
+ * Python per record around SSL_write/SSL_read. This loops over a burst in C, calling
+ * the same functions of the same OpenSSL on the same SSL object (worker/accel.py finds
+ * their addresses through cffi; cryptography's OpenSSL is linked into its extension,
+ * not ours). Memory BIOs on both sides: no system call. */
+typedef int (*ssl_io_fn)(void *ssl, void *buf, int num);
+typedef int (*ssl_get_error_fn)(const void *ssl, int ret);
+
+#define SSL_ERROR_NONE 0
+#define TLS_DRAIN_STEP (16384 + 2048) /* one record's ciphertext, at most */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the pyOpenSSL Connection that owns ssl and the BIO */
+    void *ssl, *from_bio;
+    ssl_io_fn ssl_read, ssl_write, bio_read;
+    ssl_get_error_fn get_error;
+    unsigned char *scratch; /* plaintext read */
+    Py_ssize_t scratch_size;
+    unsigned char *sealed; /* ciphertext written, before it is appended at once */
+    Py_ssize_t sealed_size;
+} TlsRecordsObject;
+
+static void tls_dealloc(TlsRecordsObject *self)
+{
+    Py_XDECREF(self->owner);
+    PyMem_Free(self->scratch);
+    PyMem_Free(self->sealed);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *tls_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"owner",     "ssl",           "from_bio", "ssl_read",
+                            "ssl_write", "ssl_get_error", "bio_read", NULL};
+    PyObject *owner;
+    unsigned long long ssl, bio, rd, wr, err, bio_rd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OKKKKKK", names, &owner, &ssl, &bio, &rd,
+                                     &wr, &err, &bio_rd))
+        return NULL;
+    if (!ssl || !bio || !rd || !wr || !err || !bio_rd)
+        return refuse("TlsRecords needs every address");
+    TlsRecordsObject *self = (TlsRecordsObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->owner = Py_NewRef(owner);
+    self->ssl = (void *)(uintptr_t)ssl;
+    self->from_bio = (void *)(uintptr_t)bio;
+    self->ssl_read = (ssl_io_fn)(uintptr_t)rd;
+    self->ssl_write = (ssl_io_fn)(uintptr_t)wr;
+    self->get_error = (ssl_get_error_fn)(uintptr_t)err;
+    self->bio_read = (ssl_io_fn)(uintptr_t)bio_rd;
+    return (PyObject *)self;
+}
+
+/* Move what OpenSSL wrote to its outgoing memory BIO to self->sealed from *used on;
+ * -1 with an exception set when out of memory. */
+static int tls_drain(TlsRecordsObject *self, Py_ssize_t *used)
+{
+    for (;;) {
+        if (self->sealed_size - *used < TLS_DRAIN_STEP) {
+            Py_ssize_t size = 2 * self->sealed_size + TLS_DRAIN_STEP;
+            unsigned char *bigger = PyMem_Realloc(self->sealed, size);
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            self->sealed = bigger;
+            self->sealed_size = size;
+        }
+        int n = self->bio_read(self->from_bio, self->sealed + *used, TLS_DRAIN_STEP);
+        if (n <= 0)
+            return 0;
+        *used += n;
+    }
+}
+
+/* TlsStream.send_records_nowait's loop: each record one SSL_write, the ciphertext
+ * appended to out, until out holds limit bytes or OpenSSL refuses one. Returns (taken,
+ * SSL_get_error of the refusal or 0). */
+static PyObject *tls_write_records(TlsRecordsObject *self, PyObject *args)
+{
+    PyObject *records, *out;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyList_Type, &records, &PyByteArray_Type, &out, &limit))
+        return NULL;
+    Py_ssize_t taken = 0, count = PyList_GET_SIZE(records), used = 0;
+    Py_ssize_t queued = PyByteArray_GET_SIZE(out);
+    int error = SSL_ERROR_NONE;
+    for (; taken < count && queued + used < limit; taken++) {
+        PyObject *record = PyList_GET_ITEM(records, taken);
+        if (!PyBytes_Check(record)) {
+            PyErr_SetString(PyExc_TypeError, "records must be bytes");
+            return NULL;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(record);
+        if (size == 0 || size > INT_MAX)
+            return refuse("a record must have 1 to INT_MAX bytes");
+        int n = self->ssl_write(self->ssl, PyBytes_AS_STRING(record), (int)size);
+        if (n <= 0) {
+            error = self->get_error(self->ssl, n);
+            break;
+        }
+        if (tls_drain(self, &used) < 0)
+            return NULL;
+    }
+    /* one append: growing out record by record moved it again and again */
+    if (used) {
+        if (PyByteArray_Resize(out, queued + used) < 0)
+            return NULL;
+        memcpy(PyByteArray_AS_STRING(out) + queued, self->sealed, used);
+    }
+    return Py_BuildValue("ni", taken, error);
+}
+
+/* TlsStream.recv_nowait's SSL_read, repeated: the plaintext of every record OpenSSL can
+ * open from what it holds, up to limit bytes. Returns (plaintext, SSL_get_error of the
+ * read that stopped it, or 0 when limit was reached). */
+static PyObject *tls_read(TlsRecordsObject *self, PyObject *arg)
+{
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (limit <= 0 || limit > INT_MAX)
+        return refuse("read limit out of range");
+    if (self->scratch_size < limit) {
+        unsigned char *bigger = PyMem_Realloc(self->scratch, limit);
+        if (bigger == NULL)
+            return PyErr_NoMemory();
+        self->scratch = bigger;
+        self->scratch_size = limit;
+    }
+    Py_ssize_t size = 0;
+    int error = SSL_ERROR_NONE;
+    while (size < limit) {
+        int n = self->ssl_read(self->ssl, self->scratch + size, (int)(limit - size));
+        if (n <= 0) {
+            error = self->get_error(self->ssl, n);
+            break;
+        }
+        size += n;
+    }
+    return Py_BuildValue("y#i", (const char *)self->scratch, size, error);
+}
+
+static PyMethodDef tls_methods[] = {
+    {"write_records", (PyCFunction)tls_write_records, METH_VARARGS,
+     "write_records(records, out, limit) -> (taken, ssl_error)"},
+    {"read", (PyCFunction)tls_read, METH_O, "read(limit) -> (plaintext, ssl_error)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TlsRecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sepconnect.worker._accel.TlsRecords",
+    .tp_basicsize = sizeof(TlsRecordsObject),
+    .tp_dealloc = (destructor)tls_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "TlsRecords(owner, ssl, from_bio, ssl_read, ssl_write, ssl_get_error, "
+              "bio_read): bursts of TLS records on an OpenSSL connection with memory BIOs",
+    .tp_methods = tls_methods,
+    .tp_new = tls_new,
+};
+
+#define CSTP_HEADER 8
+#define CSTP_MAX_PAYLOAD 16384
+
+/* CstpDecoder.feed_pairs_untrusted's loop (worker/proto/cstp.py) over a run of DATA
+ * frames: from buf[start] on, each complete frame with a valid header (magic, length
+ * at most CSTP_MAX_PAYLOAD, type DATA, zero byte 7) becomes (data_type, payload).
+ * Stops at anything else (another type, a bad header, a frame not all there) for the
+ * Python loop, which says what it is. Returns (pairs, offset reached). */
+static PyObject *cstp_data_pairs(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t start;
+    PyObject *data_type;
+    if (!PyArg_ParseTuple(args, "y*nO", &view, &start, &data_type))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t end = view.len, off = start < 0 ? 0 : start;
+    PyObject *pairs = PyList_New(0);
+    if (pairs == NULL)
+        goto failed;
+    while (end - off >= CSTP_HEADER) {
+        const unsigned char *h = buf + off;
+        Py_ssize_t length = get16(h + 4);
+        if (memcmp(h, "STF\x01", 4) != 0 || length > CSTP_MAX_PAYLOAD || h[6] != 0 || h[7] != 0 ||
+            end - off - CSTP_HEADER < length)
+            break;
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)h + CSTP_HEADER, length);
+        if (payload == NULL)
+            goto failed;
+        PyObject *pair = PyTuple_Pack(2, data_type, payload);
+        Py_DECREF(payload);
+        if (pair == NULL || PyList_Append(pairs, pair) < 0) {
+            Py_XDECREF(pair);
+            goto failed;
+        }
+        Py_DECREF(pair);
+        off += CSTP_HEADER + length;
+    }
+    PyBuffer_Release(&view);
+    PyObject *result = Py_BuildValue("Nn", pairs, off);
+    return result;
+failed:
+    Py_XDECREF(pairs);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* cstp.encode_data for each of packets (worker/proto/cstp.py encode_data_frames): the
+ * header (magic, payload length, type DATA, 0) and the packet, one bytes each. Every
+ * size is checked before any frame is built. */
+static PyObject *cstp_data_frames(PyObject *self, PyObject *packets)
+{
+    if (!PyList_Check(packets)) {
+        PyErr_SetString(PyExc_TypeError, "packets must be a list");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(packets);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *packet = PyList_GET_ITEM(packets, i);
+        if (!PyBytes_Check(packet)) {
+            PyErr_SetString(PyExc_TypeError, "packets must be bytes");
+            return NULL;
+        }
+        if (PyBytes_GET_SIZE(packet) > CSTP_MAX_PAYLOAD)
+            return PyErr_Format(PyExc_ValueError, "CSTP payload of %zd bytes exceeds %d",
+                                PyBytes_GET_SIZE(packet), CSTP_MAX_PAYLOAD);
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *packet = PyList_GET_ITEM(packets, i);
+        Py_ssize_t size = PyBytes_GET_SIZE(packet);
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, CSTP_HEADER + size);
+        if (frame == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        unsigned char *q = (unsigned char *)PyBytes_AS_STRING(frame);
+        memcpy(q, "STF\x01", 4);
+        put16(q + 4, (uint32_t)size);
+        q[6] = q[7] = 0;
+        memcpy(q + CSTP_HEADER, PyBytes_AS_STRING(packet), size);
+        PyList_SET_ITEM(out, i, frame);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"cstp_data_pairs", cstp_data_pairs, METH_VARARGS,
+     "cstp_data_pairs(buf, start, data_type) -> (pairs, offset): a run of DATA frames"},
+    {"cstp_data_frames", cstp_data_frames, METH_O,
+     "cstp_data_frames(packets) -> list[bytes]: each packet as a CSTP DATA frame"},
     {"coalesce", coalesce, METH_O,
      "coalesce(packets) -> list[bytes]: a burst from the server as tun frames"},
     {"split_mmsg", split_mmsg, METH_VARARGS,
@@ -998,12 +1329,13 @@ PyMODINIT_FUNC PyInit__accel(void)
         if (aes128gcm == NULL || aes256gcm == NULL)
             return openssl_error("fetching AES-GCM");
     }
-    if (PyType_Ready(&GcmType) < 0)
+    if (PyType_Ready(&GcmType) < 0 || PyType_Ready(&TlsRecordsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Gcm", (PyObject *)&GcmType) < 0) {
+    if (PyModule_AddObjectRef(m, "Gcm", (PyObject *)&GcmType) < 0 ||
+        PyModule_AddObjectRef(m, "TlsRecords", (PyObject *)&TlsRecordsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,6 +8,11 @@
 - DTLS AES-GCM records (worker/proto/dtls_crypto.py ``GcmProtection`` and
   ``CompiledGcmProtection``): the same records sealed, and on the receive side the
   same plaintext or the same rejection for any body, valid or mutated.
+- CSTP DATA frames (worker/proto/cstp.py ``encode_data_frames``, and runs of them read
+  by ``CstpDecoder``): the same frames, and the same error for any malformed stream.
+- TLS records in bursts (worker/io/tls.py ``TlsStream`` with and without the
+  accelerator's ``TlsRecords``): the same records written, and on the receive side the
+  same plaintext and the same ending for any cut of the stream, valid or mutated.
 
 The test environment is built with a compiler (scripts/bootstrap.sh), so the
 accelerator must be there: a build that silently fell back to Python fails here.
@@ -15,6 +20,7 @@ accelerator must be there: a build that silently fell back to Python fails here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -24,6 +30,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
+from test_fuzz_untrusted import cstp_streams
 from test_offload import (
     ACK,
     CWR,
@@ -39,9 +47,12 @@ from test_offload import (
     vnet,
 )
 from test_offload import split_frame as textbook_split
+from tls_pair import tls_pair
 
-from sepconnect.worker import accel
+from sepconnect.worker import _accel, accel
 from sepconnect.worker.io import mmsg
+from sepconnect.worker.io.tls import TlsError, TlsStream
+from sepconnect.worker.proto import cstp
 from sepconnect.worker.proto import dtls_crypto as dc
 from sepconnect.worker.proto.dtls_records import ReplayWindow, encode_record
 from sepconnect.worker.proto.offload import (
@@ -272,11 +283,25 @@ def gcm_pair(key: bytes, salt: bytes) -> tuple[dc.GcmProtection, dc.CompiledGcmP
     ctype=st.integers(0, 255),
     version=st.sampled_from([dc.DTLS1_2, dc.DTLS1_0, dc.DTLS_BAD_VER]),
     plaintexts=st.lists(st.binary(max_size=1500), max_size=8),
+    prefix=st.sampled_from([b"", b"\x00"]) | st.binary(max_size=20),
 )
 def test_both_gcms_seal_the_same_records(
-    key: bytes, salt: bytes, first: int, ctype: int, version: int, plaintexts: list[bytes]
+    key: bytes,
+    salt: bytes,
+    first: int,
+    ctype: int,
+    version: int,
+    plaintexts: list[bytes],
+    prefix: bytes,
 ) -> None:
     python, compiled = gcm_pair(key, salt)
+    # the prefix (the data channel's CSTP type byte) is sealed with each plaintext
+    assert python.seal_records(first, ctype, version, plaintexts, prefix) == python.seal_records(
+        first, ctype, version, [prefix + p for p in plaintexts]
+    )
+    assert compiled.seal_records(first, ctype, version, plaintexts, prefix) == (
+        python.seal_records(first, ctype, version, plaintexts, prefix)
+    )
     records = python.seal_records(first, ctype, version, plaintexts)
     assert compiled.seal_records(first, ctype, version, plaintexts) == records
     for i, (record, plaintext) in enumerate(zip(records, plaintexts, strict=True)):
@@ -447,3 +472,175 @@ def test_both_read_recvmmsg_messages_alike() -> None:
     finally:
         receiver.close()
         sock.close()
+
+
+# -- TLS records (worker/io/tls.py TlsStream on pyOpenSSL's connection) -----------------
+
+
+def tls_stream(path: str) -> tuple[TlsStream, SSL.Connection, socket.socket]:
+    """A TlsStream on one path ("python": pyOpenSSL's call per record; "compiled": the
+    accelerator's TlsRecords) against an in-process OpenSSL server (tls_pair)."""
+    stream, server, theirs = tls_pair(socket_buffer=1 << 22)
+    theirs.setblocking(False)
+    if path == "python":
+        stream._records = None
+    return stream, server, theirs
+
+
+def test_the_tls_burst_finds_pyopenssl_internals() -> None:
+    # accel.tls_records relies on pyOpenSSL's cffi bindings (not a public API): a
+    # release that changes them must fail here, not fall back quietly in production.
+    stream, _, theirs = tls_pair()
+    try:
+        assert isinstance(stream._records, _accel.TlsRecords)
+    finally:
+        stream.sock.close()
+        theirs.close()
+
+
+def server_records(server: SSL.Connection, theirs: socket.socket) -> list[bytes]:
+    """Every record the server can read now, one plaintext per record (OpenSSL hands
+    over one record per SSL_read when the buffer is larger)."""
+    with contextlib.suppress(BlockingIOError):
+        while data := theirs.recv(1 << 20):
+            server.bio_write(data)
+    records = []
+    with contextlib.suppress(SSL.WantReadError):
+        while True:
+            records.append(server.recv(65536))
+    return records
+
+
+def test_both_tls_paths_write_the_same_records() -> None:
+    """Bursts of frames of any size a CSTP frame has: each frame one record, in order,
+    the same on both paths (the ciphertext differs: each pair has its own keys)."""
+    sizes = [8, 9, 1408, 16384, 1, 100, 16383] + random.Random(15).choices(range(1, 16385), k=300)
+    frames = [random.Random(size).randbytes(size) for size in sizes]
+    got: dict[str, list[bytes]] = {}
+    for path in ("python", "compiled"):
+        stream, server, theirs = tls_stream(path)
+        received: list[bytes] = []
+        for start in range(0, len(frames), 37):  # bursts of 37, one send() each
+            burst = frames[start : start + 37]
+            while burst:  # what _OUT_LIMIT refused goes once the socket has taken the rest
+                del burst[: stream.send_records_nowait(burst)]
+                assert stream.flush_nowait()
+                received += server_records(server, theirs)
+        got[path] = received
+        stream.sock.close()
+        theirs.close()
+    assert got["python"] == got["compiled"] == frames
+
+
+def read_outcome(
+    stream: TlsStream, server: SSL.Connection, theirs: socket.socket, chunks: list[bytes]
+) -> tuple[bytes, str]:
+    """What the stream reads from ciphertext sent in *chunks*: the plaintext, and how it
+    ended ("open", "eof", or the TlsError)."""
+    data = b""
+    try:
+        for chunk in chunks:
+            theirs.sendall(chunk)
+            while (more := stream.recv_nowait()) is not None:
+                if not more:
+                    return data, "eof"
+                data += more
+    except TlsError as exc:
+        return data, f"error: {exc}"
+    return data, "open"
+
+
+@pytest.mark.parametrize("ending", ["open", "close_notify", "corrupt", "truncated"])
+def test_both_tls_paths_read_the_same_stream(ending: str) -> None:
+    """Records of any size from the server, cut anywhere by the socket, and the stream's
+    end (a close_notify, a corrupted record, a truncated one): the same plaintext and the
+    same ending from both paths (a bounded, deterministic fuzz)."""
+    rng = random.Random(f"tls-{ending}")
+    for _ in range(20):
+        payloads = [rng.randbytes(rng.choice([1, 8, 1408, 16384, rng.randrange(1, 16385)]))
+                    for _ in range(rng.randrange(1, 60))]  # fmt: skip
+        cuts = sorted(rng.sample(range(1, 400_000), 8))
+        mutation = rng.randrange(1 << 30)
+        outcomes = []
+        for path in ("python", "compiled"):
+            stream, server, theirs = tls_stream(path)
+            for payload in payloads:
+                server.send(payload)
+            if ending == "close_notify":
+                with contextlib.suppress(SSL.WantReadError):
+                    server.shutdown()
+            cipher = bytearray(server.bio_read(1 << 22))
+            if ending == "corrupt":
+                cipher[mutation % len(cipher)] ^= 1 + mutation % 255
+            elif ending == "truncated":
+                del cipher[len(cipher) - 1 - mutation % 40 :]
+            bounds = [0, *(c for c in cuts if c < len(cipher)), len(cipher)]
+            chunks = [bytes(cipher[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+            outcomes.append(read_outcome(stream, server, theirs, chunks))
+            stream.sock.close()
+            theirs.close()
+        assert outcomes[0] == outcomes[1]
+        if ending in ("open", "close_notify"):
+            assert outcomes[0] == (b"".join(payloads), "open" if ending == "open" else "eof")
+
+
+# -- CSTP DATA frames (worker/proto/cstp.py) -------------------------------------------
+
+
+@FUZZ
+@given(packets=st.lists(st.binary(max_size=40) | st.sampled_from([bytes(1400), bytes(16384)])))
+def test_both_encode_the_same_cstp_frames(packets: list[bytes]) -> None:
+    assert accel.cstp_data_frames is not None
+    assert cstp.encode_data_burst is accel.cstp_data_frames
+    assert accel.cstp_data_frames(packets) == cstp.encode_data_frames(packets)
+
+
+def test_both_refuse_a_payload_too_large_for_cstp() -> None:
+    assert accel.cstp_data_frames is not None
+    packets = [b"ok", bytes(cstp.MAX_PAYLOAD + 1)]
+    for encode in (accel.cstp_data_frames, cstp.encode_data_frames):
+        with pytest.raises(ValueError, match="exceeds 16384"):
+            encode(packets)
+
+
+def decoded(data: bytes, cuts: list[int]) -> tuple[list[tuple[cstp.PacketType, bytes]], str]:
+    """What a CstpDecoder makes of *data* fed in pieces cut at *cuts*: the frames, and
+    the error that ended it ("" if none), and what it still holds."""
+    decoder = cstp.CstpDecoder()
+    frames: list[tuple[cstp.PacketType, bytes]] = []
+    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
+    try:
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            frames += decoder.feed_pairs_untrusted(data[a:b])
+    except cstp.CstpError as exc:
+        return frames, f"error: {exc}"
+    return frames, f"holds {decoder.buffered}"
+
+
+def data_frame(payload: bytes) -> bytes:
+    return cstp.encode_data(payload)
+
+
+@FUZZ
+@given(
+    pieces=st.lists(
+        st.binary(max_size=40).map(data_frame)
+        | st.sampled_from([data_frame(bytes(1400)), data_frame(bytes(16384))])
+        | cstp_streams(),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 40_000), max_size=4),
+)
+def test_both_read_the_same_cstp_frames(pieces: list[bytes], cuts: list[int]) -> None:
+    """Runs of DATA frames (read in C) mixed with every other kind and with malformed
+    frames (read in Python), cut anywhere: the same frames, the same error."""
+    data = b"".join(pieces)
+    compiled_run = cstp.data_pairs
+    assert compiled_run is not None
+    compiled = decoded(data, cuts)
+    try:
+        cstp.data_pairs = None  # the Python path
+        python = decoded(data, cuts)
+    finally:
+        cstp.data_pairs = compiled_run
+    assert python == compiled

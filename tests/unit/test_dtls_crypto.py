@@ -166,3 +166,8 @@ def test_seal_records_is_seal_and_the_header_in_a_loop(prot: dc.RecordProtection
     assert [
         prot.open_untrusted(first + i, 23, 0xFEFD, r[HEADER.size :]) for i, r in enumerate(records)
     ] == plaintexts
+    with_prefix = prot.seal_records(first, 23, 0xFEFD, plaintexts, b"\x00")
+    assert [
+        prot.open_untrusted(first + i, 23, 0xFEFD, r[HEADER.size :])
+        for i, r in enumerate(with_prefix)
+    ] == [b"\x00" + p for p in plaintexts]

@@ -104,6 +104,7 @@ FUZZERS: dict[str, tuple[str, tuple[str, ...]]] = {
             "dtls_records.records_untrusted",
             "dtls_connection.DtlsConnection.receive_datagrams_untrusted",
             "dtls_connection.DtlsConnection.receive_datagrams_untrusted",
+            "dtls_connection.DtlsConnection.receive_split_untrusted",
         ),
     ),
     "test_dtls_record_protection": (
@@ -722,6 +723,7 @@ def test_dtls_datagrams_in_every_state(
     else:
         for d in datagrams:
             client.receive_datagrams_untrusted([d], pair.now)
+    client.receive_split_untrusted(datagrams, pair.now, 0)  # the data channel's call
     client.handle_timer(pair.now + 10)
     while (event := client.next_event()) is not None:
         if isinstance(event, ConnectionClosed):
@@ -765,7 +767,9 @@ def record_bursts(draw: st.DrawFn) -> tuple[int, list[bytes]]:
         seq = draw(st.integers(0, 150) | st.integers(2**48 - 70, 2**48 - 1))
         rec_epoch = epoch + 1 if kind == "epoch" else epoch
         ctype = 22 if kind == "type" else 23
-        body = sealer.seal(rec_epoch << 48 | seq, ctype, dc.DTLS1_2, draw(st.binary(max_size=64)))
+        # plaintexts that start with the data channel's type byte (0), or any other
+        plaintext = draw(st.sampled_from([b"", b"\x00", b"\x03"])) + draw(st.binary(max_size=64))
+        body = sealer.seal(rec_epoch << 48 | seq, ctype, dc.DTLS1_2, plaintext)
         data = bytearray(encode_record(ctype, dc.DTLS1_2, rec_epoch, seq, body))
         if draw(st.booleans()):
             at = draw(st.integers(0, len(data) - 1))
@@ -779,10 +783,14 @@ def record_bursts(draw: st.DrawFn) -> tuple[int, list[bytes]]:
     burst=record_bursts(),
     top=st.integers(-1, 160) | st.integers(2**48 - 100, 2**48 - 1),
     bits=st.integers(0, 2**64 - 1),
+    split=st.sampled_from([-1, 0]) | st.integers(0, 255),
 )
-def test_dtls_record_bursts(burst: tuple[int, list[bytes]], top: int, bits: int) -> None:
-    # The data channel's steady state, both implementations: the same plaintexts, the
-    # same counts, the same window afterwards (docs/performance.md: differential).
+def test_dtls_record_bursts(
+    burst: tuple[int, list[bytes]], top: int, bits: int, split: int
+) -> None:
+    # The data channel's steady state, both implementations: the same plaintexts (sorted
+    # alike by a split byte), the same counts, the same window afterwards
+    # (docs/performance.md: differential).
     epoch, datagrams = burst
     results = []
     for prot in (
@@ -792,13 +800,19 @@ def test_dtls_record_bursts(burst: tuple[int, list[bytes]], top: int, bits: int)
         window = ReplayWindow()
         window.restore(top, bits if top >= 0 else 0)
         out: list[bytes] = []
+        others: list[bytes] = []
         steps = []
         i = 0
         while i < len(datagrams):
-            step = prot.open_datagrams_untrusted(datagrams, i, epoch, window, out)
+            if split < 0:
+                step = prot.open_datagrams_untrusted(datagrams, i, epoch, window, out)
+            else:
+                step = prot.open_datagrams_untrusted(
+                    datagrams, i, epoch, window, out, split, others
+                )
             steps.append(step)
             i = step[0] + 1  # the caller's general path takes the one it stopped at
-        results.append((out, steps, window.position()))
+        results.append((out, others, steps, window.position()))
     assert results[0] == results[1]
 
 

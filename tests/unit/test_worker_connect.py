@@ -163,6 +163,7 @@ class _BrokenConnection:
 
 def test_tls_stream_tells_the_access_denied_alert_apart() -> None:
     stream = TlsStream.__new__(TlsStream)
+    stream._records = None  # the fake connections below are not OpenSSL's
     for read in (stream.recv_nowait, stream.recv_buffered):
         stream.conn = _DeniedConnection()  # type: ignore[assignment]
         with pytest.raises(AccessDenied, match="access denied"):

@@ -166,6 +166,11 @@ _OUT_LIMIT = 256 * 1024
 # One record's ciphertext (16 KiB of plaintext and the cipher's overhead) with room to
 # spare: pyOpenSSL's bio_read allocates the whole size asked for on every call.
 _RECORD_TAKE = 20 * 1024
+# Plaintext taken out of OpenSSL per read with the compiled accelerator: every record
+# it can open from what it holds, up to this much (pyOpenSSL: one record per call).
+_READ_BURST = 64 * 1024
+_SSL_ERROR_WANT_READ = 2  # SSL_get_error's values (<openssl/ssl.h>)
+_SSL_ERROR_WANT_WRITE = 3
 # What a record adds to its plaintext, at most (header, explicit IV or nonce, MAC or tag,
 # CBC padding, TLS 1.3's inner type).
 _RECORD_OVERHEAD = 256
@@ -191,6 +196,12 @@ class TlsStream:
         # exception (~3 µs in pyOpenSSL), so the data path asks only after a call
         # that can have produced some.
         self._dirty = True
+        # With the compiled accelerator, a burst of records is written or read in one C
+        # call on this connection (worker/accel.py); None: pyOpenSSL's call per record.
+        # Imported here: the worker has mapped it before its sandbox closed (main.py).
+        from sepconnect.worker import accel
+
+        self._records = accel.tls_records(conn)
         self.server_pin = ""
         """The verified certificate's ``pin-sha256:`` pin (--authenticate's FINGERPRINT)."""
 
@@ -352,7 +363,19 @@ class TlsStream:
     def recv_nowait(self) -> bytes | None:
         """Decrypted bytes, b"" on EOF, or None if nothing can be read now."""
         self._dirty = True  # reading can make OpenSSL answer (alerts, key updates)
+        records = self._records
         while True:
+            if records is not None:
+                data, code = records.read(_READ_BURST)
+                if data:
+                    return data
+                if code == _SSL_ERROR_WANT_READ:
+                    if not self._fill_nowait():
+                        return None
+                    continue
+                if code == _SSL_ERROR_WANT_WRITE:
+                    return None
+                # Anything else: pyOpenSSL's own read below says what it means.
             try:
                 return self.conn.recv(65536)
             except SSL.WantReadError:
@@ -368,6 +391,13 @@ class TlsStream:
         not read. Once this returns None, whatever is left to read is in the socket,
         where the poller sees it."""
         self._dirty = True
+        records = self._records
+        if records is not None:
+            data, code = records.read(_READ_BURST)
+            if data:
+                return data
+            if code in (_SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE):
+                return None
         try:
             return self.conn.recv(65536)
         except (SSL.WantReadError, SSL.WantWriteError):
@@ -383,6 +413,19 @@ class TlsStream:
         returns how many were taken: the rest wait until the socket has taken what is
         queued (retry them later with the same bytes)."""
         conn, out = self.conn, self._out
+        compiled = self._records
+        if compiled is not None:
+            taken, code = compiled.write_records(records, out, _OUT_LIMIT)
+            if taken == len(records) or code in (0, _SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE):
+                return taken
+            try:  # OpenSSL refused the record: pyOpenSSL's own write says why
+                conn.send(records[taken])
+            except (SSL.WantWriteError, SSL.WantReadError):
+                return taken
+            except (SSL.Error, OSError) as exc:
+                raise TlsError(f"send failed: {_describe(exc)}") from None
+            self._dirty = True
+            return taken + 1
         taken = 0
         # Ciphertext in the BIO, at most: taken out by one read per _RECORD_TAKE rather
         # than per record (each bio_read allocates the size asked for).

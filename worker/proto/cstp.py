@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from sepconnect.worker import accel
 from sepconnect.worker.proto.errors import ProtocolError
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "Frame",
     "PacketType",
     "encode_data",
+    "encode_data_burst",
+    "encode_data_frames",
     "encode_disconnect",
     "encode_frame",
 ]
@@ -110,6 +113,25 @@ def encode_data(packet: bytes) -> bytes:
     return _HEADER_PACK(MAGIC, n, 0, 0) + packet
 
 
+def encode_data_frames(packets: list[bytes]) -> list[bytes]:
+    """:func:`encode_data` for each of *packets* (the reference for the compiled
+    accelerator's ``cstp_data_frames``, which :data:`encode_data_burst` is when it is
+    built). Raises ValueError, and encodes none, if any is longer than MAX_PAYLOAD."""
+    return [encode_data(packet) for packet in packets]
+
+
+#: What CstpSession encodes a burst of tun packets with.
+encode_data_burst: Final = (
+    encode_data_frames if accel.cstp_data_frames is None else accel.cstp_data_frames
+)
+
+
+#: The compiled accelerator's reader of a run of DATA frames (None on the Python path):
+#: :meth:`CstpDecoder.feed_pairs_untrusted` hands it every run, and reads whatever it
+#: stops at itself, so errors are the Python code's (tests/unit/test_accel.py).
+data_pairs = accel.cstp_data_pairs
+
+
 def encode_disconnect(
     reason: int = DISCONNECT_USER_LOGOFF, text: str = "Client disconnect"
 ) -> bytes:
@@ -174,8 +196,14 @@ class CstpDecoder:
         end = len(buf)
         unpack = _HEADER.unpack_from
         types = _TYPES
+        data_run = data_pairs
         try:
             while end - off >= HEADER_LEN:
+                if data_run is not None:  # a run of well-formed DATA frames, in C
+                    pairs, off = data_run(buf, off, PacketType.DATA)
+                    frames += pairs
+                    if end - off < HEADER_LEN:
+                        break
                 magic, length, ptype, zero = unpack(buf, off)
                 if magic != MAGIC:
                     raise CstpError("Bad CSTP packet: wrong magic bytes")

@@ -63,6 +63,7 @@ PKT_DATA: Final = 0x00
 PKT_DPD_REQ: Final = 0x03
 PKT_DPD_RESP: Final = 0x04
 PKT_KEEPALIVE: Final = 0x07
+_DATA: Final = bytes((PKT_DATA,))
 _DPD_REQ: Final = bytes((PKT_DPD_REQ,))
 _DPD_RESP: Final = bytes((PKT_DPD_RESP,))
 _KEEPALIVE: Final = bytes((PKT_KEEPALIVE,))
@@ -234,28 +235,22 @@ class DtlsChannel:
         if conn is None:
             return []
         before = conn.records_in
-        payloads = conn.receive_datagrams_untrusted(datagrams, now)
-        packets: list[bytes] = []
+        # Data packets come without their CSTP type byte, from the record layer (no
+        # loop over them here); the other payloads as they are.
+        packets, others = conn.receive_split_untrusted(datagrams, now, PKT_DATA)
         if conn.records_in != before:  # something authenticated arrived
             self.last_rx = now
             self._unanswered_since = None
             if self.state is ChannelState.LOST:
                 self._go_up(now, restored=True)
-        rx_bytes = 0
-        for payload in payloads:
-            if not payload:
-                continue
-            kind = payload[0]
-            if kind == PKT_DATA:
-                size = len(payload) - 1
-                if size:
-                    packets.append(payload[1:])
-                    rx_bytes += size
-            elif kind == PKT_DPD_REQ:
+        for payload in others:
+            if payload and payload[0] == PKT_DPD_REQ:
                 self._send(_DPD_RESP, now, expect_answer=False)
-            # DPD_RESP, KEEPALIVE: proof of life only; others ignored (as openconnect)
-        self.rx_bytes += rx_bytes
-        self.rx_packets += len(packets)
+            # DPD_RESP, KEEPALIVE, DATA without a packet: proof of life only; others
+            # ignored (as openconnect)
+        if packets:
+            self.rx_bytes += len(packets[0]) if len(packets) == 1 else sum(map(len, packets))
+            self.rx_packets += len(packets)
         self._events_from(conn, now)
         return packets
 
@@ -279,22 +274,22 @@ class DtlsChannel:
         if self.state is not ChannelState.UP or conn is None:
             return [], packets
         limit = self.config.max_packet
-        over_cstp: list[bytes] = []
-        payloads: list[bytes] = []
-        nbytes = 0
-        for packet in packets:
-            size = len(packet)
-            if size > limit:
-                over_cstp.append(packet)
-            else:
-                payloads.append(b"\x00" + packet)
-                nbytes += size
-        datagrams = conn.seal_data(payloads)
+        # No loop over the packets in Python: the CSTP type byte is sealed with each
+        # (seal_data's prefix), and sizes are looked at by map() in C (a lone packet,
+        # an interactive flow's, without it: each map() is an object to make).
+        nbytes = len(packets[0]) if len(packets) == 1 else sum(map(len, packets))
+        if nbytes <= limit or max(map(len, packets)) <= limit:  # the common case: all fit
+            payloads, over_cstp = packets, []
+        else:
+            payloads = [p for p in packets if len(p) <= limit]
+            over_cstp = [p for p in packets if len(p) > limit]
+            nbytes = sum(map(len, payloads))
+        datagrams = conn.seal_data(payloads, _DATA)
         sent = len(datagrams)
         if sent < len(payloads):  # the sequence numbers ran out: the connection failed
-            unsent = [p[1:] for p in payloads[sent:]]
-            nbytes -= sum(map(len, unsent))
-            over_cstp += unsent
+            over_cstp += payloads[sent:]
+            payloads = payloads[:sent]
+            nbytes = sum(map(len, payloads))
             self._events_from(conn, now)  # not UP any more
         if sent:
             self.tx_packets += sent

@@ -67,6 +67,7 @@ from sepconnect.worker.proto.dtls_crypto import (
     make_protection,
     master_secret,
     psk_premaster,
+    split_plaintext,
     verify_data,
 )
 from sepconnect.worker.proto.dtls_handshake import (
@@ -359,10 +360,11 @@ class DtlsConnection:
 
     # ------------------------------------------------------------------ data (hot path)
 
-    def seal_data(self, payloads: list[bytes]) -> list[bytes]:
-        """Datagrams carrying *payloads* as application data, one record each, in order
-        (established only). Fewer come back only when the sequence numbers ran out: the
-        connection has then failed (:class:`ConnectionClosed`)."""
+    def seal_data(self, payloads: list[bytes], prefix: bytes = b"") -> list[bytes]:
+        """Datagrams carrying *prefix* + each of *payloads* as application data, one
+        record each, in order (established only). Fewer come back only when the
+        sequence numbers ran out: the connection has then failed
+        (:class:`ConnectionClosed`)."""
         prot = self._write_prot[1]
         if self.state is not State.ESTABLISHED or prot is None:
             raise RuntimeError("DTLS connection not established")
@@ -370,11 +372,11 @@ class DtlsConnection:
         count = len(payloads)
         if seq + count > 2**48:
             room = 2**48 - seq
-            out = self.seal_data(payloads[:room]) if room else []
+            out = self.seal_data(payloads[:room], prefix) if room else []
             self._fail(SequenceExhausted("DTLS sequence numbers exhausted"))
             return out
         self._write_seq[1] = seq + count
-        return prot.seal_records(1 << 48 | seq, _APP, self.version, payloads)
+        return prot.seal_records(1 << 48 | seq, _APP, self.version, payloads, prefix)
 
     @property
     def has_output(self) -> bool:
@@ -406,22 +408,37 @@ class DtlsConnection:
         time by the read protection's :meth:`RecordProtection.open_datagrams_untrusted`
         (in C with the compiled accelerator); everything else goes through
         :meth:`_receive_records` and :meth:`_open`. Both check the same replay window."""
+        return self.receive_split_untrusted(datagrams, now, -1)[0]
+
+    def receive_split_untrusted(
+        self, datagrams: list[bytes], now: float, split: int
+    ) -> tuple[list[bytes], list[bytes]]:
+        """As :meth:`receive_datagrams_untrusted`, the payloads sorted by their first
+        byte (dtls_crypto.split_plaintext): those that start with *split* without it,
+        then the others as they are. A *split* of -1 puts every payload in the first."""
         out: list[bytes] = []
+        others: list[bytes] = []
         i, end = 0, len(datagrams)
         while i < end:
             prot = self._read_prot
             if prot is not None and self.state is State.ESTABLISHED:
                 i, accepted, replays, bad = prot.open_datagrams_untrusted(
-                    datagrams, i, self._read_epoch, self._replay, out
+                    datagrams, i, self._read_epoch, self._replay, out, split, others
                 )
                 self.records_in += accepted
                 self.replays_dropped += replays
                 self.bad_records += bad
                 if i == end:
                     break
-            self._receive_records(datagrams[i], now, out)  # may change the state
+            if split < 0:
+                self._receive_records(datagrams[i], now, out)  # may change the state
+            else:
+                payloads: list[bytes] = []
+                self._receive_records(datagrams[i], now, payloads)
+                for payload in payloads:
+                    split_plaintext(payload, split, out, others)
             i += 1
-        return out
+        return out, others
 
     def _open(
         self,
