@@ -91,9 +91,21 @@ def _decrypting(load: KeyLoader, data: bytes, password: str | None) -> PrivateKe
             return load(data, None)  # "Password was given but ... is not encrypted"
     except ValueError as exc:
         reason = str(exc).split("\n")[0]
-        if secret is not None and ("decrypt" in reason.lower() or "password" in reason.lower()):
+        if secret is not None and _encrypted(load, data):
+            # About one wrong password in 250 decrypts to valid padding, and the error
+            # is then the DER parser's, not "Incorrect password".
             raise ClientCertError("the key password is wrong (or the key is damaged)") from None
         raise ClientCertError(f"the key cannot be read: {reason[:200]}") from None
+
+
+def _encrypted(load: KeyLoader, data: bytes) -> bool:
+    try:
+        load(data, None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        return True
+    except ValueError:
+        return False
+    return False
 
 
 def _key_from(data: bytes, password: str | None, what: str) -> PrivateKeyTypes:

@@ -128,6 +128,15 @@ def test_refusals() -> None:
         load_client_credential(b"\x30\x03\x02\x01\x00", None, None)
 
 
+def test_every_wrong_password_is_called_wrong() -> None:
+    # A wrong password decrypts to valid padding about once in 250 tries; the DER
+    # parser's error must not then reach the user as "cannot be read".
+    encrypted = _key(EC_KEY, Encoding.PEM, PrivateFormat.PKCS8, PASSWORD)
+    for attempt in range(1500):
+        with pytest.raises(ClientCertError, match="password is wrong"):
+            load_client_credential(EC_CERT.public_bytes(Encoding.PEM), encrypted, f"no{attempt}")
+
+
 def test_gnutls_ec_key_with_a_leading_zero_byte() -> None:
     # certtool writes P-256's scalar as 33 bytes (0x00 first) when its top bit is set.
     while True:
