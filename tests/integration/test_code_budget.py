@@ -66,8 +66,8 @@ def traced(lab: Lab, *args: str) -> dict[int, Process]:
         if client.proc.poll() is None:
             client.proc.send_signal(signal.SIGKILL)  # strace: the one process we started
             client.proc.wait()
-    if "SEPCONNECT_TEST_KEEP_TRACES" in os.environ:  # for `python3 tests/codelines.py TRACE`
-        shutil.copy(trace, os.environ["SEPCONNECT_TEST_KEEP_TRACES"])
+    if "SEPCONNECT_TEST_KEEP_TRACES" in os.environ:  # a directory, for `codelines.py TRACE`
+        shutil.copy(trace, Path(os.environ["SEPCONNECT_TEST_KEEP_TRACES"], trace.name))
     return trace_session(trace.read_text())
 
 
