@@ -72,14 +72,8 @@ _FORBIDDEN: Final[tuple[tuple[Network, str], ...]] = tuple(
     )
 )
 
-DEFAULT_ROUTES: Final[MappingProxyType[Network, tuple[Network, Network]]] = MappingProxyType(
-    {
-        ipaddress.ip_network(whole): (ipaddress.ip_network(low), ipaddress.ip_network(high))
-        for whole, low, high in (
-            ("0.0.0.0/0", "0.0.0.0/1", "128.0.0.0/1"),
-            ("::/0", "::/1", "8000::/1"),
-        )
-    }
+DEFAULT_ROUTES: Final[MappingProxyType[Network, tuple[Network, ...]]] = MappingProxyType(
+    {whole: tuple(whole.subnets()) for whole in map(ipaddress.ip_network, ("0.0.0.0/0", "::/0"))}
 )
 """The only /0 prefixes allowed, in ``routes`` only, and the two halves each is
 installed as: more specific than any default route, so the host's own default
