@@ -243,14 +243,10 @@ class Host(Protocol):
         """Remove everything installed and close the tun."""
 
 
-Handler = Callable[[Host, Any], Reply]
-"""A request's handler: it takes the message type its row of :data:`POLICY` names."""
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rule:
-    handler: Handler
-    phases: frozenset[Phase]
+    handler: Callable[[Host, Any], Reply]  # takes the message type its row names
+    phases: tuple[Phase, ...]  # the phases in which the request is permitted
     once: bool = False
     then: Phase | None = None  # the phase after the handler succeeds
 
@@ -287,13 +283,11 @@ def on_teardown(host: Host, req: msgs.Teardown) -> Reply:
 
 POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
     {
-        msgs.Hello: Rule(on_hello, frozenset({Phase.NEW}), once=True, then=Phase.READY),
-        msgs.CreateTun: Rule(on_create_tun, frozenset({Phase.READY}), once=True, then=Phase.TUN_UP),
-        msgs.NetConfig: Rule(on_net_config, frozenset({Phase.TUN_UP})),
-        msgs.ScriptEvent: Rule(on_script_event, frozenset({Phase.TUN_UP})),
-        msgs.Teardown: Rule(
-            on_teardown, frozenset({Phase.READY, Phase.TUN_UP}), once=True, then=Phase.CLOSED
-        ),
+        msgs.Hello: Rule(on_hello, (Phase.NEW,), once=True, then=Phase.READY),
+        msgs.CreateTun: Rule(on_create_tun, (Phase.READY,), once=True, then=Phase.TUN_UP),
+        msgs.NetConfig: Rule(on_net_config, (Phase.TUN_UP,)),
+        msgs.ScriptEvent: Rule(on_script_event, (Phase.TUN_UP,)),
+        msgs.Teardown: Rule(on_teardown, (Phase.READY, Phase.TUN_UP), once=True, then=Phase.CLOSED),
     }
 )
 """Every request the helper executes. Anything else is a protocol violation.
