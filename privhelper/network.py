@@ -301,26 +301,24 @@ class Netlink:
         msg = _rt.rtmsg()
         msg["family"], msg["dst_len"] = _family(dst.version), dst.max_prefixlen
         msg["table"], msg["attrs"] = RT_TABLE_MAIN, [("RTA_DST", str(dst))]
+        what = f"route lookup of {dst}"
         try:
             (reply,) = self._request(msg, _GETROUTE, _ACK)
             # Our routes cover it already (a prefix first looked up once the tunnel was
             # up): the path without them, from table main: longest prefix, lowest metric.
             candidates = self.dump(dst.version) if _oif(reply) == avoid else [reply]
         except NetlinkError as exc:
-            raise KernelError(f"route lookup of {dst}: {os.strerror(exc.code)}", exc.code) from None
+            raise KernelError(f"{what}: {os.strerror(exc.code)}", exc.code) from None
         if not _unicast(reply):
-            why = f"no usable unicast path (type {int(reply['type'])})"
-            raise KernelError(f"route lookup of {dst}: {why}", errno.ENETUNREACH)
+            kind = int(reply["type"])
+            raise KernelError(f"{what}: no usable unicast path (type {kind})", errno.ENETUNREACH)
         paths = [r for r in candidates if _unicast(r) and _oif(r) != avoid and _holds(r, dst)]
         if not paths:
-            raise KernelError(
-                f"route lookup of {dst}: no route outside the tunnel", errno.ENETUNREACH
-            )
+            raise KernelError(f"{what}: no route outside the tunnel", errno.ENETUNREACH)
         best = max(paths, key=lambda r: (int(r["dst_len"]), -int(r.get("RTA_PRIORITY") or 0)))
         gateway = best.get("RTA_GATEWAY")
-        return Route(
-            net, _oif(best), None if gateway is None else ipaddress.ip_address(str(gateway))
-        )
+        gateway = None if gateway is None else ipaddress.ip_address(str(gateway))
+        return Route(net, _oif(best), gateway)
 
     def dump(self, version: int) -> list[Any]:
         """Table main's routes of one family that are not ours (NetlinkError on failure)."""
@@ -339,11 +337,10 @@ class Netlink:
         except NetlinkError:
             return []
         found: list[str] = []
+        ours = (str(route.dst.network_address), route.dst.prefixlen)
         for other in others:
             metric, oif = int(other.get("RTA_PRIORITY") or 0), _oif(other)
-            same = int(other["dst_len"]) == route.dst.prefixlen and _holds(
-                other, route.dst.network_address
-            )
+            same = (str(other.get("RTA_DST")), int(other["dst_len"])) == ours
             if same and metric <= METRIC and oif != route.oif:
                 found.append(f"{route.dst} metric {metric} oif {oif}")
         return found
