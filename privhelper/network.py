@@ -329,20 +329,23 @@ class Netlink:
         main = [r for r in routes if int(r.get("RTA_TABLE") or r["table"]) == RT_TABLE_MAIN]
         return [r for r in main if int(r["proto"]) != RTPROT_SEPCONNECT]
 
-    def competing(self, route: Route) -> list[str]:
-        """Other routes with the same prefix and a metric not above ours (none if the
-        routes cannot be read: this only feeds an audit record)."""
+    def competing(self, routes: Iterable[Route]) -> list[str]:
+        """Why each route of the host's with the prefix of one of ``routes`` and a metric
+        not above ours may win (one dump per family; nothing if the routes cannot be read:
+        this only feeds audit records)."""
+        ours = {(str(r.dst.network_address), r.dst.prefixlen): r for r in routes}
+        versions = sorted({r.dst.version for r in ours.values()})
         try:
-            others = self.dump(route.dst.version)
+            others = [other for version in versions for other in self.dump(version)]
         except NetlinkError:
             return []
+        why = f"a route with a lower or equal metric than ours ({METRIC}) exists and may win"
         found: list[str] = []
-        ours = (str(route.dst.network_address), route.dst.prefixlen)
         for other in others:
             metric, oif = int(other.get("RTA_PRIORITY") or 0), _oif(other)
-            same = (str(other.get("RTA_DST")), int(other["dst_len"])) == ours
-            if same and metric <= METRIC and oif != route.oif:
-                found.append(f"{route.dst} metric {metric} oif {oif}")
+            route = ours.get((str(other.get("RTA_DST")), int(other["dst_len"])))
+            if route is not None and metric <= METRIC and oif != route.oif:
+                found.append(f"{route.dst}: {why}: {route.dst} metric {metric} oif {oif}")
         return found
 
     def apply(self, op: Op, ifindex: int) -> None:
@@ -607,10 +610,8 @@ class Helper:
         before, ifindex = self.router.state.routes, self.router.ifindex
         self.router.configure(routed)
         added = _in_order(self.router.state.routes - before, ifindex, bypass_first=False)
-        for route in (r for r in added if r.oif == ifindex):
-            for other in self.netlink.competing(route):
-                why = f"a route with a lower or equal metric than ours ({METRIC}) exists"
-                self.audit.record("conflict", "info", f"{route.dst}: {why} and may win: {other}")
+        for conflict in self.netlink.competing(r for r in added if r.oif == ifindex):
+            self.audit.record("conflict", "info", conflict)
         bypass = sorted((r for r in self.router.state.routes if r.oif != ifindex), key=str)
         self.save(bypass=[_record(r) for r in bypass])
         if self.dns is not None:
