@@ -147,13 +147,6 @@ def _sorted(nets: Iterable[Network]) -> tuple[Network, ...]:
     return tuple(sorted(set(nets), key=lambda n: (n.version, n)))
 
 
-def check_gateway(net: NetworkConfig, fixed: Address) -> None:
-    """The configuration names the VPN server's address the helper was given in Hello:
-    what is routed around the tunnel is not the worker's or the server's choice."""
-    if net.gateway != fixed:
-        raise Refusal(f"gateway {net.gateway}: not the VPN server's address {fixed}")
-
-
 def check_net_config(net: NetworkConfig) -> NetworkConfig:
     """Apply every value rule; raise :class:`Refusal` on the first one broken.
 
@@ -265,7 +258,10 @@ def on_create_tun(host: Host, req: msgs.CreateTun) -> Reply:
 def on_net_config(host: Host, req: msgs.NetConfig) -> Reply:
     if host.gateway is None:  # only a mistake in POLICY can get here: Hello comes first
         raise ProtocolViolation("net_config before hello")
-    check_gateway(req.net, host.gateway)
+    # The VPN server's address is the one Hello gave: what is routed around the tunnel is
+    # not the worker's or the server's choice.
+    if req.net.gateway != host.gateway:
+        raise Refusal(f"gateway {req.net.gateway}: not the VPN server's address {host.gateway}")
     left_out = host.net_config(check_net_config(req.net))
     notes = tuple(msgs.LeftOut(prefix=p, reason=r[:200]) for p, r in left_out.items())
     return msgs.NetApplied(seq=req.seq, left_out=notes), None
