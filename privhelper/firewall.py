@@ -18,7 +18,7 @@ addresses and prefixes) and loaded by the root script runner with ``nft -f -``
 as one transaction that replaces the table atomically; it is deleted on
 disconnect. pyroute2's nftables support is too low-level to express this
 reviewably, hence ``nft``. After a crash the table stays (traffic stays blocked:
-fail closed) until the next helper start removes it (state.py).
+fail closed) until the next helper start removes it (recovery.py).
 
 Worker restarts need nothing from here: the helper keeps the tun and its routes
 while a worker is replaced, so packets for the tunnel queue or drop in the tun
