@@ -449,8 +449,7 @@ class Router:
     """The tunnel's network state: what we installed, and the original paths."""
 
     def __init__(self, kernel: Netlink, ifindex: int, mtu: int) -> None:
-        self.kernel = kernel
-        self.ifindex = ifindex
+        self.kernel, self.ifindex = kernel, ifindex
         self.state = State(Link(mtu))
         self.paths: dict[Network, Route] = {}
         """Each bypass prefix's route, from its path before we first covered it."""
@@ -490,11 +489,12 @@ class Router:
         plan = diff(self.state, target(wanted, self.ifindex, self.paths), self.ifindex)
         for done, op in enumerate(plan):
             try:
-                self._do(op)
+                self.kernel.apply(op, self.ifindex)
             except KernelError as exc:
                 failed = self._run(map(inverse, reversed(plan[:done])), gone=())
                 note = "ROLLBACK INCOMPLETE" if failed else "nothing was changed"
                 raise Refusal(f"{exc} ({note})") from None
+            self.state = after(self.state, op)
         return plan
 
     def clear(self) -> list[str]:
@@ -506,17 +506,13 @@ class Router:
         errors: list[str] = []
         for op in ops:
             try:
-                self._do(op)
+                self.kernel.apply(op, self.ifindex)
             except KernelError as exc:
                 if exc.code not in gone:
                     errors.append(str(exc))
                     continue
-                self.state = after(self.state, op)
+            self.state = after(self.state, op)
         return errors
-
-    def _do(self, op: Op) -> None:
-        self.kernel.apply(op, self.ifindex)
-        self.state = after(self.state, op)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -605,11 +601,11 @@ class Helper:
                 self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
         if self.kill_switch is not None:
             self.kill_switch.apply(wanted, self.tun.name)
-        no_routes = self.options.no_routes
+        no_routes = self.options.no_routes  # the addresses and MTU only
         routed = dataclasses.replace(wanted, routes=(), exclude=()) if no_routes else wanted
         before, ifindex = self.router.state.routes, self.router.ifindex
         self.router.configure(routed)
-        added = _in_order(self.router.state.routes - before, ifindex, bypass_first=False)
+        added = self.router.state.routes - before
         for conflict in self.netlink.competing(r for r in added if r.oif == ifindex):
             self.audit.record("conflict", "info", conflict)
         bypass = sorted((r for r in self.router.state.routes if r.oif != ifindex), key=str)
