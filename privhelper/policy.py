@@ -155,17 +155,16 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     equal values), DNS servers and domains in their order (a preference) without
     duplicates, domains lower-case without a trailing dot.
     """
+    gateway = check_unicast(net.gateway, "gateway")
     for iface in net.addresses:
         check_interface(iface)
+        if gateway in iface.network:
+            raise Refusal(f"gateway {gateway}: inside the tunnel's own subnet {iface.network}")
     families = {iface.version for iface in net.addresses}
     if not families:
         raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
     if 6 in families and net.mtu < IPV6_MIN_MTU:
         raise Refusal(f"mtu {net.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
-    gateway = check_unicast(net.gateway, "gateway")
-    for iface in net.addresses:
-        if gateway in iface.network:
-            raise Refusal(f"gateway {gateway}: inside the tunnel's own subnet {iface.network}")
     if len(net.routes) > MAX_ROUTES or len(net.exclude) > MAX_ROUTES:
         raise Refusal(f"too many routes: at most {MAX_ROUTES} routes and {MAX_ROUTES} excludes")
     routes: list[Network] = []
