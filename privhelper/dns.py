@@ -241,6 +241,24 @@ def backend(name: BackendName, ifname: str, ifindex: int, root: RunnerClient | N
     return RootDns(name, ifname, root)
 
 
+class Resolver:
+    """``--dns-backend`` for one session (network.Helper): the backend, set up for the
+    tun at the first configuration, after its routes."""
+
+    def __init__(self, name: BackendName, root: RunnerClient | None) -> None:
+        self.name = name
+        self.root = root
+        self.backend: Backend | None = None
+
+    def apply(self, wanted: NetworkConfig, ifname: str, ifindex: int) -> None:
+        if self.backend is None:
+            self.backend = backend(self.name, ifname, ifindex, self.root)
+        self.backend.apply(Dns.of(wanted))
+
+    def revert(self) -> list[str]:
+        return [] if self.backend is None else self.backend.revert()
+
+
 # ---------------------------------------------------------------------------
 
 

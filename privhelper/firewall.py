@@ -18,7 +18,7 @@ addresses and prefixes) and loaded by the root script runner with ``nft -f -``
 as one transaction that replaces the table atomically; it is deleted on
 disconnect. pyroute2's nftables support is too low-level to express this
 reviewably, hence ``nft``. After a crash the table stays (traffic stays blocked:
-fail closed) until the next helper start removes it (state.py).
+fail closed) until the next helper start removes it (recovery.py).
 
 Worker restarts need nothing from here: the helper keeps the tun and its routes
 while a worker is replaced, so packets for the tunnel queue or drop in the tun
@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.runner_messages import RunNft
@@ -124,3 +125,48 @@ def recover(nft: RunnerClient | None, table: str, note: Callable[[Result, str], 
     result: Result = "ok" if ran.status == 0 else "info"
     note(result, f"deleted fail-closed table {table}: status {ran.status}")
     return True
+
+
+class KillSwitch:
+    """``--fail-closed`` for one session (network.Helper): the rule on what a server may
+    exclude, and our table from the first configuration to the cleanup."""
+
+    def __init__(
+        self,
+        nft: RunnerClient | None,
+        audit: Audit,
+        allowed: tuple[Network, ...],
+        save: Callable[..., Any],
+    ) -> None:
+        self.nft, self.audit, self.allowed = nft, audit, allowed
+        self.save = save  # the helper's state file: the table outlives a crash
+        self.table: str | None = None
+
+    def check(self, wanted: NetworkConfig) -> None:
+        """A server may exclude only private or link-local space from the tunnel (a LAN,
+        a printer), or what root allowed with --allow-exclude: four /2 excludes would
+        otherwise turn the kill switch into pass-all."""
+        for prefix in wanted.exclude:
+            first, last = prefix.network_address, prefix.broadcast_address
+            if prefix.is_private or any(first in a and last in a for a in self.allowed):
+                continue
+            raise Refusal(
+                f"exclude {prefix}: --fail-closed lets a server exclude only private space "
+                f"(allow more with --allow-exclude {prefix})"
+            )
+
+    def apply(self, wanted: NetworkConfig, ifname: str) -> None:
+        """Load the table for ``wanted`` (its excludes those the host routes outside the
+        tunnel), before the routes change."""
+        first = self.table is None
+        self.table = apply(self.nft, ifname, wanted, self.audit)
+        if first:
+            self.save(firewall=self.table)
+
+    def delete(self) -> list[str]:
+        """Delete the table, last at the cleanup; the errors."""
+        if self.table is None or self.nft is None:
+            return []
+        errors = delete(self.nft, self.table)
+        self.table = None
+        return errors

@@ -42,17 +42,11 @@ sender, a reply to another request, a truncated datagram or a malformed message 
 NetlinkError (EPROTO) instead of being interpreted.
 
 :class:`Helper` is :class:`policy.Host`: the tun, its routes, and the optional parts,
-imported only when root's options ask for them: the resolver backend (dns.py), the
-fail-closed table (firewall.py, through the nft runner), the vpnc-script (script.py,
-run by the root runner). With ``--script PATH`` the script configures the tunnel, as
-under openconnect: ``pre-init`` before the tun, ``connect`` for the first NetConfig (and
-again after a ``disconnect`` when a later one differs), ``attempt-reconnect`` and
-``reconnect`` (ScriptEvent), ``disconnect`` at teardown. Scripts never fail open: a
-configuration whose environment the runner would not take is refused before any script
-runs, and a ``connect`` or ``reconnect`` that cannot start or exits non-zero is refused
-(``connect`` after running ``disconnect``), which ends the session. What the helper
-installed outside its tun goes to its state file (process/statefile.py), for the next
-start to undo after a crash (recovery.py).
+each imported only when root's option asks for it and carrying its own rules: the
+resolver (dns.Resolver), the kill switch (firewall.KillSwitch, through the nft runner),
+the vpnc-script, which then configures the tunnel instead of the router (script.Script,
+run by the root runner). What the helper installed outside its tun goes to its state
+file (process/statefile.py), for the next start to undo after a crash (recovery.py).
 """
 
 from __future__ import annotations
@@ -68,17 +62,17 @@ import struct
 import sys
 from collections.abc import Iterable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.privhelper import audit as _audit
-from sepconnect.privhelper import policy
 from sepconnect.privhelper.policy import Address, Interface, Network, Refusal
 from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process import statefile
 
 if TYPE_CHECKING:
-    from sepconnect.privhelper.dns import Backend, BackendName
+    from sepconnect.privhelper.dns import BackendName, Resolver
+    from sepconnect.privhelper.firewall import KillSwitch
     from sepconnect.privhelper.script import Script
     from sepconnect.process.runner import RunnerClient
 
@@ -132,7 +126,8 @@ _GONE: Final = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNO
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route:
-    """One route we install: ``dst`` via ``oif`` (and ``gateway``, if any)."""
+    """One route we install: ``dst`` via ``oif`` (and ``gateway``, if any). A bypass
+    route is the path ``route get`` reported for its prefix before the tunnel."""
 
     dst: Network
     oif: int
@@ -144,24 +139,23 @@ class Route:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Path:
-    """Where the host sent a destination before the tunnel: ``route get``'s answer."""
+class Link:
+    """The tun's MTU and whether it is up."""
 
-    oif: int
-    gateway: Address | None
+    mtu: int
+    up: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class State:
     """What is installed (or wanted), as far as the helper is concerned."""
 
-    mtu: int | None = None
-    up: bool = False
+    link: Link
     addresses: frozenset[Interface] = frozenset()
     routes: frozenset[Route] = frozenset()
 
 
-# The operations a plan is made of; each knows its inverse, for rollback.
+# The two operations a plan is made of; each has an inverse, for rollback.
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,49 +171,35 @@ class Change:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SetMtu:
-    mtu: int
-    previous: int | None
+class SetLink:
+    """Set the tun's MTU and up state to ``link`` (from ``previous``)."""
+
+    link: Link
+    previous: Link
 
     def __str__(self) -> str:
-        return f"set mtu {self.mtu}"
+        return f"set link mtu {self.link.mtu} {'up' if self.link.up else 'down'}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SetUp:
-    up: bool
-
-    def __str__(self) -> str:
-        return f"set link {'up' if self.up else 'down'}"
-
-
-Op = Change | SetMtu | SetUp
+Op = Change | SetLink
 Plan = tuple[Op, ...]
 
 
-def inverse(op: Op) -> Op | None:
-    """The operation undoing ``op`` (None: nothing to undo)."""
-    if isinstance(op, Change):
-        return Change(not op.add, op.item)
-    if isinstance(op, SetUp):
-        return SetUp(not op.up)
-    return None if op.previous is None else SetMtu(op.previous, op.mtu)
+def inverse(op: Op) -> Op:
+    if isinstance(op, SetLink):
+        return SetLink(op.previous, op.link)
+    return Change(not op.add, op.item)
 
 
 def after(state: State, op: Op) -> State:
     """The state once ``op`` has been done."""
-    if isinstance(op, SetMtu):
-        return dataclasses.replace(state, mtu=op.mtu)
-    if isinstance(op, SetUp):
-        return dataclasses.replace(state, up=op.up)
-    field = "routes" if isinstance(op.item, Route) else "addresses"
-    items = getattr(state, field)
-    return dataclasses.replace(state, **{field: items | {op.item} if op.add else items - {op.item}})
-
-
-def _covered(net: Network, routes: Iterable[Network]) -> bool:
-    first, last = net.network_address, net.broadcast_address
-    return any(net.version == r.version and first in r and last in r for r in routes)
+    if isinstance(op, SetLink):
+        return dataclasses.replace(state, link=op.link)
+    if isinstance(op.item, Route):
+        routes = state.routes | {op.item} if op.add else state.routes - {op.item}
+        return dataclasses.replace(state, routes=routes)
+    addresses = state.addresses | {op.item} if op.add else state.addresses - {op.item}
+    return dataclasses.replace(state, addresses=addresses)
 
 
 def bypass_needed(wanted: NetworkConfig) -> tuple[Network, ...]:
@@ -229,17 +209,23 @@ def bypass_needed(wanted: NetworkConfig) -> tuple[Network, ...]:
     return tuple(dict.fromkeys(n for n in candidates if _covered(n, wanted.routes)))
 
 
-def target(wanted: NetworkConfig, ifindex: int, paths: Mapping[Network, Path]) -> State:
-    """The exact state for ``wanted``; ``paths`` holds every prefix of bypass_needed."""
+def _covered(net: Network, routes: Iterable[Network]) -> bool:
+    first, last = net.network_address, net.broadcast_address
+    return any(net.version == r.version and first in r and last in r for r in routes)
+
+
+def target(wanted: NetworkConfig, ifindex: int, paths: Mapping[Network, Route]) -> State:
+    """The exact state for ``wanted``; ``paths`` holds the bypass route of every prefix
+    of bypass_needed."""
     routes = {Route(net, ifindex) for net in wanted.routes}
-    routes |= {Route(net, paths[net].oif, paths[net].gateway) for net in bypass_needed(wanted)}
-    return State(wanted.mtu, True, frozenset(wanted.addresses), frozenset(routes))
+    routes |= {paths[net] for net in bypass_needed(wanted)}
+    return State(Link(wanted.mtu, True), frozenset(wanted.addresses), frozenset(routes))
 
 
-def _tun_routes(routes: Iterable[Route], ifindex: int, tun: bool = True) -> list[Route]:
-    """Routes through the tun (or, ``tun=False``, the bypass routes), in a stable order."""
-    chosen = (r for r in routes if (r.oif == ifindex and r.gateway is None) == tun)
-    return sorted(chosen, key=lambda r: (r.dst.version, r.dst.network_address, r.dst.prefixlen))
+def _in_order(routes: Iterable[Route], ifindex: int, *, bypass_first: bool) -> list[Route]:
+    """The one ordering rule of routes: bypass routes before the tun routes that cover
+    them when adding, after them when deleting; by address within each."""
+    return sorted(routes, key=lambda r: ((r.oif == ifindex) == bypass_first, r.dst.version, r.dst))
 
 
 def diff(have: State, want: State, ifindex: int) -> Plan:
@@ -252,57 +238,37 @@ def diff(have: State, want: State, ifindex: int) -> Plan:
     our IPv4 tun routes are deleted before it and added back after, because the kernel
     flushes a device's IPv4 routes with its last IPv4 address.
     """
-    plan: list[Op] = []
-    if want.mtu is not None and want.mtu != have.mtu:
-        plan.append(SetMtu(want.mtu, have.mtu))
-    if want.up and not have.up:
-        plan.append(SetUp(True))
+    plan: list[Op] = [] if want.link == have.link else [SetLink(want.link, have.link)]
     routes = have.routes
     old_v4 = {a for a in have.addresses if a.version == 4}
     if old_v4 and old_v4 != {a for a in want.addresses if a.version == 4}:
-        flushed = [r for r in _tun_routes(have.routes, ifindex) if r.dst.version == 4]
-        plan += [Change(False, r) for r in flushed]
-        routes = have.routes - set(flushed)
+        flushed = {r for r in have.routes if r.oif == ifindex and r.dst.version == 4}
+        plan += [Change(False, r) for r in _in_order(flushed, ifindex, bypass_first=False)]
+        routes -= flushed
     plan += [Change(False, a) for a in sorted(have.addresses - want.addresses, key=str)]
     plan += [Change(True, a) for a in sorted(want.addresses - have.addresses, key=str)]
-    new, stale = want.routes - routes, routes - want.routes
-    plan += [Change(True, r) for r in _tun_routes(new, ifindex, tun=False)]
-    plan += [Change(True, r) for r in _tun_routes(new, ifindex)]
-    plan += [Change(False, r) for r in _tun_routes(stale, ifindex)]
-    return (*plan, *(Change(False, r) for r in _tun_routes(stale, ifindex, tun=False)))
+    plan += [Change(True, r) for r in _in_order(want.routes - routes, ifindex, bypass_first=True)]
+    stale = _in_order(routes - want.routes, ifindex, bypass_first=False)
+    return (*plan, *(Change(False, r) for r in stale))
 
 
 def teardown_plan(have: State, ifindex: int) -> Plan:
     """Remove everything we installed: tun routes, bypass routes, addresses."""
-    routes = _tun_routes(have.routes, ifindex) + _tun_routes(have.routes, ifindex, tun=False)
+    routes = _in_order(have.routes, ifindex, bypass_first=False)
     return tuple(Change(False, x) for x in (*routes, *sorted(have.addresses, key=str)))
 
 
 class KernelError(Refusal):
-    """The kernel refused an operation; ``code`` is its errno."""
+    """The kernel refused an operation or a route lookup; ``code`` is its errno."""
 
     def __init__(self, reason: str, code: int) -> None:
         super().__init__(reason)
         self.code = code
 
 
-class KernelLookupError(Refusal):
-    """The host has no usable path to an address (``ip route get`` failed or found none)."""
-
-
-class Kernel(Protocol):
-    """What the router needs of the system (:class:`Netlink`; a fake in unit tests)."""
-
-    def route_get(self, dst: Address, *, avoid: int) -> Path:
-        """The host's path to ``dst`` outside ``avoid`` (our tun), or KernelLookupError."""
-
-    def apply(self, op: Op, ifindex: int) -> None:
-        """Do one operation; KernelError (the kernel's errno) on failure."""
-
-
 class Netlink:
-    """:class:`Kernel` over one NETLINK_ROUTE socket, opened before the seccomp filter
-    (``socket``/``bind``); afterwards only ``sendto``/``recvfrom`` on it."""
+    """The rtnetlink client over one NETLINK_ROUTE socket, opened before the seccomp
+    filter (``socket``/``bind``); afterwards only ``sendto``/``recvfrom`` on it."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
@@ -323,94 +289,90 @@ class Netlink:
         msg = ifinfmsg()
         msg["attrs"] = [("IFLA_IFNAME", ifname)]
         try:
-            found = self._request(msg, _GETLINK, _ACK, ifinfmsg)
-        except NetlinkError:
-            found = []
-        if len(found) != 1:
-            raise Refusal(f"interface {ifname}: not found after creation")
-        return int(found[0]["index"])
+            (found,) = self._request(msg, _GETLINK, _ACK)
+        except (NetlinkError, ValueError):
+            raise Refusal(f"interface {ifname}: not found after creation") from None
+        return int(found["index"])
 
-    def route_get(self, dst: Address, *, avoid: int) -> Path:
+    def route_get(self, net: Network, *, avoid: int) -> Route:
+        """The bypass route for ``net``: the host's path to it outside ``avoid`` (our
+        tun). KernelError if it has none."""
+        dst = net.network_address
         msg = _rt.rtmsg()
         msg["family"], msg["dst_len"] = _family(dst.version), dst.max_prefixlen
         msg["table"], msg["attrs"] = RT_TABLE_MAIN, [("RTA_DST", str(dst))]
+        what = f"route lookup of {dst}"
         try:
-            (reply,) = self._request(msg, _GETROUTE, _ACK, _rt.rtmsg)
-            oif = int(reply.get("RTA_OIF") or 0)
+            (reply,) = self._request(msg, _GETROUTE, _ACK)
             # Our routes cover it already (a prefix first looked up once the tunnel was
             # up): the path without them, from table main: longest prefix, lowest metric.
-            routes = self.dump(dst.version) if oif == avoid else []
+            candidates = self.dump(dst.version) if _oif(reply) == avoid else [reply]
         except NetlinkError as exc:
-            raise KernelLookupError(f"route lookup of {dst}: {os.strerror(exc.code)}") from None
-        kind = int(reply["type"])
-        if kind != _UNICAST or oif <= 0 or reply.get("RTA_VIA") is not None:
-            raise KernelLookupError(f"route lookup of {dst}: no usable unicast path (type {kind})")
-        if oif != avoid:
-            return _path(oif, reply)
-        best: tuple[int, int, Path] | None = None
-        for route in routes:
-            oif, length = int(route.get("RTA_OIF") or 0), int(route["dst_len"])
-            via = route.get("RTA_VIA")
-            if oif in (0, avoid) or int(route["type"]) != _UNICAST or via is not None:
-                continue
-            covering = ipaddress.ip_network((dst, length), strict=False)
-            if length and str(route.get("RTA_DST")) != str(covering.network_address):
-                continue  # not a prefix of dst (a default route, length 0, always is)
-            rank = (length, -int(route.get("RTA_PRIORITY") or 0))
-            if best is None or rank > best[:2]:
-                best = (*rank, _path(oif, route))
-        if best is None:
-            raise KernelLookupError(f"route lookup of {dst}: no route outside the tunnel")
-        return best[2]
+            raise KernelError(f"{what}: {os.strerror(exc.code)}", exc.code) from None
+        if not _unicast(reply):
+            kind = int(reply["type"])
+            raise KernelError(f"{what}: no usable unicast path (type {kind})", errno.ENETUNREACH)
+        paths = [r for r in candidates if _unicast(r) and _oif(r) != avoid and _holds(r, dst)]
+        if not paths:
+            raise KernelError(f"{what}: no route outside the tunnel", errno.ENETUNREACH)
+        best = max(paths, key=lambda r: (int(r["dst_len"]), -int(r.get("RTA_PRIORITY") or 0)))
+        gateway = best.get("RTA_GATEWAY")
+        gateway = None if gateway is None else ipaddress.ip_address(str(gateway))
+        return Route(net, _oif(best), gateway)
 
     def dump(self, version: int) -> list[Any]:
         """Table main's routes of one family that are not ours (NetlinkError on failure)."""
         msg = _rt.rtmsg()
         msg["family"], msg["table"] = _family(version), RT_TABLE_MAIN
-        routes = self._request(msg, _GETROUTE, _DUMP, _rt.rtmsg)
+        routes = self._request(msg, _GETROUTE, _DUMP)
         # The kernel filters dumps by table only with strict checking: filter here.
         main = [r for r in routes if int(r.get("RTA_TABLE") or r["table"]) == RT_TABLE_MAIN]
         return [r for r in main if int(r["proto"]) != RTPROT_SEPCONNECT]
 
-    def competing(self, route: Route) -> list[str]:
-        """Other routes with the same prefix and a metric not above ours."""
+    def competing(self, routes: Iterable[Route]) -> list[str]:
+        """Why each route of the host's with the prefix of one of ``routes`` and a metric
+        not above ours may win (one dump per family; nothing if the routes cannot be read:
+        this only feeds audit records)."""
+        ours = {(str(r.dst.network_address), r.dst.prefixlen): r for r in routes}
+        versions = sorted({r.dst.version for r in ours.values()})
+        try:
+            others = [other for version in versions for other in self.dump(version)]
+        except NetlinkError:
+            return []
+        why = f"a route with a lower or equal metric than ours ({METRIC}) exists and may win"
         found: list[str] = []
-        for other in self.dump(route.dst.version):
-            metric, oif = int(other.get("RTA_PRIORITY") or 0), int(other.get("RTA_OIF") or 0)
-            prefix = (str(other.get("RTA_DST")), int(other["dst_len"]))
-            same = prefix == (str(route.dst.network_address), route.dst.prefixlen)
-            if same and metric <= METRIC and oif != route.oif:
-                found.append(f"{route.dst} metric {metric} oif {oif}")
+        for other in others:
+            metric, oif = int(other.get("RTA_PRIORITY") or 0), _oif(other)
+            route = ours.get((str(other.get("RTA_DST")), int(other["dst_len"])))
+            if route is not None and metric <= METRIC and oif != route.oif:
+                found.append(f"{route.dst}: {why}: {route.dst} metric {metric} oif {oif}")
         return found
 
     def apply(self, op: Op, ifindex: int) -> None:
         """Do one operation; routes carry their own device (``ifindex``: the tun's)."""
-        item = op.item if isinstance(op, Change) else None
-        if isinstance(item, Route):
-            msg, kind, cls = _route_message(item), (_DELROUTE, _NEWROUTE), _rt.rtmsg
-        elif item is not None:
-            msg, kind, cls = _ifa.ifaddrmsg(), (_DELADDR, _NEWADDR), _ifa.ifaddrmsg
-            msg["family"], msg["index"] = _family(item.version), ifindex
-            msg["prefixlen"] = item.network.prefixlen
-            address, v4 = str(item.ip), item.version == 4
+        add = isinstance(op, Change) and op.add
+        if isinstance(op, SetLink):
+            msg, kind = ifinfmsg(), _NEWLINK
+            msg["index"], msg["flags"], msg["change"] = ifindex, int(op.link.up), 1  # IFF_UP
+            msg["attrs"] = [("IFLA_MTU", op.link.mtu)]
+        elif isinstance(op.item, Route):
+            msg, kind = _route_message(op.item), _NEWROUTE if add else _DELROUTE
+        else:
+            msg, kind = _ifa.ifaddrmsg(), _NEWADDR if add else _DELADDR
+            msg["family"], msg["index"] = _family(op.item.version), ifindex
+            msg["prefixlen"] = op.item.network.prefixlen
+            address, v4 = str(op.item.ip), op.item.version == 4
             # As iproute2: IFA_LOCAL is this end's address (IFA_ADDRESS the peer's, for IPv4).
             attrs = [("IFA_ADDRESS", address), ("IFA_FLAGS", 0 if v4 else _NODAD)]
             msg["attrs"] = attrs + [("IFA_LOCAL", address)] * v4
-        else:
-            msg, kind, cls = ifinfmsg(), (_NEWLINK, _NEWLINK), ifinfmsg
-            msg["index"] = ifindex
-            if isinstance(op, SetMtu):
-                msg["attrs"] = [("IFLA_MTU", op.mtu)]
-            elif isinstance(op, SetUp):
-                msg["flags"], msg["change"] = int(op.up), 1  # IFF_UP
-        add = not isinstance(op, Change) or op.add
         try:
-            self._request(msg, kind[add], _ADD if add and item is not None else _ACK, cls)
+            self._request(msg, kind, _ADD if add else _ACK)
         except NetlinkError as exc:
             raise KernelError(f"{op}: {os.strerror(exc.code)}", exc.code) from None
 
-    def _request(self, msg: Any, msg_type: int, flags: int, reply_class: Any) -> list[Any]:
-        """Send one request; the decoded replies until its ACK or the dump's end."""
+    def _request(self, msg: Any, msg_type: int, flags: int) -> list[Any]:
+        """Send one request; the decoded replies (of the request's class) until its ACK
+        or the dump's end."""
         self.seq = self.seq % 0xFFFFFFFF + 1
         header = msg["header"]
         header["type"], header["flags"], header["sequence_number"] = msg_type, flags, self.seq
@@ -436,7 +398,7 @@ class Netlink:
                     return replies  # the ACK
                 if kind == _DONE:
                     return replies
-                reply = reply_class(data[offset:end])
+                reply = type(msg)(data[offset:end])
                 try:
                     reply.decode()
                 except Exception as exc:  # pyroute2's decoders raise many types on bad input
@@ -449,9 +411,20 @@ def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
-def _path(oif: int, route: Any) -> Path:
-    gateway = route.get("RTA_GATEWAY")
-    return Path(oif, None if gateway is None else ipaddress.ip_address(str(gateway)))
+def _oif(route: Any) -> int:
+    return int(route.get("RTA_OIF") or 0)
+
+
+def _unicast(route: Any) -> bool:
+    """A unicast route through a device (not a multipath one, RTA_VIA: not ours to copy)."""
+    return int(route["type"]) == _UNICAST and _oif(route) > 0 and route.get("RTA_VIA") is None
+
+
+def _holds(route: Any, dst: Address) -> bool:
+    """Does a route of the kernel's cover ``dst`` (a default route, length 0, does)?"""
+    length = int(route["dst_len"])
+    covering = ipaddress.ip_network((dst, length), strict=False)
+    return not length or str(route.get("RTA_DST")) == str(covering.network_address)
 
 
 def _route_message(route: Route) -> Any:
@@ -475,12 +448,11 @@ def _protocol_error(reason: str) -> Exception:
 class Router:
     """The tunnel's network state: what we installed, and the original paths."""
 
-    def __init__(self, kernel: Kernel, ifindex: int, mtu: int) -> None:
-        self.kernel = kernel
-        self.ifindex = ifindex
-        self.state = State(mtu=mtu)
-        self.paths: dict[Network, Path] = {}
-        """Each bypass prefix's original path, looked up before we first covered it."""
+    def __init__(self, kernel: Netlink, ifindex: int, mtu: int) -> None:
+        self.kernel, self.ifindex = kernel, ifindex
+        self.state = State(Link(mtu))
+        self.paths: dict[Network, Route] = {}
+        """Each bypass prefix's route, from its path before we first covered it."""
 
     def routable(self, wanted: NetworkConfig) -> tuple[NetworkConfig, dict[Network, str]]:
         """``wanted`` without the excludes the host has no path for outside the tunnel
@@ -496,34 +468,32 @@ class Router:
             if net in self.paths:
                 continue
             try:
-                path = self.kernel.route_get(net.network_address, avoid=self.ifindex)
-            except KernelLookupError as exc:
+                route = self.kernel.route_get(net, avoid=self.ifindex)
+            except KernelError as exc:
                 if net == gateway:
                     server = f"the VPN server {wanted.gateway} cannot be reached outside the tunnel"
                     raise Refusal(f"{server} ({exc}): the host needs a route to it") from None
                 left_out[net] = str(exc)
                 continue
-            if path.oif == self.ifindex:
+            if route.oif == self.ifindex:
                 what = "gateway" if net == gateway else "exclude"
                 raise Refusal(f"{what} {net}: its path already goes through the tunnel")
-            self.paths[net] = path
+            self.paths[net] = route
         kept = tuple(net for net in wanted.exclude if net not in left_out)
-        return dataclasses.replace(wanted, exclude=kept) if left_out else wanted, left_out
+        return dataclasses.replace(wanted, exclude=kept), left_out
 
     def configure(self, wanted: NetworkConfig) -> Plan:
         """Make the system match ``wanted``; return the plan carried out. Raises Refusal
         (with nothing changed, as far as rollback could manage)."""
         wanted, _ = self.routable(wanted)
         plan = diff(self.state, target(wanted, self.ifindex, self.paths), self.ifindex)
-        done: list[Op] = []
-        for op in plan:
+        for done, op in enumerate(plan):
             try:
                 self.kernel.apply(op, self.ifindex)
-            except Refusal as exc:
-                failed = self._run(filter(None, map(inverse, reversed(done))), gone=())
+            except KernelError as exc:
+                failed = self._run(map(inverse, reversed(plan[:done])), gone=())
                 note = "ROLLBACK INCOMPLETE" if failed else "nothing was changed"
                 raise Refusal(f"{exc} ({note})") from None
-            done.append(op)
             self.state = after(self.state, op)
         return plan
 
@@ -561,7 +531,8 @@ class Options:
 
 
 class Helper:
-    """:class:`policy.Host`: the tun and its network state, for one session."""
+    """:class:`policy.Host`: the tun and its network state, for one session, and the
+    optional parts root's options ask for."""
 
     def __init__(
         self,
@@ -572,22 +543,29 @@ class Helper:
         nft: RunnerClient | None = None,
     ) -> None:
         self.netlink, self.options, self.audit = netlink, options, audit
-        self.root = root  # the root runner: --script, DNS file/resolvconf
-        self.nft = nft  # the nft runner: --fail-closed
+        self.runners = [r for r in (root, nft) if r is not None]  # closed at the cleanup
         self.tun: Tun | None = None
         self.router: Router | None = None
-        self.dns: Backend | None = None
-        self.table: str | None = None
         self.gateway: Address | None = None
-        self.script: Script | None = None
-        if options.script is not None:
-            from sepconnect.privhelper.script import Script
-
-            self.script = Script(root, audit, options.log_level)
         self.undo_errors: list[str] = []
         """What could not be undone; the cleanup keeps the state file for the next start."""
         directory = options.state_dir
         self.state = None if directory is None else statefile.StateFile(directory, STATE_PREFIX)
+        self.script: Script | None = None
+        self.kill_switch: KillSwitch | None = None
+        self.dns: Resolver | None = None
+        if options.script is not None:
+            from sepconnect.privhelper.script import Script
+
+            self.script = Script(root, audit, options.log_level)
+        if options.fail_closed:
+            from sepconnect.privhelper.firewall import KillSwitch
+
+            self.kill_switch = KillSwitch(nft, audit, options.allow_exclude, self.save)
+        if options.dns_backend != "none":
+            from sepconnect.privhelper.dns import Resolver
+
+            self.dns = Resolver(options.dns_backend, root)
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
         if self.script is not None:
@@ -598,58 +576,42 @@ class Helper:
             raise Refusal(f"create tun {self.options.ifname}: {exc.strerror or exc}") from None
         try:
             ifindex = self.netlink.index_of(tun.name)
-            self.netlink.apply(SetMtu(mtu, None), ifindex)
+            self.netlink.apply(SetLink(Link(mtu), Link(mtu)), ifindex)
             fd = os.dup(tun.fd)
         except (Refusal, OSError):
             os.close(tun.fd)  # the device goes with it: nothing was changed
             raise
-        self.tun = tun
-        self.router = Router(self.netlink, ifindex, mtu)
-        if self.options.dns_backend != "none":
-            from sepconnect.privhelper import dns
-
-            self.dns = dns.backend(self.options.dns_backend, tun.name, ifindex, self.root)
-        self._save(ifname=tun.name)
+        self.tun, self.router = tun, Router(self.netlink, ifindex, mtu)
+        self.save(ifname=tun.name)
         return tun.name, ifindex, fd
 
     def net_config(self, wanted: NetworkConfig) -> dict[Network, str]:
         if self.router is None or self.tun is None:  # the phase table makes this unreachable
             raise Refusal("no tun")
-        if self.options.fail_closed:
-            policy.check_kill_switch_excludes(wanted, self.options.allow_exclude)
-        if self.script is not None:
-            self.script.check(wanted, self.tun.name)
+        if self.kill_switch is not None:
+            self.kill_switch.check(wanted)
+        if self.script is not None:  # it configures the tunnel instead of the router
+            return self.script.configure(wanted, self.tun.name, self.kill_switch, self.undo_errors)
         left_out: dict[Network, str] = {}
-        if self.script is None and not self.options.no_routes:
+        if not self.options.no_routes:
             # An exclude the host cannot route outside the tunnel stays in it; the
             # kill switch then treats it as not excluded.
             wanted, left_out = self.router.routable(wanted)
             for prefix, reason in left_out.items():
                 self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
-        if self.options.fail_closed:
-            from sepconnect.privhelper import firewall
-
-            first = self.table is None
-            self.table = firewall.apply(self.nft, self.tun.name, wanted, self.audit)
-            if first:
-                self._save(firewall=self.table)
-        if self.script is not None:
-            self.script.connect(wanted, self.tun.name, self.undo_errors)
-            return left_out
-        no_routes = self.options.no_routes
+        if self.kill_switch is not None:
+            self.kill_switch.apply(wanted, self.tun.name)
+        no_routes = self.options.no_routes  # the addresses and MTU only
         routed = dataclasses.replace(wanted, routes=(), exclude=()) if no_routes else wanted
-        before = self.router.state.routes
+        before, ifindex = self.router.state.routes, self.router.ifindex
         self.router.configure(routed)
-        for route in _tun_routes(self.router.state.routes - before, self.router.ifindex):
-            for other in self._competing(route):
-                why = f"a route with a lower or equal metric than ours ({METRIC}) exists"
-                self.audit.record("conflict", "info", f"{route.dst}: {why} and may win: {other}")
-        bypass = _tun_routes(self.router.state.routes, self.router.ifindex, tun=False)
-        self._save(bypass=[_record(r) for r in sorted(bypass, key=str)])
+        added = self.router.state.routes - before
+        for conflict in self.netlink.competing(r for r in added if r.oif == ifindex):
+            self.audit.record("conflict", "info", conflict)
+        bypass = sorted((r for r in self.router.state.routes if r.oif != ifindex), key=str)
+        self.save(bypass=[_record(r) for r in bypass])
         if self.dns is not None:
-            from sepconnect.privhelper.dns import Dns
-
-            self.dns.apply(Dns.of(wanted))
+            self.dns.apply(wanted, self.tun.name, ifindex)
         return left_out
 
     def script_event(self, reason: str) -> None:
@@ -661,17 +623,12 @@ class Helper:
         the state file stays if anything could not be undone, now or before."""
         if self.script is not None and self.tun is not None:  # before the tun goes
             self.script.disconnect(self.tun.name, self.undo_errors)
-        errors: list[str] = []
-        if self.dns is not None:
-            errors += self.dns.revert()
+        errors = [] if self.dns is None else self.dns.revert()
         if self.router is not None:
             errors += self.router.clear()
             self.router = None
-        if self.table is not None and self.nft is not None:
-            from sepconnect.privhelper import firewall
-
-            errors += firewall.delete(self.nft, self.table)
-            self.table = None
+        if self.kill_switch is not None:  # last: traffic stays blocked until the end
+            errors += self.kill_switch.delete()
         self.undo_errors += errors
         if self.tun is not None or errors:
             failures = "; ".join(self.undo_errors)[:1000]
@@ -681,20 +638,14 @@ class Helper:
             self.tun = None
         if self.state is not None and not self.undo_errors:
             self.state.remove()
-        for runner in (self.root, self.nft):
-            if runner is not None:
-                runner.close()  # the root runner undoes what it still holds, then exits
-        self.root = self.nft = None
+        for runner in self.runners:
+            runner.close()  # the root runner undoes what it still holds, then exits
+        self.runners = []
 
     teardown = cleanup
 
-    def _competing(self, route: Route) -> list[str]:
-        try:
-            return self.netlink.competing(route)
-        except NetlinkError:
-            return []
-
-    def _save(self, **changes: Any) -> None:
+    def save(self, **changes: Any) -> None:
+        """Record what we installed outside the tun in our state file (recovery.py)."""
         if self.state is not None:
             try:
                 self.state.write(**changes)

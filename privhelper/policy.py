@@ -37,7 +37,6 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _T = TypeVar("_T")
-_I = TypeVar("_I", ipaddress.IPv4Interface, ipaddress.IPv6Interface)
 
 
 class ProtocolViolation(Exception):
@@ -73,14 +72,8 @@ _FORBIDDEN: Final[tuple[tuple[Network, str], ...]] = tuple(
     )
 )
 
-DEFAULT_ROUTES: Final[MappingProxyType[Network, tuple[Network, Network]]] = MappingProxyType(
-    {
-        ipaddress.ip_network(whole): (ipaddress.ip_network(low), ipaddress.ip_network(high))
-        for whole, low, high in (
-            ("0.0.0.0/0", "0.0.0.0/1", "128.0.0.0/1"),
-            ("::/0", "::/1", "8000::/1"),
-        )
-    }
+DEFAULT_ROUTES: Final[MappingProxyType[Network, tuple[Network, ...]]] = MappingProxyType(
+    {whole: tuple(whole.subnets()) for whole in map(ipaddress.ip_network, ("0.0.0.0/0", "::/0"))}
 )
 """The only /0 prefixes allowed, in ``routes`` only, and the two halves each is
 installed as: more specific than any default route, so the host's own default
@@ -90,25 +83,16 @@ route is never touched and comes back untouched when the halves go."""
 _HALVES: Final = frozenset(half for pair in DEFAULT_ROUTES.values() for half in pair)
 
 
-def full_tunnel(net: NetworkConfig) -> dict[int, bool]:
-    """Per family: does everything go through the tun (the /0 halves)?"""
-    return {v: any(r in _HALVES and r.version == v for r in net.routes) for v in (4, 6)}
-
-
-def _forbidden(value: Address | Network) -> str | None:
-    """Why an address, or a prefix that overlaps a forbidden range, is refused (None: it is
-    not). Overlap, not containment: 169.254.0.0/15 holds the cloud metadata address too.
-    The /1 halves of a full tunnel are the one exception (they overlap everything)."""
-    if not isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return next((label for net, label in _FORBIDDEN if value in net), None)
-    if value in _HALVES:
-        return None
+def _check_range(value: Address | Network, what: str) -> None:
+    """Refuse an address in a forbidden range, or a prefix that overlaps one. Overlap,
+    not containment: 169.254.0.0/15 holds the cloud metadata address too. The /1 halves
+    of a full tunnel are the one exception (they overlap everything)."""
+    prefix = ipaddress.ip_network(value)  # an address as its /32 or /128
     for net, label in _FORBIDDEN:
-        if value.version != net.version or not value.overlaps(net):
-            continue
-        inside = value.network_address in net and value.broadcast_address in net
-        return label if inside else f"a prefix overlapping {label} {net}"
-    return None
+        if prefix not in _HALVES and prefix.version == net.version and prefix.overlaps(net):
+            inside = prefix.network_address in net and prefix.broadcast_address in net
+            found = label if inside else f"a prefix overlapping {label} {net}"
+            raise Refusal(f"{what}: {found} is not allowed")
 
 
 MIN_ADDRESS_PREFIX: Final = {4: 8, 6: 32}
@@ -116,46 +100,33 @@ MIN_ADDRESS_PREFIX: Final = {4: 8, 6: 32}
 that subnet's route itself, and a /1 there would carry half the address space."""
 
 
-def check_interface(iface: _I) -> _I:
+def check_interface(iface: Interface) -> None:
     """A tun address with its prefix length (``198.18.0.2/24``, ``2001:2::2/64``)."""
     what = f"ipv{iface.version} address {iface}"
     shortest = MIN_ADDRESS_PREFIX[iface.version]
     if iface.network.prefixlen < shortest:
         raise Refusal(f"{what}: a prefix shorter than /{shortest} is not allowed")
-    label = _forbidden(iface.ip)
-    if label is not None:
-        raise Refusal(f"{what}: {label} is not allowed")
+    _check_range(iface.ip, what)
     # The kernel routes the address's subnet through the tun by itself: that route
     # passes the route rules too.
-    label = _forbidden(iface.network)
-    if label is not None:
-        raise Refusal(f"{what}: its subnet {iface.network} is {label}, which is not allowed")
-    if (
-        isinstance(iface, ipaddress.IPv4Interface)
-        and iface.network.prefixlen <= 30
-        and iface.ip in (iface.network.network_address, iface.network.broadcast_address)
-    ):
+    _check_range(iface.network, f"{what}: its subnet {iface.network}")
+    ends = (iface.network.network_address, iface.network.broadcast_address)
+    if iface.version == 4 and iface.network.prefixlen <= 30 and iface.ip in ends:
         raise Refusal(f"{what}: the subnet's network or broadcast address is not allowed")
-    return iface
 
 
 def check_unicast(addr: Address, what: str) -> Address:
     """The VPN server's address or a DNS server: unicast, not in a forbidden range."""
-    label = _forbidden(addr)
-    if label is not None:
-        raise Refusal(f"{what} {addr}: {label} is not allowed")
+    _check_range(addr, f"{what} {addr}")
     return addr
 
 
 def check_prefix(net: Network, what: str) -> Network:
-    """A route or exclude prefix (the codec refused host bits already)."""
+    """A route or exclude prefix (the codec refused host bits already; a /0 route is
+    split in halves before it gets here)."""
     if net.prefixlen == 0:
-        if what == "route":
-            return net  # the two /0 are the only ones, and they are allowed here
         raise Refusal(f"{what} {net}: a /0 prefix is not allowed")
-    label = _forbidden(net)
-    if label is not None:
-        raise Refusal(f"{what} {net}: {label} is not allowed")
+    _check_range(net, f"{what} {net}")
     return net
 
 
@@ -173,28 +144,7 @@ def _unique(values: Iterable[_T]) -> tuple[_T, ...]:
 
 def _sorted(nets: Iterable[Network]) -> tuple[Network, ...]:
     """Deduplicated, IPv4 first, by address then prefix length."""
-    return tuple(sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
-
-
-def check_kill_switch_excludes(net: NetworkConfig, allowed: tuple[Network, ...]) -> None:
-    """Under --fail-closed, a server may exclude only private or link-local space from the
-    tunnel (a LAN, a printer), or what root allowed with --allow-exclude: four /2 excludes
-    would otherwise turn the kill switch into pass-all."""
-    for prefix in net.exclude:
-        first, last = prefix.network_address, prefix.broadcast_address
-        if prefix.is_private or any(first in a and last in a for a in allowed):
-            continue
-        raise Refusal(
-            f"exclude {prefix}: --fail-closed lets a server exclude only private space "
-            f"(allow more with --allow-exclude {prefix})"
-        )
-
-
-def check_gateway(net: NetworkConfig, fixed: Address) -> None:
-    """The configuration names the VPN server's address the helper was given in Hello:
-    what is routed around the tunnel is not the worker's or the server's choice."""
-    if net.gateway != fixed:
-        raise Refusal(f"gateway {net.gateway}: not the VPN server's address {fixed}")
+    return tuple(sorted(set(nets), key=lambda n: (n.version, n)))
 
 
 def check_net_config(net: NetworkConfig) -> NetworkConfig:
@@ -205,28 +155,23 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     equal values), DNS servers and domains in their order (a preference) without
     duplicates, domains lower-case without a trailing dot.
     """
-    ipv4 = None if net.ipv4 is None else check_interface(net.ipv4)
-    ipv6 = None if net.ipv6 is None else check_interface(net.ipv6)
-    if ipv4 is None and ipv6 is None:
-        raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
-    if ipv6 is not None and net.mtu < IPV6_MIN_MTU:
-        raise Refusal(f"mtu {net.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
     gateway = check_unicast(net.gateway, "gateway")
-    for iface in (ipv4, ipv6):
-        if iface is not None and gateway in iface.network:
+    for iface in net.addresses:
+        check_interface(iface)
+        if gateway in iface.network:
             raise Refusal(f"gateway {gateway}: inside the tunnel's own subnet {iface.network}")
+    families = {iface.version for iface in net.addresses}
+    if not families:
+        raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
+    if 6 in families and net.mtu < IPV6_MIN_MTU:
+        raise Refusal(f"mtu {net.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
     if len(net.routes) > MAX_ROUTES or len(net.exclude) > MAX_ROUTES:
         raise Refusal(f"too many routes: at most {MAX_ROUTES} routes and {MAX_ROUTES} excludes")
-
-    has_family = {4: ipv4 is not None, 6: ipv6 is not None}
     routes: list[Network] = []
     for route in net.routes:
-        check_prefix(route, "route")
-        if not has_family[route.version]:
-            raise Refusal(f"route {route}: the tunnel has no IPv{route.version} address")
-        if route.prefixlen == route.max_prefixlen and route.network_address == gateway:
+        if route == ipaddress.ip_network(gateway):
             raise Refusal(f"route {route}: would send the tunnel's own packets into it")
-        routes.extend(DEFAULT_ROUTES.get(route, (route,)))
+        routes += [check_prefix(part, "route") for part in DEFAULT_ROUTES.get(route, (route,))]
     exclude = [check_prefix(prefix, "exclude") for prefix in net.exclude]
     clash = set(routes) & set(exclude)
     if clash:
@@ -236,17 +181,15 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     if len(net.domains) > MAX_DOMAINS or len(net.split_dns) > MAX_DOMAINS:
         raise Refusal(f"too many domains: at most {MAX_DOMAINS} search and {MAX_DOMAINS} split")
     dns = _unique(check_unicast(addr, "dns") for addr in net.dns)
-    for addr in dns:
-        if not has_family[addr.version]:
-            raise Refusal(f"dns {addr}: the tunnel has no IPv{addr.version} address")
+    for value, what in [*((r, "route") for r in net.routes), *((a, "dns") for a in dns)]:
+        if value.version not in families:
+            raise Refusal(f"{what} {value}: the tunnel has no IPv{value.version} address")
     domains = _unique(check_domain(text, "domain") for text in net.domains)
     split_dns = _unique(check_domain(text, "split-dns domain") for text in net.split_dns)
     if (domains or split_dns) and not dns:
         raise Refusal("domains without DNS servers: nobody would answer for them")
     return dataclasses.replace(
         net,
-        ipv4=ipv4,
-        ipv6=ipv6,
         routes=_sorted(routes),
         exclude=_sorted(exclude),
         dns=dns,
@@ -292,14 +235,10 @@ class Host(Protocol):
         """Remove everything installed and close the tun."""
 
 
-Handler = Callable[[Host, Any], Reply]
-"""A request's handler: it takes the message type its row of :data:`POLICY` names."""
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rule:
-    handler: Handler
-    phases: frozenset[Phase]
+    handler: Callable[[Host, Any], Reply]  # takes the message type its row names
+    phases: tuple[Phase, ...]  # the phases in which the request is permitted
     once: bool = False
     then: Phase | None = None  # the phase after the handler succeeds
 
@@ -318,7 +257,10 @@ def on_create_tun(host: Host, req: msgs.CreateTun) -> Reply:
 def on_net_config(host: Host, req: msgs.NetConfig) -> Reply:
     if host.gateway is None:  # only a mistake in POLICY can get here: Hello comes first
         raise ProtocolViolation("net_config before hello")
-    check_gateway(req.net, host.gateway)
+    # The VPN server's address is the one Hello gave: what is routed around the tunnel is
+    # not the worker's or the server's choice.
+    if req.net.gateway != host.gateway:
+        raise Refusal(f"gateway {req.net.gateway}: not the VPN server's address {host.gateway}")
     left_out = host.net_config(check_net_config(req.net))
     notes = tuple(msgs.LeftOut(prefix=p, reason=r[:200]) for p, r in left_out.items())
     return msgs.NetApplied(seq=req.seq, left_out=notes), None
@@ -336,13 +278,11 @@ def on_teardown(host: Host, req: msgs.Teardown) -> Reply:
 
 POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
     {
-        msgs.Hello: Rule(on_hello, frozenset({Phase.NEW}), once=True, then=Phase.READY),
-        msgs.CreateTun: Rule(on_create_tun, frozenset({Phase.READY}), once=True, then=Phase.TUN_UP),
-        msgs.NetConfig: Rule(on_net_config, frozenset({Phase.TUN_UP})),
-        msgs.ScriptEvent: Rule(on_script_event, frozenset({Phase.TUN_UP})),
-        msgs.Teardown: Rule(
-            on_teardown, frozenset({Phase.READY, Phase.TUN_UP}), once=True, then=Phase.CLOSED
-        ),
+        msgs.Hello: Rule(on_hello, (Phase.NEW,), once=True, then=Phase.READY),
+        msgs.CreateTun: Rule(on_create_tun, (Phase.READY,), once=True, then=Phase.TUN_UP),
+        msgs.NetConfig: Rule(on_net_config, (Phase.TUN_UP,)),
+        msgs.ScriptEvent: Rule(on_script_event, (Phase.TUN_UP,)),
+        msgs.Teardown: Rule(on_teardown, (Phase.READY, Phase.TUN_UP), once=True, then=Phase.CLOSED),
     }
 )
 """Every request the helper executes. Anything else is a protocol violation.

@@ -21,6 +21,15 @@ Differences from openconnect, all deliberate:
 * For ``pre-init`` only ``reason``, ``TUNDEV`` (when ``--interface`` names
   it), ``VPNPID`` and ``LOG_LEVEL`` are set: the gateway and tunnel are not
   known before the tun is created.
+
+With ``--script PATH`` the script configures the tunnel, as under openconnect
+(:class:`Script`, network.Helper's script mode): ``pre-init`` before the tun,
+``connect`` for the first NetConfig (and again after a ``disconnect`` when a later
+one differs), ``attempt-reconnect`` and ``reconnect`` (ScriptEvent), ``disconnect``
+at teardown. Scripts never fail open: a configuration whose environment the runner
+would not take is refused before any script runs, and a ``connect`` or ``reconnect``
+that cannot start or exits non-zero is refused (``connect`` after running
+``disconnect``), which ends the session.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ from typing import TYPE_CHECKING
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV, Ran, RunScript
 from sepconnect.ipc.script_env import check_env
-from sepconnect.privhelper.policy import Network, Refusal, full_tunnel
+from sepconnect.privhelper.policy import DEFAULT_ROUTES, Network, Refusal
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.audit import Audit
+    from sepconnect.privhelper.firewall import KillSwitch
     from sepconnect.process.runner import RunnerClient
 
 MAX_SCRIPT_DNS = 3  # as openconnect
@@ -61,7 +71,8 @@ def split_lists(wanted: NetworkConfig) -> dict[str, list[Network]]:
     """Includes and excludes per family, as the server pushed them: a family routed
     whole (the two /1 halves) has no include list, which tells a vpnc-script to
     route it whole."""
-    full = full_tunnel(wanted)
+    halves = {half for pair in DEFAULT_ROUTES.values() for half in pair}
+    full = {v: any(r in halves and r.version == v for r in wanted.routes) for v in (4, 6)}
     return {
         "CISCO_SPLIT_INC": [] if full[4] else [r for r in wanted.routes if r.version == 4],
         "CISCO_IPV6_SPLIT_INC": [] if full[6] else [r for r in wanted.routes if r.version == 6],
@@ -155,7 +166,7 @@ def check_script_env(wanted: NetworkConfig, *, ifname: str, vpnpid: int, log_lev
 
 class Script:
     """The session's runs of the vpnc-script (``--script``), through the root runner
-    (network.Helper's script mode; the rules are in network.py's docstring)."""
+    (network.Helper's script mode; the rules are in this module's docstring)."""
 
     def __init__(self, root: RunnerClient | None, audit: Audit, log_level: int) -> None:
         self.root = root
@@ -174,6 +185,22 @@ class Script:
 
     def check(self, wanted: NetworkConfig, ifname: str) -> None:
         check_script_env(wanted, ifname=ifname, vpnpid=self.vpnpid, log_level=self.log_level)
+
+    def configure(
+        self,
+        wanted: NetworkConfig,
+        ifname: str,
+        kill_switch: KillSwitch | None,
+        undo_errors: list[str],
+    ) -> dict[Network, str]:
+        """A NetConfig in script mode: the script configures the tunnel, not the helper's
+        router (nothing is left out). The configuration is refused before anything runs if
+        the runner would not take its environment; the kill switch goes first."""
+        self.check(wanted, ifname)
+        if kill_switch is not None:
+            kill_switch.apply(wanted, ifname)
+        self.connect(wanted, ifname, undo_errors)
+        return {}
 
     def run(self, reason: str, wanted: NetworkConfig | None, ifname: str | None) -> Ran:
         if self.root is None:

@@ -15,18 +15,7 @@ import os
 import struct
 from typing import Final
 
-from sepconnect.process.tun_ioctls import (
-    IFF_NO_PI,
-    IFF_PERSIST,
-    IFF_TUN,
-    IFF_VNET_HDR,
-    IFREQ,
-    TUNGETIFF,
-    TUNSETIFF,
-    TUNSETOFFLOAD,
-    TUNSETVNETHDRSZ,
-    VNET_HDR_LEN,
-)
+from sepconnect.process import tun_ioctls as tun  # the ioctls and their arguments
 
 TUN_DEVICE: Final = "/dev/net/tun"
 DEFAULT_TEMPLATE: Final = "sepc%d"  # the kernel picks sepc0, sepc1, …
@@ -51,16 +40,16 @@ def open_tun(name: str = DEFAULT_TEMPLATE, *, vnet_hdr: bool = False) -> Tun:
     """
     fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     try:
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
-        created = fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(name.encode("ascii"), flags))
-        raw_name, _ = IFREQ.unpack(created)
+        flags = tun.IFF_TUN | tun.IFF_NO_PI | (tun.IFF_VNET_HDR if vnet_hdr else 0)
+        created = fcntl.ioctl(fd, tun.TUNSETIFF, tun.IFREQ.pack(name.encode("ascii"), flags))
+        raw_name, _ = tun.IFREQ.unpack(created)
         ifname = raw_name.rstrip(b"\0").decode("ascii")
-        _, flags = IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(IFREQ.size)))
-        if flags & IFF_PERSIST:
+        _, flags = tun.IFREQ.unpack(fcntl.ioctl(fd, tun.TUNGETIFF, bytes(tun.IFREQ.size)))
+        if flags & tun.IFF_PERSIST:
             raise OSError(f"{ifname}: an existing persistent device, not ours")
         if vnet_hdr:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
-        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+            fcntl.ioctl(fd, tun.TUNSETVNETHDRSZ, struct.pack("i", tun.VNET_HDR_LEN))
+        fcntl.ioctl(fd, tun.TUNSETOFFLOAD, 0)
         return Tun(fd, ifname)
     except BaseException:
         os.close(fd)

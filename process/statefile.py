@@ -16,12 +16,12 @@ which the reader undoes, one audit record per step, before removing the file.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 from typing import Any, Final
 
 MAX_STATE: Final = 256 * 1024
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def process_start_time(pid: int) -> str | None:
@@ -40,31 +40,23 @@ def netns_id() -> int:
     return os.stat("/proc/self/ns/net").st_ino
 
 
-@dataclasses.dataclass
 class StateFile:
-    """This process's file; :meth:`write` after each change, :meth:`remove` at a clean exit."""
+    """This process's file (another pid's, in tests); :meth:`write` after each change,
+    :meth:`remove` at a clean exit."""
 
-    directory: str
-    prefix: str
-    pid: int = dataclasses.field(default_factory=os.getpid)
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.directory, f"{self.prefix}-{self.pid}.json")
+    def __init__(self, directory: str, prefix: str, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.path = os.path.join(directory, f"{prefix}-{self.pid}.json")
+        self.data: dict[str, Any] = {}
 
     def write(self, **changes: Any) -> None:
+        """Merge ``changes`` in and replace the file atomically (mode 0600, no symlink)."""
         self.data.update(changes)
-        self.data["pid"] = self.pid
-        self.data["start_time"] = process_start_time(self.pid)
-        self.data["netns"] = netns_id()
-        payload = json.dumps(self.data, sort_keys=True).encode()
+        self.data.update(pid=self.pid, start_time=process_start_time(self.pid), netns=netns_id())
         tmp = self.path + ".tmp"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(tmp, _CREATE, 0o600)
         try:
-            os.write(fd, payload)
+            os.write(fd, json.dumps(self.data, sort_keys=True).encode())
         finally:
             os.close(fd)
         os.replace(tmp, self.path)

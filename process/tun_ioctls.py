@@ -11,21 +11,14 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-_IOC_WRITE: Final = 1
-_IOC_READ: Final = 2
-
-
-def _ioc(direction: int, nr: int, size: int = 4) -> int:
-    """<asm-generic/ioctl.h> _IOC for type 'T' (x86, arm, arm64, riscv, s390)."""
-    return (direction << 30) | (size << 16) | (ord("T") << 8) | nr
-
-
-TUNSETIFF: Final = _ioc(_IOC_WRITE, 202)  # 0x400454CA: create or attach a device
-TUNGETFEATURES: Final = _ioc(_IOC_READ, 207)  # 0x800454CF
-TUNSETOFFLOAD: Final = _ioc(_IOC_WRITE, 208)  # 0x400454D0: this device's offloads
-TUNGETIFF: Final = _ioc(_IOC_READ, 210)  # 0x800454D2: the fd's device name and flags
-TUNGETVNETHDRSZ: Final = _ioc(_IOC_READ, 215)  # 0x800454D7
-TUNSETVNETHDRSZ: Final = _ioc(_IOC_WRITE, 216)  # 0x400454D8: this fd's vnet header size
+# <asm-generic/ioctl.h>: _IOW('T', nr, int) is 0x4004_54_nr and _IOR 0x8004_54_nr on x86,
+# arm, arm64, riscv and s390 (direction << 30 | sizeof(int) << 16 | 'T' << 8 | nr).
+TUNSETIFF: Final = 0x400454CA  # _IOW 202: create or attach a device
+TUNGETFEATURES: Final = 0x800454CF  # _IOR 207
+TUNSETOFFLOAD: Final = 0x400454D0  # _IOW 208: this device's offloads
+TUNGETIFF: Final = 0x800454D2  # _IOR 210: the fd's device name and flags
+TUNGETVNETHDRSZ: Final = 0x800454D7  # _IOR 215
+TUNSETVNETHDRSZ: Final = 0x400454D8  # _IOW 216: this fd's vnet header size
 
 # ifr_flags
 IFF_TUN: Final = 0x0001

@@ -38,16 +38,16 @@ from sepconnect.privhelper import audit as audit_mod
 from sepconnect.privhelper import main as helper_main
 from sepconnect.privhelper import serve as helper_serve
 from sepconnect.privhelper.channel import Channel as HelperChannel
+from sepconnect.privhelper.firewall import KillSwitch
 from sepconnect.privhelper.network import (
     Change,
     KernelError,
-    KernelLookupError,
+    Link,
+    Netlink,
     Op,
-    Path,
     Route,
     Router,
-    SetMtu,
-    SetUp,
+    SetLink,
     State,
     after,
     bypass_needed,
@@ -61,10 +61,10 @@ from sepconnect.privhelper.policy import (
     POLICY,
     Address,
     Monitor,
+    Network,
     Phase,
     ProtocolViolation,
     Refusal,
-    check_kill_switch_excludes,
     check_net_config,
 )
 from sepconnect.process.auditfile import open_log
@@ -120,7 +120,7 @@ REFUSED_CASES = [
     (dict(ipv4="240.0.0.1/24"), "reserved"),
     (dict(ipv4="198.18.10.2/0"), "shorter than /8"),
     (dict(ipv4="10.8.0.2/1"), "shorter than /8"),  # the kernel's /1 route (issue 13, F4)
-    (dict(ipv4="169.255.0.2/15"), "its subnet 169.254.0.0/15 is a prefix overlapping link-local"),
+    (dict(ipv4="169.255.0.2/15"), "its subnet 169.254.0.0/15: a prefix overlapping link-local"),
     (dict(ipv4="198.18.10.2/4"), "shorter than /8"),
     (dict(ipv6="2001:2::1/16"), "shorter than /32"),
     (dict(ipv4="198.18.10.0/24"), "network or broadcast address"),
@@ -278,7 +278,8 @@ UPLINK = 3
 UPLINK_GW = ip("198.18.1.1")
 
 
-GW_PATH = (net("198.19.200.7/32"), Path(UPLINK, UPLINK_GW))
+GW_ROUTE = Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)
+GW_PATH = (GW_ROUTE.dst, GW_ROUTE)
 
 
 def wanted(**changes: object) -> NetworkConfig:
@@ -299,12 +300,11 @@ def test_bypass_needed_only_where_a_tun_route_covers() -> None:
 def test_target_state() -> None:
     w = wanted(routes=("0.0.0.0/0",), exclude=("198.18.50.0/24",))
     paths = {
-        net("198.19.200.7/32"): Path(UPLINK, UPLINK_GW),
-        net("198.18.50.0/24"): Path(UPLINK, None),  # on-link
+        net("198.19.200.7/32"): GW_ROUTE,
+        net("198.18.50.0/24"): Route(net("198.18.50.0/24"), UPLINK),  # on-link
     }
     assert target(w, TUN, paths) == State(
-        mtu=1400,
-        up=True,
+        link=Link(1400, up=True),
         addresses=frozenset({iface("198.18.10.2/24"), iface("2001:2:0:10::2/64")}),
         routes=frozenset(
             {
@@ -319,9 +319,9 @@ def test_target_state() -> None:
 
 def test_first_plan_order_bypass_before_tun_routes() -> None:
     w = wanted(routes=("0.0.0.0/0",))
-    want = target(w, TUN, {net("198.19.200.7/32"): Path(UPLINK, UPLINK_GW)})
-    assert diff(State(mtu=1400), want, TUN) == (
-        SetUp(True),
+    want = target(w, TUN, dict([GW_PATH]))
+    assert diff(State(Link(1400)), want, TUN) == (
+        SetLink(Link(1400, up=True), Link(1400)),
         AddAddress(iface("198.18.10.2/24")),
         AddAddress(iface("2001:2:0:10::2/64")),
         AddRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)),
@@ -343,7 +343,7 @@ def test_changed_state_gives_only_the_difference() -> None:
         {},
     )
     assert diff(have, want, TUN) == (
-        SetMtu(1380, 1400),
+        SetLink(Link(1380, up=True), Link(1400, up=True)),
         DelAddress(iface("2001:2:0:10::2/64")),
         AddAddress(iface("2001:2:0:10::2/80")),
         AddRoute(Route(net("198.18.64.0/18"), TUN)),
@@ -374,9 +374,7 @@ def test_ipv4_address_change_reinstalls_the_ipv4_tun_routes() -> None:
 
 
 def test_teardown_plan_removes_exactly_what_was_installed() -> None:
-    have = target(
-        wanted(routes=("0.0.0.0/0",)), TUN, {net("198.19.200.7/32"): Path(UPLINK, UPLINK_GW)}
-    )
+    have = target(wanted(routes=("0.0.0.0/0",)), TUN, dict([GW_PATH]))
     assert teardown_plan(have, TUN) == (
         DelRoute(Route(net("0.0.0.0/1"), TUN)),
         DelRoute(Route(net("128.0.0.0/1"), TUN)),
@@ -384,14 +382,14 @@ def test_teardown_plan_removes_exactly_what_was_installed() -> None:
         DelAddress(iface("198.18.10.2/24")),
         DelAddress(iface("2001:2:0:10::2/64")),
     )
-    assert teardown_plan(State(mtu=1400, up=True), TUN) == ()
+    assert teardown_plan(State(Link(1400, up=True)), TUN) == ()
 
 
 @pytest.mark.parametrize(
     "op",
     [
-        SetMtu(1380, 1400),
-        SetUp(True),
+        SetLink(Link(1380), Link(1400)),
+        SetLink(Link(1400, up=True), Link(1400)),
         AddAddress(iface("198.18.10.2/24")),
         DelAddress(iface("198.18.10.2/24")),
         AddRoute(Route(net("198.19.0.0/17"), TUN)),
@@ -399,30 +397,29 @@ def test_teardown_plan_removes_exactly_what_was_installed() -> None:
     ],
 )
 def test_inverse_undoes(op: Op) -> None:
-    start = State(mtu=1400, up=False)
+    start = State(Link(1400))
     if isinstance(op, Change) and not op.add:
         start = after(start, Change(True, op.item))
-    undo = inverse(op)
-    assert undo is not None
-    assert after(after(start, op), undo) == start
+    assert after(after(start, op), inverse(op)) == start
 
 
 # -- the router over a fake kernel -------------------------------------------------------
 
 
-class FakeKernel:
-    def __init__(self, paths: dict[Address, Path] | None = None) -> None:
-        self.paths = paths or {}
+class FakeKernel(Netlink):
+    def __init__(self, paths: dict[Address, tuple[int, Address | None]] | None = None) -> None:
+        self.paths = paths or {}  # where route get sends each address: (oif, gateway)
         self.ops: list[Op] = []
         self.lookups: list[Address] = []
         self.fail: dict[Op, int] = {}
 
-    def route_get(self, dst: Address, *, avoid: int) -> Path:
+    def route_get(self, net: Network, *, avoid: int) -> Route:
         assert avoid == TUN
+        dst = net.network_address
         self.lookups.append(dst)
         if dst not in self.paths:
-            raise KernelLookupError(f"route lookup of {dst}: Network is unreachable")
-        return self.paths[dst]
+            raise KernelError(f"route lookup of {dst}: Network is unreachable", errno.ENETUNREACH)
+        return Route(net, *self.paths[dst])
 
     def apply(self, op: Op, ifindex: int) -> None:
         assert ifindex == TUN
@@ -437,7 +434,7 @@ GW = ip("198.19.200.7")
 
 @pytest.fixture
 def kernel() -> FakeKernel:
-    return FakeKernel({GW: Path(UPLINK, UPLINK_GW), ip("198.18.50.0"): Path(UPLINK, None)})
+    return FakeKernel({GW: (UPLINK, UPLINK_GW), ip("198.18.50.0"): (UPLINK, None)})
 
 
 def test_identical_net_config_touches_nothing(kernel: FakeKernel) -> None:
@@ -452,12 +449,12 @@ def test_identical_net_config_touches_nothing(kernel: FakeKernel) -> None:
 
 
 def test_bypass_path_through_our_tun_is_refused(kernel: FakeKernel) -> None:
-    kernel.paths[GW] = Path(TUN, None)
+    kernel.paths[GW] = (TUN, None)
     router = Router(kernel, TUN, 1400)
     with pytest.raises(Refusal, match="198.19.200.7/32: its path already goes through the tunnel"):
         router.configure(wanted(routes=("0.0.0.0/0",)))
     assert kernel.ops == []
-    assert router.state == State(mtu=1400)
+    assert router.state == State(Link(1400))
 
 
 def test_an_exclude_without_a_path_is_left_out_and_looked_up_again(kernel: FakeKernel) -> None:
@@ -472,7 +469,7 @@ def test_an_exclude_without_a_path_is_left_out_and_looked_up_again(kernel: FakeK
     bypasses = {r.dst for r in router.state.routes if r.oif == UPLINK}
     assert bypasses == {net("198.19.200.7/32"), net("198.18.50.0/24")}  # the rest stays in
     # A path appears: the next configuration picks the exclude up.
-    kernel.paths[ip("198.18.60.0")] = Path(UPLINK, None)
+    kernel.paths[ip("198.18.60.0")] = (UPLINK, None)
     assert router.routable(w) == (w, {})
     router.configure(w)
     assert net("198.18.60.0/24") in {r.dst for r in router.state.routes if r.oif == UPLINK}
@@ -497,13 +494,13 @@ def test_failure_mid_plan_rolls_back(kernel: FakeKernel) -> None:
     assert router.state == before
     bypass = AddRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW))
     assert kernel.ops == [
-        SetMtu(1380, 1400),
+        SetLink(Link(1380, up=True), Link(1400, up=True)),
         bypass,
         AddRoute(Route(net("198.18.64.0/18"), TUN)),
         # adding 198.19.0.0/16 fails here; then undone in reverse:
         DelRoute(Route(net("198.18.64.0/18"), TUN)),
         DelRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW)),
-        SetMtu(1400, 1380),
+        SetLink(Link(1400, up=True), Link(1380, up=True)),
     ]
 
 
@@ -1006,17 +1003,21 @@ def test_only_the_runners_execute_and_never_through_a_shell() -> None:
     assert not calls & {"subprocess.run", "subprocess.call", "subprocess.check_output"}
 
 
+def kill_switch(allowed: tuple[Network, ...]) -> KillSwitch:
+    return KillSwitch(None, audit_mod.Audit(None, stderr_fd=None), allowed, lambda **_: None)
+
+
 def test_kill_switch_excludes_only_private_space_or_what_root_allows() -> None:
     quarters = unchecked(exclude=["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"])
     with pytest.raises(Refusal, match="exclude 0.0.0.0/2: --fail-closed lets a server"):
-        check_kill_switch_excludes(quarters, ())
+        kill_switch(()).check(quarters)
     with pytest.raises(Refusal, match="overlapping"):  # and the value rules refuse them too
         check_net_config(quarters)
     lan = unchecked(exclude=["192.168.1.0/24", "198.18.3.0/24", "fd00:1::/64"])
-    check_kill_switch_excludes(lan, ())
+    kill_switch(()).check(lan)
     public = unchecked(exclude=["8.8.8.0/25"])
     with pytest.raises(Refusal, match="--allow-exclude 8.8.8.0/25"):
-        check_kill_switch_excludes(public, ())
-    check_kill_switch_excludes(public, (net("8.8.8.0/24"),))
+        kill_switch(()).check(public)
+    kill_switch((net("8.8.8.0/24"),)).check(public)
     with pytest.raises(Refusal):  # an allowance covers only what lies inside it
-        check_kill_switch_excludes(unchecked(exclude=["8.8.8.0/23"]), (net("8.8.8.0/24"),))
+        kill_switch((net("8.8.8.0/24"),)).check(unchecked(exclude=["8.8.8.0/23"]))
