@@ -30,14 +30,13 @@ import os
 import socket
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Callable
-from pathlib import PurePath
 from typing import Any
 
-from sepconnect.process import prctl, programs
+from sepconnect.process import programs
 from sepconnect.process.accounts import service_account, worker_default
 from sepconnect.process.auditfile import open_log
+from sepconnect.process.privdrop import become as become  # launcher/output.py's too
 
 USAGE = 2
 """ExitCode.USAGE: process/exitcodes.py, whose 46 lines we do not load for one number
@@ -61,7 +60,7 @@ _PLAN: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 """The plan's keys and their types; "helper" and "worker" are empty without a session
 (--authenticate: only the service account runs)."""
-_VERBS = {os.X_OK: "run", os.R_OK: "read"}
+_PROGRAMS = ("privhelper", "spawner", "worker")
 _ROLES = {"worker": "the workers'", "service": "the supervisor's", "helper": "the helper's"}
 
 
@@ -131,22 +130,6 @@ def serve(channel: socket.socket, files: dict[tuple[str, str], int]) -> object:
     return None
 
 
-def become(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
-    """Take *uid*, *gid* and *groups* for good, no capability (bounding set too),
-    no_new_privs, not dumpable (only root can touch us now); then prove root cannot
-    come back."""
-    prctl.drop_bounding_set()
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    prctl.no_new_privs_and_undumpable()
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return
-    raise RuntimeError("privilege drop failed: setuid(0) succeeded")
-
-
 def _fork_as(uid: int, gid: int, task: Callable[[], int]) -> int:
     """The pid of a child that :func:`become` uid/gid first, then runs *task* and exits
     with its result."""
@@ -168,48 +151,12 @@ def _exit_code(pid: int) -> int:
     return code if code >= 0 else 128 - code
 
 
-def needed_paths() -> list[tuple[str, int]]:
-    """(path, access mode) every account of a session needs: the interpreter, the
-    standard library, the installed packages, the venv's configuration, the programs."""
-    import sepconnect
-
-    search = os.R_OK | os.X_OK
-    paths = [(sys.executable, os.X_OK)]
-    paths += [
-        (sysconfig.get_path(p), search) for p in ("stdlib", "platstdlib", "purelib", "platlib")
-    ]
-    paths.append((os.path.dirname(os.path.abspath(sepconnect.__file__)), search))
-    if sys.prefix != sys.base_prefix:
-        paths.append((os.path.join(sys.prefix, "pyvenv.cfg"), os.R_OK))
-    for name in ("privhelper", "spawner", "worker"):
-        program = programs.program(f"sepconnect-{name}", f"sepconnect.{name}")[0]
-        paths += [(program, search)] if program != sys.executable else []
-    return paths
-
-
-def blocker(path: str, mode: int) -> str | None:
-    """Why we may not access *path* (by our real uid, as the kernel judges: modes, ACLs,
-    every directory on the way): the first directory on its way (or its target's) we
-    cannot enter, else the path itself; None if we may."""
-    if os.access(path, mode):
-        return None
-    what, verb = path, "read" if os.path.isdir(path) else _VERBS.get(mode, "read and run")
-    for candidate in (path, os.path.realpath(path)):
-        closed = [d for d in PurePath(candidate).parents if not os.access(d, os.X_OK)]
-        if closed:
-            what, verb = str(closed[-1]), "entered"
-            break
-    with contextlib.suppress(OSError):
-        what += f" (mode {os.stat(what).st_mode & 0o7777:04o})"
-    return f"{what} cannot be {verb}"
-
-
 def check_runnable(accounts: list[tuple[str, str, int, int]], checked: set[int]) -> None:
     """PlanError naming the first account (role, name, uid, gid) that cannot run the
     installed programs, and the first thing in its way."""
-    paths = needed_paths()
+    installed = [programs.program(f"sepconnect-{n}", f"sepconnect.{n}")[0] for n in _PROGRAMS]
     for role, name, uid, gid in accounts:
-        why = None if uid in checked else ask_as(uid, gid, paths)
+        why = None if uid in checked else ask_as(uid, gid, functools.partial(_needs, installed))
         checked.add(uid)
         if why is not None:
             raise PlanError(
@@ -219,9 +166,16 @@ def check_runnable(accounts: list[tuple[str, str, int, int]], checked: set[int])
             )
 
 
-def ask_as(uid: int, gid: int, paths: list[tuple[str, int]]) -> str | None:
-    """Why uid/gid cannot use the first of *paths* it cannot use (None if it can use
-    them all), asked of the kernel in a child that became uid/gid."""
+def _needs(installed: list[str]) -> list[tuple[str, int]]:
+    from sepconnect.runnable import needed_paths  # in the child, as the account
+
+    return needed_paths(installed)
+
+
+def ask_as(uid: int, gid: int, paths: Callable[[], list[tuple[str, int]]]) -> str | None:
+    """Why uid/gid cannot use the first of the ``paths()`` it cannot use (None if it can
+    use them all), asked of the kernel in a child that became uid/gid; ``paths`` runs
+    there, and launcher/runnable.py is loaded there only."""
     read_end, write_end = os.pipe()
     pid = _fork_as(uid, gid, functools.partial(_report, write_end, paths))
     os.close(write_end)
@@ -232,11 +186,10 @@ def ask_as(uid: int, gid: int, paths: list[tuple[str, int]]) -> str | None:
     return why or None
 
 
-def _report(out: int, paths: list[tuple[str, int]]) -> int:
-    """In a child that became the account: on *out*, why it cannot use the first of
-    *paths* it cannot use, if any."""
-    why = next(filter(None, (blocker(path, mode) for path, mode in paths)), "")
-    os.write(out, why.encode()[:4000])
+def _report(out: int, paths: Callable[[], list[tuple[str, int]]]) -> int:
+    from sepconnect.runnable import first_blocker  # in the child, as the account
+
+    os.write(out, first_blocker(paths()).encode()[:4000])
     return 0
 
 
