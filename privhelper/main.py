@@ -31,6 +31,7 @@ Exit status: 0 clean, 1 internal error, 2 bad argv (the serving stage's own afte
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
@@ -39,9 +40,8 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable, Sequence
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
@@ -130,15 +130,18 @@ def _program_loader(path: str) -> str:
 # Start-up
 
 
-def _within(low: int, high: int) -> Callable[[str], int]:
-    """The check of a decimal number from ``low`` to ``high``."""
+def _fd(text: str) -> int:
+    value = int(text)
+    if not 3 <= value <= 2**31 - 1:
+        raise ValueError(text)
+    return value
 
-    def check(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise ValueError(text)
-        return int(text)
 
-    return check
+def _uid(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2**32 - 2:
+        raise ValueError(text)
+    return value
 
 
 def _path(text: str) -> str:
@@ -147,69 +150,35 @@ def _path(text: str) -> str:
     return text
 
 
-def _dns_backend(text: str) -> str:
-    if text not in DNS_BACKENDS:
-        raise ValueError(text)
-    return text
-
-
-VALUES: Final[dict[str, Callable[[str], object]]] = {
-    "--fd": _within(3, 2**31 - 1),  # our end of the SEQPACKET pair
-    "--peer-uid": _within(0, 2**32 - 2),  # the supervisor's uid
-    "--uid": _within(0, 2**32 - 2),  # our own uid and gid (started as root)
-    "--gid": _within(0, 2**32 - 2),
-    "--interface": check_ifname,  # the tun's name
-    "--audit-log": _path,  # the JSON-lines audit file
-    "--state-dir": _path,  # crash recovery's state
-    "--dns-backend": _dns_backend,
-    "--allow-exclude": ipaddress.ip_network,  # with --fail-closed: beyond private space
-    "--script": _path,  # a vpnc-script, run as root
-    "--script-arg": str,  # give it as --script-arg=ARG (it may start with "-")
-    "--log-level": _within(0, 4),
-}
-"""The options that take a value (``--name VALUE`` or ``--name=VALUE``), and its check."""
-LISTS: Final = ("--allow-exclude", "--script-arg")
-"""Repeatable, in order; of any other option the last one wins."""
-FLAGS: Final = ("--no-routes", "--fail-closed", "--allow-weak-sandbox")
-"""Addresses and MTU only; nftables lets only the tun or the gateway through; run even
-where the sandbox cannot be set up."""
-
-
-def parse_args(argv: Sequence[str] | None) -> SimpleNamespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Root wrote this argv (the launcher's root stage, or systemd's unit), but it is still
-    checked: a bad one exits with status 2 and a one-line error. No argparse: root
-    writes exactly these options, never for a user to read a usage text."""
-    values: dict[str, Any] = {"--dns-backend": "none", "--log-level": 0}
-    values.update({name: [] for name in LISTS} | dict.fromkeys(FLAGS, False))
-    rest = iter(sys.argv[1:] if argv is None else argv)
-    for arg in rest:
-        name, equals, value = arg.partition("=")
-        if arg in FLAGS:
-            values[arg] = True
-            continue
-        if name not in VALUES:
-            _usage(f"unknown argument {arg[:60]!r}")
-        if not equals:  # the next argument, which (as for argparse) is no option
-            value = next(rest, "-")
-            if value.startswith("-"):
-                _usage(f"{name} needs a value")
-        try:
-            checked = VALUES[name](value)
-        except ValueError:
-            _usage(f"{name}: bad value {value[:60]!r}")
-        if name in LISTS:
-            values[name].append(checked)
-        else:
-            values[name] = checked
-    for name in ("--fd", "--peer-uid"):
-        if name not in values:
-            _usage(f"{name} is required")
-    names = (*VALUES, *FLAGS)
-    return SimpleNamespace(**{n[2:].replace("-", "_"): values.get(n) for n in names})
-
-
-def _usage(message: str) -> NoReturn:
-    raise SystemExit(_fail(message))
+    checked; errors exit with status 2. The comments are the options' help."""
+    parser = argparse.ArgumentParser(
+        prog="sepconnect.privhelper",
+        allow_abbrev=False,
+        # A fixed width: argparse imports shutil (and bz2, lzma) to measure the terminal.
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
+    )
+    parser.add_argument("--fd", type=_fd, required=True)  # our end of the SEQPACKET pair
+    parser.add_argument("--peer-uid", type=_uid, required=True)  # the supervisor's uid
+    parser.add_argument("--uid", type=_uid)  # our own uid and gid (started as root)
+    parser.add_argument("--gid", type=_uid)
+    parser.add_argument("--interface", type=check_ifname)  # the tun's name
+    parser.add_argument("--audit-log", type=_path)  # the JSON-lines audit file
+    parser.add_argument("--state-dir", type=_path)  # crash recovery's state
+    parser.add_argument("--no-routes", action="store_true")  # addresses and MTU only
+    parser.add_argument("--dns-backend", choices=DNS_BACKENDS, default="none")
+    parser.add_argument("--fail-closed", action="store_true")  # nftables: tun or gateway only
+    # With --fail-closed: a prefix a server may exclude beyond private space.
+    parser.add_argument("--allow-exclude", type=ipaddress.ip_network, action="append", default=[])
+    parser.add_argument("--script", type=_path)  # a vpnc-script, run as root
+    # An argument for the vpnc-script (repeatable, in order; given as --script-arg=ARG,
+    # for it may start with "-").
+    parser.add_argument("--script-arg", action="append", default=[])
+    parser.add_argument("--log-level", type=int, choices=range(5), default=0)
+    # Run even where Landlock or the seccomp filter cannot be set up.
+    parser.add_argument("--allow-weak-sandbox", action="store_true")
+    return parser.parse_args(argv)
 
 
 def _close_inherited(keep: int) -> None:
@@ -223,10 +192,7 @@ def _close_inherited(keep: int) -> None:
         try:
             os.fstat(std)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != std:
-                os.dup2(null, std)
-                os.close(null)
+            os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
 
 
 def _check_channel(fd: int) -> None:

@@ -12,8 +12,8 @@ state, and the runners (process/runner.py).
 
 from __future__ import annotations
 
+import argparse
 import os
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final
 
 from sepconnect.ipc.runner_messages import NFT_REQUESTS, ROOT_REQUESTS
@@ -31,7 +31,7 @@ Stale = list[tuple[str, dict[str, Any]]]
 
 
 def before_the_drop(
-    args: SimpleNamespace, root_dir: str | None, log_fd: int | None, uid: int
+    args: argparse.Namespace, root_dir: str | None, log_fd: int | None, uid: int
 ) -> tuple[Stale, BackendName, RunnerClient | None]:
     """While we are root: check ``--script-arg``, read the crashed sessions' state
     (:data:`STATE_PREFIX` files), choose the DNS backend, and start the root runner where
@@ -68,7 +68,7 @@ def before_the_drop(
 
 
 def root_runner(
-    args: SimpleNamespace,
+    args: argparse.Namespace,
     state_dir: str | None,
     needed: bool,
     stale: bool,
@@ -101,7 +101,7 @@ def root_runner(
 
 
 def root_runner_args(
-    args: SimpleNamespace, state_dir: str, backend: BackendName, log_fd: int | None
+    args: argparse.Namespace, state_dir: str, backend: BackendName, log_fd: int | None
 ) -> list[str]:
     """The root runner's command line after its channel (rootrunner/main.py parse_args)."""
     extra = ["--state-dir", state_dir]
