@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName
     from sepconnect.process.runner import RunnerClient
 
-EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 

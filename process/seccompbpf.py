@@ -23,11 +23,11 @@ pseudo-number, e.g. fstat64 on x86_64) is added but can never match.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
 import os
-import termios
 from collections.abc import Iterable, Iterator
+from fcntl import F_DUPFD, F_DUPFD_CLOEXEC, F_GETFD, F_GETFL, F_SETFD, F_SETFL
+from termios import FIOCLEX, FIONBIO, FIONCLEX, FIONREAD, TCGETS
 from typing import Final, NamedTuple
 
 # <seccomp.h> actions
@@ -45,25 +45,13 @@ def errno_action(code: int) -> int:
 EQ: Final = 4
 GE: Final = 5
 
-FD_FCNTLS: Final = (
-    fcntl.F_DUPFD,
-    fcntl.F_GETFD,
-    fcntl.F_SETFD,
-    fcntl.F_GETFL,
-    fcntl.F_SETFL,
-    fcntl.F_DUPFD_CLOEXEC,
-)
+FD_FCNTLS: Final = (F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC)
 """The fcntl commands that concern only the fd itself: fd flags, status flags, dup.
 Not F_SETOWN/F_SETSIG (they aim SIGIO at another process), not locks."""
 
-FD_IOCTLS: Final = (
-    termios.TCGETS,  # isatty()
-    termios.FIONBIO,  # non-blocking
-    termios.FIOCLEX,
-    termios.FIONCLEX,
-    termios.FIONREAD,  # bytes queued
-)
-"""The ioctls CPython makes on any fd; they read or set only that fd's own state."""
+FD_IOCTLS: Final = (TCGETS, FIONBIO, FIOCLEX, FIONCLEX, FIONREAD)
+"""The ioctls CPython makes on any fd; they read or set only that fd's own state:
+isatty(), non-blocking, close-on-exec on and off, the bytes queued."""
 
 _NR_SCMP_ERROR: Final = -1
 
