@@ -30,7 +30,9 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
+from pathlib import PurePath
 from typing import Any
 
 from sepconnect.process import programs
@@ -60,7 +62,7 @@ _PLAN: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 """The plan's keys and their types; "helper" and "worker" are empty without a session
 (--authenticate: only the service account runs)."""
-_PROGRAMS = ("privhelper", "spawner", "worker")
+_VERBS = {os.X_OK: "run", os.R_OK: "read"}
 _ROLES = {"worker": "the workers'", "service": "the supervisor's", "helper": "the helper's"}
 
 
@@ -151,12 +153,48 @@ def _exit_code(pid: int) -> int:
     return code if code >= 0 else 128 - code
 
 
+def needed_paths() -> list[tuple[str, int]]:
+    """(path, access mode) every account of a session needs: the interpreter, the
+    standard library, the installed packages, the venv's configuration, the programs."""
+    import sepconnect
+
+    search = os.R_OK | os.X_OK
+    paths = [(sys.executable, os.X_OK)]
+    paths += [
+        (sysconfig.get_path(p), search) for p in ("stdlib", "platstdlib", "purelib", "platlib")
+    ]
+    paths.append((os.path.dirname(os.path.abspath(sepconnect.__file__)), search))
+    if sys.prefix != sys.base_prefix:
+        paths.append((os.path.join(sys.prefix, "pyvenv.cfg"), os.R_OK))
+    for name in ("privhelper", "spawner", "worker"):
+        program = programs.program(f"sepconnect-{name}", f"sepconnect.{name}")[0]
+        paths += [(program, search)] if program != sys.executable else []
+    return paths
+
+
+def blocker(path: str, mode: int) -> str | None:
+    """Why we may not access *path* (by our real uid, as the kernel judges: modes, ACLs,
+    every directory on the way): the first directory on its way (or its target's) we
+    cannot enter, else the path itself; None if we may."""
+    if os.access(path, mode):
+        return None
+    what, verb = path, "read" if os.path.isdir(path) else _VERBS.get(mode, "read and run")
+    for candidate in (path, os.path.realpath(path)):
+        closed = [d for d in PurePath(candidate).parents if not os.access(d, os.X_OK)]
+        if closed:
+            what, verb = str(closed[-1]), "entered"
+            break
+    with contextlib.suppress(OSError):
+        what += f" (mode {os.stat(what).st_mode & 0o7777:04o})"
+    return f"{what} cannot be {verb}"
+
+
 def check_runnable(accounts: list[tuple[str, str, int, int]], checked: set[int]) -> None:
     """PlanError naming the first account (role, name, uid, gid) that cannot run the
     installed programs, and the first thing in its way."""
-    installed = [programs.program(f"sepconnect-{n}", f"sepconnect.{n}")[0] for n in _PROGRAMS]
+    paths = needed_paths()
     for role, name, uid, gid in accounts:
-        why = None if uid in checked else ask_as(uid, gid, functools.partial(_needs, installed))
+        why = None if uid in checked else ask_as(uid, gid, paths)
         checked.add(uid)
         if why is not None:
             raise PlanError(
@@ -166,16 +204,9 @@ def check_runnable(accounts: list[tuple[str, str, int, int]], checked: set[int])
             )
 
 
-def _needs(installed: list[str]) -> list[tuple[str, int]]:
-    from sepconnect.runnable import needed_paths  # in the child, as the account
-
-    return needed_paths(installed)
-
-
-def ask_as(uid: int, gid: int, paths: Callable[[], list[tuple[str, int]]]) -> str | None:
-    """Why uid/gid cannot use the first of the ``paths()`` it cannot use (None if it can
-    use them all), asked of the kernel in a child that became uid/gid; ``paths`` runs
-    there, and launcher/runnable.py is loaded there only."""
+def ask_as(uid: int, gid: int, paths: list[tuple[str, int]]) -> str | None:
+    """Why uid/gid cannot use the first of *paths* it cannot use (None if it can use
+    them all), asked of the kernel in a child that became uid/gid."""
     read_end, write_end = os.pipe()
     pid = _fork_as(uid, gid, functools.partial(_report, write_end, paths))
     os.close(write_end)
@@ -186,10 +217,11 @@ def ask_as(uid: int, gid: int, paths: Callable[[], list[tuple[str, int]]]) -> st
     return why or None
 
 
-def _report(out: int, paths: Callable[[], list[tuple[str, int]]]) -> int:
-    from sepconnect.runnable import first_blocker  # in the child, as the account
-
-    os.write(out, first_blocker(paths()).encode()[:4000])
+def _report(out: int, paths: list[tuple[str, int]]) -> int:
+    """In a child that became the account: on *out*, why it cannot use the first of
+    *paths* it cannot use, if any."""
+    why = next(filter(None, (blocker(path, mode) for path, mode in paths)), "")
+    os.write(out, why.encode()[:4000])
     return 0
 
 

@@ -2,7 +2,7 @@
 directory, as a venv under /root is) is refused by the launcher, as root, before anything
 starts, with one line naming the account and what is in its way; it was a PermissionError
 traceback from the first process that had dropped root. The checks ask the kernel as the
-real uids (launcher/rootstage.py, in children that load launcher/runnable.py)."""
+real uids (launcher/rootstage.py)."""
 
 from __future__ import annotations
 
@@ -97,19 +97,19 @@ def test_the_check_asks_the_kernel_as_the_accounts_uid(tmp_open: Path) -> None:
     program = top / "program"
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
-    assert rootstage.ask_as(WORKER, WORKER, lambda: [(str(program), os.R_OK | os.X_OK)]) is None
+    assert rootstage.ask_as(WORKER, WORKER, [(str(program), os.R_OK | os.X_OK)]) is None
     program.chmod(0o700)
-    assert rootstage.ask_as(WORKER, WORKER, lambda: [(str(program), os.R_OK | os.X_OK)]) == (
+    assert rootstage.ask_as(WORKER, WORKER, [(str(program), os.R_OK | os.X_OK)]) == (
         f"{program} (mode 0700) cannot be read and run"
     )
     program.chmod(0o755)
     top.chmod(0o700)
-    assert rootstage.ask_as(WORKER, WORKER, lambda: [(str(program), os.X_OK)]) == (
+    assert rootstage.ask_as(WORKER, WORKER, [(str(program), os.X_OK)]) == (
         f"{top} (mode 0700) cannot be entered"
     )
     if shutil.which("setfacl") is not None:  # an ACL entry for the uid lets it through
         subprocess.run(["setfacl", "-m", f"u:{WORKER}:x", str(top)], check=True)
-        assert rootstage.ask_as(WORKER, WORKER, lambda: [(str(program), os.X_OK)]) is None
-        assert rootstage.ask_as(WORKER + 1, WORKER + 1, lambda: [(str(program), os.X_OK)]) == (
+        assert rootstage.ask_as(WORKER, WORKER, [(str(program), os.X_OK)]) is None
+        assert rootstage.ask_as(WORKER + 1, WORKER + 1, [(str(program), os.X_OK)]) == (
             f"{top} (mode 0710) cannot be entered"  # the mask shows in the group bits
         )
