@@ -241,10 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sepconnect.privhelper import runners
 
         try:
-            stale, backend, root = runners.before_the_drop(args, root_dir, log_fd, uid)
+            stale, backend, root, needs_nft = runners.before_the_drop(args, root_dir, log_fd, uid)
         except (OSError, ValueError) as exc:
             return _fail(str(exc))
-        needs_nft = args.fail_closed or any(data.get("firewall") for _, data in stale)
     try:
         drop_privileges(uid, gid)
         if needs_nft:

@@ -32,10 +32,11 @@ Stale = list[tuple[str, dict[str, Any]]]
 
 def before_the_drop(
     args: argparse.Namespace, root_dir: str | None, log_fd: int | None, uid: int
-) -> tuple[Stale, BackendName, RunnerClient | None]:
+) -> tuple[Stale, BackendName, RunnerClient | None, bool]:
     """While we are root: check ``--script-arg``, read the crashed sessions' state
     (:data:`STATE_PREFIX` files), choose the DNS backend, and start the root runner where
-    an option or a crashed root runner's state needs it. (state, backend, root runner);
+    an option or a crashed root runner's state needs it. (state, backend, root runner,
+    whether the nft runner is needed: start it with :func:`nft_runner` after the drop);
     ValueError or OSError with a one-line reason."""
     if args.script_arg:  # -s with arguments (imported only then)
         from sepconnect.ipc.script_env import check_script_args
@@ -64,7 +65,7 @@ def before_the_drop(
     root = None
     if needs_root or needs_nft or stale_root:
         root = root_runner(args, root_dir, needs_root, stale_root, backend, log_fd, uid)
-    return stale, backend, root
+    return stale, backend, root, needs_nft
 
 
 def root_runner(
