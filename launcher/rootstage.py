@@ -35,9 +35,10 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
-from sepconnect.process import prctl, programs
+from sepconnect.process import programs
 from sepconnect.process.accounts import service_account, worker_default
 from sepconnect.process.auditfile import open_log
+from sepconnect.process.privdrop import become as become  # launcher/output.py's too
 
 USAGE = 2
 """ExitCode.USAGE: process/exitcodes.py, whose 46 lines we do not load for one number
@@ -129,22 +130,6 @@ def serve(channel: socket.socket, files: dict[tuple[str, str], int]) -> object:
         else:
             socket.send_fds(channel, [b"{}"], [files[kind, path]])
     return None
-
-
-def become(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
-    """Take *uid*, *gid* and *groups* for good, no capability (bounding set too),
-    no_new_privs, not dumpable (only root can touch us now); then prove root cannot
-    come back."""
-    prctl.drop_bounding_set()
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    prctl.no_new_privs_and_undumpable()
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return
-    raise RuntimeError("privilege drop failed: setuid(0) succeeded")
 
 
 def _fork_as(uid: int, gid: int, task: Callable[[], int]) -> int:

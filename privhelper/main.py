@@ -15,10 +15,10 @@ keeps CAP_NET_ADMIN alone.
 
 The helper runs in two stages, one process (DESIGN.md §1, docs/security.md "The trusted
 base, counted"). This one does what runs once: it checks argv, opens the audit log,
-creates the state directory and reads the state of crashed sessions, starts the runners
-(process/runner.py) only where root's options (or a crashed session's state) need them
-— the root runner (rootrunner/: ``--script``, ``--dns-backend file|resolvconf``) and the
-nft runner (nft.py: ``--fail-closed``) —, drops to its uid with CAP_NET_ADMIN alone
+creates the state directory and reads the state of crashed sessions, and, only where root's
+options (or a crashed session's state) need them, starts the runners (runners.py, loaded
+only then: the root runner for ``--script`` and ``--dns-backend file|resolvconf``, the
+nft runner for ``--fail-closed``), drops to its uid with CAP_NET_ADMIN alone
 (no_new_privs), applies Landlock (no writes outside its state directory, no execution
 but of the interpreter) and compiles the seccomp filter (seccomp.py). Then it executes
 the serving stage (serve.py) with CAP_NET_ADMIN kept ambient across the exec, handing
@@ -46,17 +46,16 @@ from typing import TYPE_CHECKING, Any, Final
 from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
-from sepconnect.privhelper.network import STATE_PREFIX
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
-from sepconnect.process import landlock, privileges, programs, statedir
+from sepconnect.process import capabilities, landlock, prctl, privatedir, programs
 from sepconnect.process.auditfile import open_log
 from sepconnect.process.journal import open_journal
+from sepconnect.process.privdrop import become
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName
     from sepconnect.process.runner import RunnerClient
 
-EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 EXIT_USAGE: Final = 2
 
@@ -67,21 +66,27 @@ SERVING_PROGRAM: Final = ("sepconnect-privhelper-serve", "sepconnect.privhelper.
 # Privileges
 
 
-KEEP: Final = frozenset({privileges.CAP_NET_ADMIN})
+KEEP: Final = frozenset({capabilities.CAP_NET_ADMIN})
+PR_CAP_AMBIENT_RAISE: Final = 2
 
 
 def drop_privileges(uid: int, gid: int) -> None:
     """Become ``uid``/``gid`` with CAP_NET_ADMIN alone (effective, permitted, bounding),
-    no_new_privs, not dumpable. The bounding set goes first, while CAP_SETPCAP is still
-    effective. Started by systemd as that uid already (AmbientCapabilities=), only
-    the ambient and inheritable sets are left to clear."""
-    privileges.prctl(privileges.PR_SET_NO_NEW_PRIVS, 1)
-    privileges.drop_bounding_set(keep=KEEP)
+    no_new_privs, not dumpable. Started by systemd as that uid already
+    (AmbientCapabilities=), only the ambient and inheritable sets are left to clear."""
     if os.getuid() == 0:
-        privileges.drop_to(uid, gid, keep=KEEP)
+        become(uid, gid, (gid,), keep=KEEP)
     else:
-        privileges.keep_only_capabilities(KEEP)
-    privileges.prctl(privileges.PR_SET_DUMPABLE, 0)
+        prctl.drop_bounding_set(keep=KEEP)
+        capabilities.keep_only_capabilities(KEEP)
+        prctl.no_new_privs_and_undumpable()
+
+
+def ambient_net_admin() -> None:
+    """Make CAP_NET_ADMIN (and nothing else) ambient: a program we execute, not being
+    root, keeps it. ``capabilities.keep_only_capabilities(KEEP)`` takes it back."""
+    capabilities.keep_only_capabilities(KEEP, inheritable=True)
+    prctl.prctl(capabilities.PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capabilities.CAP_NET_ADMIN)
 
 
 def confine(state_dir: str | None) -> None:
@@ -145,44 +150,33 @@ def _path(text: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Root wrote this argv, but it is still checked; errors exit with status 2."""
+    """Root wrote this argv (the launcher's root stage, or systemd's unit), but it is still
+    checked; errors exit with status 2. The comments are the options' help."""
     parser = argparse.ArgumentParser(
         prog="sepconnect.privhelper",
         allow_abbrev=False,
         # A fixed width: argparse imports shutil (and bz2, lzma) to measure the terminal.
         formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
     )
-    parser.add_argument("--fd", type=_fd, required=True, help="our end of the SEQPACKET pair")
-    parser.add_argument("--peer-uid", type=_uid, required=True, help="the supervisor's uid")
-    parser.add_argument("--uid", type=_uid, help="our own uid (started as root)")
-    parser.add_argument("--gid", type=_uid, help="our own gid (started as root)")
-    parser.add_argument("--interface", type=check_ifname, default=None, help="tun name")
-    parser.add_argument("--audit-log", type=_path, default=None, help="JSON-lines audit file")
-    parser.add_argument("--state-dir", type=_path, default=None, help="crash-recovery state")
-    parser.add_argument("--no-routes", action="store_true", help="addresses and MTU only")
+    parser.add_argument("--fd", type=_fd, required=True)  # our end of the SEQPACKET pair
+    parser.add_argument("--peer-uid", type=_uid, required=True)  # the supervisor's uid
+    parser.add_argument("--uid", type=_uid)  # our own uid and gid (started as root)
+    parser.add_argument("--gid", type=_uid)
+    parser.add_argument("--interface", type=check_ifname)  # the tun's name
+    parser.add_argument("--audit-log", type=_path)  # the JSON-lines audit file
+    parser.add_argument("--state-dir", type=_path)  # crash recovery's state
+    parser.add_argument("--no-routes", action="store_true")  # addresses and MTU only
     parser.add_argument("--dns-backend", choices=DNS_BACKENDS, default="none")
-    parser.add_argument("--fail-closed", action="store_true", help="nftables: tun or gateway only")
-    parser.add_argument(
-        "--allow-exclude",
-        type=ipaddress.ip_network,
-        action="append",
-        default=[],
-        help="with --fail-closed: a prefix a server may exclude beyond private space",
-    )
-    parser.add_argument("--script", type=_path, default=None, help="vpnc-script, run as root")
-    parser.add_argument(
-        "--script-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="an argument for the vpnc-script (repeatable, in order; give it as --script-arg=ARG)",
-    )
+    parser.add_argument("--fail-closed", action="store_true")  # nftables: tun or gateway only
+    # With --fail-closed: a prefix a server may exclude beyond private space.
+    parser.add_argument("--allow-exclude", type=ipaddress.ip_network, action="append", default=[])
+    parser.add_argument("--script", type=_path)  # a vpnc-script, run as root
+    # An argument for the vpnc-script (repeatable, in order; given as --script-arg=ARG,
+    # for it may start with "-").
+    parser.add_argument("--script-arg", action="append", default=[])
     parser.add_argument("--log-level", type=int, choices=range(5), default=0)
-    parser.add_argument(
-        "--allow-weak-sandbox",
-        action="store_true",
-        help="run even where the seccomp filter cannot be loaded",
-    )
+    # Run even where Landlock or the seccomp filter cannot be set up.
+    parser.add_argument("--allow-weak-sandbox", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -197,26 +191,15 @@ def _close_inherited(keep: int) -> None:
         try:
             os.fstat(std)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != std:
-                os.dup2(null, std)
-                os.close(null)
+            os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
 
 
 def _check_channel(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    try:
-        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
-            raise ValueError(f"fd {fd} is not an AF_UNIX SOCK_SEQPACKET socket")
-    finally:
-        sock.detach()
-
-
-def _has_files(directory: str) -> bool:
-    try:
-        return any(name.endswith(".json") for name in os.listdir(directory))
-    except OSError:
-        return False
+    sock = socket.socket(fileno=fd)  # OSError if it is no socket
+    kind = (sock.family, sock.type)
+    sock.detach()
+    if kind != (socket.AF_UNIX, socket.SOCK_SEQPACKET):
+        raise ValueError(f"fd {fd} is not an AF_UNIX SOCK_SEQPACKET socket")
 
 
 def _fail(message: str) -> int:
@@ -242,45 +225,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--audit-log: {exc}")
     journal = open_journal()
     audit = _audit.Audit(log_fd, journal=journal)
-    if args.script_arg:  # -s with arguments (imported only then: the trusted base)
-        from sepconnect.ipc.script_env import check_script_args
-
-        if args.script is None:
-            return _fail("--script-arg without --script")
-        try:
-            check_script_args(args.script_arg)
-        except ValueError as exc:
-            return _fail(f"--script-arg: {exc}")
-    stale: list[tuple[str, dict[str, Any]]] = []
     if args.state_dir is not None:
         try:
-            statedir.ensure_dir(args.state_dir, uid, gid)
-            stale = list(statedir.stale(args.state_dir, STATE_PREFIX))
+            privatedir.ensure_dir(args.state_dir, uid, gid)
         except OSError as exc:
             return _fail(f"--state-dir: {exc}")
-    # A vpnc-script does the DNS itself, as under openconnect.
+    # What only root's options or a crashed session need (runners.py), loaded only then.
+    stale: list[tuple[str, dict[str, Any]]] = []
     backend: BackendName = "none"
-    if args.script is None and args.dns_backend != "none":
-        from sepconnect.privhelper.dns import choose
-
-        backend = choose(args.dns_backend)
-    # The runners (runners.py), only where root's options or a crashed session need them.
-    root = nft_runner = None
+    root = nft = None
+    needs_nft = False
     root_dir = None if args.state_dir is None else f"{args.state_dir}-root"
-    needs_root = args.script is not None or backend in ("file", "resolvconf")
-    needs_nft = args.fail_closed or any(d.get("firewall") for _, d in stale)
-    stale_root = root_dir is not None and os.getuid() == 0 and _has_files(root_dir)
-    try:
-        if needs_root or needs_nft or stale_root:
-            from sepconnect.privhelper import runners
+    crashed = any(privatedir.has_files(path) for path in (args.state_dir, root_dir) if path)
+    if crashed or args.script or args.script_arg or args.dns_backend != "none" or args.fail_closed:
+        from sepconnect.privhelper import runners
 
-            root = runners.root_runner(args, root_dir, needs_root, stale_root, backend, log_fd, uid)
-    except OSError as exc:
-        return _fail(str(exc))
+        try:
+            stale, backend, root, needs_nft = runners.before_the_drop(args, root_dir, log_fd, uid)
+        except (OSError, ValueError) as exc:
+            return _fail(str(exc))
     try:
         drop_privileges(uid, gid)
         if needs_nft:
-            nft_runner = runners.nft_runner(KEEP)
+            nft = runners.nft_runner()
     except OSError as exc:
         audit.record("start", "fatal", f"cannot drop privileges: {exc}")
         return EXIT_FATAL
@@ -295,26 +262,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     seccomp = "allow-list"
     bpf = b""
     try:
-        bpf = _compile_filter()
+        bpf = _seccomp.build()
     except OSError as exc:
         if not args.allow_weak_sandbox:
             reason = f"cannot build the seccomp filter: {exc} (see --allow-weak-sandbox)"
             audit.record("start", "fatal", reason)
             return EXIT_FATAL
         seccomp = f"none (--allow-weak-sandbox): {exc}"[:200]
+    ifname = args.interface or DEFAULT_TEMPLATE
+    allow_exclude = [str(prefix) for prefix in args.allow_exclude]
     settings = {
         "fd": args.fd,
         "peer_uid": args.peer_uid,
         "log_fd": log_fd,
         "journal_fd": None if journal is None else journal.fileno(),
         "root": _runner(root),
-        "nft": _runner(nft_runner),
+        "nft": _runner(nft),
         "options": {  # network.Options
-            "ifname": args.interface or DEFAULT_TEMPLATE,
+            "ifname": ifname,
             "named": args.interface is not None,
             "no_routes": args.no_routes,
             "fail_closed": args.fail_closed,
-            "allow_exclude": [str(p) for p in args.allow_exclude],
+            "allow_exclude": allow_exclude,
             "dns_backend": backend,
             "script": args.script,
             "log_level": args.log_level,
@@ -325,17 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "start": {
             "uid": uid,
             "peer_uid": args.peer_uid,
-            "interface": args.interface or DEFAULT_TEMPLATE,
+            "interface": ifname,
             "landlock": landlocked,
             "seccomp": seccomp,
             "routes": "none" if args.no_routes or args.script else "helper",
             "dns_backend": backend,
             "fail_closed": int(args.fail_closed),
-            "allow_exclude": [str(p) for p in args.allow_exclude],
+            "allow_exclude": allow_exclude,
             "script": args.script,
             "script_args": list(args.script_arg),
             "root_runner": None if root is None else root.pid,
-            "nft_runner": None if nft_runner is None else nft_runner.pid,
+            "nft_runner": None if nft is None else nft.pid,
         },
     }
     try:
@@ -349,25 +318,6 @@ def _runner(client: RunnerClient | None) -> list[int] | None:
     return None if client is None else [client.channel.fileno(), client.pid]
 
 
-def _compile_filter() -> bytes:
-    """The serving stage's seccomp filter as BPF (loaded there, after the exec)."""
-    fd = os.memfd_create("sepconnect-helper-filter", os.MFD_CLOEXEC)
-    try:
-        with _seccomp.build() as compiled:
-            compiled.export_bpf(fd)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return _read_all(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 16):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _exec_serving_stage(settings: dict[str, Any], bpf: bytes) -> None:
     """Execute serve.py in this process with CAP_NET_ADMIN ambient (we are not root:
     only an ambient capability survives the exec); ``settings`` (JSON) and the filter go
@@ -375,13 +325,10 @@ def _exec_serving_stage(settings: dict[str, Any], bpf: bytes) -> None:
     memfd = os.memfd_create("sepconnect-helper-settings", 0)
     os.write(memfd, json.dumps(settings).encode() + b"\n" + bpf)
     os.lseek(memfd, 0, os.SEEK_SET)
-    for fd in (settings["fd"], settings["log_fd"], settings["journal_fd"]):
+    runners = [runner[0] for runner in (settings["root"], settings["nft"]) if runner]
+    for fd in (settings["fd"], settings["log_fd"], settings["journal_fd"], *runners):
         if fd is not None:
             os.set_inheritable(fd, True)
-    for runner in (settings["root"], settings["nft"]):
-        if runner is not None:
-            os.set_inheritable(runner[0], True)
-    privileges.keep_only_capabilities(KEEP, inheritable=True)
-    privileges.raise_ambient(privileges.CAP_NET_ADMIN)
+    ambient_net_admin()
     argv = [*programs.program(*SERVING_PROGRAM), "--settings-fd", str(memfd)]
     os.execve(argv[0], argv, dict(os.environ))  # noqa: S606 - our own stage, no shell

@@ -1,11 +1,13 @@
-"""The privileged helper's seccomp allow-list (built by process/seccomp.py).
+"""The privileged helper's seccomp allow-list (compiled by process/seccompbpf.py).
 
 The rules are the helper's own and live here; the builder that turns them into
 a libseccomp filter is the one the worker uses too (stdlib and ctypes only, so
 the helper may load it).
 
-:func:`apply` is called once, after the helper has dropped to CAP_NET_ADMIN
-and opened its netlink socket, before it reads the first request. From then on:
+The start stage compiles them (:func:`build`, while it still holds its privileges'
+worth of trust, never in an unprivileged process); the serving stage loads the BPF
+once, after it has dropped to CAP_NET_ADMIN alone and opened its netlink socket, before
+it reads the first request, with SECCOMP_FILTER_FLAG_LOG. From then on:
 
 * :data:`ALLOWED` system calls pass: what CPython, network.py (pyroute2's messages
   over one blocking NETLINK_ROUTE socket) and the helper's own work need — reading its
@@ -25,9 +27,9 @@ and opened its netlink socket, before it reads the first request. From then on:
   writes an audit record — "fatal with cleanup".
 
 What executes a program (the vpnc-script, nft, resolvconf) runs in a runner started
-before :func:`apply` (process/runner.py): the helper itself never forks or executes.
+before the filter (process/runner.py): the helper itself never forks or executes.
 
-Architectures: see process/seccomp.py (names are resolved for the native one;
+Architectures: see process/seccompbpf.py (names are resolved for the native one;
 any other, x32 system calls on x86_64 included, is killed).
 """
 
@@ -38,8 +40,8 @@ import socket
 from collections.abc import Iterator
 from typing import Final
 
-from sepconnect.process import seccomp
-from sepconnect.process.seccomp import ALLOW, EQ, KILL_PROCESS, Arg, Rule
+from sepconnect.process import seccompbpf
+from sepconnect.process.seccompbpf import ALLOW, EQ, KILL_PROCESS, Arg, Rule
 from sepconnect.process.tun_ioctls import TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ
 
 ALLOWED: Final = (
@@ -75,36 +77,28 @@ NEVER: Final = (
 )  # fmt: skip
 """Killed at once: nothing in the helper ever makes these calls."""
 
-IOCTLS: Final = (
-    TUNSETIFF,
-    TUNGETIFF,
-    TUNSETOFFLOAD,
-    TUNSETVNETHDRSZ,
-    *seccomp.FD_IOCTLS,
-)
+IOCTLS: Final = (TUNSETIFF, TUNGETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, *seccompbpf.FD_IOCTLS)
 
 
 def rules() -> Iterator[Rule]:
     """Every rule of the filter, in the order they are added."""
-    yield from seccomp.allow(sorted(ALLOWED))
+    yield from seccompbpf.allow(sorted(ALLOWED))
     for name in NEVER:
         yield Rule(KILL_PROCESS, name)
     # Argument-checked calls: the listed values pass, any other value gets the errno.
     netlink_route = (Arg(0, EQ, socket.AF_NETLINK), Arg(2, EQ, socket.NETLINK_ROUTE))
     yield Rule(ALLOW, "socket", netlink_route)
-    yield from seccomp.only("socket", 0, (socket.AF_UNIX,), errno.EAFNOSUPPORT)
-    yield from seccomp.only("ioctl", 1, IOCTLS, errno.ENOTTY)
-    yield from seccomp.only("fcntl", 1, seccomp.FD_FCNTLS, errno.EINVAL)
+    yield from seccompbpf.only("socket", 0, (socket.AF_UNIX,), errno.EAFNOSUPPORT)
+    yield from seccompbpf.only("ioctl", 1, IOCTLS, errno.ENOTTY)
+    yield from seccompbpf.only("fcntl", 1, seccompbpf.FD_FCNTLS, errno.EINVAL)
     yield Rule(ALLOW, "prlimit64", (Arg(0, EQ, 0),))
 
 
-def build() -> seccomp.Filter:
-    """The helper's filter, not yet loaded: anything not in :func:`rules` fails with EPERM
-    (logged by the kernel)."""
-    return seccomp.Filter(seccomp.errno_action(errno.EPERM), rules(), log=True)
+DEFAULT: Final = seccompbpf.errno_action(errno.EPERM)
+"""For anything not in :func:`rules` (logged by the kernel: the serving stage loads the
+filter with SECCOMP_FILTER_FLAG_LOG)."""
 
 
-def apply() -> None:
-    """Load the helper's filter into this process, for good (needs no_new_privs)."""
-    with build() as f:
-        f.load()
+def build() -> bytes:
+    """The helper's filter as BPF, for the serving stage to load."""
+    return seccompbpf.compile_bpf(DEFAULT, rules())

@@ -1,37 +1,20 @@
-"""The state directory: created for its process, and read for crashed processes' files.
+"""The state directory, read for crashed processes' files.
 
-Loaded at start-up only (the helper's start stage, the root runner): the files
-themselves are process/statefile.py's, which a long-lived process keeps writing.
+Loaded at start-up only, and only where the directory holds a file (the helper's start
+stage; the root runner): the files themselves are process/statefile.py's, which a
+long-lived process keeps writing; the directory is made by process/privatedir.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
 from collections.abc import Iterator
 from typing import Any
 
+from sepconnect.process.privatedir import ensure_dir as ensure_dir  # the root runner's
 from sepconnect.process.statefile import MAX_STATE, netns_id, process_start_time
-
-
-def ensure_dir(path: str, uid: int, gid: int) -> None:
-    """Create the state directory, 0700 and ``uid``'s, or check that an existing one is.
-
-    Called as root, a new directory is made ``uid``'s, and so is an existing *private*
-    one of root's (made by root for it); anything else (``--state-dir /etc``, somebody
-    else's directory) is refused, never taken over.
-    """
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
-    private = stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
-    if private and st.st_uid == 0 != uid and os.geteuid() == 0:
-        os.chown(path, uid, gid)
-        st = os.lstat(path)
-    if not private or st.st_uid != uid:
-        raise OSError(f"{path}: not a private directory of uid {uid} (mode {st.st_mode:o})")
 
 
 def stale(

@@ -1,4 +1,4 @@
-"""process/seccomp.py, the one seccomp builder, and the two allow-lists given to it.
+"""process/seccomp.py and seccompbpf.py, the one seccomp builder, and the two allow-lists.
 
 The sandboxes themselves are proven from inside the real processes
 (tests/integration/test_sandbox.py, test_privhelper.py, test_helper_hostile.py);
@@ -86,8 +86,15 @@ def _pfc(f: seccomp.Filter) -> str:
 
 
 def test_the_helpers_filter_builds() -> None:
-    with helper_seccomp.build() as f:
+    """build() compiles the helper's rules with its default action: the same BPF as a
+    filter of them, whose pseudo code shows the rules."""
+    with seccomp.Filter(helper_seccomp.DEFAULT, helper_seccomp.rules()) as f:
         pfc = _pfc(f)
+        with tempfile.TemporaryFile() as out:
+            f.export_bpf(out.fileno())
+            out.seek(0)
+            assert helper_seccomp.build() == out.read()
+    assert "action ERRNO(1);" in pfc  # the default: EPERM
     assert 'syscall "ioctl"' in pfc
     assert 'syscall "ptrace"' in pfc
     assert "action KILL_PROCESS;" in pfc

@@ -58,6 +58,19 @@ def test_no_setproctitle_or_shutil_at_start() -> None:
     assert out.strip() == "[]"
 
 
+def test_the_helpers_start_stage_loads_no_optional_part() -> None:
+    """What only options or a crashed session need (runners, reading crashed state), and
+    the worker's part of the seccomp binding, are not imported with the start stage
+    (docs/security.md, "The trusted base, counted")."""
+    out = _in_child(
+        "import sys\n"
+        "import sepconnect.privhelper.main\n"
+        "print(sorted(m for m in ('sepconnect.privhelper.runners', 'sepconnect.process.statedir',"
+        " 'sepconnect.process.seccomp', 'sepconnect.process.privileges') if m in sys.modules))\n"
+    )
+    assert out.strip() == "[]"
+
+
 PYROUTE2_HEAVY = ("asyncio", "sqlite3", "ssl", "multiprocessing", "ctypes", "pyroute2.ndb")
 
 
