@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
-from sepconnect.process import prctl, programs
+from sepconnect.process import lockdown, programs
 from sepconnect.process.accounts import service_account, worker_default
 from sepconnect.process.auditfile import open_log
 
@@ -135,11 +135,11 @@ def become(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
     """Take *uid*, *gid* and *groups* for good, no capability (bounding set too),
     no_new_privs, not dumpable (only root can touch us now); then prove root cannot
     come back."""
-    prctl.drop_bounding_set()
+    lockdown.drop_bounding_set()
     os.setgroups(groups)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    prctl.no_new_privs_and_undumpable()
+    lockdown.no_new_privs_and_undumpable()
     try:
         os.setuid(0)
     except PermissionError:

@@ -1,5 +1,6 @@
 """Privileges through capset(2) and the uid changes that keep a capability, for all
-three programs; prctl(2) and the bounding set are process/prctl.py's (re-exported here).
+three programs; prctl(2) and the bounding set are process/prctl.py's and process/lockdown.py's
+(re-exported here).
 
 Stdlib only: the helper loads it too. No typing import (process/prctl.py says why).
 """
@@ -11,11 +12,11 @@ import os
 from sepconnect.process.capabilities import CAP_NET_ADMIN as CAP_NET_ADMIN  # re-exported
 from sepconnect.process.capabilities import PR_CAP_AMBIENT
 from sepconnect.process.capabilities import keep_only_capabilities as keep_only_capabilities
+from sepconnect.process.lockdown import PR_SET_NO_NEW_PRIVS as PR_SET_NO_NEW_PRIVS
+from sepconnect.process.lockdown import drop_bounding_set as drop_bounding_set
+from sepconnect.process.lockdown import no_new_privs_and_undumpable as no_new_privs_and_undumpable
 from sepconnect.process.prctl import PR_SET_DUMPABLE as PR_SET_DUMPABLE
 from sepconnect.process.prctl import PR_SET_NAME as PR_SET_NAME
-from sepconnect.process.prctl import PR_SET_NO_NEW_PRIVS as PR_SET_NO_NEW_PRIVS
-from sepconnect.process.prctl import drop_bounding_set as drop_bounding_set
-from sepconnect.process.prctl import no_new_privs_and_undumpable as no_new_privs_and_undumpable
 from sepconnect.process.prctl import prctl as prctl
 
 PR_SET_KEEPCAPS = 8

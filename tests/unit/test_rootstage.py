@@ -183,7 +183,7 @@ def test_the_files_module_asks_the_root_stage_by_kind_and_absolute_path(
 def test_the_root_stage_loads_only_what_it_runs() -> None:
     """What root loads before the drop in a default connect (docs/security.md, "The
     trusted base, counted"; test_code_budget.py counts it from a real one): its own
-    module and five small ones of process/, none of the launcher's parsing."""
+    module and six small ones of process/, none of the launcher's parsing."""
     code = (
         "import sys, sepconnect.rootstage\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('sepconnect'))))\n"
@@ -197,6 +197,7 @@ def test_the_root_stage_loads_only_what_it_runs() -> None:
         "sepconnect.process.accounts",
         "sepconnect.process.auditfile",
         "sepconnect.process.libc",
+        "sepconnect.process.lockdown",
         "sepconnect.process.prctl",
         "sepconnect.process.programs",
         "sepconnect.rootstage",
