@@ -20,8 +20,6 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import (
-    REPLIES,
-    REQUESTS,
     CreateTun,
     Done,
     Hello,
@@ -68,6 +66,7 @@ from sepconnect.privhelper.policy import (
     check_net_config,
 )
 from sepconnect.process.auditfile import open_log
+from sepconnect.supervisor.helper_client import REPLIES, REQUESTS
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
