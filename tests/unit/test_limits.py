@@ -15,7 +15,8 @@ import pytest
 
 from sepconnect import cli
 from sepconnect.ipc.helper_messages import TunCreated
-from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, MAX_CIPHER_LIST, MAX_CIPHERS, check_ifname
+from sepconnect.ipc.limits import IFNAME, check_ifname
+from sepconnect.ipc.session_limits import CIPHER_LIST, MAX_CIPHER_LIST, MAX_CIPHERS
 from sepconnect.ipc.wire import WireError
 from sepconnect.ipc.worker_messages import TO_WORKER, Start, TunHandoff
 from sepconnect.supervisor.helper_client import REPLIES
