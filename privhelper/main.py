@@ -49,8 +49,7 @@ from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.network import STATE_PREFIX
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
 from sepconnect.process import landlock, privileges, programs, statedir
-from sepconnect.process.auditfile import open_log
-from sepconnect.process.journal import open_journal
+from sepconnect.process.auditfile import open_journal, open_log
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName

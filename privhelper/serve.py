@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any, Final
 
 from sepconnect.ipc.helper_messages import Refused
+from sepconnect.ipc.schema import plain
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.channel import Channel, ChannelError, Closed
 from sepconnect.privhelper.network import Helper, Netlink, Options
@@ -98,7 +99,7 @@ def _step(
         audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
         return EXIT_OK
     sender = audit.sender = channel.last_sender
-    args = _audit.message_args(msg)
+    args: _audit.Args = plain(msg)
     if sender is None or sender[0] <= 0 or sender[1] != peer_uid:
         who = "no credentials" if sender is None else f"uid {sender[1]}"
         audit.record(msg.op, "fatal", f"sender has {who}, expected uid {peer_uid}", args)
