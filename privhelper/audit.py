@@ -39,10 +39,7 @@ class Audit:
     """Writes records to ``log_fd`` (if any); refusals and fatal events also to ``stderr_fd``."""
 
     def __init__(
-        self,
-        log_fd: int | None,
-        stderr_fd: int | None = 2,
-        journal: socket.socket | None = None,
+        self, log_fd: int | None, stderr_fd: int | None = 2, journal: socket.socket | None = None
     ) -> None:
         self.log_fd = log_fd
         self.stderr_fd = stderr_fd
@@ -52,17 +49,11 @@ class Audit:
 
     def record(self, op: str, result: Result, reason: str = "", args: Args | None = None) -> None:
         pid, uid, gid = self.sender if self.sender is not None else (None, None, None)
-        entry: dict[str, object] = {
-            "helper_pid": os.getpid(),
-            "peer_pid": pid,
-            "peer_uid": uid,
-            "peer_gid": gid,
-            "op": op,
-            "args": args if args is not None else {},
-            "result": result,
-            "reason": reason,
-        }
-        write_record(entry, self.log_fd, self.journal, "sepconnect-privhelper", MESSAGE_ID)
+        who = {"helper_pid": os.getpid(), "peer_pid": pid, "peer_uid": uid, "peer_gid": gid}
+        what = {"op": op, "args": {} if args is None else args, "result": result, "reason": reason}
+        write_record(
+            {**who, **what}, self.log_fd, self.journal, "sepconnect-privhelper", MESSAGE_ID
+        )
         if self.stderr_fd is not None and result in ("refused", "fatal"):
             told = f"sepconnect privhelper: {result} {op}: {reason}\n"
             with contextlib.suppress(OSError):

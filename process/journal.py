@@ -63,11 +63,8 @@ def write_record(
     for name, value in entry.items():
         fields[f"SEPCONNECT_{name.upper()}"] = value if isinstance(value, str) else _json(value)
     datagram = bytearray()
-    for key, text in fields.items():
+    for key, text in fields.items():  # the protocol's binary form: any value, newlines too
         data = text.encode("utf-8", "backslashreplace")
-        if b"\n" in data:  # the native protocol's binary form: the length, then the bytes
-            datagram += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            datagram += key.encode() + b"=" + data + b"\n"
+        datagram += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
     with contextlib.suppress(OSError):
         journal.send(datagram)
