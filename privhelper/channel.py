@@ -134,8 +134,7 @@ def encode(reply: Message) -> bytes:
     """A reply's bytes, as wire.Codec.encode makes them: the fields in order, then op."""
     if type(reply) not in REPLY_TYPES:
         raise TypeError(f"{type(reply).__name__} is not a reply")
-    data: bytes = msgpack.packb({**plain(reply), "op": reply.op}, use_bin_type=True)
-    return data
+    return msgpack.packb({**plain(reply), "op": reply.op}, use_bin_type=True)
 
 
 class Channel:
