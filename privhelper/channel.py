@@ -44,7 +44,7 @@ class ChannelError(Exception):
 
 
 class Closed(ChannelError):
-    """The supervisor closed the channel."""
+    """The supervisor closed the channel, or it was reset (the message says which)."""
 
 
 def _bounds(mark: object, value: Any) -> str | None:
@@ -154,8 +154,8 @@ class Channel:
             data, ancdata, flags, _ = self.sock.recvmsg(
                 MAX_MSG + 1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC
             )
-        except ConnectionResetError:  # the peer exited with messages unread
-            raise Closed("peer closed the channel") from None
+        except OSError as exc:  # ECONNRESET and the like: the peer exited with messages unread
+            raise Closed(f"supervisor went away ({exc.strerror})") from None
         self.last_sender, fds = None, array.array("i")
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -169,7 +169,7 @@ class Channel:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MSG:
             raise ChannelError("message: truncated or oversized")
         if not data:
-            raise Closed("peer closed the channel")
+            raise Closed("supervisor went away")
         msg = decode(data)
         if fds:
             raise ChannelError(f"{msg.op}: carries an fd the schema does not allow")

@@ -87,16 +87,13 @@ def _step(
     audit.sender = None
     try:
         msg = channel.recv()
-    except Closed:
-        audit.record("peer_closed", "info", "supervisor went away")
+    except Closed as exc:
+        audit.record("peer_closed", "info", str(exc))
         return EXIT_OK
     except ChannelError as exc:
         audit.sender = channel.last_sender
         audit.record("(undecodable)", "fatal", f"protocol violation: {exc}")
         return EXIT_FATAL
-    except OSError as exc:  # ECONNRESET and the like: the peer is gone
-        audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
-        return EXIT_OK
     sender = audit.sender = channel.last_sender
     args: _audit.Args = plain(msg)
     if sender is None or sender[0] <= 0 or sender[1] != peer_uid:
