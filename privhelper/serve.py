@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings, bpf = _read_settings(int(argv[1]))
     set_title(PROCESS_TITLE)  # our cmdline: the exec of a script leaves only the interpreter's
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # only its byte (serve) ends us
+    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)  # from now on, SIGTERM's byte
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # ends the loop (serve)
     capabilities.keep_only_capabilities(frozenset({capabilities.CAP_NET_ADMIN}))
     prctl.prctl(prctl.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
     journal_fd = settings["journal_fd"]
@@ -186,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         from sepconnect.privhelper.serve_options import adopt_runners
 
         root, nft = adopt_runners(settings)
-    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     start_args: _audit.Args = settings["start"]
     with Netlink() as netlink:
         # The netlink socket is open: from here on, only the allow-list.
