@@ -1,7 +1,7 @@
 """The helper's end of its channel to the supervisor: the codec for this one channel.
 
-The supervisor speaks ipc/wire.py (``Channel`` with helper_messages.REQUESTS and
-REPLIES); this is the same wire format, read and written with the helper's own few
+The supervisor speaks ipc/wire.py (``Channel`` with supervisor/helper_client.py's
+REQUESTS and REPLIES); this is the same wire format, read and written with the helper's own few
 lines instead of the codec every channel shares: one datagram of a SOCK_SEQPACKET
 socket is one msgpack map, the ``op`` key naming a message of
 ipc/helper_messages.py and the other keys exactly its fields. Each field is checked

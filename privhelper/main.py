@@ -49,7 +49,8 @@ from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.network import STATE_PREFIX
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
 from sepconnect.process import landlock, privileges, programs, statedir
-from sepconnect.process.auditfile import open_journal, open_log
+from sepconnect.process.auditfile import open_log
+from sepconnect.process.journal_socket import open_journal
 
 if TYPE_CHECKING:
     from sepconnect.privhelper.dns import BackendName

@@ -1,21 +1,17 @@
-"""Opening where audit records go: an audit log, the journal's socket; shared by the
-helper, the supervisor and the root runner.
+"""Opening an audit log, shared by the helper and the supervisor.
 
-A module of its own, with nothing but ``os``, ``socket`` and ``stat``, so that the
-launcher can open the supervisor's log while it is still root, and import the audit
-machinery (supervisor/audit.py, privhelper/audit.py: JSON, dates, the journal's format)
-only after it has started the first worker, whose start-up is the longest item of the
-connect time; and so that the helper's serving stage, which gets both open, does not
-load it.
+A module of its own, with nothing but ``os`` and ``stat``, so that the launcher can
+open the supervisor's log while it is still root, and import the audit machinery
+(supervisor/audit.py, privhelper/audit.py: JSON, dates, the journal) only after it
+has started the first worker, whose start-up is the longest item of the connect time.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import stat
 
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
+__all__ = ["open_log"]
 
 
 def open_log(path: str) -> int:
@@ -30,17 +26,3 @@ def open_log(path: str) -> int:
         os.close(fd)
         raise OSError(f"{path}: not a regular file")
     return fd
-
-
-def open_journal(path: str = JOURNAL_SOCKET) -> socket.socket | None:
-    """A non-blocking datagram socket connected to journald, or None where there is none."""
-    if not os.path.exists(path):
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        return None
-    return sock

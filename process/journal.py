@@ -3,11 +3,11 @@
 Shared by the helper (privhelper/audit.py), the supervisor (supervisor/audit.py) and the
 root runner. A record is a map: who, ``op``, ``args``, ``result``, ``reason``.
 :func:`write_record` appends it to its log as one line of compact ASCII JSON after the
-time, and sends it to journald in its native protocol (one datagram of ``KEY=value``
-lines to the socket process/auditfile.py's ``open_journal`` connected at start, before
-any seccomp filter): ``MESSAGE``, ``MESSAGE_ID``, ``PRIORITY``, ``SYSLOG_IDENTIFIER``, and
-each field of the record as ``SEPCONNECT_<NAME>`` (text as it is, anything else as JSON).
-docs/security.md documents the fields.
+time, and sends it to journald in its native protocol (one datagram of fields, each in
+the protocol's binary form, to the socket process/journal_socket.py connected at start,
+before any seccomp filter): ``MESSAGE``, ``MESSAGE_ID``, ``PRIORITY``,
+``SYSLOG_IDENTIFIER``, and each field of the record as ``SEPCONNECT_<NAME>`` (text as it
+is, anything else as JSON). docs/security.md documents the fields.
 """
 
 from __future__ import annotations

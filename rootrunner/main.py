@@ -38,8 +38,8 @@ from sepconnect.ipc.runner_messages import ROOT_REQUESTS, Ran, RevertDns, RunScr
 from sepconnect.ipc.script_env import check_env, check_script_args
 from sepconnect.ipc.wire import Message
 from sepconnect.process import programs, statedir, statefile
-from sepconnect.process.auditfile import open_journal
 from sepconnect.process.journal import MESSAGE_ID, Result, write_record
+from sepconnect.process.journal_socket import open_journal
 from sepconnect.process.records import process_entry
 from sepconnect.process.runner import run_program, runner_channel, serve
 from sepconnect.process.title import set_title

@@ -19,9 +19,9 @@ from __future__ import annotations
 import socket
 from typing import Final
 
-from sepconnect.process.auditfile import JOURNAL_SOCKET, open_journal
 from sepconnect.process.auditfile import open_log as open_log  # re-exported: opened while root
 from sepconnect.process.journal import Result, write_record
+from sepconnect.process.journal_socket import JOURNAL_SOCKET, open_journal
 from sepconnect.process.records import SESSION_MESSAGE_ID, process_entry
 
 Scalar = str | int | float | bool | None

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sepconnect.privhelper import audit
 from sepconnect.process import records
-from sepconnect.process.auditfile import open_journal, open_log
+from sepconnect.process.auditfile import open_log
 from sepconnect.process.journal import MESSAGE_ID
+from sepconnect.process.journal_socket import open_journal
 
 
 def parse_datagram(data: bytes) -> dict[str, str]:
