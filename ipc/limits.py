@@ -83,11 +83,6 @@ def canonical_domain(text: str) -> str:
     """
     name = text.lower().removesuffix(".")
     labels = name.split(".")
-    if (
-        not name
-        or len(name) > 253
-        or not all(_LABEL.fullmatch(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
+    if not 0 < len(name) <= 253 or labels[-1].isdigit() or not all(map(_LABEL.fullmatch, labels)):
         raise ValueError(f"{text[:64]!r}: not a valid domain name")
     return name
