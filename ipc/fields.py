@@ -13,16 +13,6 @@ from typing import Annotated
 from sepconnect.ipc.limits import MAX_BANNER, MAX_MTU, MIN_MTU, PRINTABLE_TEXT
 from sepconnect.ipc.schema import Length, Match, Range
 
-__all__ = [
-    "Banner",
-    "Domain",
-    "IpAddress",
-    "IpNetwork",
-    "Mtu",
-    "Reason",
-    "Seq",
-]
-
 Seq = Annotated[int, Range(0, 2**31 - 1)]
 Mtu = Annotated[int, Range(MIN_MTU, MAX_MTU)]
 # Addresses travel as text and are parsed by the codec (ipc/wire.py): a handler

@@ -8,15 +8,12 @@ is *allowed* (address classes, phases, once-only) is the helper's policy.py.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from sepconnect.ipc.fields import IpAddress, IpNetwork, Mtu, Reason, Seq
-from sepconnect.ipc.limits import IFNAME, MAX_ROUTES
+from sepconnect.ipc.limits import IFNAME, MAX_ROUTES, PROTO_VERSION
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.schema import Length, Match, Message, Range
-
-if TYPE_CHECKING:
-    from sepconnect.ipc.wire import Codec
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,7 +26,7 @@ class Hello(Message):
 
     op: ClassVar[str] = "hello"
     seq: Seq
-    proto: Annotated[int, Range(1, 1)]
+    proto: Annotated[int, Range(PROTO_VERSION, PROTO_VERSION)]
     role: Literal["supervisor"]
     gateway: IpAddress
 
@@ -129,20 +126,6 @@ REQUEST_TYPES = (Hello, CreateTun, NetConfig, ScriptEvent, Teardown)
 """What the helper accepts."""
 
 REPLY_TYPES = (Done, NetApplied, TunCreated, Refused)
-"""What the supervisor accepts from the helper."""
-
-
-def __getattr__(name: str) -> Codec:
-    """``REQUESTS`` and ``REPLIES``: ipc/wire.py's codecs of :data:`REQUEST_TYPES` and
-    :data:`REPLY_TYPES`, built on first use. The helper never uses them: it speaks its
-    channel with its own codec (privhelper/channel.py) and does not load wire.py."""
-    types = {"REQUESTS": REQUEST_TYPES, "REPLIES": REPLY_TYPES}.get(name)
-    if types is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from sepconnect.ipc.wire import Codec
-
-    codec = globals()[name] = Codec(*types)
-    return codec
-
-
-FD_REPLIES = frozenset({TunCreated.op})
+"""What the supervisor accepts from the helper. The supervisor's codecs of both
+(``REQUESTS``, ``REPLIES``) are supervisor/helper_client.py's; the helper speaks its
+channel with its own codec (privhelper/channel.py) and never loads ipc/wire.py."""

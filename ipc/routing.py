@@ -28,9 +28,9 @@ from sepconnect.ipc.limits import (
     MAX_DOMAINS,
     MAX_ROUTES,
     canonical_domain,
-    printable,
 )
 from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.session_limits import printable
 
 _FULL: dict[int, IpNetwork] = {4: IPv4Network("0.0.0.0/0"), 6: IPv6Network("::/0")}
 

@@ -15,16 +15,9 @@ import typing
 from collections.abc import Sequence
 from typing import Final
 
-from sepconnect.ipc.limits import (
-    IFNAME,
-    MAX_DNS,
-    MAX_DOMAINS,
-    MAX_ROUTES,
-    MAX_SCRIPT_ARG,
-    MAX_SCRIPT_ARGS,
-    SCRIPT_ARG,
-)
+from sepconnect.ipc.limits import IFNAME, MAX_DNS, MAX_DOMAINS, MAX_ROUTES
 from sepconnect.ipc.runner_messages import ScriptReason
+from sepconnect.ipc.session_limits import MAX_SCRIPT_ARG, MAX_SCRIPT_ARGS, SCRIPT_ARG
 
 REASONS: Final = typing.get_args(ScriptReason)
 
@@ -90,7 +83,7 @@ def check_env(blob: bytes) -> dict[str, str]:
 
 def check_script_args(args: Sequence[str]) -> tuple[str, ...]:
     """The vpnc-script's arguments after its path: at most MAX_SCRIPT_ARGS, each one
-    printable line (limits.SCRIPT_ARG); ValueError otherwise."""
+    printable line (session_limits.SCRIPT_ARG); ValueError otherwise."""
     if len(args) > MAX_SCRIPT_ARGS:
         raise ValueError(f"more than {MAX_SCRIPT_ARGS} arguments")
     for arg in args:

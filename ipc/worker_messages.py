@@ -10,14 +10,13 @@ import dataclasses
 from typing import Annotated, ClassVar, Literal
 
 from sepconnect.ipc.fields import IpAddress
-from sepconnect.ipc.limits import (
+from sepconnect.ipc.limits import IFNAME, IFNAME_MAX, MAX_BANNER, PRINTABLE_TEXT
+from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.session_limits import (
     CIPHER_LIST,
     FORM_ID,
     FORM_NAME,
-    IFNAME,
-    IFNAME_MAX,
     LOCAL_HOSTNAME,
-    MAX_BANNER,
     MAX_CAFILE,
     MAX_CIPHER_LIST,
     MAX_CLIENT_CERT_FILE,
@@ -25,13 +24,11 @@ from sepconnect.ipc.limits import (
     MAX_KEY_PASSWORD,
     MAX_SERVER_PINS,
     PRINTABLE_LINE,
-    PRINTABLE_TEXT,
     SERVER_PIN,
     SESSION_COOKIE,
     USER_AGENT,
     VERSION_STRING,
 )
-from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Codec, Length, Match, Message, Range
 
 Text = Annotated[str, Length(0, 1024)]
@@ -57,7 +54,7 @@ client_cert: our own certificate or key cannot be used (not the server's refusal
 
 Cookie = Annotated[str, Length(1, 512), Match(SESSION_COOKIE)]
 ReportedOs = Literal["linux", "linux-64", "win", "mac-intel", "android", "apple-ios"]
-"""limits.REPORTED_OS (a Literal for the schema; test_limits checks they agree)."""
+"""session_limits.REPORTED_OS (a Literal for the schema; test_limits checks they agree)."""
 DtlsCipherList = Annotated[str, Length(1, MAX_CIPHER_LIST), Match(CIPHER_LIST)]
 
 

@@ -28,12 +28,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from sepconnect import __version__, client_cert, credentials, files, openconnect_compat
-from sepconnect.ipc.limits import (
-    CIPHER_LIST,
-    DNS_BACKENDS,
-    MAX_CAFILE,
-    check_ifname,
-)
+from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
+from sepconnect.ipc.session_limits import CIPHER_LIST, MAX_CAFILE
 from sepconnect.process import privileges
 from sepconnect.process.accounts import (
     HELPER_ACCOUNT,

@@ -23,7 +23,7 @@ import sys
 from typing import NamedTuple
 
 from sepconnect import files
-from sepconnect.ipc.limits import (
+from sepconnect.ipc.session_limits import (
     MAX_CLIENT_CERT_FILE,
     MAX_CLIENT_KEY_FILE,
     MAX_KEY_PASSWORD,

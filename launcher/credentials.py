@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from sepconnect import files
-from sepconnect.ipc.limits import SESSION_COOKIE
+from sepconnect.ipc.session_limits import SESSION_COOKIE
 from sepconnect.openconnect_compat import webvpn_cookie
 
 if TYPE_CHECKING:

@@ -26,7 +26,8 @@ import shlex
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from sepconnect.ipc.limits import (
+from sepconnect.ipc.servercert import ServerPin
+from sepconnect.ipc.session_limits import (
     LOCAL_HOSTNAME,
     MAX_SERVER_PINS,
     REPORTED_OS,
@@ -34,7 +35,6 @@ from sepconnect.ipc.limits import (
     USER_AGENT,
     VERSION_STRING,
 )
-from sepconnect.ipc.servercert import ServerPin
 
 __all__ = [
     "add_options",

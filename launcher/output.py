@@ -30,7 +30,7 @@ import socket
 import time
 from typing import Final
 
-from sepconnect.process import prctl
+from sepconnect.process import lockdown
 from sepconnect.process.title import set_title
 
 __all__ = ["MAX_LINE", "OutputRelay", "format_syslog", "relay"]
@@ -167,7 +167,7 @@ class OutputRelay:
                     from sepconnect.rootstage import become
 
                     become(uid, gid, (gid,))
-                prctl.no_new_privs_and_undumpable()
+                lockdown.no_new_privs_and_undumpable()
                 relay(source_r, control_r, original, timestamp=timestamp, syslog=syslog)
                 status = 0
             finally:

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from sepconnect.ipc.limits import NOT_PRINTABLE
+from sepconnect.ipc.session_limits import NOT_PRINTABLE
 from sepconnect.process.exitcodes import ExitCode
 
 RUNTIME_DIR = "/run/sepconnect"

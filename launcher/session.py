@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sepconnect.cli import DEFAULT_AUDIT_LOG, DEFAULT_SESSION_LOG, DEFAULT_STATE_DIR, UsageError
-from sepconnect.ipc.limits import LOCAL_HOSTNAME
+from sepconnect.ipc.session_limits import LOCAL_HOSTNAME
 from sepconnect.process.exitcodes import ExitCode
 from sepconnect.process.spawner_client import SpawnerClient, SpawnerGone, WorkerProcess
 from sepconnect.process.title import set_title
@@ -220,6 +220,7 @@ def start_message(
 
 def _default_hostname() -> str:
     """X-CSTP-Hostname without --local-hostname: our host name's first label, when it is
-    one the server takes (limits.LOCAL_HOSTNAME), else "localhost" (openconnect's default)."""
+    one the server takes (session_limits.LOCAL_HOSTNAME), else "localhost" (openconnect's
+    default)."""
     label = socket.gethostname().split(".")[0][:63]
     return label if re.fullmatch(LOCAL_HOSTNAME, label) else "localhost"

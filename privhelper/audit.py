@@ -13,42 +13,33 @@ Where systemd-journald runs, each record also goes to the journal through
 its native protocol (a datagram to /run/systemd/journal/socket, connected
 once at start, before the seccomp filter) with structured fields:
 ``MESSAGE_ID`` :data:`MESSAGE_ID`, ``PRIORITY`` (6 ok/info, 4 refused, 3
-fatal), ``SYSLOG_IDENTIFIER=sepconnect-privhelper`` and ``SEPCONNECT_OP``,
-``SEPCONNECT_RESULT``, ``SEPCONNECT_REASON``, ``SEPCONNECT_PEER_PID``,
-``SEPCONNECT_PEER_UID``, ``SEPCONNECT_ARGS`` (the args as JSON). The journal
-adds its own trusted ``_PID``, ``_UID``, ``_SYSTEMD_UNIT``. A journal that is
-full or gone never holds the helper up: a record it cannot take is dropped
-there (the file keeps it). The schema is documented in docs/security.md.
+fatal), ``SYSLOG_IDENTIFIER=sepconnect-privhelper`` and each field of the record as
+``SEPCONNECT_<NAME>``: ``SEPCONNECT_OP``, ``SEPCONNECT_RESULT``, ``SEPCONNECT_REASON``,
+``SEPCONNECT_HELPER_PID``, ``SEPCONNECT_PEER_PID``, ``SEPCONNECT_PEER_UID``,
+``SEPCONNECT_PEER_GID``, ``SEPCONNECT_ARGS`` (the args as JSON). The journal adds its
+own trusted ``_PID``, ``_UID``, ``_SYSTEMD_UNIT``. A journal that is full or gone never
+holds the helper up: a record it cannot take is dropped there (the file keeps it).
+process/journal.py writes both; the schema is documented in docs/security.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 from typing import Any
 
-from sepconnect.ipc.schema import Message, plain
-from sepconnect.process.journal import MESSAGE_ID, PRIORITY, Result, audit_line, journal_datagram
+from sepconnect.process.journal import MESSAGE_ID, Result, write_record
 
 Args = dict[str, Any]
-
-
-def message_args(msg: Message) -> Args:
-    """A message's fields as JSON-ready values: addresses as text, lists, nested maps."""
-    args: Args = plain(msg)
-    return args
+"""A request's fields as JSON-ready values (schema.plain): addresses as text, lists, maps."""
 
 
 class Audit:
     """Writes records to ``log_fd`` (if any); refusals and fatal events also to ``stderr_fd``."""
 
     def __init__(
-        self,
-        log_fd: int | None,
-        stderr_fd: int | None = 2,
-        journal: socket.socket | None = None,
+        self, log_fd: int | None, stderr_fd: int | None = 2, journal: socket.socket | None = None
     ) -> None:
         self.log_fd = log_fd
         self.stderr_fd = stderr_fd
@@ -56,49 +47,14 @@ class Audit:
         self.sender: tuple[int, int, int] | None = None
         """(pid, uid, gid) of the message being handled; set by the loop."""
 
-    def record(
-        self,
-        op: str,
-        result: Result,
-        reason: str = "",
-        args: Args | None = None,
-    ) -> None:
+    def record(self, op: str, result: Result, reason: str = "", args: Args | None = None) -> None:
         pid, uid, gid = self.sender if self.sender is not None else (None, None, None)
-        entry: dict[str, object] = {
-            "helper_pid": os.getpid(),
-            "peer_pid": pid,
-            "peer_uid": uid,
-            "peer_gid": gid,
-            "op": op,
-            "args": args if args is not None else {},
-            "result": result,
-            "reason": reason,
-        }
-        line = audit_line(entry)
-        if self.log_fd is not None:
-            with contextlib.suppress(OSError):  # a full disk must not stop the cleanup
-                os.write(self.log_fd, line)
-        if self.journal is not None:
-            self._to_journal(entry)
+        who = {"helper_pid": os.getpid(), "peer_pid": pid, "peer_uid": uid, "peer_gid": gid}
+        what = {"op": op, "args": {} if args is None else args, "result": result, "reason": reason}
+        write_record(
+            {**who, **what}, self.log_fd, self.journal, "sepconnect-privhelper", MESSAGE_ID
+        )
         if self.stderr_fd is not None and result in ("refused", "fatal"):
             told = f"sepconnect privhelper: {result} {op}: {reason}\n"
             with contextlib.suppress(OSError):
                 os.write(self.stderr_fd, told.encode("ascii", "backslashreplace"))
-
-    def _to_journal(self, entry: dict[str, object]) -> None:
-        assert self.journal is not None
-        op, result, reason = str(entry["op"]), str(entry["result"]), str(entry["reason"])
-        fields = {
-            "MESSAGE": f"sepconnect privhelper: {op} {result}" + (f": {reason}" if reason else ""),
-            "MESSAGE_ID": MESSAGE_ID,
-            "PRIORITY": str(PRIORITY.get(result, 6)),
-            "SYSLOG_IDENTIFIER": "sepconnect-privhelper",
-            "SEPCONNECT_OP": op,
-            "SEPCONNECT_RESULT": result,
-            "SEPCONNECT_REASON": reason,
-            "SEPCONNECT_PEER_PID": str(entry["peer_pid"]),
-            "SEPCONNECT_PEER_UID": str(entry["peer_uid"]),
-            "SEPCONNECT_ARGS": json.dumps(entry["args"], ensure_ascii=True, separators=(",", ":")),
-        }
-        with contextlib.suppress(OSError):  # full (EAGAIN), gone, or too large: the file has it
-            self.journal.send(journal_datagram(fields))

@@ -1,7 +1,7 @@
 """The helper's end of its channel to the supervisor: the codec for this one channel.
 
-The supervisor speaks ipc/wire.py (``Channel`` with helper_messages.REQUESTS and
-REPLIES); this is the same wire format, read and written with the helper's own few
+The supervisor speaks ipc/wire.py (``Channel`` with supervisor/helper_client.py's
+REQUESTS and REPLIES); this is the same wire format, read and written with the helper's own few
 lines instead of the codec every channel shares: one datagram of a SOCK_SEQPACKET
 socket is one msgpack map, the ``op`` key naming a message of
 ipc/helper_messages.py and the other keys exactly its fields. Each field is checked
@@ -44,7 +44,7 @@ class ChannelError(Exception):
 
 
 class Closed(ChannelError):
-    """The supervisor closed the channel."""
+    """The supervisor closed the channel, or it was reset (the message says which)."""
 
 
 def _bounds(mark: object, value: Any) -> str | None:
@@ -134,8 +134,7 @@ def encode(reply: Message) -> bytes:
     """A reply's bytes, as wire.Codec.encode makes them: the fields in order, then op."""
     if type(reply) not in REPLY_TYPES:
         raise TypeError(f"{type(reply).__name__} is not a reply")
-    data: bytes = msgpack.packb({**plain(reply), "op": reply.op}, use_bin_type=True)
-    return data
+    return msgpack.packb({**plain(reply), "op": reply.op}, use_bin_type=True)
 
 
 class Channel:
@@ -155,8 +154,8 @@ class Channel:
             data, ancdata, flags, _ = self.sock.recvmsg(
                 MAX_MSG + 1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC
             )
-        except ConnectionResetError:  # the peer exited with messages unread
-            raise Closed("peer closed the channel") from None
+        except OSError as exc:  # ECONNRESET and the like: the peer exited with messages unread
+            raise Closed(f"supervisor went away ({exc.strerror})") from None
         self.last_sender, fds = None, array.array("i")
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -170,7 +169,7 @@ class Channel:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MSG:
             raise ChannelError("message: truncated or oversized")
         if not data:
-            raise Closed("peer closed the channel")
+            raise Closed("supervisor went away")
         msg = decode(data)
         if fds:
             raise ChannelError(f"{msg.op}: carries an fd the schema does not allow")

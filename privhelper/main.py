@@ -47,9 +47,9 @@ from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
-from sepconnect.process import capabilities, landlock, prctl, privatedir, programs
+from sepconnect.process import capabilities, landlock, lockdown, prctl, privatedir, programs
 from sepconnect.process.auditfile import open_log
-from sepconnect.process.journal import open_journal
+from sepconnect.process.journal_socket import open_journal
 from sepconnect.process.privdrop import become
 
 if TYPE_CHECKING:
@@ -77,9 +77,9 @@ def drop_privileges(uid: int, gid: int) -> None:
     if os.getuid() == 0:
         become(uid, gid, (gid,), keep=KEEP)
     else:
-        prctl.drop_bounding_set(keep=KEEP)
+        lockdown.drop_bounding_set(keep=KEEP)
         capabilities.keep_only_capabilities(KEEP)
-        prctl.no_new_privs_and_undumpable()
+        lockdown.no_new_privs_and_undumpable()
 
 
 def ambient_net_admin() -> None:

@@ -12,8 +12,10 @@ serve. It answers the requests :data:`policy.POLICY` permits, one at a time, and
 way out (Teardown, the supervisor going away, SIGTERM, a protocol violation) removes
 exactly what it installed before exiting.
 
-Single-threaded; signal handlers only set a flag. Exit status: 0 clean, 1 protocol
-violation or internal error.
+Single-threaded; the SIGTERM handler does nothing (its byte on the wakeup fd ends the loop
+between requests). Exit status: 0 clean, 1 protocol violation or internal error. What
+only options and tests need at the start (the runners, crash recovery, the self-test) is
+privhelper/serve_options.py, loaded only then.
 """
 
 from __future__ import annotations
@@ -26,33 +28,31 @@ import select
 import signal
 import socket
 import sys
-from types import FrameType
 from typing import Any, Final
 
 from sepconnect.ipc.helper_messages import Refused
+from sepconnect.ipc.schema import plain
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.channel import Channel, ChannelError, Closed
 from sepconnect.privhelper.network import Helper, Netlink, Options
 from sepconnect.privhelper.policy import Host, Monitor, Phase, ProtocolViolation
 from sepconnect.process import capabilities, prctl
-from sepconnect.process import title as _proctitle
 from sepconnect.process.libc import LIBC, errno_error
+from sepconnect.process.title import set_title
 
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 1
 
 PROCESS_TITLE: Final = "sepconnect: privhelper"
-SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"
-NET_ADMIN_ONLY: Final = f"{1 << capabilities.CAP_NET_ADMIN:016x}"
+SELFTEST_ENV: Final = "SEPCONNECT_TEST_HELPER_SELFTEST"  # test-only: test_helper_hostile.py
 MAX_SETTINGS: Final = 1 << 20  # a few KiB, and the crashed sessions' state files
-
-
-class _Signals:
-    terminate = False
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _Signals.terminate = True  # nothing else here: the loop does the work
+SERVING_STATUS: Final = {
+    **dict.fromkeys(("CapEff", "CapPrm", "CapBnd"), f"{1 << capabilities.CAP_NET_ADMIN:016x}"),
+    **dict.fromkeys(("CapInh", "CapAmb"), f"{0:016x}"),
+    "NoNewPrivs": "1",
+}
+"""What /proc/self/status must say before the serving stage serves: CAP_NET_ADMIN alone,
+nothing inheritable or ambient, no_new_privs."""
 
 
 def serve(
@@ -63,19 +63,19 @@ def serve(
     peer_uid: int,
     wakeup_fd: int,
 ) -> int:
-    """Answer requests until the session ends; return the exit status (the caller cleans up)."""
+    """Answer requests until the session ends or SIGTERM arrives (its number, a byte on
+    ``wakeup_fd``: signal.set_wakeup_fd); return the exit status (the caller cleans up).
+    Signal handlers do nothing else: a request is never cut short."""
     poller = select.poll()
     poller.register(channel.fileno(), select.POLLIN)
     poller.register(wakeup_fd, select.POLLIN)
     while True:
-        if _Signals.terminate:
+        ready = {fd for fd, _ in poller.poll()}
+        if wakeup_fd in ready and signal.SIGTERM in os.read(wakeup_fd, 64):
             audit.sender = None
             audit.record("sigterm", "info", "terminated: ending the session")
             return EXIT_OK
-        ready = {fd for fd, _ in poller.poll()}
-        if wakeup_fd in ready:
-            _drain(wakeup_fd)  # a signal arrived; its handler has set the flag
-        elif channel.fileno() in ready:
+        if channel.fileno() in ready:
             status = _step(channel, monitor, helper, audit, peer_uid)
             if status is not None:
                 return status
@@ -87,18 +87,15 @@ def _step(
     audit.sender = None
     try:
         msg = channel.recv()
-    except Closed:
-        audit.record("peer_closed", "info", "supervisor went away")
+    except Closed as exc:
+        audit.record("peer_closed", "info", str(exc))
         return EXIT_OK
     except ChannelError as exc:
         audit.sender = channel.last_sender
         audit.record("(undecodable)", "fatal", f"protocol violation: {exc}")
         return EXIT_FATAL
-    except OSError as exc:  # ECONNRESET and the like: the peer is gone
-        audit.record("peer_closed", "info", f"supervisor went away ({exc.strerror})")
-        return EXIT_OK
     sender = audit.sender = channel.last_sender
-    args = _audit.message_args(msg)
+    args: _audit.Args = plain(msg)
     if sender is None or sender[0] <= 0 or sender[1] != peer_uid:
         who = "no credentials" if sender is None else f"uid {sender[1]}"
         audit.record(msg.op, "fatal", f"sender has {who}, expected uid {peer_uid}", args)
@@ -111,10 +108,8 @@ def _step(
     except Exception as exc:  # a bug of ours: fail closed
         audit.record(msg.op, "fatal", f"internal error: {type(exc).__name__}: {exc}", args)
         return EXIT_FATAL
-    if isinstance(reply, Refused):
-        audit.record(msg.op, "refused", reply.reason, args)
-    else:
-        audit.record(msg.op, "ok", "", args)
+    reason = reply.reason if isinstance(reply, Refused) else ""  # a refusal always has one
+    audit.record(msg.op, "refused" if reason else "ok", reason, args)
     try:
         channel.send(reply, fd)
     except OSError as exc:
@@ -124,14 +119,6 @@ def _step(
         if fd is not None:
             os.close(fd)
     return EXIT_OK if monitor.phase is Phase.CLOSED else None
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 64):
-            pass
-    except BlockingIOError:
-        pass
 
 
 # ---------------------------------------------------------------------------
@@ -150,36 +137,24 @@ _SECCOMP_FILTER_FLAG_LOG: Final = 2
 def load_filter(bpf: bytes) -> None:
     """Load the start stage's compiled filter (struct sock_filter[], 8 bytes each) for
     good, denied calls logged; needs no_new_privs (set before the exec, kept across it)."""
-    if not bpf or len(bpf) % 8:
-        raise OSError("no seccomp filter from the start stage")
-    number = _SYS_SECCOMP.get(os.uname().machine)
-    if number is None:
-        raise OSError(f"seccomp: unknown system call number on {os.uname().machine}")
+    number = _SYS_SECCOMP.get(os.uname().machine)  # no seccomp(2) wrapper in the os module
+    if not bpf or len(bpf) % 8 or number is None:
+        raise OSError(f"no seccomp filter from the start stage for {os.uname().machine}")
     program = ctypes.create_string_buffer(bpf, len(bpf))
     fprog = _SockFprog(len(bpf) // 8, ctypes.addressof(program))
-    flags = ctypes.c_uint(_SECCOMP_FILTER_FLAG_LOG)
-    mode = ctypes.c_uint(_SECCOMP_SET_MODE_FILTER)
+    mode, flags = ctypes.c_uint(_SECCOMP_SET_MODE_FILTER), ctypes.c_uint(_SECCOMP_FILTER_FLAG_LOG)
     if LIBC.syscall(ctypes.c_long(number), mode, flags, ctypes.byref(fprog)) != 0:
         raise errno_error("seccomp")
 
 
-def _capabilities() -> dict[str, str]:
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
-    return {k: fields[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs")}
-
-
 def _read_settings(fd: int) -> tuple[dict[str, Any], bytes]:
-    data = b""
-    while chunk := os.read(fd, 1 << 16):
-        data += chunk
-        if len(data) > MAX_SETTINGS:
-            raise ValueError("settings too large")
-    os.close(fd)
+    """The start stage's memfd: a line of JSON settings, then the compiled filter."""
+    with open(fd, "rb") as memfd:
+        data = memfd.read(MAX_SETTINGS + 1)
     line, _, bpf = data.partition(b"\n")
     settings = json.loads(line)
-    if not isinstance(settings, dict):
-        raise ValueError("settings are not a map")
+    if len(data) > MAX_SETTINGS or not isinstance(settings, dict):
+        raise ValueError("the settings are not a map of at most 1 MiB")
     return settings, bpf
 
 
@@ -189,34 +164,30 @@ def main(argv: list[str] | None = None) -> int:
         os.write(2, b"sepconnect.privhelper.serve: started only by sepconnect.privhelper\n")
         return 2
     settings, bpf = _read_settings(int(argv[1]))
-    _proctitle.set_title(PROCESS_TITLE)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    set_title(PROCESS_TITLE)  # our cmdline: the exec of a script leaves only the interpreter's
+    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)  # from now on, SIGTERM's byte
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # ends the loop (serve)
     capabilities.keep_only_capabilities(frozenset({capabilities.CAP_NET_ADMIN}))
     prctl.prctl(prctl.PR_SET_DUMPABLE, 0)  # the exec made us dumpable again
     journal_fd = settings["journal_fd"]
     journal = None if journal_fd is None else socket.socket(fileno=journal_fd)
     audit = _audit.Audit(settings["log_fd"], journal=journal)
-    caps = _capabilities()
-    if caps != {"CapEff": NET_ADMIN_ONLY, "CapPrm": NET_ADMIN_ONLY, "CapBnd": NET_ADMIN_ONLY,
-                "NoNewPrivs": "1"}:  # fmt: skip
-        audit.record("start", "fatal", f"not CAP_NET_ADMIN alone with no_new_privs: {caps}")
+    with open("/proc/self/status") as f:
+        found = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    wrong = {key: found.get(key) for key in SERVING_STATUS if found.get(key) != SERVING_STATUS[key]}
+    if wrong:
+        audit.record("start", "fatal", f"not CAP_NET_ADMIN alone with no_new_privs: {wrong}")
         return EXIT_FATAL
-    channel = Channel(socket.socket(fileno=settings["fd"]))
-    channel.sock.set_inheritable(False)
-    for fd in (settings["log_fd"], journal_fd):
+    for fd in (settings["fd"], settings["log_fd"], journal_fd):
         if fd is not None:
             os.set_inheritable(fd, False)
+    channel = Channel(socket.socket(fileno=settings["fd"]))
     root = nft = None
-    if settings["root"] is not None or settings["nft"] is not None:
-        from sepconnect.ipc.runner_messages import NFT_REQUESTS, ROOT_REQUESTS
-        from sepconnect.process.runner import RunnerClient
+    if settings["root"] is not None or settings["nft"] is not None:  # options only
+        from sepconnect.privhelper.serve_options import adopt_runners
 
-        if settings["root"] is not None:
-            root = RunnerClient.adopt(ROOT_REQUESTS, *settings["root"])
-        if settings["nft"] is not None:
-            nft = RunnerClient.adopt(NFT_REQUESTS, *settings["nft"])
-    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        root, nft = adopt_runners(settings)
     start_args: _audit.Args = settings["start"]
     with Netlink() as netlink:
         # The netlink socket is open: from here on, only the allow-list.
@@ -230,14 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                     return EXIT_FATAL
                 start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
         audit.record("start", "info", args=start_args)
-        if SELFTEST_ENV in os.environ:  # test-only (tests/integration/test_helper_hostile.py)
-            from sepconnect.privhelper import selftest
+        if settings["stale"] or SELFTEST_ENV in os.environ:  # crashed sessions; a test
+            from sepconnect.privhelper.serve_options import before_serving
 
-            selftest.run(os.environ[SELFTEST_ENV], settings["options"]["state_dir"])
-        if settings["stale"]:
-            from sepconnect.privhelper.recovery import recover
-
-            recover([(p, d) for p, d in settings["stale"]], netlink, nft, audit)
+            before_serving(settings, netlink, nft, audit, os.environ.get(SELFTEST_ENV))
         allowed = tuple(ipaddress.ip_network(p) for p in settings["options"]["allow_exclude"])
         options = Options(**{**settings["options"], "allow_exclude": allowed})
         helper = Helper(netlink, options, audit, root, nft)

@@ -25,8 +25,6 @@ import ctypes
 
 from sepconnect.process.prctl import PR_SET_NAME, prctl
 
-_COMM_LEN = 16  # TASK_COMM_LEN, with its NUL
-
 
 def _argv_area() -> tuple[int, int]:
     with open("/proc/self/stat", "rb") as f:
@@ -45,5 +43,5 @@ def set_title(title: str) -> None:
     if size > 0:
         text = raw[: size - 1]  # keep at least one NUL: the kernel then reads no further
         ctypes.memmove(start, text + b"\0" * (size - len(text)), size)
-    name = ctypes.create_string_buffer(raw[: _COMM_LEN - 1], _COMM_LEN)
+    name = ctypes.create_string_buffer(raw)  # the kernel keeps 15 bytes (TASK_COMM_LEN)
     prctl(PR_SET_NAME, ctypes.addressof(name))

@@ -38,15 +38,9 @@ from sepconnect.ipc.runner_messages import ROOT_REQUESTS, Ran, RevertDns, RunScr
 from sepconnect.ipc.script_env import check_env, check_script_args
 from sepconnect.ipc.wire import Message
 from sepconnect.process import programs, statedir, statefile
-from sepconnect.process.journal import (
-    MESSAGE_ID,
-    PRIORITY,
-    Result,
-    audit_line,
-    journal_datagram,
-    open_journal,
-    process_entry,
-)
+from sepconnect.process.journal import MESSAGE_ID, Result, write_record
+from sepconnect.process.journal_socket import open_journal
+from sepconnect.process.records import process_entry
 from sepconnect.process.runner import run_program, runner_channel, serve
 from sepconnect.process.title import set_title
 from sepconnect.rootrunner import dns as _dns
@@ -64,26 +58,11 @@ class _Audit:
 
 
 def record(op: str, result: Result, reason: str = "", **args: str | int | None) -> None:
-    line = audit_line(process_entry("rootrunner", op, result, reason, args))
-    with contextlib.suppress(OSError):
-        if _Audit.fd is not None:
-            os.write(_Audit.fd, line)
-        if result in ("refused", "fatal"):
+    entry = process_entry("rootrunner", op, result, reason, args)
+    write_record(entry, _Audit.fd, _Audit.journal, "sepconnect-rootrunner", MESSAGE_ID)
+    if result in ("refused", "fatal"):
+        with contextlib.suppress(OSError):
             os.write(2, f"sepconnect root runner: {op}: {reason}\n".encode(errors="replace"))
-        if _Audit.journal is not None:
-            _Audit.journal.send(
-                journal_datagram(
-                    {
-                        "MESSAGE": f"sepconnect root runner: {op} {result}: {reason}",
-                        "MESSAGE_ID": MESSAGE_ID,
-                        "PRIORITY": str(PRIORITY[result]),
-                        "SYSLOG_IDENTIFIER": "sepconnect-rootrunner",
-                        "SEPCONNECT_OP": op,
-                        "SEPCONNECT_RESULT": result,
-                        "SEPCONNECT_REASON": reason[:1000],
-                    }
-                )
-            )
 
 
 class Runner:

@@ -16,23 +16,13 @@ a password, a key).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import socket
 from typing import Final
 
 from sepconnect.process.auditfile import open_log as open_log  # re-exported: opened while root
-from sepconnect.process.journal import (
-    JOURNAL_SOCKET,
-    PRIORITY,
-    SESSION_MESSAGE_ID,
-    Result,
-    audit_line,
-    journal_datagram,
-    open_journal,
-    process_entry,
-)
+from sepconnect.process.journal import Result, write_record
+from sepconnect.process.journal_socket import JOURNAL_SOCKET, open_journal
+from sepconnect.process.records import SESSION_MESSAGE_ID, process_entry
 
 Scalar = str | int | float | bool | None
 
@@ -58,21 +48,5 @@ def event(op: str, result: Result, reason: str = "", **args: Scalar) -> dict[str
     if leaked:
         raise ValueError(f"audit event {op}: refusing secret-bearing argument(s) {sorted(leaked)}")
     record = process_entry("supervisor", op, result, reason, args)
-    line = audit_line(record)
-    if _Sink.fd is not None:
-        with contextlib.suppress(OSError):  # a full disk must not end the session
-            os.write(_Sink.fd, line)
-    if _Sink.journal is not None:
-        fields = {
-            "MESSAGE": f"sepconnect supervisor: {op} {result}" + (f": {reason}" if reason else ""),
-            "MESSAGE_ID": SESSION_MESSAGE_ID,
-            "PRIORITY": str(PRIORITY[result]),
-            "SYSLOG_IDENTIFIER": "sepconnect-supervisor",
-            "SEPCONNECT_OP": op,
-            "SEPCONNECT_RESULT": result,
-            "SEPCONNECT_REASON": reason[:1000],
-            "SEPCONNECT_ARGS": json.dumps(args, ensure_ascii=True, separators=(",", ":")),
-        }
-        with contextlib.suppress(OSError):
-            _Sink.journal.send(journal_datagram(fields))
+    write_record(record, _Sink.fd, _Sink.journal, "sepconnect-supervisor", SESSION_MESSAGE_ID)
     return record

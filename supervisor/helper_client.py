@@ -16,9 +16,8 @@ from typing import Literal, TypeVar
 
 from sepconnect.ipc.fields import IpAddress
 from sepconnect.ipc.helper_messages import (
-    FD_REPLIES,
-    REPLIES,
-    REQUESTS,
+    REPLY_TYPES,
+    REQUEST_TYPES,
     CreateTun,
     Done,
     Hello,
@@ -31,7 +30,14 @@ from sepconnect.ipc.helper_messages import (
     TunCreated,
 )
 from sepconnect.ipc.netconfig import NetworkConfig
-from sepconnect.ipc.wire import PROTO_VERSION, Channel, Message, WireError
+from sepconnect.ipc.wire import PROTO_VERSION, Channel, Codec, Message, WireError
+
+REQUESTS = Codec(*REQUEST_TYPES)
+"""The helper channel's requests, as the supervisor encodes them."""
+REPLIES = Codec(*REPLY_TYPES)
+"""The helper's replies, as the supervisor decodes them."""
+FD_REPLIES = frozenset({TunCreated.op})
+"""The one reply that carries an fd (the tun)."""
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a reply; the helper answers in milliseconds."""

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from sepconnect.ipc.limits import printable
+from sepconnect.ipc.session_limits import printable
 
 
 class Notifier:

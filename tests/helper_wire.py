@@ -7,8 +7,7 @@ from typing import Any
 
 import msgpack
 
-from sepconnect.ipc.helper_messages import REQUESTS
-from sepconnect.supervisor.helper_client import HelperClient
+from sepconnect.supervisor.helper_client import REQUESTS, HelperClient
 
 
 class _Captured(Exception):

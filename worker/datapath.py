@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sepconnect.ipc.limits import printable
+from sepconnect.ipc.session_limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import QueryStatus, Stop, WorkerStatus
 from sepconnect.worker import accel

@@ -16,8 +16,9 @@ import socket
 import sys
 from typing import Literal
 
-from sepconnect.ipc.limits import MAX_BANNER, printable
+from sepconnect.ipc.limits import MAX_BANNER
 from sepconnect.ipc.routing import UnusableConfig, routing_policy
+from sepconnect.ipc.session_limits import printable
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import (
     FD_TO_WORKER,

@@ -47,6 +47,7 @@ OPTIONAL = (
     "sepconnect.privhelper.recovery",
     "sepconnect.privhelper.script",
     "sepconnect.privhelper.selftest",
+    "sepconnect.privhelper.serve_options",
     "sepconnect.process.runner",
     "sepconnect.rootrunner",
 )

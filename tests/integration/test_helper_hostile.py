@@ -40,10 +40,9 @@ import pytest
 from helper_wire import client_request
 from netconfigs import network_config
 
-from sepconnect.ipc.helper_messages import REPLIES, REQUESTS
 from sepconnect.ipc.wire import MAX_MSG, Channel, socketpair
 from sepconnect.process.accounts import HELPER_FALLBACK_UID as HELPER_UID
-from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
+from sepconnect.supervisor.helper_client import REPLIES, REQUESTS, HelperClient, HelperRefused
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 

@@ -14,8 +14,6 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import (
-    REPLIES,
-    REQUESTS,
     CreateTun,
     Done,
     Hello,
@@ -31,6 +29,7 @@ from sepconnect.ipc.limits import MAX_MSG
 from sepconnect.ipc.wire import Channel as WireChannel
 from sepconnect.ipc.wire import WireError, socketpair
 from sepconnect.privhelper import channel
+from sepconnect.supervisor.helper_client import REPLIES, REQUESTS
 
 FULL = network_config(
     gateway="198.19.200.7",

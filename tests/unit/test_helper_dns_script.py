@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from netconfigs import largest_script_config, network_config
 
-from sepconnect.ipc.helper_messages import REQUESTS, NetConfig
+from sepconnect.ipc.helper_messages import NetConfig
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.routing import routing_policy
 from sepconnect.ipc.runner_messages import MAX_SCRIPT_ENV, Ran, RunScript, SetDns
@@ -33,6 +33,7 @@ from sepconnect.process import statefile as state
 from sepconnect.process.runner import RunnerClient
 from sepconnect.rootrunner import dns as root_dns
 from sepconnect.rootrunner.script import check_script
+from sepconnect.supervisor.helper_client import REQUESTS
 
 HOSTILE = [
     "corp.example\nnameserver 6.6.6.6",

@@ -8,6 +8,7 @@ import errno
 import ipaddress
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -20,8 +21,6 @@ import pytest
 from netconfigs import network_config
 
 from sepconnect.ipc.helper_messages import (
-    REPLIES,
-    REQUESTS,
     CreateTun,
     Done,
     Hello,
@@ -68,6 +67,7 @@ from sepconnect.privhelper.policy import (
     check_net_config,
 )
 from sepconnect.process.auditfile import open_log
+from sepconnect.supervisor.helper_client import REPLIES, REQUESTS
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -715,7 +715,6 @@ def loop() -> Iterator[Loop]:
         os.close(fd)
     ours.close()
     theirs.close()
-    helper_serve._Signals.terminate = False
 
 
 def run_loop(
@@ -841,10 +840,17 @@ def test_loop_message_without_credentials_is_fatal(
 
 
 def test_loop_sigterm_flag_ends_the_session(loop: Loop) -> None:
-    helper_serve._Signals.terminate = True
-    os.write(loop.wake_w, b"\x0f")  # what signal.set_wakeup_fd would write
+    os.write(loop.wake_w, bytes([signal.SIGTERM]))  # what signal.set_wakeup_fd writes
     assert loop.serve(os.getuid()) == 0
     assert [r["op"] for r in loop.records()] == ["sigterm"]
+
+
+def test_loop_another_signals_byte_does_not_end_the_session(loop: Loop) -> None:
+    os.write(loop.wake_w, bytes([signal.SIGINT]))  # ignored, but had it a handler
+    status, replies, records = run_loop(loop, ereq(HELLO, TEARDOWN))
+    assert status == 0
+    assert [r.op for r in replies] == ["done", "done"]
+    assert [r["op"] for r in records] == ["hello", "teardown"]
 
 
 # -- argv, audit log, imports --------------------------------------------------------------

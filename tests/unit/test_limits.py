@@ -14,10 +14,12 @@ from collections.abc import Callable
 import pytest
 
 from sepconnect import cli
-from sepconnect.ipc.helper_messages import REPLIES, TunCreated
-from sepconnect.ipc.limits import CIPHER_LIST, IFNAME, MAX_CIPHER_LIST, MAX_CIPHERS, check_ifname
+from sepconnect.ipc.helper_messages import TunCreated
+from sepconnect.ipc.limits import IFNAME, check_ifname
+from sepconnect.ipc.session_limits import CIPHER_LIST, MAX_CIPHER_LIST, MAX_CIPHERS
 from sepconnect.ipc.wire import WireError
 from sepconnect.ipc.worker_messages import TO_WORKER, Start, TunHandoff
+from sepconnect.supervisor.helper_client import REPLIES
 from sepconnect.worker.proto.dtls_setup import DEFAULT_CIPHERS, DEFAULT_CIPHERS12
 from sepconnect.worker.proto.tunnel import build_connect_request
 

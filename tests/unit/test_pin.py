@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sepconnect.ipc.limits import SERVER_PIN
+from sepconnect.ipc.session_limits import SERVER_PIN
 from sepconnect.worker.io.tls import CertificateInvalid, TrustConfig, _verify, describe_pin
 from sepconnect.worker.proto.pin import (
     MAX_CERTIFICATE_DER,

@@ -197,6 +197,7 @@ def test_the_root_stage_loads_only_what_it_runs() -> None:
         "sepconnect.process.accounts",
         "sepconnect.process.auditfile",
         "sepconnect.process.libc",
+        "sepconnect.process.lockdown",
         "sepconnect.process.prctl",
         "sepconnect.process.privdrop",
         "sepconnect.process.programs",

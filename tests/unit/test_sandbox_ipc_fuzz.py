@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netconfigs import network_config
 
-from sepconnect.ipc.helper_messages import REQUESTS, NetConfig, Refused
+from sepconnect.ipc.helper_messages import NetConfig, Refused
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import policy
 from sepconnect.privhelper.policy import Monitor, Phase, ProtocolViolation, Refusal
+from sepconnect.supervisor.helper_client import REQUESTS
 
 GOOD: dict[str, Any] = {
     "mtu": 1400,

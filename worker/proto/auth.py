@@ -48,7 +48,7 @@ from urllib.parse import urljoin, urlsplit
 
 import defusedxml.ElementTree as _defused_et  # type: ignore[import-untyped]
 
-from sepconnect.ipc.limits import FORM_ID, FORM_NAME, NOT_PRINTABLE
+from sepconnect.ipc.session_limits import FORM_ID, FORM_NAME, NOT_PRINTABLE
 from sepconnect.worker.proto.errors import (
     AccountLocked,
     AuthFailed,

@@ -38,7 +38,7 @@ _MOBILE_UNIQUE_ID: Final = "A" * 40
 
 
 def _xml_attr(value: str) -> str:
-    # the values are printable ASCII (limits.USER_AGENT, VERSION_STRING, REPORTED_OS)
+    # the values are printable ASCII (session_limits.USER_AGENT, VERSION_STRING, REPORTED_OS)
     return '"' + value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;") + '"'
 
 

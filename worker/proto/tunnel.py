@@ -42,18 +42,9 @@ from ipaddress import (
 from typing import Final
 from urllib.parse import unquote
 
-from sepconnect.ipc.limits import (
-    CIPHER_LIST,
-    CIPHER_NAME,
-    IPV6_MIN_MTU,
-    LOCAL_HOSTNAME,
-    MAX_BANNER,
-    MAX_MTU,
-    MAX_ROUTES,
-    MIN_MTU,
-    printable,
-)
+from sepconnect.ipc.limits import IPV6_MIN_MTU, MAX_BANNER, MAX_MTU, MAX_ROUTES, MIN_MTU
 from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.session_limits import CIPHER_LIST, CIPHER_NAME, LOCAL_HOSTNAME, printable
 from sepconnect.worker.proto.auth import HttpRequest, format_host_header
 from sepconnect.worker.proto.errors import CookieRejected, ProtocolError, ServerRefused
 from sepconnect.worker.proto.http import HttpResponse
