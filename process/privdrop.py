@@ -1,9 +1,9 @@
 """Taking another account for good: the one privilege drop of the processes root starts
 with (the launcher's root stage, its children, and the helper's start stage).
 
-Stdlib only (and process/prctl.py, process/lockdown.py). process/capabilities.py (capset) is loaded only for
-a drop that keeps a capability (the helper's): the root stage keeps none. No typing
-import (process/prctl.py says why).
+Stdlib only (and process/prctl.py, process/lockdown.py). process/capabilities.py
+(capset) is loaded only for a drop that keeps a capability (the helper's): the root
+stage keeps none. No typing import (process/prctl.py says why).
 """
 
 from __future__ import annotations
