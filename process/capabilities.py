@@ -28,7 +28,8 @@ class _CapData(ctypes.Structure):
 
 def keep_only_capabilities(keep: frozenset[int], *, inheritable: bool = False) -> None:
     """Make ``keep`` the effective and permitted set, no ambient ones, and nothing
-    inheritable (``inheritable``: ``keep``, so that :func:`raise_ambient` may follow)."""
+    inheritable (``inheritable``: ``keep``, so that the caller may make them ambient next,
+    as the helper's start stage does before it executes its serving stage)."""
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     words = [0, 0]
