@@ -242,8 +242,8 @@ def backend(name: BackendName, ifname: str, ifindex: int, root: RunnerClient | N
 
 
 class Resolver:
-    """``--dns-backend`` for one session (network.Helper): the backend, set up for the
-    tun at the first configuration, after its routes."""
+    """``--dns-backend`` for one session (options_helper.OptionsHelper): the backend,
+    set up for the tun at the first configuration, after its routes."""
 
     def __init__(self, name: BackendName, root: RunnerClient | None) -> None:
         self.name = name

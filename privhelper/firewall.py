@@ -128,8 +128,9 @@ def recover(nft: RunnerClient | None, table: str, note: Callable[[Result, str], 
 
 
 class KillSwitch:
-    """``--fail-closed`` for one session (network.Helper): the rule on what a server may
-    exclude, and our table from the first configuration to the cleanup."""
+    """``--fail-closed`` for one session (options_helper.OptionsHelper): the rule on
+    what a server may exclude, and our table from the first configuration to the
+    cleanup."""
 
     def __init__(
         self,

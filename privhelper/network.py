@@ -41,12 +41,12 @@ kernel's errno, and only the kernel (port 0) is listened to: a message from anot
 sender, a reply to another request, a truncated datagram or a malformed message raises
 NetlinkError (EPROTO) instead of being interpreted.
 
-:class:`Helper` is :class:`policy.Host`: the tun, its routes, and the optional parts,
-each imported only when root's option asks for it and carrying its own rules: the
-resolver (dns.Resolver), the kill switch (firewall.KillSwitch, through the nft runner),
-the vpnc-script, which then configures the tunnel instead of the router (script.Script,
-run by the root runner). What the helper installed outside its tun goes to its state
-file (process/statefile.py), for the next start to undo after a crash (recovery.py).
+:class:`Helper` is :class:`policy.Host`: the tun and its routes. The optional parts
+(the resolver, the kill switch, the vpnc-script, which then configures the tunnel instead
+of the router) are options_helper.OptionsHelper's, which privhelper/serve.py loads only
+when root's options ask for one. What the helper installed outside its tun goes to its
+state file (process/statefile.py), for the next start to undo after a crash
+(recovery.py).
 """
 
 from __future__ import annotations
@@ -71,10 +71,7 @@ from sepconnect.privhelper.tun import Tun, open_tun
 from sepconnect.process import statefile
 
 if TYPE_CHECKING:
-    from sepconnect.privhelper.dns import BackendName, Resolver
-    from sepconnect.privhelper.firewall import KillSwitch
-    from sepconnect.privhelper.script import Script
-    from sepconnect.process.runner import RunnerClient
+    from sepconnect.privhelper.dns import BackendName
 
 
 def _pyroute2(*names: str) -> list[ModuleType]:
@@ -531,19 +528,11 @@ class Options:
 
 
 class Helper:
-    """:class:`policy.Host`: the tun and its network state, for one session, and the
-    optional parts root's options ask for."""
+    """:class:`policy.Host`: the tun and its network state, for one session. The optional
+    parts root's options ask for are options_helper.OptionsHelper's."""
 
-    def __init__(
-        self,
-        netlink: Netlink,
-        options: Options,
-        audit: _audit.Audit,
-        root: RunnerClient | None = None,
-        nft: RunnerClient | None = None,
-    ) -> None:
+    def __init__(self, netlink: Netlink, options: Options, audit: _audit.Audit) -> None:
         self.netlink, self.options, self.audit = netlink, options, audit
-        self.runners = [r for r in (root, nft) if r is not None]  # closed at the cleanup
         self.tun: Tun | None = None
         self.router: Router | None = None
         self.gateway: Address | None = None
@@ -551,25 +540,8 @@ class Helper:
         """What could not be undone; the cleanup keeps the state file for the next start."""
         directory = options.state_dir
         self.state = None if directory is None else statefile.StateFile(directory, STATE_PREFIX)
-        self.script: Script | None = None
-        self.kill_switch: KillSwitch | None = None
-        self.dns: Resolver | None = None
-        if options.script is not None:
-            from sepconnect.privhelper.script import Script
-
-            self.script = Script(root, audit, options.log_level)
-        if options.fail_closed:
-            from sepconnect.privhelper.firewall import KillSwitch
-
-            self.kill_switch = KillSwitch(nft, audit, options.allow_exclude, self.save)
-        if options.dns_backend != "none":
-            from sepconnect.privhelper.dns import Resolver
-
-            self.dns = Resolver(options.dns_backend, root)
 
     def create_tun(self, mtu: int, *, vnet_hdr: bool) -> tuple[str, int, int]:
-        if self.script is not None:
-            self.script.pre_init(self.options.ifname if self.options.named else None)
         try:
             tun = open_tun(self.options.ifname, vnet_hdr=vnet_hdr)
         except OSError as exc:
@@ -586,49 +558,54 @@ class Helper:
         return tun.name, ifindex, fd
 
     def net_config(self, wanted: NetworkConfig) -> dict[Network, str]:
-        if self.router is None or self.tun is None:  # the phase table makes this unreachable
-            raise Refusal("no tun")
-        if self.kill_switch is not None:
-            self.kill_switch.check(wanted)
-        if self.script is not None:  # it configures the tunnel instead of the router
-            return self.script.configure(wanted, self.tun.name, self.kill_switch, self.undo_errors)
-        left_out: dict[Network, str] = {}
-        if not self.options.no_routes:
-            # An exclude the host cannot route outside the tunnel stays in it; the
-            # kill switch then treats it as not excluded.
-            wanted, left_out = self.router.routable(wanted)
-            for prefix, reason in left_out.items():
-                self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
-        if self.kill_switch is not None:
-            self.kill_switch.apply(wanted, self.tun.name)
-        no_routes = self.options.no_routes  # the addresses and MTU only
-        routed = dataclasses.replace(wanted, routes=(), exclude=()) if no_routes else wanted
-        before, ifindex = self.router.state.routes, self.router.ifindex
-        self.router.configure(routed)
-        added = self.router.state.routes - before
-        for conflict in self.netlink.competing(r for r in added if r.oif == ifindex):
-            self.audit.record("conflict", "info", conflict)
-        bypass = sorted((r for r in self.router.state.routes if r.oif != ifindex), key=str)
-        self.save(bypass=[_record(r) for r in bypass])
-        if self.dns is not None:
-            self.dns.apply(wanted, self.tun.name, ifindex)
+        router, _ = self.configured()
+        wanted, left_out = self.routable(router, wanted)
+        self.install(router, wanted)
         return left_out
 
+    def configured(self) -> tuple[Router, Tun]:
+        """The router and the tun, which CreateTun made."""
+        if self.router is None or self.tun is None:  # the phase table makes this unreachable
+            raise Refusal("no tun")
+        return self.router, self.tun
+
+    def routable(
+        self, router: Router, wanted: NetworkConfig
+    ) -> tuple[NetworkConfig, dict[Network, str]]:
+        """``wanted`` without the excludes the host cannot route outside the tunnel (they
+        stay in it; the kill switch then treats them as not excluded), and why."""
+        if self.options.no_routes:
+            return wanted, {}
+        wanted, left_out = router.routable(wanted)
+        for prefix, reason in left_out.items():
+            self.audit.record("exclude_left_out", "info", f"{prefix}: {reason}")
+        return wanted, left_out
+
+    def install(self, router: Router, wanted: NetworkConfig) -> None:
+        """Configure the tun and its routes as ``wanted`` (a routable configuration)."""
+        no_routes = self.options.no_routes  # the addresses and MTU only
+        routed = dataclasses.replace(wanted, routes=(), exclude=()) if no_routes else wanted
+        before, ifindex = router.state.routes, router.ifindex
+        router.configure(routed)
+        added = router.state.routes - before
+        for conflict in self.netlink.competing(r for r in added if r.oif == ifindex):
+            self.audit.record("conflict", "info", conflict)
+        bypass = sorted((r for r in router.state.routes if r.oif != ifindex), key=str)
+        self.save(bypass=[_record(r) for r in bypass])
+
     def script_event(self, reason: str) -> None:
-        if self.script is not None and self.tun is not None:
-            self.script.event(reason, self.tun.name)
+        """Only a vpnc-script acts on it (OptionsHelper)."""
+
+    def undo(self) -> list[str]:
+        """Remove what we installed outside the tun; what could not be undone."""
+        errors = [] if self.router is None else self.router.clear()
+        self.router = None
+        return errors
 
     def cleanup(self) -> None:
         """Remove what we installed, then close the tun (the device disappears). Idempotent;
         the state file stays if anything could not be undone, now or before."""
-        if self.script is not None and self.tun is not None:  # before the tun goes
-            self.script.disconnect(self.tun.name, self.undo_errors)
-        errors = [] if self.dns is None else self.dns.revert()
-        if self.router is not None:
-            errors += self.router.clear()
-            self.router = None
-        if self.kill_switch is not None:  # last: traffic stays blocked until the end
-            errors += self.kill_switch.delete()
+        errors = self.undo()
         self.undo_errors += errors
         if self.tun is not None or errors:
             failures = "; ".join(self.undo_errors)[:1000]
@@ -638,11 +615,9 @@ class Helper:
             self.tun = None
         if self.state is not None and not self.undo_errors:
             self.state.remove()
-        for runner in self.runners:
-            runner.close()  # the root runner undoes what it still holds, then exits
-        self.runners = []
 
-    teardown = cleanup
+    def teardown(self) -> None:
+        self.cleanup()
 
     def save(self, **changes: Any) -> None:
         """Record what we installed outside the tun in our state file (recovery.py)."""

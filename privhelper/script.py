@@ -23,7 +23,7 @@ Differences from openconnect, all deliberate:
   known before the tun is created.
 
 With ``--script PATH`` the script configures the tunnel, as under openconnect
-(:class:`Script`, network.Helper's script mode): ``pre-init`` before the tun,
+(:class:`Script`, options_helper.OptionsHelper's script mode): ``pre-init`` before the tun,
 ``connect`` for the first NetConfig (and again after a ``disconnect`` when a later
 one differs), ``attempt-reconnect`` and ``reconnect`` (ScriptEvent), ``disconnect``
 at teardown. Scripts never fail open: a configuration whose environment the runner
@@ -166,7 +166,7 @@ def check_script_env(wanted: NetworkConfig, *, ifname: str, vpnpid: int, log_lev
 
 class Script:
     """The session's runs of the vpnc-script (``--script``), through the root runner
-    (network.Helper's script mode; the rules are in this module's docstring)."""
+    (OptionsHelper's script mode; the rules are in this module's docstring)."""
 
     def __init__(self, root: RunnerClient | None, audit: Audit, log_level: int) -> None:
         self.root = root

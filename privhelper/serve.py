@@ -207,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             before_serving(settings, netlink, nft, audit, os.environ.get(SELFTEST_ENV))
         allowed = tuple(ipaddress.ip_network(p) for p in settings["options"]["allow_exclude"])
         options = Options(**{**settings["options"], "allow_exclude": allowed})
-        helper = Helper(netlink, options, audit, root, nft)
+        if options.script is not None or options.fail_closed or options.dns_backend != "none":
+            from sepconnect.privhelper.options_helper import OptionsHelper  # options only
+
+            helper: Helper = OptionsHelper(netlink, options, audit, root, nft)
+        else:
+            helper = Helper(netlink, options, audit)
         status = EXIT_FATAL
         try:
             status = serve(channel, Monitor(), helper, audit, settings["peer_uid"], wakeup_r)

@@ -44,6 +44,7 @@ OPTIONAL = (
     "sepconnect.privhelper.dns",
     "sepconnect.privhelper.firewall",
     "sepconnect.privhelper.nft",
+    "sepconnect.privhelper.options_helper",
     "sepconnect.privhelper.recovery",
     "sepconnect.privhelper.script",
     "sepconnect.privhelper.selftest",

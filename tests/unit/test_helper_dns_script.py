@@ -25,7 +25,8 @@ from sepconnect.ipc.script_env import check_env
 from sepconnect.ipc.wire import WireError
 from sepconnect.privhelper import dns, firewall, script
 from sepconnect.privhelper.audit import Audit
-from sepconnect.privhelper.network import Helper, Options, Router
+from sepconnect.privhelper.network import Options, Router
+from sepconnect.privhelper.options_helper import OptionsHelper
 from sepconnect.privhelper.policy import Refusal, check_domain, check_net_config
 from sepconnect.privhelper.tun import Tun
 from sepconnect.process import statedir
@@ -484,7 +485,7 @@ class FakeRunner:
 
 def test_a_failing_connect_or_reconnect_is_refused_and_undone(tmp_path: Path) -> None:
     runner = FakeRunner()
-    helper = Helper(
+    helper = OptionsHelper(
         None,  # type: ignore[arg-type]  # script mode never reaches netlink here
         Options(ifname="sepc0", script="/x", state_dir=str(tmp_path)),
         Audit(None, stderr_fd=None),
