@@ -480,9 +480,9 @@ class Router:
         return dataclasses.replace(wanted, exclude=kept), left_out
 
     def configure(self, wanted: NetworkConfig) -> Plan:
-        """Make the system match ``wanted``; return the plan carried out. Raises Refusal
-        (with nothing changed, as far as rollback could manage)."""
-        wanted, _ = self.routable(wanted)
+        """Make the system match ``wanted``, a configuration :meth:`routable` returned
+        (its bypass prefixes' paths are known); return the plan carried out. Raises
+        Refusal (with nothing changed, as far as rollback could manage)."""
         plan = diff(self.state, target(wanted, self.ifindex, self.paths), self.ifindex)
         for done, op in enumerate(plan):
             try:

@@ -44,6 +44,7 @@ from sepconnect.privhelper.network import (
     Link,
     Netlink,
     Op,
+    Plan,
     Route,
     Router,
     SetLink,
@@ -432,6 +433,12 @@ class FakeKernel(Netlink):
 GW = ip("198.19.200.7")
 
 
+def configure(router: Router, w: NetworkConfig) -> Plan:
+    """As the helper does: the routable part of ``w``, then configured."""
+    routable, _ = router.routable(w)
+    return router.configure(routable)
+
+
 @pytest.fixture
 def kernel() -> FakeKernel:
     return FakeKernel({GW: (UPLINK, UPLINK_GW), ip("198.18.50.0"): (UPLINK, None)})
@@ -440,10 +447,10 @@ def kernel() -> FakeKernel:
 def test_identical_net_config_touches_nothing(kernel: FakeKernel) -> None:
     router = Router(kernel, TUN, 1400)
     w = wanted(routes=("0.0.0.0/0",), exclude=("198.18.50.0/24",))
-    first = router.configure(w)
+    first = configure(router, w)
     assert len(first) == 7  # link up, 2 addresses, 2 bypass routes, 2 halves
     assert kernel.ops == list(first)
-    assert router.configure(w) == ()
+    assert configure(router, w) == ()
     assert kernel.ops == list(first)  # nothing more was sent to the kernel
     assert kernel.lookups == [GW, ip("198.18.50.0")]  # each original path looked up once
 
@@ -452,7 +459,7 @@ def test_bypass_path_through_our_tun_is_refused(kernel: FakeKernel) -> None:
     kernel.paths[GW] = (TUN, None)
     router = Router(kernel, TUN, 1400)
     with pytest.raises(Refusal, match="198.19.200.7/32: its path already goes through the tunnel"):
-        router.configure(wanted(routes=("0.0.0.0/0",)))
+        configure(router, wanted(routes=("0.0.0.0/0",)))
     assert kernel.ops == []
     assert router.state == State(Link(1400))
 
@@ -465,13 +472,13 @@ def test_an_exclude_without_a_path_is_left_out_and_looked_up_again(kernel: FakeK
     assert left_out == {
         net("198.18.60.0/24"): "route lookup of 198.18.60.0: Network is unreachable"
     }
-    router.configure(w)
+    configure(router, w)
     bypasses = {r.dst for r in router.state.routes if r.oif == UPLINK}
     assert bypasses == {net("198.19.200.7/32"), net("198.18.50.0/24")}  # the rest stays in
     # A path appears: the next configuration picks the exclude up.
     kernel.paths[ip("198.18.60.0")] = (UPLINK, None)
     assert router.routable(w) == (w, {})
-    router.configure(w)
+    configure(router, w)
     assert net("198.18.60.0/24") in {r.dst for r in router.state.routes if r.oif == UPLINK}
 
 
@@ -479,18 +486,18 @@ def test_no_path_to_the_server_is_refused(kernel: FakeKernel) -> None:
     del kernel.paths[GW]
     router = Router(kernel, TUN, 1400)
     with pytest.raises(Refusal, match="VPN server 198.19.200.7 cannot be reached outside"):
-        router.configure(wanted(routes=("0.0.0.0/0",)))
+        configure(router, wanted(routes=("0.0.0.0/0",)))
     assert kernel.ops == []
 
 
 def test_failure_mid_plan_rolls_back(kernel: FakeKernel) -> None:
     router = Router(kernel, TUN, 1400)
-    router.configure(wanted())
+    configure(router, wanted())
     before = router.state
     kernel.ops.clear()
     kernel.fail[AddRoute(Route(net("198.19.0.0/16"), TUN))] = errno.EEXIST
     with pytest.raises(Refusal, match=r"File exists \(nothing was changed\)$"):
-        router.configure(wanted(mtu=1380, routes=("198.19.0.0/16", "198.18.64.0/18")))
+        configure(router, wanted(mtu=1380, routes=("198.19.0.0/16", "198.18.64.0/18")))
     assert router.state == before
     bypass = AddRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW))
     assert kernel.ops == [
@@ -510,7 +517,7 @@ def test_incomplete_rollback_is_reported_and_tracked(kernel: FakeKernel) -> None
     kernel.fail[AddRoute(Route(net("198.19.0.0/16"), TUN))] = errno.EEXIST
     kernel.fail[DelRoute(stuck)] = errno.EBUSY
     with pytest.raises(Refusal, match="ROLLBACK INCOMPLETE"):
-        router.configure(wanted(routes=("198.19.0.0/16", "198.18.64.0/18")))
+        configure(router, wanted(routes=("198.19.0.0/16", "198.18.64.0/18")))
     assert stuck in router.state.routes  # still installed, so teardown will try again
     del kernel.fail[DelRoute(stuck)]
     assert router.clear() == []
@@ -519,7 +526,7 @@ def test_incomplete_rollback_is_reported_and_tracked(kernel: FakeKernel) -> None
 
 def test_clear_counts_already_gone_as_removed_and_reports_the_rest(kernel: FakeKernel) -> None:
     router = Router(kernel, TUN, 1400)
-    router.configure(wanted(routes=("0.0.0.0/0",)))
+    configure(router, wanted(routes=("0.0.0.0/0",)))
     kernel.fail[DelRoute(Route(net("0.0.0.0/1"), TUN))] = errno.ESRCH
     kernel.fail[DelRoute(Route(net("198.19.200.7/32"), UPLINK, UPLINK_GW))] = errno.EPERM
     errors = router.clear()
