@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 from ipaddress import IPv4Interface, IPv6Interface
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Final
 
 from sepconnect.ipc.fields import Banner, Domain, IpAddress, IpNetwork, Mtu
 from sepconnect.ipc.limits import MAX_DNS, MAX_DOMAINS, MAX_ROUTES
 from sepconnect.ipc.schema import Length, Message, Range
+
+METRIC: Final = 50
+"""The priority of every route the helper installs (NetworkManager's for VPN routes): it
+beats DHCP's defaults (100+) for equal prefixes and stays clear of metric 0. The
+supervisor reads it back for its ``conflict`` records (supervisor/routes.py)."""
+RTPROT_SEPCONNECT: Final = 157
+"""Our route protocol number (unassigned in iproute2's rt_protos), on every route the
+helper adds: how it, its crash recovery and the supervisor tell its routes from others'."""
+RT_TABLE_MAIN: Final = 254
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

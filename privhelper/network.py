@@ -25,8 +25,9 @@ attributes at teardown: a route of anyone else's is never removed, and after a c
 next helper tells our stale bypass routes (named in the state file) from everybody's
 (recovery.py). A more specific prefix always wins, so the host's default route never
 competes with the full tunnel's /1 halves; for an *equal* prefix the lower metric wins:
-ours (50) beats DHCP's (100 and up) but not a hand-made metric-0 route, and the helper
-writes a ``conflict`` audit record naming such a route and leaves it alone. A route
+ours (50) beats DHCP's (100 and up) but not a hand-made metric-0 route: the helper
+leaves such a route alone (the supervisor's ``conflict`` record names it:
+supervisor/routes.py). A route
 identical to one of ours makes the kernel refuse ours ("File exists"): refused, rolled
 back. The original paths are looked up once per prefix and kept for the session.
 
@@ -64,7 +65,7 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from sepconnect.ipc.netconfig import NetworkConfig
+from sepconnect.ipc.netconfig import METRIC, RT_TABLE_MAIN, RTPROT_SEPCONNECT, NetworkConfig
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.policy import Address, Interface, Network, Refusal
 from sepconnect.privhelper.tun import Tun, open_tun
@@ -103,12 +104,6 @@ class ifinfmsg(_nl.nlmsg):  # type: ignore[misc,name-defined]  # noqa: N801
     nla_map = ((3, "IFLA_IFNAME", "asciiz"), (4, "IFLA_MTU", "uint32"))
 
 
-METRIC: Final = 50
-"""Every route's priority (NetworkManager's for VPN routes): it beats DHCP's defaults
-(100+) for equal prefixes and stays clear of metric 0."""
-RTPROT_SEPCONNECT: Final = 157
-"""Our route protocol number (unassigned in iproute2's rt_protos), on every route we add."""
-RT_TABLE_MAIN: Final = 254
 STATE_PREFIX: Final = "helper"
 # <linux/netlink.h>, <linux/rtnetlink.h>
 _ERROR, _DONE, _ACK, _DUMP = 2, 3, 0x5, 0x301  # NLM_F_ACK and NLM_F_DUMP with NLM_F_REQUEST
@@ -325,25 +320,6 @@ class Netlink:
         # The kernel filters dumps by table only with strict checking: filter here.
         main = [r for r in routes if int(r.get("RTA_TABLE") or r["table"]) == RT_TABLE_MAIN]
         return [r for r in main if int(r["proto"]) != RTPROT_SEPCONNECT]
-
-    def competing(self, routes: Iterable[Route]) -> list[str]:
-        """Why each route of the host's with the prefix of one of ``routes`` and a metric
-        not above ours may win (one dump per family; nothing if the routes cannot be read:
-        this only feeds audit records)."""
-        ours = {(str(r.dst.network_address), r.dst.prefixlen): r for r in routes}
-        versions = sorted({r.dst.version for r in ours.values()})
-        try:
-            others = [other for version in versions for other in self.dump(version)]
-        except NetlinkError:
-            return []
-        why = f"a route with a lower or equal metric than ours ({METRIC}) exists and may win"
-        found: list[str] = []
-        for other in others:
-            metric, oif = int(other.get("RTA_PRIORITY") or 0), _oif(other)
-            route = ours.get((str(other.get("RTA_DST")), int(other["dst_len"])))
-            if route is not None and metric <= METRIC and oif != route.oif:
-                found.append(f"{route.dst}: {why}: {route.dst} metric {metric} oif {oif}")
-        return found
 
     def apply(self, op: Op, ifindex: int) -> None:
         """Do one operation; routes carry their own device (``ifindex``: the tun's)."""
@@ -585,12 +561,8 @@ class Helper:
         """Configure the tun and its routes as ``wanted`` (a routable configuration)."""
         no_routes = self.options.no_routes  # the addresses and MTU only
         routed = dataclasses.replace(wanted, routes=(), exclude=()) if no_routes else wanted
-        before, ifindex = router.state.routes, router.ifindex
         router.configure(routed)
-        added = router.state.routes - before
-        for conflict in self.netlink.competing(r for r in added if r.oif == ifindex):
-            self.audit.record("conflict", "info", conflict)
-        bypass = sorted((r for r in router.state.routes if r.oif != ifindex), key=str)
+        bypass = sorted((r for r in router.state.routes if r.oif != router.ifindex), key=str)
         self.save(bypass=[_record(r) for r in bypass])
 
     def script_event(self, reason: str) -> None:

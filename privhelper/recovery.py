@@ -14,11 +14,9 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
 
+from sepconnect.ipc.netconfig import METRIC, RT_TABLE_MAIN, RTPROT_SEPCONNECT
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper.network import (
-    METRIC,
-    RT_TABLE_MAIN,
-    RTPROT_SEPCONNECT,
     Change,
     KernelError,
     Netlink,

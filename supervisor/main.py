@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sepconnect.ipc.fields import IpNetwork
 from sepconnect.ipc.wire import Channel, PeerClosed, WireError
 from sepconnect.ipc.worker_messages import FD_TO_WORKER, FROM_WORKER, TO_WORKER, Start, TunHandoff
 from sepconnect.process.exitcodes import ExitCode
@@ -51,6 +52,7 @@ from sepconnect.supervisor.control import (
 )
 from sepconnect.supervisor.helper_client import HelperClient, HelperRefused
 from sepconnect.supervisor.notify import Notifier
+from sepconnect.supervisor.routes import competing, ours, read_table
 from sepconnect.supervisor.session import (
     STOP_GRACE,
     AnswerForm,
@@ -174,6 +176,8 @@ class Supervisor:
         self.logins: dict[int, Login] = {}  # a worker that logs in: its forms' answers
         self.wake_fd: int | None = None  # the signal wake-up fd, which also ends a question
         self.tun_fd: int | None = None
+        self.ifindex: int | None = None  # the tun's
+        self.tun_routes: frozenset[IpNetwork] = frozenset()  # ours, at the last NetApplied
         self.control: ControlServer | None = None
         self.requests: dict[int, socket.socket] = {}
         self.next_request = 1
@@ -188,9 +192,7 @@ class Supervisor:
             KillWorker: self._kill,
             HelperHello: lambda action: self._ask(lambda: self.helper.hello(action.gateway)),
             CreateTun: self._create_tun,
-            ApplyConfig: lambda action: self._ask(
-                lambda: ConfigApplied(self.helper.net_config(action.net))
-            ),
+            ApplyConfig: self._apply_config,
             RunScript: lambda action: self._ask(lambda: self.helper.script_event(action.reason)),
             Teardown: lambda _: self._ask(self.helper.teardown),
             OpenControl: self._open_control,
@@ -394,9 +396,30 @@ class Supervisor:
             ifname, ifindex, self.tun_fd = self.helper.create_tun(
                 action.mtu, vnet_hdr=self.options.tun_offload
             )
+            self.ifindex, self.tun_routes = ifindex, frozenset()
             return TunCreated(ifname, ifindex)
 
         return self._ask(create)
+
+    def _apply_config(self, action: ApplyConfig) -> Event:
+        answer = self._ask(lambda: ConfigApplied(self.helper.net_config(action.net)))
+        if isinstance(answer, ConfigApplied) and self.ifindex is not None:
+            self._report_competing(self.ifindex, {a.version for a in action.net.addresses})
+        return answer
+
+    def _report_competing(self, ifindex: int, versions: set[int]) -> None:
+        """The ``conflict`` records (supervisor/routes.py): the host's routes that may win
+        over the ones this configuration added. Information only: a table that cannot be
+        read is noted and skipped."""
+        try:
+            table = read_table(versions)
+        except (OSError, ValueError) as exc:
+            log(f"cannot read the routing table for competing routes: {exc}", error=False)
+            return
+        installed = ours(table, ifindex)
+        for reason in competing(installed - self.tun_routes, ifindex, table):
+            audit.event("conflict", "info", reason)
+        self.tun_routes = installed
 
     # -- control socket -------------------------------------------------------------------
 

@@ -412,6 +412,34 @@ def test_split_exclude_keeps_the_original_path(
     assert _routes(lab) == before
 
 
+def test_a_competing_route_is_recorded_by_the_supervisor_and_left_alone(lab: Lab) -> None:
+    """A host route with the prefix of a pushed one and a metric below ours (50) may win.
+    The helper installs ours next to it and leaves it alone; the supervisor reads the
+    routing table once the helper has applied the configuration and writes the
+    ``conflict`` record to its session log (supervisor/routes.py)."""
+    competing = ("198.18.2.0/24", "via", lab.server_ip, "metric", "10")
+    lab.run_in(lab.client_ns, "ip", "route", "add", *competing)
+    try:
+        client = Client(lab)
+        tun = client.wait_connected()
+        assert "198.18.2.0/24" in _our_routes(lab, tun["ifname"])
+        assert client.stop() == 0, client.stderr
+        (uplink,) = lab.ip_json(lab.client_ns, "link", "show", lab.client_uplink)
+        conflicts = [e for e in client.session_events() if e["op"] == "conflict"]
+        assert [(e["source"], e["result"], e["reason"]) for e in conflicts] == [
+            (
+                "supervisor",
+                "info",
+                "198.18.2.0/24: a route with a lower or equal metric than ours (50) exists "
+                f"and may win: 198.18.2.0/24 metric 10 oif {uplink['ifindex']}",
+            )
+        ]
+        kept = [r for r in _routes(lab) if r["dst"] == "198.18.2.0/24"]
+        assert [(r["dev"], r.get("metric")) for r in kept] == [(lab.client_uplink, 10)]
+    finally:
+        lab.run_in(lab.client_ns, "ip", "route", "del", *competing, check=False)
+
+
 # --------------------------------------------------------------------------- failures
 
 

@@ -328,14 +328,29 @@ def test_no_routes_sets_addresses_only(box: Box) -> None:
     assert helper.stop() == 0
 
 
-def test_conflicting_routes_are_reported_and_left_alone(box: Box) -> None:
+def test_a_competing_route_is_left_alone_and_the_supervisors_reader_finds_it(box: Box) -> None:
+    """The helper installs ours next to the host's metric-10 route and never removes
+    that one. The supervisor's ``conflict`` record (supervisor/routes.py, the lab's
+    connect in test_connect.py) comes from its netlink dump of this very table, read
+    here from inside the namespace with the helper's routes in place."""
     run("ip", "-n", box.ns, "route", "add", "198.18.32.0/20", "via", UPLINK_GW, "metric", "10")
     helper = Helper(box)
     ifname = helper.up({**SPLIT, "dns": [], "domains": [], "split_dns": []})
     assert ("198.18.32.0/20", ifname, None, 50) in ours(box)
-    (conflict,) = helper.records("conflict")
-    assert "198.18.32.0/20" in conflict["reason"]
-    assert "metric 10" in conflict["reason"]
+    assert helper.records("conflict") == []  # the helper's trail: requests and results
+    read = (
+        "from sepconnect.supervisor.routes import competing, ours, read_table\n"
+        "table = read_table([4, 6])\n"
+        f"print('\\n'.join(competing(ours(table, {helper.ifindex}), {helper.ifindex}, table)))\n"
+    )
+    uid = str(HELPER_UID)  # an unprivileged uid: the dump needs no privilege
+    drop = ("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups")
+    found = run(*box.enter(), *drop, sys.executable, "-c", read).stdout.splitlines()
+    (uplink,) = box.ip("link", "show", "up0")
+    assert found == [
+        "198.18.32.0/20: a route with a lower or equal metric than ours (50) exists and may "
+        f"win: 198.18.32.0/20 metric 10 oif {uplink['ifindex']}"
+    ]
     assert helper.stop() == 0
     assert ("198.18.32.0/20", "up0", UPLINK_GW, 10, "boot") in box.routes()
 

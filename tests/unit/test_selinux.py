@@ -262,6 +262,11 @@ def test_only_the_helper_creates_a_tun_or_writes_routes(policy: str) -> None:
             sesearch(policy, domain, target="tun_tap_device_t", cls="chr_file", perm="open") == []
         )
     assert sesearch(policy, "sepconnect_worker_t", cls="netlink_route_socket") == []
+    # The supervisor reads the routing table for its conflict records, and only reads.
+    assert own(
+        sesearch(policy, "sepconnect_t", cls="netlink_route_socket", perm="nlmsg_read"),
+        "sepconnect_t",
+    )
 
 
 def test_worker_uses_the_handed_tun_and_its_own_sockets_only(policy: str) -> None:
