@@ -3,9 +3,9 @@
 Two layers decide whether a request is carried out (STYLE.md §6.3):
 
 1. The *request table* :data:`POLICY`, in the manner of OpenSSH's monitor:
-   request type → (handler, phases in which it is permitted, once-only flag,
-   phase after success). A request missing from the table, arriving in the
-   wrong phase or repeating a once-only request is a *protocol violation*
+   phase → request type → (handler, phase after it is carried out, phase after
+   it is refused). A request the current phase does not list (an unknown type,
+   one out of order, a once-only request again) is a *protocol violation*
    (:class:`ProtocolViolation`): the helper removes what it installed and
    exits. It never skips a message and carries on.
 
@@ -206,7 +206,9 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
 class Phase(enum.Enum):
     NEW = "new"  # nothing received yet: only Hello
     READY = "ready"  # peer said hello: CreateTun (or Teardown)
-    TUN_UP = "tun_up"  # the tun exists: NetConfig, Teardown
+    TUN_UP = "tun_up"  # the tun exists: NetConfig, ScriptEvent, Teardown
+    NO_TUN = "no_tun"  # CreateTun was refused: only Teardown
+    REFUSED = "refused"  # Hello or Teardown was refused: nothing more is permitted
     CLOSED = "closed"  # torn down: the helper exits
 
 
@@ -233,14 +235,6 @@ class Host(Protocol):
 
     def teardown(self) -> None:
         """Remove everything installed and close the tun."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rule:
-    handler: Callable[[Host, Any], Reply]  # takes the message type its row names
-    phases: tuple[Phase, ...]  # the phases in which the request is permitted
-    once: bool = False
-    then: Phase | None = None  # the phase after the handler succeeds
 
 
 def on_hello(host: Host, req: msgs.Hello) -> Reply:
@@ -276,50 +270,60 @@ def on_teardown(host: Host, req: msgs.Teardown) -> Reply:
     return msgs.Done(seq=req.seq), None
 
 
-POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
+Row = tuple[Callable[[Host, Any], Reply], Phase, Phase]
+"""The handler (it takes the message type its row names), the phase after it is
+carried out, and the phase after it is refused."""
+
+_TEARDOWN: Final[Row] = (on_teardown, Phase.CLOSED, Phase.REFUSED)
+
+POLICY: Final[MappingProxyType[Phase, dict[type[Message], Row]]] = MappingProxyType(
     {
-        msgs.Hello: Rule(on_hello, (Phase.NEW,), once=True, then=Phase.READY),
-        msgs.CreateTun: Rule(on_create_tun, (Phase.READY,), once=True, then=Phase.TUN_UP),
-        msgs.NetConfig: Rule(on_net_config, (Phase.TUN_UP,)),
-        msgs.ScriptEvent: Rule(on_script_event, (Phase.TUN_UP,)),
-        msgs.Teardown: Rule(on_teardown, (Phase.READY, Phase.TUN_UP), once=True, then=Phase.CLOSED),
+        Phase.NEW: {msgs.Hello: (on_hello, Phase.READY, Phase.REFUSED)},
+        Phase.READY: {
+            msgs.CreateTun: (on_create_tun, Phase.TUN_UP, Phase.NO_TUN),
+            msgs.Teardown: _TEARDOWN,
+        },
+        Phase.TUN_UP: {
+            msgs.NetConfig: (on_net_config, Phase.TUN_UP, Phase.TUN_UP),
+            msgs.ScriptEvent: (on_script_event, Phase.TUN_UP, Phase.TUN_UP),
+            msgs.Teardown: _TEARDOWN,
+        },
+        Phase.NO_TUN: {msgs.Teardown: _TEARDOWN},
+        Phase.REFUSED: {},
+        Phase.CLOSED: {},
     }
 )
-"""Every request the helper executes. Anything else is a protocol violation.
+"""Every request the helper executes, by the phase in which it is permitted.
+Anything else is a protocol violation.
 
 A once-only request is used up when it is *handled*, whatever the outcome
-(OpenSSH's MON_ONCE): a refused CreateTun is not retried, and the peer can
-only Teardown. Teardown is also permitted in READY so that a session that
-never got a tun can end cleanly.
+(OpenSSH's MON_ONCE): both of its next phases leave it out. A refused CreateTun
+is not retried, and the peer can only Teardown (NO_TUN); a refused Hello (or
+Teardown) leaves nothing permitted (REFUSED), and the helper cleans up when the
+peer hangs up. Teardown is also permitted in READY so that a
+session that never got a tun can end cleanly.
 """
 
 
 class Monitor:
     """The dispatcher: checks each request against :data:`POLICY` and tracks the phase."""
 
-    def __init__(self, policy: MappingProxyType[type[Message], Rule] = POLICY) -> None:
-        self.policy = policy
+    def __init__(self) -> None:
         self.phase = Phase.NEW
-        self.used: set[type[Message]] = set()
 
     def handle(self, host: Host, msg: Message) -> Reply:
         """Run the request's handler if :data:`POLICY` permits it now (else raise
         :class:`ProtocolViolation`); out-of-policy values become a ``Refused`` reply."""
-        rule = self.policy.get(type(msg))
-        if rule is None:
-            raise ProtocolViolation(f"unsupported request {msg.op!r}")
-        if self.phase not in rule.phases:
+        row = POLICY[self.phase].get(type(msg))
+        if row is None:
             raise ProtocolViolation(f"{msg.op} is not permitted in phase {self.phase.value}")
-        if type(msg) in self.used:
-            raise ProtocolViolation(f"{msg.op} is permitted only once")
-        if rule.once:
-            self.used.add(type(msg))
+        handler, carried_out, refused = row
         try:
-            reply = rule.handler(host, msg)
+            reply = handler(host, msg)
         except Refusal as exc:
+            self.phase = refused
             return msgs.Refused(seq=getattr(msg, "seq", 0), reason=_one_line(str(exc))), None
-        if rule.then is not None:
-            self.phase = rule.then
+        self.phase = carried_out
         return reply
 
 

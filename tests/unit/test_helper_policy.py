@@ -559,7 +559,7 @@ TEARDOWN = Teardown(seq=9)
 
 
 def test_policy_covers_exactly_the_requests() -> None:
-    assert {cls.op for cls in POLICY} == {
+    assert {cls.op for rows in POLICY.values() for cls in rows} == {
         "hello",
         "create_tun",
         "net_config",
@@ -602,8 +602,8 @@ def test_hello_with_an_unusable_gateway_is_refused(gateway: str) -> None:
     reply, _ = monitor.handle(host, hello)
     assert isinstance(reply, Refused)
     assert reply.reason.startswith(f"gateway {gateway}:")
-    assert monitor.phase is Phase.NEW  # and hello is used up: the session cannot start
-    with pytest.raises(ProtocolViolation, match="hello is permitted only once"):
+    assert monitor.phase is Phase.REFUSED  # and hello is used up: the session cannot start
+    with pytest.raises(ProtocolViolation, match="hello is not permitted in phase refused"):
         monitor.handle(host, HELLO)
 
 
@@ -619,7 +619,7 @@ def test_hello_with_an_unusable_gateway_is_refused(gateway: str) -> None:
         ([HELLO, CREATE], HELLO, "hello is not permitted in phase tun_up"),
         ([HELLO, CREATE, TEARDOWN], req(), "not permitted in phase closed"),
         ([HELLO, CREATE, TEARDOWN], TEARDOWN, "not permitted in phase closed"),
-        ([HELLO], Done(seq=1), "unsupported request 'done'"),
+        ([HELLO], Done(seq=1), "done is not permitted in phase ready"),
     ],
 )
 def test_protocol_violations(before: list[Message], request_: Message, why: str) -> None:
@@ -632,14 +632,16 @@ def test_protocol_violations(before: list[Message], request_: Message, why: str)
     assert host.calls == calls  # the handler never ran
 
 
-def test_once_only_is_enforced_even_where_the_phase_would_allow() -> None:
-    policy = dict(POLICY)
-    rule = policy[Hello]
-    policy[Hello] = dataclasses.replace(rule, then=None)  # Hello would stay in NEW
-    monitor = Monitor(policy)  # type: ignore[arg-type]
-    monitor.handle(FakeHost(), HELLO)
-    with pytest.raises(ProtocolViolation, match="hello is permitted only once"):
-        monitor.handle(FakeHost(), HELLO)
+@pytest.mark.parametrize("request_type", [Hello, CreateTun, Teardown])
+def test_once_only_requests_are_used_up_whatever_the_outcome(request_type: type) -> None:
+    """Neither the phase after a once-only request is carried out nor the one after it is
+    refused permits it again, and no refusal ends the session (CLOSED)."""
+    for rows in POLICY.values():
+        if request_type in rows:
+            _, carried_out, refused = rows[request_type]
+            assert request_type not in POLICY[carried_out]
+            assert request_type not in POLICY[refused]
+            assert refused is not Phase.CLOSED
 
 
 def test_out_of_policy_net_config_is_refused_and_the_session_goes_on() -> None:
@@ -661,8 +663,8 @@ def test_refused_create_tun_is_used_up_but_teardown_still_works() -> None:
     reply, fd = monitor.handle(host, CREATE)
     assert isinstance(reply, Refused)
     assert "busy" in reply.reason
-    assert monitor.phase is Phase.READY
-    with pytest.raises(ProtocolViolation, match="permitted only once"):
+    assert monitor.phase is Phase.NO_TUN
+    with pytest.raises(ProtocolViolation, match="create_tun is not permitted in phase no_tun"):
         monitor.handle(host, CREATE)
     assert monitor.handle(host, TEARDOWN) == (Done(seq=9), None)
 
