@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeVar
 
 from sepconnect.ipc import helper_messages as msgs
-from sepconnect.ipc.limits import IPV6_MIN_MTU, MAX_DNS, MAX_DOMAINS, MAX_ROUTES, canonical_domain
+from sepconnect.ipc.limits import IPV6_MIN_MTU, canonical_domain
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.schema import Message
 
@@ -153,7 +153,9 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     The result is the same configuration in a normal form: each /0 route split in
     halves, routes and excludes deduplicated and sorted (so equal requests give
     equal values), DNS servers and domains in their order (a preference) without
-    duplicates, domains lower-case without a trailing dot.
+    duplicates, domains lower-case without a trailing dot. How many of each there
+    may be is the codec's check (NetworkConfig's ``Length``), made in this process
+    before the request reaches the table.
     """
     gateway = check_unicast(net.gateway, "gateway")
     for iface in net.addresses:
@@ -165,8 +167,6 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
         raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
     if 6 in families and net.mtu < IPV6_MIN_MTU:
         raise Refusal(f"mtu {net.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
-    if len(net.routes) > MAX_ROUTES or len(net.exclude) > MAX_ROUTES:
-        raise Refusal(f"too many routes: at most {MAX_ROUTES} routes and {MAX_ROUTES} excludes")
     routes: list[Network] = []
     for route in net.routes:
         if route == ipaddress.ip_network(gateway):
@@ -176,10 +176,6 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     clash = set(routes) & set(exclude)
     if clash:
         raise Refusal(f"exclude {min(clash, key=str)}: also listed as a route")
-    if len(net.dns) > MAX_DNS:
-        raise Refusal(f"too many DNS servers: at most {MAX_DNS}")
-    if len(net.domains) > MAX_DOMAINS or len(net.split_dns) > MAX_DOMAINS:
-        raise Refusal(f"too many domains: at most {MAX_DOMAINS} search and {MAX_DOMAINS} split")
     dns = _unique(check_unicast(addr, "dns") for addr in net.dns)
     for value, what in [*((r, "route") for r in net.routes), *((a, "dns") for a in dns)]:
         if value.version not in families:
@@ -249,10 +245,9 @@ def on_create_tun(host: Host, req: msgs.CreateTun) -> Reply:
 
 
 def on_net_config(host: Host, req: msgs.NetConfig) -> Reply:
-    if host.gateway is None:  # only a mistake in POLICY can get here: Hello comes first
-        raise ProtocolViolation("net_config before hello")
     # The VPN server's address is the one Hello gave: what is routed around the tunnel is
-    # not the worker's or the server's choice.
+    # not the worker's or the server's choice. (The table permits NetConfig only after
+    # Hello; were the gateway still None, the comparison would refuse.)
     if req.net.gateway != host.gateway:
         raise Refusal(f"gateway {req.net.gateway}: not the VPN server's address {host.gateway}")
     left_out = host.net_config(check_net_config(req.net))
