@@ -179,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         audit.record("start", "fatal", f"not CAP_NET_ADMIN alone with no_new_privs: {wrong}")
         return EXIT_FATAL
-    for fd in (settings["fd"], settings["log_fd"], journal_fd):
-        if fd is not None:
-            os.set_inheritable(fd, False)
+    # The fds the start stage passed stay inheritable: this stage never executes a program
+    # (no code here calls exec, and the filter kills execve; test_helper_has_no_shell_and_no_exec).
     channel = Channel(socket.socket(fileno=settings["fd"]))
     root = nft = None
     if settings["root"] is not None or settings["nft"] is not None:  # options only
