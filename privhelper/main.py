@@ -43,7 +43,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
+from sepconnect.ipc.helper_args import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE

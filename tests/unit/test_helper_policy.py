@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from netconfigs import network_config
 
+from sepconnect.ipc.helper_args import check_ifname
 from sepconnect.ipc.helper_messages import (
     CreateTun,
     Done,
@@ -30,7 +31,6 @@ from sepconnect.ipc.helper_messages import (
     Teardown,
     TunCreated,
 )
-from sepconnect.ipc.limits import check_ifname
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.wire import Message, WireError, socketpair
 from sepconnect.privhelper import audit as audit_mod
