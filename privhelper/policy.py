@@ -295,8 +295,8 @@ A once-only request is used up when it is *handled*, whatever the outcome
 (OpenSSH's MON_ONCE): both of its next phases leave it out. A refused CreateTun
 is not retried, and the peer can only Teardown (NO_TUN); a refused Hello (or
 Teardown) leaves nothing permitted (REFUSED), and the helper cleans up when the
-peer hangs up. Teardown is also permitted in READY so that a
-session that never got a tun can end cleanly.
+peer hangs up. Teardown is also permitted in READY so that a session that
+never got a tun can end cleanly.
 """
 
 
