@@ -58,19 +58,10 @@ IFNAME_MAX: Final = 15
 IFNAME: Final = rf"(?!\.\.?\Z)[A-Za-z0-9_.-]{{1,{IFNAME_MAX}}}"
 """An interface name, whole (``re.fullmatch``, ``wire.Match``): 1-15 of A-Z a-z 0-9 _ . -,
 and not "." or ".." (which the kernel refuses). No "/", ":", "%" or white space: a name
-ends up in paths, in a script's environment and in audit records."""
-
-DNS_BACKENDS: Final = ("auto", "resolved", "resolvconf", "file", "none")
-"""``--dns-backend``: how the tunnel's DNS is applied (privhelper/dns.py), root's choice."""
+ends up in paths, in a script's environment and in audit records. (The argv check for the
+launcher and the helper's start stage is ipc/helper_args.py.)"""
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def check_ifname(name: str) -> str:
-    """An interface name (:data:`IFNAME`); ValueError otherwise."""
-    if re.fullmatch(IFNAME, name) is None:
-        raise ValueError(f"invalid interface name {name[:40]!r}")
-    return name
 
 
 def canonical_domain(text: str) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from sepconnect import __version__, client_cert, credentials, files, openconnect_compat
-from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
+from sepconnect.ipc.helper_args import DNS_BACKENDS, check_ifname
 from sepconnect.ipc.session_limits import CIPHER_LIST, MAX_CAFILE
 from sepconnect.process import privileges
 from sepconnect.process.accounts import (

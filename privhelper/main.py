@@ -43,7 +43,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from sepconnect.ipc.limits import DNS_BACKENDS, check_ifname
+from sepconnect.ipc.helper_args import DNS_BACKENDS, check_ifname
 from sepconnect.privhelper import audit as _audit
 from sepconnect.privhelper import seccomp as _seccomp
 from sepconnect.privhelper.tun import DEFAULT_TEMPLATE, TUN_DEVICE
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             audit.record("start", "fatal", f"cannot confine the helper: {exc}")
             return EXIT_FATAL
         landlocked = f"none (--allow-weak-sandbox): {exc}"[:200]
-    seccomp = "allow-list"
+    seccomp = "allow-list (compiled; the serving stage loads it)"
     bpf = b""
     try:
         bpf = _seccomp.build()
@@ -291,22 +291,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "allow_weak_sandbox": args.allow_weak_sandbox,
         "stale": stale,
-        "start": {
-            "uid": uid,
-            "peer_uid": args.peer_uid,
-            "interface": ifname,
-            "landlock": landlocked,
-            "seccomp": seccomp,
-            "routes": "none" if args.no_routes or args.script else "helper",
-            "dns_backend": backend,
-            "fail_closed": int(args.fail_closed),
-            "allow_exclude": allow_exclude,
-            "script": args.script,
-            "script_args": list(args.script_arg),
-            "root_runner": None if root is None else root.pid,
-            "nft_runner": None if nft is None else nft.pid,
-        },
     }
+    start: _audit.Args = {
+        "uid": uid,
+        "peer_uid": args.peer_uid,
+        "interface": ifname,
+        "landlock": landlocked,
+        "seccomp": seccomp,
+        "routes": "none" if args.no_routes or args.script else "helper",
+        "dns_backend": backend,
+        "fail_closed": int(args.fail_closed),
+        "allow_exclude": allow_exclude,
+        "script": args.script,
+        "script_args": list(args.script_arg),
+        "root_runner": None if root is None else root.pid,
+        "nft_runner": None if nft is None else nft.pid,
+    }
+    # The start stage is done: what it set up, written before the exec (the serving stage
+    # records only a filter it cannot load).
+    audit.record("start", "info", args=start)
     try:
         _exec_serving_stage(settings, bpf)
     except OSError as exc:

@@ -3,9 +3,9 @@
 Two layers decide whether a request is carried out (STYLE.md §6.3):
 
 1. The *request table* :data:`POLICY`, in the manner of OpenSSH's monitor:
-   request type → (handler, phases in which it is permitted, once-only flag,
-   phase after success). A request missing from the table, arriving in the
-   wrong phase or repeating a once-only request is a *protocol violation*
+   phase → request type → (handler, phase after it is carried out, phase after
+   it is refused). A request the current phase does not list (an unknown type,
+   one out of order, a once-only request again) is a *protocol violation*
    (:class:`ProtocolViolation`): the helper removes what it installed and
    exits. It never skips a message and carries on.
 
@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeVar
 
 from sepconnect.ipc import helper_messages as msgs
-from sepconnect.ipc.limits import IPV6_MIN_MTU, MAX_DNS, MAX_DOMAINS, MAX_ROUTES, canonical_domain
+from sepconnect.ipc.limits import IPV6_MIN_MTU, canonical_domain
 from sepconnect.ipc.netconfig import NetworkConfig
 from sepconnect.ipc.schema import Message
 
@@ -153,7 +153,9 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     The result is the same configuration in a normal form: each /0 route split in
     halves, routes and excludes deduplicated and sorted (so equal requests give
     equal values), DNS servers and domains in their order (a preference) without
-    duplicates, domains lower-case without a trailing dot.
+    duplicates, domains lower-case without a trailing dot. How many of each there
+    may be is the codec's check (NetworkConfig's ``Length``), made in this process
+    before the request reaches the table.
     """
     gateway = check_unicast(net.gateway, "gateway")
     for iface in net.addresses:
@@ -165,8 +167,6 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
         raise Refusal("no address: a tunnel needs an IPv4 or an IPv6 address")
     if 6 in families and net.mtu < IPV6_MIN_MTU:
         raise Refusal(f"mtu {net.mtu}: IPv6 needs at least {IPV6_MIN_MTU}")
-    if len(net.routes) > MAX_ROUTES or len(net.exclude) > MAX_ROUTES:
-        raise Refusal(f"too many routes: at most {MAX_ROUTES} routes and {MAX_ROUTES} excludes")
     routes: list[Network] = []
     for route in net.routes:
         if route == ipaddress.ip_network(gateway):
@@ -176,10 +176,6 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
     clash = set(routes) & set(exclude)
     if clash:
         raise Refusal(f"exclude {min(clash, key=str)}: also listed as a route")
-    if len(net.dns) > MAX_DNS:
-        raise Refusal(f"too many DNS servers: at most {MAX_DNS}")
-    if len(net.domains) > MAX_DOMAINS or len(net.split_dns) > MAX_DOMAINS:
-        raise Refusal(f"too many domains: at most {MAX_DOMAINS} search and {MAX_DOMAINS} split")
     dns = _unique(check_unicast(addr, "dns") for addr in net.dns)
     for value, what in [*((r, "route") for r in net.routes), *((a, "dns") for a in dns)]:
         if value.version not in families:
@@ -206,7 +202,9 @@ def check_net_config(net: NetworkConfig) -> NetworkConfig:
 class Phase(enum.Enum):
     NEW = "new"  # nothing received yet: only Hello
     READY = "ready"  # peer said hello: CreateTun (or Teardown)
-    TUN_UP = "tun_up"  # the tun exists: NetConfig, Teardown
+    TUN_UP = "tun_up"  # the tun exists: NetConfig, ScriptEvent, Teardown
+    NO_TUN = "no_tun"  # CreateTun was refused: only Teardown
+    REFUSED = "refused"  # Hello or Teardown was refused: nothing more is permitted
     CLOSED = "closed"  # torn down: the helper exits
 
 
@@ -235,14 +233,6 @@ class Host(Protocol):
         """Remove everything installed and close the tun."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rule:
-    handler: Callable[[Host, Any], Reply]  # takes the message type its row names
-    phases: tuple[Phase, ...]  # the phases in which the request is permitted
-    once: bool = False
-    then: Phase | None = None  # the phase after the handler succeeds
-
-
 def on_hello(host: Host, req: msgs.Hello) -> Reply:
     # The schema already pinned proto == PROTO_VERSION and role == "supervisor".
     host.gateway = check_unicast(req.gateway, "gateway")
@@ -255,10 +245,9 @@ def on_create_tun(host: Host, req: msgs.CreateTun) -> Reply:
 
 
 def on_net_config(host: Host, req: msgs.NetConfig) -> Reply:
-    if host.gateway is None:  # only a mistake in POLICY can get here: Hello comes first
-        raise ProtocolViolation("net_config before hello")
     # The VPN server's address is the one Hello gave: what is routed around the tunnel is
-    # not the worker's or the server's choice.
+    # not the worker's or the server's choice. (The table permits NetConfig only after
+    # Hello; were the gateway still None, the comparison would refuse.)
     if req.net.gateway != host.gateway:
         raise Refusal(f"gateway {req.net.gateway}: not the VPN server's address {host.gateway}")
     left_out = host.net_config(check_net_config(req.net))
@@ -276,20 +265,37 @@ def on_teardown(host: Host, req: msgs.Teardown) -> Reply:
     return msgs.Done(seq=req.seq), None
 
 
-POLICY: Final[MappingProxyType[type[Message], Rule]] = MappingProxyType(
+Row = tuple[Callable[[Host, Any], Reply], Phase, Phase]
+"""The handler (it takes the message type its row names), the phase after it is
+carried out, and the phase after it is refused."""
+
+_TEARDOWN: Final[Row] = (on_teardown, Phase.CLOSED, Phase.REFUSED)
+
+POLICY: Final[MappingProxyType[Phase, dict[type[Message], Row]]] = MappingProxyType(
     {
-        msgs.Hello: Rule(on_hello, (Phase.NEW,), once=True, then=Phase.READY),
-        msgs.CreateTun: Rule(on_create_tun, (Phase.READY,), once=True, then=Phase.TUN_UP),
-        msgs.NetConfig: Rule(on_net_config, (Phase.TUN_UP,)),
-        msgs.ScriptEvent: Rule(on_script_event, (Phase.TUN_UP,)),
-        msgs.Teardown: Rule(on_teardown, (Phase.READY, Phase.TUN_UP), once=True, then=Phase.CLOSED),
+        Phase.NEW: {msgs.Hello: (on_hello, Phase.READY, Phase.REFUSED)},
+        Phase.READY: {
+            msgs.CreateTun: (on_create_tun, Phase.TUN_UP, Phase.NO_TUN),
+            msgs.Teardown: _TEARDOWN,
+        },
+        Phase.TUN_UP: {
+            msgs.NetConfig: (on_net_config, Phase.TUN_UP, Phase.TUN_UP),
+            msgs.ScriptEvent: (on_script_event, Phase.TUN_UP, Phase.TUN_UP),
+            msgs.Teardown: _TEARDOWN,
+        },
+        Phase.NO_TUN: {msgs.Teardown: _TEARDOWN},
+        Phase.REFUSED: {},
+        Phase.CLOSED: {},
     }
 )
-"""Every request the helper executes. Anything else is a protocol violation.
+"""Every request the helper executes, by the phase in which it is permitted.
+Anything else is a protocol violation.
 
 A once-only request is used up when it is *handled*, whatever the outcome
-(OpenSSH's MON_ONCE): a refused CreateTun is not retried, and the peer can
-only Teardown. Teardown is also permitted in READY so that a session that
+(OpenSSH's MON_ONCE): both of its next phases leave it out. A refused CreateTun
+is not retried, and the peer can only Teardown (NO_TUN); a refused Hello (or
+Teardown) leaves nothing permitted (REFUSED), and the helper cleans up when the
+peer hangs up. Teardown is also permitted in READY so that a session that
 never got a tun can end cleanly.
 """
 
@@ -297,29 +303,22 @@ never got a tun can end cleanly.
 class Monitor:
     """The dispatcher: checks each request against :data:`POLICY` and tracks the phase."""
 
-    def __init__(self, policy: MappingProxyType[type[Message], Rule] = POLICY) -> None:
-        self.policy = policy
+    def __init__(self) -> None:
         self.phase = Phase.NEW
-        self.used: set[type[Message]] = set()
 
     def handle(self, host: Host, msg: Message) -> Reply:
         """Run the request's handler if :data:`POLICY` permits it now (else raise
         :class:`ProtocolViolation`); out-of-policy values become a ``Refused`` reply."""
-        rule = self.policy.get(type(msg))
-        if rule is None:
-            raise ProtocolViolation(f"unsupported request {msg.op!r}")
-        if self.phase not in rule.phases:
+        row = POLICY[self.phase].get(type(msg))
+        if row is None:
             raise ProtocolViolation(f"{msg.op} is not permitted in phase {self.phase.value}")
-        if type(msg) in self.used:
-            raise ProtocolViolation(f"{msg.op} is permitted only once")
-        if rule.once:
-            self.used.add(type(msg))
+        handler, carried_out, refused = row
         try:
-            reply = rule.handler(host, msg)
+            reply = handler(host, msg)
         except Refusal as exc:
+            self.phase = refused
             return msgs.Refused(seq=getattr(msg, "seq", 0), reason=_one_line(str(exc))), None
-        if rule.then is not None:
-            self.phase = rule.then
+        self.phase = carried_out
         return reply
 
 

@@ -179,28 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         audit.record("start", "fatal", f"not CAP_NET_ADMIN alone with no_new_privs: {wrong}")
         return EXIT_FATAL
-    for fd in (settings["fd"], settings["log_fd"], journal_fd):
-        if fd is not None:
-            os.set_inheritable(fd, False)
+    # The fds the start stage passed stay inheritable: this stage never executes a program
+    # (no code here calls exec, and the filter kills execve; test_helper_has_no_shell_and_no_exec).
     channel = Channel(socket.socket(fileno=settings["fd"]))
     root = nft = None
     if settings["root"] is not None or settings["nft"] is not None:  # options only
         from sepconnect.privhelper.serve_options import adopt_runners
 
         root, nft = adopt_runners(settings)
-    start_args: _audit.Args = settings["start"]
     with Netlink() as netlink:
-        # The netlink socket is open: from here on, only the allow-list.
-        if start_args["seccomp"] == "allow-list":
-            try:
-                load_filter(bpf)
-            except OSError as exc:
-                if not settings["allow_weak_sandbox"]:
-                    reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
-                    audit.record("start", "fatal", reason, start_args)
-                    return EXIT_FATAL
-                start_args["seccomp"] = f"none (--allow-weak-sandbox): {exc}"[:200]
-        audit.record("start", "info", args=start_args)
+        # The netlink socket is open: from here on, only the allow-list. (The start stage
+        # wrote the "start" record; without a filter from it, its "seccomp" said why.)
+        try:
+            load_filter(bpf)
+        except OSError as exc:
+            if not settings["allow_weak_sandbox"]:
+                reason = f"cannot load the seccomp filter: {exc} (see --allow-weak-sandbox)"
+                audit.record("start", "fatal", reason)
+                return EXIT_FATAL
+            audit.record("seccomp", "info", f"none (--allow-weak-sandbox): {exc}"[:200])
         if settings["stale"] or SELFTEST_ENV in os.environ:  # crashed sessions; a test
             from sepconnect.privhelper.serve_options import before_serving
 

@@ -3,7 +3,7 @@
 The helper creates the device with them (privhelper/tun.py) and lets its seccomp
 filter pass them (privhelper/seccomp.py); the worker reads and sets its own fd's
 offloads with them (worker/io/tun.py) and lets its filter pass those
-(worker/sandbox.py). Constants only.
+(worker/sandbox.py, which defines the two queries only its filter passes). Constants only.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from typing import Final
 # <asm-generic/ioctl.h>: _IOW('T', nr, int) is 0x4004_54_nr and _IOR 0x8004_54_nr on x86,
 # arm, arm64, riscv and s390 (direction << 30 | sizeof(int) << 16 | 'T' << 8 | nr).
 TUNSETIFF: Final = 0x400454CA  # _IOW 202: create or attach a device
-TUNGETFEATURES: Final = 0x800454CF  # _IOR 207
 TUNSETOFFLOAD: Final = 0x400454D0  # _IOW 208: this device's offloads
 TUNGETIFF: Final = 0x800454D2  # _IOR 210: the fd's device name and flags
-TUNGETVNETHDRSZ: Final = 0x800454D7  # _IOR 215
 TUNSETVNETHDRSZ: Final = 0x400454D8  # _IOW 216: this fd's vnet header size
 
 # ifr_flags

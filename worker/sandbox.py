@@ -71,14 +71,7 @@ from urllib.parse import urlsplit
 from sepconnect.process import landlock, privileges, seccomp
 from sepconnect.process.libc import LIBC
 from sepconnect.process.seccomp import ALLOW, EQ, MASKED_EQ, Arg, Rule
-from sepconnect.process.tun_ioctls import (
-    TUNGETFEATURES,
-    TUNGETIFF,
-    TUNGETVNETHDRSZ,
-    TUNSETIFF,
-    TUNSETOFFLOAD,
-    TUNSETVNETHDRSZ,
-)
+from sepconnect.process.tun_ioctls import TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ
 from sepconnect.worker.io.tls import SYSTEM_CA_FILE
 
 landlock_abi = landlock.abi  # a name of ours: tests stand in a kernel without Landlock
@@ -147,6 +140,11 @@ supervisor over the socket it inherits, and a unix socket of its own could reach
 pathname sockets Landlock does not cover (the helper's in the split units, journald,
 D-Bus). glibc's resolver does without (nscd and nss-resolve answer "unavailable")."""
 
+
+# <linux/if_tun.h> queries (encoded as process/tun_ioctls.py explains): the worker's
+# filter passes them, the helper never makes them, so they are not in that shared module.
+TUNGETFEATURES: Final = 0x800454CF  # _IOR 207
+TUNGETVNETHDRSZ: Final = 0x800454D7  # _IOR 215
 
 IOCTLS: Final = (
     *seccomp.FD_IOCTLS,

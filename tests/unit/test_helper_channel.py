@@ -126,7 +126,12 @@ HOSTILE: dict[str, bytes] = {
         {**_net(), "net": {k: v for k, v in _net()["net"].items() if k != "exclude"}}
     ),
     "routes_not_a_list": msgpack.packb(_net(routes="198.18.0.0/16")),
+    # The counts are the codec's alone (NetworkConfig's Length): the helper's rules see
+    # no more than MAX_ROUTES routes and excludes, MAX_DNS servers, MAX_DOMAINS domains.
     "too_many_routes": msgpack.packb(_net(routes=[f"198.18.{i}.0/24" for i in range(257)])),
+    "too_many_excludes": msgpack.packb(_net(exclude=[f"198.19.{i}.0/24" for i in range(257)])),
+    "too_many_domains": msgpack.packb(_net(domains=["a.example"] * 33)),
+    "too_many_split_dns": msgpack.packb(_net(split_dns=["a.example"] * 33)),
     "route_host_bits": msgpack.packb(_net(routes=["198.18.0.1/16"])),
     "route_with_shell": msgpack.packb(_net(routes=["198.18.0.0/16;rm -rf /"])),
     "address_zone_id": msgpack.packb(_net(dns=["fe80::1%eth0"])),

@@ -95,8 +95,6 @@ def test_net_config_dns_values() -> None:
     bad = [
         ({"dns": ("127.0.0.1",)}, "dns 127.0.0.1: loopback"),
         ({"ipv6": None, "routes": ("198.18.2.0/24",)}, "dns 2001:2:0:2::53: the tunnel has no"),
-        ({"dns": ("198.18.2.53",) * 9}, "too many DNS servers"),
-        ({"domains": ("a.example",) * 33}, "too many domains"),
         ({"dns": (), "domains": ("a.example",)}, "domains without DNS servers"),
         ({"split_dns": ("bad_name.example",)}, "split-dns domain 'bad_name.example'"),
     ]

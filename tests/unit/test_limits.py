@@ -14,8 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from sepconnect import cli
+from sepconnect.ipc.helper_args import check_ifname
 from sepconnect.ipc.helper_messages import TunCreated
-from sepconnect.ipc.limits import IFNAME, check_ifname
+from sepconnect.ipc.limits import IFNAME
 from sepconnect.ipc.session_limits import CIPHER_LIST, MAX_CIPHER_LIST, MAX_CIPHERS
 from sepconnect.ipc.wire import WireError
 from sepconnect.ipc.worker_messages import TO_WORKER, Start, TunHandoff
